@@ -1,0 +1,44 @@
+# Two commands do everything on a fresh machine with Python >= 3.11:
+#   make train   set up .venv, prepare Fashion-MNIST offline, train configs/default.py into runs/default
+#   make test    the same set-up, then the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATASET ?= fashion_mnist
+CONFIG ?= configs/default.py
+WORKDIR ?= runs/default
+PYTEST_ARGS ?=
+# Tests run on 4 fake CPU devices (tests/conftest.py sets XLA_FLAGS before jax starts).
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: install data train test lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# Debian's copy of Fashion-MNIST (the offline default); needs root or sudo once.
+/usr/share/datasets/fashion-mnist:
+	@if [ "$(DATASET)" = fashion_mnist ]; then \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+
+data: install $(if $(filter fashion_mnist,$(DATASET)),/usr/share/datasets/fashion-mnist)
+	$(PY) scripts/prepare_data.py --dataset $(DATASET)
+
+train: data
+	$(PY) scripts/train.py --config $(CONFIG) --workdir $(WORKDIR)
+
+test: data
+	VAE_REQUIRE_REAL_DATA=1 $(PY) -m pytest -n 2 $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,28 @@
+"""Builds a TFDS image data set once, offline for Fashion-MNIST (from Debian's files).
+
+    python scripts/prepare_data.py --dataset fashion_mnist [--data_dir DIR]
+"""
+
+import argparse
+import sys
+
+from vae import data
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="fashion_mnist", help="TFDS name, e.g. mnist, kmnist")
+    parser.add_argument("--data_dir", default="", help="TFDS data dir (default: TFDS's own)")
+    parser.add_argument("--manual_dir", default=None, help="a directory of already-downloaded files")
+    args = parser.parse_args(argv)
+    try:
+        path = data.prepare(args.dataset, args.data_dir or None, args.manual_dir)
+    except data.DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.dataset} is prepared in {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

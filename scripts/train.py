@@ -1,0 +1,34 @@
+"""Trains a VAE from a config file into a workdir, resuming if the workdir holds a run.
+
+    python scripts/train.py --config configs/default.py --workdir runs/x \
+        --config.train.num_epochs=5 --config.train.beta=2
+"""
+
+import sys
+
+from absl import app, flags, logging
+
+from vae import cli, train
+
+_CONFIG = cli.define_config()
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config.json, metrics and checkpoints.",
+                               required=True)
+_RESTART = flags.DEFINE_bool("restart", False, "Delete the workdir's checkpoints and metrics first.")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar and one line per epoch.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
+    with cli.user_errors():
+        history = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, restart=_RESTART.value,
+                                           progress=_PROGRESS.value)
+    if history:
+        last = history[-1]
+        print(f"done: epoch {last['epoch']}, test -elbo {last.get('test/elbo', float('nan')):.2f} "
+              f"nats, workdir {_WORKDIR.value}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,53 @@
+"""Test set-up: 4 fake CPU devices (set before jax starts) and shared small runs."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+from configs import default  # noqa: E402
+from vae import data  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def real_data_available() -> bool:
+    try:
+        data.check_prepared("fashion_mnist", None)
+        return True
+    except data.DataError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist():
+    """Skips (or, under `make test`, fails) when the real Fashion-MNIST is not prepared."""
+    if not real_data_available():
+        message = "Fashion-MNIST is not prepared: run `make data`"
+        if os.environ.get("VAE_REQUIRE_REAL_DATA") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return "fashion_mnist"
+
+
+def tiny_config(**overrides):
+    """The default config on small slices of Fashion-MNIST: seconds per epoch on a CPU."""
+    config = default.get_config()
+    config.data.train_split = "train[:1024]"
+    config.data.test_split = "test[:256]"
+    config.model.hidden_dims = (64,)
+    config.model.latent_dim = 4
+    config.model.conv_channels = (8, 16)
+    config.train.batch_size = 64
+    config.train.num_epochs = 2
+    config.eval.batch_size = 128
+    for dotted, value in overrides.items():
+        node = config
+        *parents, leaf = dotted.split("__")
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return config

@@ -1,0 +1,102 @@
+"""ELBO pieces against hand computations; warm-up, free bits, and the importance-weighted bound."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from tests.conftest import tiny_config
+from vae import kl, models, objectives
+
+
+def test_bernoulli_nll_by_hand():
+    logits = jnp.array([[[0.0, 2.0], [-1.0, 3.0]]])  # one image of 2x2
+    x = jnp.array([[[1.0, 0.0], [0.0, 1.0]]])
+    probs = 1 / (1 + np.exp(-np.array([0.0, 2.0, -1.0, 3.0])))
+    expected = -(math.log(probs[0]) + math.log(1 - probs[1]) + math.log(1 - probs[2]) + math.log(probs[3]))
+    assert float(objectives.bernoulli_nll(logits, x)[0]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_bernoulli_nll_is_stable_for_extreme_logits():
+    logits = jnp.array([[200.0, -200.0, 200.0]])
+    x = jnp.array([[1.0, 0.0, 0.0]])
+    assert float(objectives.bernoulli_nll(logits, x)[0]) == pytest.approx(200.0, rel=1e-6)
+
+
+def test_kl_weight_warms_up_linearly():
+    assert float(objectives.kl_weight(jnp.int32(0), 2.0, 100)) == 0.0
+    assert float(objectives.kl_weight(jnp.int32(25), 2.0, 100)) == pytest.approx(0.5)
+    assert float(objectives.kl_weight(jnp.int32(500), 2.0, 100)) == pytest.approx(2.0)
+    assert float(objectives.kl_weight(jnp.int32(0), 2.0, 0)) == pytest.approx(2.0)
+
+
+def test_free_bits_floors_each_dimension_on_the_batch_mean():
+    kl_per_dim = jnp.array([[0.1, 2.0, 0.0], [0.3, 4.0, 0.0]])  # batch means: 0.2, 3.0, 0.0
+    assert float(objectives.free_bits_kl(kl_per_dim, 0.0)) == pytest.approx(3.2)
+    assert float(objectives.free_bits_kl(kl_per_dim, 0.5)) == pytest.approx(0.5 + 3.0 + 0.5)
+    # Below the floor there is no gradient from the KL term.
+    grad = jax.grad(lambda k: objectives.free_bits_kl(k, 0.5))(kl_per_dim)
+    np.testing.assert_allclose(grad[:, 0], 0.0)
+    np.testing.assert_allclose(grad[:, 1], 0.5)
+
+
+@pytest.fixture(scope="module")
+def model_and_x():
+    config = tiny_config()
+    model = models.build_model(config.model, (28, 28, 1), jax.random.key(0))
+    x = jax.random.bernoulli(jax.random.key(1), 0.3, (6, 28, 28, 1)).astype(jnp.float32)
+    return model, x
+
+
+def test_training_loss_is_rec_plus_beta_kl(model_and_x):
+    model, x = model_and_x
+    key = jax.random.key(2)
+    logits, mean, log_var, _ = model(x, key)
+    rec = objectives.bernoulli_nll(logits, x)
+    kl_sum = kl.standard_normal_kl(mean, log_var)
+    loss, aux = objectives.training_loss(model, x, key, jnp.float32(3.0), 0.0)
+    assert float(aux["rec"]) == pytest.approx(float(rec.mean()), rel=1e-6)
+    assert float(aux["kl"]) == pytest.approx(float(kl_sum.mean()), rel=1e-6)
+    assert float(aux["elbo"]) == pytest.approx(float((rec + kl_sum).mean()), rel=1e-6)
+    assert float(loss) == pytest.approx(float(rec.mean() + 3.0 * kl_sum.mean()), rel=1e-6)
+
+
+def test_iwae_with_one_sample_is_the_elbo_within_monte_carlo_error(model_and_x):
+    model, x = model_and_x
+    graphdef, params = nnx.split(model)
+
+    @jax.jit
+    def both(key):
+        m = nnx.merge(graphdef, params)
+        iwae_key, elbo_key = jax.random.split(key)
+        terms = objectives.elbo_terms(m, x, elbo_key)
+        elbo = -(terms["rec"] + terms["kl_per_dim"].sum(-1))
+        return objectives.iwae_log_likelihood(m, x, iwae_key, 1), elbo
+
+    iwae_1, elbo = jax.vmap(both)(jax.random.split(jax.random.key(3), 2000))
+    # Same expectation: E_q[log p(x|z) + log p(z) - log q(z|x)] = E_q[log p(x|z)] - KL.
+    difference = iwae_1 - elbo
+    std_error = difference.std(0) / math.sqrt(difference.shape[0])
+    assert bool(jnp.all(jnp.abs(difference.mean(0)) < 4 * std_error))
+
+
+def test_iwae_tightens_with_more_samples(model_and_x):
+    model, x = model_and_x
+    bounds = {k: float(objectives.iwae_log_likelihood(model, x, jax.random.key(5), k, chunk_size=32).mean())
+              for k in (1, 10, 100, 1000)}
+    assert bounds[1] < bounds[10] < bounds[100] < bounds[1000]
+
+
+def test_iwae_chunks_with_a_remainder_use_exactly_k_samples(model_and_x):
+    model, x = model_and_x
+    key = jax.random.key(7)
+    mean, log_var = model.encode(x)
+    first = objectives.importance_log_weights(model, x, mean, log_var, jax.random.fold_in(key, 0), 10)
+    second = objectives.importance_log_weights(model, x, mean, log_var, jax.random.fold_in(key, 1), 10)
+    log_w = jnp.concatenate([first, second[:5]])  # k = 15 in chunks of 10: the last 5 are masked
+    direct = jax.nn.logsumexp(log_w, axis=0) - math.log(15)
+    estimate = objectives.iwae_log_likelihood(model, x, key, 15, chunk_size=10)
+    np.testing.assert_allclose(estimate, direct, rtol=1e-5)

@@ -1,0 +1,112 @@
+"""Training end to end on small slices: metrics, checkpoints, exact resume, sharding, failures."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from tests.conftest import tiny_config
+from vae import train, workdir
+
+METRIC_FIELDS = {
+    "epoch", "step", "train/elbo", "train/rec", "train/kl", "test/elbo", "test/rec", "test/kl",
+    "test/kl_per_dim", "test/active_units", "images_per_sec", "wall_time_sec",
+}
+TIMING_FIELDS = {"images_per_sec", "epoch_time_sec", "eval_time_sec", "wall_time_sec", "compile_time_sec"}
+
+
+def params_of(path):
+    _, model, _ = train.load_trained(path)
+    return jax.tree.leaves(nnx.state(model, nnx.Param))
+
+
+def without_timing(records):
+    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in records]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, fashion_mnist):
+    path = tmp_path_factory.mktemp("uninterrupted")
+    history = train.train_and_evaluate(tiny_config(train__num_epochs=3), path, progress=False)
+    return path, history
+
+
+def test_run_writes_the_workdir_contract(uninterrupted):
+    path, history = uninterrupted
+    records = workdir.read_metrics(path)
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert records == json.loads(json.dumps(history))
+    for record in records:
+        assert METRIC_FIELDS <= set(record)
+        assert len(record["test/kl_per_dim"]) == 4
+        assert record["test/elbo"] == pytest.approx(record["test/rec"] + record["test/kl"], rel=1e-6)
+        assert record["test/kl"] == pytest.approx(sum(record["test/kl_per_dim"]), rel=1e-3)
+        assert 0 <= record["test/active_units"] <= 4
+    assert records[0]["step"] == 1024 // 64
+    assert records[-1]["test/elbo"] < records[0]["test/elbo"]  # it learns
+    assert 100 < records[-1]["test/elbo"] < 600  # nats per Fashion-MNIST image: a sane range
+    config = json.loads((path / "config.json").read_text())
+    assert config["seed"] == 0 and config["run"]["num_devices"] == 4
+    assert {"jax", "flax", "optax"} <= set(config["run"]["versions"])
+    assert sorted(int(p.name) for p in (path / "checkpoints").iterdir() if p.name.isdigit()) == [1, 2, 3]
+
+
+def test_resume_continues_exactly(tmp_path, uninterrupted):
+    path, _ = uninterrupted
+    train.train_and_evaluate(tiny_config(train__num_epochs=2), tmp_path, progress=False)
+    assert len(workdir.read_metrics(tmp_path)) == 2
+    history = train.train_and_evaluate(tiny_config(train__num_epochs=3), tmp_path, progress=False)
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert without_timing(workdir.read_metrics(tmp_path)) == without_timing(workdir.read_metrics(path))
+    for resumed, straight in zip(params_of(tmp_path), params_of(path)):
+        np.testing.assert_array_equal(resumed, straight)
+
+
+def test_finished_run_is_not_retrained(uninterrupted):
+    path, history = uninterrupted
+    again = train.train_and_evaluate(tiny_config(train__num_epochs=3), path, progress=False)
+    assert without_timing(again) == without_timing(history)
+
+
+def test_a_different_seed_gives_different_numbers(tmp_path, uninterrupted):
+    _, history = uninterrupted
+    other = train.train_and_evaluate(tiny_config(train__num_epochs=1, seed=1), tmp_path, progress=False)
+    assert other[0]["train/elbo"] != history[0]["train/elbo"]
+
+
+def test_four_devices_match_one(tmp_path, fashion_mnist):
+    config = tiny_config(train__num_epochs=1)
+    one = train.train_and_evaluate(config, tmp_path / "one", devices=jax.devices()[:1], progress=False)
+    four = train.train_and_evaluate(config, tmp_path / "four", devices=jax.devices()[:4], progress=False)
+    assert len(jax.devices()) == 4
+    for key in ("train/elbo", "train/rec", "train/kl", "test/elbo"):
+        assert four[0][key] == pytest.approx(one[0][key], rel=1e-4)
+    for a, b in zip(params_of(tmp_path / "one"), params_of(tmp_path / "four")):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_resuming_with_another_model_is_refused(tmp_path, fashion_mnist):
+    train.train_and_evaluate(tiny_config(train__num_epochs=1), tmp_path, progress=False)
+    with pytest.raises(workdir.WorkdirError, match="model.latent_dim"):
+        train.train_and_evaluate(tiny_config(model__latent_dim=8), tmp_path, progress=False)
+    history = train.train_and_evaluate(tiny_config(model__latent_dim=8, train__num_epochs=1), tmp_path,
+                                       restart=True, progress=False)
+    assert len(history) == 1 and len(history[0]["test/kl_per_dim"]) == 8
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, fashion_mnist):
+    train.train_and_evaluate(tiny_config(train__num_epochs=1), tmp_path, progress=False)
+    config = tiny_config(train__num_epochs=3, train__learning_rate=1e4)
+    with pytest.raises(train.NonFiniteLossError, match=r"epoch 2, step \d+.*epoch 1\) is kept"):
+        train.train_and_evaluate(config, tmp_path, progress=False)
+    _, _, epoch = train.load_trained(tmp_path)
+    assert epoch == 1
+    assert [r["epoch"] for r in workdir.read_metrics(tmp_path)] == [1]
+
+
+def test_conv_model_trains(tmp_path, fashion_mnist):
+    history = train.train_and_evaluate(tiny_config(model__arch="conv", train__num_epochs=1), tmp_path,
+                                       progress=False)
+    assert np.isfinite(history[0]["test/elbo"])

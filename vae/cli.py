@@ -1,0 +1,63 @@
+"""Shared plumbing for the command-line scripts: user errors become one line and exit code 2."""
+
+import contextlib
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+from vae import data, validation, workdir
+from vae.train import NonFiniteLossError
+
+USER_ERRORS = (data.DataError, validation.ConfigError, workdir.WorkdirError, NonFiniteLossError)
+
+
+_FLAG_ERRORS = (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError)
+
+
+def _one_line(error: Exception) -> str:
+    text = str(error.args[0]) if len(error.args) == 1 else str(error)
+    while error.__cause__ is not None:  # config_flags wraps the real cause (a missing file, ...)
+        error = error.__cause__
+        if str(error) not in text:
+            text = f"{text}: {error}"
+    if isinstance(error, KeyError | AttributeError):  # config_dict's "did you mean" for a typo
+        text = "unknown config field " + text.replace("\\n", ". ").replace("\\", "").replace("'", "")
+    return " ".join(text.split())
+
+
+def _flag_error(error: Exception):
+    print(f"error: {_one_line(error)}. Run with --helpfull to list the flags.", file=sys.stderr)
+    sys.exit(2)
+
+
+def define_config(default: str = "configs/default.py"):
+    """The --config flag (an ml_collections config file with --config.a.b=value overrides).
+
+    config_flags applies overrides while the flag is defined, so a mistyped key fails here.
+    """
+    try:
+        return config_flags.DEFINE_config_file("config", default, "Config file.", lock_config=True)
+    except _FLAG_ERRORS as e:
+        _flag_error(e)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing where a bad flag or config override is one line, not a traceback."""
+    try:
+        remaining = flags.FLAGS(argv)
+        if "config" in flags.FLAGS:
+            flags.FLAGS.config.keys()  # a config file that failed to load raises here, not later
+        return remaining
+    except _FLAG_ERRORS as e:
+        _flag_error(e)
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Turns problems the user can fix into `error: ...` on stderr and exit status 2."""
+    try:
+        yield
+    except USER_ERRORS as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,149 @@
+"""Flax NNX encoders and decoders (MLP and convolutional) and the VAE that joins them.
+
+The encoder maps images x_BxHxWxC in [0, 1] to a diagonal-Gaussian posterior q(z|x) given by its
+mean and log-variance; the decoder maps latents z_BxZ to Bernoulli logits of every pixel. The prior
+is N(0, I). The modules hold only parameters: every random key is passed in explicitly.
+"""
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from vae import kl
+
+ARCHS = ("mlp", "conv")
+LIKELIHOODS = ("bernoulli",)
+
+
+class MLPEncoder(nnx.Module):
+    def __init__(self, image_shape: Sequence[int], hidden_dims: Sequence[int], latent_dim: int,
+                 *, rngs: nnx.Rngs):
+        dims = (math.prod(image_shape), *hidden_dims)
+        self.hidden = nnx.List(
+            [nnx.Linear(d_in, d_out, rngs=rngs) for d_in, d_out in zip(dims[:-1], dims[1:])])
+        self.head = nnx.Linear(dims[-1], 2 * latent_dim, rngs=rngs)
+
+    def __call__(self, x_BxHxWxC: jax.Array) -> tuple[jax.Array, jax.Array]:
+        h = x_BxHxWxC.reshape(x_BxHxWxC.shape[0], -1)
+        for layer in self.hidden:
+            h = nnx.relu(layer(h))
+        mean_BxZ, log_var_BxZ = jnp.split(self.head(h), 2, axis=-1)
+        return mean_BxZ, log_var_BxZ
+
+
+class MLPDecoder(nnx.Module):
+    def __init__(self, image_shape: Sequence[int], hidden_dims: Sequence[int], latent_dim: int,
+                 *, rngs: nnx.Rngs):
+        self.image_shape = tuple(image_shape)
+        dims = (latent_dim, *reversed(hidden_dims))
+        self.hidden = nnx.List(
+            [nnx.Linear(d_in, d_out, rngs=rngs) for d_in, d_out in zip(dims[:-1], dims[1:])])
+        self.head = nnx.Linear(dims[-1], math.prod(image_shape), rngs=rngs)
+
+    def __call__(self, z_BxZ: jax.Array) -> jax.Array:
+        h = z_BxZ
+        for layer in self.hidden:
+            h = nnx.relu(layer(h))
+        return self.head(h).reshape(z_BxZ.shape[0], *self.image_shape)
+
+
+class ConvEncoder(nnx.Module):
+    """Stride-2 4x4 convolutions (each halves H and W), then a dense head."""
+
+    def __init__(self, image_shape: Sequence[int], channels: Sequence[int], latent_dim: int,
+                 *, rngs: nnx.Rngs):
+        height, width, in_channels = image_shape
+        chans = (in_channels, *channels)
+        self.convs = nnx.List([
+            nnx.Conv(c_in, c_out, kernel_size=(4, 4), strides=(2, 2), padding="SAME", rngs=rngs)
+            for c_in, c_out in zip(chans[:-1], chans[1:])])
+        scale = 2 ** len(channels)
+        flat = (height // scale) * (width // scale) * chans[-1]
+        self.head = nnx.Linear(flat, 2 * latent_dim, rngs=rngs)
+
+    def __call__(self, x_BxHxWxC: jax.Array) -> tuple[jax.Array, jax.Array]:
+        h = x_BxHxWxC
+        for conv in self.convs:
+            h = nnx.relu(conv(h))
+        mean_BxZ, log_var_BxZ = jnp.split(self.head(h.reshape(h.shape[0], -1)), 2, axis=-1)
+        return mean_BxZ, log_var_BxZ
+
+
+class ConvDecoder(nnx.Module):
+    """A dense layer to a small feature map, then stride-2 transposed convolutions back to H x W."""
+
+    def __init__(self, image_shape: Sequence[int], channels: Sequence[int], latent_dim: int,
+                 *, rngs: nnx.Rngs):
+        height, width, out_channels = image_shape
+        scale = 2 ** len(channels)
+        self.base_shape = (height // scale, width // scale, channels[-1])
+        self.dense = nnx.Linear(latent_dim, math.prod(self.base_shape), rngs=rngs)
+        chans = (*reversed(channels), out_channels)
+        self.deconvs = nnx.List([
+            nnx.ConvTranspose(c_in, c_out, kernel_size=(4, 4), strides=(2, 2), padding="SAME",
+                              rngs=rngs)
+            for c_in, c_out in zip(chans[:-1], chans[1:])])
+
+    def __call__(self, z_BxZ: jax.Array) -> jax.Array:
+        h = nnx.relu(self.dense(z_BxZ)).reshape(z_BxZ.shape[0], *self.base_shape)
+        for i, deconv in enumerate(self.deconvs):
+            h = deconv(h)
+            if i < len(self.deconvs) - 1:
+                h = nnx.relu(h)
+        return h
+
+
+class VAE(nnx.Module):
+    """q(z|x) = N(mean(x), diag exp(log_var(x))), p(z) = N(0, I), p(x|z) = Bernoulli(logits(z))."""
+
+    def __init__(self, encoder: nnx.Module, decoder: nnx.Module, latent_dim: int):
+        self.encoder = encoder
+        self.decoder = decoder
+        self.latent_dim = latent_dim
+
+    def encode(self, x_BxHxWxC: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Posterior mean and log-variance, each B x Z."""
+        return self.encoder(x_BxHxWxC)
+
+    def decode(self, z_BxZ: jax.Array) -> jax.Array:
+        """Bernoulli logits of every pixel, B x H x W x C."""
+        return self.decoder(z_BxZ)
+
+    def __call__(self, x_BxHxWxC: jax.Array, key: jax.Array):
+        """One reparameterised pass: (logits, mean, log_var, z)."""
+        mean_BxZ, log_var_BxZ = self.encode(x_BxHxWxC)
+        z_BxZ = kl.sample_gaussian(key, mean_BxZ, log_var_BxZ)
+        return self.decode(z_BxZ), mean_BxZ, log_var_BxZ, z_BxZ
+
+    def reconstruct(self, x_BxHxWxC: jax.Array, key: jax.Array | None = None) -> jax.Array:
+        """Logits of x decoded from a posterior sample, or from the posterior mean if key is None."""
+        mean_BxZ, log_var_BxZ = self.encode(x_BxHxWxC)
+        z_BxZ = mean_BxZ if key is None else kl.sample_gaussian(key, mean_BxZ, log_var_BxZ)
+        return self.decode(z_BxZ)
+
+    def sample(self, key: jax.Array, num_samples: int, temperature: float = 1.0) -> jax.Array:
+        """Logits of images decoded from z ~ N(0, temperature² I)."""
+        z_BxZ = temperature * jax.random.normal(key, (num_samples, self.latent_dim))
+        return self.decode(z_BxZ)
+
+
+def build_model(model_config: ml_collections.ConfigDict, image_shape: Sequence[int],
+                key: jax.Array) -> VAE:
+    """The VAE that `model_config` describes, for images of `image_shape` (H, W, C)."""
+    if model_config.arch not in ARCHS:
+        raise ValueError(f"model.arch must be one of {ARCHS}, got {model_config.arch!r}")
+    rngs = nnx.Rngs(params=key)
+    latent_dim = model_config.latent_dim
+    if model_config.arch == "mlp":
+        hidden = tuple(model_config.hidden_dims)
+        encoder = MLPEncoder(image_shape, hidden, latent_dim, rngs=rngs)
+        decoder = MLPDecoder(image_shape, hidden, latent_dim, rngs=rngs)
+    else:
+        channels = tuple(model_config.conv_channels)
+        encoder = ConvEncoder(image_shape, channels, latent_dim, rngs=rngs)
+        decoder = ConvDecoder(image_shape, channels, latent_dim, rngs=rngs)
+    return VAE(encoder, decoder, latent_dim)

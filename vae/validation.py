@@ -1,0 +1,91 @@
+"""Config checks that run before any compute: one clear message per problem, naming the field."""
+
+import ml_collections
+
+from vae import data, models
+
+OPTIMIZERS = ("adam", "adamw")
+LR_SCHEDULES = ("constant", "cosine", "warmup_cosine")
+
+
+class ConfigError(ValueError):
+    """A config value the user must change; the message names the field and what is allowed."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """Raises ConfigError for the first value that cannot give a sound run."""
+    _require(_is_int(config.seed), f"seed must be an integer, got {config.seed!r}")
+
+    d = config.data
+    _require(isinstance(d.name, str) and d.name != "", "data.name must name a TFDS data set")
+    _require(d.binarize in data.BINARIZE_MODES,
+             f"data.binarize must be one of {data.BINARIZE_MODES}, got {d.binarize!r}")
+    _require(_is_int(d.test_binarize_seed), "data.test_binarize_seed must be an integer")
+
+    m = config.model
+    _require(m.arch in models.ARCHS, f"model.arch must be one of {models.ARCHS}, got {m.arch!r}")
+    _require(m.likelihood in models.LIKELIHOODS,
+             f"model.likelihood must be one of {models.LIKELIHOODS}, got {m.likelihood!r}")
+    _require(_is_int(m.latent_dim) and m.latent_dim >= 1,
+             f"model.latent_dim must be an integer >= 1, got {m.latent_dim!r}")
+    for field in ("hidden_dims", "conv_channels"):
+        dims = m[field]
+        _require(isinstance(dims, tuple | list) and len(dims) >= 1
+                 and all(_is_int(h) and h >= 1 for h in dims),
+                 f"model.{field} must be a non-empty tuple of positive integers, got {dims!r}")
+    if m.likelihood == "bernoulli" and d.binarize == "none":
+        raise ConfigError(
+            "a Bernoulli likelihood needs binary pixels, but data.binarize is 'none' (grey levels); "
+            "use data.binarize=dynamic or static")
+
+    t = config.train
+    _require(_is_int(t.num_epochs) and t.num_epochs >= 0,
+             f"train.num_epochs must be an integer >= 0, got {t.num_epochs!r}")
+    _require(_is_int(t.batch_size) and t.batch_size >= 1,
+             f"train.batch_size must be an integer >= 1, got {t.batch_size!r}")
+    _require(t.batch_size % num_devices == 0,
+             f"train.batch_size={t.batch_size} must be divisible by the number of devices "
+             f"({num_devices}); pick a multiple of {num_devices}")
+    _require(t.optimizer in OPTIMIZERS, f"train.optimizer must be one of {OPTIMIZERS}, got {t.optimizer!r}")
+    _require(_is_number(t.learning_rate) and t.learning_rate > 0,
+             f"train.learning_rate must be > 0, got {t.learning_rate!r}")
+    _require(t.lr_schedule in LR_SCHEDULES,
+             f"train.lr_schedule must be one of {LR_SCHEDULES}, got {t.lr_schedule!r}")
+    for field in ("warmup_epochs", "weight_decay", "grad_clip_norm", "beta", "kl_warmup_epochs",
+                  "free_bits"):
+        _require(_is_number(t[field]) and t[field] >= 0, f"train.{field} must be >= 0, got {t[field]!r}")
+    _require(_is_int(t.checkpoint_every_epochs) and t.checkpoint_every_epochs >= 1,
+             "train.checkpoint_every_epochs must be an integer >= 1")
+    _require(_is_int(t.keep_checkpoints) and t.keep_checkpoints >= 1,
+             "train.keep_checkpoints must be an integer >= 1")
+
+    e = config.eval
+    _require(_is_int(e.batch_size) and e.batch_size >= 1 and e.batch_size % num_devices == 0,
+             f"eval.batch_size must be a positive multiple of the device count ({num_devices}), "
+             f"got {e.batch_size!r}")
+    _require(_is_int(e.every_epochs) and e.every_epochs >= 1, "eval.every_epochs must be an integer >= 1")
+    _require(_is_number(e.active_unit_threshold) and e.active_unit_threshold >= 0,
+             "eval.active_unit_threshold must be >= 0")
+
+
+def validate_image_shape(config: ml_collections.ConfigDict, image_shape) -> None:
+    """Checks that the architecture fits the data set's images."""
+    if config.model.arch == "conv":
+        scale = 2 ** len(config.model.conv_channels)
+        height, width, _ = image_shape
+        _require(height % scale == 0 and width % scale == 0,
+                 f"model.arch=conv halves the image {len(config.model.conv_channels)} times, so "
+                 f"height and width must be multiples of {scale}; {config.data.name} is {height}x{width}")

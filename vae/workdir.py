@@ -1,0 +1,176 @@
+"""The workdir, the interface between training and everything downstream.
+
+    WORKDIR/config.json     the resolved config, plus a "run" section: library versions, devices
+    WORKDIR/metrics.jsonl   one JSON object per evaluated epoch (nats per image)
+    WORKDIR/checkpoints/N   Orbax checkpoint after epoch N (atomic; the last few kept)
+
+Every write is atomic (write to a temporary file, then rename) or a single appended line, and a
+resumed run first drops metric lines newer than the checkpoint it restores, so a run killed at
+any moment leaves a consistent workdir.
+"""
+
+import datetime
+import json
+import os
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+_VERSIONED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets", "numpy")
+# Config sections that change the parameters' shapes or the data's meaning: resuming with other
+# values would restore parameters into the wrong model or continue on other data.
+_RESUME_KEYS = ("model", "data.name", "data.binarize", "data.train_split", "seed")
+
+
+class WorkdirError(Exception):
+    """A workdir that cannot be used as asked; the message says what to do."""
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
+    record = json.loads(config.to_json_best_effort())
+    record["run"] = {
+        "versions": library_versions(),
+        "num_devices": jax.device_count(),
+        "platform": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "command": " ".join(sys.argv),
+        "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    atomic_write_text(workdir / CONFIG_FILE, json.dumps(record, indent=2) + "\n")
+
+
+def read_config(workdir: Path) -> ml_collections.ConfigDict:
+    """The config a run was trained with (its "run" section dropped)."""
+    path = Path(workdir) / CONFIG_FILE
+    if not path.exists():
+        raise WorkdirError(f"{workdir} has no {CONFIG_FILE}: it is not a training workdir")
+    record = json.loads(path.read_text())
+    record.pop("run", None)
+    return ml_collections.ConfigDict(record)
+
+
+def check_resumable(workdir: Path, config: ml_collections.ConfigDict) -> None:
+    """Refuses to resume a run whose model or data differ from `config`'s."""
+    path = workdir / CONFIG_FILE
+    if not path.exists():
+        return
+    old = _flatten(json.loads(path.read_text()))
+    new = _flatten(json.loads(config.to_json_best_effort()))
+    for key in sorted(set(old) | set(new)):
+        if key.startswith(_RESUME_KEYS) and old.get(key) != new.get(key):
+            raise WorkdirError(
+                f"{workdir} holds a run with {key}={old.get(key)!r}, but this config has "
+                f"{key}={new.get(key)!r}; use another --workdir, or pass --restart to start over")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay as values."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+# --- metrics.jsonl ------------------------------------------------------------------------------
+
+
+def read_metrics(workdir: Path) -> list[dict]:
+    """The metric records, one per evaluated epoch, skipping a torn last line."""
+    path = Path(workdir) / METRICS_FILE
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def append_metrics(workdir: Path, record: dict) -> None:
+    line = json.dumps(record) + "\n"
+    with open(workdir / METRICS_FILE, "a") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def truncate_metrics(workdir: Path, last_epoch: int) -> list[dict]:
+    """Keeps one record per epoch up to last_epoch (the restored checkpoint's); returns them."""
+    by_epoch = {}
+    for record in read_metrics(workdir):
+        if "epoch" in record and record["epoch"] <= last_epoch:
+            by_epoch[record["epoch"]] = record
+    kept = [by_epoch[e] for e in sorted(by_epoch)]
+    path = workdir / METRICS_FILE
+    if path.exists():
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    return kept
+
+
+# --- checkpoints --------------------------------------------------------------------------------
+
+
+def checkpoint_manager(workdir: Path, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
+                                           read_only=read_only)
+    return ocp.CheckpointManager((Path(workdir) / CHECKPOINT_DIR).absolute(), options=options)
+
+
+def save_checkpoint(manager: ocp.CheckpointManager, epoch: int, state: dict) -> None:
+    """Starts an atomic save of `state` as checkpoint `epoch` (written in the background)."""
+    manager.save(epoch, args=ocp.args.StandardSave(state))
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state, step: int | None = None):
+    """(epoch, state) of the newest checkpoint that restores (or of `step`), or (0, None).
+
+    A corrupted or truncated checkpoint is reported on stderr and skipped for the one before it.
+    """
+    steps = sorted(manager.all_steps(), reverse=True)
+    if step is not None:
+        if step not in steps:
+            raise WorkdirError(f"no checkpoint for epoch {step}; available: {sorted(steps)}")
+        steps = [step]
+    for candidate in steps:
+        try:
+            state = manager.restore(candidate, args=ocp.args.StandardRestore(abstract_state))
+        except Exception as e:  # noqa: BLE001 - any failure to read means this one is unusable
+            print(f"warning: checkpoint {candidate} cannot be restored ({type(e).__name__}: "
+                  f"{str(e).splitlines()[0][:200]}); trying an older one", file=sys.stderr)
+            if step is not None:
+                raise WorkdirError(f"checkpoint {candidate} is corrupted") from e
+            continue
+        return candidate, state
+    return 0, None
