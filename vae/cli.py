@@ -9,7 +9,14 @@ from ml_collections import config_flags
 from vae import data, validation, workdir
 from vae.train import NonFiniteLossError
 
-USER_ERRORS = (data.DataError, validation.ConfigError, workdir.WorkdirError, NonFiniteLossError)
+
+
+class UsageError(Exception):
+    """A command-line request that cannot be done as asked."""
+
+
+USER_ERRORS = (data.DataError, validation.ConfigError, workdir.WorkdirError, NonFiniteLossError,
+               UsageError)
 
 
 _FLAG_ERRORS = (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError)

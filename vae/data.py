@@ -217,15 +217,21 @@ class Dataset:
         return tuple(self.train_images.shape[1:])
 
 
+def load_test_set(data_config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
+    """The test split as every evaluation sees it: binarised once with the fixed test seed
+    (grey levels for binarize='none'); uint8 images and labels."""
+    images, labels = load_split(data_config.name, data_config.test_split, data_config.data_dir)
+    if data_config.binarize != "none":
+        images = binarize_static(images, data_config.test_binarize_seed)
+    return images, labels
+
+
 def load_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
     """Loads both splits and applies the config's binarisation."""
     if data_config.binarize not in BINARIZE_MODES:
         raise DataError(f"data.binarize must be one of {BINARIZE_MODES}, got {data_config.binarize!r}")
     train_images, train_labels = load_split(data_config.name, data_config.train_split, data_config.data_dir)
-    test_images, test_labels = load_split(data_config.name, data_config.test_split, data_config.data_dir)
-    if data_config.binarize != "none":
-        # The test set is binarised once, with a fixed seed, so every evaluation sees the same set.
-        test_images = binarize_static(test_images, data_config.test_binarize_seed)
+    test_images, test_labels = load_test_set(data_config)
     if data_config.binarize == "static":
         train_images = binarize_static(train_images, data_config.test_binarize_seed + 1)
     return Dataset(

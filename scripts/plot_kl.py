@@ -1,0 +1,43 @@
+"""The KL term across epochs for one or more workdirs (works while they are still training).
+
+    python scripts/plot_kl.py --workdir runs/beta1 runs/beta4 [--labels "β=1" "β=4"] [--out DIR]
+
+Writes kl_curves.png (KL, reconstruction and negative ELBO per epoch, runs overlaid) and
+kl_per_dim.png (per-dimension KL heat maps and active units) into the first workdir or --out.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from vae import cli, plotting, workdir
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", nargs="+", required=True)
+    parser.add_argument("--labels", nargs="+", default=None, help="one legend label per workdir")
+    parser.add_argument("--out", default=None, help="output directory (default: the first workdir)")
+    args = parser.parse_args(argv)
+    if args.labels is not None and len(args.labels) != len(args.workdir):
+        parser.error(f"--labels needs one label per workdir ({len(args.workdir)}), got {len(args.labels)}")
+    labels = args.labels or [Path(w).name for w in args.workdir]
+    with cli.user_errors():
+        runs = {}
+        for label, path in zip(labels, args.workdir):
+            if not Path(path).is_dir():
+                raise workdir.WorkdirError(f"workdir {path} does not exist")
+            records = workdir.read_metrics(Path(path))
+            if not records:
+                raise workdir.WorkdirError(
+                    f"{path} has no metrics yet: training writes metrics.jsonl after its first epoch")
+            runs[label] = records
+        out = Path(args.out or args.workdir[0])
+        out.mkdir(parents=True, exist_ok=True)
+        print(plotting.plot_kl_curves(runs, out / "kl_curves.png"))
+        print(plotting.plot_kl_per_dim(runs, out / "kl_per_dim.png"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Images from a trained workdir: prior samples, reconstructions, interpolations, traversals, manifold.
+
+    python scripts/sample.py --workdir runs/default [--mode prior|reconstruct|interpolate|traverse|manifold]
+        [--num 64] [--temperature 1.0] [--seed 0] [--epoch N] [--out DIR]
+
+Writes WORKDIR/<mode>.png (or into --out) and prints its path. Images are Bernoulli means.
+"""
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from vae import cli, data, kl, plotting, sampling, train, workdir
+
+MODES = ("prior", "reconstruct", "interpolate", "traverse", "manifold")
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--mode", choices=MODES, default="prior")
+    parser.add_argument("--num", type=int, default=64, help="prior samples, or test images to use")
+    parser.add_argument("--temperature", type=float, default=1.0, help="prior std for --mode prior")
+    parser.add_argument("--steps", type=int, default=10, help="images along each line or sweep")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epoch", type=int, default=None, help="checkpoint (default: latest)")
+    parser.add_argument("--out", default=None, help="output directory (default: the workdir)")
+    args = parser.parse_args(argv)
+    if args.num < 1 or args.steps < 2 or args.temperature < 0:
+        parser.error("--num must be >= 1, --steps >= 2 and --temperature >= 0")
+    return args
+
+
+def test_images(config, num: int, seed: int) -> np.ndarray:
+    """num test images (as the model sees them), chosen by seed, as floats in [0, 1]."""
+    images, _ = data.load_test_set(config.data)
+    chosen = np.random.default_rng(seed).choice(len(images), size=min(num, len(images)), replace=False)
+    return images[np.sort(chosen)].astype(np.float32) / 255.0
+
+
+def render(mode, config, model, epoch, args) -> tuple[np.ndarray, int, str, list | None]:
+    """(images, columns, title, row labels) for one mode."""
+    key = jax.random.key(args.seed)
+    where = f"{config.data.name}, epoch {epoch}"
+    if mode == "prior":
+        ncols = math.ceil(math.sqrt(args.num))
+        return (sampling.prior_samples(model, key, args.num, args.temperature), ncols,
+                f"{args.num} prior samples (T={args.temperature:g}), {where}", None)
+    if mode == "reconstruct":
+        x = test_images(config, args.num, args.seed)
+        return (sampling.reconstructions(model, x), 2 * min(8, len(x)),
+                f"test images and their reconstructions, {where}", None)
+    if mode == "interpolate":
+        x = test_images(config, 2 * max(1, args.num // 8), args.seed)
+        pairs = len(x) // 2
+        return (sampling.interpolations(model, x[:pairs], x[pairs:2 * pairs], args.steps), args.steps,
+                f"latent interpolations between test images, {where}", None)
+    if mode == "traverse":
+        x = test_images(config, 1, args.seed)[0]
+        kl_per_dim = _kl_per_dim(args.workdir, model, x)
+        order = np.argsort(-kl_per_dim)[: min(args.num, model.latent_dim)]
+        labels = [f"z{d} ({kl_per_dim[d]:.1f} nats)" for d in order]
+        return (sampling.traversal(model, x, order, args.steps), args.steps,
+                f"latents swept over ±3 prior std, by KL, {where}", labels)
+    images = sampling.manifold(model, args.steps)
+    return images, args.steps, f"decoder over a grid of prior quantiles, {where}", None
+
+
+def _kl_per_dim(path, model, x) -> np.ndarray:
+    """The run's latest test KL per dimension, or (without metrics) this image's."""
+    records = [r for r in workdir.read_metrics(Path(path)) if "test/kl_per_dim" in r]
+    if records:
+        return np.asarray(records[-1]["test/kl_per_dim"])
+    mean, log_var = model.encode(x[None])
+    return np.asarray(kl.standard_normal_kl_per_dim(mean, log_var)[0])
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    with cli.user_errors():
+        config, model, epoch = train.load_trained(args.workdir, args.epoch)
+        if args.mode == "manifold" and model.latent_dim != 2:
+            raise cli.UsageError(
+                f"--mode manifold needs a 2-D latent space; {args.workdir} has model.latent_dim="
+                f"{model.latent_dim} (train one with --config.model.latent_dim=2)")
+        images, ncols, title, labels = render(args.mode, config, model, epoch, args)
+        out = Path(args.out or args.workdir)
+        out.mkdir(parents=True, exist_ok=True)
+        path = plotting.save_image_grid(images, out / f"{args.mode}.png", ncols, title, labels)
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

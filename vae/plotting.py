@@ -1,0 +1,121 @@
+"""Figures from arrays and metric records: image grids and the KL term across epochs (nats)."""
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def image_grid(images: np.ndarray, ncols: int, pad: int = 1) -> np.ndarray:
+    """N x H x W x C images in [0, 1] tiled row-major into one (rows·H) x (ncols·W) image."""
+    n, h, w, c = images.shape
+    nrows = math.ceil(n / ncols)
+    grid = np.ones((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), dtype=np.float32)
+    for i, image in enumerate(images):
+        r, col = divmod(i, ncols)
+        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        grid[top:top + h, left:left + w] = image
+    return grid[..., 0] if c == 1 else grid
+
+
+def save_image_grid(images: np.ndarray, path: str | Path, ncols: int, title: str | None = None,
+                    row_labels: Sequence[str] | None = None, pixels_per_cell: float = 0.45) -> Path:
+    """Saves a grid of images (Bernoulli means in [0, 1]) as a PNG with an optional title."""
+    grid = image_grid(np.clip(images, 0.0, 1.0), ncols)
+    nrows = math.ceil(len(images) / ncols)
+    fig, ax = plt.subplots(figsize=(max(3.0, ncols * pixels_per_cell + (1.6 if row_labels else 0.2)),
+                                    nrows * pixels_per_cell + (0.5 if title else 0.1)))
+    ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks([])
+    if row_labels:
+        h = images.shape[1] + 1
+        ax.set_yticks([1 + h * (r + 0.5) for r in range(len(row_labels))], labels=list(row_labels),
+                      fontsize=8)
+        ax.tick_params(length=0)
+    else:
+        ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout(pad=0.2)
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _series(records: Sequence[Mapping], key: str) -> tuple[np.ndarray, np.ndarray]:
+    points = [(r["epoch"], r[key]) for r in records if key in r]
+    if not points:
+        return np.array([]), np.array([])
+    epochs, values = zip(*points)
+    return np.asarray(epochs), np.asarray(values, dtype=float)
+
+
+def plot_kl_curves(runs: Mapping[str, Sequence[Mapping]], path: str | Path) -> Path:
+    """KL (the focus), reconstruction and negative ELBO per epoch, train solid and test dashed,
+    one colour per run so runs (e.g. different β) can be compared."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    panels = [("kl", "KL(q(z|x) ‖ p(z))"), ("rec", "reconstruction  −log p(x|z)"),
+              ("elbo", "negative ELBO")]
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, records) in enumerate(runs.items()):
+        colour = colours[i % len(colours)]
+        for ax, (key, _) in zip(axes, panels):
+            for split, style in (("train", "-"), ("test", "--")):
+                epochs, values = _series(records, f"{split}/{key}")
+                if len(epochs):
+                    ax.plot(epochs, values, style, color=colour, label=f"{label} ({split})",
+                            marker="o" if len(epochs) < 3 else None)
+    for ax, (_, title) in zip(axes, panels):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("nats per image")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("The KL term across epochs (train solid, test dashed)")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_kl_per_dim(runs: Mapping[str, Sequence[Mapping]], path: str | Path) -> Path:
+    """For each run, a heat map of the test KL of every latent dimension across epochs (dimensions
+    ordered by their final KL, most used at the top) above its count of active units."""
+    runs = {label: [r for r in records if "test/kl_per_dim" in r] for label, records in runs.items()}
+    runs = {label: records for label, records in runs.items() if records}
+    if not runs:
+        raise ValueError("no run has per-dimension KL in its metrics yet")
+    fig, axes = plt.subplots(2, len(runs), figsize=(6.0 * len(runs), 6.5), squeeze=False, sharex="col",
+                             gridspec_kw={"height_ratios": [3, 1]}, layout="constrained")
+    for col, (label, records) in enumerate(runs.items()):
+        epochs = np.array([r["epoch"] for r in records])
+        kl_ExZ = np.array([r["test/kl_per_dim"] for r in records])
+        order = np.argsort(-kl_ExZ[-1])
+        heat_ax, units_ax = axes[0, col], axes[1, col]
+        image = heat_ax.imshow(kl_ExZ[:, order].T, aspect="auto", cmap="viridis", origin="upper",
+                               extent=(epochs[0] - 0.5, epochs[-1] + 0.5, len(order) - 0.5, -0.5),
+                               interpolation="nearest")
+        heat_ax.set_title(f"{label}: test KL per latent dimension")
+        heat_ax.set_ylabel("latent dimension (by final KL)")
+        step = max(1, len(order) // 10)
+        heat_ax.set_yticks(range(0, len(order), step), labels=[f"z{d}" for d in order[::step]])
+        fig.colorbar(image, ax=[heat_ax, units_ax], label="KL (nats)", shrink=0.9)
+        _, units = _series(records, "test/active_units")
+        units_ax.step(epochs, units, where="mid", color="tab:red")
+        units_ax.set_ylim(-0.5, kl_ExZ.shape[1] + 0.5)
+        units_ax.set_xlabel("epoch")
+        units_ax.set_ylabel("active units")
+        units_ax.grid(alpha=0.3)
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
