@@ -56,7 +56,8 @@ def test_sampling_is_deterministic_for_a_seed(tiny_run, tmp_path):
 
 
 def test_plot_kl_overlays_runs(tiny_run, tmp_path):
-    result = run_script("plot_kl.py", "--workdir", tiny_run, tiny_run, "--labels", "a", "b", "--out", tmp_path)
+    result = run_script("plot_kl.py", "--workdir", tiny_run, tiny_run, "--labels", "a", "b",
+                        "--out", tmp_path)
     assert "kl_curves.png" in result.stdout
     assert_png(tmp_path / "kl_curves.png")
     assert_png(tmp_path / "kl_per_dim.png")

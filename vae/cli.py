@@ -10,7 +10,6 @@ from vae import data, validation, workdir
 from vae.train import NonFiniteLossError
 
 
-
 class UsageError(Exception):
     """A command-line request that cannot be done as asked."""
 

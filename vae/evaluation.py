@@ -69,7 +69,7 @@ def evaluate_workdir(workdir: str | Path, num_samples: int = 5000, *, epoch: int
     config, model, restored_epoch = train.load_trained(workdir, epoch)
     images, _ = data.load_test_set(config.data)
     if max_examples is not None:
-        images = images[:max_examples]
+        images = images[: max(2, max_examples)]
     num_pixels = math.prod(images.shape[1:])
     mesh = train.make_mesh(devices)
     graphdef, params = nnx.split(model)
@@ -90,7 +90,7 @@ def evaluate_workdir(workdir: str | Path, num_samples: int = 5000, *, epoch: int
     result |= {
         "iw_samples": num_samples,
         "test/nll": nll,
-        "test/nll_std_error": float(np.std(log_px, ddof=1) / math.sqrt(len(log_px))) if len(log_px) > 1 else 0.0,
+        "test/nll_std_error": float(np.std(log_px, ddof=1) / math.sqrt(len(log_px))),
         "test/nll_bits_per_dim": nll / (num_pixels * math.log(2.0)),
         "iwae_time_sec": iwae_time,
         "iwae_images_per_sec": images.shape[0] / iwae_time,
