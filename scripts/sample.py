@@ -75,7 +75,7 @@ def _kl_per_dim(path, model, x) -> np.ndarray:
     records = [r for r in workdir.read_metrics(Path(path)) if "test/kl_per_dim" in r]
     if records:
         return np.asarray(records[-1]["test/kl_per_dim"])
-    mean, log_var = model.encode(x[None])
+    mean, log_var = model.encode(x.reshape(1, -1))
     return np.asarray(kl.standard_normal_kl_per_dim(mean, log_var)[0])
 
 

@@ -24,7 +24,7 @@ _IWAE_STREAM = 17
 
 
 def make_iwae(graphdef, mesh, num_samples: int, chunk_size: int):
-    """A jitted (params, images_u8 B x H x W x C, key) -> per-image log p(x) lower bound (B)."""
+    """A jitted (params, images_u8 B x D, key) -> per-image log p(x) lower bound (B)."""
     batch_sharding = NamedSharding(mesh, P("data"))
 
     def iwae(params, images_u8, key):
@@ -38,7 +38,7 @@ def make_iwae(graphdef, mesh, num_samples: int, chunk_size: int):
 def iwae_log_likelihoods(model, images_u8: np.ndarray, key: jax.Array, num_samples: int, *,
                          batch_size: int = 32, chunk_size: int = 250, devices=None,
                          progress: bool = True) -> np.ndarray:
-    """Per-image importance-weighted log-likelihood bounds (nats) over a whole image array."""
+    """Per-image importance-weighted log-likelihood bounds (nats) of N x H x W x C uint8 images."""
     mesh = train.make_mesh(devices)
     num_devices = mesh.devices.size
     batch_size = max(num_devices, batch_size - batch_size % num_devices)
@@ -46,8 +46,8 @@ def iwae_log_likelihoods(model, images_u8: np.ndarray, key: jax.Array, num_sampl
     replicated = NamedSharding(mesh, P())
     params = jax.device_put(params, replicated)
     iwae = make_iwae(graphdef, mesh, num_samples, chunk_size)
-    padded = train.pad_to_multiple(images_u8, batch_size)
-    batches = padded.reshape(-1, batch_size, *images_u8.shape[1:])
+    padded = train.pad_to_multiple(train.flatten(images_u8), batch_size)
+    batches = padded.reshape(-1, batch_size, padded.shape[-1])
     results = []
     with tqdm(total=images_u8.shape[0], unit="img", disable=not progress, file=sys.stderr,
               desc=f"IWAE k={num_samples}", dynamic_ncols=True) as bar:
@@ -76,7 +76,8 @@ def evaluate_workdir(workdir: str | Path, num_samples: int = 5000, *, epoch: int
 
     start = time.perf_counter()
     evaluate = train.make_evaluate(graphdef, config, mesh)
-    padded = jax.device_put(train.pad_to_multiple(images, config.eval.batch_size), NamedSharding(mesh, P()))
+    padded = train.pad_to_multiple(train.flatten(images), config.eval.batch_size)
+    padded = jax.device_put(padded, NamedSharding(mesh, P()))
     terms = jax.device_get(evaluate(params, padded))
     result = {"epoch": restored_epoch, "num_examples": int(images.shape[0])}
     result |= train.summarize_eval(terms, images.shape[0], num_pixels, config.eval.active_unit_threshold)

@@ -1,8 +1,10 @@
 """Flax NNX encoders and decoders (MLP and convolutional) and the VAE that joins them.
 
-The encoder maps images x_BxHxWxC in [0, 1] to a diagonal-Gaussian posterior q(z|x) given by its
-mean and log-variance; the decoder maps latents z_BxZ to Bernoulli logits of every pixel. The prior
-is N(0, I). The modules hold only parameters: every random key is passed in explicitly.
+The encoder maps flattened images x_BxD in [0, 1] (D = H·W·C) to a diagonal-Gaussian posterior
+q(z|x) given by its mean and log-variance; the decoder maps latents z_BxZ to Bernoulli logits of
+every pixel, B x D. Flat vectors keep the MLP's matmuls and the likelihood free of layout copies;
+the convolutional modules reshape to H x W x C inside. The prior is N(0, I). The modules hold
+only parameters: every random key is passed in explicitly.
 """
 
 import math
@@ -27,8 +29,8 @@ class MLPEncoder(nnx.Module):
             [nnx.Linear(d_in, d_out, rngs=rngs) for d_in, d_out in zip(dims[:-1], dims[1:])])
         self.head = nnx.Linear(dims[-1], 2 * latent_dim, rngs=rngs)
 
-    def __call__(self, x_BxHxWxC: jax.Array) -> tuple[jax.Array, jax.Array]:
-        h = x_BxHxWxC.reshape(x_BxHxWxC.shape[0], -1)
+    def __call__(self, x_BxD: jax.Array) -> tuple[jax.Array, jax.Array]:
+        h = x_BxD
         for layer in self.hidden:
             h = nnx.relu(layer(h))
         mean_BxZ, log_var_BxZ = jnp.split(self.head(h), 2, axis=-1)
@@ -38,7 +40,6 @@ class MLPEncoder(nnx.Module):
 class MLPDecoder(nnx.Module):
     def __init__(self, image_shape: Sequence[int], hidden_dims: Sequence[int], latent_dim: int,
                  *, rngs: nnx.Rngs):
-        self.image_shape = tuple(image_shape)
         dims = (latent_dim, *reversed(hidden_dims))
         self.hidden = nnx.List(
             [nnx.Linear(d_in, d_out, rngs=rngs) for d_in, d_out in zip(dims[:-1], dims[1:])])
@@ -48,7 +49,7 @@ class MLPDecoder(nnx.Module):
         h = z_BxZ
         for layer in self.hidden:
             h = nnx.relu(layer(h))
-        return self.head(h).reshape(z_BxZ.shape[0], *self.image_shape)
+        return self.head(h)
 
 
 class ConvEncoder(nnx.Module):
@@ -56,6 +57,7 @@ class ConvEncoder(nnx.Module):
 
     def __init__(self, image_shape: Sequence[int], channels: Sequence[int], latent_dim: int,
                  *, rngs: nnx.Rngs):
+        self.image_shape = tuple(image_shape)
         height, width, in_channels = image_shape
         chans = (in_channels, *channels)
         self.convs = nnx.List([
@@ -65,8 +67,8 @@ class ConvEncoder(nnx.Module):
         flat = (height // scale) * (width // scale) * chans[-1]
         self.head = nnx.Linear(flat, 2 * latent_dim, rngs=rngs)
 
-    def __call__(self, x_BxHxWxC: jax.Array) -> tuple[jax.Array, jax.Array]:
-        h = x_BxHxWxC
+    def __call__(self, x_BxD: jax.Array) -> tuple[jax.Array, jax.Array]:
+        h = x_BxD.reshape(x_BxD.shape[0], *self.image_shape)
         for conv in self.convs:
             h = nnx.relu(conv(h))
         mean_BxZ, log_var_BxZ = jnp.split(self.head(h.reshape(h.shape[0], -1)), 2, axis=-1)
@@ -94,34 +96,36 @@ class ConvDecoder(nnx.Module):
             h = deconv(h)
             if i < len(self.deconvs) - 1:
                 h = nnx.relu(h)
-        return h
+        return h.reshape(z_BxZ.shape[0], -1)
 
 
 class VAE(nnx.Module):
     """q(z|x) = N(mean(x), diag exp(log_var(x))), p(z) = N(0, I), p(x|z) = Bernoulli(logits(z))."""
 
-    def __init__(self, encoder: nnx.Module, decoder: nnx.Module, latent_dim: int):
+    def __init__(self, encoder: nnx.Module, decoder: nnx.Module, latent_dim: int,
+                 image_shape: Sequence[int]):
         self.encoder = encoder
         self.decoder = decoder
         self.latent_dim = latent_dim
+        self.image_shape = tuple(image_shape)  # (H, W, C) of the flattened inputs and outputs
 
-    def encode(self, x_BxHxWxC: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def encode(self, x_BxD: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Posterior mean and log-variance, each B x Z."""
-        return self.encoder(x_BxHxWxC)
+        return self.encoder(x_BxD)
 
     def decode(self, z_BxZ: jax.Array) -> jax.Array:
-        """Bernoulli logits of every pixel, B x H x W x C."""
+        """Bernoulli logits of every pixel, B x D."""
         return self.decoder(z_BxZ)
 
-    def __call__(self, x_BxHxWxC: jax.Array, key: jax.Array):
+    def __call__(self, x_BxD: jax.Array, key: jax.Array):
         """One reparameterised pass: (logits, mean, log_var, z)."""
-        mean_BxZ, log_var_BxZ = self.encode(x_BxHxWxC)
+        mean_BxZ, log_var_BxZ = self.encode(x_BxD)
         z_BxZ = kl.sample_gaussian(key, mean_BxZ, log_var_BxZ)
         return self.decode(z_BxZ), mean_BxZ, log_var_BxZ, z_BxZ
 
-    def reconstruct(self, x_BxHxWxC: jax.Array, key: jax.Array | None = None) -> jax.Array:
+    def reconstruct(self, x_BxD: jax.Array, key: jax.Array | None = None) -> jax.Array:
         """Logits of x decoded from a posterior sample, or from the posterior mean if key is None."""
-        mean_BxZ, log_var_BxZ = self.encode(x_BxHxWxC)
+        mean_BxZ, log_var_BxZ = self.encode(x_BxD)
         z_BxZ = mean_BxZ if key is None else kl.sample_gaussian(key, mean_BxZ, log_var_BxZ)
         return self.decode(z_BxZ)
 
@@ -146,4 +150,4 @@ def build_model(model_config: ml_collections.ConfigDict, image_shape: Sequence[i
         channels = tuple(model_config.conv_channels)
         encoder = ConvEncoder(image_shape, channels, latent_dim, rngs=rngs)
         decoder = ConvDecoder(image_shape, channels, latent_dim, rngs=rngs)
-    return VAE(encoder, decoder, latent_dim)
+    return VAE(encoder, decoder, latent_dim, image_shape)

@@ -101,7 +101,7 @@ def make_train_epoch(graphdef, tx, config, mesh: Mesh, num_train: int, dynamic: 
         grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = metrics | {"beta": beta_t, "grad_norm": optax.tree.norm(grads)}
+        metrics = metrics | {"beta": beta_t}
         return TrainState(state.step + 1, params, opt_state), metrics
 
     def train_epoch(state: TrainState, images_u8, epoch):
@@ -118,7 +118,7 @@ def make_train_epoch(graphdef, tx, config, mesh: Mesh, num_train: int, dynamic: 
 
 
 def make_evaluate(graphdef, config, mesh: Mesh):
-    """A jitted params, images_u8 (N padded to the eval batch) -> per-example rec, kl, mean."""
+    """A jitted params, images_u8 (N x D, N padded to the eval batch) -> per-example rec, kl, mean."""
     batch_size = config.eval.batch_size
     eval_key = jax.random.fold_in(root_key(config.seed), _EVAL)
     batch_sharding = NamedSharding(mesh, P("data"))
@@ -136,6 +136,11 @@ def make_evaluate(graphdef, config, mesh: Mesh):
         return jax.tree.map(lambda t: t.reshape(-1, *t.shape[2:]), terms)
 
     return jax.jit(evaluate, out_shardings=NamedSharding(mesh, P()))
+
+
+def flatten(images: np.ndarray) -> np.ndarray:
+    """N x H x W x C -> N x D, the layout the model takes."""
+    return images.reshape(images.shape[0], -1)
 
 
 def pad_to_multiple(images: np.ndarray, multiple: int) -> np.ndarray:
@@ -210,8 +215,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     history = wd.truncate_metrics(workdir, start_epoch)
     wall_offset = history[-1].get("wall_time_sec", 0.0) if history else 0.0
 
-    train_images = jax.device_put(dataset.train_images, replicated)
-    test_padded = pad_to_multiple(dataset.test_images, config.eval.batch_size)
+    # Flat N x D uint8 on the device: the model takes flattened images (no layout copies).
+    train_images = jax.device_put(flatten(dataset.train_images), replicated)
+    test_padded = pad_to_multiple(flatten(dataset.test_images), config.eval.batch_size)
     test_images = jax.device_put(test_padded, replicated)
     num_test = dataset.test_images.shape[0]
 
