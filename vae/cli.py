@@ -7,7 +7,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from vae import data, validation, workdir
-from vae.train import NonFiniteLossError
+from vae.train import Interrupted, NonFiniteLossError
 
 
 class UsageError(Exception):
@@ -64,6 +64,13 @@ def user_errors():
     """Turns problems the user can fix into `error: ...` on stderr and exit status 2."""
     try:
         yield
+    except Interrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted: stopped at once; the last checkpoint is kept, run again to resume",
+              file=sys.stderr)
+        sys.exit(130)
     except USER_ERRORS as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         sys.exit(2)

@@ -9,7 +9,9 @@ run repeats an uninterrupted one exactly.
 """
 
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -39,6 +41,40 @@ class TrainState(NamedTuple):
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+
+
+class Interrupted(RuntimeError):
+    """SIGINT or SIGTERM stopped the run at an epoch boundary, after a checkpoint was written."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class _StopRequests:
+    """Records SIGINT/SIGTERM instead of dying mid-write; a second signal stops at once."""
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:  # asked twice: abandon the epoch, keep the last checkpoint
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this epoch's checkpoint "
+              "(send it again to stop at once)", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        return False
 
 
 def root_key(seed: int) -> jax.Array:
@@ -233,47 +269,53 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     bar = tqdm(total=num_epochs, initial=start_epoch, unit="epoch", disable=not progress,
                file=sys.stderr, dynamic_ncols=True)
     last_good = start_epoch
-    try:
-        for epoch in range(start_epoch + 1, num_epochs + 1):
-            first_step = int(state.step)
-            t_epoch = time.perf_counter()
-            epoch_arg = jax.device_put(np.int32(epoch), replicated)
-            state, step_metrics = train_epoch(state, train_images, epoch_arg)
-            step_metrics = jax.device_get(step_metrics)  # waits for the epoch to finish
-            train_time = time.perf_counter() - t_epoch
-            _check_finite(step_metrics["loss"], epoch, first_step, last_good)
+    with _StopRequests() as stop:
+        try:
+            for epoch in range(start_epoch + 1, num_epochs + 1):
+                first_step = int(state.step)
+                t_epoch = time.perf_counter()
+                epoch_arg = jax.device_put(np.int32(epoch), replicated)
+                state, step_metrics = train_epoch(state, train_images, epoch_arg)
+                step_metrics = jax.device_get(step_metrics)  # waits for the epoch to finish
+                train_time = time.perf_counter() - t_epoch
+                _check_finite(step_metrics["loss"], epoch, first_step, last_good)
 
-            record = {"epoch": epoch, "step": first_step + steps_per_epoch}
-            record |= {f"train/{k}": float(np.mean(v)) for k, v in step_metrics.items()}
-            record["images_per_sec"] = steps_per_epoch * config.train.batch_size / train_time
-            record["epoch_time_sec"] = train_time
-            if epoch == start_epoch + 1:
-                record["compile_time_sec"] = compile_time
-            if epoch % config.eval.every_epochs == 0 or epoch == num_epochs:
-                t_eval = time.perf_counter()
-                terms = jax.device_get(evaluate(state.params, test_images))
-                record |= summarize_eval(terms, num_test, math.prod(dataset.image_shape),
-                                         config.eval.active_unit_threshold)
-                record["eval_time_sec"] = time.perf_counter() - t_eval
-                if not math.isfinite(record["test/elbo"]):
-                    raise NonFiniteLossError(
-                        f"the test negative ELBO is {record['test/elbo']} after epoch {epoch}; the "
-                        f"last good checkpoint (epoch {last_good}) is kept")
-            record["wall_time_sec"] = wall_offset + time.perf_counter() - run_start
-            # Metrics first, then the checkpoint: a resume drops lines newer than its checkpoint.
-            wd.append_metrics(workdir, record)
-            history.append(record)
-            if epoch % config.train.checkpoint_every_epochs == 0 or epoch == num_epochs:
-                wd.save_checkpoint(manager, epoch, state._asdict())
-                last_good = epoch
-            bar.update(1)
-            bar.set_postfix_str(_postfix(record), refresh=False)
-            if progress:
-                bar.write(_epoch_line(record, num_epochs))
-    finally:
-        bar.close()
-        manager.wait_until_finished()
-        manager.close()
+                record = {"epoch": epoch, "step": first_step + steps_per_epoch}
+                record |= {f"train/{k}": float(np.mean(v)) for k, v in step_metrics.items()}
+                record["images_per_sec"] = steps_per_epoch * config.train.batch_size / train_time
+                record["epoch_time_sec"] = train_time
+                if epoch == start_epoch + 1:
+                    record["compile_time_sec"] = compile_time
+                if epoch % config.eval.every_epochs == 0 or epoch == num_epochs:
+                    t_eval = time.perf_counter()
+                    terms = jax.device_get(evaluate(state.params, test_images))
+                    record |= summarize_eval(terms, num_test, math.prod(dataset.image_shape),
+                                             config.eval.active_unit_threshold)
+                    record["eval_time_sec"] = time.perf_counter() - t_eval
+                    if not math.isfinite(record["test/elbo"]):
+                        raise NonFiniteLossError(
+                            f"the test negative ELBO is {record['test/elbo']} after epoch {epoch}; the "
+                            f"last good checkpoint (epoch {last_good}) is kept")
+                record["wall_time_sec"] = wall_offset + time.perf_counter() - run_start
+                # Metrics first, then the checkpoint: a resume drops lines newer than its checkpoint.
+                wd.append_metrics(workdir, record)
+                history.append(record)
+                if epoch % config.train.checkpoint_every_epochs == 0 or epoch == num_epochs or stop.signum:
+                    wd.save_checkpoint(manager, epoch, state._asdict())
+                    last_good = epoch
+                bar.update(1)
+                bar.set_postfix_str(_postfix(record), refresh=False)
+                if progress:
+                    bar.write(_epoch_line(record, num_epochs))
+                if stop.signum is not None and epoch < num_epochs:
+                    manager.wait_until_finished()
+                    raise Interrupted(
+                        f"stopped by {signal.Signals(stop.signum).name} after epoch {epoch}, which is "
+                        f"checkpointed; run the same command again to resume", stop.signum)
+        finally:
+            bar.close()
+            manager.wait_until_finished()
+            manager.close()
     return history
 
 

@@ -1,0 +1,141 @@
+"""Runs that survive: SIGKILL mid-epoch and mid-checkpoint, graceful SIGINT/SIGTERM, exact resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from tests.conftest import REPO
+from vae import train, workdir
+
+NUM_EPOCHS = 4
+# Big enough that an epoch takes a noticeable time, so kills land inside epochs and saves.
+OVERRIDES = [
+    "--config.data.train_split=train[:6144]", "--config.data.test_split=test[:512]",
+    "--config.model.hidden_dims=(64,)", "--config.model.latent_dim=4", "--config.train.batch_size=32",
+    "--config.eval.batch_size=128", f"--config.train.num_epochs={NUM_EPOCHS}",
+]
+TIMING = {"images_per_sec", "epoch_time_sec", "eval_time_sec", "wall_time_sec", "compile_time_sec"}
+
+
+def start(path: Path) -> subprocess.Popen:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    return subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "scripts", "train.py"), "--workdir", str(path),
+         "--noprogress", *OVERRIDES],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(path: Path) -> None:
+    process = start(path)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-2000:]
+
+
+def metrics_lines(path: Path) -> list[str]:
+    return (path / workdir.METRICS_FILE).read_text().splitlines()
+
+
+def wait_for(condition, timeout=120.0, interval=0.002):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def completed_epochs(path: Path) -> int:
+    try:
+        return len(metrics_lines(path))
+    except FileNotFoundError:
+        return 0
+
+
+def saving_now(path: Path) -> bool:
+    ckpt = path / workdir.CHECKPOINT_DIR
+    return ckpt.is_dir() and any("tmp" in p.name for p in ckpt.iterdir())
+
+
+def final_params(path: Path):
+    _, model, epoch = train.load_trained(path)
+    assert epoch == NUM_EPOCHS
+    return jax.tree.leaves(nnx.state(model, nnx.Param))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, fashion_mnist):
+    path = tmp_path_factory.mktemp("uninterrupted")
+    finish(path)
+    return path
+
+
+def assert_same_run(path: Path, reference: Path) -> None:
+    lines = metrics_lines(path)
+    records = [json.loads(line) for line in lines]  # no torn line
+    assert [r["epoch"] for r in records] == list(range(1, NUM_EPOCHS + 1))  # one line per epoch
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in TIMING} for r in rs]  # noqa: E731
+    assert strip(records) == strip(workdir.read_metrics(reference))
+    for a, b in zip(final_params(path), final_params(reference)):
+        np.testing.assert_array_equal(a, b)  # bit for bit on CPU
+
+
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, reference):
+    process = start(tmp_path)
+    assert wait_for(lambda: completed_epochs(tmp_path) >= 1)
+    time.sleep(0.05)  # inside epoch 2
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert completed_epochs(tmp_path) < NUM_EPOCHS
+    finish(tmp_path)
+    assert_same_run(tmp_path, reference)
+
+
+def test_sigkill_while_a_checkpoint_is_written_then_resume(tmp_path, reference):
+    process = start(tmp_path)
+    caught = wait_for(lambda: completed_epochs(tmp_path) >= 1 and saving_now(tmp_path), interval=0.0005)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert caught, "never saw a checkpoint being written"
+    finish(tmp_path)
+    assert_same_run(tmp_path, reference)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_sigint_and_sigterm_stop_gracefully_with_a_checkpoint(tmp_path, reference, signum):
+    process = start(tmp_path)
+    assert wait_for(lambda: completed_epochs(tmp_path) >= 1)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum
+    assert stderr.strip().splitlines()[-1].startswith("interrupted: stopped by")
+    assert "Traceback" not in stderr
+    stopped_at = completed_epochs(tmp_path)
+    assert 1 <= stopped_at < NUM_EPOCHS
+    steps = sorted(int(p.name) for p in (tmp_path / workdir.CHECKPOINT_DIR).iterdir() if p.name.isdigit())
+    assert steps[-1] == stopped_at  # the epoch it stopped after was checkpointed
+    finish(tmp_path)
+    assert_same_run(tmp_path, reference)
+
+
+def test_a_corrupted_checkpoint_falls_back_to_the_previous_one(tmp_path, reference, capfd):
+    finish(tmp_path)
+    latest = tmp_path / workdir.CHECKPOINT_DIR / str(NUM_EPOCHS)
+    data_files = [p for p in latest.rglob("*") if p.is_file() and p.stat().st_size > 1000]
+    assert data_files
+    for path in data_files:  # overwrite bytes in the middle of every array file
+        raw = bytearray(path.read_bytes())
+        middle = len(raw) // 2
+        raw[middle:middle + 64] = os.urandom(64)
+        path.write_bytes(bytes(raw))
+    _, _, epoch = train.load_trained(tmp_path)
+    assert epoch == NUM_EPOCHS - 1
+    assert f"checkpoint {NUM_EPOCHS} cannot be restored" in capfd.readouterr().err
