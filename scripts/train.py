@@ -20,7 +20,7 @@ _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar and one lin
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)
+    logging.set_verbosity(logging.ERROR)  # TFDS's advice to install OpenCV is noise here
     with cli.user_errors():
         history = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, restart=_RESTART.value,
                                            progress=_PROGRESS.value)

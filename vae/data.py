@@ -122,6 +122,8 @@ def _check_format(builder, name: str, data_dir: str | None) -> None:
 def check_prepared(name: str, data_dir: str | None):
     """Returns the TFDS builder of a prepared image data set, or raises DataError saying what to run."""
     data_dir = resolve_data_dir(data_dir)
+    if data_dir is not None and os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise DataError(f"the data directory {data_dir} is a file, not a directory; fix data.data_dir")
     if data_dir is not None and os.path.exists(data_dir) and not os.access(data_dir, os.R_OK | os.X_OK):
         raise DataError(f"the data directory {data_dir} is not readable; fix its permissions")
     builder = _builder(name, data_dir)
@@ -230,6 +232,9 @@ def load_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
     """Loads both splits and applies the config's binarisation."""
     if data_config.binarize not in BINARIZE_MODES:
         raise DataError(f"data.binarize must be one of {BINARIZE_MODES}, got {data_config.binarize!r}")
+    builder = check_prepared(data_config.name, data_config.data_dir)  # both splits, before reading
+    check_split(builder, data_config.train_split)
+    check_split(builder, data_config.test_split)
     train_images, train_labels = load_split(data_config.name, data_config.train_split, data_config.data_dir)
     test_images, test_labels = load_test_set(data_config)
     if data_config.binarize == "static":

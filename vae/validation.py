@@ -1,5 +1,7 @@
 """Config checks that run before any compute: one clear message per problem, naming the field."""
 
+import math
+
 import ml_collections
 
 from vae import data, models
@@ -22,7 +24,8 @@ def _is_int(value) -> bool:
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A finite int or float (not a bool): inf or nan here would only fail after compute."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -61,12 +64,13 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
              f"({num_devices}); pick a multiple of {num_devices}")
     _require(t.optimizer in OPTIMIZERS, f"train.optimizer must be one of {OPTIMIZERS}, got {t.optimizer!r}")
     _require(_is_number(t.learning_rate) and t.learning_rate > 0,
-             f"train.learning_rate must be > 0, got {t.learning_rate!r}")
+             f"train.learning_rate must be a finite number > 0, got {t.learning_rate!r}")
     _require(t.lr_schedule in LR_SCHEDULES,
              f"train.lr_schedule must be one of {LR_SCHEDULES}, got {t.lr_schedule!r}")
     for field in ("warmup_epochs", "weight_decay", "grad_clip_norm", "beta", "kl_warmup_epochs",
                   "free_bits"):
-        _require(_is_number(t[field]) and t[field] >= 0, f"train.{field} must be >= 0, got {t[field]!r}")
+        _require(_is_number(t[field]) and t[field] >= 0,
+                 f"train.{field} must be a finite number >= 0, got {t[field]!r}")
     _require(_is_int(t.checkpoint_every_epochs) and t.checkpoint_every_epochs >= 1,
              "train.checkpoint_every_epochs must be an integer >= 1")
     _require(_is_int(t.keep_checkpoints) and t.keep_checkpoints >= 1,

@@ -1,0 +1,143 @@
+"""Bad input: every config value is either accepted or refused with one clear line, before compute."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import REPO, tiny_config
+from vae import validation
+
+values = st.one_of(st.integers(-5, 10_000), st.floats(allow_nan=True, allow_infinity=True),
+                   st.text(max_size=8), st.booleans(), st.none())
+FIELDS = {
+    "seed": values,
+    "data.binarize": st.one_of(st.sampled_from(["dynamic", "static", "none"]), values),
+    "model.arch": st.one_of(st.sampled_from(["mlp", "conv"]), values),
+    "model.latent_dim": values,
+    "model.hidden_dims": st.one_of(st.lists(st.integers(-2, 50), max_size=3).map(tuple), values),
+    "train.num_epochs": values,
+    "train.batch_size": values,
+    "train.learning_rate": values,
+    "train.beta": values,
+    "train.free_bits": values,
+    "train.kl_warmup_epochs": values,
+    "train.optimizer": st.one_of(st.sampled_from(["adam", "adamw", "sgd"]), values),
+    "eval.batch_size": values,
+}
+
+
+def is_number(v):
+    return isinstance(v, int | float) and not isinstance(v, bool) and abs(v) < float("inf")
+
+
+def is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def expected_valid(field, value, num_devices):
+    """An oracle written independently of vae.validation."""
+    return {
+        "seed": lambda v: is_int(v),
+        "data.binarize": lambda v: v in ("dynamic", "static"),  # 'none' needs a non-Bernoulli likelihood
+        "model.arch": lambda v: v in ("mlp", "conv"),
+        "model.latent_dim": lambda v: is_int(v) and v >= 1,
+        "model.hidden_dims": lambda v: isinstance(v, tuple) and len(v) >= 1 and all(
+            is_int(h) and h >= 1 for h in v),
+        "train.num_epochs": lambda v: is_int(v) and v >= 0,
+        "train.batch_size": lambda v: is_int(v) and v >= 1 and v % num_devices == 0,
+        "train.learning_rate": lambda v: is_number(v) and v > 0,
+        "train.beta": lambda v: is_number(v) and v >= 0,
+        "train.free_bits": lambda v: is_number(v) and v >= 0,
+        "train.kl_warmup_epochs": lambda v: is_number(v) and v >= 0,
+        "train.optimizer": lambda v: v in ("adam", "adamw"),
+        "eval.batch_size": lambda v: is_int(v) and v >= 1 and v % num_devices == 0,
+    }[field](value)
+
+
+def with_value(field, value):
+    config = tiny_config()
+    section, _, leaf = field.rpartition(".")
+    node = config[section] if section else config
+    with node.ignore_type():
+        node[leaf] = value
+    return config
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), num_devices=st.sampled_from([1, 2, 4]))
+def test_each_value_is_accepted_or_refused_with_a_config_error(data, num_devices):
+    field = data.draw(st.sampled_from(sorted(FIELDS)))
+    value = data.draw(FIELDS[field])
+    config = with_value(field, value)
+    section, _, leaf = field.rpartition(".")
+    value = (config[section] if section else config)[leaf]  # as stored: ConfigDict coerces some types
+    valid = expected_valid(field, value, num_devices)
+    try:
+        validation.validate_config(config, num_devices)
+    except validation.ConfigError as e:
+        message = str(e)
+        assert not valid, f"{field}={value!r} is valid but was refused: {message}"
+        assert "\n" not in message and field.rpartition(".")[2] in message
+        return
+    assert valid, f"{field}={value!r} was accepted"
+
+
+def test_the_default_config_is_valid():
+    from configs import conv, default
+
+    for module in (default, conv):
+        validation.validate_config(module.get_config(), 1)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.train.learning_rate=0", "train.learning_rate must be a finite number > 0"),
+        ("--config.train.learning_rate=-1e-3", "train.learning_rate must be a finite number > 0"),
+        ("--config.train.learning_rate=inf", "train.learning_rate must be a finite number > 0"),
+        ("--config.model.latent_dim=0", "model.latent_dim must be an integer >= 1"),
+        ("--config.train.batch_size=6", "divisible by the number of devices (4)"),
+        ("--config.train.beta=-1", "train.beta must be a finite number >= 0"),
+        ("--config.model.arch=resnet", "model.arch must be one of"),
+        ("--config.model.likelihood=gaussian", "model.likelihood must be one of"),
+        ("--config.data.binarize=none", "Bernoulli likelihood needs binary pixels"),
+        ("--config.data.name=no_such_dataset", "unknown TFDS data set"),
+        ("--config.data.test_split=validation", "split 'validation' is not in fashion_mnist"),
+        ("--config.data.data_dir=/nonexistent/tfds", "is not prepared in /nonexistent/tfds"),
+        ("--config.train.learning_ratex=1", "unknown config field learning_ratex"),
+        ("--config.train.batch_size=abc", "invalid literal for int()"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, fashion_mnist, override, message):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, "scripts/train.py", "--workdir", str(tmp_path / "run"), override],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    assert result.returncode == 2, result.stderr[-1500:]
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-1500:]
+    assert message in lines[0]
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any compute
+
+
+def test_an_unreadable_data_dir_is_reported(tmp_path):
+    from vae import data
+
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    with pytest.raises(data.DataError, match="is a file, not a directory"):
+        data.check_prepared("fashion_mnist", str(not_a_dir))
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0)
+    try:
+        if os.access(locked, os.R_OK):
+            pytest.skip("running as a user who can read any directory (root)")
+        with pytest.raises(data.DataError, match="not readable"):
+            data.check_prepared("fashion_mnist", str(locked))
+    finally:
+        locked.chmod(0o755)
