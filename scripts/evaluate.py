@@ -26,6 +26,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.iw_samples < 1 or args.batch_size < 1 or args.chunk_size < 1:
         parser.error("--iw-samples, --batch-size and --chunk-size must be >= 1")
+    cli.quiet_logs()
     with cli.user_errors():
         if not Path(args.workdir).is_dir():
             raise workdir.WorkdirError(f"workdir {args.workdir} does not exist")

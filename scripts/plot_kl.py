@@ -22,6 +22,7 @@ def main(argv=None) -> int:
     if args.labels is not None and len(args.labels) != len(args.workdir):
         parser.error(f"--labels needs one label per workdir ({len(args.workdir)}), got {len(args.labels)}")
     labels = args.labels or [Path(w).name for w in args.workdir]
+    cli.quiet_logs()
     with cli.user_errors():
         runs = {}
         for label, path in zip(labels, args.workdir):
@@ -34,8 +35,8 @@ def main(argv=None) -> int:
             runs[label] = records
         out = Path(args.out or args.workdir[0])
         out.mkdir(parents=True, exist_ok=True)
-        print(plotting.plot_kl_curves(runs, out / "kl_curves.png"))
-        print(plotting.plot_kl_per_dim(runs, out / "kl_per_dim.png"))
+        print(plotting.save_figure(plotting.plot_kl_curves(runs), out / "kl_curves.png"))
+        print(plotting.save_figure(plotting.plot_kl_per_dim(runs), out / "kl_per_dim.png"))
     return 0
 
 

@@ -81,6 +81,7 @@ def _kl_per_dim(path, model, x) -> np.ndarray:
 
 def main(argv=None) -> int:
     args = parse(argv)
+    cli.quiet_logs()
     with cli.user_errors():
         config, model, epoch = train.load_trained(args.workdir, args.epoch)
         if args.mode == "manifold" and model.latent_dim != 2:

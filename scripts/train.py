@@ -6,7 +6,7 @@
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from vae import cli, train
 
@@ -20,7 +20,7 @@ _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar and one lin
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.ERROR)  # TFDS's advice to install OpenCV is noise here
+    cli.quiet_logs()
     with cli.user_errors():
         history = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, restart=_RESTART.value,
                                            progress=_PROGRESS.value)

@@ -1,13 +1,16 @@
 """Training end to end on small slices: metrics, checkpoints, exact resume, sharding, failures."""
 
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 
-from tests.conftest import tiny_config
+from tests.conftest import REPO, tiny_config
 from vae import train, workdir
 
 METRIC_FIELDS = {
@@ -110,3 +113,15 @@ def test_conv_model_trains(tmp_path, fashion_mnist):
     history = train.train_and_evaluate(tiny_config(model__arch="conv", train__num_epochs=1), tmp_path,
                                        progress=False)
     assert np.isfinite(history[0]["test/elbo"])
+
+
+def test_a_run_trained_on_4_devices_loads_and_resumes_on_1(tmp_path, fashion_mnist):
+    train.train_and_evaluate(tiny_config(train__num_epochs=1), tmp_path, progress=False)
+    script = ("import sys; from vae import train; from tests.conftest import tiny_config; "
+              "_, model, epoch = train.load_trained(sys.argv[1]); assert epoch == 1; "
+              "h = train.train_and_evaluate(tiny_config(), sys.argv[1], progress=False); "
+              "assert [r['epoch'] for r in h] == [1, 2]; print('ok')")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
+                            cwd=REPO, env=env, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

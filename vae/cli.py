@@ -3,7 +3,7 @@
 import contextlib
 import sys
 
-from absl import flags
+from absl import flags, logging
 from ml_collections import config_flags
 
 from vae import data, validation, workdir
@@ -46,6 +46,11 @@ def define_config(default: str = "configs/default.py"):
         return config_flags.DEFINE_config_file("config", default, "Config file.", lock_config=True)
     except _FLAG_ERRORS as e:
         _flag_error(e)
+
+
+def quiet_logs() -> None:
+    """Only errors from absl's logger: Orbax's read-only notes and TFDS's OpenCV advice are noise."""
+    logging.set_verbosity(logging.ERROR)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -247,3 +247,11 @@ def load_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
         test_labels=test_labels,
         dynamic=data_config.binarize == "dynamic",
     )
+
+
+def class_names(name: str, data_dir: str | None = None) -> list[str]:
+    """The label names of a prepared data set (e.g. 'T-shirt/top', ...), or the label numbers."""
+    features = check_prepared(name, data_dir).info.features
+    if "label" in features.keys() and hasattr(features["label"], "names"):
+        return list(features["label"].names)
+    return [str(i) for i in range(1000)]

@@ -23,6 +23,26 @@ from vae import data, objectives, train
 _IWAE_STREAM = 17
 
 
+def encode_images(model, images_u8: np.ndarray, batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior means and log-variances (N x Z each) of N x H x W x C uint8 images."""
+    encode = jax.jit(lambda x_u8: model.encode(data.to_model_input(x_u8, None)))
+    flat = train.flatten(images_u8)
+    parts = [jax.device_get(encode(flat[i:i + batch_size])) for i in range(0, len(flat), batch_size)]
+    return (np.concatenate([m for m, _ in parts]), np.concatenate([lv for _, lv in parts]))
+
+
+def project_2d(points_NxZ: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The points themselves if Z = 2, else their first two principal components; and the share
+    of variance each axis explains."""
+    centred = points_NxZ - points_NxZ.mean(axis=0)
+    if points_NxZ.shape[1] == 2:
+        variance = centred.var(axis=0)
+        return points_NxZ, variance / variance.sum()
+    _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+    explained = singular**2 / np.sum(singular**2)
+    return centred @ vt[:2].T, explained[:2]
+
+
 def make_iwae(graphdef, mesh, num_samples: int, chunk_size: int):
     """A jitted (params, images_u8 B x D, key) -> per-image log p(x) lower bound (B)."""
     batch_sharding = NamedSharding(mesh, P("data"))
@@ -73,6 +93,7 @@ def evaluate_workdir(workdir: str | Path, num_samples: int = 5000, *, epoch: int
     num_pixels = math.prod(images.shape[1:])
     mesh = train.make_mesh(devices)
     graphdef, params = nnx.split(model)
+    params = jax.device_put(params, NamedSharding(mesh, P()))
 
     start = time.perf_counter()
     evaluate = train.make_evaluate(graphdef, config, mesh)

@@ -56,7 +56,7 @@ def _check_pair(p, q, atol: float) -> tuple[jax.Array, jax.Array]:
 def entropy(p, *, unit: str = "nats", atol: float = 1e-5) -> jax.Array:
     """H(P) = -Σ p log p, with 0·log 0 = 0."""
     p = _check_distribution(p, "P", atol)
-    return -jnp.sum(xlogy(p, p), axis=-1) * _unit_factor(unit)
+    return (0.0 - jnp.sum(xlogy(p, p), axis=-1)) * _unit_factor(unit)  # 0.0 - x: no "-0.0"
 
 
 def cross_entropy(p, q, *, unit: str = "nats", atol: float = 1e-5) -> jax.Array:

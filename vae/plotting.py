@@ -1,14 +1,23 @@
-"""Figures from arrays and metric records: image grids and the KL term across epochs (nats)."""
+"""Figures from arrays and metric records: image grids and the KL term across epochs (nats).
+
+Each `*_figure` / `plot_*` function returns a matplotlib Figure (a notebook shows it inline);
+`save_figure` writes one to PNG and closes it.
+"""
 
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
+    path = Path(path)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
 
 
 def image_grid(images: np.ndarray, ncols: int, pad: int = 1) -> np.ndarray:
@@ -23,9 +32,9 @@ def image_grid(images: np.ndarray, ncols: int, pad: int = 1) -> np.ndarray:
     return grid[..., 0] if c == 1 else grid
 
 
-def save_image_grid(images: np.ndarray, path: str | Path, ncols: int, title: str | None = None,
-                    row_labels: Sequence[str] | None = None, pixels_per_cell: float = 0.45) -> Path:
-    """Saves a grid of images (Bernoulli means in [0, 1]) as a PNG with an optional title."""
+def image_grid_figure(images: np.ndarray, ncols: int, title: str | None = None,
+                      row_labels: Sequence[str] | None = None, pixels_per_cell: float = 0.45) -> Figure:
+    """A grid of images (Bernoulli means in [0, 1]) with an optional title and row labels."""
     grid = image_grid(np.clip(images, 0.0, 1.0), ncols)
     nrows = math.ceil(len(images) / ncols)
     fig, ax = plt.subplots(figsize=(max(3.0, ncols * pixels_per_cell + (1.6 if row_labels else 0.2)),
@@ -44,10 +53,13 @@ def save_image_grid(images: np.ndarray, path: str | Path, ncols: int, title: str
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout(pad=0.2)
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def save_image_grid(images: np.ndarray, path: str | Path, ncols: int, title: str | None = None,
+                    row_labels: Sequence[str] | None = None) -> Path:
+    """Saves a grid of images as a PNG."""
+    return save_figure(image_grid_figure(images, ncols, title, row_labels), path)
 
 
 def _series(records: Sequence[Mapping], key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -58,7 +70,7 @@ def _series(records: Sequence[Mapping], key: str) -> tuple[np.ndarray, np.ndarra
     return np.asarray(epochs), np.asarray(values, dtype=float)
 
 
-def plot_kl_curves(runs: Mapping[str, Sequence[Mapping]], path: str | Path) -> Path:
+def plot_kl_curves(runs: Mapping[str, Sequence[Mapping]]) -> Figure:
     """KL (the focus), reconstruction and negative ELBO per epoch, train solid and test dashed,
     one colour per run so runs (e.g. different β) can be compared."""
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
@@ -81,13 +93,10 @@ def plot_kl_curves(runs: Mapping[str, Sequence[Mapping]], path: str | Path) -> P
     axes[0].legend(fontsize=8)
     fig.suptitle("The KL term across epochs (train solid, test dashed)")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
-def plot_kl_per_dim(runs: Mapping[str, Sequence[Mapping]], path: str | Path) -> Path:
+def plot_kl_per_dim(runs: Mapping[str, Sequence[Mapping]]) -> Figure:
     """For each run, a heat map of the test KL of every latent dimension across epochs (dimensions
     ordered by their final KL, most used at the top) above its count of active units."""
     runs = {label: [r for r in records if "test/kl_per_dim" in r] for label, records in runs.items()}
@@ -115,7 +124,4 @@ def plot_kl_per_dim(runs: Mapping[str, Sequence[Mapping]], path: str | Path) -> 
         units_ax.set_xlabel("epoch")
         units_ax.set_ylabel("active units")
         units_ax.grid(alpha=0.3)
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig

@@ -114,16 +114,11 @@ def init_state(config, image_shape, tx) -> tuple[nnx.GraphDef, TrainState]:
     return graphdef, TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
 
 
-def make_train_epoch(graphdef, tx, config, mesh: Mesh, num_train: int, dynamic: bool):
-    """A jitted (state, images_u8, epoch) -> (state, metrics over steps) for one epoch."""
-    batch_size = config.train.batch_size
-    steps = num_train // batch_size
-    warmup_steps = config.train.kl_warmup_epochs * steps
+def make_train_step(graphdef, tx, config, steps_per_epoch: int, dynamic: bool):
+    """The pure (state, x_u8 B x D) -> (state, metrics) update; its keys depend on (seed, step) only."""
+    warmup_steps = config.train.kl_warmup_epochs * steps_per_epoch
     beta, free_bits = config.train.beta, config.train.free_bits
-    key = root_key(config.seed)
-    shuffle_key, step_key = jax.random.fold_in(key, _SHUFFLE), jax.random.fold_in(key, _STEP)
-    batch_sharding = NamedSharding(mesh, P("data"))
-    replicated = NamedSharding(mesh, P())
+    step_key = jax.random.fold_in(root_key(config.seed), _STEP)
 
     def train_step(state: TrainState, x_u8):
         binarize_key, sample_key = jax.random.split(jax.random.fold_in(step_key, state.step))
@@ -137,8 +132,20 @@ def make_train_epoch(graphdef, tx, config, mesh: Mesh, num_train: int, dynamic: 
         grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = metrics | {"beta": beta_t}
-        return TrainState(state.step + 1, params, opt_state), metrics
+        return TrainState(state.step + 1, params, opt_state), metrics | {"beta": beta_t}
+
+    return train_step
+
+
+def make_train_epoch(graphdef, tx, config, mesh: Mesh, num_train: int, dynamic: bool):
+    """A jitted (state, images_u8 N x D, epoch) -> (state, metrics over steps) for one epoch:
+    an on-device shuffle, then a scan of the train step over the batches."""
+    batch_size = config.train.batch_size
+    steps = num_train // batch_size
+    train_step = make_train_step(graphdef, tx, config, steps, dynamic)
+    shuffle_key = jax.random.fold_in(root_key(config.seed), _SHUFFLE)
+    batch_sharding = NamedSharding(mesh, P("data"))
+    replicated = NamedSharding(mesh, P())
 
     def train_epoch(state: TrainState, images_u8, epoch):
         order = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), images_u8.shape[0])
@@ -345,7 +352,10 @@ def load_trained(workdir: str | Path, epoch: int | None = None):
     image_shape = tuple(builder.info.features["image"].shape)
     tx = make_optimizer(config.train, steps_per_epoch=1)  # only its state's structure is used
     graphdef, state = init_state(config, image_shape, tx)
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state._asdict())
+    # Onto this process's first device, whatever the run was trained on (4 GPUs -> a laptop).
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                            state._asdict())
     if not (workdir / wd.CHECKPOINT_DIR).is_dir():
         raise wd.WorkdirError(f"{workdir} has no checkpoints yet; train it first")
     manager = wd.checkpoint_manager(workdir, read_only=True)

@@ -1,0 +1,103 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Analysing one trained run
+#
+# Point `WORKDIR` at a training workdir (`scripts/train.py --workdir ...`). Everything below reads
+# that directory through `vae.*`: the metrics, the latest checkpoint and the test set it was
+# evaluated on. The test suite runs this notebook on a tiny run (through `VAE_WORKDIR`).
+
+# %% tags=["parameters"]
+import os
+
+WORKDIR = os.environ.get("VAE_WORKDIR", "runs/default")
+IW_SAMPLES = int(os.environ.get("VAE_IW_SAMPLES", "100"))  # small k: a quick look, not a headline
+IW_EXAMPLES = int(os.environ.get("VAE_IW_EXAMPLES", "500"))
+
+# %%
+from pathlib import Path  # noqa: E402
+
+import jax  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from vae import data, evaluation, plotting, sampling, train, workdir  # noqa: E402
+
+run = Path(WORKDIR)
+records = workdir.read_metrics(run)
+config, model, epoch = train.load_trained(run)
+last = records[-1]
+print(f"{run}: {config.data.name}, {config.model.arch} model, latent_dim {config.model.latent_dim}, "
+      f"β = {config.train.beta}; {len(records)} epochs logged, checkpoint of epoch {epoch}")
+print(f"last epoch: test negative ELBO {last['test/elbo']:.2f} nats = reconstruction "
+      f"{last['test/rec']:.2f} + KL {last['test/kl']:.2f}; {last['test/active_units']} active units; "
+      f"{last['images_per_sec']:,.0f} images/s")
+
+# %% [markdown]
+# ## Learning curves: negative ELBO, reconstruction and KL
+
+# %%
+fig = plotting.plot_kl_curves({run.name: records})
+
+# %% [markdown]
+# ## Which latent dimensions are used: per-dimension KL and active units
+
+# %%
+fig = plotting.plot_kl_per_dim({run.name: records})
+
+# %% [markdown]
+# ## Samples from the prior and reconstructions of test images
+
+# %%
+fig = plotting.image_grid_figure(sampling.prior_samples(model, jax.random.key(0), 64), 8,
+                           f"prior samples, epoch {epoch}")
+
+# %%
+test_images, test_labels = data.load_test_set(config.data)
+x = test_images[:16].astype(np.float32) / 255.0
+fig = plotting.image_grid_figure(sampling.reconstructions(model, x), 8, "test images | reconstructions")
+
+# %% [markdown]
+# ## The latent space: test-set posterior means, coloured by class
+#
+# The latent itself when it is 2-D, otherwise its first two principal components.
+
+# %%
+means, _ = evaluation.encode_images(model, test_images)
+points, explained = evaluation.project_2d(means)
+fig, ax = plt.subplots(figsize=(6.5, 5.5))
+scatter = ax.scatter(points[:, 0], points[:, 1], c=test_labels, cmap="tab10", s=4, alpha=0.7)
+names = data.class_names(config.data.name)
+handles = [plt.Line2D([], [], marker="o", ls="", color=scatter.cmap(scatter.norm(c)), label=names[c])
+           for c in np.unique(test_labels)]
+ax.legend(handles=handles, fontsize=7, markerscale=1.2, loc="best")
+axis = "z" if means.shape[1] == 2 else "PC"
+ax.set_xlabel(f"{axis}1 ({explained[0]:.0%} of variance)")
+ax.set_ylabel(f"{axis}2 ({explained[1]:.0%} of variance)")
+ax.set_title("test-set posterior means E[z|x]")
+fig.tight_layout()
+
+# %% [markdown]
+# ## Test log-likelihood: the importance-weighted bound with a small k
+#
+# `scripts/evaluate.py --iw-samples 5000` gives the headline number; a small k already shows the
+# bound tightening below the negative ELBO.
+
+# %%
+result = evaluation.evaluate_workdir(run, IW_SAMPLES, max_examples=IW_EXAMPLES, progress=False)
+print(f"first {result['num_examples']} test images: negative ELBO {result['test/elbo']:.2f} nats, "
+      f"IWAE NLL (k={IW_SAMPLES}) {result['test/nll']:.2f} ± {result['test/nll_std_error']:.2f} nats "
+      f"({result['test/nll_bits_per_dim']:.4f} bits/dim)")

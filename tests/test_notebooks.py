@@ -1,0 +1,68 @@
+"""Both notebooks run top to bottom (on small data), so they never rot."""
+
+import os
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from tests.conftest import REPO, tiny_config
+from vae import train
+
+NOTEBOOKS = os.path.join(REPO, "notebooks")
+
+
+def execute(name: str, env: dict[str, str]) -> nbformat.NotebookNode:
+    notebook = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the kernel inherits the environment
+    try:
+        client = NotebookClient(notebook, timeout=600, kernel_name="python3",
+                                resources={"metadata": {"path": REPO}})
+        client.execute()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return notebook
+
+
+def outputs(notebook) -> str:
+    texts = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            texts.append(output.get("text", "") or output.get("data", {}).get("text/plain", ""))
+    return "\n".join(texts)
+
+
+def images(notebook) -> int:
+    return sum("image/png" in o.get("data", {}) for c in notebook.cells for o in c.get("outputs", []))
+
+
+def test_kl_divergence_notebook_runs_and_states_computed_numbers(fashion_mnist):
+    notebook = execute("kl_divergence.ipynb", {"XLA_FLAGS": "", "TF_CPP_MIN_LOG_LEVEL": "3"})
+    text = outputs(notebook)
+    assert "KL(P‖Q_poor) = 1.737 bits" in text
+    assert "KL(P‖Q_good) = 0.152 bits" in text
+    assert "KL(P‖Q) = 0.0231 nats,  KL(Q‖P) = 0.0239 nats" in text
+    assert "log 6 = 1.7918" in text and "H(fair) = 1.7918" in text
+    assert images(notebook) >= 7
+
+
+def test_analyze_run_notebook_on_a_tiny_run(tmp_path, fashion_mnist):
+    train.train_and_evaluate(tiny_config(), tmp_path, progress=False)
+    notebook = execute("analyze_run.ipynb", {"VAE_WORKDIR": str(tmp_path), "VAE_IW_SAMPLES": "10",
+                                             "VAE_IW_EXAMPLES": "64", "XLA_FLAGS": "",
+                                             "TF_CPP_MIN_LOG_LEVEL": "3"})
+    text = outputs(notebook)
+    assert "checkpoint of epoch 2" in text and "IWAE NLL (k=10)" in text
+    assert images(notebook) >= 5
+
+
+@pytest.mark.parametrize("name", ["kl_divergence", "analyze_run"])
+def test_notebooks_are_committed_without_outputs_and_paired(name):
+    notebook = nbformat.read(os.path.join(NOTEBOOKS, f"{name}.ipynb"), as_version=4)
+    assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")
+    assert os.path.exists(os.path.join(NOTEBOOKS, f"{name}.py"))  # jupytext pair, for diffs

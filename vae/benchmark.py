@@ -1,0 +1,166 @@
+"""Measurements of the trainer that `scripts/train.py` runs: throughput, compile time, step-time
+percentiles, memory, evaluation speed, the machine's matmul ceiling, and a PyTorch reference.
+
+Times on a shared machine are noisy: every figure is a median over repeats, and comparisons
+(JAX vs PyTorch) alternate their runs in one process so drift hits both alike.
+"""
+
+import math
+import os
+import platform
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from vae import data, evaluation, train, workdir
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "device_kind": jax.devices()[0].device_kind,
+        "versions": workdir.library_versions(),
+    }
+    try:
+        import torch
+
+        info["versions"]["torch"] = torch.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def matmul_peak_flops(size: int = 2048, repeats: int = 5) -> float:
+    """Sustained fp32 matmul rate (FLOP/s) of the default device: the best of `repeats`."""
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    matmul = jax.jit(lambda x: x @ a)
+    matmul(a).block_until_ready()
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def mlp_train_flops_per_image(config, image_dim: int) -> float | None:
+    """Forward + backward matmul FLOPs per image of the MLP VAE (≈ 3 × forward); None for conv."""
+    if config.model.arch != "mlp":
+        return None
+    hidden, z = tuple(config.model.hidden_dims), config.model.latent_dim
+    enc = (image_dim, *hidden, 2 * z)
+    dec = (z, *reversed(hidden), image_dim)
+    macs = sum(a * b for a, b in zip(enc[:-1], enc[1:])) + sum(a * b for a, b in zip(dec[:-1], dec[1:]))
+    return 3 * 2 * macs
+
+
+def load_images(config, synthetic: bool) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(train, test) uint8 images as training sees them; random ones if synthetic."""
+    if synthetic:
+        rng = np.random.default_rng(0)
+        return (rng.integers(0, 256, (60_000, 28, 28, 1), dtype=np.uint8),
+                data.binarize_static(rng.integers(0, 256, (10_000, 28, 28, 1), dtype=np.uint8), 0),
+                config.data.binarize == "dynamic")
+    dataset = data.load_dataset(config.data)
+    return dataset.train_images, dataset.test_images, dataset.dynamic
+
+
+def percentiles(values, qs=(50, 90, 99)) -> dict:
+    return {f"p{q}": float(np.percentile(values, q)) for q in qs}
+
+
+class Trainer:
+    """The compiled programs of one config on one set of devices, as train_and_evaluate builds them."""
+
+    def __init__(self, config, train_images, test_images, dynamic: bool, devices=None):
+        self.config = config
+        self.mesh = train.make_mesh(devices)
+        self.replicated = NamedSharding(self.mesh, P())
+        self.num_train = len(train_images)
+        self.steps = self.num_train // config.train.batch_size
+        self.tx = train.make_optimizer(config.train, self.steps)
+        self.graphdef, state = train.init_state(config, train_images.shape[1:], self.tx)
+        self.state = jax.device_put(state, self.replicated)
+        self.train_images = jax.device_put(train.flatten(train_images), self.replicated)
+        self.test_images = jax.device_put(
+            train.pad_to_multiple(train.flatten(test_images), config.eval.batch_size), self.replicated)
+        self.dynamic = dynamic
+        start = time.perf_counter()
+        epoch_fn = train.make_train_epoch(self.graphdef, self.tx, config, self.mesh, self.num_train, dynamic)
+        self.epoch_fn = epoch_fn.lower(self.state, self.train_images, self._epoch(0)).compile()
+        self.compile_sec = time.perf_counter() - start
+        self.evaluate = train.make_evaluate(self.graphdef, config, self.mesh)
+        self.epochs_run = 0
+
+    def _epoch(self, epoch: int):
+        return jax.device_put(np.int32(epoch), self.replicated)
+
+    def run_epoch(self) -> float:
+        """Trains one epoch; returns images per second."""
+        self.epochs_run += 1
+        start = time.perf_counter()
+        self.state, metrics = self.epoch_fn(self.state, self.train_images, self._epoch(self.epochs_run))
+        jax.block_until_ready(metrics)
+        return self.steps * self.config.train.batch_size / (time.perf_counter() - start)
+
+    def step_times(self, num_steps: int) -> list[float]:
+        """Seconds per step for the same step called one at a time from Python (dispatch included)."""
+        step = jax.jit(train.make_train_step(self.graphdef, self.tx, self.config, self.steps, self.dynamic),
+                       donate_argnums=0)
+        batch_sharding = NamedSharding(self.mesh, P("data"))
+        b = self.config.train.batch_size
+        batches = [jax.device_put(self.train_images[i * b:(i + 1) * b], batch_sharding)
+                   for i in range(min(num_steps, self.steps))]
+        state, _ = step(self.state, batches[0])
+        jax.block_until_ready(state)
+        times = []
+        for x in batches:
+            start = time.perf_counter()
+            state, metrics = step(state, x)
+            jax.block_until_ready(metrics)
+            times.append(time.perf_counter() - start)
+        self.state = state
+        return times
+
+    def eval_images_per_sec(self, repeats: int = 3) -> float:
+        jax.block_until_ready(self.evaluate(self.state.params, self.test_images))
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            jax.block_until_ready(self.evaluate(self.state.params, self.test_images))
+            times.append(time.perf_counter() - start)
+        return self.test_images.shape[0] / statistics.median(times)
+
+    def iwae_images_per_sec(self, test_images_u8: np.ndarray, k: int, num_images: int) -> float:
+        from flax import nnx
+
+        model = nnx.merge(self.graphdef, self.state.params)
+        images = test_images_u8[:num_images]
+        evaluation.iwae_log_likelihoods(model, images[:32], jax.random.key(0), k, progress=False)  # compile
+        start = time.perf_counter()
+        evaluation.iwae_log_likelihoods(model, images, jax.random.key(1), k, progress=False)
+        return len(images) / (time.perf_counter() - start)
+
+
+def peak_memory() -> dict:
+    memory = {"host_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    stats = jax.devices()[0].memory_stats() if hasattr(jax.devices()[0], "memory_stats") else None
+    if stats and "peak_bytes_in_use" in stats:
+        memory["device_peak_mb"] = stats["peak_bytes_in_use"] / 2**20
+    return memory
