@@ -4,7 +4,9 @@ The same mathematics as vae.models / vae.objectives: an MLP encoder to (mean, lo
 reparameterisation trick, a Bernoulli decoder, dynamic binarisation, closed-form KL, Adam. Two
 training loops, as people write them:
 - idiomatic: a DataLoader over a TensorDataset (shuffle=True), binarised per batch;
-- tuned: the data as one tensor indexed by torch.randperm, flush-denormal on, no DataLoader.
+- tuned: the data as one tensor indexed by torch.randperm, no DataLoader, binarised by
+  rand_like(x) < x (cheaper than torch.bernoulli), fused Adam, flush-denormal on. Each of these
+  was measured to pay on a 2-core CPU.
 """
 
 import time
@@ -18,7 +20,7 @@ def _torch():
     return torch
 
 
-def build(image_dim: int, hidden_dims, latent_dim: int, seed: int = 0):
+def build(image_dim: int, hidden_dims, latent_dim: int, seed: int = 0, fused_adam: bool = False):
     torch = _torch()
     nn = torch.nn
 
@@ -44,7 +46,7 @@ def build(image_dim: int, hidden_dims, latent_dim: int, seed: int = 0):
 
     torch.manual_seed(seed)
     model = MLPVAE()
-    return model, torch.optim.Adam(model.parameters(), lr=1e-3)
+    return model, torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused_adam or None)
 
 
 def train_epoch_idiomatic(model, optimizer, loader) -> float:
@@ -68,7 +70,8 @@ def train_epoch_tuned(model, optimizer, images, batch_size: int) -> float:
     order = torch.randperm(images.shape[0])
     steps = images.shape[0] // batch_size
     for step in range(steps):
-        x = torch.bernoulli(images[order[step * batch_size:(step + 1) * batch_size]])
+        probs = images[order[step * batch_size:(step + 1) * batch_size]]
+        x = (torch.rand_like(probs) < probs).float()
         loss = model(x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -88,7 +91,7 @@ class Reference:
         self.batch_size = batch_size
         dim = self.images.shape[1]
         self.idiomatic = build(dim, hidden_dims, latent_dim, seed=0)
-        self.tuned = build(dim, hidden_dims, latent_dim, seed=0)
+        self.tuned = build(dim, hidden_dims, latent_dim, seed=0, fused_adam=True)
         dataset = torch.utils.data.TensorDataset(self.images)
         self.loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
                                                   drop_last=True)
