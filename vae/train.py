@@ -237,11 +237,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
             f"train.batch_size={config.train.batch_size} is larger than the training split "
             f"({num_train} images); lower it or use a larger split")
 
-    if restart and workdir.exists():
-        import shutil
-
-        shutil.rmtree(workdir / wd.CHECKPOINT_DIR, ignore_errors=True)
-        (workdir / wd.METRICS_FILE).unlink(missing_ok=True)
+    if restart:
+        wd.clear_run(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     wd.write_config(workdir, config)
 

@@ -13,6 +13,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -99,6 +100,12 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def clear_run(workdir: Path) -> None:
+    """Deletes a run's checkpoints and metrics (for --restart); other files are left alone."""
+    shutil.rmtree(workdir / CHECKPOINT_DIR, ignore_errors=True)
+    (workdir / METRICS_FILE).unlink(missing_ok=True)
 
 
 # --- metrics.jsonl ------------------------------------------------------------------------------
