@@ -33,7 +33,9 @@ def _one_line(error: Exception) -> str:
 
 
 def _flag_error(error: Exception):
-    print(f"error: {_one_line(error)}. Run with --helpfull to list the flags.", file=sys.stderr)
+    message = _one_line(error).rstrip(".")
+    stop = "" if message.endswith("?") else "."
+    print(f"error: {message}{stop} Run with --helpfull to list the flags.", file=sys.stderr)
     sys.exit(2)
 
 

@@ -210,13 +210,17 @@ def summarize_eval(terms: dict, num_examples: int, num_pixels: int, threshold: f
     }
 
 
+def _kept(last_good: int) -> str:
+    return (f"the last good checkpoint (epoch {last_good}) is kept" if last_good
+            else "no checkpoint had been written yet")
+
+
 def _check_finite(per_step_loss: np.ndarray, epoch: int, first_step: int, last_good: int) -> None:
     bad = np.flatnonzero(~np.isfinite(per_step_loss))
     if bad.size:
         raise NonFiniteLossError(
             f"the loss became {per_step_loss[bad[0]]} at epoch {epoch}, step {first_step + int(bad[0]) + 1}"
-            f"; the last good checkpoint (epoch {last_good}) is kept. Lower train.learning_rate or "
-            "set train.grad_clip_norm.")
+            f"; {_kept(last_good)}. Lower train.learning_rate or set train.grad_clip_norm.")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
@@ -298,8 +302,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
                     record["eval_time_sec"] = time.perf_counter() - t_eval
                     if not math.isfinite(record["test/elbo"]):
                         raise NonFiniteLossError(
-                            f"the test negative ELBO is {record['test/elbo']} after epoch {epoch}; the "
-                            f"last good checkpoint (epoch {last_good}) is kept")
+                            f"the test negative ELBO is {record['test/elbo']} after epoch {epoch}; "
+                            f"{_kept(last_good)}")
                 record["wall_time_sec"] = wall_offset + time.perf_counter() - run_start
                 # Metrics first, then the checkpoint: a resume drops lines newer than its checkpoint.
                 wd.append_metrics(workdir, record)
