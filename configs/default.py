@@ -39,6 +39,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.beta = 1.0  # weight of the KL term
     config.train.kl_warmup_epochs = 0.0  # beta rises linearly from 0 over this many epochs
     config.train.free_bits = 0.0  # per-dimension KL floor in nats (Kingma et al., 2016); 0 disables
+    # scan: the whole epoch is one compiled program; steps: one per step; auto: steps for conv on CPU.
+    config.train.epoch_loop = "auto"
     config.train.checkpoint_every_epochs = 1
     config.train.keep_checkpoints = 3
 

@@ -78,3 +78,11 @@ def test_unknown_architecture_is_rejected():
     config = tiny_config(model__arch="transformer")
     with pytest.raises(ValueError, match="model.arch"):
         models.build_model(config.model, IMAGE_SHAPE, jax.random.key(0))
+
+
+def test_depth_to_space_places_channel_groups_in_2x2_blocks():
+    h = jnp.arange(1 * 1 * 1 * 8, dtype=jnp.float32).reshape(1, 1, 1, 8)  # one pixel, 4 x 2 channels
+    out = models.depth_to_space(h)
+    assert out.shape == (1, 2, 2, 2)
+    np.testing.assert_array_equal(out[0, :, :, 0], [[0, 2], [4, 6]])
+    np.testing.assert_array_equal(out[0, :, :, 1], [[1, 3], [5, 7]])

@@ -125,3 +125,14 @@ def test_a_run_trained_on_4_devices_loads_and_resumes_on_1(tmp_path, fashion_mni
     result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
                             cwd=REPO, env=env, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_scan_and_stepwise_epochs_agree(tmp_path, fashion_mnist):
+    runs = {}
+    for loop in ("scan", "steps"):
+        runs[loop] = train.train_and_evaluate(tiny_config(train__num_epochs=1, train__epoch_loop=loop),
+                                              tmp_path / loop, progress=False)[0]
+    for key in ("train/elbo", "train/kl", "test/elbo"):
+        assert runs["steps"][key] == pytest.approx(runs["scan"][key], rel=1e-5)
+    for a, b in zip(params_of(tmp_path / "scan"), params_of(tmp_path / "steps")):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -112,8 +112,9 @@ class Trainer:
             train.pad_to_multiple(train.flatten(test_images), config.eval.batch_size), self.replicated)
         self.dynamic = dynamic
         start = time.perf_counter()
-        epoch_fn = train.make_train_epoch(self.graphdef, self.tx, config, self.mesh, self.num_train, dynamic)
-        self.epoch_fn = epoch_fn.lower(self.state, self.train_images, self._epoch(0)).compile()
+        self.epoch_fn = train.compile_train_epoch(self.graphdef, self.tx, config, self.mesh, self.state,
+                                                  self.train_images, dynamic)
+        self.epoch_loop = train.epoch_loop(config)
         self.compile_sec = time.perf_counter() - start
         self.evaluate = train.make_evaluate(self.graphdef, config, self.mesh)
         self.epochs_run = 0

@@ -137,27 +137,79 @@ def make_train_step(graphdef, tx, config, steps_per_epoch: int, dynamic: bool):
     return train_step
 
 
+def _epoch_order(config, num_train: int, epoch):
+    """The batches of an epoch, steps x B indices: a permutation keyed by (seed, epoch)."""
+    batch_size = config.train.batch_size
+    steps = num_train // batch_size
+    shuffle_key = jax.random.fold_in(root_key(config.seed), _SHUFFLE)
+    order = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), num_train)
+    return order[: steps * batch_size].reshape(steps, batch_size)
+
+
 def make_train_epoch(graphdef, tx, config, mesh: Mesh, num_train: int, dynamic: bool):
     """A jitted (state, images_u8 N x D, epoch) -> (state, metrics over steps) for one epoch:
     an on-device shuffle, then a scan of the train step over the batches."""
-    batch_size = config.train.batch_size
-    steps = num_train // batch_size
+    steps = num_train // config.train.batch_size
     train_step = make_train_step(graphdef, tx, config, steps, dynamic)
-    shuffle_key = jax.random.fold_in(root_key(config.seed), _SHUFFLE)
     batch_sharding = NamedSharding(mesh, P("data"))
-    replicated = NamedSharding(mesh, P())
 
     def train_epoch(state: TrainState, images_u8, epoch):
-        order = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), images_u8.shape[0])
-        batches_SxB = order[: steps * batch_size].reshape(steps, batch_size)
-
         def body(state, indices_B):
             x_u8 = jax.lax.with_sharding_constraint(images_u8[indices_B], batch_sharding)
             return train_step(state, x_u8)
 
-        return jax.lax.scan(body, state, batches_SxB)
+        return jax.lax.scan(body, state, _epoch_order(config, images_u8.shape[0], epoch))
 
-    return jax.jit(train_epoch, donate_argnums=0, out_shardings=replicated)
+    return jax.jit(train_epoch, donate_argnums=0, out_shardings=NamedSharding(mesh, P()))
+
+
+def epoch_loop(config) -> str:
+    """'scan' (the whole epoch is one program) or 'steps' (one program per step, called from
+    Python). 'auto' picks 'steps' for the conv model on CPU, where XLA runs convolutions inside
+    a loop body about 10x slower than alone (jax-ml/jax#12868), and 'scan' everywhere else."""
+    choice = config.train.epoch_loop
+    if choice == "auto":
+        return "steps" if config.model.arch == "conv" and jax.default_backend() == "cpu" else "scan"
+    return choice
+
+
+def compile_train_epoch(graphdef, tx, config, mesh: Mesh, state: TrainState, images_u8,
+                        dynamic: bool):
+    """The epoch function (state, images_u8, epoch) -> (state, per-step metrics), compiled now.
+
+    Both loops run the same step with the same keys and keep the data on the device; they differ
+    only in who iterates over the steps (XLA's while loop, or Python).
+    """
+    replicated = NamedSharding(mesh, P())
+    epoch0 = jax.device_put(np.int32(0), replicated)
+    num_train = images_u8.shape[0]
+    if epoch_loop(config) == "scan":
+        return make_train_epoch(graphdef, tx, config, mesh, num_train, dynamic).lower(
+            state, images_u8, epoch0).compile()
+
+    steps = num_train // config.train.batch_size
+    train_step = make_train_step(graphdef, tx, config, steps, dynamic)
+    batch_sharding = NamedSharding(mesh, P("data"))
+
+    def step_at(state, images_u8, order_SxB, index):
+        x_u8 = jax.lax.with_sharding_constraint(images_u8[order_SxB[index]], batch_sharding)
+        return train_step(state, x_u8)
+
+    order_fn = jax.jit(lambda epoch: _epoch_order(config, num_train, epoch), out_shardings=replicated)
+    order = order_fn.lower(epoch0).compile()
+    indices = [jax.device_put(np.int32(i), replicated) for i in range(steps)]
+    step = jax.jit(step_at, donate_argnums=0, out_shardings=replicated).lower(
+        state, images_u8, order(epoch0), indices[0]).compile()
+
+    def train_epoch(state, images_u8, epoch):
+        order_SxB = order(epoch)
+        metrics = []
+        for index in indices:
+            state, step_metrics = step(state, images_u8, order_SxB, index)
+            metrics.append(step_metrics)
+        return state, jax.tree.map(lambda *xs: jnp.stack(xs), *metrics)
+
+    return train_epoch
 
 
 def make_evaluate(graphdef, config, mesh: Mesh):
@@ -266,9 +318,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     num_test = dataset.test_images.shape[0]
 
     t0 = time.perf_counter()
-    epoch_fn = make_train_epoch(graphdef, tx, config, mesh, num_train, dataset.dynamic)
-    epoch_arg = jax.device_put(np.int32(start_epoch), replicated)
-    train_epoch = epoch_fn.lower(state, train_images, epoch_arg).compile()
+    train_epoch = compile_train_epoch(graphdef, tx, config, mesh, state, train_images, dataset.dynamic)
     evaluate = make_evaluate(graphdef, config, mesh)
     compile_time = time.perf_counter() - t0
     run_start = time.perf_counter()

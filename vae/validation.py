@@ -8,6 +8,7 @@ from vae import data, models
 
 OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "warmup_cosine")
+EPOCH_LOOPS = ("auto", "scan", "steps")
 
 
 class ConfigError(ValueError):
@@ -71,6 +72,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
                   "free_bits"):
         _require(_is_number(t[field]) and t[field] >= 0,
                  f"train.{field} must be a finite number >= 0, got {t[field]!r}")
+    _require(t.epoch_loop in EPOCH_LOOPS,
+             f"train.epoch_loop must be one of {EPOCH_LOOPS}, got {t.epoch_loop!r}")
     _require(_is_int(t.checkpoint_every_epochs) and t.checkpoint_every_epochs >= 1,
              "train.checkpoint_every_epochs must be an integer >= 1")
     _require(_is_int(t.keep_checkpoints) and t.keep_checkpoints >= 1,
