@@ -107,9 +107,8 @@ class Trainer:
         self.tx = train.make_optimizer(config.train, self.steps)
         self.graphdef, state = train.init_state(config, train_images.shape[1:], self.tx)
         self.state = jax.device_put(state, self.replicated)
-        self.train_images = jax.device_put(train.flatten(train_images), self.replicated)
-        self.test_images = jax.device_put(
-            train.pad_to_multiple(train.flatten(test_images), config.eval.batch_size), self.replicated)
+        self.train_images = train.images_on_device(train_images, self.mesh)
+        self.test_images = train.images_on_device(test_images, self.mesh, config.eval.batch_size)
         self.dynamic = dynamic
         start = time.perf_counter()
         self.epoch_fn = train.compile_train_epoch(self.graphdef, self.tx, config, self.mesh, self.state,

@@ -97,8 +97,7 @@ def evaluate_workdir(workdir: str | Path, num_samples: int = 5000, *, epoch: int
 
     start = time.perf_counter()
     evaluate = train.make_evaluate(graphdef, config, mesh)
-    padded = train.pad_to_multiple(train.flatten(images), config.eval.batch_size)
-    padded = jax.device_put(padded, NamedSharding(mesh, P()))
+    padded = train.images_on_device(images, mesh, config.eval.batch_size)
     terms = jax.device_get(evaluate(params, padded))
     result = {"epoch": restored_epoch, "num_examples": int(images.shape[0])}
     result |= train.summarize_eval(terms, images.shape[0], num_pixels, config.eval.active_unit_threshold)

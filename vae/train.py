@@ -137,6 +137,16 @@ def make_train_step(graphdef, tx, config, steps_per_epoch: int, dynamic: bool):
     return train_step
 
 
+def _batch_step(train_step, mesh: Mesh):
+    """(state, images_u8 N x D, indices_B) -> train_step on that batch, sharded over "data"."""
+    batch_sharding = NamedSharding(mesh, P("data"))
+
+    def batch_step(state: TrainState, images_u8, indices_B):
+        return train_step(state, jax.lax.with_sharding_constraint(images_u8[indices_B], batch_sharding))
+
+    return batch_step
+
+
 def _epoch_order(config, num_train: int, epoch):
     """The batches of an epoch, steps x B indices: a permutation keyed by (seed, epoch)."""
     batch_size = config.train.batch_size
@@ -150,15 +160,11 @@ def make_train_epoch(graphdef, tx, config, mesh: Mesh, num_train: int, dynamic: 
     """A jitted (state, images_u8 N x D, epoch) -> (state, metrics over steps) for one epoch:
     an on-device shuffle, then a scan of the train step over the batches."""
     steps = num_train // config.train.batch_size
-    train_step = make_train_step(graphdef, tx, config, steps, dynamic)
-    batch_sharding = NamedSharding(mesh, P("data"))
+    batch_step = _batch_step(make_train_step(graphdef, tx, config, steps, dynamic), mesh)
 
     def train_epoch(state: TrainState, images_u8, epoch):
-        def body(state, indices_B):
-            x_u8 = jax.lax.with_sharding_constraint(images_u8[indices_B], batch_sharding)
-            return train_step(state, x_u8)
-
-        return jax.lax.scan(body, state, _epoch_order(config, images_u8.shape[0], epoch))
+        return jax.lax.scan(lambda state, indices_B: batch_step(state, images_u8, indices_B), state,
+                            _epoch_order(config, images_u8.shape[0], epoch))
 
     return jax.jit(train_epoch, donate_argnums=0, out_shardings=NamedSharding(mesh, P()))
 
@@ -188,12 +194,10 @@ def compile_train_epoch(graphdef, tx, config, mesh: Mesh, state: TrainState, ima
             state, images_u8, epoch0).compile()
 
     steps = num_train // config.train.batch_size
-    train_step = make_train_step(graphdef, tx, config, steps, dynamic)
-    batch_sharding = NamedSharding(mesh, P("data"))
+    batch_step = _batch_step(make_train_step(graphdef, tx, config, steps, dynamic), mesh)
 
     def step_at(state, images_u8, order_SxB, index):
-        x_u8 = jax.lax.with_sharding_constraint(images_u8[order_SxB[index]], batch_sharding)
-        return train_step(state, x_u8)
+        return batch_step(state, images_u8, order_SxB[index])
 
     order_fn = jax.jit(lambda epoch: _epoch_order(config, num_train, epoch), out_shardings=replicated)
     order = order_fn.lower(epoch0).compile()
@@ -236,6 +240,12 @@ def make_evaluate(graphdef, config, mesh: Mesh):
 def flatten(images: np.ndarray) -> np.ndarray:
     """N x H x W x C -> N x D, the layout the model takes."""
     return images.reshape(images.shape[0], -1)
+
+
+def images_on_device(images: np.ndarray, mesh: Mesh, pad_multiple: int = 1) -> jax.Array:
+    """uint8 images as the programs take them: flat N x D (no layout copies around the matmuls),
+    zero-padded to a multiple of `pad_multiple` rows, replicated on every device of the mesh."""
+    return jax.device_put(pad_to_multiple(flatten(images), pad_multiple), NamedSharding(mesh, P()))
 
 
 def pad_to_multiple(images: np.ndarray, multiple: int) -> np.ndarray:
@@ -311,10 +321,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     history = wd.truncate_metrics(workdir, start_epoch)
     wall_offset = history[-1].get("wall_time_sec", 0.0) if history else 0.0
 
-    # Flat N x D uint8 on the device: the model takes flattened images (no layout copies).
-    train_images = jax.device_put(flatten(dataset.train_images), replicated)
-    test_padded = pad_to_multiple(flatten(dataset.test_images), config.eval.batch_size)
-    test_images = jax.device_put(test_padded, replicated)
+    train_images = images_on_device(dataset.train_images, mesh)
+    test_images = images_on_device(dataset.test_images, mesh, config.eval.batch_size)
     num_test = dataset.test_images.shape[0]
 
     t0 = time.perf_counter()
@@ -330,7 +338,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     with _StopRequests() as stop:
         try:
             for epoch in range(start_epoch + 1, num_epochs + 1):
-                first_step = int(state.step)
+                first_step = (epoch - 1) * steps_per_epoch  # no device round trip
                 t_epoch = time.perf_counter()
                 epoch_arg = jax.device_put(np.int32(epoch), replicated)
                 state, step_metrics = train_epoch(state, train_images, epoch_arg)
