@@ -17,15 +17,26 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.data_dir = ""
     config.data.train_split = "train"  # TFDS split syntax, e.g. "train[:1024]" for a small slice
     config.data.test_split = "test"
+    # Model selection: a split disjoint from train_split, evaluated every epoch ("" for none). It
+    # is binarised once (seed test_binarize_seed + 2), like the test set.
+    config.data.validation_split = ""
     config.data.binarize = "dynamic"  # dynamic | static | none
     config.data.test_binarize_seed = 1234  # the test set is binarised once with this seed, for every run
 
     config.model = ml_collections.ConfigDict()
-    config.model.arch = "mlp"  # mlp | conv
+    config.model.arch = "mlp"  # mlp | conv | hvae (two stochastic layers, MLP)
     config.model.likelihood = "bernoulli"
-    config.model.latent_dim = 20
-    config.model.hidden_dims = (400,)  # MLP hidden layers
+    config.model.latent_dim = 20  # hvae: the size of each of z1 and z2
+    config.model.hidden_dims = (400,)  # MLP hidden layers (the decoder mirrors them)
+    config.model.activation = "relu"  # relu | gated (Linear ⊙ sigmoid(Linear)) | elu | tanh
+    config.model.kernel_init = "lecun_normal"  # lecun_normal | he_normal
+    config.model.log_var_clip = ()  # (lo, hi) clips every Gaussian log-variance; () = none
     config.model.conv_channels = (32, 64)  # conv: channels of the stride-2 convolutions
+    config.model.prior = "standard_normal"  # standard_normal (closed-form KL) | vampprior
+    config.model.num_pseudo_inputs = 500  # vampprior: mixture components
+    config.model.pseudo_input_mean = 0.05  # vampprior: pseudo-inputs start as N(mean, std²) pixels
+    config.model.pseudo_input_std = 0.01
+    config.model.init_output_bias = False  # decoder output bias starts at logit(training pixel means)
 
     config.train = ml_collections.ConfigDict()
     config.train.num_epochs = 50
@@ -33,12 +44,21 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.optimizer = "adam"  # adam | adamw
     config.train.learning_rate = 1e-3
     config.train.lr_schedule = "constant"  # constant | cosine | warmup_cosine
+    config.train.final_lr_fraction = 0.0  # cosine schedules end at learning_rate × this
     config.train.warmup_epochs = 0.0  # learning-rate warm-up, for warmup_cosine
     config.train.weight_decay = 0.0  # adamw only
+    config.train.normalize_grads = False  # divide each parameter tensor's gradient by its L2 norm
     config.train.grad_clip_norm = 0.0  # 0 disables clipping by global norm
+    config.train.ema_decay = 0.0  # evaluate (and select) an exponential moving average of the
+    #                               parameters with this decay per step; 0 disables
+    config.train.objective = "elbo"  # elbo | iwae (importance-weighted bound, num_samples draws)
+    config.train.num_samples = 1  # iwae: k
     config.train.beta = 1.0  # weight of the KL term
     config.train.kl_warmup_epochs = 0.0  # beta rises linearly from 0 over this many epochs
     config.train.free_bits = 0.0  # per-dimension KL floor in nats (Kingma et al., 2016); 0 disables
+    # Stop once the validation ELBO has not improved for this many epochs after the KL warm-up
+    # (needs data.validation_split); 0 trains all num_epochs. The best epoch is kept either way.
+    config.train.early_stopping_patience = 0
     # scan: the whole epoch is one compiled program; steps: one per step; auto: steps for conv on CPU.
     config.train.epoch_loop = "auto"
     config.train.checkpoint_every_epochs = 1

@@ -1,6 +1,6 @@
 """Benchmarks the trainer that scripts/train.py runs, optionally against a PyTorch reference.
 
-    python scripts/benchmark.py --config configs/default.py [--epochs 5] [--torch] [--devices 4]
+    python scripts/benchmark.py --config configs/mlp_small.py [--epochs 5] [--torch] [--devices 4]
         [--batch-sizes 128,512,4096] [--out docs/benchmark.json]
 
 For each batch size: compile time, time from command start to the first finished epoch,
@@ -20,7 +20,7 @@ COMMAND_START = time.perf_counter()
 
 def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/default.py")
+    parser.add_argument("--config", default="configs/mlp_small.py")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="config overrides, e.g. model.arch=conv train.learning_rate=3e-4")
     parser.add_argument("--batch-sizes", default=None, help="comma-separated; default: the config's")

@@ -17,7 +17,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--iw-samples", type=int, default=5000, help="importance samples k per image")
-    parser.add_argument("--epoch", type=int, default=None, help="checkpoint (default: latest)")
+    parser.add_argument("--checkpoint", choices=("best", "latest"), default="best",
+                        help="best: lowest validation -ELBO (the latest where the run has no validation "
+                             "split); latest: the newest checkpoint")
+    parser.add_argument("--epoch", type=int, default=None, help="one of the latest checkpoints, by epoch")
     parser.add_argument("--batch-size", type=int, default=32, help="images per device call")
     parser.add_argument("--chunk-size", type=int, default=250, help="samples decoded at once per image")
     parser.add_argument("--max-examples", type=int, default=None, help="only the first N test images")
@@ -31,13 +34,15 @@ def main(argv=None) -> int:
         if not Path(args.workdir).is_dir():
             raise workdir.WorkdirError(f"workdir {args.workdir} does not exist")
         result = evaluation.evaluate_workdir(
-            args.workdir, args.iw_samples, epoch=args.epoch, batch_size=args.batch_size,
-            chunk_size=args.chunk_size, max_examples=args.max_examples, progress=not args.no_progress)
+            args.workdir, args.iw_samples, epoch=args.epoch, checkpoint=args.checkpoint,
+            batch_size=args.batch_size, chunk_size=args.chunk_size, max_examples=args.max_examples,
+            progress=not args.no_progress)
         out = Path(args.out or args.workdir)
         out.mkdir(parents=True, exist_ok=True)
         workdir.atomic_write_text(out / "eval.json", json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    print(f"test NLL {result['test/nll']:.2f} nats (k={result['iw_samples']}), negative ELBO "
+    print(f"test NLL {result['test/nll']:.2f} nats (k={result['iw_samples']}, {result['checkpoint']} "
+          f"checkpoint, epoch {result['epoch']}), negative ELBO "
           f"{result['test/elbo']:.2f}, {result['test/active_units']} active units, "
           f"{result['iwae_time_sec']:.0f} s", file=sys.stderr)
     return 0

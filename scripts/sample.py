@@ -27,7 +27,9 @@ def parse(argv):
     parser.add_argument("--temperature", type=float, default=1.0, help="prior std for --mode prior")
     parser.add_argument("--steps", type=int, default=10, help="images along each line or sweep")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epoch", type=int, default=None, help="checkpoint (default: latest)")
+    parser.add_argument("--checkpoint", choices=("best", "latest"), default="best",
+                        help="best: lowest validation -ELBO (the latest without a validation split)")
+    parser.add_argument("--epoch", type=int, default=None, help="one of the latest checkpoints, by epoch")
     parser.add_argument("--out", default=None, help="output directory (default: the workdir)")
     args = parser.parse_args(argv)
     if args.num < 1 or args.steps < 2 or args.temperature < 0:
@@ -71,10 +73,12 @@ def render(mode, config, model, epoch, args) -> tuple[np.ndarray, int, str, list
 
 
 def _kl_per_dim(path, model, x) -> np.ndarray:
-    """The run's latest test KL per dimension, or (without metrics) this image's."""
+    """Each code dimension's KL: the run's latest test KL per dimension of the code (the last
+    latent_dim entries: a hierarchical model lists z1's units, then z2's), or, without those
+    metrics (or with a prior that does not factorise), this image's KL from N(0, I)."""
     records = [r for r in workdir.read_metrics(Path(path)) if "test/kl_per_dim" in r]
     if records:
-        return np.asarray(records[-1]["test/kl_per_dim"])
+        return np.asarray(records[-1]["test/kl_per_dim"])[-model.latent_dim:]
     mean, log_var = model.encode(x.reshape(1, -1))
     return np.asarray(kl.standard_normal_kl_per_dim(mean, log_var)[0])
 
@@ -83,7 +87,7 @@ def main(argv=None) -> int:
     args = parse(argv)
     cli.quiet_logs()
     with cli.user_errors():
-        config, model, epoch = train.load_trained(args.workdir, args.epoch)
+        config, model, epoch = train.load_trained(args.workdir, args.epoch, args.checkpoint)
         if args.mode == "manifold" and model.latent_dim != 2:
             raise cli.UsageError(
                 f"--mode manifold needs a 2-D latent space; {args.workdir} has model.latent_dim="

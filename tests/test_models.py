@@ -1,4 +1,7 @@
-"""Model shapes, finiteness, the reparameterisation and determinism, for both architectures."""
+"""Models: shapes and finiteness of every architecture and prior, the reparameterisation, gated
+layers, the output-bias initialisation, parameter counts and determinism."""
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -10,32 +13,48 @@ from tests.conftest import tiny_config
 from vae import models
 
 IMAGE_SHAPE = (28, 28, 1)
+VARIANTS = [(arch, prior) for arch in models.ARCHS for prior in ("standard_normal", "vampprior")]
 
 
-def build(arch):
-    config = tiny_config(model__arch=arch)
+def build(arch="mlp", prior="standard_normal", **overrides):
+    config = tiny_config(model__arch=arch, model__prior=prior, model__num_pseudo_inputs=7, **overrides)
     return models.build_model(config.model, IMAGE_SHAPE, jax.random.key(0)), config
 
 
-@pytest.mark.parametrize("arch", models.ARCHS)
-def test_shapes_and_finiteness(arch):
-    model, config = build(arch)
-    x = jax.random.bernoulli(jax.random.key(1), 0.3, (5, 784)).astype(jnp.float32)
+def binary_images(n, seed=1):
+    return jax.random.bernoulli(jax.random.key(seed), 0.3, (n, 784)).astype(jnp.float32)
+
+
+@pytest.mark.parametrize("arch,prior", VARIANTS)
+def test_every_model_has_the_interface_with_the_right_shapes(arch, prior):
+    model, config = build(arch, prior)
+    z_dim = config.model.latent_dim
+    x = binary_images(5)
     mean, log_var = model.encode(x)
-    assert mean.shape == log_var.shape == (5, config.model.latent_dim)
-    logits, mean2, log_var2, z = model(x, jax.random.key(2))
-    assert logits.shape == (5, 784)
-    assert z.shape == (5, config.model.latent_dim)
-    np.testing.assert_array_equal(mean, mean2)
-    assert model.reconstruct(x).shape == (5, 784)
-    assert model.sample(jax.random.key(3), 7).shape == (7, 784)
+    assert mean.shape == log_var.shape == (5, z_dim)
+    terms = model.elbo_terms(x, jax.random.key(2))
+    assert terms["rec"].shape == terms["kl"].shape == (5,)
+    code_units = 2 * z_dim if arch == "hvae" else z_dim  # z1's units, then z2's
+    assert terms["mean"].shape == (5, code_units)
+    if prior == "standard_normal":
+        assert terms["kl_per_dim"].shape == (5, code_units)
+        np.testing.assert_allclose(terms["kl_per_dim"].sum(-1), terms["kl"], rtol=1e-5)
+        assert bool(jnp.all(terms["kl"] >= 0))
+    else:
+        assert "kl_per_dim" not in terms  # the mixture prior does not factorise
+    w = model.log_weights(x, jax.random.key(3), 6)
+    assert w["log_lik"].shape == w["log_ratio"].shape == (6, 5)
+    assert bool(jnp.all(w["log_lik"] <= 0))  # a Bernoulli log-likelihood
+    assert model.decode(mean).shape == (5, 784)
+    assert model.reconstruct(x).shape == model.reconstruct(x, jax.random.key(4)).shape == (5, 784)
+    assert model.sample(jax.random.key(5), 7).shape == (7, 784)
     assert model.image_shape == IMAGE_SHAPE
-    for array in (mean, log_var, logits, z):
+    for array in (*terms.values(), *w.values()):
         assert bool(jnp.all(jnp.isfinite(array)))
 
 
 def test_reparameterised_sample_is_mean_plus_scaled_noise():
-    model, _ = build("mlp")
+    model, _ = build()
     x = jnp.ones((3, 784)) * 0.5
     key = jax.random.key(4)
     _, mean, log_var, z = model(x, key)
@@ -43,41 +62,108 @@ def test_reparameterised_sample_is_mean_plus_scaled_noise():
     np.testing.assert_allclose(z, mean + jnp.exp(0.5 * log_var) * eps, rtol=1e-6)
 
 
+def test_elbo_terms_are_the_bernoulli_nll_and_the_closed_form_kl():
+    model, _ = build()
+    x, key = binary_images(4), jax.random.key(6)
+    logits, mean, log_var, _ = model(x, key)
+    terms = model.elbo_terms(x, key)
+    p = jax.nn.sigmoid(logits)
+    rec = -jnp.sum(x * jnp.log(p) + (1 - x) * jnp.log1p(-p), axis=-1)
+    kl = 0.5 * jnp.sum(mean**2 + jnp.exp(log_var) - 1 - log_var, axis=-1)
+    np.testing.assert_allclose(terms["rec"], rec, rtol=1e-4)
+    np.testing.assert_allclose(terms["kl"], kl, rtol=1e-4)
+
+
 def test_gradients_flow_through_the_sample():
-    model, _ = build("mlp")
+    model, _ = build()
     x = jnp.ones((2, 784)) * 0.5
     graphdef, params = nnx.split(model)
     grads = jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p)(x, jax.random.key(0))[3]))(params)
-    encoder_grad = grads["encoder"]["head"]["kernel"][...]
+    encoder_grad = grads["encoder"]["head"]["linear"]["kernel"][...]
     assert float(jnp.abs(encoder_grad).sum()) > 0
 
 
+def test_gated_dense_is_a_linear_map_times_a_sigmoid_gate():
+    layer = models.GatedDense(3, 2, kernel_init=nnx.initializers.he_normal(), rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (4, 3))
+    w, b = layer.linear.kernel[...], layer.linear.bias[...]
+    h, g = x @ w[:, :2] + b[:2], x @ w[:, 2:] + b[2:]
+    np.testing.assert_allclose(layer(x), h / (1 + np.exp(-g)), rtol=1e-5)
+
+
+def test_log_variances_are_clipped():
+    model, _ = build(model__log_var_clip=(-6.0, 2.0))
+    head = model.encoder.head
+    head.linear.bias[...] = jnp.full_like(head.linear.bias[...], 50.0)  # pushes every output up
+    _, log_var = model.encode(binary_images(3))
+    np.testing.assert_array_equal(log_var, 2.0)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "hvae", "conv"])
+def test_output_bias_starts_at_the_logits_of_the_pixel_means(arch):
+    config = tiny_config(model__arch=arch, model__init_output_bias=True)
+    means = np.linspace(0.0, 1.0, 784)
+    model = models.build_model(config.model, IMAGE_SHAPE, jax.random.key(0), pixel_means=means)
+    bias = np.asarray(model.output_bias[...])
+    p = np.clip(means, 1e-3, 1 - 1e-3)
+    if arch == "conv":  # per channel of the last sub-pixel convolution: the mean intensity
+        np.testing.assert_allclose(bias, math.log(0.5 / 0.5), atol=1e-6)
+    else:
+        np.testing.assert_allclose(bias, np.log(p / (1 - p)), rtol=1e-4, atol=1e-5)
+
+
 def test_same_key_same_model_and_samples():
-    a, _ = build("mlp")
-    b, _ = build("mlp")
+    a, _ = build()
+    b, _ = build()
     np.testing.assert_array_equal(a.sample(jax.random.key(9), 4), b.sample(jax.random.key(9), 4))
     assert not np.array_equal(a.sample(jax.random.key(9), 4), a.sample(jax.random.key(10), 4))
 
 
-def test_temperature_scales_the_prior():
-    model, _ = build("mlp")
-    z_cold = model.decode(jnp.zeros((1, 4)))
-    np.testing.assert_allclose(model.sample(jax.random.key(0), 1, temperature=0.0), z_cold, rtol=1e-6)
+@pytest.mark.parametrize("arch", ["mlp", "hvae"])
+def test_temperature_zero_decodes_the_prior_mean(arch):
+    model, config = build(arch)
+    z_cold = model.decode(jnp.zeros((1, config.model.latent_dim)))
+    np.testing.assert_allclose(model.sample(jax.random.key(0), 1, temperature=0.0), z_cold, rtol=1e-5)
 
 
-def test_mlp_parameter_count_matches_the_architecture():
+def test_parameter_counts_match_the_architectures():
     config = tiny_config()
     config.model.hidden_dims, config.model.latent_dim = (400,), 20
     model = models.build_model(config.model, IMAGE_SHAPE, jax.random.key(0))
     count = sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    expected = (784 * 400 + 400) + (400 * 40 + 40) + (20 * 400 + 400) + (400 * 784 + 784)
+    assert count == (784 * 400 + 400) + (400 * 40 + 40) + (20 * 400 + 400) + (400 * 784 + 784)
+
+    # The published gated VAE: 784-300-300-40 and mirrored, each gated layer two linear maps.
+    config.model.hidden_dims, config.model.latent_dim, config.model.activation = (300, 300), 40, "gated"
+    model = models.build_model(config.model, IMAGE_SHAPE, jax.random.key(0))
+    count = sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    gated = lambda a, b: 2 * (a * b + b)
+    expected = (gated(784, 300) + gated(300, 300) + (300 * 80 + 80)
+                + gated(40, 300) + gated(300, 300) + (300 * 784 + 784))
     assert count == expected
 
+    # With a VampPrior the pseudo-inputs add K x D parameters.
+    config.model.prior, config.model.num_pseudo_inputs = "vampprior", 500
+    model = models.build_model(config.model, IMAGE_SHAPE, jax.random.key(0))
+    assert sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param))) == expected + 500 * 784
 
-def test_unknown_architecture_is_rejected():
-    config = tiny_config(model__arch="transformer")
+
+def test_hvae_has_the_published_structure():
+    config = tiny_config(model__arch="hvae", model__activation="gated")
+    config.model.hidden_dims, config.model.latent_dim = (300, 300), 40
+    model = models.build_model(config.model, IMAGE_SHAPE, jax.random.key(0))
+    kernel = lambda layer: layer.linear.kernel.shape
+    assert kernel(model.q_z1_body.a) == (784, 600) and kernel(model.q_z1_body.b) == (40, 600)
+    assert [kernel(layer) for layer in model.q_z1_body.joint.layers] == [(600, 600)]
+    assert [kernel(layer) for layer in model.p_z1_body.layers] == [(40, 600), (300, 600)]
+    assert model.p_x_head.kernel.shape == (300, 784)
+
+
+def test_unknown_architecture_and_prior_are_rejected():
     with pytest.raises(ValueError, match="model.arch"):
-        models.build_model(config.model, IMAGE_SHAPE, jax.random.key(0))
+        build("transformer")
+    with pytest.raises(ValueError, match="model.prior"):
+        build("mlp", "laplace")
 
 
 def test_depth_to_space_places_channel_groups_in_2x2_blocks():

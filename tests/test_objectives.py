@@ -57,7 +57,7 @@ def test_training_loss_is_rec_plus_beta_kl(model_and_x):
     logits, mean, log_var, _ = model(x, key)
     rec = objectives.bernoulli_nll(logits, x)
     kl_sum = kl.standard_normal_kl(mean, log_var)
-    loss, aux = objectives.training_loss(model, x, key, jnp.float32(3.0), 0.0)
+    loss, aux = objectives.training_loss(model, x, key, jnp.float32(3.0))
     assert float(aux["rec"]) == pytest.approx(float(rec.mean()), rel=1e-6)
     assert float(aux["kl"]) == pytest.approx(float(kl_sum.mean()), rel=1e-6)
     assert float(aux["elbo"]) == pytest.approx(float((rec + kl_sum).mean()), rel=1e-6)
@@ -72,8 +72,8 @@ def test_iwae_with_one_sample_is_the_elbo_within_monte_carlo_error(model_and_x):
     def both(key):
         m = nnx.merge(graphdef, params)
         iwae_key, elbo_key = jax.random.split(key)
-        terms = objectives.elbo_terms(m, x, elbo_key)
-        elbo = -(terms["rec"] + terms["kl_per_dim"].sum(-1))
+        terms = m.elbo_terms(x, elbo_key)
+        elbo = -(terms["rec"] + terms["kl"])
         return objectives.iwae_log_likelihood(m, x, iwae_key, 1), elbo
 
     iwae_1, elbo = jax.vmap(both)(jax.random.split(jax.random.key(3), 2000))
@@ -93,10 +93,53 @@ def test_iwae_tightens_with_more_samples(model_and_x):
 def test_iwae_chunks_with_a_remainder_use_exactly_k_samples(model_and_x):
     model, x = model_and_x
     key = jax.random.key(7)
-    mean, log_var = model.encode(x)
-    first = objectives.importance_log_weights(model, x, mean, log_var, jax.random.fold_in(key, 0), 10)
-    second = objectives.importance_log_weights(model, x, mean, log_var, jax.random.fold_in(key, 1), 10)
-    log_w = jnp.concatenate([first, second[:5]])  # k = 15 in chunks of 10: the last 5 are masked
+    first, second = (model.log_weights(x, jax.random.fold_in(key, i), 10) for i in (0, 1))
+    log_w = jnp.concatenate([first["log_lik"] + first["log_ratio"],
+                             (second["log_lik"] + second["log_ratio"])[:5]])  # k = 15: last 5 masked
     direct = jax.nn.logsumexp(log_w, axis=0) - math.log(15)
     estimate = objectives.iwae_log_likelihood(model, x, key, 15, chunk_size=10)
     np.testing.assert_allclose(estimate, direct, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch,prior", [("mlp", "standard_normal"), ("hvae", "standard_normal"),
+                                        ("mlp", "vampprior"), ("hvae", "vampprior")])
+def test_iwae_objective_with_one_sample_is_the_elbo(arch, prior):
+    """k = 1: the IWAE objective's expectation is the negative ELBO, for every model and prior
+    (the ELBO objective uses closed-form KLs where they exist, the IWAE one Monte Carlo)."""
+    config = tiny_config(model__arch=arch, model__prior=prior, model__num_pseudo_inputs=5)
+    model = models.build_model(config.model, (28, 28, 1), jax.random.key(0))
+    x = jax.random.bernoulli(jax.random.key(1), 0.3, (2, 784)).astype(jnp.float32)
+    graphdef, params = nnx.split(model)
+
+    @jax.jit
+    def both(key):
+        m = nnx.merge(graphdef, params)
+        elbo_key, iwae_key = jax.random.split(key)
+        beta = jnp.float32(1.0)
+        return (objectives.training_loss(m, x, elbo_key, beta)[0],
+                objectives.training_loss(m, x, iwae_key, beta, objective="iwae", num_samples=1)[0])
+
+    elbo, iwae = jax.vmap(both)(jax.random.split(jax.random.key(3), 4000))
+    difference = iwae - elbo
+    assert abs(float(difference.mean())) < 4 * float(difference.std()) / math.sqrt(difference.shape[0])
+
+
+def test_iwae_objective_is_the_negative_bound_and_tighter_than_the_elbo(model_and_x):
+    model, x = model_and_x
+    key = jax.random.key(8)
+    loss, aux = objectives.training_loss(model, x, key, jnp.float32(1.0), objective="iwae", num_samples=50)
+    w = model.log_weights(x, key, 50)
+    log_w = w["log_lik"] + w["log_ratio"]
+    expected = -jnp.mean(jax.nn.logsumexp(log_w, axis=0) - math.log(50))
+    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+    assert float(aux["iwae"]) == pytest.approx(float(expected), rel=1e-6)
+    assert float(loss) < float(aux["elbo"])  # the k = 50 bound is tighter than the average ELBO
+
+
+def test_iwae_objective_weights_the_kl_part_by_beta(model_and_x):
+    model, x = model_and_x
+    key = jax.random.key(9)
+    loss, _ = objectives.training_loss(model, x, key, jnp.float32(0.25), objective="iwae", num_samples=7)
+    w = model.log_weights(x, key, 7)
+    log_w = w["log_lik"] + 0.25 * w["log_ratio"]
+    assert float(loss) == pytest.approx(float(-jnp.mean(jax.nn.logsumexp(log_w, 0) - math.log(7))), rel=1e-6)

@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from vae import data, evaluation, train, workdir
+from vae import data, evaluation, programs, workdir
 
 
 def machine() -> dict:
@@ -100,22 +100,23 @@ class Trainer:
 
     def __init__(self, config, train_images, test_images, dynamic: bool, devices=None):
         self.config = config
-        self.mesh = train.make_mesh(devices)
+        self.mesh = programs.make_mesh(devices)
         self.replicated = NamedSharding(self.mesh, P())
         self.num_train = len(train_images)
         self.steps = self.num_train // config.train.batch_size
-        self.tx = train.make_optimizer(config.train, self.steps)
-        self.graphdef, state = train.init_state(config, train_images.shape[1:], self.tx)
+        self.tx = programs.make_optimizer(config.train, self.steps)
+        self.graphdef, state = programs.init_state(config, train_images.shape[1:], self.tx)
         self.state = jax.device_put(state, self.replicated)
-        self.train_images = train.images_on_device(train_images, self.mesh)
-        self.test_images = train.images_on_device(test_images, self.mesh, config.eval.batch_size)
+        self.train_images = programs.images_on_device(train_images, self.mesh)
+        self.test_images = programs.images_on_device(test_images, self.mesh, config.eval.batch_size)
         self.dynamic = dynamic
         start = time.perf_counter()
-        self.epoch_fn = train.compile_train_epoch(self.graphdef, self.tx, config, self.mesh, self.state,
+        self.epoch_fn = programs.compile_train_epoch(self.graphdef, self.tx, config, self.mesh, self.state,
                                                   self.train_images, dynamic)
-        self.epoch_loop = train.epoch_loop(config)
+        self.epoch_loop = programs.epoch_loop(config)
         self.compile_sec = time.perf_counter() - start
-        self.evaluate = train.make_evaluate(self.graphdef, config, self.mesh)
+        self.evaluate = programs.make_evaluate(self.graphdef, config, self.mesh)
+        self.eval_key = programs.eval_key(config, "test")
         self.epochs_run = 0
 
     def _epoch(self, epoch: int):
@@ -131,8 +132,9 @@ class Trainer:
 
     def step_times(self, num_steps: int) -> list[float]:
         """Seconds per step for the same step called one at a time from Python (dispatch included)."""
-        step = jax.jit(train.make_train_step(self.graphdef, self.tx, self.config, self.steps, self.dynamic),
-                       donate_argnums=0)
+        step = jax.jit(
+            programs.make_train_step(self.graphdef, self.tx, self.config, self.steps, self.dynamic),
+            donate_argnums=0)
         batch_sharding = NamedSharding(self.mesh, P("data"))
         b = self.config.train.batch_size
         batches = [jax.device_put(self.train_images[i * b:(i + 1) * b], batch_sharding)
@@ -149,11 +151,11 @@ class Trainer:
         return times
 
     def eval_images_per_sec(self, repeats: int = 3) -> float:
-        jax.block_until_ready(self.evaluate(self.state.params, self.test_images))
+        jax.block_until_ready(self.evaluate(self.state.params, self.test_images, self.eval_key))
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            jax.block_until_ready(self.evaluate(self.state.params, self.test_images))
+            jax.block_until_ready(self.evaluate(self.state.params, self.test_images, self.eval_key))
             times.append(time.perf_counter() - start)
         return self.test_images.shape[0] / statistics.median(times)
 

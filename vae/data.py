@@ -154,6 +154,23 @@ def check_split(builder, split: str) -> None:
         ) from None
 
 
+def _example_ranges(builder, split: str) -> list[tuple[str, int, int]]:
+    """(shard file, first, end) of every example range a split reads."""
+    return [(Path(f.filename).name, f.skip, f.skip + f.take)
+            for f in builder.info.splits[split].file_instructions]
+
+
+def check_disjoint(builder, split_a: str, split_b: str) -> None:
+    """Raises DataError if two splits share an example (e.g. validation carved from training)."""
+    for file_a, lo_a, hi_a in _example_ranges(builder, split_a):
+        for file_b, lo_b, hi_b in _example_ranges(builder, split_b):
+            if file_a == file_b and max(lo_a, lo_b) < min(hi_a, hi_b):
+                raise DataError(
+                    f"data.validation_split={split_b!r} overlaps data.train_split={split_a!r} "
+                    f"({min(hi_a, hi_b) - max(lo_a, lo_b)} shared examples); carve them apart, e.g. "
+                    f"train_split='train[:50000]' and validation_split='train[50000:]'")
+
+
 def load_split(name: str, split: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
     """All images (N x H x W x C uint8) and labels (N int32) of a prepared split, in order."""
     import tensorflow_datasets as tfds
@@ -213,32 +230,57 @@ class Dataset:
     test_images: np.ndarray
     test_labels: np.ndarray
     dynamic: bool  # True: training batches get a fresh Bernoulli draw every time they are used
+    val_images: np.ndarray | None = None  # binarised once, like the test set; None without a split
+    val_labels: np.ndarray | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train_images.shape[1:])
 
+    def pixel_means(self) -> np.ndarray:
+        """Each pixel's mean intensity over the training images, in [0, 1]: under dynamic
+        binarisation, the probability that the pixel is on."""
+        return self.train_images.reshape(self.train_images.shape[0], -1).mean(axis=0) / 255.0
+
+
+# Seeds of the splits that are binarised once, offsets from data.test_binarize_seed.
+_BINARIZE_SEED_OFFSET = {"test": 0, "train": 1, "validation": 2}
+
+
+def load_eval_split(data_config: ml_collections.ConfigDict,
+                    which: str = "test") -> tuple[np.ndarray, np.ndarray]:
+    """The test (or validation) split as every evaluation sees it: binarised once with a fixed seed
+    (grey levels for binarize='none'); uint8 images and labels."""
+    split = data_config.test_split if which == "test" else data_config.validation_split
+    images, labels = load_split(data_config.name, split, data_config.data_dir)
+    if data_config.binarize != "none":
+        images = binarize_static(images, data_config.test_binarize_seed + _BINARIZE_SEED_OFFSET[which])
+    return images, labels
+
 
 def load_test_set(data_config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
-    """The test split as every evaluation sees it: binarised once with the fixed test seed
-    (grey levels for binarize='none'); uint8 images and labels."""
-    images, labels = load_split(data_config.name, data_config.test_split, data_config.data_dir)
-    if data_config.binarize != "none":
-        images = binarize_static(images, data_config.test_binarize_seed)
-    return images, labels
+    """The test split, binarised once with the fixed test seed; uint8 images and labels."""
+    return load_eval_split(data_config, "test")
 
 
 def load_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
     """Loads both splits and applies the config's binarisation."""
     if data_config.binarize not in BINARIZE_MODES:
         raise DataError(f"data.binarize must be one of {BINARIZE_MODES}, got {data_config.binarize!r}")
-    builder = check_prepared(data_config.name, data_config.data_dir)  # both splits, before reading
+    builder = check_prepared(data_config.name, data_config.data_dir)  # every split, before reading
     check_split(builder, data_config.train_split)
     check_split(builder, data_config.test_split)
+    if data_config.validation_split:
+        check_split(builder, data_config.validation_split)
+        check_disjoint(builder, data_config.train_split, data_config.validation_split)
     train_images, train_labels = load_split(data_config.name, data_config.train_split, data_config.data_dir)
     test_images, test_labels = load_test_set(data_config)
+    val_images = val_labels = None
+    if data_config.validation_split:
+        val_images, val_labels = load_eval_split(data_config, "validation")
     if data_config.binarize == "static":
-        train_images = binarize_static(train_images, data_config.test_binarize_seed + 1)
+        train_images = binarize_static(
+            train_images, data_config.test_binarize_seed + _BINARIZE_SEED_OFFSET["train"])
     return Dataset(
         name=data_config.name,
         train_images=train_images,
@@ -246,6 +288,8 @@ def load_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
         test_images=test_images,
         test_labels=test_labels,
         dynamic=data_config.binarize == "dynamic",
+        val_images=val_images,
+        val_labels=val_labels,
     )
 
 

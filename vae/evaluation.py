@@ -18,7 +18,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from vae import data, objectives, train
+from vae import data, objectives, programs, train
 
 _IWAE_STREAM = 17
 
@@ -26,7 +26,7 @@ _IWAE_STREAM = 17
 def encode_images(model, images_u8: np.ndarray, batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray]:
     """Posterior means and log-variances (N x Z each) of N x H x W x C uint8 images."""
     encode = jax.jit(lambda x_u8: model.encode(data.to_model_input(x_u8, None)))
-    flat = train.flatten(images_u8)
+    flat = programs.flatten(images_u8)
     parts = [jax.device_get(encode(flat[i:i + batch_size])) for i in range(0, len(flat), batch_size)]
     return (np.concatenate([m for m, _ in parts]), np.concatenate([lv for _, lv in parts]))
 
@@ -59,14 +59,14 @@ def iwae_log_likelihoods(model, images_u8: np.ndarray, key: jax.Array, num_sampl
                          batch_size: int = 32, chunk_size: int = 250, devices=None,
                          progress: bool = True) -> np.ndarray:
     """Per-image importance-weighted log-likelihood bounds (nats) of N x H x W x C uint8 images."""
-    mesh = train.make_mesh(devices)
+    mesh = programs.make_mesh(devices)
     num_devices = mesh.devices.size
     batch_size = max(num_devices, batch_size - batch_size % num_devices)
     graphdef, params = nnx.split(model)
     replicated = NamedSharding(mesh, P())
     params = jax.device_put(params, replicated)
     iwae = make_iwae(graphdef, mesh, num_samples, chunk_size)
-    padded = train.pad_to_multiple(train.flatten(images_u8), batch_size)
+    padded = programs.pad_to_multiple(programs.flatten(images_u8), batch_size)
     batches = padded.reshape(-1, batch_size, padded.shape[-1])
     results = []
     with tqdm(total=images_u8.shape[0], unit="img", disable=not progress, file=sys.stderr,
@@ -81,28 +81,32 @@ def iwae_log_likelihoods(model, images_u8: np.ndarray, key: jax.Array, num_sampl
 
 
 def evaluate_workdir(workdir: str | Path, num_samples: int = 5000, *, epoch: int | None = None,
-                     batch_size: int = 32, chunk_size: int = 250, max_examples: int | None = None,
+                     checkpoint: str = "best", batch_size: int = 32, chunk_size: int = 250,
+                     max_examples: int | None = None,
                      devices=None, progress: bool = True) -> dict:
-    """The test-set NLL (IWAE bound), negative ELBO, its parts, bits/dim and active units."""
+    """The test-set NLL (IWAE bound), negative ELBO, its parts, bits/dim and active units, of the
+    best checkpoint (by validation ELBO; the latest where the run has no validation split), the
+    latest (`checkpoint='latest'`) or one epoch's."""
     if num_samples < 1:
         raise ValueError(f"the number of importance samples must be >= 1, got {num_samples}")
-    config, model, restored_epoch = train.load_trained(workdir, epoch)
+    config, model, restored_epoch = train.load_trained(workdir, epoch, checkpoint)
     images, _ = data.load_test_set(config.data)
     if max_examples is not None:
         images = images[: max(2, max_examples)]
     num_pixels = math.prod(images.shape[1:])
-    mesh = train.make_mesh(devices)
+    mesh = programs.make_mesh(devices)
     graphdef, params = nnx.split(model)
     params = jax.device_put(params, NamedSharding(mesh, P()))
 
     start = time.perf_counter()
-    evaluate = train.make_evaluate(graphdef, config, mesh)
-    padded = train.images_on_device(images, mesh, config.eval.batch_size)
-    terms = jax.device_get(evaluate(params, padded))
-    result = {"epoch": restored_epoch, "num_examples": int(images.shape[0])}
+    evaluate = programs.make_evaluate(graphdef, config, mesh)
+    padded = programs.images_on_device(images, mesh, config.eval.batch_size)
+    terms = jax.device_get(evaluate(params, padded, programs.eval_key(config, "test")))
+    result = {"epoch": restored_epoch, "checkpoint": train.checkpoint_used(workdir, epoch, checkpoint),
+              "num_examples": int(images.shape[0])}
     result |= train.summarize_eval(terms, images.shape[0], num_pixels, config.eval.active_unit_threshold)
 
-    key = jax.random.fold_in(train.root_key(config.seed), _IWAE_STREAM)
+    key = jax.random.fold_in(programs.root_key(config.seed), _IWAE_STREAM)
     t_iwae = time.perf_counter()
     log_px = iwae_log_likelihoods(model, images, key, num_samples, batch_size=batch_size,
                                   chunk_size=chunk_size, devices=devices, progress=progress)

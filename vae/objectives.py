@@ -1,8 +1,10 @@
-"""Per-example ELBO pieces, the β / warm-up / free-bits training objective, and the IWAE bound.
+"""The Bernoulli likelihood, the training objectives (β-ELBO with warm-up and free bits, and the
+importance-weighted bound), and the IWAE estimate of log p(x).
 
 Every likelihood figure is in nats per image. `rec` is the reconstruction negative log-likelihood
--log p(x|z) for one posterior sample, `kl` is KL(q(z|x) ‖ p(z)) in closed form, and the negative
-ELBO is rec + kl (β = 1): an upper bound on -log p(x).
+-log p(x|z) for one posterior sample, `kl` the KL term (exact where a closed form exists, see
+`vae.priors`), and the negative ELBO is rec + kl (β = 1): an upper bound on -log p(x). The
+objectives take any model with `elbo_terms` and `log_weights` (`vae.models`).
 """
 
 import math
@@ -10,17 +12,22 @@ import math
 import jax
 import jax.numpy as jnp
 
-from vae import kl
+OBJECTIVES = ("elbo", "iwae")
+
+
+def bernoulli_log_likelihood(logits: jax.Array, x: jax.Array) -> jax.Array:
+    """log Bernoulli(x | sigmoid(logits)), summed over the last axis (pixels): one value per image.
+
+    x·l − softplus(l) is exact for x ∈ {0, 1} and costs one softplus per pixel (the usual
+    two-log-sigmoid form costs two). For grey levels in (0, 1) it is a negative cross-entropy,
+    not a log-likelihood.
+    """
+    return jnp.sum(x * logits - jax.nn.softplus(logits), axis=-1)
 
 
 def bernoulli_nll(logits: jax.Array, x: jax.Array) -> jax.Array:
-    """-log Bernoulli(x | sigmoid(logits)), summed over the last axis (pixels): one value per image.
-
-    softplus(l) − x·l is exact for x ∈ {0, 1} and costs one softplus per pixel (the usual
-    two-log-sigmoid form costs two). For grey levels in (0, 1) it is a cross-entropy, not a
-    log-likelihood.
-    """
-    return jnp.sum(jax.nn.softplus(logits) - x * logits, axis=-1)
+    """-log Bernoulli(x | sigmoid(logits)) per image."""
+    return -bernoulli_log_likelihood(logits, x)
 
 
 def kl_weight(step: jax.Array, beta: float, warmup_steps: float) -> jax.Array:
@@ -40,37 +47,42 @@ def free_bits_kl(kl_per_dim_BxZ: jax.Array, free_bits: float) -> jax.Array:
     return jnp.sum(jnp.maximum(kl_per_dim_Z, free_bits))
 
 
-def elbo_terms(model, x_BxD: jax.Array, key: jax.Array) -> dict[str, jax.Array]:
-    """Per-example rec (B), kl_per_dim (B x Z) and the posterior mean (B x Z), one sample each."""
-    logits, mean_BxZ, log_var_BxZ, _ = model(x_BxD, key)
-    return {
-        "rec": bernoulli_nll(logits, x_BxD),
-        "kl_per_dim": kl.standard_normal_kl_per_dim(mean_BxZ, log_var_BxZ),
-        "mean": mean_BxZ,
-    }
-
-
-def training_loss(model, x_BxD: jax.Array, key: jax.Array, beta: jax.Array,
-                  free_bits: float) -> tuple[jax.Array, dict[str, jax.Array]]:
+def elbo_loss(model, x_BxD: jax.Array, key: jax.Array, beta: jax.Array,
+              free_bits: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Batch mean of rec + β·KL (with the free-bits floor); aux holds the unweighted batch means."""
-    terms = elbo_terms(model, x_BxD, key)
-    rec = jnp.mean(terms["rec"])
-    kl_mean = jnp.mean(jnp.sum(terms["kl_per_dim"], axis=-1))
-    loss = rec + beta * free_bits_kl(terms["kl_per_dim"], free_bits)
+    terms = model.elbo_terms(x_BxD, key)
+    rec, kl_mean = jnp.mean(terms["rec"]), jnp.mean(terms["kl"])
+    kl_term = free_bits_kl(terms["kl_per_dim"], free_bits) if free_bits > 0 else kl_mean
+    loss = rec + beta * kl_term
     return loss, {"loss": loss, "rec": rec, "kl": kl_mean, "elbo": rec + kl_mean}
 
 
-def importance_log_weights(model, x_BxD: jax.Array, mean_BxZ: jax.Array,
-                           log_var_BxZ: jax.Array, key: jax.Array, num_samples: int) -> jax.Array:
-    """log p(x|z) + log p(z) − log q(z|x) for num_samples posterior draws: num_samples x B."""
-    z_KxBxZ = kl.sample_gaussian(key, mean_BxZ, log_var_BxZ, num_samples)
-    k, b, z_dim = z_KxBxZ.shape
-    logits_KxBxD = model.decode(z_KxBxZ.reshape(k * b, z_dim)).reshape(k, b, -1)
-    log_px_given_z = -bernoulli_nll(logits_KxBxD, x_BxD[None])
-    zeros = jnp.zeros_like(z_KxBxZ)
-    log_pz = kl.gaussian_log_density(z_KxBxZ, zeros, zeros)
-    log_qz = kl.gaussian_log_density(z_KxBxZ, mean_BxZ, log_var_BxZ)
-    return log_px_given_z + log_pz - log_qz
+def log_mean_exp(log_w_KxB: jax.Array) -> jax.Array:
+    """log (1/K) Σ_k exp(log_w_k) over the leading axis."""
+    return jax.nn.logsumexp(log_w_KxB, axis=0) - math.log(log_w_KxB.shape[0])
+
+
+def iwae_loss(model, x_BxD: jax.Array, key: jax.Array, beta: jax.Array,
+              num_samples: int) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The negative importance-weighted bound with k = num_samples (Burda et al., 2015), batch mean.
+
+    The weights are log p(x|z) + β·(log p(z) − log q(z|x)), so the KL warm-up works as for the
+    ELBO; with k = 1 and β = 1 this is the single-sample ELBO with a Monte Carlo KL. aux: the
+    bound itself (`iwae`, with β = 1) and the single-sample terms averaged over the k draws.
+    """
+    w = model.log_weights(x_BxD, key, num_samples)
+    loss = -jnp.mean(log_mean_exp(w["log_lik"] + beta * w["log_ratio"]))
+    rec, kl_mean = -jnp.mean(w["log_lik"]), -jnp.mean(w["log_ratio"])
+    iwae = -jnp.mean(log_mean_exp(w["log_lik"] + w["log_ratio"]))
+    return loss, {"loss": loss, "rec": rec, "kl": kl_mean, "elbo": rec + kl_mean, "iwae": iwae}
+
+
+def training_loss(model, x_BxD: jax.Array, key: jax.Array, beta: jax.Array, *, objective: str = "elbo",
+                  free_bits: float = 0.0, num_samples: int = 1):
+    """The objective the config names: 'elbo' (β, free bits) or 'iwae' (k = num_samples, β)."""
+    if objective == "iwae":
+        return iwae_loss(model, x_BxD, key, beta, num_samples)
+    return elbo_loss(model, x_BxD, key, beta, free_bits)
 
 
 def iwae_log_likelihood(model, x_BxD: jax.Array, key: jax.Array, num_samples: int,
@@ -85,16 +97,15 @@ def iwae_log_likelihood(model, x_BxD: jax.Array, key: jax.Array, num_samples: in
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     chunk = min(chunk_size, num_samples)
     num_chunks = -(-num_samples // chunk)
-    mean_BxZ, log_var_BxZ = model.encode(x_BxD)
 
     def accumulate(running_lse_B, chunk_index):
-        log_w_CxB = importance_log_weights(
-            model, x_BxD, mean_BxZ, log_var_BxZ, jax.random.fold_in(key, chunk_index), chunk)
+        w = model.log_weights(x_BxD, jax.random.fold_in(key, chunk_index), chunk)
+        log_w_CxB = w["log_lik"] + w["log_ratio"]
         sample_index = chunk_index * chunk + jnp.arange(chunk)
         log_w_CxB = jnp.where((sample_index < num_samples)[:, None], log_w_CxB, -jnp.inf)
         chunk_lse_B = jax.nn.logsumexp(log_w_CxB, axis=0)
         return jnp.logaddexp(running_lse_B, chunk_lse_B), None
 
-    init_B = jnp.full(x_BxD.shape[:1], -jnp.inf, dtype=mean_BxZ.dtype)
+    init_B = jnp.full(x_BxD.shape[:1], -jnp.inf, dtype=jnp.float32)
     lse_B, _ = jax.lax.scan(accumulate, init_B, jnp.arange(num_chunks))
     return lse_B - math.log(num_samples)

@@ -4,7 +4,7 @@ import math
 
 import ml_collections
 
-from vae import data, models
+from vae import data, models, objectives, priors
 
 OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "warmup_cosine")
@@ -38,6 +38,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     _require(d.binarize in data.BINARIZE_MODES,
              f"data.binarize must be one of {data.BINARIZE_MODES}, got {d.binarize!r}")
     _require(_is_int(d.test_binarize_seed), "data.test_binarize_seed must be an integer")
+    _require(isinstance(d.validation_split, str),
+             f"data.validation_split must be a TFDS split string or '', got {d.validation_split!r}")
 
     m = config.model
     _require(m.arch in models.ARCHS, f"model.arch must be one of {models.ARCHS}, got {m.arch!r}")
@@ -45,6 +47,20 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
              f"model.likelihood must be one of {models.LIKELIHOODS}, got {m.likelihood!r}")
     _require(_is_int(m.latent_dim) and m.latent_dim >= 1,
              f"model.latent_dim must be an integer >= 1, got {m.latent_dim!r}")
+    _require(m.activation in models.ACTIVATIONS,
+             f"model.activation must be one of {models.ACTIVATIONS}, got {m.activation!r}")
+    _require(m.kernel_init in models.KERNEL_INITS,
+             f"model.kernel_init must be one of {models.KERNEL_INITS}, got {m.kernel_init!r}")
+    clip = m.log_var_clip
+    _require(isinstance(clip, tuple | list) and (len(clip) == 0 or (
+        len(clip) == 2 and all(_is_number(c) for c in clip) and clip[0] < clip[1])),
+             f"model.log_var_clip must be () or (lo, hi) with lo < hi, got {clip!r}")
+    _require(m.prior in priors.PRIORS, f"model.prior must be one of {priors.PRIORS}, got {m.prior!r}")
+    _require(_is_int(m.num_pseudo_inputs) and m.num_pseudo_inputs >= 1,
+             f"model.num_pseudo_inputs must be an integer >= 1, got {m.num_pseudo_inputs!r}")
+    _require(_is_number(m.pseudo_input_mean) and _is_number(m.pseudo_input_std) and m.pseudo_input_std >= 0,
+             "model.pseudo_input_mean must be a finite number and model.pseudo_input_std one >= 0")
+    _require(isinstance(m.init_output_bias, bool), "model.init_output_bias must be True or False")
     for field in ("hidden_dims", "conv_channels"):
         dims = m[field]
         _require(isinstance(dims, tuple | list) and len(dims) >= 1
@@ -68,10 +84,30 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
              f"train.learning_rate must be a finite number > 0, got {t.learning_rate!r}")
     _require(t.lr_schedule in LR_SCHEDULES,
              f"train.lr_schedule must be one of {LR_SCHEDULES}, got {t.lr_schedule!r}")
+    _require(_is_number(t.final_lr_fraction) and 0 <= t.final_lr_fraction <= 1,
+             f"train.final_lr_fraction must be a number in [0, 1], got {t.final_lr_fraction!r}")
+    _require(isinstance(t.normalize_grads, bool), "train.normalize_grads must be True or False")
+    _require(_is_number(t.ema_decay) and 0 <= t.ema_decay < 1,
+             f"train.ema_decay must be a number in [0, 1), got {t.ema_decay!r}")
+    _require(t.objective in objectives.OBJECTIVES,
+             f"train.objective must be one of {objectives.OBJECTIVES}, got {t.objective!r}")
+    _require(_is_int(t.num_samples) and t.num_samples >= 1,
+             f"train.num_samples must be an integer >= 1, got {t.num_samples!r}")
+    _require(t.objective == "iwae" or t.num_samples == 1,
+             f"train.num_samples={t.num_samples} needs train.objective=iwae (the ELBO uses one sample)")
+    _require(_is_int(t.early_stopping_patience) and t.early_stopping_patience >= 0,
+             f"train.early_stopping_patience must be an integer >= 0, got {t.early_stopping_patience!r}")
+    _require(t.early_stopping_patience == 0 or d.validation_split,
+             "train.early_stopping_patience needs a validation split: set data.validation_split "
+             "(e.g. train_split='train[:50000]', validation_split='train[50000:]')")
     for field in ("warmup_epochs", "weight_decay", "grad_clip_norm", "beta", "kl_warmup_epochs",
                   "free_bits"):
         _require(_is_number(t[field]) and t[field] >= 0,
                  f"train.{field} must be a finite number >= 0, got {t[field]!r}")
+    if t.free_bits > 0:
+        _require(t.objective == "elbo" and m.prior == "standard_normal",
+                 "train.free_bits needs the ELBO objective and a factorised prior (standard_normal): "
+                 "the VampPrior's KL has no per-dimension split")
     _require(t.epoch_loop in EPOCH_LOOPS,
              f"train.epoch_loop must be one of {EPOCH_LOOPS}, got {t.epoch_loop!r}")
     _require(_is_int(t.checkpoint_every_epochs) and t.checkpoint_every_epochs >= 1,

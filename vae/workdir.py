@@ -3,6 +3,7 @@
     WORKDIR/config.json     the resolved config, plus a "run" section: library versions, devices
     WORKDIR/metrics.jsonl   one JSON object per evaluated epoch (nats per image)
     WORKDIR/checkpoints/N   Orbax checkpoint after epoch N (atomic; the last few kept)
+    WORKDIR/best/N          the checkpoint of the epoch with the lowest validation negative ELBO
 
 Every write is atomic (write to a temporary file, then rename) or a single appended line, and a
 resumed run first drops metric lines newer than the checkpoint it restores, so a run killed at
@@ -25,6 +26,8 @@ import orbax.checkpoint as ocp
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
+BEST_DIR = "best"
+BEST_METRIC = "val/elbo"  # lower is better
 _VERSIONED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets", "numpy")
 # Config sections that change the parameters' shapes or the data's meaning: resuming with other
 # values would restore parameters into the wrong model or continue on other data.
@@ -105,6 +108,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 def clear_run(workdir: Path) -> None:
     """Deletes a run's checkpoints and metrics (for --restart); other files are left alone."""
     shutil.rmtree(workdir / CHECKPOINT_DIR, ignore_errors=True)
+    shutil.rmtree(workdir / BEST_DIR, ignore_errors=True)
     (workdir / METRICS_FILE).unlink(missing_ok=True)
 
 
@@ -149,15 +153,26 @@ def truncate_metrics(workdir: Path, last_epoch: int) -> list[dict]:
 # --- checkpoints --------------------------------------------------------------------------------
 
 
-def checkpoint_manager(workdir: Path, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
-                                           read_only=read_only)
-    return ocp.CheckpointManager((Path(workdir) / CHECKPOINT_DIR).absolute(), options=options)
+def checkpoint_manager(workdir: Path, keep: int = 3, read_only: bool = False,
+                       subdir: str | None = None) -> ocp.CheckpointManager:
+    """The latest `keep` checkpoints in WORKDIR/checkpoints, or with subdir=BEST_DIR the one with
+    the lowest validation negative ELBO (Orbax keeps it by the metric saved with it)."""
+    best = subdir == BEST_DIR
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=not read_only, read_only=read_only,
+        best_fn=(lambda metrics: metrics[BEST_METRIC]) if best else None, best_mode="min")
+    return ocp.CheckpointManager((Path(workdir) / (subdir or CHECKPOINT_DIR)).absolute(), options=options)
 
 
-def save_checkpoint(manager: ocp.CheckpointManager, epoch: int, state: dict) -> None:
+def has_checkpoints(workdir: Path, subdir: str = CHECKPOINT_DIR) -> bool:
+    path = Path(workdir) / subdir
+    return path.is_dir() and any(p.name.isdigit() for p in path.iterdir())
+
+
+def save_checkpoint(manager: ocp.CheckpointManager, epoch: int, state: dict,
+                    metrics: dict | None = None) -> None:
     """Starts an atomic save of `state` as checkpoint `epoch` (written in the background)."""
-    manager.save(epoch, args=ocp.args.StandardSave(state))
+    manager.save(epoch, args=ocp.args.StandardSave(state), metrics=metrics)
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state, step: int | None = None):

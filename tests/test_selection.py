@@ -1,0 +1,135 @@
+"""Model selection: the validation split, early stopping, the best checkpoint beside the latest,
+and exact resume through all of it (with a parameter EMA), including kills between the saves."""
+
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from tests.conftest import tiny_config
+from vae import data, programs, train, validation, workdir
+
+PATIENCE = 5
+
+
+def selection_config(**overrides):
+    """A tiny run that overfits 64 images fast, so the validation ELBO turns within ~10 epochs."""
+    config = tiny_config(**({"train__num_epochs": 40} | overrides))
+    config.data.train_split = "train[:64]"
+    config.data.validation_split = "train[64:320]"
+    config.model.hidden_dims, config.model.latent_dim = (256,), 8
+    config.train.learning_rate = 3e-2
+    config.train.early_stopping_patience = PATIENCE
+    config.train.ema_decay = 0.5
+    return config
+
+
+def params_of(path, checkpoint="best"):
+    _, model, epoch = train.load_trained(path, checkpoint=checkpoint)
+    return epoch, jax.tree.leaves(nnx.state(model, nnx.Param))
+
+
+def without_timing(records):
+    timing = {"images_per_sec", "epoch_time_sec", "eval_time_sec", "wall_time_sec", "compile_time_sec"}
+    return [{k: v for k, v in r.items() if k not in timing} for r in records]
+
+
+def test_best_epoch_and_early_stopping_rule():
+    history = [{"epoch": e, "val/elbo": v} for e, v in enumerate([9.0, 7.0, 8.0, 7.0, 8.5, 9.0], 1)]
+    assert train.best_epoch(history) == (2, 7.0)  # ties keep the earlier epoch
+    cfg = tiny_config(train__early_stopping_patience=4).train
+    assert train.early_stop_due(history, cfg)  # 6 - 2 >= 4
+    assert not train.early_stop_due(history[:5], cfg)
+    cfg.kl_warmup_epochs = 3.0  # patience counts from the end of the warm-up
+    assert not train.early_stop_due(history, cfg)  # 6 - 3 < 4
+    cfg.early_stopping_patience = 0  # off
+    assert not train.early_stop_due(history, cfg)
+    assert train.best_epoch([{"epoch": 1, "test/elbo": 3.0}]) == (0, float("inf"))
+
+
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory, fashion_mnist):
+    path = tmp_path_factory.mktemp("stopped")
+    return path, train.train_and_evaluate(selection_config(), path, progress=False)
+
+
+def test_early_stopping_ends_patience_epochs_after_the_best(stopped):
+    path, history = stopped
+    best, value = train.best_epoch(history)
+    assert history[-1]["epoch"] == best + PATIENCE < 40
+    assert value == min(r["val/elbo"] for r in history)
+    for record in history:
+        assert {"val/elbo", "val/rec", "val/kl", "val/active_units", "test/elbo", "best/epoch"} <= set(record)
+        assert record["best/val/elbo"] == min(r["val/elbo"] for r in history[: record["epoch"]])
+    assert workdir.read_metrics(path) == history
+    # Again: nothing more to train.
+    again = train.train_and_evaluate(selection_config(), path, progress=False)
+    assert without_timing(again) == without_timing(history)
+
+
+def test_the_best_checkpoint_is_kept_beside_the_latest_and_loaded_by_default(stopped):
+    path, history = stopped
+    best, _ = train.best_epoch(history)
+    assert sorted(int(p.name) for p in (path / workdir.BEST_DIR).iterdir() if p.name.isdigit()) == [best]
+    assert params_of(path)[0] == best
+    assert params_of(path, "latest")[0] == history[-1]["epoch"]
+    assert train.checkpoint_used(path, None, "best") == "best"
+
+
+def test_the_best_checkpoint_holds_the_evaluated_parameters(stopped):
+    """Re-evaluating the loaded best model on the validation split gives the logged val/elbo:
+    the checkpoint holds what was evaluated (the EMA), not the raw parameters."""
+    path, history = stopped
+    config, model, epoch = train.load_trained(path)
+    images, _ = data.load_eval_split(config.data, "validation")
+    mesh = programs.make_mesh(jax.devices()[:1])
+    graphdef, params = nnx.split(model)
+    terms = programs.make_evaluate(graphdef, config, mesh)(
+        params, programs.images_on_device(images, mesh, config.eval.batch_size),
+        programs.eval_key(config, "val"))
+    summary = train.summarize_eval(jax.device_get(terms), len(images), 784, 0.01, "val")
+    assert summary["val/elbo"] == pytest.approx(history[epoch - 1]["val/elbo"], rel=1e-5)
+
+
+@pytest.mark.parametrize("damage", ["none", "best_not_saved", "latest_not_saved"])
+def test_resume_through_selection_is_exact(tmp_path, stopped, damage):
+    """A run stopped after epoch 5 (and, worse, killed between its two saves) resumes to the same
+    metrics, latest and best checkpoints as the uninterrupted run."""
+    path, history = stopped
+    first = train.train_and_evaluate(selection_config(train__num_epochs=5), tmp_path, progress=False)
+    assert train.best_epoch(first)[0] == 5  # still improving: epoch 5 is in both managers
+    if damage == "best_not_saved":  # killed after the latest save, before the best one
+        shutil.rmtree(tmp_path / workdir.BEST_DIR / "5")
+    if damage == "latest_not_saved":  # killed after the best save, before the latest one
+        shutil.rmtree(tmp_path / workdir.CHECKPOINT_DIR / "5")
+    resumed = train.train_and_evaluate(selection_config(), tmp_path, progress=False)
+    assert without_timing(resumed) == without_timing(history)
+    for which in ("best", "latest"):
+        (epoch_a, params_a), (epoch_b, params_b) = params_of(tmp_path, which), params_of(path, which)
+        assert epoch_a == epoch_b
+        for a, b in zip(params_a, params_b):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_a_run_without_validation_has_no_best_checkpoint_and_loads_the_latest(tmp_path, fashion_mnist):
+    history = train.train_and_evaluate(tiny_config(train__num_epochs=2), tmp_path, progress=False)
+    assert "val/elbo" not in history[-1] and "best/epoch" not in history[-1]
+    assert not workdir.has_checkpoints(tmp_path, workdir.BEST_DIR)
+    assert train.checkpoint_used(tmp_path, None, "best") == "latest"
+    assert params_of(tmp_path)[0] == 2
+
+
+def test_overlapping_validation_and_training_splits_are_refused(tmp_path, fashion_mnist):
+    config = selection_config()
+    config.data.validation_split = "train[32:96]"
+    with pytest.raises(data.DataError, match="overlaps data.train_split.*32 shared examples"):
+        train.train_and_evaluate(config, tmp_path, progress=False)
+
+
+def test_early_stopping_without_a_validation_split_is_refused():
+    config = selection_config()
+    config.data.validation_split = ""
+    with pytest.raises(validation.ConfigError, match="needs a validation split"):
+        validation.validate_config(config, 1)

@@ -1,0 +1,241 @@
+"""The compiled programs of a run: the train state, the optimizer, one data-parallel train step,
+the epoch built from it, and the evaluation. `vae.train` drives them.
+
+The data live on the device for the whole run. An epoch is an on-device shuffle, then the train
+step over its batches: a gather, a binarisation and an update per step, either as one compiled
+`lax.scan` or one compiled step per Python call (see `epoch_loop`). The batch axis is sharded
+over a 1-D device mesh ("data"); parameters and optimizer state are replicated and XLA inserts
+the gradient all-reduce. Every random draw is a pure function of (seed, epoch, step), so a
+resumed run repeats an uninterrupted one exactly.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from vae import data, models, objectives
+
+# Independent random streams, each folded into the run's root key.
+INIT, SHUFFLE, STEP, TEST_EVAL, VAL_EVAL = range(5)
+
+
+class TrainState(NamedTuple):
+    step: jax.Array
+    params: nnx.State
+    opt_state: optax.OptState
+    ema_params: nnx.State | None  # exponential moving average of params; None unless train.ema_decay
+
+
+def eval_params(state: TrainState) -> nnx.State:
+    """The parameters that are evaluated, checkpointed as 'best' and sampled from: the EMA if kept."""
+    return state.params if state.ema_params is None else state.ema_params
+
+
+def root_key(seed: int) -> jax.Array:
+    return jax.random.key(seed)
+
+
+def make_mesh(devices=None) -> Mesh:
+    """A 1-D mesh over `devices` (default: all) with the batch axis "data"."""
+    return Mesh(np.asarray(devices if devices is not None else jax.devices()), ("data",))
+
+
+def learning_rate(train_config: ml_collections.ConfigDict, steps_per_epoch: int):
+    """The learning rate, a float or an optax schedule over optimiser steps."""
+    total_steps = max(1, train_config.num_epochs * steps_per_epoch)
+    lr, final = train_config.learning_rate, train_config.final_lr_fraction
+    if train_config.lr_schedule == "cosine":
+        return optax.cosine_decay_schedule(lr, total_steps, alpha=final)
+    if train_config.lr_schedule == "warmup_cosine":
+        warmup = int(train_config.warmup_epochs * steps_per_epoch)
+        return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1),
+                                                  end_value=lr * final)
+    return lr
+
+
+def normalize_each_tensor(eps: float = 1e-7) -> optax.GradientTransformation:
+    """Divides each parameter tensor's gradient by its L2 norm (the published VampPrior / HVAE
+    runs' "AdamNormGrad"), so every tensor moves at the same rate whatever its gradient's scale."""
+    return optax.stateless_with_tree_map(lambda g, _: g / (jnp.linalg.norm(g) + eps))
+
+
+def make_optimizer(train_config: ml_collections.ConfigDict, steps_per_epoch: int):
+    lr = learning_rate(train_config, steps_per_epoch)
+    if train_config.optimizer == "adamw":
+        optimizer = optax.adamw(lr, weight_decay=train_config.weight_decay)
+    else:
+        optimizer = optax.adam(lr)
+    before = []
+    if train_config.normalize_grads:
+        before.append(normalize_each_tensor())
+    if train_config.grad_clip_norm > 0:
+        before.append(optax.clip_by_global_norm(train_config.grad_clip_norm))
+    return optax.chain(*before, optimizer) if before else optimizer
+
+
+def init_model(config: ml_collections.ConfigDict, image_shape, pixel_means=None):
+    """The model's graph definition and freshly initialised parameters for this seed."""
+    key = jax.random.fold_in(root_key(config.seed), INIT)
+    return nnx.split(models.build_model(config.model, image_shape, key, pixel_means))
+
+
+def init_state(config, image_shape, tx, pixel_means=None) -> tuple[nnx.GraphDef, TrainState]:
+    graphdef, params = init_model(config, image_shape, pixel_means)
+    ema = jax.tree.map(jnp.copy, params) if config.train.ema_decay > 0 else None  # own buffers: donated
+    return graphdef, TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), ema)
+
+
+def make_train_step(graphdef, tx, config, steps_per_epoch: int, dynamic: bool):
+    """The pure (state, x_u8 B x D) -> (state, metrics) update; its keys depend on (seed, step) only."""
+    t = config.train
+    warmup_steps = t.kl_warmup_epochs * steps_per_epoch
+    step_key = jax.random.fold_in(root_key(config.seed), STEP)
+
+    def train_step(state: TrainState, x_u8):
+        binarize_key, sample_key = jax.random.split(jax.random.fold_in(step_key, state.step))
+        x = data.to_model_input(x_u8, binarize_key if dynamic else None)
+        beta_t = objectives.kl_weight(state.step, t.beta, warmup_steps)
+
+        def loss_fn(params):
+            return objectives.training_loss(nnx.merge(graphdef, params), x, sample_key, beta_t,
+                                            objective=t.objective, free_bits=t.free_bits,
+                                            num_samples=t.num_samples)
+
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = state.ema_params
+        if ema is not None:
+            ema = jax.tree.map(lambda e, p: t.ema_decay * e + (1.0 - t.ema_decay) * p, ema, params)
+        return TrainState(state.step + 1, params, opt_state, ema), metrics | {"beta": beta_t}
+
+    return train_step
+
+
+def _batch_step(train_step, mesh: Mesh):
+    """(state, images_u8 N x D, indices_B) -> train_step on that batch, sharded over "data"."""
+    batch_sharding = NamedSharding(mesh, P("data"))
+
+    def batch_step(state: TrainState, images_u8, indices_B):
+        return train_step(state, jax.lax.with_sharding_constraint(images_u8[indices_B], batch_sharding))
+
+    return batch_step
+
+
+def _epoch_order(config, num_train: int, epoch):
+    """The batches of an epoch, steps x B indices: a permutation keyed by (seed, epoch)."""
+    batch_size = config.train.batch_size
+    steps = num_train // batch_size
+    shuffle_key = jax.random.fold_in(root_key(config.seed), SHUFFLE)
+    order = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), num_train)
+    return order[: steps * batch_size].reshape(steps, batch_size)
+
+
+def make_train_epoch(graphdef, tx, config, mesh: Mesh, num_train: int, dynamic: bool):
+    """A jitted (state, images_u8 N x D, epoch) -> (state, metrics over steps) for one epoch:
+    an on-device shuffle, then a scan of the train step over the batches."""
+    steps = num_train // config.train.batch_size
+    batch_step = _batch_step(make_train_step(graphdef, tx, config, steps, dynamic), mesh)
+
+    def train_epoch(state: TrainState, images_u8, epoch):
+        return jax.lax.scan(lambda state, indices_B: batch_step(state, images_u8, indices_B), state,
+                            _epoch_order(config, images_u8.shape[0], epoch))
+
+    return jax.jit(train_epoch, donate_argnums=0, out_shardings=NamedSharding(mesh, P()))
+
+
+def epoch_loop(config) -> str:
+    """'scan' (the whole epoch is one program) or 'steps' (one program per step, called from
+    Python). 'auto' picks 'steps' for the conv model on CPU, where XLA runs convolutions inside
+    a loop body about 10x slower than alone (jax-ml/jax#12868), and 'scan' everywhere else."""
+    choice = config.train.epoch_loop
+    if choice == "auto":
+        return "steps" if config.model.arch == "conv" and jax.default_backend() == "cpu" else "scan"
+    return choice
+
+
+def compile_train_epoch(graphdef, tx, config, mesh: Mesh, state: TrainState, images_u8,
+                        dynamic: bool):
+    """The epoch function (state, images_u8, epoch) -> (state, per-step metrics), compiled now.
+
+    Both loops run the same step with the same keys and keep the data on the device; they differ
+    only in who iterates over the steps (XLA's while loop, or Python).
+    """
+    replicated = NamedSharding(mesh, P())
+    epoch0 = jax.device_put(np.int32(0), replicated)
+    num_train = images_u8.shape[0]
+    if epoch_loop(config) == "scan":
+        return make_train_epoch(graphdef, tx, config, mesh, num_train, dynamic).lower(
+            state, images_u8, epoch0).compile()
+
+    steps = num_train // config.train.batch_size
+    batch_step = _batch_step(make_train_step(graphdef, tx, config, steps, dynamic), mesh)
+
+    def step_at(state, images_u8, order_SxB, index):
+        return batch_step(state, images_u8, order_SxB[index])
+
+    order_fn = jax.jit(lambda epoch: _epoch_order(config, num_train, epoch), out_shardings=replicated)
+    order = order_fn.lower(epoch0).compile()
+    indices = [jax.device_put(np.int32(i), replicated) for i in range(steps)]
+    step = jax.jit(step_at, donate_argnums=0, out_shardings=replicated).lower(
+        state, images_u8, order(epoch0), indices[0]).compile()
+
+    def train_epoch(state, images_u8, epoch):
+        order_SxB = order(epoch)
+        metrics = []
+        for index in indices:
+            state, step_metrics = step(state, images_u8, order_SxB, index)
+            metrics.append(step_metrics)
+        return state, jax.tree.map(lambda *xs: jnp.stack(xs), *metrics)
+
+    return train_epoch
+
+
+def make_evaluate(graphdef, config, mesh: Mesh):
+    """A jitted (params, images_u8 N x D with N padded to the eval batch, key) -> per-example
+    ELBO terms (rec, kl, kl_per_dim where the prior factorises, posterior mean), one sample each."""
+    batch_size = config.eval.batch_size
+    batch_sharding = NamedSharding(mesh, P("data"))
+
+    def evaluate(params, images_u8, key):
+        model = nnx.merge(graphdef, params)
+        batches = images_u8.reshape(-1, batch_size, *images_u8.shape[1:])
+
+        def body(_, inputs):
+            index, x_u8 = inputs
+            x = jax.lax.with_sharding_constraint(data.to_model_input(x_u8, None), batch_sharding)
+            return None, model.elbo_terms(x, jax.random.fold_in(key, index))
+
+        _, terms = jax.lax.scan(body, None, (jnp.arange(batches.shape[0]), batches))
+        return jax.tree.map(lambda t: t.reshape(-1, *t.shape[2:]), terms)
+
+    return jax.jit(evaluate, out_shardings=NamedSharding(mesh, P()))
+
+
+def eval_key(config, split: str) -> jax.Array:
+    """The key of one split's evaluation ('test' or 'val'): the same every epoch, so epochs compare
+    on the same posterior noise."""
+    return jax.random.fold_in(root_key(config.seed), TEST_EVAL if split == "test" else VAL_EVAL)
+
+
+def flatten(images: np.ndarray) -> np.ndarray:
+    """N x H x W x C -> N x D, the layout the model takes."""
+    return images.reshape(images.shape[0], -1)
+
+
+def images_on_device(images: np.ndarray, mesh: Mesh, pad_multiple: int = 1) -> jax.Array:
+    """uint8 images as the programs take them: flat N x D (no layout copies around the matmuls),
+    zero-padded to a multiple of `pad_multiple` rows, replicated on every device of the mesh."""
+    return jax.device_put(pad_to_multiple(flatten(images), pad_multiple), NamedSharding(mesh, P()))
+
+
+def pad_to_multiple(images: np.ndarray, multiple: int) -> np.ndarray:
+    pad = (-images.shape[0]) % multiple
+    return np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)]) if pad else images
