@@ -17,8 +17,9 @@
 # # Analysing one trained run
 #
 # Point `WORKDIR` at a training workdir (`scripts/train.py --workdir ...`). Everything below reads
-# that directory through `vae.*`: the metrics, the latest checkpoint and the test set it was
-# evaluated on. The test suite runs this notebook on a tiny run (through `VAE_WORKDIR`).
+# that directory through `vae.*`: the metrics, the best checkpoint (lowest validation negative ELBO;
+# the latest where the run has no validation split; set `CHECKPOINT = "latest"` for the newest) and
+# the test set it was evaluated on. The test suite runs this notebook on a tiny run (`VAE_WORKDIR`).
 
 # %% tags=["parameters"]
 import os
@@ -26,6 +27,7 @@ import os
 WORKDIR = os.environ.get("VAE_WORKDIR", "runs/default")
 IW_SAMPLES = int(os.environ.get("VAE_IW_SAMPLES", "100"))  # small k: a quick look, not a headline
 IW_EXAMPLES = int(os.environ.get("VAE_IW_EXAMPLES", "500"))
+CHECKPOINT = os.environ.get("VAE_CHECKPOINT", "best")  # best | latest
 
 # %%
 from pathlib import Path  # noqa: E402
@@ -38,10 +40,15 @@ from vae import data, evaluation, plotting, sampling, train, workdir  # noqa: E4
 
 run = Path(WORKDIR)
 records = workdir.read_metrics(run)
-config, model, epoch = train.load_trained(run)
+config, model, epoch = train.load_trained(run, checkpoint=CHECKPOINT)
+used = train.checkpoint_used(run, None, CHECKPOINT)
 last = records[-1]
-print(f"{run}: {config.data.name}, {config.model.arch} model, latent_dim {config.model.latent_dim}, "
-      f"β = {config.train.beta}; {len(records)} epochs logged, checkpoint of epoch {epoch}")
+print(f"{run}: {config.data.name}, {config.model.arch} model ({config.model.activation} "
+      f"{tuple(config.model.hidden_dims)}), {config.model.prior} prior, "
+      f"latent_dim {config.model.latent_dim}, β = {config.train.beta}; {len(records)} epochs logged, "
+      f"{used} checkpoint of epoch {epoch}")
+if "best/epoch" in last:
+    print(f"best validation negative ELBO {last['best/val/elbo']:.2f} nats at epoch {last['best/epoch']}")
 print(f"last epoch: test negative ELBO {last['test/elbo']:.2f} nats = reconstruction "
       f"{last['test/rec']:.2f} + KL {last['test/kl']:.2f}; {last['test/active_units']} active units; "
       f"{last['images_per_sec']:,.0f} images/s")
@@ -56,7 +63,10 @@ fig = plotting.plot_kl_curves({run.name: records})
 # ## Which latent dimensions are used: per-dimension KL and active units
 
 # %%
-fig = plotting.plot_kl_per_dim({run.name: records})
+if any("test/kl_per_dim" in r for r in records):
+    fig = plotting.plot_kl_per_dim({run.name: records})
+else:
+    print("this prior's KL does not split over dimensions (VampPrior); active units are in the metrics")
 
 # %% [markdown]
 # ## Samples from the prior and reconstructions of test images
@@ -97,7 +107,8 @@ fig.tight_layout()
 # bound tightening below the negative ELBO.
 
 # %%
-result = evaluation.evaluate_workdir(run, IW_SAMPLES, max_examples=IW_EXAMPLES, progress=False)
+result = evaluation.evaluate_workdir(run, IW_SAMPLES, checkpoint=CHECKPOINT, max_examples=IW_EXAMPLES,
+                                     progress=False)
 print(f"first {result['num_examples']} test images: negative ELBO {result['test/elbo']:.2f} nats, "
       f"IWAE NLL (k={IW_SAMPLES}) {result['test/nll']:.2f} ± {result['test/nll_std_error']:.2f} nats "
       f"({result['test/nll_bits_per_dim']:.4f} bits/dim)")

@@ -36,7 +36,13 @@ def main(argv=None) -> int:
         out = Path(args.out or args.workdir[0])
         out.mkdir(parents=True, exist_ok=True)
         print(plotting.save_figure(plotting.plot_kl_curves(runs), out / "kl_curves.png"))
-        print(plotting.save_figure(plotting.plot_kl_per_dim(runs), out / "kl_per_dim.png"))
+        factorised = {label: records for label, records in runs.items()
+                      if any("test/kl_per_dim" in r for r in records)}
+        if factorised:
+            print(plotting.save_figure(plotting.plot_kl_per_dim(factorised), out / "kl_per_dim.png"))
+        if len(factorised) < len(runs):
+            print(f"no per-dimension KL for {sorted(set(runs) - set(factorised))}: a VampPrior's KL does "
+                  "not split over dimensions", file=sys.stderr)
     return 0
 
 

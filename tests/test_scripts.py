@@ -108,3 +108,30 @@ def test_manifold_needs_a_2d_latent_space(tmp_path, fashion_mnist):
     result = run_script("sample.py", "--workdir", tmp_path, "--mode", "manifold", expect_ok=False)
     assert result.returncode == 2
     assert "2-D latent space" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_results_table_reads_the_evaluated_workdirs(tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "tiny"
+    shutil.copytree(tiny_run, run)
+    run_script("evaluate.py", "--workdir", run, "--iw-samples", 10, "--max-examples", 32, "--no-progress")
+    result = json.loads((run / "eval.json").read_text())
+    table = run_script("results.py", run, run).stdout
+    rows = [line for line in table.splitlines() if line.startswith("| tiny ")]
+    assert len(rows) == 2
+    assert f"**{result['test/nll']:.2f}** ± {result['test/nll_std_error']:.2f} (k=10), 32 images" in rows[0]
+    assert f"| {result['test/elbo']:.2f} |" in rows[0]
+    assert "MLP relu 64, z=2, N(0, I), ELBO" in rows[0]
+    assert "228.70 ± 0.15 (VAE, Gaussian prior)" in rows[0]  # same family on Fashion-MNIST
+    missing = run_script("results.py", tiny_run, expect_ok=False)  # trained, never evaluated
+    assert missing.returncode == 2 and "run scripts/evaluate.py on it first" in missing.stderr
+
+
+def test_results_finds_the_config_file_in_the_recorded_command():
+    from vae import results
+
+    assert results.config_file("scripts/train.py --config configs/paper_vae.py --workdir r") == \
+        "configs/paper_vae.py"
+    assert results.config_file("scripts/train.py --config=configs/x.py --workdir r") == "configs/x.py"
+    assert results.config_file("scripts/train.py --workdir r") == ""

@@ -71,8 +71,9 @@ def _series(records: Sequence[Mapping], key: str) -> tuple[np.ndarray, np.ndarra
 
 
 def plot_kl_curves(runs: Mapping[str, Sequence[Mapping]]) -> Figure:
-    """KL (the focus), reconstruction and negative ELBO per epoch, train solid and test dashed,
-    one colour per run so runs (e.g. different β) can be compared."""
+    """KL (the focus), reconstruction and negative ELBO per epoch, train solid, validation dotted
+    (where the run has a validation split) and test dashed, one colour per run so runs (e.g.
+    different β) can be compared."""
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
     panels = [("kl", "KL(q(z|x) ‖ p(z))"), ("rec", "reconstruction  −log p(x|z)"),
               ("elbo", "negative ELBO")]
@@ -80,7 +81,7 @@ def plot_kl_curves(runs: Mapping[str, Sequence[Mapping]]) -> Figure:
     for i, (label, records) in enumerate(runs.items()):
         colour = colours[i % len(colours)]
         for ax, (key, _) in zip(axes, panels):
-            for split, style in (("train", "-"), ("test", "--")):
+            for split, style in (("train", "-"), ("val", ":"), ("test", "--")):
                 epochs, values = _series(records, f"{split}/{key}")
                 if len(epochs):
                     ax.plot(epochs, values, style, color=colour, label=f"{label} ({split})",
@@ -91,7 +92,7 @@ def plot_kl_curves(runs: Mapping[str, Sequence[Mapping]]) -> Figure:
         ax.set_ylabel("nats per image")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("The KL term across epochs (train solid, test dashed)")
+    fig.suptitle("The KL term across epochs (train solid, validation dotted, test dashed)")
     fig.tight_layout()
     return fig
 
