@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from tests.conftest import tiny_config
-from vae import models
+from vae import models, networks
 
 IMAGE_SHAPE = (28, 28, 1)
 VARIANTS = [(arch, prior) for arch in models.ARCHS for prior in ("standard_normal", "vampprior")]
@@ -34,7 +34,7 @@ def test_every_model_has_the_interface_with_the_right_shapes(arch, prior):
     assert mean.shape == log_var.shape == (5, z_dim)
     terms = model.elbo_terms(x, jax.random.key(2))
     assert terms["rec"].shape == terms["kl"].shape == (5,)
-    code_units = 2 * z_dim if arch == "hvae" else z_dim  # z1's units, then z2's
+    code_units = 2 * z_dim if arch.endswith("hvae") else z_dim  # z1's units, then z2's
     assert terms["mean"].shape == (5, code_units)
     if prior == "standard_normal":
         assert terms["kl_per_dim"].shape == (5, code_units)
@@ -84,7 +84,7 @@ def test_gradients_flow_through_the_sample():
 
 
 def test_gated_dense_is_a_linear_map_times_a_sigmoid_gate():
-    layer = models.GatedDense(3, 2, kernel_init=nnx.initializers.he_normal(), rngs=nnx.Rngs(0))
+    layer = networks.GatedDense(3, 2, kernel_init=nnx.initializers.he_normal(), rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (4, 3))
     w, b = layer.linear.kernel[...], layer.linear.bias[...]
     h, g = x @ w[:, :2] + b[:2], x @ w[:, 2:] + b[2:]
@@ -99,14 +99,14 @@ def test_log_variances_are_clipped():
     np.testing.assert_array_equal(log_var, 2.0)
 
 
-@pytest.mark.parametrize("arch", ["mlp", "hvae", "conv"])
+@pytest.mark.parametrize("arch", ["mlp", "hvae", "conv", "conv_hvae"])
 def test_output_bias_starts_at_the_logits_of_the_pixel_means(arch):
     config = tiny_config(model__arch=arch, model__init_output_bias=True)
     means = np.linspace(0.0, 1.0, 784)
     model = models.build_model(config.model, IMAGE_SHAPE, jax.random.key(0), pixel_means=means)
     bias = np.asarray(model.output_bias[...])
     p = np.clip(means, 1e-3, 1 - 1e-3)
-    if arch == "conv":  # per channel of the last sub-pixel convolution: the mean intensity
+    if arch.startswith("conv"):  # per channel of the last convolution: the mean intensity
         np.testing.assert_allclose(bias, math.log(0.5 / 0.5), atol=1e-6)
     else:
         np.testing.assert_allclose(bias, np.log(p / (1 - p)), rtol=1e-4, atol=1e-5)
@@ -153,10 +153,29 @@ def test_hvae_has_the_published_structure():
     config.model.hidden_dims, config.model.latent_dim = (300, 300), 40
     model = models.build_model(config.model, IMAGE_SHAPE, jax.random.key(0))
     kernel = lambda layer: layer.linear.kernel.shape
-    assert kernel(model.q_z1_body.a) == (784, 600) and kernel(model.q_z1_body.b) == (40, 600)
-    assert [kernel(layer) for layer in model.q_z1_body.joint.layers] == [(600, 600)]
-    assert [kernel(layer) for layer in model.p_z1_body.layers] == [(40, 600), (300, 600)]
-    assert model.p_x_head.kernel.shape == (300, 784)
+    assert kernel(model.q_z1.body.a) == (784, 600) and kernel(model.q_z1.body.b) == (40, 600)
+    assert [kernel(layer) for layer in model.q_z1.body.joint.layers] == [(600, 600)]
+    assert [kernel(layer) for layer in model.p_z1.body.layers] == [(40, 600), (300, 600)]
+    assert [kernel(layer) for layer in model.p_x.body.joint.layers] == [(600, 600)]
+    assert model.p_x.head.kernel.shape == (300, 784)
+
+
+def test_conv_hvae_has_the_published_structure():
+    """Gated convolutions 1-32 (7x7), 32-32 (3x3, stride 2), 32-64 (5x5), 64-64 (3x3, stride 2),
+    64-6 (3x3) read x into 6 x 7 x 7 = 294 features; the decoder ends in four gated 3x3
+    convolutions of 64 channels and a 1x1 convolution at 28 x 28."""
+    config = tiny_config(model__arch="conv_hvae", model__conv_channels=(32, 64), model__latent_dim=40)
+    config.model.hidden_dims = (300, 300)
+    model = models.build_model(config.model, IMAGE_SHAPE, jax.random.key(0))
+    kernels = [layer.conv.kernel.shape for layer in model.q_z2.body.layers]
+    assert kernels == [(7, 7, 1, 64), (3, 3, 32, 64), (5, 5, 32, 128), (3, 3, 64, 128), (3, 3, 64, 12)]
+    assert model.q_z2.body.out_dim == 294 and model.q_z2.head.linear.kernel.shape == (294, 80)
+    assert model.q_z1.body.b.linear.kernel.shape == (40, 2 * 294)  # z2 joins x at 294 features
+    assert [layer.conv.kernel.shape for layer in model.p_x.head.layers] == [(3, 3, 1, 128)] + [
+        (3, 3, 64, 128)] * 3
+    assert model.p_x.head.out.kernel.shape == (1, 1, 64, 1)
+    logits = model.decode(jnp.zeros((2, 40)))
+    assert logits.shape == (2, 784) and bool(jnp.all(jnp.isfinite(logits)))
 
 
 def test_unknown_architecture_and_prior_are_rejected():
@@ -168,7 +187,7 @@ def test_unknown_architecture_and_prior_are_rejected():
 
 def test_depth_to_space_places_channel_groups_in_2x2_blocks():
     h = jnp.arange(1 * 1 * 1 * 8, dtype=jnp.float32).reshape(1, 1, 1, 8)  # one pixel, 4 x 2 channels
-    out = models.depth_to_space(h)
+    out = networks.depth_to_space(h)
     assert out.shape == (1, 2, 2, 2)
     np.testing.assert_array_equal(out[0, :, :, 0], [[0, 2], [4, 6]])
     np.testing.assert_array_equal(out[0, :, :, 1], [[1, 3], [5, 7]])

@@ -153,11 +153,12 @@ def make_train_epoch(graphdef, tx, config, mesh: Mesh, num_train: int, dynamic: 
 
 def epoch_loop(config) -> str:
     """'scan' (the whole epoch is one program) or 'steps' (one program per step, called from
-    Python). 'auto' picks 'steps' for the conv model on CPU, where XLA runs convolutions inside
+    Python). 'auto' picks 'steps' for the conv models on CPU, where XLA runs convolutions inside
     a loop body about 10x slower than alone (jax-ml/jax#12868), and 'scan' everywhere else."""
     choice = config.train.epoch_loop
     if choice == "auto":
-        return "steps" if config.model.arch == "conv" and jax.default_backend() == "cpu" else "scan"
+        convolutional = config.model.arch in ("conv", "conv_hvae")
+        return "steps" if convolutional and jax.default_backend() == "cpu" else "scan"
     return choice
 
 

@@ -126,9 +126,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
 
 def validate_image_shape(config: ml_collections.ConfigDict, image_shape) -> None:
     """Checks that the architecture fits the data set's images."""
-    if config.model.arch == "conv":
+    if config.model.arch in ("conv", "conv_hvae"):
         scale = 2 ** len(config.model.conv_channels)
         height, width, _ = image_shape
         _require(height % scale == 0 and width % scale == 0,
-                 f"model.arch=conv halves the image {len(config.model.conv_channels)} times, so "
-                 f"height and width must be multiples of {scale}; {config.data.name} is {height}x{width}")
+                 f"model.arch={config.model.arch} halves the image {len(config.model.conv_channels)} "
+                 f"times, so height and width must be multiples of {scale}; "
+                 f"{config.data.name} is {height}x{width}")
