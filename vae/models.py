@@ -126,12 +126,18 @@ class HierarchicalVAE(nnx.Module):
         """Logits of x from the top latent, with z1 at the mean of p(z1 | z2)."""
         return self.decode_both(self.p_z1(z2_BxZ)[0], z2_BxZ)
 
+    def q_z1_from_features(self, x_features, z2):
+        """q(z1 | x, z2) from x's features (the x-branch of q(z1|x, z2), computed once per image and
+        repeated across samples of z2): mean and log-variance."""
+        return self.q_z1.head(self.q_z1.body.join(x_features, z2))
+
     def elbo_terms(self, x_BxD: jax.Array, key: jax.Array) -> dict[str, jax.Array]:
         """rec, kl (B); kl_per_dim (B x 2Z: z1's units then z2's, factorised priors); mean (B x 2Z)."""
         key_z2, key_z1 = jax.random.split(key)
         mean2, log_var2 = self.encode(x_BxD)
         z2 = kl.sample_gaussian(key_z2, mean2, log_var2)
-        mean1, log_var1 = self.q_z1(x_BxD, z2)
+        x_features = self.q_z1.body.a(x_BxD)
+        mean1, log_var1 = self.q_z1_from_features(x_features, z2)
         z1 = kl.sample_gaussian(key_z1, mean1, log_var1)
         prior_mean1, prior_log_var1 = self.p_z1(z2)
         kl1_per_dim = kl.gaussian_kl_per_dim(mean1, log_var1, prior_mean1, prior_log_var1)
@@ -140,7 +146,7 @@ class HierarchicalVAE(nnx.Module):
             "rec": -objectives.bernoulli_log_likelihood(self.decode_both(z1, z2), x_BxD),
             "kl": jnp.sum(kl1_per_dim, axis=-1) + kl2_B,
             # E_q[z1 | x] taken at z2's mean, so the activity of z1 is not inflated by z2's noise.
-            "mean": jnp.concatenate([self.q_z1(x_BxD, mean2)[0], mean2], axis=-1),
+            "mean": jnp.concatenate([self.q_z1_from_features(x_features, mean2)[0], mean2], axis=-1),
         }
         if kl2_per_dim is not None:
             terms["kl_per_dim"] = jnp.concatenate([kl1_per_dim, kl2_per_dim], axis=-1)
@@ -153,8 +159,8 @@ class HierarchicalVAE(nnx.Module):
         mean2, log_var2 = self.encode(x_BxD)
         z2_KxBxZ = kl.sample_gaussian(key_z2, mean2, log_var2, num_samples)
         z2 = z2_KxBxZ.reshape(k * b, -1)
-        x_NxD = jnp.broadcast_to(x_BxD[None], (k, *x_BxD.shape)).reshape(k * b, -1)
-        mean1, log_var1 = self.q_z1(x_NxD, z2)
+        x_features = jnp.tile(self.q_z1.body.a(x_BxD), (k, 1))  # rows in z2's order: sample-major
+        mean1, log_var1 = self.q_z1_from_features(x_features, z2)
         z1 = kl.sample_gaussian(key_z1, mean1, log_var1)
         log_q = (kl.gaussian_log_density(z1, mean1, log_var1).reshape(k, b)
                  + kl.gaussian_log_density(z2_KxBxZ, mean2, log_var2))

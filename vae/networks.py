@@ -92,7 +92,11 @@ class Branches(nnx.Module):
         self.out_dim = joint.out_dim
 
     def __call__(self, a: jax.Array, b: jax.Array) -> jax.Array:
-        return self.joint(jnp.concatenate([self.a(a), self.b(b)], axis=-1))
+        return self.join(self.a(a), b)
+
+    def join(self, features_a: jax.Array, b: jax.Array) -> jax.Array:
+        """The output from the first input's features, already computed (reused across samples of b)."""
+        return self.joint(jnp.concatenate([features_a, self.b(b)], axis=-1))
 
 
 class GaussianNet(nnx.Module):
