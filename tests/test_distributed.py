@@ -1,0 +1,169 @@
+"""One run over several processes (jax.distributed) through scripts/launch_local.py: the same numbers
+as one process, one writer, checkpoints that move between process counts, a killed process that
+stops the others and a relaunch that ends exactly where an uninterrupted run ends."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import default
+from tests.conftest import REPO, tiny_config
+from vae import evaluation, train, workdir
+
+pytestmark = [pytest.mark.distributed, pytest.mark.xdist_group("distributed")]
+
+NUM_EPOCHS = 3
+HEARTBEAT = 3  # seconds; a killed process's peers must stop within about this
+TIMING = {"images_per_sec", "epoch_time_sec", "eval_time_sec", "wall_time_sec", "compile_time_sec"}
+
+
+def config(**overrides):
+    """The tiny config with a validation split, so the `best/` checkpoints are exercised too."""
+    return tiny_config(**{"data__train_split": "train[:2048]", "data__validation_split": "train[2048:2304]",
+                          "train__num_epochs": NUM_EPOCHS} | overrides)
+
+
+def config_flags(cfg) -> list[str]:
+    """`--config.a.b=value` for every field where `cfg` differs from configs/default.py."""
+    def leaves(node, prefix=""):
+        for key, value in node.items():
+            if hasattr(value, "items"):
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+    defaults = dict(leaves(default.get_config()))
+    return [f"--config.{key}={value}" for key, value in leaves(cfg) if defaults[key] != value]
+
+
+def launch_command(path, cfg, *extra) -> list[str]:
+    return [sys.executable, os.path.join(REPO, "scripts", "launch_local.py"), "--num_processes", "2",
+            "--local_devices", "2", *extra, "--", "--workdir", str(path), "--noprogress",
+            f"--heartbeat_timeout_seconds={HEARTBEAT}", *config_flags(cfg)]
+
+
+def env():
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+
+
+def launch(path, cfg, *extra, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run(launch_command(path, cfg, *extra), capture_output=True, text=True, cwd=REPO,
+                          env=env(), timeout=timeout)
+
+
+def without_timing(records):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+def params_of(path):
+    _, model, _ = train.load_trained(path, checkpoint="latest")
+    return [np.asarray(p) for p in jax.tree.leaves(nnx.state(model, nnx.Param))]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, fashion_mnist):
+    """The reference: this test process, 4 devices."""
+    path = tmp_path_factory.mktemp("one_process")
+    train.train_and_evaluate(config(), path, progress=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory, fashion_mnist):
+    """The same config, 2 processes x 2 devices through launch_local.py."""
+    path = tmp_path_factory.mktemp("two_processes")
+    result = launch(path, config())
+    assert result.returncode == 0, result.stderr[-3000:]
+    return path, result
+
+
+def test_two_processes_match_one_process_with_four_devices(one_process, two_processes):
+    path, result = two_processes
+    records, reference = workdir.read_metrics(path), workdir.read_metrics(one_process)
+    assert [r["epoch"] for r in records] == [1, 2, 3]  # one line per epoch: only process 0 writes
+    for record, expected in zip(records, reference):
+        assert set(record) == set(expected)
+        for key, value in without_timing([expected])[0].items():
+            assert record[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    for a, b in zip(params_of(path), params_of(one_process)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    run = json.loads((path / "config.json").read_text())["run"]
+    assert run["num_processes"] == 2 and run["num_devices"] == 4
+    assert "--process_id=0" in run["command"]
+    assert sorted(int(p.name) for p in (path / "best").iterdir() if p.name.isdigit()) == [
+        workdir.read_metrics(path)[-1]["best/epoch"]]
+    assert result.stderr.count("done: epoch 3") == 1  # process 0 prints, the others do not
+
+
+def test_checkpoints_move_between_one_and_two_processes(tmp_path, one_process, two_processes):
+    # Written by 2 processes, restored and continued by 1 (this process, 4 devices) ...
+    shutil.copytree(two_processes[0], tmp_path / "from_two")
+    history = train.train_and_evaluate(config(train__num_epochs=NUM_EPOCHS + 1), tmp_path / "from_two",
+                                       progress=False)
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]
+    # ... and written by 1 process, continued by 2.
+    shutil.copytree(one_process, tmp_path / "from_one")
+    result = launch(tmp_path / "from_one", config(train__num_epochs=NUM_EPOCHS + 1))
+    assert result.returncode == 0, result.stderr[-3000:]
+    continued = workdir.read_metrics(tmp_path / "from_one")
+    assert [r["epoch"] for r in continued] == [1, 2, 3, 4]
+    for key in ("train/elbo", "val/elbo", "test/elbo"):
+        assert continued[-1][key] == pytest.approx(history[-1][key], rel=1e-5)
+    for a, b in zip(params_of(tmp_path / "from_one"), params_of(tmp_path / "from_two")):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_killed_process_stops_the_others_and_the_same_command_resumes_exactly(tmp_path, two_processes):
+    path = tmp_path / "run"
+    # A long grace: process 0 has to stop by itself, on the runtime's heartbeat timeout.
+    command = launch_command(path, config(), "--grace_seconds", "120")
+    launcher = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                cwd=REPO, env=env())
+    first_line = launcher.stderr.readline()
+    pids = [int(p) for p in re.search(r"pids ([\d ]+);", first_line).group(1).split()]
+    deadline = time.monotonic() + 240
+    while not (path / "checkpoints" / "1").is_dir():  # epoch 1 is checkpointed: kill inside epoch 2
+        assert launcher.poll() is None and time.monotonic() < deadline, launcher.stderr.read()[-3000:]
+        time.sleep(0.02)
+    os.kill(pids[1], signal.SIGKILL)
+    killed = time.monotonic()
+    _, stderr = launcher.communicate(timeout=120)
+    stopped_after = time.monotonic() - killed
+    assert launcher.returncode != 0
+    assert "process 1 was killed by SIGKILL" in stderr
+    assert "another task died" in stderr or "stopped sending heartbeats" in stderr, stderr[-3000:]
+    assert stopped_after < HEARTBEAT + 30, stopped_after  # the heartbeat, not the launcher's grace
+    assert [r["epoch"] for r in workdir.read_metrics(path)][-1] < NUM_EPOCHS
+
+    result = subprocess.run(launch_command(path, config()), capture_output=True, text=True, cwd=REPO,
+                            env=env(), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reference = two_processes[0]
+    assert without_timing(workdir.read_metrics(path)) == without_timing(workdir.read_metrics(reference))
+    for a, b in zip(params_of(path), params_of(reference)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_evaluate_over_two_processes_matches_one(tmp_path, two_processes):
+    path = two_processes[0]
+    command = [sys.executable, os.path.join(REPO, "scripts", "launch_local.py"), "--num_processes", "2",
+               "--local_devices", "2", "--script", os.path.join(REPO, "scripts", "evaluate.py"), "--",
+               "--workdir", str(path), "--iw-samples", "10", "--max-examples", "64", "--out", str(tmp_path),
+               "--no-progress"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env(), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("test NLL") == 1  # printed by process 0 only
+    two = json.loads((tmp_path / "eval.json").read_text())
+    one = evaluation.evaluate_workdir(path, 10, max_examples=64, progress=False)
+    assert two["epoch"] == one["epoch"] and two["checkpoint"] == one["checkpoint"] == "best"
+    for key in ("test/nll", "test/elbo", "test/kl"):
+        assert two[key] == pytest.approx(one[key], rel=1e-5), key
