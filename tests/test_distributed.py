@@ -128,8 +128,11 @@ def test_a_killed_process_stops_the_others_and_the_same_command_resumes_exactly(
     command = launch_command(path, config(), "--grace_seconds", "120")
     launcher = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                 cwd=REPO, env=env())
-    first_line = launcher.stderr.readline()
-    pids = [int(p) for p in re.search(r"pids ([\d ]+);", first_line).group(1).split()]
+    line = ""
+    while not line.startswith("launch_local:"):  # its first line, unless a process printed before it
+        line = launcher.stderr.readline()
+        assert line, "the launcher ended without starting"
+    pids = [int(p) for p in re.search(r"pids ([\d ]+);", line).group(1).split()]
     deadline = time.monotonic() + 240
     while not (path / "checkpoints" / "1").is_dir():  # epoch 1 is checkpointed: kill inside epoch 2
         assert launcher.poll() is None and time.monotonic() < deadline, launcher.stderr.read()[-3000:]

@@ -142,7 +142,8 @@ def test_batches_fed_from_the_host_match_batches_gathered_on_device(tmp_path, fa
     runs = {}
     for source, loop in (("device", "scan"), ("host", "scan"), ("host", "steps")):
         config = tiny_config(train__num_epochs=1, train__batch_source=source, train__epoch_loop=loop)
-        runs[source, loop] = train.train_and_evaluate(config, tmp_path / f"{source}_{loop}", progress=False)[0]
+        path = tmp_path / f"{source}_{loop}"
+        runs[source, loop] = train.train_and_evaluate(config, path, progress=False)[0]
     reference = runs["device", "scan"]
     assert runs["host", "scan"]["train/elbo"] == reference["train/elbo"]  # the same batches, the same program
     for key in ("train/elbo", "train/kl", "test/elbo"):
