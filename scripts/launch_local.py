@@ -68,6 +68,61 @@ def tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
+def start(script: str, script_flags: list[str], num_processes: int, local_devices: int, port: int,
+          log_dir: Path) -> tuple[list[subprocess.Popen], dict[int, Path]]:
+    """Starts the processes (process 0 writing to this terminal, the others to log files)."""
+    env = child_env(local_devices)
+    processes, logs = [], {}
+    for process_id in range(num_processes):
+        command = [sys.executable, script, *script_flags, f"--coordinator_address=localhost:{port}",
+                   f"--num_processes={num_processes}", f"--process_id={process_id}"]
+        output = None
+        if process_id > 0:
+            logs[process_id] = log_dir / f"process_{process_id}.log"
+            output = open(logs[process_id], "w")
+        # Their own session: Ctrl-C reaches the launcher only, which passes it on exactly once.
+        processes.append(subprocess.Popen(command, env=env, stdout=output, stderr=output, cwd=REPO,
+                                          start_new_session=True, preexec_fn=_die_with_parent))
+        if output is not None:
+            output.close()
+    return processes, logs
+
+
+def supervise(processes: list[subprocess.Popen], grace_seconds: float) -> tuple[int | None, bool]:
+    """Waits for every process. The first to fail gets the others stopped (killed after
+    `grace_seconds` if they do not stop by themselves). SIGINT/SIGTERM is passed on to every
+    process, a second one kills them. Returns (the first failed process or None, whether signalled)."""
+    signals = []
+
+    def forward(signum, frame):
+        signals.append(signum)
+        for p in processes:
+            if p.poll() is None:
+                p.send_signal(signum if len(signals) == 1 else signal.SIGKILL)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, forward)
+    failed, deadline = None, None
+    while any(p.poll() is None for p in processes):
+        if failed is None:
+            failed = next((i for i, p in enumerate(processes) if p.poll() not in (None, 0)), None)
+            if failed is not None and not signals:  # after a signal, each one stops by itself
+                print(f"launch_local: process {failed} {describe(processes[failed].returncode)}; "
+                      "stopping the others", file=sys.stderr, flush=True)
+                deadline = time.monotonic() + grace_seconds
+        if deadline is not None and time.monotonic() > deadline:
+            for p in processes:
+                if p.poll() is None:
+                    p.kill()
+        time.sleep(0.05)
+    if failed is None:
+        failed = next((i for i, p in enumerate(processes) if p.returncode != 0), None)
+        if failed is not None and not signals:
+            print(f"launch_local: process {failed} {describe(processes[failed].returncode)}",
+                  file=sys.stderr)
+    return failed, bool(signals)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], usage=(
         "%(prog)s --num_processes N --local_devices D [--script S] -- SCRIPT_FLAGS..."))
@@ -83,63 +138,21 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:split])
-    script_flags = argv[split + 1:]
     if args.num_processes < 1 or args.local_devices < 1:
         parser.error("--num_processes and --local_devices must be >= 1")
 
     port = args.port or free_port()
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="launch_local_"))
     log_dir.mkdir(parents=True, exist_ok=True)
-    env = child_env(args.local_devices)
-    processes, logs = [], {}
-    for process_id in range(args.num_processes):
-        command = [sys.executable, args.script, *script_flags, f"--coordinator_address=localhost:{port}",
-                   f"--num_processes={args.num_processes}", f"--process_id={process_id}"]
-        output = None
-        if process_id > 0:
-            logs[process_id] = log_dir / f"process_{process_id}.log"
-            output = open(logs[process_id], "w")
-        processes.append(subprocess.Popen(command, env=env, stdout=output, stderr=output, cwd=REPO,
-                                          start_new_session=True, preexec_fn=_die_with_parent))
-        if output is not None:
-            output.close()
+    processes, logs = start(args.script, argv[split + 1:], args.num_processes, args.local_devices, port,
+                            log_dir)
     print(f"launch_local: {args.num_processes} processes x {args.local_devices} CPU devices on "
           f"localhost:{port}, pids {' '.join(str(p.pid) for p in processes)}; processes 1.. write "
           f"to {log_dir}", file=sys.stderr, flush=True)
-
-    signals_received = []
-
-    def forward(signum, frame):
-        signals_received.append(signum)
-        for p in processes:
-            if p.poll() is None:
-                p.send_signal(signum if len(signals_received) == 1 else signal.SIGKILL)
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, forward)
-
-    failed, deadline = None, None
-    while any(p.poll() is None for p in processes):
-        if failed is None:
-            failed = next((i for i, p in enumerate(processes) if p.poll() not in (None, 0)), None)
-            if failed is not None and not signals_received:  # after a signal, each stops on its own
-                print(f"launch_local: process {failed} {describe(processes[failed].returncode)}; "
-                      "stopping the others", file=sys.stderr, flush=True)
-                deadline = time.monotonic() + args.grace_seconds
-        if deadline is not None and time.monotonic() > deadline:
-            for p in processes:
-                if p.poll() is None:
-                    p.kill()
-        time.sleep(0.05)
-
+    failed, signalled = supervise(processes, args.grace_seconds)
     if failed is None:
-        failed = next((i for i, p in enumerate(processes) if p.returncode != 0), None)
-        if failed is None:
-            return 0
-        if not signals_received:
-            print(f"launch_local: process {failed} {describe(processes[failed].returncode)}",
-                  file=sys.stderr)
-    if failed in logs and not signals_received:
+        return 0
+    if failed in logs and not signalled:
         print(f"launch_local: the last lines of process {failed} ({logs[failed]}):\n{tail(logs[failed])}",
               file=sys.stderr)
     return exit_status(processes[failed].returncode)

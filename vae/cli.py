@@ -96,7 +96,10 @@ def distributed_run(settings: distributed.Settings):
     processes that may be gone, and the survivors stop as soon as this one is gone.
     """
     with user_errors():
-        distributed.join(settings)
+        joined = distributed.join(settings)
+    if joined and distributed.is_writer():
+        print(f"jax.distributed ({joined}): {jax.process_count()} processes, {jax.device_count()} "
+              f"{jax.default_backend()} devices", file=sys.stderr, flush=True)
     try:
         with user_errors():
             yield

@@ -66,7 +66,7 @@ class _StopRequests:
             raise KeyboardInterrupt
         self.signum = signum
         if self.announce:
-                print(f"\n{signal.Signals(signum).name}: stopping after this epoch's checkpoint "
+            print(f"\n{signal.Signals(signum).name}: stopping after this epoch's checkpoint "
                   "(send it again to stop at once)", file=sys.stderr)
 
     def __exit__(self, *exc):
