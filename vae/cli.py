@@ -98,8 +98,8 @@ def distributed_run(settings: distributed.Settings):
     with user_errors():
         joined = distributed.join(settings)
     if joined and distributed.is_writer():
-        print(f"jax.distributed ({joined}): {jax.process_count()} processes, {jax.device_count()} "
-              f"{jax.default_backend()} devices", file=sys.stderr, flush=True)
+        print(f"jax.distributed: joined by {joined}: {jax.process_count()} processes, "
+              f"{jax.device_count()} {jax.default_backend()} devices", file=sys.stderr, flush=True)
     try:
         with user_errors():
             yield

@@ -19,6 +19,7 @@ import glob
 import importlib.util
 import os
 import re
+import sys
 from collections.abc import Mapping
 
 import jax
@@ -129,6 +130,10 @@ def join(settings: Settings, environ: Mapping[str, str] = os.environ) -> str | N
     given = {name: getattr(settings, name) for name in JOIN_FLAGS if getattr(settings, name) is not None}
     if not given and cluster is None:
         return None
+    if settings.process_id in (None, 0):  # a line to explain the runtime's abort if the others never come
+        where = f"{settings.num_processes or 'all'} processes via {settings.coordinator_address or cluster}"
+        print(f"jax.distributed: joining {where}, waiting up to {settings.initialization_timeout} s",
+              file=sys.stderr, flush=True)
     jax.distributed.initialize(
         **given,
         initialization_timeout=settings.initialization_timeout,
