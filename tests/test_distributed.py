@@ -51,13 +51,18 @@ def launch_command(path, cfg, *extra) -> list[str]:
             f"--heartbeat_timeout_seconds={HEARTBEAT}", *config_flags(cfg)]
 
 
-def env():
-    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+@pytest.fixture(scope="module")
+def launch_env(tmp_path_factory):
+    """The launched processes' environment, with one JAX compilation cache for all of them: every
+    launch compiles the same programs, and only the first has to (a third of a launch's CPU here)."""
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+                JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
+                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 
-def launch(path, cfg, *extra, timeout=300) -> subprocess.CompletedProcess:
+def launch(path, cfg, env, *extra) -> subprocess.CompletedProcess:
     return subprocess.run(launch_command(path, cfg, *extra), capture_output=True, text=True, cwd=REPO,
-                          env=env(), timeout=timeout)
+                          env=env, timeout=300)
 
 
 def without_timing(records):
@@ -78,10 +83,10 @@ def one_process(tmp_path_factory, fashion_mnist):
 
 
 @pytest.fixture(scope="module")
-def two_processes(tmp_path_factory, fashion_mnist):
+def two_processes(tmp_path_factory, fashion_mnist, launch_env):
     """The same config, 2 processes x 2 devices through launch_local.py."""
     path = tmp_path_factory.mktemp("two_processes")
-    result = launch(path, config())
+    result = launch(path, config(), launch_env)
     assert result.returncode == 0, result.stderr[-3000:]
     return path, result
 
@@ -113,10 +118,10 @@ def test_a_two_process_checkpoint_continues_in_one_process(tmp_path, two_process
     assert history[-1]["train/elbo"] < history[0]["train/elbo"]
 
 
-def start_launch(path, cfg, *extra):
+def start_launch(path, cfg, env, *extra):
     """launch_local.py in the background; (its process, the pids of the run's processes)."""
     launcher = subprocess.Popen(launch_command(path, cfg, *extra), stderr=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True, cwd=REPO, env=env())
+                                stdout=subprocess.PIPE, text=True, cwd=REPO, env=env)
     line = ""
     while not line.startswith("launch_local:"):  # its first line, unless a process printed before it
         line = launcher.stderr.readline()
@@ -131,10 +136,11 @@ def wait_for_checkpoint(path, epoch, launcher):
         time.sleep(0.02)
 
 
-def test_interrupted_runs_stop_together_and_the_same_command_resumes_exactly(tmp_path, two_processes):
+def test_interrupted_runs_stop_together_and_the_same_command_resumes_exactly(tmp_path, two_processes,
+                                                                             launch_env):
     path = tmp_path / "run"
     # SIGTERM to process 1 only: both stop after the same epoch, which is checkpointed.
-    launcher, pids = start_launch(path, config())
+    launcher, pids = start_launch(path, config(), launch_env)
     wait_for_checkpoint(path, 1, launcher)
     os.kill(pids[1], signal.SIGTERM)
     _, stderr = launcher.communicate(timeout=120)
@@ -146,7 +152,7 @@ def test_interrupted_runs_stop_together_and_the_same_command_resumes_exactly(tmp
 
     # SIGKILL to process 1 inside an epoch: process 0 stops by itself on the heartbeat timeout (the
     # launcher's grace is longer), with the runtime's message.
-    launcher, pids = start_launch(path, config(), "--grace_seconds", "120")
+    launcher, pids = start_launch(path, config(), launch_env, "--grace_seconds", "120")
     wait_for_checkpoint(path, stopped + 1, launcher)
     os.kill(pids[1], signal.SIGKILL)
     killed = time.monotonic()
@@ -159,7 +165,7 @@ def test_interrupted_runs_stop_together_and_the_same_command_resumes_exactly(tmp
     assert [r["epoch"] for r in workdir.read_metrics(path)][-1] < NUM_EPOCHS
 
     # The same command again: bit for bit the uninterrupted run.
-    result = launch(path, config())
+    result = launch(path, config(), launch_env)
     assert result.returncode == 0, result.stderr[-3000:]
     reference = two_processes[0]
     assert without_timing(workdir.read_metrics(path)) == without_timing(workdir.read_metrics(reference))
@@ -167,12 +173,12 @@ def test_interrupted_runs_stop_together_and_the_same_command_resumes_exactly(tmp
         np.testing.assert_array_equal(a, b)
 
 
-def test_a_one_process_checkpoint_evaluates_over_two_processes(tmp_path, one_process):
+def test_a_one_process_checkpoint_evaluates_over_two_processes(tmp_path, one_process, launch_env):
     command = [sys.executable, os.path.join(REPO, "scripts", "launch_local.py"), "--num_processes", "2",
                "--local_devices", "2", "--script", os.path.join(REPO, "scripts", "evaluate.py"), "--",
                "--workdir", str(one_process), "--iw-samples", "10", "--max-examples", "64",
                "--out", str(tmp_path), "--no-progress"]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env(), timeout=300)
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=launch_env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.count("test NLL") == 1  # printed by process 0 only
     two = json.loads((tmp_path / "eval.json").read_text())
