@@ -35,7 +35,7 @@ train: data
 	$(PY) scripts/train.py --config $(CONFIG) --workdir $(WORKDIR)
 
 test: data
-	VAE_REQUIRE_REAL_DATA=1 $(PY) -m pytest -n 2 $(PYTEST_ARGS)
+	VAE_REQUIRE_REAL_DATA=1 $(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

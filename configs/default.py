@@ -61,6 +61,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.early_stopping_patience = 0
     # scan: the whole epoch is one compiled program; steps: one per step; auto: steps for conv on CPU.
     config.train.epoch_loop = "auto"
+    # device: the training set lives on every device and each step gathers its batch there; host:
+    # each process sends only the rows of every batch its devices hold; auto: host over several processes.
+    config.train.batch_source = "auto"
     config.train.checkpoint_every_epochs = 1
     config.train.keep_checkpoints = 3
 

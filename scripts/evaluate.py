@@ -2,7 +2,9 @@
 
     python scripts/evaluate.py --workdir runs/default --iw-samples 5000
 
-Writes WORKDIR/eval.json (or --out/eval.json) and prints it. Nats per image.
+Writes WORKDIR/eval.json (or --out/eval.json) and prints it. Nats per image. Over several
+processes it takes train.py's joining flags (--coordinator_address, --num_processes, --process_id)
+and splits the images over every process's devices; process 0 writes and prints.
 """
 
 import argparse
@@ -10,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from vae import cli, evaluation, workdir
+from vae import cli, distributed, evaluation, workdir
 
 
 def main(argv=None) -> int:
@@ -26,20 +28,25 @@ def main(argv=None) -> int:
     parser.add_argument("--max-examples", type=int, default=None, help="only the first N test images")
     parser.add_argument("--out", default=None, help="output directory (default: the workdir)")
     parser.add_argument("--no-progress", action="store_true")
+    distributed.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.iw_samples < 1 or args.batch_size < 1 or args.chunk_size < 1:
         parser.error("--iw-samples, --batch-size and --chunk-size must be >= 1")
     cli.quiet_logs()
-    with cli.user_errors():
+    with cli.distributed_run(distributed.settings_from(args)):
         if not Path(args.workdir).is_dir():
             raise workdir.WorkdirError(f"workdir {args.workdir} does not exist")
+        writer = distributed.is_writer()
         result = evaluation.evaluate_workdir(
             args.workdir, args.iw_samples, epoch=args.epoch, checkpoint=args.checkpoint,
             batch_size=args.batch_size, chunk_size=args.chunk_size, max_examples=args.max_examples,
-            progress=not args.no_progress)
-        out = Path(args.out or args.workdir)
-        out.mkdir(parents=True, exist_ok=True)
-        workdir.atomic_write_text(out / "eval.json", json.dumps(result, indent=2) + "\n")
+            progress=writer and not args.no_progress)
+        if writer:
+            out = Path(args.out or args.workdir)
+            out.mkdir(parents=True, exist_ok=True)
+            workdir.atomic_write_text(out / "eval.json", json.dumps(result, indent=2) + "\n")
+    if not writer:
+        return 0
     print(json.dumps(result, indent=2))
     print(f"test NLL {result['test/nll']:.2f} nats (k={result['iw_samples']}, {result['checkpoint']} "
           f"checkpoint, epoch {result['epoch']}), negative ELBO "

@@ -136,3 +136,17 @@ def test_scan_and_stepwise_epochs_agree(tmp_path, fashion_mnist):
         assert runs["steps"][key] == pytest.approx(runs["scan"][key], rel=1e-5)
     for a, b in zip(params_of(tmp_path / "scan"), params_of(tmp_path / "steps")):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_batches_fed_from_the_host_match_batches_gathered_on_device(tmp_path, fashion_mnist):
+    runs = {}
+    for source, loop in (("device", "scan"), ("host", "scan"), ("host", "steps")):
+        config = tiny_config(train__num_epochs=1, train__batch_source=source, train__epoch_loop=loop)
+        path = tmp_path / f"{source}_{loop}"
+        runs[source, loop] = train.train_and_evaluate(config, path, progress=False)[0]
+    reference = runs["device", "scan"]
+    assert runs["host", "scan"]["train/elbo"] == reference["train/elbo"]  # the same batches, the same program
+    for key in ("train/elbo", "train/kl", "test/elbo"):
+        assert runs["host", "steps"][key] == pytest.approx(reference[key], rel=1e-5)
+    for a, b in zip(params_of(tmp_path / "host_scan"), params_of(tmp_path / "device_scan")):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

@@ -1,12 +1,15 @@
 """Shared plumbing for the command-line scripts: user errors become one line and exit code 2."""
 
 import contextlib
+import os
 import sys
+import traceback
 
+import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
-from vae import data, validation, workdir
+from vae import data, distributed, validation, workdir
 from vae.train import Interrupted, NonFiniteLossError
 
 
@@ -15,7 +18,7 @@ class UsageError(Exception):
 
 
 USER_ERRORS = (data.DataError, validation.ConfigError, workdir.WorkdirError, NonFiniteLossError,
-               UsageError)
+               UsageError, distributed.JoinError)
 
 
 _FLAG_ERRORS = (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError)
@@ -81,3 +84,31 @@ def user_errors():
     except USER_ERRORS as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         sys.exit(2)
+
+
+@contextlib.contextmanager
+def distributed_run(settings: distributed.Settings):
+    """Joins JAX's distributed runtime for the body when flags or a cluster ask for it (before
+    anything touches a device), turns user errors into one line, and leaves the runtime after.
+
+    An unexpected error in a multi-process run (typically a collective that failed because another
+    process died) is printed and ends this process at once: leaving the runtime would wait for
+    processes that may be gone, and the survivors stop as soon as this one is gone.
+    """
+    with user_errors():
+        joined = distributed.join(settings)
+    if joined and distributed.is_writer():
+        print(f"jax.distributed: joined by {joined}: {jax.process_count()} processes, "
+              f"{jax.device_count()} {jax.default_backend()} devices", file=sys.stderr, flush=True)
+    try:
+        with user_errors():
+            yield
+    except Exception:
+        if not jax.distributed.is_initialized():
+            raise
+        traceback.print_exc()
+        print(f"error: process {jax.process_index()} of {jax.process_count()} failed (above); the "
+              "last checkpoint is kept: run the same command again to resume", file=sys.stderr, flush=True)
+        os._exit(1)
+    finally:
+        distributed.leave()

@@ -18,7 +18,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from vae import data, objectives, programs, train
+from vae import data, distributed, objectives, programs, train
 
 _IWAE_STREAM = 17
 
@@ -72,7 +72,7 @@ def iwae_log_likelihoods(model, images_u8: np.ndarray, key: jax.Array, num_sampl
     with tqdm(total=images_u8.shape[0], unit="img", disable=not progress, file=sys.stderr,
               desc=f"IWAE k={num_samples}", dynamic_ncols=True) as bar:
         for index, batch in enumerate(batches):
-            batch = jax.device_put(batch, NamedSharding(mesh, P("data")))
+            batch = distributed.global_batch(batch, NamedSharding(mesh, P("data")))  # this process's rows
             results.append(iwae(params, batch, jax.random.fold_in(key, index)))
             if index > 0:  # read the previous result: the device keeps working on this one
                 bar.update(len(np.asarray(results[-2])))

@@ -1,12 +1,14 @@
 """The compiled programs of a run: the train state, the optimizer, one data-parallel train step,
 the epoch built from it, and the evaluation. `vae.train` drives them.
 
-The data live on the device for the whole run. An epoch is an on-device shuffle, then the train
-step over its batches: a gather, a binarisation and an update per step, either as one compiled
-`lax.scan` or one compiled step per Python call (see `epoch_loop`). The batch axis is sharded
-over a 1-D device mesh ("data"); parameters and optimizer state are replicated and XLA inserts
-the gradient all-reduce. Every random draw is a pure function of (seed, epoch, step), so a
-resumed run repeats an uninterrupted one exactly.
+In one process the data live on the device for the whole run. An epoch is an on-device shuffle,
+then the train step over its batches: a gather, a binarisation and an update per step, either as
+one compiled `lax.scan` or one compiled step per Python call (see `epoch_loop`). In a run over
+several processes the same batches come from the host instead, each process sending only its
+rows (`HostFeed`). The batch axis is sharded over a 1-D mesh ("data") of every process's
+devices; parameters and optimizer state are replicated and XLA inserts the gradient all-reduce.
+Every random draw is a pure function of (seed, epoch, step), so a resumed run repeats an
+uninterrupted one exactly.
 """
 
 from typing import NamedTuple
@@ -20,7 +22,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from vae import data, models, objectives
+from vae import data, distributed, models, objectives
 
 # Independent random streams, each folded into the run's root key.
 INIT, SHUFFLE, STEP, TEST_EVAL, VAL_EVAL = range(5)
@@ -43,7 +45,7 @@ def root_key(seed: int) -> jax.Array:
 
 
 def make_mesh(devices=None) -> Mesh:
-    """A 1-D mesh over `devices` (default: all) with the batch axis "data"."""
+    """A 1-D mesh over `devices` (default: all, of every process) with the batch axis "data"."""
     return Mesh(np.asarray(devices if devices is not None else jax.devices()), ("data",))
 
 
@@ -182,21 +184,111 @@ def compile_train_epoch(graphdef, tx, config, mesh: Mesh, state: TrainState, ima
     def step_at(state, images_u8, order_SxB, index):
         return batch_step(state, images_u8, order_SxB[index])
 
-    order_fn = jax.jit(lambda epoch: _epoch_order(config, num_train, epoch), out_shardings=replicated)
-    order = order_fn.lower(epoch0).compile()
-    indices = [jax.device_put(np.int32(i), replicated) for i in range(steps)]
+    order = _compile_epoch_order(config, num_train, mesh)
+    indices = _step_indices(steps, mesh)
     step = jax.jit(step_at, donate_argnums=0, out_shardings=replicated).lower(
         state, images_u8, order(epoch0), indices[0]).compile()
 
     def train_epoch(state, images_u8, epoch):
-        order_SxB = order(epoch)
-        metrics = []
-        for index in indices:
-            state, step_metrics = step(state, images_u8, order_SxB, index)
-            metrics.append(step_metrics)
-        return state, jax.tree.map(lambda *xs: jnp.stack(xs), *metrics)
+        return _run_steps(step, state, indices, images_u8, order(epoch))
 
     return train_epoch
+
+
+def _compile_epoch_order(config, num_train: int, mesh: Mesh):
+    """The compiled epoch -> steps x B batch indices, replicated (every process reads the same)."""
+    replicated = NamedSharding(mesh, P())
+    order_fn = jax.jit(lambda epoch: _epoch_order(config, num_train, epoch), out_shardings=replicated)
+    return order_fn.lower(jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)).compile()
+
+
+def _step_indices(steps: int, mesh: Mesh) -> list[jax.Array]:
+    return [jax.device_put(np.int32(i), NamedSharding(mesh, P())) for i in range(steps)]
+
+
+def _run_steps(step, state, indices, *inputs):
+    """A Python loop of the compiled `step(state, *inputs, index)`; metrics stacked over steps."""
+    metrics = []
+    for index in indices:
+        state, step_metrics = step(state, *inputs, index)
+        metrics.append(step_metrics)
+    return state, jax.tree.map(lambda *xs: jnp.stack(xs), *metrics)
+
+
+# --- Batches fed from the host (multi-process runs) ---------------------------------------------
+
+
+def batch_source(config) -> str:
+    """'device' (the training set lives on every device and each step gathers its batch there) or
+    'host' (each process sends only the rows of every batch its devices hold, see `HostFeed`).
+    'auto' picks 'host' when the run spans several processes, 'device' otherwise."""
+    choice = config.train.batch_source
+    if choice == "auto":
+        return "host" if jax.process_count() > 1 else "device"
+    return choice
+
+
+class HostFeed:
+    """An epoch's batches as one global uint8 array, steps x B x D, sharded over the batch axis.
+
+    The batches are the device path's (the same permutation, keyed by seed and epoch); each process
+    gathers, from its copy of the training set in host memory, only the rows its devices hold, and
+    `jax.make_array_from_process_local_data` assembles the global array. A streaming loader would
+    replace the in-memory gather and nothing else.
+    """
+
+    def __init__(self, config, images: np.ndarray, mesh: Mesh):
+        self.images_NxD = flatten(images)
+        num_train, num_pixels = self.images_NxD.shape
+        batch_size = config.train.batch_size
+        self.shape = (num_train // batch_size, batch_size, num_pixels)
+        self.sharding = NamedSharding(mesh, P(None, "data"))
+        self.rows = distributed.process_rows(self.sharding, self.shape, axis=1)
+        self.order = _compile_epoch_order(config, num_train, mesh)
+        self.replicated = NamedSharding(mesh, P())
+
+    def abstract(self) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct(self.shape, np.uint8, sharding=self.sharding)
+
+    def __call__(self, epoch: int) -> jax.Array:
+        order_SxB = np.asarray(self.order(jax.device_put(np.int32(epoch), self.replicated)))
+        local = self.images_NxD[order_SxB[:, self.rows]]
+        return jax.make_array_from_process_local_data(self.sharding, local, self.shape)
+
+
+def compile_fed_epoch(graphdef, tx, config, mesh: Mesh, state: TrainState,
+                      batches: jax.ShapeDtypeStruct, dynamic: bool):
+    """The epoch function (state, batches_u8 S x B x D) -> (state, per-step metrics), compiled now,
+    for batches that come from the host (`HostFeed`); scan or steps as `epoch_loop` says."""
+    steps = batches.shape[0]
+    train_step = make_train_step(graphdef, tx, config, steps, dynamic)
+    batch_sharding = NamedSharding(mesh, P("data"))
+    replicated = NamedSharding(mesh, P())
+
+    def step_on(state, x_u8_BxD):
+        return train_step(state, jax.lax.with_sharding_constraint(x_u8_BxD, batch_sharding))
+
+    if epoch_loop(config) == "scan":
+        return jax.jit(lambda state, batches: jax.lax.scan(step_on, state, batches), donate_argnums=0,
+                       out_shardings=replicated).lower(state, batches).compile()
+    indices = _step_indices(steps, mesh)
+    step = jax.jit(lambda state, batches, index: step_on(state, batches[index]), donate_argnums=0,
+                   out_shardings=replicated).lower(state, batches, indices[0]).compile()
+    return lambda state, batches: _run_steps(step, state, indices, batches)
+
+
+def compile_epoch(graphdef, tx, config, mesh: Mesh, state: TrainState, train_images: np.ndarray,
+                  dynamic: bool):
+    """The epoch as the training loop runs it, (state, epoch) -> (state, per-step metrics), compiled
+    now, with the batches from where `batch_source` says."""
+    if batch_source(config) == "host":
+        feed = HostFeed(config, train_images, mesh)
+        fed_epoch = compile_fed_epoch(graphdef, tx, config, mesh, state, feed.abstract(), dynamic)
+        return lambda state, epoch: fed_epoch(state, feed(epoch))
+    images_u8 = images_on_device(train_images, mesh)
+    train_epoch = compile_train_epoch(graphdef, tx, config, mesh, state, images_u8, dynamic)
+    replicated = NamedSharding(mesh, P())
+    return lambda state, epoch: train_epoch(state, images_u8, jax.device_put(np.int32(epoch), replicated))
 
 
 def make_evaluate(graphdef, config, mesh: Mesh):
@@ -233,8 +325,9 @@ def flatten(images: np.ndarray) -> np.ndarray:
 
 def images_on_device(images: np.ndarray, mesh: Mesh, pad_multiple: int = 1) -> jax.Array:
     """uint8 images as the programs take them: flat N x D (no layout copies around the matmuls),
-    zero-padded to a multiple of `pad_multiple` rows, replicated on every device of the mesh."""
-    return jax.device_put(pad_to_multiple(flatten(images), pad_multiple), NamedSharding(mesh, P()))
+    zero-padded to a multiple of `pad_multiple` rows, replicated on every device of the mesh (of
+    every process: each process puts its own copy on its own devices)."""
+    return distributed.replicated(pad_to_multiple(flatten(images), pad_multiple), NamedSharding(mesh, P()))
 
 
 def pad_to_multiple(images: np.ndarray, multiple: int) -> np.ndarray:

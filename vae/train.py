@@ -7,6 +7,10 @@ as the "best" checkpoint beside the latest ones, and training stops once the val
 not improved for `train.early_stopping_patience` epochs after the KL warm-up. Everything this
 needs is derived from `metrics.jsonl`, so a resumed run makes the same choices as an
 uninterrupted one.
+
+A run over several processes (`vae.distributed`) runs this same loop in every process: all of them
+compute the same metrics from replicated outputs, so they take the same decisions and make the same
+checkpoint calls in the same order; only process 0 writes metrics.jsonl and config.json and prints.
 """
 
 import math
@@ -24,7 +28,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from vae import data, programs, validation
+from vae import data, distributed, programs, validation
 from vae import workdir as wd
 from vae.programs import TrainState
 
@@ -46,8 +50,9 @@ class Interrupted(RuntimeError):
 class _StopRequests:
     """Records SIGINT/SIGTERM instead of dying mid-write; a second signal stops at once."""
 
-    def __init__(self):
+    def __init__(self, announce: bool = True):
         self.signum = None
+        self.announce = announce
         self._previous = {}
 
     def __enter__(self):
@@ -60,8 +65,9 @@ class _StopRequests:
         if self.signum is not None:  # asked twice: abandon the epoch, keep the last checkpoint
             raise KeyboardInterrupt
         self.signum = signum
-        print(f"\n{signal.Signals(signum).name}: stopping after this epoch's checkpoint "
-              "(send it again to stop at once)", file=sys.stderr)
+        if self.announce:
+            print(f"\n{signal.Signals(signum).name}: stopping after this epoch's checkpoint "
+                  "(send it again to stop at once)", file=sys.stderr)
 
     def __exit__(self, *exc):
         for signum, handler in self._previous.items():
@@ -162,9 +168,13 @@ def _reconcile_best(best_manager, history: list[dict], restored_epoch: int, stat
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
                        devices=None, restart: bool = False, progress: bool = True) -> list[dict]:
-    """Trains `config` into `workdir`, resuming from its last checkpoint; returns the metrics."""
+    """Trains `config` into `workdir`, resuming from its last checkpoint; returns the metrics.
+
+    In a multi-process run every process calls this with the same arguments (`devices`: None)."""
     workdir = Path(workdir)
     mesh = programs.make_mesh(devices)
+    writer = distributed.is_writer()
+    progress = progress and writer
     validation.validate_config(config, mesh.devices.size)
     if not restart:
         wd.check_resumable(workdir, config)
@@ -177,10 +187,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
             f"train.batch_size={config.train.batch_size} is larger than the training split "
             f"({num_train} images); lower it or use a larger split")
 
-    if restart:
-        wd.clear_run(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    wd.write_config(workdir, config)
+    if writer:
+        if restart:
+            wd.clear_run(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        wd.write_config(workdir, config)
+    distributed.barrier("workdir ready")  # no process looks at checkpoints before a restart cleared them
 
     tx = programs.make_optimizer(config.train, steps_per_epoch)
     graphdef, state = programs.init_state(config, dataset.image_shape, tx, dataset.pixel_means())
@@ -193,14 +205,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     start_epoch, restored = wd.restore_latest(manager, abstract)
     if restored is not None:
         state = TrainState(**restored)
-    history = wd.truncate_metrics(workdir, start_epoch)
+    history = wd.truncate_metrics(workdir, start_epoch, rewrite=writer)
     _reconcile_best(best_manager, history, start_epoch, state)
     wall_offset = history[-1].get("wall_time_sec", 0.0) if history else 0.0
 
-    train_images = programs.images_on_device(dataset.train_images, mesh)
     t0 = time.perf_counter()
-    train_epoch = programs.compile_train_epoch(graphdef, tx, config, mesh, state, train_images,
-                                               dataset.dynamic)
+    train_epoch = programs.compile_epoch(graphdef, tx, config, mesh, state, dataset.train_images,
+                                         dataset.dynamic)
     evaluate = programs.make_evaluate(graphdef, config, mesh)
     compile_time = time.perf_counter() - t0
     evaluators = [_Evaluator(evaluate, config, mesh, dataset.test_images, "test")]
@@ -212,17 +223,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     bar = tqdm(total=num_epochs, initial=start_epoch, unit="epoch", disable=not progress,
                file=sys.stderr, dynamic_ncols=True)
     last_good = start_epoch
-    with _StopRequests() as stop:
+    with _StopRequests(announce=writer) as stop:
         try:
             for epoch in range(start_epoch + 1, num_epochs + 1):
                 if early_stop_due(history, config.train):
                     break
                 first_step = (epoch - 1) * steps_per_epoch  # no device round trip
                 t_epoch = time.perf_counter()
-                epoch_arg = jax.device_put(np.int32(epoch), replicated)
-                state, step_metrics = train_epoch(state, train_images, epoch_arg)
+                state, step_metrics = train_epoch(state, epoch)
                 step_metrics = jax.device_get(step_metrics)  # waits for the epoch to finish
                 train_time = time.perf_counter() - t_epoch
+                signum = distributed.agree_on_max(stop.signum or 0)  # a signal to any process stops all
                 _check_finite(step_metrics["loss"], epoch, first_step, last_good)
 
                 record = {"epoch": epoch, "step": first_step + steps_per_epoch}
@@ -246,7 +257,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
                     record["best/epoch"], record[f"best/{SELECTION_METRIC}"] = best_epoch([*history, record])
                 record["wall_time_sec"] = wall_offset + time.perf_counter() - run_start
                 # Metrics first, then the checkpoints: a resume drops lines newer than its checkpoint.
-                wd.append_metrics(workdir, record)
+                if writer:
+                    wd.append_metrics(workdir, record)
                 history.append(record)
                 if improved:  # finished before the latest is written, so a kill cannot reorder them
                     wd.save_checkpoint(best_manager, epoch, state._asdict(),
@@ -254,7 +266,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
                     best_manager.wait_until_finished()
                 stopping = early_stop_due(history, config.train)
                 if (epoch % config.train.checkpoint_every_epochs == 0 or epoch == num_epochs
-                        or stop.signum or stopping):
+                        or signum or stopping):
                     wd.save_checkpoint(manager, epoch, state._asdict())
                     last_good = epoch
                 bar.update(1)
@@ -265,11 +277,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
                     bar.write(f"early stopping: the validation ELBO has not improved for "
                               f"{config.train.early_stopping_patience} epochs; "
                               f"best epoch {record['best/epoch']}")
-                if stop.signum is not None and epoch < num_epochs and not stopping:
+                if signum and epoch < num_epochs and not stopping:
                     manager.wait_until_finished()
                     raise Interrupted(
-                        f"stopped by {signal.Signals(stop.signum).name} after epoch {epoch}, which is "
-                        f"checkpointed; run the same command again to resume", stop.signum)
+                        f"stopped by {signal.Signals(signum).name} after epoch {epoch}, which is "
+                        f"checkpointed; run the same command again to resume", signum)
         finally:
             bar.close()
             for m in (manager, best_manager):
@@ -324,9 +336,11 @@ def load_trained(workdir: str | Path, epoch: int | None = None, checkpoint: str 
     image_shape = tuple(builder.info.features["image"].shape)
     tx = programs.make_optimizer(config.train, steps_per_epoch=1)  # only its state's structure is used
     graphdef, state = programs.init_state(config, image_shape, tx)
-    # Onto this process's first device, whatever the run was trained on (4 GPUs -> a laptop).
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+    # Onto this process's first device, whatever the run was trained on (4 GPUs -> a laptop); in a
+    # multi-process run, replicated over every process's devices (all processes restore together).
+    sharding = (NamedSharding(programs.make_mesh(), P()) if jax.process_count() > 1
+                else jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                             state._asdict())
     if not (workdir / wd.CHECKPOINT_DIR).is_dir():
         raise wd.WorkdirError(f"{workdir} has no checkpoints yet; train it first")

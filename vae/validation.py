@@ -9,6 +9,7 @@ from vae import data, models, objectives, priors
 OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "warmup_cosine")
 EPOCH_LOOPS = ("auto", "scan", "steps")
+BATCH_SOURCES = ("auto", "device", "host")
 
 
 class ConfigError(ValueError):
@@ -110,6 +111,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
                  "the VampPrior's KL has no per-dimension split")
     _require(t.epoch_loop in EPOCH_LOOPS,
              f"train.epoch_loop must be one of {EPOCH_LOOPS}, got {t.epoch_loop!r}")
+    _require(t.batch_source in BATCH_SOURCES,
+             f"train.batch_source must be one of {BATCH_SOURCES}, got {t.batch_source!r}")
     _require(_is_int(t.checkpoint_every_epochs) and t.checkpoint_every_epochs >= 1,
              "train.checkpoint_every_epochs must be an integer >= 1")
     _require(_is_int(t.keep_checkpoints) and t.keep_checkpoints >= 1,

@@ -61,7 +61,8 @@ def write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
     record = json.loads(config.to_json_best_effort())
     record["run"] = {
         "versions": library_versions(),
-        "num_devices": jax.device_count(),
+        "num_processes": jax.process_count(),
+        "num_devices": jax.device_count(),  # of every process
         "platform": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
         "command": " ".join(sys.argv),
@@ -137,15 +138,16 @@ def append_metrics(workdir: Path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
-def truncate_metrics(workdir: Path, last_epoch: int) -> list[dict]:
-    """Keeps one record per epoch up to last_epoch (the restored checkpoint's); returns them."""
+def truncate_metrics(workdir: Path, last_epoch: int, rewrite: bool = True) -> list[dict]:
+    """Keeps one record per epoch up to last_epoch (the restored checkpoint's); returns them.
+    `rewrite=False` only reads (the processes of a multi-process run other than the writer)."""
     by_epoch = {}
     for record in read_metrics(workdir):
         if "epoch" in record and record["epoch"] <= last_epoch:
             by_epoch[record["epoch"]] = record
     kept = [by_epoch[e] for e in sorted(by_epoch)]
     path = workdir / METRICS_FILE
-    if path.exists():
+    if rewrite and path.exists():
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
     return kept
 
