@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from vae import data, programs, validation
+from vae import data, programs, tensorboard, validation
 from vae import workdir as wd
 from vae.programs import TrainState
 
@@ -162,7 +162,18 @@ def _reconcile_best(best_manager, history: list[dict], restored_epoch: int, stat
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
                        devices=None, restart: bool = False, progress: bool = True) -> list[dict]:
-    """Trains `config` into `workdir`, resuming from its last checkpoint; returns the metrics."""
+    """Trains `config` into `workdir`, resuming from its last checkpoint; returns the metrics.
+
+    One training per workdir at a time (`workdir.training_lock`); a failed write to the workdir
+    (a full disk, a removed or read-only directory) ends the run with a `WorkdirError` that says
+    how it resumes."""
+    validation.validate_config(config, len(devices) if devices is not None else jax.device_count())
+    with wd.training_lock(workdir), wd.write_errors(workdir):
+        return _train_and_evaluate(config, workdir, devices=devices, restart=restart, progress=progress)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
+                        devices=None, restart: bool = False, progress: bool = True) -> list[dict]:
     workdir = Path(workdir)
     mesh = programs.make_mesh(devices)
     validation.validate_config(config, mesh.devices.size)
@@ -206,6 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     evaluators = [_Evaluator(evaluate, config, mesh, dataset.test_images, "test")]
     if dataset.val_images is not None:
         evaluators.insert(0, _Evaluator(evaluate, config, mesh, dataset.val_images, "val"))
+    board = tensorboard.Board(workdir, graphdef, dataset.test_images, start_epoch, config.train.num_epochs)
     run_start = time.perf_counter()
 
     num_epochs = config.train.num_epochs
@@ -248,6 +260,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
                 # Metrics first, then the checkpoints: a resume drops lines newer than its checkpoint.
                 wd.append_metrics(workdir, record)
                 history.append(record)
+                board.log(record, programs.eval_params(state))
                 if improved:  # finished before the latest is written, so a kill cannot reorder them
                     wd.save_checkpoint(best_manager, epoch, state._asdict(),
                                        {SELECTION_METRIC: record[SELECTION_METRIC]})
@@ -272,6 +285,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
                         f"checkpointed; run the same command again to resume", stop.signum)
         finally:
             bar.close()
+            board.close()
             for m in (manager, best_manager):
                 m.wait_until_finished()
                 m.close()

@@ -10,7 +10,10 @@ resumed run first drops metric lines newer than the checkpoint it restores, so a
 any moment leaves a consistent workdir.
 """
 
+import contextlib
 import datetime
+import errno
+import fcntl
 import json
 import os
 import platform
@@ -28,6 +31,8 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"
 BEST_METRIC = "val/elbo"  # lower is better
+LOCK_FILE = ".train.lock"
+TENSORBOARD_DIR = "tensorboard"
 _VERSIONED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets", "numpy")
 # Config sections that change the parameters' shapes or the data's meaning: resuming with other
 # values would restore parameters into the wrong model or continue on other data.
@@ -36,6 +41,79 @@ _RESUME_KEYS = ("model", "data.name", "data.binarize", "data.train_split", "seed
 
 class WorkdirError(Exception):
     """A workdir that cannot be used as asked; the message says what to do."""
+
+
+# --- one training per workdir ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def training_lock(workdir: Path):
+    """Holds WORKDIR/.train.lock (an exclusive flock) while a run trains the workdir.
+
+    A second training on the same workdir is refused at once, naming the process that holds the
+    lock. The kernel drops the lock when its holder exits in any way (SIGKILL included), so it
+    never outlives a run. Sampling and evaluating only read a workdir and take no lock.
+    """
+    workdir = Path(workdir)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(workdir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise WorkdirError(f"cannot use {workdir} as a workdir: {e.strerror or e}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            raise WorkdirError(
+                f"{workdir} is being trained by {holder}; wait for it to finish or stop it "
+                "(sampling and evaluating it meanwhile is fine)") from None
+        holder = f"process {os.getpid()} on {platform.node()} ({' '.join(sys.argv)[:200]})"
+        with contextlib.suppress(OSError):  # the lock holds even where its note cannot be written
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, holder.encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+# --- faults while writing ------------------------------------------------------------------------
+
+_WRITE_FAULTS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                 errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                 errno.EPERM: "permission denied", errno.ENOENT: "the workdir was removed",
+                 errno.EIO: "an I/O error"}
+
+
+def write_fault(error: BaseException) -> OSError | None:
+    """The OSError behind a failed write, looking through the causes that wrap it, or None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _WRITE_FAULTS:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+@contextlib.contextmanager
+def write_errors(workdir: Path):
+    """Turns a failed write to the workdir (full disk, removed or read-only directory) into one
+    WorkdirError line that says where the run resumes once the fault is mended."""
+    try:
+        yield
+    except (WorkdirError, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        fault = write_fault(e)
+        if fault is None:
+            raise
+        where = f" ({fault.filename})" if fault.filename else ""
+        epoch = latest_checkpoint(Path(workdir))
+        resume = (f"run the same command again to resume from epoch {epoch}" if epoch
+                  else "run the same command again to start it")
+        raise WorkdirError(f"training stopped: {_WRITE_FAULTS[fault.errno]}{where}; "
+                           f"the workdir is consistent: {resume} once that is mended") from e
 
 
 def library_versions() -> dict[str, str]:
@@ -106,9 +184,11 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def clear_run(workdir: Path) -> None:
-    """Deletes a run's checkpoints and metrics (for --restart); other files are left alone."""
+    """Deletes a run's checkpoints, metrics and TensorBoard events (for --restart); other files are
+    left alone."""
     shutil.rmtree(workdir / CHECKPOINT_DIR, ignore_errors=True)
     shutil.rmtree(workdir / BEST_DIR, ignore_errors=True)
+    shutil.rmtree(workdir / TENSORBOARD_DIR, ignore_errors=True)
     (workdir / METRICS_FILE).unlink(missing_ok=True)
 
 
@@ -162,6 +242,14 @@ def checkpoint_manager(workdir: Path, keep: int = 3, read_only: bool = False,
         max_to_keep=keep, create=not read_only, read_only=read_only,
         best_fn=(lambda metrics: metrics[BEST_METRIC]) if best else None, best_mode="min")
     return ocp.CheckpointManager((Path(workdir) / (subdir or CHECKPOINT_DIR)).absolute(), options=options)
+
+
+def latest_checkpoint(workdir: Path, subdir: str = CHECKPOINT_DIR) -> int:
+    """The newest finished checkpoint's epoch in WORKDIR/subdir (0 if none or unreadable)."""
+    try:
+        return max((int(p.name) for p in (Path(workdir) / subdir).iterdir() if p.name.isdigit()), default=0)
+    except OSError:
+        return 0
 
 
 def has_checkpoints(workdir: Path, subdir: str = CHECKPOINT_DIR) -> bool:
