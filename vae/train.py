@@ -286,9 +286,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, 
         finally:
             bar.close()
             board.close()
-            for m in (manager, best_manager):
-                m.wait_until_finished()
-                m.close()
+            wd.close_managers(manager, best_manager)
     return history
 
 
@@ -345,11 +343,7 @@ def load_trained(workdir: str | Path, epoch: int | None = None, checkpoint: str 
     if not (workdir / wd.CHECKPOINT_DIR).is_dir():
         raise wd.WorkdirError(f"{workdir} has no checkpoints yet; train it first")
     use_best = checkpoint_used(workdir, epoch, checkpoint) == "best"
-    manager = wd.checkpoint_manager(workdir, read_only=True, subdir=wd.BEST_DIR if use_best else None)
-    try:
-        restored_epoch, restored = wd.restore_latest(manager, abstract, step=epoch)
-    finally:
-        manager.close()
+    restored_epoch, restored = wd.restore_for_reading(workdir, abstract, epoch, use_best)
     if restored is None:
         raise wd.WorkdirError(f"{workdir} has no usable checkpoint; train it first")
     return config, nnx.merge(graphdef, programs.eval_params(TrainState(**restored))), restored_epoch

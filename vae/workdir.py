@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 from importlib import metadata
@@ -79,19 +80,28 @@ def training_lock(workdir: Path):
 
 # --- faults while writing ------------------------------------------------------------------------
 
-_WRITE_FAULTS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-                 errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-                 errno.EPERM: "permission denied", errno.ENOENT: "the workdir was removed",
-                 errno.EIO: "an I/O error"}
+_WRITE_FAULTS = {  # errno: (what happened, when the run can go on)
+    errno.ENOSPC: ("the disk is full", "once there is room"),
+    errno.EDQUOT: ("the disk quota is exceeded", "once there is room"),
+    errno.EROFS: ("the file system is read-only", "once it is writable"),
+    errno.EACCES: ("permission denied", "once the workdir is writable"),
+    errno.EPERM: ("permission denied", "once the workdir is writable"),
+    errno.ENOENT: ("the workdir or a file in it was removed", "when you want"),
+    errno.EIO: ("an I/O error", "once the disk works"),
+}
 
 
-def write_fault(error: BaseException) -> OSError | None:
-    """The OSError behind a failed write, looking through the causes that wrap it, or None."""
+def write_fault(error: BaseException) -> tuple[int, str | None] | None:
+    """(errno, file) of the failed write behind `error`, looking through the exceptions that wrap
+    it (Orbax reports tensorstore's as ValueError("... [os_error_code='28']")), or None."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         if isinstance(error, OSError) and error.errno in _WRITE_FAULTS:
-            return error
+            return error.errno, error.filename
+        code = re.search(r"os_error_code='(\d+)'", str(error))
+        if code and int(code.group(1)) in _WRITE_FAULTS:
+            return int(code.group(1)), None
         error = error.__cause__ or error.__context__
     return None
 
@@ -108,12 +118,13 @@ def write_errors(workdir: Path):
         fault = write_fault(e)
         if fault is None:
             raise
-        where = f" ({fault.filename})" if fault.filename else ""
+        code, filename = fault
+        where = f" ({filename})" if filename else ""
+        what, when = _WRITE_FAULTS[code]
         epoch = latest_checkpoint(Path(workdir))
-        resume = (f"run the same command again to resume from epoch {epoch}" if epoch
-                  else "run the same command again to start it")
-        raise WorkdirError(f"training stopped: {_WRITE_FAULTS[fault.errno]}{where}; "
-                           f"the workdir is consistent: {resume} once that is mended") from e
+        resume = f"resumes from epoch {epoch}" if epoch else "starts the run again"
+        raise WorkdirError(f"training stopped writing to {workdir}: {what}{where}; the same command "
+                           f"{resume} {when}") from None
 
 
 def library_versions() -> dict[str, str]:
@@ -127,12 +138,18 @@ def library_versions() -> dict[str, str]:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Replaces `path` by `text` at once: a failed write (a full disk) leaves the old file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
@@ -148,22 +165,39 @@ def write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
     atomic_write_text(workdir / CONFIG_FILE, json.dumps(record, indent=2) + "\n")
 
 
+def _config_record(workdir: Path) -> dict | None:
+    """config.json as a dict (None if there is none); WorkdirError if it is damaged."""
+    path = Path(workdir) / CONFIG_FILE
+    try:
+        record = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        reason = f"not JSON: {e}"
+    else:
+        missing = [k for k in ("data", "model", "train") if not isinstance(record, dict) or k not in record]
+        if not missing:
+            return record
+        reason = f"no {', '.join(missing)} section"
+    raise WorkdirError(f"{path} is damaged ({reason}); the training command rewrites it: delete it and "
+                       "run that command again (it resumes from the checkpoints)")
+
+
 def read_config(workdir: Path) -> ml_collections.ConfigDict:
     """The config a run was trained with (its "run" section dropped)."""
-    path = Path(workdir) / CONFIG_FILE
-    if not path.exists():
+    record = _config_record(workdir)
+    if record is None:
         raise WorkdirError(f"{workdir} has no {CONFIG_FILE}: it is not a training workdir")
-    record = json.loads(path.read_text())
     record.pop("run", None)
     return ml_collections.ConfigDict(record)
 
 
 def check_resumable(workdir: Path, config: ml_collections.ConfigDict) -> None:
     """Refuses to resume a run whose model or data differ from `config`'s."""
-    path = workdir / CONFIG_FILE
-    if not path.exists():
+    record = _config_record(workdir)
+    if record is None:
         return
-    old = _flatten(json.loads(path.read_text()))
+    old = _flatten(record)
     new = _flatten(json.loads(config.to_json_best_effort()))
     for key in sorted(set(old) | set(new)):
         if key.startswith(_RESUME_KEYS) and old.get(key) != new.get(key):
@@ -196,32 +230,54 @@ def clear_run(workdir: Path) -> None:
 
 
 def read_metrics(workdir: Path) -> list[dict]:
-    """The metric records, one per evaluated epoch, skipping a torn last line."""
+    """The metric records, one per evaluated epoch. A torn last line (a kill mid-write) is skipped;
+    other unreadable lines are skipped with one warning."""
     path = Path(workdir) / METRICS_FILE
-    if not path.exists():
+    try:
+        lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
         return []
-    records = []
-    for line in path.read_text().splitlines():
+    records, damaged = [], []
+    for number, line in enumerate(lines, 1):
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
-            continue
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+            records.append(record)
+        elif number < len(lines) and line.strip():
+            damaged.append(number)
+    if damaged:
+        print(f"warning: {path}: {len(damaged)} damaged line(s) skipped (line {damaged[0]}"
+              f"{' ...' if len(damaged) > 1 else ''}); a resumed run rewrites the file without them",
+              file=sys.stderr)
     return records
 
 
 def append_metrics(workdir: Path, record: dict) -> None:
-    line = json.dumps(record) + "\n"
-    with open(workdir / METRICS_FILE, "a") as f:
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
+    """Appends one line; a failed write (a full disk) is undone, so no torn line is left."""
+    line = (json.dumps(record) + "\n").encode()
+    fd = os.open(Path(workdir) / METRICS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            written = 0
+            while written < len(line):
+                written += os.write(fd, line[written:])
+            os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
 
 
 def truncate_metrics(workdir: Path, last_epoch: int) -> list[dict]:
     """Keeps one record per epoch up to last_epoch (the restored checkpoint's); returns them."""
     by_epoch = {}
     for record in read_metrics(workdir):
-        if "epoch" in record and record["epoch"] <= last_epoch:
+        if record["epoch"] <= last_epoch:
             by_epoch[record["epoch"]] = record
     kept = [by_epoch[e] for e in sorted(by_epoch)]
     path = workdir / METRICS_FILE
@@ -257,6 +313,23 @@ def has_checkpoints(workdir: Path, subdir: str = CHECKPOINT_DIR) -> bool:
     return path.is_dir() and any(p.name.isdigit() for p in path.iterdir())
 
 
+def close_managers(*managers: ocp.CheckpointManager) -> None:
+    """Waits for every manager's saves and closes them all, even when one failed (then raises the
+    first failure): a manager left open keeps threads that outlive the run."""
+    failures = []
+    for manager in managers:
+        try:
+            manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - re-raised below, after every manager is closed
+            failures.append(e)
+        try:
+            manager.close()
+        except Exception as e:  # noqa: BLE001
+            failures.append(e)
+    if failures:
+        raise failures[0]
+
+
 def save_checkpoint(manager: ocp.CheckpointManager, epoch: int, state: dict,
                     metrics: dict | None = None) -> None:
     """Starts an atomic save of `state` as checkpoint `epoch` (written in the background)."""
@@ -264,23 +337,52 @@ def save_checkpoint(manager: ocp.CheckpointManager, epoch: int, state: dict,
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state, step: int | None = None):
-    """(epoch, state) of the newest checkpoint that restores (or of `step`), or (0, None).
+    """(epoch, state) of the newest checkpoint that restores (or of `step`), or (0, None) if there
+    is none.
 
-    A corrupted or truncated checkpoint is reported on stderr and skipped for the one before it.
+    A corrupted or truncated checkpoint is reported on stderr and skipped for the one before it;
+    if none restores, WorkdirError (training on would overwrite the run).
     """
     steps = sorted(manager.all_steps(), reverse=True)
     if step is not None:
         if step not in steps:
             raise WorkdirError(f"no checkpoint for epoch {step}; available: {sorted(steps)}")
         steps = [step]
+    first_error = None
     for candidate in steps:
         try:
             state = manager.restore(candidate, args=ocp.args.StandardRestore(abstract_state))
         except Exception as e:  # noqa: BLE001 - any failure to read means this one is unusable
-            print(f"warning: checkpoint {candidate} cannot be restored ({type(e).__name__}: "
-                  f"{str(e).splitlines()[0][:200]}); trying an older one", file=sys.stderr)
+            reason = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+            first_error = first_error or reason
             if step is not None:
-                raise WorkdirError(f"checkpoint {candidate} is corrupted") from e
+                raise WorkdirError(f"checkpoint {candidate} cannot be restored ({reason})") from None
+            print(f"warning: checkpoint {candidate} cannot be restored ({reason}); trying an older one",
+                  file=sys.stderr)
             continue
         return candidate, state
+    if steps:
+        raise WorkdirError(
+            f"none of the checkpoints in {manager.directory} (epochs {sorted(steps)}) restores into "
+            f"this config's train state ({first_error}): they are damaged, or train.optimizer or "
+            "train.ema_decay differ from the run's; pass --restart to start over")
     return 0, None
+
+
+def restore_for_reading(workdir: Path, abstract_state, epoch: int | None, best: bool):
+    """(epoch, state) for sampling and evaluating: the best checkpoint (falling back to the latest,
+    with a warning, if it cannot be restored), the latest, or one epoch's."""
+    if best:
+        try:
+            return _restore_read_only(workdir, abstract_state, None, BEST_DIR)
+        except WorkdirError as e:
+            print(f"warning: the best checkpoint cannot be used ({e}); using the latest", file=sys.stderr)
+    return _restore_read_only(workdir, abstract_state, epoch, None)
+
+
+def _restore_read_only(workdir: Path, abstract_state, epoch: int | None, subdir: str | None):
+    manager = checkpoint_manager(workdir, read_only=True, subdir=subdir)
+    try:
+        return restore_latest(manager, abstract_state, step=epoch)
+    finally:
+        manager.close()
