@@ -5,30 +5,35 @@
 Writes WORKDIR/eval.json (or --out/eval.json) and prints it. Nats per image.
 """
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from vae import cli, evaluation, workdir
+from vae import cli, evaluation, flags, workdir
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse(argv):
+    parser = flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
-    parser.add_argument("--iw-samples", type=int, default=5000, help="importance samples k per image")
+    parser.add_argument("--iw-samples", type=flags.integer(1), default=5000,
+                        help="importance samples k per image")
     parser.add_argument("--checkpoint", choices=("best", "latest"), default="best",
                         help="best: lowest validation -ELBO (the latest where the run has no validation "
                              "split); latest: the newest checkpoint")
-    parser.add_argument("--epoch", type=int, default=None, help="one of the latest checkpoints, by epoch")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per device call")
-    parser.add_argument("--chunk-size", type=int, default=250, help="samples decoded at once per image")
-    parser.add_argument("--max-examples", type=int, default=None, help="only the first N test images")
+    parser.add_argument("--epoch", type=flags.integer(1), default=None,
+                        help="one of the latest checkpoints, by epoch")
+    parser.add_argument("--batch-size", type=flags.integer(1), default=32, help="images per device call")
+    parser.add_argument("--chunk-size", type=flags.integer(1), default=250,
+                        help="samples decoded at once per image")
+    parser.add_argument("--max-examples", type=flags.integer(1), default=None,
+                        help="only the first N test images")
     parser.add_argument("--out", default=None, help="output directory (default: the workdir)")
     parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    if args.iw_samples < 1 or args.batch_size < 1 or args.chunk_size < 1:
-        parser.error("--iw-samples, --batch-size and --chunk-size must be >= 1")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
     cli.quiet_logs()
     with cli.user_errors():
         if not Path(args.workdir).is_dir():
