@@ -2,6 +2,7 @@
 
 import contextlib
 import sys
+import warnings
 
 from absl import flags, logging
 from ml_collections import config_flags
@@ -56,6 +57,8 @@ def quiet_logs() -> None:
     the script as an exception that `user_errors` reports in one line."""
     logging.set_verbosity(logging.FATAL)
     sys.unraisablehook = _drop_closed_loop_callbacks
+    # The writes a failed checkpoint save abandoned, reported again at exit.
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
 
 
 def _drop_closed_loop_callbacks(unraisable, default=sys.unraisablehook) -> None:

@@ -257,6 +257,8 @@ def read_metrics(workdir: Path) -> list[dict]:
 def append_metrics(workdir: Path, record: dict) -> None:
     """Appends one line; a failed write (a full disk) is undone, so no torn line is left."""
     line = (json.dumps(record) + "\n").encode()
+    if not (Path(workdir) / CONFIG_FILE).exists():  # removed under the run (a checkpoint write recreates it)
+        raise FileNotFoundError(errno.ENOENT, "the workdir was removed during the run", str(workdir))
     fd = os.open(Path(workdir) / METRICS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         size = os.fstat(fd).st_size
