@@ -299,7 +299,24 @@ def checkpoint_manager(workdir: Path, keep: int = 3, read_only: bool = False,
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=not read_only, read_only=read_only,
         best_fn=(lambda metrics: metrics[BEST_METRIC]) if best else None, best_mode="min")
-    return ocp.CheckpointManager((Path(workdir) / (subdir or CHECKPOINT_DIR)).absolute(), options=options)
+    directory = (Path(workdir) / (subdir or CHECKPOINT_DIR)).absolute()
+    try:
+        return ocp.CheckpointManager(directory, options=options)
+    except (OSError, ValueError, KeyError, TypeError) as e:  # Orbax reads every step's metadata
+        if write_fault(e):
+            raise
+        damaged = [p.name for p in sorted(directory.iterdir()) if p.name.isdigit() and not _metadata_ok(p)]
+        raise WorkdirError(
+            f"{directory} holds damaged checkpoints (epochs {', '.join(damaged) or '?'}: "
+            f"{type(e).__name__}: {str(e).splitlines()[0][:120]}); move them away and run again") from None
+
+
+def _metadata_ok(step_dir: Path) -> bool:
+    try:
+        json.loads((step_dir / "_CHECKPOINT_METADATA").read_bytes())
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def latest_checkpoint(workdir: Path, subdir: str = CHECKPOINT_DIR) -> int:
