@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from vae import plotting, sampling
+from vae import sampling
 from vae import workdir as wd
 
 IMAGES_EVERY = 5
@@ -87,5 +87,7 @@ class Board:
 
 def _grid(images: np.ndarray, ncols: int) -> np.ndarray:
     """N x H x W x 1 Bernoulli means -> one grey-level uint8 image (rows of ncols)."""
+    from vae import plotting  # matplotlib: imported once the first grid is due, not at start
+
     grid = plotting.image_grid(np.clip(images, 0.0, 1.0), ncols)
     return np.round(grid * 255.0).astype(np.uint8)

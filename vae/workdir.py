@@ -94,15 +94,17 @@ _WRITE_FAULTS = {  # errno: (what happened, when the run can go on)
 def write_fault(error: BaseException) -> tuple[int, str | None] | None:
     """(errno, file) of the failed write behind `error`, looking through the exceptions that wrap
     it (Orbax reports tensorstore's as ValueError("... [os_error_code='28']")), or None."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
+    chain = []
+    while error is not None and all(error is not seen for seen in chain):
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    for error in chain:  # an OSError names its file
         if isinstance(error, OSError) and error.errno in _WRITE_FAULTS:
             return error.errno, error.filename
+    for error in chain:
         code = re.search(r"os_error_code='(\d+)'", str(error))
         if code and int(code.group(1)) in _WRITE_FAULTS:
             return int(code.group(1)), None
-        error = error.__cause__ or error.__context__
     return None
 
 
