@@ -296,3 +296,13 @@ def test_a_damaged_best_checkpoint_falls_back_to_the_latest(tmp_path, fashion_mn
         train.train_and_evaluate(config, tmp_path, progress=False)
     shutil.rmtree(tmp_path / workdir.BEST_DIR / str(best))  # moved away, as the message says
     assert [r["epoch"] for r in train.train_and_evaluate(config, tmp_path, progress=False)] == [1, 2, 3]
+
+
+def test_faults_outside_the_workdir_are_not_reported_as_the_workdir_s(tmp_path):
+    with pytest.raises(FileNotFoundError), workdir.write_errors(tmp_path / "run"):
+        raise FileNotFoundError(errno.ENOENT, "No such file", str(tmp_path / "data" / "x"))
+    with pytest.raises(RuntimeError), workdir.write_errors(tmp_path / "run"):
+        try:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        except PermissionError:
+            raise RuntimeError("a data problem, reported as such") from None

@@ -176,7 +176,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, 
                         devices=None, restart: bool = False, progress: bool = True) -> list[dict]:
     workdir = Path(workdir)
     mesh = programs.make_mesh(devices)
-    validation.validate_config(config, mesh.devices.size)
     if not restart:
         wd.check_resumable(workdir, config)
     dataset = data.load_dataset(config.data)

@@ -97,7 +97,7 @@ def write_fault(error: BaseException) -> tuple[int, str | None] | None:
     chain = []
     while error is not None and all(error is not seen for seen in chain):
         chain.append(error)
-        error = error.__cause__ or error.__context__
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
     for error in chain:  # an OSError names its file
         if isinstance(error, OSError) and error.errno in _WRITE_FAULTS:
             return error.errno, error.filename
@@ -118,7 +118,7 @@ def write_errors(workdir: Path):
         raise
     except Exception as e:
         fault = write_fault(e)
-        if fault is None:
+        if fault is None or (fault[1] and not _inside(fault[1], workdir)):  # not the workdir's
             raise
         code, filename = fault
         where = f" ({filename})" if filename else ""
@@ -127,6 +127,11 @@ def write_errors(workdir: Path):
         resume = f"resumes from epoch {epoch}" if epoch else "starts the run again"
         raise WorkdirError(f"training stopped writing to {workdir}: {what}{where}; the same command "
                            f"{resume} {when}") from None
+
+
+def _inside(path: str, directory: Path) -> bool:
+    return os.path.abspath(path).startswith(os.path.abspath(directory) + os.sep) or (
+        os.path.abspath(path) == os.path.abspath(directory))
 
 
 def library_versions() -> dict[str, str]:
