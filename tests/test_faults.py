@@ -18,7 +18,7 @@ import pytest
 from flax import nnx
 
 from tests.conftest import REPO, tiny_config
-from vae import train, workdir
+from vae import faults, train, workdir
 
 TIMING = {"images_per_sec", "epoch_time_sec", "eval_time_sec", "wall_time_sec", "compile_time_sec"}
 # A run whose checkpoints (about 1.2 MB each) fill a 3 MB disk at its third save.
@@ -163,14 +163,14 @@ def test_a_full_disk_while_appending_metrics_leaves_no_torn_line(small_disk):
 def test_each_write_fault_is_one_line_saying_how_the_run_resumes(tmp_path, code, what, when):
     (tmp_path / workdir.CHECKPOINT_DIR / "3").mkdir(parents=True)
     path = str(tmp_path / workdir.METRICS_FILE)
-    with pytest.raises(workdir.WorkdirError) as error, workdir.write_errors(tmp_path):
+    with pytest.raises(workdir.WorkdirError) as error, faults.write_errors(tmp_path):
         try:
             raise OSError(code, os.strerror(code), path)
         except OSError as e:  # as Orbax wraps tensorstore's errors
             raise ValueError(f"RESOURCE_EXHAUSTED: Failed writing [os_error_code='{code}']") from e
     expected = f"training stopped writing to {tmp_path}: {what} ({path}); the same command {when}"
     assert str(error.value) == expected
-    with pytest.raises(KeyError), workdir.write_errors(tmp_path):  # not a write fault: as it was
+    with pytest.raises(KeyError), faults.write_errors(tmp_path):  # not a write fault: as it was
         raise KeyError("x")
 
 
@@ -299,9 +299,9 @@ def test_a_damaged_best_checkpoint_falls_back_to_the_latest(tmp_path, fashion_mn
 
 
 def test_faults_outside_the_workdir_are_not_reported_as_the_workdir_s(tmp_path):
-    with pytest.raises(FileNotFoundError), workdir.write_errors(tmp_path / "run"):
+    with pytest.raises(FileNotFoundError), faults.write_errors(tmp_path / "run"):
         raise FileNotFoundError(errno.ENOENT, "No such file", str(tmp_path / "data" / "x"))
-    with pytest.raises(RuntimeError), workdir.write_errors(tmp_path / "run"):
+    with pytest.raises(RuntimeError), faults.write_errors(tmp_path / "run"):
         try:
             raise PermissionError(errno.EACCES, "Permission denied")
         except PermissionError:

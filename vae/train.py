@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from vae import data, programs, tensorboard, validation
+from vae import data, faults, programs, tensorboard, validation
 from vae import workdir as wd
 from vae.programs import TrainState
 
@@ -168,7 +168,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     (a full disk, a removed or read-only directory) ends the run with a `WorkdirError` that says
     how it resumes."""
     validation.validate_config(config, len(devices) if devices is not None else jax.device_count())
-    with wd.training_lock(workdir), wd.write_errors(workdir):
+    with wd.training_lock(workdir), faults.write_errors(workdir):
         return _train_and_evaluate(config, workdir, devices=devices, restart=restart, progress=progress)
 
 
