@@ -23,6 +23,7 @@ import numpy as np
 
 CACHE_DIR = "vae_decoded"
 FORMAT = 1
+_NOTED = set()  # directories that could not hold the cache
 
 
 def cache_file(builder, shard: str) -> Path:
@@ -66,8 +67,10 @@ def _write(path: Path, key: dict, images: np.ndarray, labels: np.ndarray) -> Non
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
-        print(f"note: cannot cache decoded images in {path.parent} ({e.strerror or e}); "
-              "they are decoded on every run", file=sys.stderr)
+        if path.parent not in _NOTED:  # once per directory and process
+            _NOTED.add(path.parent)
+            print(f"note: cannot cache decoded images in {path.parent} ({e.strerror or e}); "
+                  "they are decoded on every run", file=sys.stderr)
 
 
 def _shard_range(builder, shard: str) -> tuple[str, int, int]:
