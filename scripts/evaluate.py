@@ -11,6 +11,8 @@ from pathlib import Path
 
 from vae import cli, evaluation, flags, workdir
 
+MAX_DRAWS_PER_CALL = 2_000_000  # about 6 GB of float32 pixels at 784 per image
+
 
 def parse(argv):
     parser = flags.ArgumentParser(description=__doc__.splitlines()[0])
@@ -29,7 +31,12 @@ def parse(argv):
                         help="only the first N test images")
     parser.add_argument("--out", default=None, help="output directory (default: the workdir)")
     parser.add_argument("--no-progress", action="store_true")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.batch_size * args.chunk_size > MAX_DRAWS_PER_CALL:
+        parser.error(f"argument --batch-size/--chunk-size: their product is the number of images the "
+                     f"decoder holds at once, at most {MAX_DRAWS_PER_CALL:,}; got "
+                     f"{args.batch_size:,} x {args.chunk_size:,}")
+    return args
 
 
 def main(argv=None) -> int:
