@@ -1,6 +1,10 @@
 """Builds a TFDS image data set once, offline for Fashion-MNIST (from Debian's files).
 
     python scripts/prepare_data.py --dataset fashion_mnist [--data_dir DIR]
+
+mnist, fashion_mnist and kmnist are built without TensorFlow (vae/mnist_builder.py); TFDS builds
+any other data set with TensorFlow, which `pip install -e '.[tfds-build]'` adds (this script says
+so when it is missing).
 """
 
 import os
