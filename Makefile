@@ -1,6 +1,7 @@
-# Two commands do everything on a fresh machine with Python >= 3.11:
+# Two commands do everything on a fresh machine with Python >= 3.11 (no TensorFlow is installed):
 #   make train   set up .venv, prepare Fashion-MNIST offline, train configs/default.py into runs/default
 #   make test    the same set-up, then the whole test suite
+#   make tensorboard   TensorBoard over every run in runs/
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,7 +12,7 @@ PYTEST_ARGS ?=
 # Tests run on 4 fake CPU devices (tests/conftest.py sets XLA_FLAGS before jax starts).
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install data train test lint clean
+.PHONY: install data train test tensorboard lint clean
 
 install: $(VENV)/.installed
 
@@ -36,6 +37,9 @@ train: data
 
 test: data
 	VAE_REQUIRE_REAL_DATA=1 $(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+
+tensorboard: install
+	$(VENV)/bin/tensorboard --logdir runs
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -10,32 +10,40 @@ ceiling. With --torch, JAX and two PyTorch loops (idiomatic, tuned) train altern
 each per round, in this process, and their median ratio is reported.
 """
 
-import argparse
 import os
 import sys
 import time
+
+from vae import flags
 
 COMMAND_START = time.perf_counter()
 
 
 def parse(argv):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/mlp_small.py")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="config overrides, e.g. model.arch=conv train.learning_rate=3e-4")
-    parser.add_argument("--batch-sizes", default=None, help="comma-separated; default: the config's")
-    parser.add_argument("--epochs", type=int, default=5, help="epochs timed per batch size (>= 2)")
-    parser.add_argument("--devices", type=int, default=None, help="fake this many CPU devices")
+    parser.add_argument("--batch-sizes", type=flags.integer_list(1), default=None,
+                        help="comma-separated; default: the config's")
+    parser.add_argument("--epochs", type=flags.integer(2), default=5,
+                        help="epochs timed per batch size (>= 2: the first is not timed)")
+    parser.add_argument("--devices", type=flags.integer(1, 4096), default=None,
+                        help="fake this many CPU devices")
     parser.add_argument("--torch", action="store_true", help="alternate with the PyTorch reference")
-    parser.add_argument("--step-samples", type=int, default=200, help="steps timed one by one")
-    parser.add_argument("--iw-samples", type=int, default=1000, help="k for the IWAE throughput")
-    parser.add_argument("--iw-images", type=int, default=256, help="images for the IWAE throughput")
+    parser.add_argument("--step-samples", type=flags.integer(1), default=200, help="steps timed one by one")
+    parser.add_argument("--iw-samples", type=flags.integer(1), default=1000, help="k for the IWAE throughput")
+    parser.add_argument("--iw-images", type=flags.integer(1), default=256,
+                        help="images for the IWAE throughput")
     parser.add_argument("--synthetic", action="store_true", help="random images instead of the data set")
-    parser.add_argument("--train-images", type=int, default=None, help="use only the first N")
+    parser.add_argument("--train-images", type=flags.integer(1), default=None, help="use only the first N")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
-    if args.epochs < 2:
-        parser.error("--epochs must be >= 2 (the first epoch is not timed)")
+    if not os.path.isfile(args.config):
+        parser.error(f"argument --config: no config file {args.config!r}")
+    for item in args.set:
+        if "=" not in item:
+            parser.error(f"argument --set: expected FIELD=VALUE, got {item!r}")
     return args
 
 
@@ -54,11 +62,15 @@ def main(argv=None) -> int:
         field, _, value = item.partition("=")
         *parents, leaf = field.split(".")
         node = config
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = _parse_value(value, node[leaf])
-    batch_sizes = ([int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes
-                   else [config.train.batch_size])
+        try:
+            for parent in parents:
+                node = node[parent]
+            node[leaf] = _parse_value(value, node[leaf])
+        except (KeyError, AttributeError, TypeError, ValueError) as e:
+            print(f"error: argument --set: cannot set {field} to {value!r} ({type(e).__name__}: "
+                  f"{' '.join(str(e).split())[:200]})", file=sys.stderr)
+            return 2
+    batch_sizes = args.batch_sizes or [config.train.batch_size]
 
     import jax
 

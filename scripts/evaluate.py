@@ -7,31 +7,43 @@ processes it takes train.py's joining flags (--coordinator_address, --num_proces
 and splits the images over every process's devices; process 0 writes and prints.
 """
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from vae import cli, distributed, evaluation, workdir
+from vae import cli, distributed, evaluation, flags, workdir
+
+MAX_DRAWS_PER_CALL = 2_000_000  # about 6 GB of float32 pixels at 784 per image
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse(argv):
+    parser = flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
-    parser.add_argument("--iw-samples", type=int, default=5000, help="importance samples k per image")
+    parser.add_argument("--iw-samples", type=flags.integer(1), default=5000,
+                        help="importance samples k per image")
     parser.add_argument("--checkpoint", choices=("best", "latest"), default="best",
                         help="best: lowest validation -ELBO (the latest where the run has no validation "
                              "split); latest: the newest checkpoint")
-    parser.add_argument("--epoch", type=int, default=None, help="one of the latest checkpoints, by epoch")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per device call")
-    parser.add_argument("--chunk-size", type=int, default=250, help="samples decoded at once per image")
-    parser.add_argument("--max-examples", type=int, default=None, help="only the first N test images")
+    parser.add_argument("--epoch", type=flags.integer(1), default=None,
+                        help="one of the latest checkpoints, by epoch")
+    parser.add_argument("--batch-size", type=flags.integer(1), default=32, help="images per device call")
+    parser.add_argument("--chunk-size", type=flags.integer(1), default=250,
+                        help="samples decoded at once per image")
+    parser.add_argument("--max-examples", type=flags.integer(1), default=None,
+                        help="only the first N test images")
     parser.add_argument("--out", default=None, help="output directory (default: the workdir)")
     parser.add_argument("--no-progress", action="store_true")
     distributed.add_arguments(parser)
     args = parser.parse_args(argv)
-    if args.iw_samples < 1 or args.batch_size < 1 or args.chunk_size < 1:
-        parser.error("--iw-samples, --batch-size and --chunk-size must be >= 1")
+    if args.batch_size * args.chunk_size > MAX_DRAWS_PER_CALL:
+        parser.error(f"argument --batch-size/--chunk-size: their product is the number of images the "
+                     f"decoder holds at once, at most {MAX_DRAWS_PER_CALL:,}; got "
+                     f"{args.batch_size:,} x {args.chunk_size:,}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
     cli.quiet_logs()
     with cli.distributed_run(distributed.settings_from(args)):
         if not Path(args.workdir).is_dir():

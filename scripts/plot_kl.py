@@ -6,21 +6,25 @@ Writes kl_curves.png (KL, reconstruction and negative ELBO per epoch, runs overl
 kl_per_dim.png (per-dimension KL heat maps and active units) into the first workdir or --out.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
-from vae import cli, plotting, workdir
+from vae import cli, flags, plotting, workdir
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse(argv):
+    parser = flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", nargs="+", required=True)
     parser.add_argument("--labels", nargs="+", default=None, help="one legend label per workdir")
     parser.add_argument("--out", default=None, help="output directory (default: the first workdir)")
     args = parser.parse_args(argv)
     if args.labels is not None and len(args.labels) != len(args.workdir):
         parser.error(f"--labels needs one label per workdir ({len(args.workdir)}), got {len(args.labels)}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
     labels = args.labels or [Path(w).name for w in args.workdir]
     cli.quiet_logs()
     with cli.user_errors():

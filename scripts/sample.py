@@ -6,7 +6,6 @@
 Writes WORKDIR/<mode>.png (or into --out) and prints its path. Images are Bernoulli means.
 """
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -14,27 +13,30 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from vae import cli, data, kl, plotting, sampling, train, workdir
+from vae import cli, data, flags, kl, plotting, sampling, train, workdir
 
 MODES = ("prior", "reconstruct", "interpolate", "traverse", "manifold")
+MAX_IMAGES = 10_000  # one picture: a grid of more is unreadable (and --mode prior's memory grows)
+MAX_STEPS = 100  # --mode manifold decodes steps² images
 
 
 def parse(argv):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--mode", choices=MODES, default="prior")
-    parser.add_argument("--num", type=int, default=64, help="prior samples, or test images to use")
-    parser.add_argument("--temperature", type=float, default=1.0, help="prior std for --mode prior")
-    parser.add_argument("--steps", type=int, default=10, help="images along each line or sweep")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num", type=flags.integer(1, MAX_IMAGES), default=64,
+                        help="prior samples, or test images to use")
+    parser.add_argument("--temperature", type=flags.real(0.0), default=1.0,
+                        help="prior std for --mode prior")
+    parser.add_argument("--steps", type=flags.integer(2, MAX_STEPS), default=10,
+                        help="images along each line or sweep")
+    parser.add_argument("--seed", type=flags.integer(0, flags.SEED_MAX), default=0)
     parser.add_argument("--checkpoint", choices=("best", "latest"), default="best",
                         help="best: lowest validation -ELBO (the latest without a validation split)")
-    parser.add_argument("--epoch", type=int, default=None, help="one of the latest checkpoints, by epoch")
+    parser.add_argument("--epoch", type=flags.integer(1), default=None,
+                        help="one of the latest checkpoints, by epoch")
     parser.add_argument("--out", default=None, help="output directory (default: the workdir)")
-    args = parser.parse_args(argv)
-    if args.num < 1 or args.steps < 2 or args.temperature < 0:
-        parser.error("--num must be >= 1, --steps >= 2 and --temperature >= 0")
-    return args
+    return parser.parse_args(argv)
 
 
 def test_images(config, num: int, seed: int) -> np.ndarray:
@@ -93,6 +95,9 @@ def main(argv=None) -> int:
                 f"--mode manifold needs a 2-D latent space; {args.workdir} has model.latent_dim="
                 f"{model.latent_dim} (train one with --config.model.latent_dim=2)")
         images, ncols, title, labels = render(args.mode, config, model, epoch, args)
+        if not np.all(np.isfinite(images)):
+            raise cli.UsageError(f"the decoder's output is not finite (--mode {args.mode}, --temperature "
+                                 f"{args.temperature:g}); a smaller --temperature keeps it finite")
         out = Path(args.out or args.workdir)
         out.mkdir(parents=True, exist_ok=True)
         path = plotting.save_image_grid(images, out / f"{args.mode}.png", ncols, title, labels)

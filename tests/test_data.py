@@ -20,6 +20,8 @@ def mocked_fashion_mnist(monkeypatch):
     monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
     monkeypatch.setattr(data, "_check_format", lambda *args: None)
     monkeypatch.setattr(data, "check_split", lambda *args: None)
+    # Nor is anything on disk to cache: decode straight from the mock.
+    monkeypatch.setattr(data.split_cache, "load_split", lambda builder, split, decode: decode(split))
     with tfds.testing.mock_data(num_examples=50, policy=tfds.testing.MockPolicy.USE_CODE):
         yield
 
@@ -115,3 +117,164 @@ def test_unknown_data_set_and_split_are_clear_errors(tmp_path, fashion_mnist):
         data.check_prepared("no_such_dataset_xyz", str(tmp_path))
     with pytest.raises(data.DataError, match="validation"):
         data.load_split(fashion_mnist, "validation", None)
+
+
+# --- building without TensorFlow -------------------------------------------------------------------
+
+
+def write_idx(path, array):
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(n.to_bytes(4, "big") for n in array.shape)
+    path.write_bytes(gzip.compress(header + array.tobytes()))
+
+
+def test_idx_files_are_read_and_images_encoded_losslessly(tmp_path):
+    from PIL import Image
+
+    from vae import mnist_builder
+
+    images = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    write_idx(tmp_path / "images.gz", images)
+    np.testing.assert_array_equal(mnist_builder.read_idx(tmp_path / "images.gz", 3), images)
+    with Image.open(io.BytesIO(mnist_builder.png_bytes(images[2]))) as png:
+        assert png.format == "PNG"
+        np.testing.assert_array_equal(np.asarray(png), images[2])
+    with pytest.raises(ValueError, match="IDX file of 1-D"):
+        mnist_builder.read_idx(tmp_path / "images.gz", 1)
+    write_idx(tmp_path / "short.gz", images)
+    raw = gzip.decompress((tmp_path / "short.gz").read_bytes())
+    (tmp_path / "short.gz").write_bytes(gzip.compress(raw[:-9]))  # a truncated file
+    with pytest.raises(ValueError, match="its header says"):
+        mnist_builder.read_idx(tmp_path / "short.gz", 3)
+
+
+def test_the_tf_free_builder_is_tfds_own_fashion_mnist():
+    from vae import mnist_builder
+
+    ours, theirs = mnist_builder.builder_class("fashion_mnist"), tfds.image_classification.FashionMNIST
+    assert issubclass(ours, theirs) and ours.name == theirs.name == "fashion_mnist"
+    assert ours.VERSION == theirs.VERSION and ours.URL == theirs.URL
+    assert tfds.builder("fashion_mnist").__class__ is theirs  # TFDS's registry is unchanged
+
+
+PREPARE_AND_TRAIN = """
+import sys
+import numpy as np, tensorflow_datasets as tfds
+from tests.conftest import tiny_config
+from vae import data, train
+data_dir = sys.argv[1]
+data.prepare("fashion_mnist", data_dir)
+for split in ("train", "test"):
+    ours = data.decode_split(tfds.builder("fashion_mnist", data_dir=data_dir), split, data_dir)
+    theirs = data.decode_split(tfds.builder("fashion_mnist"), split, None)  # the TensorFlow-built set
+    assert ours[0].shape[0] == {"train": 60000, "test": 10000}[split]
+    assert np.array_equal(ours[0], theirs[0]) and np.array_equal(ours[1], theirs[1]), split
+config = tiny_config(train__num_epochs=1)
+config.data.data_dir = data_dir
+train.train_and_evaluate(config, sys.argv[2], progress=False)
+assert not [m for m in sys.modules if m.split(".")[0] == "tensorflow"]  # even where it is installed
+print("ok")
+"""
+
+
+def test_preparing_and_training_never_import_tensorflow(tmp_path, fashion_mnist):
+    """Fashion-MNIST built from Debian's files without TensorFlow: all 70,000 images and labels
+    equal the TensorFlow-built set's, and a run trains on it, with tensorflow never imported."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    if not data.DEBIAN_FASHION_MNIST_DIR.is_dir():
+        pytest.skip("dataset-fashion-mnist is not installed")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    result = subprocess.run([sys.executable, "-c", PREPARE_AND_TRAIN, str(tmp_path / "tfds"),
+                             str(tmp_path / "run")], capture_output=True, text=True, cwd=REPO, env=env,
+                            timeout=600)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+
+
+def test_a_data_set_that_needs_tensorflow_says_how_to_get_it(tmp_path, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tensorflow" else real_find_spec(name, *a))
+    with pytest.raises(data.DataError, match=r"with TensorFlow, which is not installed: run `pip install -e "
+                                             r"'\.\[tfds-build\]'`"):
+        data.prepare("cifar10", str(tmp_path))
+
+
+# --- the cache of decoded splits ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def data_copy(tmp_path, fashion_mnist):
+    """A copy of the prepared Fashion-MNIST in a data dir of its own (the cache goes beside it)."""
+    import shutil
+
+    builder = data.check_prepared(fashion_mnist, None)
+    shutil.copytree(builder.data_dir, tmp_path / "fashion_mnist" / str(builder.info.version))
+    return str(tmp_path)
+
+
+def counting_decodes(monkeypatch):
+    calls = []
+    real = data.decode_split
+
+    def decode(builder, split, data_dir):
+        calls.append(split)
+        return real(builder, split, data_dir)
+
+    monkeypatch.setattr(data, "decode_split", decode)
+    return calls
+
+
+def test_cached_splits_equal_the_decoded_ones(data_copy, monkeypatch):
+    builder = data.check_prepared("fashion_mnist", data_copy)
+    calls = counting_decodes(monkeypatch)
+    for split in ("test", "test[:1000]", "test[9000:]", "test[10%:20%]+test[:5]"):
+        images, labels = data.load_split("fashion_mnist", split, data_copy)
+        expected = data.decode_split(builder, split, data_copy)
+        np.testing.assert_array_equal(images, expected[0])
+        np.testing.assert_array_equal(labels, expected[1])
+    assert calls.count("test[0:10000]") == 1  # the whole shard, decoded once, then cached
+    from vae import split_cache
+
+    assert split_cache.cache_file(builder, "fashion_mnist-test.array_record-00000-of-00001").is_file()
+
+
+def test_the_cache_is_rebuilt_when_the_data_change_or_it_is_damaged(data_copy, monkeypatch, capfd):
+    import os
+
+    from vae import split_cache
+
+    builder = data.check_prepared("fashion_mnist", data_copy)
+    shard = builder.info.splits["test"].filenames[0]
+    first = data.load_split("fashion_mnist", "test", data_copy)
+    calls = counting_decodes(monkeypatch)
+    data.load_split("fashion_mnist", "test", data_copy)
+    assert calls == []
+    os.utime(os.path.join(builder.data_dir, shard), ns=(1, 1))  # the data set was rebuilt
+    data.load_split("fashion_mnist", "test", data_copy)
+    assert len(calls) == 1
+    path = split_cache.cache_file(builder, shard)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncated
+    again = data.load_split("fashion_mnist", "test", data_copy)
+    assert len(calls) == 2 and "unreadable" in capfd.readouterr().err
+    np.testing.assert_array_equal(again[0], first[0])
+    assert not list(path.parent.glob(".*tmp"))  # written atomically: no temporary file left
+
+
+def test_a_data_dir_that_cannot_hold_the_cache_still_loads(data_copy, monkeypatch, capfd):
+    from vae import split_cache
+
+    def no_room(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(split_cache.np, "savez", no_room)
+    images, _ = data.load_split("fashion_mnist", "test[:10]", data_copy)
+    assert images.shape == (10, 28, 28, 1)
+    assert "cannot cache decoded images" in capfd.readouterr().err
+    builder = data.check_prepared("fashion_mnist", data_copy)
+    assert not list(split_cache.cache_file(builder, "x").parent.glob("*"))  # nothing half-written

@@ -141,3 +141,114 @@ def test_an_unreadable_data_dir_is_reported(tmp_path):
             data.check_prepared("fashion_mnist", str(locked))
     finally:
         locked.chmod(0o755)
+
+
+# --- every script's flags -------------------------------------------------------------------------
+
+
+def load_script(name):
+    """A script as a module (scripts/ is not a package); its `parse` is what main() calls first."""
+    import importlib.util
+
+    path = os.path.join(REPO, "scripts", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"script_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def as_int(text):
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def as_finite(text):
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if abs(value) < float("inf") else None
+
+
+def int_in(lo, hi=None):
+    return lambda t: (v := as_int(t)) is not None and v >= lo and (hi is None or v <= hi)
+
+
+def finite_at_least(lo):
+    return lambda t: (v := as_finite(t)) is not None and v >= lo
+
+
+def int_list_at_least(lo):
+    return lambda t: all(int_in(lo)(part) for part in t.split(","))
+
+
+# script -> (arguments every call needs, {flag: oracle of its text value}); oracles written
+# independently of vae.flags.
+SCRIPT_FLAGS = {
+    "sample": (["--workdir", "w"], {
+        "--num": int_in(1, 10_000), "--temperature": finite_at_least(0), "--steps": int_in(2, 100),
+        "--seed": int_in(0, 2**32 - 1), "--epoch": int_in(1)}),
+    "evaluate": (["--workdir", "w"], {
+        "--iw-samples": int_in(1), "--epoch": int_in(1), "--max-examples": int_in(1),
+        # the decoder holds batch x chunk images at once: at most 2,000,000 (defaults 32 and 250)
+        "--batch-size": int_in(1, 2_000_000 // 250), "--chunk-size": int_in(1, 2_000_000 // 32)}),
+    "benchmark": ([], {
+        "--epochs": int_in(2), "--devices": int_in(1, 4096), "--step-samples": int_in(1),
+        "--iw-samples": int_in(1), "--iw-images": int_in(1), "--train-images": int_in(1),
+        "--batch-sizes": int_list_at_least(1)}),
+}
+flag_texts = st.one_of(
+    st.integers(-10, 10**7).map(str), st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(["nan", "inf", "-inf", "1e400", "0x10", "1.5", "", " ", "128,512", "4,-1", "7,"]),
+    st.text(max_size=6))
+
+
+@pytest.fixture(scope="module")
+def scripts():
+    return {name: load_script(name) for name in SCRIPT_FLAGS}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_each_script_flag_is_accepted_or_refused_in_one_line(scripts, capsys, data):
+    name = data.draw(st.sampled_from(sorted(SCRIPT_FLAGS)))
+    required, oracles = SCRIPT_FLAGS[name]
+    flag = data.draw(st.sampled_from(sorted(oracles)))
+    text = data.draw(flag_texts)
+    valid = oracles[flag](text)
+    capsys.readouterr()
+    try:
+        scripts[name].parse([*required, f"{flag}={text}"])
+    except SystemExit as e:
+        err = capsys.readouterr().err.strip()
+        assert not valid, f"{name} {flag}={text!r} is valid but was refused: {err}"
+        assert e.code == 2 and len(err.splitlines()) == 1 and err.startswith("error: argument --"), err
+        assert flag in err, err
+        return
+    assert valid, f"{name} {flag}={text!r} was accepted"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["prepare_data", "--dataset", " "], "argument --dataset: must name a TFDS data set"),
+    (["prepare_data", "--manual_dir", "/nonexistent/files"], "is not a directory"),
+    (["plot_kl", "--workdir", "a", "b", "--labels", "x"], "--labels needs one label per workdir"),
+    (["benchmark", "--config", "configs/nonexistent.py"], "no config file"),
+    (["benchmark", "--set", "train.beta"], "expected FIELD=VALUE"),
+    (["sample", "--workdir", "w", "--mode", "nonsense"], "argument --mode: invalid choice"),
+])
+def test_other_bad_flags_are_one_line(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        load_script(argv[0]).parse(argv[1:])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and message in err, err
+
+
+def test_benchmark_set_of_an_unknown_field_is_one_line():
+    result = subprocess.run([sys.executable, "scripts/benchmark.py", "--set", "train.betta=2", "--synthetic"],
+                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert lines[0].startswith("error: argument --set: cannot set train.betta to '2' (KeyError")

@@ -4,6 +4,7 @@ import contextlib
 import os
 import sys
 import traceback
+import warnings
 
 import jax
 from absl import flags, logging
@@ -54,8 +55,22 @@ def define_config(default: str = "configs/default.py"):
 
 
 def quiet_logs() -> None:
-    """Only errors from absl's logger: Orbax's read-only notes and TFDS's OpenCV advice are noise."""
-    logging.set_verbosity(logging.ERROR)
+    """Nothing from absl's logger but fatal errors: Orbax's read-only notes and TFDS's OpenCV
+    advice are noise, and a failure Orbax logs (with its background threads' tracebacks) reaches
+    the script as an exception that `user_errors` reports in one line."""
+    logging.set_verbosity(logging.FATAL)
+    sys.unraisablehook = _drop_closed_loop_callbacks
+    # The writes a failed checkpoint save abandoned, reported again at exit.
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
+
+
+def _drop_closed_loop_callbacks(unraisable, default=sys.unraisablehook) -> None:
+    """After a failed checkpoint write Orbax closes its event loop while tensorstore still
+    completes the other writes; each completion then reports "Event loop is closed" as an
+    unraisable error (one traceback each). The failure itself reaches the script as one line."""
+    if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+        return
+    default(unraisable)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -83,6 +98,10 @@ def user_errors():
         sys.exit(130)
     except USER_ERRORS as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:  # a file that cannot be read or written: which one, and why
+        where = f": {e.filename}" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
         sys.exit(2)
 
 

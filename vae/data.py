@@ -10,6 +10,7 @@ exactly, so TFDS's registered sha256 checksums pass and the data is provably the
 
 import dataclasses
 import gzip
+import importlib.util
 import os
 import struct
 from pathlib import Path
@@ -18,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+
+from vae import split_cache
 
 BINARIZE_MODES = ("dynamic", "static", "none")
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -79,21 +82,35 @@ def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = Non
 
     Fashion-MNIST is built offline from Debian's files when they are installed; any other data set
     (or Fashion-MNIST without them) is downloaded as TFDS normally does, which needs a network.
+    The MNIST family (mnist, fashion_mnist, kmnist) is built without TensorFlow
+    (`vae.mnist_builder`); TFDS builds every other data set with TensorFlow, which the
+    `tfds-build` extra installs.
     """
     import tensorflow_datasets as tfds
+
+    from vae import mnist_builder
 
     data_dir = resolve_data_dir(data_dir)
     builder = _builder(name, data_dir, file_format="array_record")
     if builder.is_prepared():
         _check_format(builder, name, data_dir)
         return builder.data_dir
+    if name in mnist_builder.NAMES:
+        builder = mnist_builder.builder_class(name)(data_dir=data_dir, file_format="array_record")
+    elif importlib.util.find_spec("tensorflow") is None:
+        raise DataError(f"TFDS builds {name!r} with TensorFlow, which is not installed: run "
+                        f"`pip install -e '.[tfds-build]'` once, then `{prepare_command(name, data_dir)}`")
     download_config = None
     if manual_dir is None and name == "fashion_mnist" and DEBIAN_FASHION_MNIST_DIR.is_dir():
         root = Path(data_dir or tfds.core.constants.DATA_DIR).expanduser()
         manual_dir = str(stage_debian_fashion_mnist(root / "manual" / name))
     if manual_dir is not None:
         download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
-    builder.download_and_prepare(download_config=download_config)
+    try:
+        builder.download_and_prepare(download_config=download_config)
+    except Exception as e:  # noqa: BLE001 - a wrong checksum, no network, a full disk: one line
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        raise DataError(f"building {name} failed: {type(e).__name__}: {first_line}") from e
     return builder.data_dir
 
 
@@ -172,12 +189,21 @@ def check_disjoint(builder, split_a: str, split_b: str) -> None:
 
 
 def load_split(name: str, split: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """All images (N x H x W x C uint8) and labels (N int32) of a prepared split, in order."""
-    import tensorflow_datasets as tfds
+    """All images (N x H x W x C uint8) and labels (N int32) of a prepared split, in TFDS's order.
 
+    Decoded once, then read from the cache beside the TFDS data (`vae.split_cache`).
+    """
     builder = check_prepared(name, data_dir)
     check_split(builder, split)
-    source = tfds.data_source(name, split=split, data_dir=resolve_data_dir(data_dir), download=False)
+    return split_cache.load_split(builder, split, lambda part: decode_split(builder, part, data_dir))
+
+
+def decode_split(builder, split: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """A split decoded from the TFDS data itself (no cache)."""
+    import tensorflow_datasets as tfds
+
+    source = tfds.data_source(builder.name, split=split, data_dir=resolve_data_dir(data_dir),
+                              download=False)
     return _stack_examples(source, builder.info.features["image"].shape)
 
 

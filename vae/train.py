@@ -13,6 +13,7 @@ compute the same metrics from replicated outputs, so they take the same decision
 checkpoint calls in the same order; only process 0 writes metrics.jsonl and config.json and prints.
 """
 
+import contextlib
 import math
 import signal
 import sys
@@ -28,7 +29,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from vae import data, distributed, programs, validation
+from vae import data, distributed, faults, programs, tensorboard, validation
 from vae import workdir as wd
 from vae.programs import TrainState
 
@@ -170,12 +171,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
                        devices=None, restart: bool = False, progress: bool = True) -> list[dict]:
     """Trains `config` into `workdir`, resuming from its last checkpoint; returns the metrics.
 
-    In a multi-process run every process calls this with the same arguments (`devices`: None)."""
+    In a multi-process run every process calls this with the same arguments (`devices`: None);
+    process 0 alone takes the workdir's lock. One training per workdir at a time
+    (`workdir.training_lock`); a failed write to the workdir (a full disk, a removed or read-only
+    directory) ends the run with a `WorkdirError` that says how it resumes."""
+    validation.validate_config(config, len(devices) if devices is not None else jax.device_count())
+    lock = wd.training_lock(workdir) if distributed.is_writer() else contextlib.nullcontext()
+    with lock, faults.write_errors(workdir):
+        return _train_and_evaluate(config, workdir, devices=devices, restart=restart, progress=progress)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
+                        devices=None, restart: bool = False, progress: bool = True) -> list[dict]:
     workdir = Path(workdir)
     mesh = programs.make_mesh(devices)
     writer = distributed.is_writer()
     progress = progress and writer
-    validation.validate_config(config, mesh.devices.size)
     if not restart:
         wd.check_resumable(workdir, config)
     dataset = data.load_dataset(config.data)
@@ -217,6 +228,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     evaluators = [_Evaluator(evaluate, config, mesh, dataset.test_images, "test")]
     if dataset.val_images is not None:
         evaluators.insert(0, _Evaluator(evaluate, config, mesh, dataset.val_images, "val"))
+    board = tensorboard.Board(workdir, graphdef, dataset.test_images, start_epoch, config.train.num_epochs,
+                              enabled=writer)
     run_start = time.perf_counter()
 
     num_epochs = config.train.num_epochs
@@ -260,6 +273,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
                 if writer:
                     wd.append_metrics(workdir, record)
                 history.append(record)
+                board.log(record, programs.eval_params(state))
                 if improved:  # finished before the latest is written, so a kill cannot reorder them
                     wd.save_checkpoint(best_manager, epoch, state._asdict(),
                                        {SELECTION_METRIC: record[SELECTION_METRIC]})
@@ -284,9 +298,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
                         f"checkpointed; run the same command again to resume", signum)
         finally:
             bar.close()
-            for m in (manager, best_manager):
-                m.wait_until_finished()
-                m.close()
+            board.close()
+            wd.close_managers(manager, best_manager)
     return history
 
 
@@ -345,11 +358,7 @@ def load_trained(workdir: str | Path, epoch: int | None = None, checkpoint: str 
     if not (workdir / wd.CHECKPOINT_DIR).is_dir():
         raise wd.WorkdirError(f"{workdir} has no checkpoints yet; train it first")
     use_best = checkpoint_used(workdir, epoch, checkpoint) == "best"
-    manager = wd.checkpoint_manager(workdir, read_only=True, subdir=wd.BEST_DIR if use_best else None)
-    try:
-        restored_epoch, restored = wd.restore_latest(manager, abstract, step=epoch)
-    finally:
-        manager.close()
+    restored_epoch, restored = wd.restore_for_reading(workdir, abstract, epoch, use_best)
     if restored is None:
         raise wd.WorkdirError(f"{workdir} has no usable checkpoint; train it first")
     return config, nnx.merge(graphdef, programs.eval_params(TrainState(**restored))), restored_epoch

@@ -10,7 +10,10 @@ resumed run first drops metric lines newer than the checkpoint it restores, so a
 any moment leaves a consistent workdir.
 """
 
+import contextlib
 import datetime
+import errno
+import fcntl
 import json
 import os
 import platform
@@ -28,6 +31,8 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"
 BEST_METRIC = "val/elbo"  # lower is better
+LOCK_FILE = ".train.lock"
+TENSORBOARD_DIR = "tensorboard"
 _VERSIONED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets", "numpy")
 # Config sections that change the parameters' shapes or the data's meaning: resuming with other
 # values would restore parameters into the wrong model or continue on other data.
@@ -36,6 +41,40 @@ _RESUME_KEYS = ("model", "data.name", "data.binarize", "data.train_split", "seed
 
 class WorkdirError(Exception):
     """A workdir that cannot be used as asked; the message says what to do."""
+
+
+# --- one training per workdir ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def training_lock(workdir: Path):
+    """Holds WORKDIR/.train.lock (an exclusive flock) while a run trains the workdir.
+
+    A second training on the same workdir is refused at once, naming the process that holds the
+    lock. The kernel drops the lock when its holder exits in any way (SIGKILL included), so it
+    never outlives a run. Sampling and evaluating only read a workdir and take no lock.
+    """
+    workdir = Path(workdir)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(workdir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise WorkdirError(f"cannot use {workdir} as a workdir: {e.strerror or e}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            raise WorkdirError(
+                f"{workdir} is being trained by {holder}; wait for it to finish or stop it "
+                "(sampling and evaluating it meanwhile is fine)") from None
+        holder = f"process {os.getpid()} on {platform.node()} ({' '.join(sys.argv)[:200]})"
+        with contextlib.suppress(OSError):  # the lock holds even where its note cannot be written
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, holder.encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def library_versions() -> dict[str, str]:
@@ -49,12 +88,18 @@ def library_versions() -> dict[str, str]:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Replaces `path` by `text` at once: a failed write (a full disk) leaves the old file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
@@ -71,22 +116,39 @@ def write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
     atomic_write_text(workdir / CONFIG_FILE, json.dumps(record, indent=2) + "\n")
 
 
+def _config_record(workdir: Path) -> dict | None:
+    """config.json as a dict (None if there is none); WorkdirError if it is damaged."""
+    path = Path(workdir) / CONFIG_FILE
+    try:
+        record = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        reason = f"not JSON: {e}"
+    else:
+        missing = [k for k in ("data", "model", "train") if not isinstance(record, dict) or k not in record]
+        if not missing:
+            return record
+        reason = f"no {', '.join(missing)} section"
+    raise WorkdirError(f"{path} is damaged ({reason}); the training command rewrites it: delete it and "
+                       "run that command again (it resumes from the checkpoints)")
+
+
 def read_config(workdir: Path) -> ml_collections.ConfigDict:
     """The config a run was trained with (its "run" section dropped)."""
-    path = Path(workdir) / CONFIG_FILE
-    if not path.exists():
+    record = _config_record(workdir)
+    if record is None:
         raise WorkdirError(f"{workdir} has no {CONFIG_FILE}: it is not a training workdir")
-    record = json.loads(path.read_text())
     record.pop("run", None)
     return ml_collections.ConfigDict(record)
 
 
 def check_resumable(workdir: Path, config: ml_collections.ConfigDict) -> None:
     """Refuses to resume a run whose model or data differ from `config`'s."""
-    path = workdir / CONFIG_FILE
-    if not path.exists():
+    record = _config_record(workdir)
+    if record is None:
         return
-    old = _flatten(json.loads(path.read_text()))
+    old = _flatten(record)
     new = _flatten(json.loads(config.to_json_best_effort()))
     for key in sorted(set(old) | set(new)):
         if key.startswith(_RESUME_KEYS) and old.get(key) != new.get(key):
@@ -107,9 +169,11 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def clear_run(workdir: Path) -> None:
-    """Deletes a run's checkpoints and metrics (for --restart); other files are left alone."""
+    """Deletes a run's checkpoints, metrics and TensorBoard events (for --restart); other files are
+    left alone."""
     shutil.rmtree(workdir / CHECKPOINT_DIR, ignore_errors=True)
     shutil.rmtree(workdir / BEST_DIR, ignore_errors=True)
+    shutil.rmtree(workdir / TENSORBOARD_DIR, ignore_errors=True)
     (workdir / METRICS_FILE).unlink(missing_ok=True)
 
 
@@ -117,25 +181,49 @@ def clear_run(workdir: Path) -> None:
 
 
 def read_metrics(workdir: Path) -> list[dict]:
-    """The metric records, one per evaluated epoch, skipping a torn last line."""
+    """The metric records, one per evaluated epoch. A torn last line (a kill mid-write) is skipped;
+    other unreadable lines are skipped with one warning."""
     path = Path(workdir) / METRICS_FILE
-    if not path.exists():
+    try:
+        lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
         return []
-    records = []
-    for line in path.read_text().splitlines():
+    records, damaged = [], []
+    for number, line in enumerate(lines, 1):
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
-            continue
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+            records.append(record)
+        elif number < len(lines) and line.strip():
+            damaged.append(number)
+    if damaged:
+        print(f"warning: {path}: {len(damaged)} damaged line(s) skipped (line {damaged[0]}"
+              f"{' ...' if len(damaged) > 1 else ''}); a resumed run rewrites the file without them",
+              file=sys.stderr)
     return records
 
 
 def append_metrics(workdir: Path, record: dict) -> None:
-    line = json.dumps(record) + "\n"
-    with open(workdir / METRICS_FILE, "a") as f:
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
+    """Appends one line; a failed write (a full disk) is undone, so no torn line is left."""
+    line = (json.dumps(record) + "\n").encode()
+    if not (Path(workdir) / CONFIG_FILE).exists():  # removed under the run (a checkpoint write recreates it)
+        raise FileNotFoundError(errno.ENOENT, "the workdir was removed during the run", str(workdir))
+    fd = os.open(Path(workdir) / METRICS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            written = 0
+            while written < len(line):
+                written += os.write(fd, line[written:])
+            os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
 
 
 def truncate_metrics(workdir: Path, last_epoch: int, rewrite: bool = True) -> list[dict]:
@@ -143,7 +231,7 @@ def truncate_metrics(workdir: Path, last_epoch: int, rewrite: bool = True) -> li
     `rewrite=False` only reads (the processes of a multi-process run other than the writer)."""
     by_epoch = {}
     for record in read_metrics(workdir):
-        if "epoch" in record and record["epoch"] <= last_epoch:
+        if record["epoch"] <= last_epoch:
             by_epoch[record["epoch"]] = record
     kept = [by_epoch[e] for e in sorted(by_epoch)]
     path = workdir / METRICS_FILE
@@ -163,12 +251,52 @@ def checkpoint_manager(workdir: Path, keep: int = 3, read_only: bool = False,
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=not read_only, read_only=read_only,
         best_fn=(lambda metrics: metrics[BEST_METRIC]) if best else None, best_mode="min")
-    return ocp.CheckpointManager((Path(workdir) / (subdir or CHECKPOINT_DIR)).absolute(), options=options)
+    directory = (Path(workdir) / (subdir or CHECKPOINT_DIR)).absolute()
+    try:
+        return ocp.CheckpointManager(directory, options=options)
+    except (ValueError, KeyError, TypeError) as e:  # Orbax reads every step's metadata
+        damaged = [p.name for p in sorted(directory.iterdir()) if p.name.isdigit() and not _metadata_ok(p)]
+        raise WorkdirError(
+            f"{directory} holds damaged checkpoints (epochs {', '.join(damaged) or '?'}: "
+            f"{type(e).__name__}: {str(e).splitlines()[0][:120]}); move them away and run again") from None
+
+
+def _metadata_ok(step_dir: Path) -> bool:
+    try:
+        json.loads((step_dir / "_CHECKPOINT_METADATA").read_bytes())
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def latest_checkpoint(workdir: Path, subdir: str = CHECKPOINT_DIR) -> int:
+    """The newest finished checkpoint's epoch in WORKDIR/subdir (0 if none or unreadable)."""
+    try:
+        return max((int(p.name) for p in (Path(workdir) / subdir).iterdir() if p.name.isdigit()), default=0)
+    except OSError:
+        return 0
 
 
 def has_checkpoints(workdir: Path, subdir: str = CHECKPOINT_DIR) -> bool:
     path = Path(workdir) / subdir
     return path.is_dir() and any(p.name.isdigit() for p in path.iterdir())
+
+
+def close_managers(*managers: ocp.CheckpointManager) -> None:
+    """Waits for every manager's saves and closes them all, even when one failed (then raises the
+    first failure): a manager left open keeps threads that outlive the run."""
+    failures = []
+    for manager in managers:
+        try:
+            manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - re-raised below, after every manager is closed
+            failures.append(e)
+        try:
+            manager.close()
+        except Exception as e:  # noqa: BLE001
+            failures.append(e)
+    if failures:
+        raise failures[0]
 
 
 def save_checkpoint(manager: ocp.CheckpointManager, epoch: int, state: dict,
@@ -178,23 +306,52 @@ def save_checkpoint(manager: ocp.CheckpointManager, epoch: int, state: dict,
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state, step: int | None = None):
-    """(epoch, state) of the newest checkpoint that restores (or of `step`), or (0, None).
+    """(epoch, state) of the newest checkpoint that restores (or of `step`), or (0, None) if there
+    is none.
 
-    A corrupted or truncated checkpoint is reported on stderr and skipped for the one before it.
+    A corrupted or truncated checkpoint is reported on stderr and skipped for the one before it;
+    if none restores, WorkdirError (training on would overwrite the run).
     """
     steps = sorted(manager.all_steps(), reverse=True)
     if step is not None:
         if step not in steps:
             raise WorkdirError(f"no checkpoint for epoch {step}; available: {sorted(steps)}")
         steps = [step]
+    first_error = None
     for candidate in steps:
         try:
             state = manager.restore(candidate, args=ocp.args.StandardRestore(abstract_state))
         except Exception as e:  # noqa: BLE001 - any failure to read means this one is unusable
-            print(f"warning: checkpoint {candidate} cannot be restored ({type(e).__name__}: "
-                  f"{str(e).splitlines()[0][:200]}); trying an older one", file=sys.stderr)
+            reason = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+            first_error = first_error or reason
             if step is not None:
-                raise WorkdirError(f"checkpoint {candidate} is corrupted") from e
+                raise WorkdirError(f"checkpoint {candidate} cannot be restored ({reason})") from None
+            print(f"warning: checkpoint {candidate} cannot be restored ({reason}); trying an older one",
+                  file=sys.stderr)
             continue
         return candidate, state
+    if steps:
+        raise WorkdirError(
+            f"none of the checkpoints in {manager.directory} (epochs {sorted(steps)}) restores into "
+            f"this config's train state ({first_error}): they are damaged, or train.optimizer or "
+            "train.ema_decay differ from the run's; pass --restart to start over")
     return 0, None
+
+
+def restore_for_reading(workdir: Path, abstract_state, epoch: int | None, best: bool):
+    """(epoch, state) for sampling and evaluating: the best checkpoint (falling back to the latest,
+    with a warning, if it cannot be restored), the latest, or one epoch's."""
+    if best:
+        try:
+            return _restore_read_only(workdir, abstract_state, None, BEST_DIR)
+        except WorkdirError as e:
+            print(f"warning: the best checkpoint cannot be used ({e}); using the latest", file=sys.stderr)
+    return _restore_read_only(workdir, abstract_state, epoch, None)
+
+
+def _restore_read_only(workdir: Path, abstract_state, epoch: int | None, subdir: str | None):
+    manager = checkpoint_manager(workdir, read_only=True, subdir=subdir)
+    try:
+        return restore_latest(manager, abstract_state, step=epoch)
+    finally:
+        manager.close()
