@@ -8,7 +8,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 
-from configs import default  # noqa: E402
+from configs import mlp_small  # noqa: E402
 from vae import data  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,8 +34,8 @@ def fashion_mnist():
 
 
 def tiny_config(**overrides):
-    """The default config on small slices of Fashion-MNIST: seconds per epoch on a CPU."""
-    config = default.get_config()
+    """configs/mlp_small.py on small slices of Fashion-MNIST: seconds per epoch on a CPU."""
+    config = mlp_small.get_config()
     config.data.train_split = "train[:1024]"
     config.data.test_split = "test[:256]"
     config.model.hidden_dims = (64,)

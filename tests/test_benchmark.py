@@ -11,11 +11,11 @@ from tests.conftest import REPO
 from vae import benchmark
 
 
-def test_flops_per_image_of_the_default_mlp():
-    from configs import default
+def test_flops_per_image_of_the_small_mlp():
+    from configs import mlp_small
 
     # 784-400-(2x20) encoder, 20-400-784 decoder: about 3.9 MFLOP per image per training step.
-    assert benchmark.mlp_train_flops_per_image(default.get_config(), 784) == pytest.approx(3.9e6, rel=0.01)
+    assert benchmark.mlp_train_flops_per_image(mlp_small.get_config(), 784) == pytest.approx(3.9e6, rel=0.01)
 
 
 @pytest.mark.parametrize("with_torch", [False, True])

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import default
+from configs import mlp_small
 from tests.conftest import REPO, tiny_config
 from vae import evaluation, train, workdir
 
@@ -34,20 +34,21 @@ def config(**overrides):
 
 
 def config_flags(cfg) -> list[str]:
-    """`--config.a.b=value` for every field where `cfg` differs from configs/default.py."""
+    """`--config.a.b=value` for every field where `cfg` differs from configs/mlp_small.py."""
     def leaves(node, prefix=""):
         for key, value in node.items():
             if hasattr(value, "items"):
                 yield from leaves(value, f"{prefix}{key}.")
             else:
                 yield f"{prefix}{key}", value
-    defaults = dict(leaves(default.get_config()))
+    defaults = dict(leaves(mlp_small.get_config()))
     return [f"--config.{key}={value}" for key, value in leaves(cfg) if defaults[key] != value]
 
 
 def launch_command(path, cfg, *extra) -> list[str]:
     return [sys.executable, os.path.join(REPO, "scripts", "launch_local.py"), "--num_processes", "2",
-            "--local_devices", "2", *extra, "--", "--workdir", str(path), "--noprogress",
+            "--local_devices", "2", *extra, "--", "--config", os.path.join(REPO, "configs", "mlp_small.py"),
+            "--workdir", str(path), "--noprogress",
             f"--heartbeat_timeout_seconds={HEARTBEAT}", *config_flags(cfg)]
 
 

@@ -22,7 +22,8 @@ from vae import faults, train, workdir
 
 TIMING = {"images_per_sec", "epoch_time_sec", "eval_time_sec", "wall_time_sec", "compile_time_sec"}
 # A run whose checkpoints (about 1.2 MB each) fill a 3 MB disk at its third save.
-SMALL_RUN = ["--noprogress", "--config.data.train_split=train[:2048]", "--config.data.test_split=test[:256]",
+SMALL_RUN = ["--noprogress", "--config=configs/mlp_small.py", "--config.data.train_split=train[:2048]",
+             "--config.data.test_split=test[:256]",
              "--config.model.hidden_dims=(64,)", "--config.model.latent_dim=4",
              "--config.train.batch_size=64", "--config.train.num_epochs=6", "--config.eval.batch_size=128"]
 

@@ -86,10 +86,12 @@ def test_each_value_is_accepted_or_refused_with_a_config_error(data, num_devices
     assert valid, f"{field}={value!r} was accepted"
 
 
-def test_the_default_config_is_valid():
-    from configs import conv, default
+def test_every_config_is_valid():
+    import importlib
 
-    for module in (default, conv):
+    for name in ("default", "mlp_small", "conv", "mnist", "paper_vae", "paper_hvae", "paper_vampprior",
+                 "paper_hvae_vampprior", "paper_conv_hvae"):
+        module = importlib.import_module(f"configs.{name}")
         validation.validate_config(module.get_config(), 1)
 
 
