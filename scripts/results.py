@@ -2,7 +2,8 @@
 
     python scripts/results.py runs/default runs/paper_vae ... > docs/results.md
 
-Each workdir needs eval.json (`scripts/evaluate.py --workdir W --iw-samples 5000`). One row per
+Each workdir needs eval.json (`scripts/evaluate.py --workdir W --iw-samples 5000`); an eval.json
+written elsewhere (`--out W/quick`) can be named instead of its workdir. One row per
 run: its config file, model, epochs run and the evaluated (best) epoch, training wall time, test
 negative ELBO, test NLL with its standard error, active units, the published figure of the same
 model family, and the command that trained it. Nats per image.
@@ -16,7 +17,7 @@ from vae import cli, results
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("workdirs", nargs="+")
+    parser.add_argument("workdirs", nargs="+", help="workdirs, or eval.json files inside them")
     parser.add_argument("--title", default="Results")
     args = parser.parse_args(argv)
     with cli.user_errors():

@@ -124,6 +124,12 @@ def test_results_table_reads_the_evaluated_workdirs(tiny_run, tmp_path):
     assert f"| {result['test/elbo']:.2f} |" in rows[0]
     assert "MLP relu 64, z=2, N(0, I), ELBO" in rows[0]
     assert "228.70 ± 0.15 (VAE, Gaussian prior)" in rows[0]  # same family on Fashion-MNIST
+    assert "| `train[:1024]` |" in rows[0]
+    # An evaluation written beside the workdir's own, named by its eval.json.
+    run_script("evaluate.py", "--workdir", run, "--iw-samples", 3, "--max-examples", 16, "--no-progress",
+               "--out", run / "quick")
+    quick = run_script("results.py", run / "quick" / "eval.json").stdout
+    assert "(k=3), 16 images" in quick and "| tiny |" in quick
     missing = run_script("results.py", tiny_run, expect_ok=False)  # trained, never evaluated
     assert missing.returncode == 2 and "run scripts/evaluate.py on it first" in missing.stderr
 

@@ -21,8 +21,8 @@ PUBLISHED = {
     ("fashion_mnist", "hvae", "vampprior"): ("HVAE, VampPrior", 226.72, 0.08),
 }
 STRONGEST_PUBLISHED_CONV = ("ConvHVAE, Gaussian prior", 225.38, 0.08)
-COLUMNS = ("run", "config", "model", "epochs (best)", "train wall", "test -ELBO", "test NLL (k)",
-           "active units", "published (same family)", "command")
+COLUMNS = ("run", "config", "model", "trained on (validated on)", "epochs (best)", "train wall", "test -ELBO",
+           "test NLL (k)", "active units", "published (same family)", "command")
 
 
 def _read_json(path: Path) -> dict:
@@ -56,11 +56,22 @@ def describe_model(config: dict) -> str:
     return f"{arch} {width}, {prior}, {objective}"
 
 
+def _workdir_and_eval(path: Path) -> tuple[Path, Path]:
+    """A workdir and its eval.json; or an eval.json written elsewhere (`evaluate.py --out W/quick`)
+    and the workdir above it that holds config.json."""
+    if path.is_file():
+        for parent in path.parents:
+            if (parent / wd.CONFIG_FILE).is_file():
+                return parent, path
+        raise wd.WorkdirError(f"no workdir (a directory with {wd.CONFIG_FILE}) above {path}")
+    return path, path / "eval.json"
+
+
 def run_row(path: str | Path) -> dict:
-    """The table's fields for one evaluated workdir."""
-    path = Path(path)
+    """The table's fields for one evaluated workdir (or one of its eval.json files)."""
+    path, eval_path = _workdir_and_eval(Path(path))
     config = _read_json(path / wd.CONFIG_FILE)
-    result = _read_json(path / "eval.json")
+    result = _read_json(eval_path)
     metrics = wd.read_metrics(path)
     if not metrics:
         raise wd.WorkdirError(f"{path} has no metrics: it has not trained")
@@ -70,6 +81,7 @@ def run_row(path: str | Path) -> dict:
         "run": path.name,
         "config": config_file(config["run"]["command"]),
         "model": describe_model(config),
+        "data": (config["data"]["train_split"], config["data"].get("validation_split", "")),
         "seed": config["seed"],
         "epochs": last["epoch"],
         "evaluated_epoch": result["epoch"],
@@ -103,7 +115,9 @@ def format_row(row: dict) -> list[str]:
         nll += f", {row['num_examples']} images"
     best = f"{row['epochs']} ({row['evaluated_epoch']}, {row['checkpoint']})"
     units = str(row["active_units"]) + (f" / {row['latent_units']}" if row["latent_units"] else "")
-    return [row["run"], f"`{row['config']}`" if row["config"] else "default", row["model"], best,
+    train, val = row["data"]
+    data = f"`{train}`" + (f" (`{val}`)" if val else "")
+    return [row["run"], f"`{row['config']}`" if row["config"] else "default", row["model"], data, best,
             _minutes(row["train_wall_sec"]), f"{row['test_elbo']:.2f}", nll, units, published,
             f"`{row['command']}`"]
 
