@@ -111,8 +111,8 @@ class Trainer:
         self.test_images = programs.images_on_device(test_images, self.mesh, config.eval.batch_size)
         self.dynamic = dynamic
         start = time.perf_counter()
-        self.epoch_fn = programs.compile_train_epoch(self.graphdef, self.tx, config, self.mesh, self.state,
-                                                  self.train_images, dynamic)
+        self.epoch_fn = programs.compile_train_epoch(self.graphdef, config, self.mesh, self.state,
+                                                     self.train_images, dynamic)
         self.epoch_loop = programs.epoch_loop(config)
         self.compile_sec = time.perf_counter() - start
         self.evaluate = programs.make_evaluate(self.graphdef, config, self.mesh)
@@ -132,9 +132,9 @@ class Trainer:
 
     def step_times(self, num_steps: int) -> list[float]:
         """Seconds per step for the same step called one at a time from Python (dispatch included)."""
-        step = jax.jit(
-            programs.make_train_step(self.graphdef, self.tx, self.config, self.steps, self.dynamic),
-            donate_argnums=0)
+        train_step = programs.make_train_step(self.graphdef, self.config, self.steps, self.dynamic)
+        hyper = programs.hyperparameters(self.config)
+        step = jax.jit(lambda state, x_u8: train_step(state, x_u8, hyper), donate_argnums=0)
         batch_sharding = NamedSharding(self.mesh, P("data"))
         b = self.config.train.batch_size
         batches = [jax.device_put(self.train_images[i * b:(i + 1) * b], batch_sharding)

@@ -1,5 +1,6 @@
 """The compiled programs of a run: the train state, the optimizer, one data-parallel train step,
-the epoch built from it, and the evaluation. `vae.train` drives them.
+the epoch built from it, and the evaluation. `vae.train` drives them, and `vae.sweep` drives the
+same programs vmapped over the members of a sweep.
 
 The data live on the device for the whole run. An epoch is an on-device shuffle, then the train
 step over its batches: a gather, a binarisation and an update per step, either as one compiled
@@ -7,6 +8,11 @@ step over its batches: a gather, a binarisation and an update per step, either a
 over a 1-D device mesh ("data"); parameters and optimizer state are replicated and XLA inserts
 the gradient all-reduce. Every random draw is a pure function of (seed, epoch, step), so a
 resumed run repeats an uninterrupted one exactly.
+
+The numbers that change no shape (β, warm-up, free bits, learning rate, EMA decay, weight decay,
+clipping norm, seed) reach the step as `Hyper`, an explicit input. A single run compiles them in as
+constants; a sweep traces the ones its members differ in, one value per member, and vmaps the step
+over the members' stacked states.
 """
 
 from typing import NamedTuple
@@ -33,6 +39,35 @@ class TrainState(NamedTuple):
     ema_params: nnx.State | None  # exponential moving average of params; None unless train.ema_decay
 
 
+# A sweep's stacked state: members on a leading axis, one step counter shared (they advance in
+# lock-step, so data order and binarisation are computed once when the members share a seed).
+MEMBER_AXES = TrainState(step=None, params=0, opt_state=0, ema_params=0)
+
+
+class Hyper(NamedTuple):
+    """The numbers of a run that change no shape. Python numbers are compiled into the programs
+    as constants; arrays are traced (in a sweep, the fields its members differ in). Field names
+    are those of the config (`HYPER_FIELDS`)."""
+
+    seed: int | jax.Array
+    beta: float | jax.Array
+    kl_warmup_epochs: float | jax.Array
+    free_bits: float | jax.Array
+    learning_rate: float | jax.Array
+    ema_decay: float | jax.Array
+    weight_decay: float | jax.Array
+    grad_clip_norm: float | jax.Array
+
+
+# The config field of each Hyper field: what a sweep may vary inside one compiled program.
+HYPER_FIELDS = {name: name if name == "seed" else f"train.{name}" for name in Hyper._fields}
+
+
+def hyperparameters(config: ml_collections.ConfigDict) -> Hyper:
+    """The config's numbers as Python constants."""
+    return Hyper(config.seed, *(config.train[name] for name in Hyper._fields[1:]))
+
+
 def eval_params(state: TrainState) -> nnx.State:
     """The parameters that are evaluated, checkpointed as 'best' and sampled from: the EMA if kept."""
     return state.params if state.ema_params is None else state.ema_params
@@ -47,10 +82,16 @@ def make_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devices if devices is not None else jax.devices()), ("data",))
 
 
-def learning_rate(train_config: ml_collections.ConfigDict, steps_per_epoch: int):
-    """The learning rate, a float or an optax schedule over optimiser steps."""
+def learning_rate(train_config: ml_collections.ConfigDict, steps_per_epoch: int, peak=None):
+    """The learning rate, a number or an optax schedule over optimiser steps. `peak` replaces
+    train.learning_rate; a traced one scales the schedule of peak 1 (optax's schedules branch on
+    their values, which a traced number cannot do)."""
+    peak = train_config.learning_rate if peak is None else peak
+    if isinstance(peak, jax.Array) and train_config.lr_schedule != "constant":
+        unit = learning_rate(train_config, steps_per_epoch, 1.0)
+        return lambda count: peak * unit(count)
     total_steps = max(1, train_config.num_epochs * steps_per_epoch)
-    lr, final = train_config.learning_rate, train_config.final_lr_fraction
+    lr, final = peak, train_config.final_lr_fraction
     if train_config.lr_schedule == "cosine":
         return optax.cosine_decay_schedule(lr, total_steps, alpha=final)
     if train_config.lr_schedule == "warmup_cosine":
@@ -66,17 +107,20 @@ def normalize_each_tensor(eps: float = 1e-7) -> optax.GradientTransformation:
     return optax.stateless_with_tree_map(lambda g, _: g / (jnp.linalg.norm(g) + eps))
 
 
-def make_optimizer(train_config: ml_collections.ConfigDict, steps_per_epoch: int):
-    lr = learning_rate(train_config, steps_per_epoch)
+def make_optimizer(train_config: ml_collections.ConfigDict, steps_per_epoch: int, hyper: Hyper | None = None):
+    """The optimizer; which transforms it chains follows `train_config`, its numbers come from
+    `hyper` when given (traced in a sweep), else from `train_config` (the same field names)."""
+    numbers = train_config if hyper is None else hyper
+    lr = learning_rate(train_config, steps_per_epoch, numbers.learning_rate)
     if train_config.optimizer == "adamw":
-        optimizer = optax.adamw(lr, weight_decay=train_config.weight_decay)
+        optimizer = optax.adamw(lr, weight_decay=numbers.weight_decay)
     else:
         optimizer = optax.adam(lr)
     before = []
     if train_config.normalize_grads:
         before.append(normalize_each_tensor())
     if train_config.grad_clip_norm > 0:
-        before.append(optax.clip_by_global_norm(train_config.grad_clip_norm))
+        before.append(optax.clip_by_global_norm(numbers.grad_clip_norm))
     return optax.chain(*before, optimizer) if before else optimizer
 
 
@@ -92,63 +136,91 @@ def init_state(config, image_shape, tx, pixel_means=None) -> tuple[nnx.GraphDef,
     return graphdef, TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), ema)
 
 
-def make_train_step(graphdef, tx, config, steps_per_epoch: int, dynamic: bool):
-    """The pure (state, x_u8 B x D) -> (state, metrics) update; its keys depend on (seed, step) only."""
+def make_train_step(graphdef, config, steps_per_epoch: int, dynamic: bool):
+    """The pure (state, x_u8 B x D, hyper) -> (state, metrics) update; its keys depend on (seed,
+    step) only. The config gives what is compiled in (model, objective, optimizer's transforms),
+    `hyper` the numbers."""
     t = config.train
-    warmup_steps = t.kl_warmup_epochs * steps_per_epoch
-    step_key = jax.random.fold_in(root_key(config.seed), STEP)
 
-    def train_step(state: TrainState, x_u8):
+    def train_step(state: TrainState, x_u8, hyper: Hyper):
+        step_key = jax.random.fold_in(root_key(hyper.seed), STEP)
         binarize_key, sample_key = jax.random.split(jax.random.fold_in(step_key, state.step))
         x = data.to_model_input(x_u8, binarize_key if dynamic else None)
-        beta_t = objectives.kl_weight(state.step, t.beta, warmup_steps)
+        beta_t = objectives.kl_weight(state.step, hyper.beta, hyper.kl_warmup_epochs * steps_per_epoch)
 
         def loss_fn(params):
             return objectives.training_loss(nnx.merge(graphdef, params), x, sample_key, beta_t,
-                                            objective=t.objective, free_bits=t.free_bits,
+                                            objective=t.objective, free_bits=hyper.free_bits,
                                             num_samples=t.num_samples)
 
         grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
+        tx = make_optimizer(t, steps_per_epoch, hyper)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        ema = state.ema_params
+        ema, decay = state.ema_params, hyper.ema_decay
         if ema is not None:
-            ema = jax.tree.map(lambda e, p: t.ema_decay * e + (1.0 - t.ema_decay) * p, ema, params)
+            ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
         return TrainState(state.step + 1, params, opt_state, ema), metrics | {"beta": beta_t}
 
     return train_step
 
 
 def _batch_step(train_step, mesh: Mesh):
-    """(state, images_u8 N x D, indices_B) -> train_step on that batch, sharded over "data"."""
+    """(state, images_u8 N x D, indices_B, hyper) -> train_step on that batch, sharded over "data"."""
     batch_sharding = NamedSharding(mesh, P("data"))
 
-    def batch_step(state: TrainState, images_u8, indices_B):
-        return train_step(state, jax.lax.with_sharding_constraint(images_u8[indices_B], batch_sharding))
+    def batch_step(state: TrainState, images_u8, indices_B, hyper: Hyper):
+        x_u8 = jax.lax.with_sharding_constraint(images_u8[indices_B], batch_sharding)
+        return train_step(state, x_u8, hyper)
 
     return batch_step
 
 
-def _epoch_order(config, num_train: int, epoch):
+def _with_hyper(member_fn, config, varying: dict | None, arg_axes=()):
+    """member_fn(state, images_u8, *args, hyper) as a program over one run or a sweep's members.
+
+    varying=None: one run, every number of `hyper` compiled in. Otherwise `varying` maps Hyper
+    fields to one value per member: the state is stacked (`MEMBER_AXES`) and member_fn is vmapped
+    over the members with those fields traced and the rest compiled in; `arg_axes` gives the
+    member axis of each of args (None: shared).
+    """
+    hyper = hyperparameters(config)
+    if varying is None:
+        return lambda state, images_u8, *args: member_fn(state, images_u8, *args, hyper)
+    values = {name: jnp.asarray(v) for name, v in varying.items()}
+
+    def over_members(state, images_u8, *args):
+        def member(state, numbers, *args):
+            return member_fn(state, images_u8, *args, hyper._replace(**numbers))
+
+        return jax.vmap(member, in_axes=(MEMBER_AXES, 0, *arg_axes), out_axes=(MEMBER_AXES, 0))(
+            state, values, *args)
+
+    return over_members
+
+
+def _epoch_order(config, num_train: int, epoch, seed):
     """The batches of an epoch, steps x B indices: a permutation keyed by (seed, epoch)."""
     batch_size = config.train.batch_size
     steps = num_train // batch_size
-    shuffle_key = jax.random.fold_in(root_key(config.seed), SHUFFLE)
+    shuffle_key = jax.random.fold_in(root_key(seed), SHUFFLE)
     order = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), num_train)
     return order[: steps * batch_size].reshape(steps, batch_size)
 
 
-def make_train_epoch(graphdef, tx, config, mesh: Mesh, num_train: int, dynamic: bool):
+def make_train_epoch(graphdef, config, mesh: Mesh, num_train: int, dynamic: bool, varying=None):
     """A jitted (state, images_u8 N x D, epoch) -> (state, metrics over steps) for one epoch:
-    an on-device shuffle, then a scan of the train step over the batches."""
+    an on-device shuffle, then a scan of the train step over the batches (vmapped over a sweep's
+    members when `varying` is given, see `_with_hyper`)."""
     steps = num_train // config.train.batch_size
-    batch_step = _batch_step(make_train_step(graphdef, tx, config, steps, dynamic), mesh)
+    batch_step = _batch_step(make_train_step(graphdef, config, steps, dynamic), mesh)
 
-    def train_epoch(state: TrainState, images_u8, epoch):
-        return jax.lax.scan(lambda state, indices_B: batch_step(state, images_u8, indices_B), state,
-                            _epoch_order(config, images_u8.shape[0], epoch))
+    def train_epoch(state: TrainState, images_u8, epoch, hyper: Hyper):
+        return jax.lax.scan(lambda state, indices_B: batch_step(state, images_u8, indices_B, hyper),
+                            state, _epoch_order(config, images_u8.shape[0], epoch, hyper.seed))
 
-    return jax.jit(train_epoch, donate_argnums=0, out_shardings=NamedSharding(mesh, P()))
+    return jax.jit(_with_hyper(train_epoch, config, varying), donate_argnums=0,
+                   out_shardings=NamedSharding(mesh, P()))
 
 
 def epoch_loop(config) -> str:
@@ -161,9 +233,10 @@ def epoch_loop(config) -> str:
     return choice
 
 
-def compile_train_epoch(graphdef, tx, config, mesh: Mesh, state: TrainState, images_u8,
-                        dynamic: bool):
-    """The epoch function (state, images_u8, epoch) -> (state, per-step metrics), compiled now.
+def compile_train_epoch(graphdef, config, mesh: Mesh, state: TrainState, images_u8, dynamic: bool,
+                        varying: dict | None = None):
+    """The epoch function (state, images_u8, epoch) -> (state, per-step metrics), compiled now;
+    over a sweep's stacked members when `varying` is given (see `_with_hyper`).
 
     Both loops run the same step with the same keys and keep the data on the device; they differ
     only in who iterates over the steps (XLA's while loop, or Python).
@@ -172,19 +245,25 @@ def compile_train_epoch(graphdef, tx, config, mesh: Mesh, state: TrainState, ima
     epoch0 = jax.device_put(np.int32(0), replicated)
     num_train = images_u8.shape[0]
     if epoch_loop(config) == "scan":
-        return make_train_epoch(graphdef, tx, config, mesh, num_train, dynamic).lower(
+        return make_train_epoch(graphdef, config, mesh, num_train, dynamic, varying).lower(
             state, images_u8, epoch0).compile()
 
     steps = num_train // config.train.batch_size
-    batch_step = _batch_step(make_train_step(graphdef, tx, config, steps, dynamic), mesh)
+    batch_step = _batch_step(make_train_step(graphdef, config, steps, dynamic), mesh)
 
-    def step_at(state, images_u8, order_SxB, index):
-        return batch_step(state, images_u8, order_SxB[index])
+    def step_at(state, images_u8, order_SxB, index, hyper):
+        return batch_step(state, images_u8, order_SxB[index], hyper)
 
-    order_fn = jax.jit(lambda epoch: _epoch_order(config, num_train, epoch), out_shardings=replicated)
-    order = order_fn.lower(epoch0).compile()
+    seeds = (varying or {}).get("seed")  # members with their own seeds have their own data order
+    if seeds is None:
+        order_fn = lambda epoch: _epoch_order(config, num_train, epoch, config.seed)
+    else:
+        order_fn = lambda epoch: jax.vmap(lambda seed: _epoch_order(config, num_train, epoch, seed))(
+            jnp.asarray(seeds))
+    order = jax.jit(order_fn, out_shardings=replicated).lower(epoch0).compile()
     indices = [jax.device_put(np.int32(i), replicated) for i in range(steps)]
-    step = jax.jit(step_at, donate_argnums=0, out_shardings=replicated).lower(
+    step_fn = _with_hyper(step_at, config, varying, arg_axes=(None if seeds is None else 0, None))
+    step = jax.jit(step_fn, donate_argnums=0, out_shardings=replicated).lower(
         state, images_u8, order(epoch0), indices[0]).compile()
 
     def train_epoch(state, images_u8, epoch):
@@ -198,9 +277,10 @@ def compile_train_epoch(graphdef, tx, config, mesh: Mesh, state: TrainState, ima
     return train_epoch
 
 
-def make_evaluate(graphdef, config, mesh: Mesh):
+def make_evaluate(graphdef, config, mesh: Mesh, members: bool = False):
     """A jitted (params, images_u8 N x D with N padded to the eval batch, key) -> per-example
-    ELBO terms (rec, kl, kl_per_dim where the prior factorises, posterior mean), one sample each."""
+    ELBO terms (rec, kl, kl_per_dim where the prior factorises, posterior mean), one sample each.
+    members=True: params and keys of a sweep's members stacked, terms K x N x ...."""
     batch_size = config.eval.batch_size
     batch_sharding = NamedSharding(mesh, P("data"))
 
@@ -216,6 +296,8 @@ def make_evaluate(graphdef, config, mesh: Mesh):
         _, terms = jax.lax.scan(body, None, (jnp.arange(batches.shape[0]), batches))
         return jax.tree.map(lambda t: t.reshape(-1, *t.shape[2:]), terms)
 
+    if members:
+        evaluate = jax.vmap(evaluate, in_axes=(0, None, 0))
     return jax.jit(evaluate, out_shardings=NamedSharding(mesh, P()))
 
 

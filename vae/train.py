@@ -43,7 +43,7 @@ class Interrupted(RuntimeError):
         self.exit_code = 128 + signum
 
 
-class _StopRequests:
+class StopRequests:
     """Records SIGINT/SIGTERM instead of dying mid-write; a second signal stops at once."""
 
     def __init__(self):
@@ -127,24 +127,148 @@ def _check_finite(per_step_loss: np.ndarray, epoch: int, first_step: int, last_g
             f"; {_kept(last_good)}. Lower train.learning_rate or set train.grad_clip_norm.")
 
 
-# --- The loop ----------------------------------------------------------------------------------
+# --- One run's workdir while it trains ----------------------------------------------------------
 
 
-class _Evaluator:
-    """Evaluates the current parameters on one split every evaluation epoch."""
+class Evaluator:
+    """Evaluates parameters on one split every evaluation epoch: one run's, or with `keys` (one per
+    member) the stacked parameters of a sweep's members."""
 
-    def __init__(self, evaluate, config, mesh, images: np.ndarray, split: str):
+    def __init__(self, evaluate, config, mesh, images: np.ndarray, split: str, keys=None):
         self.evaluate = evaluate
         self.images = programs.images_on_device(images, mesh, config.eval.batch_size)
         self.num = images.shape[0]
         self.num_pixels = math.prod(images.shape[1:])
-        self.key = programs.eval_key(config, split)
+        self.key = programs.eval_key(config, split) if keys is None else keys
         self.prefix = split
         self.threshold = config.eval.active_unit_threshold
 
-    def __call__(self, params) -> dict:
-        terms = jax.device_get(self.evaluate(params, self.images, self.key))
+    def _summary(self, terms) -> dict:
         return summarize_eval(terms, self.num, self.num_pixels, self.threshold, self.prefix)
+
+    def __call__(self, params) -> dict:
+        return self._summary(jax.device_get(self.evaluate(params, self.images, self.key)))
+
+    def per_member(self, params) -> list[dict]:
+        terms = jax.device_get(self.evaluate(params, self.images, self.key))
+        return [self._summary(jax.tree.map(lambda t, k=k: t[k], terms)) for k in range(len(self.key))]
+
+
+def make_evaluators(evaluate, config, mesh, dataset: data.Dataset, keys_of=None) -> list[Evaluator]:
+    """The validation (where the data set has one) and test evaluators; `keys_of(split)` gives a
+    sweep's per-member keys."""
+    splits = [("val", dataset.val_images)] if dataset.val_images is not None else []
+    return [Evaluator(evaluate, config, mesh, images, split, keys_of(split) if keys_of else None)
+            for split, images in [*splits, ("test", dataset.test_images)]]
+
+
+def check_run(config: ml_collections.ConfigDict, workdir: Path, num_devices: int, restart: bool) -> None:
+    """The checks that need neither data nor compute: the config, and resuming this workdir."""
+    validation.validate_config(config, num_devices)
+    if not restart:
+        wd.check_resumable(workdir, config)
+
+
+def steps_per_epoch(config: ml_collections.ConfigDict, dataset: data.Dataset) -> int:
+    """Optimiser steps per epoch, after checking that the model and batch fit the data."""
+    validation.validate_image_shape(config, dataset.image_shape)
+    num_train = dataset.train_images.shape[0]
+    if num_train < config.train.batch_size:
+        raise validation.ConfigError(
+            f"train.batch_size={config.train.batch_size} is larger than the training split "
+            f"({num_train} images); lower it or use a larger split")
+    return num_train // config.train.batch_size
+
+
+class RunDir:
+    """One run's workdir while it trains: its config, metrics and the latest and best checkpoint
+    managers, written in the order that keeps them consistent through a kill (metrics, then the
+    best checkpoint, then the latest). A single run is one; so is each member of a sweep, whose
+    workdir is therefore exactly a single run's."""
+
+    def __init__(self, workdir: Path, config: ml_collections.ConfigDict, steps: int, restart: bool = False):
+        self.workdir, self.config, self.steps_per_epoch = Path(workdir), config, steps
+        if restart:
+            wd.clear_run(self.workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        wd.write_config(self.workdir, config)
+        self.manager = wd.checkpoint_manager(self.workdir, config.train.keep_checkpoints)
+        self.best_manager = wd.checkpoint_manager(self.workdir, 1, subdir=wd.BEST_DIR)
+        self.epoch = self.last_good = 0  # the last finished epoch, the last checkpointed one
+        self.history: list[dict] = []
+        self.wall_offset = 0.0
+
+    def restore(self, state: TrainState, sharding) -> TrainState:
+        """The newest usable checkpoint's state (else `state`, freshly initialised), with the
+        metrics and the best checkpoint made to agree with it."""
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                                state._asdict())
+        self.epoch, restored = wd.restore_latest(self.manager, abstract)
+        if restored is not None:
+            state = TrainState(**restored)
+        self.last_good = self.epoch
+        self.history = wd.truncate_metrics(self.workdir, self.epoch)
+        _reconcile_best(self.best_manager, self.history, self.epoch, state)
+        self.wall_offset = self.history[-1].get("wall_time_sec", 0.0) if self.history else 0.0
+        return state
+
+    def finished(self) -> bool:
+        """All epochs trained, or early stopping is due."""
+        return self.epoch >= self.config.train.num_epochs or early_stop_due(self.history, self.config.train)
+
+    def eval_due(self) -> bool:
+        """Whether the next epoch is evaluated."""
+        epoch = self.epoch + 1
+        return epoch % self.config.eval.every_epochs == 0 or epoch == self.config.train.num_epochs
+
+    def train_record(self, step_metrics: dict, train_time: float, compile_time: float | None) -> dict:
+        """The next epoch's training metrics; NonFiniteLossError on a non-finite loss."""
+        epoch, steps = self.epoch + 1, self.steps_per_epoch
+        first_step = (epoch - 1) * steps  # no device round trip
+        _check_finite(step_metrics["loss"], epoch, first_step, self.last_good)
+        record = {"epoch": epoch, "step": first_step + steps}
+        record |= {f"train/{k}": float(np.mean(v)) for k, v in step_metrics.items()}
+        record["images_per_sec"] = steps * self.config.train.batch_size / train_time
+        record["epoch_time_sec"] = train_time
+        if compile_time is not None:
+            record["compile_time_sec"] = compile_time
+        return record
+
+    def add_evaluation(self, record: dict, summaries: dict, eval_time: float) -> None:
+        """Adds the evaluation to `record`; NonFiniteLossError on a non-finite ELBO."""
+        record |= summaries
+        record["eval_time_sec"] = eval_time
+        for key in ("test/elbo", SELECTION_METRIC):
+            if not math.isfinite(record.get(key, 0.0)):
+                raise NonFiniteLossError(
+                    f"the {key} is {record[key]} after epoch {record['epoch']}; {_kept(self.last_good)}")
+
+    def end_epoch(self, record: dict, state: TrainState, stop_requested: bool, session_start: float) -> bool:
+        """Writes the epoch's metrics and checkpoints; returns whether early stopping is now due."""
+        epoch = record["epoch"]
+        improved = SELECTION_METRIC in record and record[SELECTION_METRIC] < best_epoch(self.history)[1]
+        if SELECTION_METRIC in record:
+            record["best/epoch"], record[f"best/{SELECTION_METRIC}"] = best_epoch([*self.history, record])
+        record["wall_time_sec"] = self.wall_offset + time.perf_counter() - session_start
+        # Metrics first, then the checkpoints: a resume drops lines newer than its checkpoint.
+        wd.append_metrics(self.workdir, record)
+        self.history.append(record)
+        self.epoch = epoch
+        if improved:  # finished before the latest is written, so a kill cannot reorder them
+            wd.save_checkpoint(self.best_manager, epoch, state._asdict(),
+                               {SELECTION_METRIC: record[SELECTION_METRIC]})
+            self.best_manager.wait_until_finished()
+        stopping = early_stop_due(self.history, self.config.train)
+        if (epoch % self.config.train.checkpoint_every_epochs == 0 or epoch == self.config.train.num_epochs
+                or stop_requested or stopping):
+            wd.save_checkpoint(self.manager, epoch, state._asdict())
+            self.last_good = epoch
+        return stopping
+
+    def close(self) -> None:
+        for manager in (self.manager, self.best_manager):
+            manager.wait_until_finished()
+            manager.close()
 
 
 def _reconcile_best(best_manager, history: list[dict], restored_epoch: int, state: TrainState) -> None:
@@ -160,129 +284,86 @@ def _reconcile_best(best_manager, history: list[dict], restored_epoch: int, stat
         best_manager.wait_until_finished()
 
 
+# --- The loop ----------------------------------------------------------------------------------
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
                        devices=None, restart: bool = False, progress: bool = True) -> list[dict]:
     """Trains `config` into `workdir`, resuming from its last checkpoint; returns the metrics."""
     workdir = Path(workdir)
     mesh = programs.make_mesh(devices)
-    validation.validate_config(config, mesh.devices.size)
-    if not restart:
-        wd.check_resumable(workdir, config)
+    check_run(config, workdir, mesh.devices.size, restart)
     dataset = data.load_dataset(config.data)
-    validation.validate_image_shape(config, dataset.image_shape)
-    num_train = dataset.train_images.shape[0]
-    steps_per_epoch = num_train // config.train.batch_size
-    if steps_per_epoch < 1:
-        raise validation.ConfigError(
-            f"train.batch_size={config.train.batch_size} is larger than the training split "
-            f"({num_train} images); lower it or use a larger split")
+    steps = steps_per_epoch(config, dataset)
+    run = RunDir(workdir, config, steps, restart)
 
-    if restart:
-        wd.clear_run(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    wd.write_config(workdir, config)
-
-    tx = programs.make_optimizer(config.train, steps_per_epoch)
+    tx = programs.make_optimizer(config.train, steps)
     graphdef, state = programs.init_state(config, dataset.image_shape, tx, dataset.pixel_means())
     replicated = NamedSharding(mesh, P())
-    state = jax.device_put(state, replicated)
-    manager = wd.checkpoint_manager(workdir, config.train.keep_checkpoints)
-    best_manager = wd.checkpoint_manager(workdir, 1, subdir=wd.BEST_DIR)
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                            state._asdict())
-    start_epoch, restored = wd.restore_latest(manager, abstract)
-    if restored is not None:
-        state = TrainState(**restored)
-    history = wd.truncate_metrics(workdir, start_epoch)
-    _reconcile_best(best_manager, history, start_epoch, state)
-    wall_offset = history[-1].get("wall_time_sec", 0.0) if history else 0.0
+    state = run.restore(jax.device_put(state, replicated), replicated)
 
     train_images = programs.images_on_device(dataset.train_images, mesh)
     t0 = time.perf_counter()
-    train_epoch = programs.compile_train_epoch(graphdef, tx, config, mesh, state, train_images,
-                                               dataset.dynamic)
+    train_epoch = programs.compile_train_epoch(graphdef, config, mesh, state, train_images, dataset.dynamic)
     evaluate = programs.make_evaluate(graphdef, config, mesh)
     compile_time = time.perf_counter() - t0
-    evaluators = [_Evaluator(evaluate, config, mesh, dataset.test_images, "test")]
-    if dataset.val_images is not None:
-        evaluators.insert(0, _Evaluator(evaluate, config, mesh, dataset.val_images, "val"))
-    run_start = time.perf_counter()
+    evaluators = make_evaluators(evaluate, config, mesh, dataset)
+    session_start = time.perf_counter()
 
     num_epochs = config.train.num_epochs
-    bar = tqdm(total=num_epochs, initial=start_epoch, unit="epoch", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True)
-    last_good = start_epoch
-    with _StopRequests() as stop:
+    bar = progress_bar(num_epochs, run.epoch, progress)
+    with StopRequests() as stop:
         try:
-            for epoch in range(start_epoch + 1, num_epochs + 1):
-                if early_stop_due(history, config.train):
-                    break
-                first_step = (epoch - 1) * steps_per_epoch  # no device round trip
+            while not run.finished():
                 t_epoch = time.perf_counter()
-                epoch_arg = jax.device_put(np.int32(epoch), replicated)
+                epoch_arg = jax.device_put(np.int32(run.epoch + 1), replicated)
                 state, step_metrics = train_epoch(state, train_images, epoch_arg)
                 step_metrics = jax.device_get(step_metrics)  # waits for the epoch to finish
-                train_time = time.perf_counter() - t_epoch
-                _check_finite(step_metrics["loss"], epoch, first_step, last_good)
-
-                record = {"epoch": epoch, "step": first_step + steps_per_epoch}
-                record |= {f"train/{k}": float(np.mean(v)) for k, v in step_metrics.items()}
-                record["images_per_sec"] = steps_per_epoch * config.train.batch_size / train_time
-                record["epoch_time_sec"] = train_time
-                if epoch == start_epoch + 1:
-                    record["compile_time_sec"] = compile_time
-                if epoch % config.eval.every_epochs == 0 or epoch == num_epochs:
+                record = run.train_record(step_metrics, time.perf_counter() - t_epoch, compile_time)
+                compile_time = None  # recorded on the session's first epoch only
+                if run.eval_due():
                     t_eval = time.perf_counter()
                     params = programs.eval_params(state)
+                    summaries = {}
                     for evaluator in evaluators:
-                        record |= evaluator(params)
-                    record["eval_time_sec"] = time.perf_counter() - t_eval
-                    for key in ("test/elbo", SELECTION_METRIC):
-                        if not math.isfinite(record.get(key, 0.0)):
-                            raise NonFiniteLossError(
-                                f"the {key} is {record[key]} after epoch {epoch}; {_kept(last_good)}")
-                improved = SELECTION_METRIC in record and record[SELECTION_METRIC] < best_epoch(history)[1]
-                if SELECTION_METRIC in record:
-                    record["best/epoch"], record[f"best/{SELECTION_METRIC}"] = best_epoch([*history, record])
-                record["wall_time_sec"] = wall_offset + time.perf_counter() - run_start
-                # Metrics first, then the checkpoints: a resume drops lines newer than its checkpoint.
-                wd.append_metrics(workdir, record)
-                history.append(record)
-                if improved:  # finished before the latest is written, so a kill cannot reorder them
-                    wd.save_checkpoint(best_manager, epoch, state._asdict(),
-                                       {SELECTION_METRIC: record[SELECTION_METRIC]})
-                    best_manager.wait_until_finished()
-                stopping = early_stop_due(history, config.train)
-                if (epoch % config.train.checkpoint_every_epochs == 0 or epoch == num_epochs
-                        or stop.signum or stopping):
-                    wd.save_checkpoint(manager, epoch, state._asdict())
-                    last_good = epoch
+                        summaries |= evaluator(params)
+                    run.add_evaluation(record, summaries, time.perf_counter() - t_eval)
+                stopping = run.end_epoch(record, state, stop.signum is not None, session_start)
                 bar.update(1)
                 bar.set_postfix_str(_postfix(record), refresh=False)
                 if progress:
-                    bar.write(_epoch_line(record, num_epochs))
-                if stopping and progress:
-                    bar.write(f"early stopping: the validation ELBO has not improved for "
-                              f"{config.train.early_stopping_patience} epochs; "
-                              f"best epoch {record['best/epoch']}")
-                if stop.signum is not None and epoch < num_epochs and not stopping:
-                    manager.wait_until_finished()
-                    raise Interrupted(
-                        f"stopped by {signal.Signals(stop.signum).name} after epoch {epoch}, which is "
-                        f"checkpointed; run the same command again to resume", stop.signum)
+                    bar.write(epoch_line(record, num_epochs))
+                    if stopping:
+                        bar.write(early_stopping_line(record, config))
+                if stop.signum is not None and not run.finished():
+                    run.manager.wait_until_finished()
+                    raise interrupted(stop.signum, record["epoch"])
         finally:
             bar.close()
-            for m in (manager, best_manager):
-                m.wait_until_finished()
-                m.close()
-    return history
+            run.close()
+    return run.history
+
+
+def progress_bar(num_epochs: int, start_epoch: int, progress: bool) -> tqdm:
+    return tqdm(total=num_epochs, initial=start_epoch, unit="epoch", disable=not progress,
+                file=sys.stderr, dynamic_ncols=True)
+
+
+def interrupted(signum: int, epoch: int) -> Interrupted:
+    return Interrupted(f"stopped by {signal.Signals(signum).name} after epoch {epoch}, which is "
+                       f"checkpointed; run the same command again to resume", signum)
+
+
+def early_stopping_line(record: dict, config: ml_collections.ConfigDict) -> str:
+    return (f"early stopping: the validation ELBO has not improved for "
+            f"{config.train.early_stopping_patience} epochs; best epoch {record['best/epoch']}")
 
 
 def _postfix(record: dict) -> str:
     return f"{record['images_per_sec']:,.0f} img/s"
 
 
-def _epoch_line(record: dict, num_epochs: int) -> str:
+def epoch_line(record: dict, num_epochs: int) -> str:
     line = (f"epoch {record['epoch']}/{num_epochs}  train -elbo {record['train/elbo']:.2f} "
             f"(rec {record['train/rec']:.2f}, kl {record['train/kl']:.2f})")
     if SELECTION_METRIC in record:
