@@ -125,3 +125,88 @@ def plot_kl_per_dim(runs: Mapping[str, Sequence[Mapping]]) -> Figure:
         units_ax.set_ylabel("active units")
         units_ax.grid(alpha=0.3)
     return fig
+
+
+def final_test_record(records: Sequence[Mapping]) -> Mapping | None:
+    """The epoch a run is judged by: the best epoch's record (lowest validation negative ELBO, the
+    checkpoint sampling and evaluation load) where the run has a validation split, else the last
+    record with test metrics; None before the first evaluation."""
+    tested = [r for r in records if "test/kl" in r]
+    if not tested:
+        return None
+    best = tested[-1].get("best/epoch")
+    return next((r for r in tested if r["epoch"] == best), tested[-1])
+
+
+def _iso_elbo_lines(ax) -> None:
+    """Dashed lines of constant negative ELBO = rate + distortion across the axes, each labelled
+    where it enters them (through the left or the top edge), along the line."""
+    x_lo, x_hi = ax.get_xlim()
+    y_lo, y_hi = ax.get_ylim()
+    xs = np.linspace(x_lo, x_hi, 2)
+    for level in plt.MaxNLocator(6).tick_values(x_lo + y_lo, x_hi + y_hi):
+        ax.plot(xs, level - xs, ls="--", lw=0.8, color="0.7", zorder=0)
+        x, y = (x_lo, level - x_lo) if level - x_lo <= y_hi else (level - y_hi, y_hi)
+        if y_lo <= y <= y_hi and x_lo <= x <= x_hi:
+            ax.annotate(f"−ELBO {level:g}", (x, y), xytext=(4, -4), textcoords="offset points", fontsize=7,
+                        color="0.45", rotation=-45, rotation_mode="anchor", ha="left", va="top",
+                        transform_rotates_text=True)
+    ax.set_xlim(x_lo, x_hi)
+    ax.set_ylim(y_lo, y_hi)
+
+
+def plot_rate_distortion(runs: Mapping[str, Sequence[Mapping]],
+                         curves: Mapping[str, Sequence[str]] | None = None) -> Figure:
+    """Left: rate (test KL) against distortion (test reconstruction NLL), nats per image, one point
+    per run labelled by its name (`final_test_record`), on dashed lines of constant negative ELBO;
+    `curves` joins runs (e.g. one β sweep per seed) by a line. Right: each run's per-dimension
+    test KL, largest first, on a log scale: the units that collapse as β grows fall to ~0. Runs
+    without a per-dimension KL (the VampPrior's KL does not split over dimensions) are named there."""
+    points = {label: final_test_record(records) for label, records in runs.items()}
+    points = {label: record for label, record in points.items() if record is not None}
+    if not points:
+        raise ValueError("no run has test metrics yet")
+    labels = list(points)
+    rate = np.array([points[label]["test/kl"] for label in labels])
+    distortion = np.array([points[label]["test/rec"] for label in labels])
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, (ax, dims_ax) = plt.subplots(1, 2, figsize=(13.5, 5.4), layout="constrained")
+
+    for names in (curves or {}).values():
+        index = [labels.index(n) for n in names if n in points]
+        ax.plot(rate[index], distortion[index], "-", color="0.55", lw=1, zorder=1)
+    for i, label in enumerate(labels):
+        ax.scatter(rate[i], distortion[i], color=colours[i % len(colours)], s=36, zorder=3)
+        ax.annotate(label, (rate[i], distortion[i]), xytext=(5, 4), textcoords="offset points", fontsize=8)
+    span = max(np.ptp(rate), np.ptp(distortion), 1.0)
+    ax.set_xlim(max(0.0, rate.min() - 0.12 * span), rate.max() + 0.25 * span)
+    ax.set_ylim(distortion.min() - 0.12 * span, distortion.max() + 0.12 * span)
+    _iso_elbo_lines(ax)
+    ax.set_xlabel("rate: test KL (nats per image)")
+    ax.set_ylabel("distortion: test reconstruction NLL (nats per image)")
+    ax.set_title("Rate and distortion (dashed: constant negative ELBO = rate + distortion)", fontsize=10)
+    ax.grid(alpha=0.25)
+
+    missing = []
+    for i, label in enumerate(labels):
+        kl_per_dim = points[label].get("test/kl_per_dim")
+        if kl_per_dim is None:
+            missing.append(label)
+            continue
+        kl_sorted = np.sort(np.asarray(kl_per_dim, dtype=float))[::-1]
+        dims_ax.plot(np.arange(1, len(kl_sorted) + 1), np.maximum(kl_sorted, 1e-4), marker="o", ms=3,
+                     color=colours[i % len(colours)],
+                     label=f"{label} ({points[label].get('test/active_units', '?')} active)")
+    if missing:
+        dims_ax.text(0.02, 0.02, "no per-dimension KL (VampPrior: its KL does not split over\n"
+                     f"dimensions): {', '.join(missing)}", transform=dims_ax.transAxes, fontsize=8,
+                     va="bottom", color="0.3")
+    if len(missing) < len(labels):
+        dims_ax.set_yscale("log")
+        dims_ax.legend(fontsize=7)
+    dims_ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    dims_ax.set_xlabel("latent dimension, by test KL (largest first)")
+    dims_ax.set_ylabel("test KL per dimension (nats; floor 1e-4)")
+    dims_ax.set_title("Which units each run uses", fontsize=10)
+    dims_ax.grid(alpha=0.25)
+    return fig

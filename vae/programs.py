@@ -176,13 +176,13 @@ def _batch_step(train_step, mesh: Mesh):
     return batch_step
 
 
-def _with_hyper(member_fn, config, varying: dict | None, arg_axes=()):
+def _with_hyper(member_fn, config, varying: dict | None, arg_axes=None):
     """member_fn(state, images_u8, *args, hyper) as a program over one run or a sweep's members.
 
     varying=None: one run, every number of `hyper` compiled in. Otherwise `varying` maps Hyper
     fields to one value per member: the state is stacked (`MEMBER_AXES`) and member_fn is vmapped
     over the members with those fields traced and the rest compiled in; `arg_axes` gives the
-    member axis of each of args (None: shared).
+    member axis of each of args (default: all shared).
     """
     hyper = hyperparameters(config)
     if varying is None:
@@ -193,7 +193,8 @@ def _with_hyper(member_fn, config, varying: dict | None, arg_axes=()):
         def member(state, numbers, *args):
             return member_fn(state, images_u8, *args, hyper._replace(**numbers))
 
-        return jax.vmap(member, in_axes=(MEMBER_AXES, 0, *arg_axes), out_axes=(MEMBER_AXES, 0))(
+        axes = arg_axes if arg_axes is not None else (None,) * len(args)
+        return jax.vmap(member, in_axes=(MEMBER_AXES, 0, *axes), out_axes=(MEMBER_AXES, 0))(
             state, values, *args)
 
     return over_members
