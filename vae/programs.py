@@ -11,8 +11,8 @@ resumed run repeats an uninterrupted one exactly.
 
 The numbers that change no shape (β, warm-up, free bits, learning rate, EMA decay, weight decay,
 clipping norm, seed) reach the step as `Hyper`, an explicit input. A single run compiles them in as
-constants; a sweep traces the ones its members differ in, one value per member, and vmaps the step
-over the members' stacked states.
+constants; a sweep's program (`vae.sweep_program`) traces the ones its members differ in, one value per
+member, and vmaps the step over the members' stacked states.
 """
 
 from typing import NamedTuple
@@ -37,11 +37,6 @@ class TrainState(NamedTuple):
     params: nnx.State
     opt_state: optax.OptState
     ema_params: nnx.State | None  # exponential moving average of params; None unless train.ema_decay
-
-
-# A sweep's stacked state: members on a leading axis, one step counter shared (they advance in
-# lock-step, so data order and binarisation are computed once when the members share a seed).
-MEMBER_AXES = TrainState(step=None, params=0, opt_state=0, ema_params=0)
 
 
 class Hyper(NamedTuple):
@@ -165,7 +160,7 @@ def make_train_step(graphdef, config, steps_per_epoch: int, dynamic: bool):
     return train_step
 
 
-def _batch_step(train_step, mesh: Mesh):
+def make_batch_step(train_step, mesh: Mesh):
     """(state, images_u8 N x D, indices_B, hyper) -> train_step on that batch, sharded over "data"."""
     batch_sharding = NamedSharding(mesh, P("data"))
 
@@ -176,31 +171,7 @@ def _batch_step(train_step, mesh: Mesh):
     return batch_step
 
 
-def _with_hyper(member_fn, config, varying: dict | None, arg_axes=None):
-    """member_fn(state, images_u8, *args, hyper) as a program over one run or a sweep's members.
-
-    varying=None: one run, every number of `hyper` compiled in. Otherwise `varying` maps Hyper
-    fields to one value per member: the state is stacked (`MEMBER_AXES`) and member_fn is vmapped
-    over the members with those fields traced and the rest compiled in; `arg_axes` gives the
-    member axis of each of args (default: all shared).
-    """
-    hyper = hyperparameters(config)
-    if varying is None:
-        return lambda state, images_u8, *args: member_fn(state, images_u8, *args, hyper)
-    values = {name: jnp.asarray(v) for name, v in varying.items()}
-
-    def over_members(state, images_u8, *args):
-        def member(state, numbers, *args):
-            return member_fn(state, images_u8, *args, hyper._replace(**numbers))
-
-        axes = arg_axes if arg_axes is not None else (None,) * len(args)
-        return jax.vmap(member, in_axes=(MEMBER_AXES, 0, *axes), out_axes=(MEMBER_AXES, 0))(
-            state, values, *args)
-
-    return over_members
-
-
-def _epoch_order(config, num_train: int, epoch, seed):
+def epoch_order(config, num_train: int, epoch, seed):
     """The batches of an epoch, steps x B indices: a permutation keyed by (seed, epoch)."""
     batch_size = config.train.batch_size
     steps = num_train // batch_size
@@ -209,19 +180,18 @@ def _epoch_order(config, num_train: int, epoch, seed):
     return order[: steps * batch_size].reshape(steps, batch_size)
 
 
-def make_train_epoch(graphdef, config, mesh: Mesh, num_train: int, dynamic: bool, varying=None):
+def make_train_epoch(graphdef, config, mesh: Mesh, num_train: int, dynamic: bool):
     """A jitted (state, images_u8 N x D, epoch) -> (state, metrics over steps) for one epoch:
-    an on-device shuffle, then a scan of the train step over the batches (vmapped over a sweep's
-    members when `varying` is given, see `_with_hyper`)."""
+    an on-device shuffle, then a scan of the train step over the batches."""
     steps = num_train // config.train.batch_size
-    batch_step = _batch_step(make_train_step(graphdef, config, steps, dynamic), mesh)
+    batch_step = make_batch_step(make_train_step(graphdef, config, steps, dynamic), mesh)
+    hyper = hyperparameters(config)  # compiled in
 
-    def train_epoch(state: TrainState, images_u8, epoch, hyper: Hyper):
+    def train_epoch(state: TrainState, images_u8, epoch):
         return jax.lax.scan(lambda state, indices_B: batch_step(state, images_u8, indices_B, hyper),
-                            state, _epoch_order(config, images_u8.shape[0], epoch, hyper.seed))
+                            state, epoch_order(config, images_u8.shape[0], epoch, config.seed))
 
-    return jax.jit(_with_hyper(train_epoch, config, varying), donate_argnums=0,
-                   out_shardings=NamedSharding(mesh, P()))
+    return jax.jit(train_epoch, donate_argnums=0, out_shardings=NamedSharding(mesh, P()))
 
 
 def epoch_loop(config) -> str:
@@ -234,46 +204,47 @@ def epoch_loop(config) -> str:
     return choice
 
 
-def compile_train_epoch(graphdef, config, mesh: Mesh, state: TrainState, images_u8, dynamic: bool,
-                        varying: dict | None = None):
-    """The epoch function (state, images_u8, epoch) -> (state, per-step metrics), compiled now;
-    over a sweep's stacked members when `varying` is given (see `_with_hyper`).
+def compile_train_epoch(graphdef, config, mesh: Mesh, state: TrainState, images_u8, dynamic: bool):
+    """The epoch function (state, images_u8, epoch) -> (state, per-step metrics), compiled now.
 
     Both loops run the same step with the same keys and keep the data on the device; they differ
     only in who iterates over the steps (XLA's while loop, or Python).
     """
-    replicated = NamedSharding(mesh, P())
-    epoch0 = jax.device_put(np.int32(0), replicated)
     num_train = images_u8.shape[0]
     if epoch_loop(config) == "scan":
-        return make_train_epoch(graphdef, config, mesh, num_train, dynamic, varying).lower(
+        epoch0 = jax.device_put(np.int32(0), NamedSharding(mesh, P()))
+        return make_train_epoch(graphdef, config, mesh, num_train, dynamic).lower(
             state, images_u8, epoch0).compile()
-
     steps = num_train // config.train.batch_size
-    batch_step = _batch_step(make_train_step(graphdef, config, steps, dynamic), mesh)
+    batch_step = make_batch_step(make_train_step(graphdef, config, steps, dynamic), mesh)
+    hyper = hyperparameters(config)
+    return compile_stepwise_epoch(lambda state, images, indices: batch_step(state, images, indices, hyper),
+                                  lambda epoch: epoch_order(config, num_train, epoch, config.seed),
+                                  mesh, state, images_u8)
 
-    def step_at(state, images_u8, order_SxB, index, hyper):
-        return batch_step(state, images_u8, order_SxB[index], hyper)
 
-    seeds = (varying or {}).get("seed")  # members with their own seeds have their own data order
-    if seeds is None:
-        order_fn = lambda epoch: _epoch_order(config, num_train, epoch, config.seed)
-    else:
-        order_fn = lambda epoch: jax.vmap(lambda seed: _epoch_order(config, num_train, epoch, seed))(
-            jnp.asarray(seeds))
+def compile_stepwise_epoch(step_fn, order_fn, mesh: Mesh, state, images_u8, metrics_axis: int = 0):
+    """An epoch as one compiled program per step, called from Python: step_fn(state, images_u8,
+    indices) -> (state, metrics) over the leading axis of order_fn(epoch) (the steps). The per-step
+    metrics are stacked on `metrics_axis`."""
+    replicated = NamedSharding(mesh, P())
+    epoch0 = jax.device_put(np.int32(0), replicated)
+
+    def step_at(state, images_u8, order, index):
+        return step_fn(state, images_u8, order[index])
+
     order = jax.jit(order_fn, out_shardings=replicated).lower(epoch0).compile()
-    indices = [jax.device_put(np.int32(i), replicated) for i in range(steps)]
-    step_fn = _with_hyper(step_at, config, varying, arg_axes=(None if seeds is None else 0, None))
-    step = jax.jit(step_fn, donate_argnums=0, out_shardings=replicated).lower(
+    indices = [jax.device_put(np.int32(i), replicated) for i in range(order(epoch0).shape[0])]
+    step = jax.jit(step_at, donate_argnums=0, out_shardings=replicated).lower(
         state, images_u8, order(epoch0), indices[0]).compile()
 
     def train_epoch(state, images_u8, epoch):
-        order_SxB = order(epoch)
+        order_S = order(epoch)
         metrics = []
         for index in indices:
-            state, step_metrics = step(state, images_u8, order_SxB, index)
+            state, step_metrics = step(state, images_u8, order_S, index)
             metrics.append(step_metrics)
-        return state, jax.tree.map(lambda *xs: jnp.stack(xs), *metrics)
+        return state, jax.tree.map(lambda *xs: jnp.stack(xs, axis=metrics_axis), *metrics)
 
     return train_epoch
 

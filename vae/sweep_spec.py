@@ -175,28 +175,37 @@ def group_members(members: list[Member]) -> list[list[Member]]:
     return list(groups.values())
 
 
-def varying_hyper(configs: list[ml_collections.ConfigDict]) -> dict[str, list]:
-    """The Hyper fields in which the configs differ, with one value per config."""
-    columns = zip(*(programs.hyperparameters(c) for c in configs))
-    return {name: list(column) for name, column in zip(programs.Hyper._fields, columns)
-            if len(set(column)) > 1}
+def axes_of(members: list[Member]) -> dict[str, list]:
+    """Each swept field with its values, in sweep order."""
+    axes: dict[str, list] = {}
+    for member in members:
+        for field, value in member.values.items():
+            if value not in axes.setdefault(field, []):
+                axes[field].append(value)
+    return axes
 
 
-def plan(axes: list[tuple[str, list]], groups: list[list[Member]]) -> str:
+def plan(groups: list[list[Member]]) -> str:
     """One line on how the members are trained."""
     count = sum(len(g) for g in groups)
     if len(groups) == 1:
-        return f"{count} members train together as one vmapped program"
-    vmapped = set(programs.HYPER_FIELDS.values())
-    splitting = [f for f, _ in axes if f not in vmapped or f.rsplit(".", 1)[-1] in _SWITCHES]
+        return f"{count} member{'s' * (count > 1)} train together as one vmapped program"
+    keys = [json.loads(program_key(g[0].config)) for g in groups]
+
+    def in_key(key, field):
+        node, leaf = _node_and_leaf(key, field)
+        return json.dumps(node[leaf])
+
+    splitting = [field for field in axes_of([m for g in groups for m in g])
+                 if len({in_key(key, field) for key in keys}) > 1]
     return (f"{count} members in {len(groups)} groups of {'/'.join(str(len(g)) for g in groups)}, one "
             f"compiled program each, trained one after another: {', '.join(splitting)} changes the "
             f"program (shapes or structure); within a group the members train as one vmapped program")
 
 
-def write_sweep_file(sweep_dir: Path, axes, groups: list[list[Member]]) -> None:
+def write_sweep_file(sweep_dir: Path, groups: list[list[Member]]) -> None:
     record = {
-        "axes": {field: list(values) for field, values in axes},
+        "axes": axes_of([m for g in groups for m in g]),
         "members": [{"name": m.name, "values": m.values, "group": g}
                     for g, group in enumerate(groups) for m in group],
         "command": " ".join(sys.argv),

@@ -1,0 +1,93 @@
+"""Aggregate training throughput of a sweep's vmapped program against a single run, in one process.
+
+    python scripts/benchmark_sweep.py --config configs/mlp_small.py --members 2,4,8,16 \
+        --vary train.beta [--rounds 4] [--out docs/bench/sweep_beta.json]
+
+Builds the single run's epoch program and, for each K, the program `scripts/sweep.py` runs for K
+members differing in --vary (train.beta: β = 2^-2 ... 2^2 spread over K, one shared seed; seed:
+seeds 0 ... K-1, each member with its own data order and binarisation). Each round trains one
+epoch of every program in turn, so drift on a shared machine hits all alike; the first round
+(compilation, warm-up) is not counted. Reports median images/s (all members together) and the
+median per-round ratio to the single run.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/mlp_small.py")
+    parser.add_argument("--members", default="2,4,8,16", help="comma-separated sweep sizes K")
+    parser.add_argument("--vary", default="train.beta", choices=("train.beta", "seed"))
+    parser.add_argument("--rounds", type=int, default=4, help="rounds of one epoch each (>= 2)")
+    parser.add_argument("--train-images", type=int, default=None, help="use only the first N")
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    if args.rounds < 2:
+        parser.error("--rounds must be >= 2 (the first round is not counted)")
+    return args
+
+
+def member_configs(config, vary: str, num: int) -> list:
+    import numpy as np
+
+    from vae import sweep_spec
+
+    if vary == "seed":
+        values = list(range(num))
+    else:
+        values = [float(b) for b in np.geomspace(0.25, 4.0, num)] if num > 1 else [1.0]
+    return [m.config for m in sweep_spec.make_members(config, [(vary, values)])]
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    import runpy
+
+    import jax
+
+    from vae import benchmark, cli, validation
+
+    config = runpy.run_path(args.config)["get_config"]()
+    sizes = [int(k) for k in args.members.split(",")]
+    cli.quiet_logs()
+    with cli.user_errors():
+        validation.validate_config(config, jax.device_count())
+        train_images, test_images, dynamic = benchmark.load_images(config, synthetic=False)
+        if args.train_images:
+            train_images = train_images[: args.train_images]
+        trainers = {1: benchmark.Trainer(config, train_images, test_images, dynamic)}
+        for k in sizes:
+            trainers[k] = benchmark.Trainer(config, train_images, test_images, dynamic,
+                                            members=member_configs(config, args.vary, k))
+        rates = {k: [] for k in trainers}
+        for round_index in range(args.rounds):
+            for k, trainer in trainers.items():
+                rate = trainer.run_epoch()
+                if round_index > 0:
+                    rates[k].append(rate)
+            print(f"round {round_index + 1}/{args.rounds}: "
+                  + ", ".join(f"K={k} {rates[k][-1] if rates[k] else 0:,.0f}" for k in trainers), flush=True)
+    results = {"machine": benchmark.machine(), "config": json.loads(config.to_json_best_effort()),
+               "vary": args.vary, "train_images": len(train_images), "runs": []}
+    for k, trainer in trainers.items():
+        run = {"members": k, "compile_sec": trainer.compile_sec,
+               "images_per_sec": statistics.median(rates[k]), "images_per_sec_all": rates[k],
+               "ratio_to_single": statistics.median(r / s for r, s in zip(rates[k], rates[1]))}
+        results["runs"].append(run)
+        print(f"K={k:<3d} {run['images_per_sec']:>9,.0f} images/s in all  {run['ratio_to_single']:.2f}x the "
+              f"single run  (compile {run['compile_sec']:.1f} s)")
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
