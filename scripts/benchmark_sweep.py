@@ -1,14 +1,14 @@
 """Aggregate training throughput of a sweep's vmapped program against a single run, in one process.
 
     python scripts/benchmark_sweep.py --config configs/mlp_small.py --members 2,4,8,16 \
-        --vary train.beta [--rounds 4] [--out docs/bench/sweep_beta.json]
+        --vary train.beta [--loops unrolled,vmap] [--rounds 4] [--out docs/bench/sweep_beta.json]
 
-Builds the single run's epoch program and, for each K, the program `scripts/sweep.py` runs for K
-members differing in --vary (train.beta: β = 2^-2 ... 2^2 spread over K, one shared seed; seed:
-seeds 0 ... K-1, each member with its own data order and binarisation). Each round trains one
-epoch of every program in turn, so drift on a shared machine hits all alike; the first round
-(compilation, warm-up) is not counted. Reports median images/s (all members together) and the
-median per-round ratio to the single run.
+Builds the single run's epoch program and, for each K and member loop (`vae.sweep_program`),
+the program `scripts/sweep.py` runs for K members differing in --vary (train.beta: β from 2^-2 to
+2^2 spread over K, one shared seed; seed: seeds 0 ... K-1, each member with its own data order
+and binarisation). Each round trains one epoch of every program in turn, so drift on a shared
+machine hits all alike; the first round (compilation, warm-up) is not counted. Reports median
+images/s (all members together) and the median per-round ratio to the single run.
 """
 
 import argparse
@@ -23,6 +23,7 @@ def parse(argv):
     parser.add_argument("--config", default="configs/mlp_small.py")
     parser.add_argument("--members", default="2,4,8,16", help="comma-separated sweep sizes K")
     parser.add_argument("--vary", default="train.beta", choices=("train.beta", "seed"))
+    parser.add_argument("--loops", default="unrolled,vmap", help="member loops to time, comma-separated")
     parser.add_argument("--rounds", type=int, default=4, help="rounds of one epoch each (>= 2)")
     parser.add_argument("--train-images", type=int, default=None, help="use only the first N")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
@@ -60,27 +61,30 @@ def main(argv=None) -> int:
         train_images, test_images, dynamic = benchmark.load_images(config, synthetic=False)
         if args.train_images:
             train_images = train_images[: args.train_images]
-        trainers = {1: benchmark.Trainer(config, train_images, test_images, dynamic)}
-        for k in sizes:
-            trainers[k] = benchmark.Trainer(config, train_images, test_images, dynamic,
-                                            members=member_configs(config, args.vary, k))
-        rates = {k: [] for k in trainers}
+        trainers = {("single", 1): benchmark.Trainer(config, train_images, test_images, dynamic)}
+        for loop in args.loops.split(","):
+            for k in sizes:
+                trainers[loop, k] = benchmark.Trainer(config, train_images, test_images, dynamic,
+                                                      members=member_configs(config, args.vary, k), loop=loop)
+        rates = {key: [] for key in trainers}
         for round_index in range(args.rounds):
-            for k, trainer in trainers.items():
+            for key, trainer in trainers.items():
                 rate = trainer.run_epoch()
                 if round_index > 0:
-                    rates[k].append(rate)
-            print(f"round {round_index + 1}/{args.rounds}: "
-                  + ", ".join(f"K={k} {rates[k][-1] if rates[k] else 0:,.0f}" for k in trainers), flush=True)
+                    rates[key].append(rate)
+            print(f"round {round_index + 1}/{args.rounds}: " + ", ".join(
+                f"{loop} K={k} {rates[loop, k][-1] if rates[loop, k] else 0:,.0f}" for loop, k in trainers),
+                flush=True)
     results = {"machine": benchmark.machine(), "config": json.loads(config.to_json_best_effort()),
                "vary": args.vary, "train_images": len(train_images), "runs": []}
-    for k, trainer in trainers.items():
-        run = {"members": k, "compile_sec": trainer.compile_sec,
-               "images_per_sec": statistics.median(rates[k]), "images_per_sec_all": rates[k],
-               "ratio_to_single": statistics.median(r / s for r, s in zip(rates[k], rates[1]))}
+    single = rates["single", 1]
+    for (loop, k), trainer in trainers.items():
+        run = {"loop": loop, "members": k, "compile_sec": trainer.compile_sec,
+               "images_per_sec": statistics.median(rates[loop, k]), "images_per_sec_all": rates[loop, k],
+               "ratio_to_single": statistics.median(r / s for r, s in zip(rates[loop, k], single))}
         results["runs"].append(run)
-        print(f"K={k:<3d} {run['images_per_sec']:>9,.0f} images/s in all  {run['ratio_to_single']:.2f}x the "
-              f"single run  (compile {run['compile_sec']:.1f} s)")
+        print(f"{loop:8s} K={k:<3d} {run['images_per_sec']:>9,.0f} images/s in all  "
+              f"{run['ratio_to_single']:.2f}x the single run  (compile {run['compile_sec']:.1f} s)")
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:

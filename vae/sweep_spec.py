@@ -98,8 +98,8 @@ def _coerce(field: str, text: str, current):
     else:
         ok = False
     if not ok:
-        raise SweepError(f"--sweep {field}: {text!r} is not a {type(current).__name__} like the "
-                         f"field's default {current!r}")
+        raise SweepError(f"--sweep {field}: {text!r} does not fit the field's type "
+                         f"({type(current).__name__}, default {current!r})")
     return value
 
 
