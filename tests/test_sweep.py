@@ -10,7 +10,8 @@ import pytest
 from flax import nnx
 
 from tests.conftest import tiny_config
-from vae import sweep, sweep_program, train, validation, workdir
+from tests.test_scripts import assert_png, run_script
+from vae import evaluation, sweep, sweep_program, train, validation, workdir
 from vae import sweep_spec as spec
 
 # Facts of the session, not of the run: times, and how many members trained together that epoch.
@@ -89,7 +90,8 @@ def test_numbers_share_a_program_and_shapes_or_switches_split_it():
     assert [len(g) for g in one] == [4]
     assert sweep_program.varying_hyper([m.config for m in one[0]]) == {"seed": [0, 1, 0, 1],
                                                                       "beta": [0.5, 0.5, 2.0, 2.0]}
-    assert spec.plan(one) == "4 members train together as one vmapped program"
+    assert spec.plan(one, "vmap") == ("4 members train together as one compiled program, the step vmapped "
+                                      "over the members' stacked states")
     shapes = spec.group_members(spec.make_members(config, [("model.latent_dim", [2, 4]),
                                                            ("train.learning_rate", [1e-3, 3e-3])]))
     assert [[m.name for m in g] for g in shapes] == [
@@ -230,3 +232,27 @@ def test_a_bad_member_is_refused_before_any_compute(tmp_path):
     with pytest.raises(validation.ConfigError, match="member free_bits=0.5: train.free_bits needs"):
         sweep.train_sweep(tiny_config(model__prior="vampprior"), [("train.free_bits", [0.0, 0.5])], tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_the_sweep_script_and_the_tools_on_its_members(tmp_path, fashion_mnist):
+    out = tmp_path / "beta"
+    args = ["--config", "configs/default.py", "--workdir", out, "--sweep", "train.beta=0.5,2", "--noprogress",
+            "--config.data.train_split=train[:512]", "--config.data.test_split=test[:256]",
+            "--config.model.hidden_dims=(32,)", "--config.model.latent_dim=3", "--config.train.num_epochs=1",
+            "--config.train.batch_size=64", "--config.eval.batch_size=128"]
+    result = run_script("sweep.py", *args)
+    assert "2 members train together as one compiled program" in result.stderr
+    assert "beta=2: epoch 1, test -elbo" in result.stderr
+    assert_png(out / "rate_distortion.png")
+    assert workdir.read_config(out / "beta=2").train.beta == 2.0
+    run_script("sweep.py", *args)  # again: resumes, nothing left to train
+    assert [len(workdir.read_metrics(out / name)) for name in ("beta=0.5", "beta=2")] == [1, 1]
+    plots = run_script("plot_kl.py", "--workdir", out).stdout
+    assert "rate_distortion.png" in plots
+    assert_png(out / "kl_curves.png")
+    # A member is a run: what sample.py and evaluate.py call takes it as it is.
+    result = evaluation.evaluate_workdir(out / "beta=0.5", 5, max_examples=32, progress=False)
+    assert result["epoch"] == 1 and result["checkpoint"] == "latest" and 0 < result["test/nll"]
+    bad = run_script("sweep.py", "--workdir", tmp_path / "bad", "--sweep", "train.betta=1,2", expect_ok=False)
+    assert bad.returncode == 2 and "unknown config field" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()

@@ -96,24 +96,33 @@ def plot_kl_curves(runs: Mapping[str, Sequence[Mapping]]) -> Figure:
     return fig
 
 
-def plot_kl_per_dim(runs: Mapping[str, Sequence[Mapping]]) -> Figure:
+def plot_kl_per_dim(runs: Mapping[str, Sequence[Mapping]], per_row: int = 4) -> Figure:
     """For each run, a heat map of the test KL of every latent dimension across epochs (dimensions
-    ordered by their final KL, most used at the top) above its count of active units."""
+    ordered by their final KL, most used at the top) above its count of active units; at most
+    `per_row` runs side by side (a sweep's members wrap onto more rows)."""
     runs = {label: [r for r in records if "test/kl_per_dim" in r] for label, records in runs.items()}
     runs = {label: records for label, records in runs.items() if records}
     if not runs:
         raise ValueError("no run has per-dimension KL in its metrics yet")
-    fig, axes = plt.subplots(2, len(runs), figsize=(6.0 * len(runs), 6.5), squeeze=False, sharex="col",
-                             gridspec_kw={"height_ratios": [3, 1]}, layout="constrained")
-    for col, (label, records) in enumerate(runs.items()):
+    ncols = min(per_row, len(runs))
+    nrows = math.ceil(len(runs) / ncols)
+    fig, axes = plt.subplots(2 * nrows, ncols, figsize=(6.0 * ncols, 6.5 * nrows), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 1] * nrows}, layout="constrained")
+    for index in range(len(runs), nrows * ncols):
+        row, col = divmod(index, ncols)
+        axes[2 * row, col].set_visible(False)
+        axes[2 * row + 1, col].set_visible(False)
+    for index, (label, records) in enumerate(runs.items()):
         epochs = np.array([r["epoch"] for r in records])
         kl_ExZ = np.array([r["test/kl_per_dim"] for r in records])
         order = np.argsort(-kl_ExZ[-1])
-        heat_ax, units_ax = axes[0, col], axes[1, col]
+        row, col = divmod(index, ncols)
+        heat_ax, units_ax = axes[2 * row, col], axes[2 * row + 1, col]
+        units_ax.sharex(heat_ax)
         image = heat_ax.imshow(kl_ExZ[:, order].T, aspect="auto", cmap="viridis", origin="upper",
                                extent=(epochs[0] - 0.5, epochs[-1] + 0.5, len(order) - 0.5, -0.5),
                                interpolation="nearest")
-        heat_ax.set_title(f"{label}: test KL per latent dimension")
+        heat_ax.set_title(label, fontsize=10 if len(label) < 40 else 7)
         heat_ax.set_ylabel("latent dimension (by final KL)")
         step = max(1, len(order) // 10)
         heat_ax.set_yticks(range(0, len(order), step), labels=[f"z{d}" for d in order[::step]])
@@ -124,6 +133,7 @@ def plot_kl_per_dim(runs: Mapping[str, Sequence[Mapping]]) -> Figure:
         units_ax.set_xlabel("epoch")
         units_ax.set_ylabel("active units")
         units_ax.grid(alpha=0.3)
+    fig.suptitle("Test KL per latent dimension across epochs, and active units")
     return fig
 
 

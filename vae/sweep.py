@@ -57,8 +57,7 @@ def train_members(members: list[spec.Member], sweep_dir: str | Path, *, devices=
             datasets[data_config.to_json()] = data.load_dataset(data_config)
         train.steps_per_epoch(group[0].config, datasets[data_config.to_json()])
     spec.write_sweep_file(sweep_dir, groups)
-    if progress:
-        print(spec.plan(groups), file=sys.stderr)
+    print(spec.plan(groups, loop), file=sys.stderr)  # always: which members share a program
 
     histories = {}
     with train.StopRequests() as stop:
@@ -243,8 +242,9 @@ def read_members(sweep_dir: str | Path) -> dict[str, list[dict]]:
     return {name: records for name, records in runs.items() if records}
 
 
-def save_rate_distortion(sweep_dir: str | Path) -> Path:
-    """Writes SWEEP/rate_distortion.png (`plotting.plot_rate_distortion`); returns its path."""
+def save_rate_distortion(sweep_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Writes rate_distortion.png (`plotting.plot_rate_distortion`) into `out` (default: the
+    sweep's directory); returns its path."""
     sweep_dir = Path(sweep_dir)
     figure = plotting.plot_rate_distortion(read_members(sweep_dir), spec.curves(sweep_dir))
-    return plotting.save_figure(figure, sweep_dir / RATE_DISTORTION_FILE)
+    return plotting.save_figure(figure, Path(out or sweep_dir) / RATE_DISTORTION_FILE)

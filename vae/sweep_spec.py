@@ -185,11 +185,12 @@ def axes_of(members: list[Member]) -> dict[str, list]:
     return axes
 
 
-def plan(groups: list[list[Member]]) -> str:
-    """One line on how the members are trained."""
+def plan(groups: list[list[Member]], loop: str = "vmap") -> str:
+    """One line on how the members are trained (`loop`: the member loop, see `vae.sweep_program`)."""
     count = sum(len(g) for g in groups)
+    how = f"the step {'vmapped' if loop == 'vmap' else 'unrolled'} over the members' stacked states"
     if len(groups) == 1:
-        return f"{count} member{'s' * (count > 1)} train together as one vmapped program"
+        return f"{count} member{'s' * (count > 1)} train together as one compiled program, {how}"
     keys = [json.loads(program_key(g[0].config)) for g in groups]
 
     def in_key(key, field):
@@ -200,7 +201,7 @@ def plan(groups: list[list[Member]]) -> str:
                  if len({in_key(key, field) for key in keys}) > 1]
     return (f"{count} members in {len(groups)} groups of {'/'.join(str(len(g)) for g in groups)}, one "
             f"compiled program each, trained one after another: {', '.join(splitting)} changes the "
-            f"program (shapes or structure); within a group the members train as one vmapped program")
+            f"program (shapes or structure); in each, {how}")
 
 
 def write_sweep_file(sweep_dir: Path, groups: list[list[Member]]) -> None:
