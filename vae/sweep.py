@@ -1,6 +1,6 @@
 """Trains a sweep: K configs at once, each group of members (`vae.sweep_spec`) as one compiled
 program whose step is vmapped over the members' stacked states. Each member trains into its own
-workdir under the sweep's through the bookkeeping a single run uses (`train.RunDir`), so its
+workdir under the sweep's through the bookkeeping a single run uses (`run_dir.RunDir`), so its
 workdir is exactly a single run's, and it resumes after a kill as a run does.
 
 A group's members advance in lock-step, one epoch of all of them per call. A member that is done
@@ -21,7 +21,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from vae import data, plotting, programs, sweep_program, train, validation
+from vae import data, plotting, programs, run_dir, sweep_program, train, validation
 from vae import sweep_spec as spec
 from vae import workdir as wd
 from vae.programs import TrainState
@@ -96,7 +96,7 @@ def _train_group(group: list[spec.Member], sweep_dir: Path, dataset: data.Datase
     runs, states = [], []
     try:
         for member in group:
-            runs.append(train.RunDir(sweep_dir / member.name, member.config, steps, session.restart))
+            runs.append(run_dir.RunDir(sweep_dir / member.name, member.config, steps, session.restart))
             graphdef, state = programs.init_state(member.config, dataset.image_shape, tx,
                                                   dataset.pixel_means())
             states.append(runs[-1].restore(jax.device_put(state, replicated), replicated))
@@ -114,7 +114,7 @@ class _Group:
     """One group's compiled programs and its members' runs, trained epoch by epoch until every
     member is done, stopped on a non-finite loss, or the sweep is interrupted."""
 
-    def __init__(self, graphdef, members: list[spec.Member], runs: list[train.RunDir],
+    def __init__(self, graphdef, members: list[spec.Member], runs: list[run_dir.RunDir],
                  states: list[TrainState], dataset: data.Dataset, session: _Session):
         self.members, self.runs, self.session = members, runs, session
         configs = [m.config for m in members]
