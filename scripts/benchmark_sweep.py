@@ -8,7 +8,9 @@ the program `scripts/sweep.py` runs for K members differing in --vary (train.bet
 2^2 spread over K, one shared seed; seed: seeds 0 ... K-1, each member with its own data order
 and binarisation). Each round trains one epoch of every program in turn, so drift on a shared
 machine hits all alike; the first round (compilation, warm-up) is not counted. Reports median
-images/s (all members together) and the median per-round ratio to the single run.
+images/s (all members together), the median per-round ratio to the single run, the ratio of the
+best rounds, and the ratio of images per second of the process's CPU time (less disturbed by
+other processes on a shared machine).
 """
 
 import argparse
@@ -67,24 +69,34 @@ def main(argv=None) -> int:
                 trainers[loop, k] = benchmark.Trainer(config, train_images, test_images, dynamic,
                                                       members=member_configs(config, args.vary, k), loop=loop)
         rates = {key: [] for key in trainers}
+        cpu_rates = {key: [] for key in trainers}
         for round_index in range(args.rounds):
             for key, trainer in trainers.items():
                 rate = trainer.run_epoch()
                 if round_index > 0:
                     rates[key].append(rate)
+                    cpu_rates[key].append(trainer.images_per_cpu_sec)
             print(f"round {round_index + 1}/{args.rounds}: " + ", ".join(
                 f"{loop} K={k} {rates[loop, k][-1] if rates[loop, k] else 0:,.0f}" for loop, k in trainers),
                 flush=True)
     results = {"machine": benchmark.machine(), "config": json.loads(config.to_json_best_effort()),
-               "vary": args.vary, "train_images": len(train_images), "runs": []}
-    single = rates["single", 1]
+               "vary": args.vary, "train_images": len(train_images), "load_average": os.getloadavg(),
+               "runs": []}
+    single, single_cpu = rates["single", 1], cpu_rates["single", 1]
     for (loop, k), trainer in trainers.items():
         run = {"loop": loop, "members": k, "compile_sec": trainer.compile_sec,
                "images_per_sec": statistics.median(rates[loop, k]), "images_per_sec_all": rates[loop, k],
-               "ratio_to_single": statistics.median(r / s for r, s in zip(rates[loop, k], single))}
+               "best_images_per_sec": max(rates[loop, k]),
+               "ratio_to_single": statistics.median(r / s for r, s in zip(rates[loop, k], single)),
+               "best_ratio_to_single": max(rates[loop, k]) / max(single),
+               "images_per_cpu_sec_all": cpu_rates[loop, k],
+               "cpu_ratio_to_single": statistics.median(
+                   c / s for c, s in zip(cpu_rates[loop, k], single_cpu))}
         results["runs"].append(run)
-        print(f"{loop:8s} K={k:<3d} {run['images_per_sec']:>9,.0f} images/s in all  "
-              f"{run['ratio_to_single']:.2f}x the single run  (compile {run['compile_sec']:.1f} s)")
+        print(f"{loop:8s} K={k:<3d} {run['images_per_sec']:>9,.0f} images/s in all "
+              f"(best {run['best_images_per_sec']:,.0f}): {run['ratio_to_single']:.2f}x the single run "
+              f"(best/best {run['best_ratio_to_single']:.2f}x, per CPU second "
+              f"{run['cpu_ratio_to_single']:.2f}x), compile {run['compile_sec']:.1f} s")
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:

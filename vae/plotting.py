@@ -154,7 +154,7 @@ def _iso_elbo_lines(ax) -> None:
     x_lo, x_hi = ax.get_xlim()
     y_lo, y_hi = ax.get_ylim()
     xs = np.linspace(x_lo, x_hi, 2)
-    for level in plt.MaxNLocator(6).tick_values(x_lo + y_lo, x_hi + y_hi):
+    for level in plt.MaxNLocator(10).tick_values(x_lo + y_lo, x_hi + y_hi):
         ax.plot(xs, level - xs, ls="--", lw=0.8, color="0.7", zorder=0)
         x, y = (x_lo, level - x_lo) if level - x_lo <= y_hi else (level - y_hi, y_hi)
         if y_lo <= y <= y_hi and x_lo <= x <= x_hi:
