@@ -47,16 +47,12 @@ def main(argv=None) -> int:
     import json
     import runpy
 
-    from vae import benchmark, cli, validation
+    from vae import benchmark, cli, sweep_spec, validation
 
     config = runpy.run_path(args.config)["get_config"]()
-    for item in args.set:
-        field, _, value = item.partition("=")
-        *parents, leaf = field.split(".")
-        node = config
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = _parse_value(value, node[leaf])
+    with cli.user_errors():
+        for assignment in args.set:
+            sweep_spec.override(config, assignment)
     batch_sizes = ([int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes
                    else [config.train.batch_size])
 
@@ -92,22 +88,8 @@ def main(argv=None) -> int:
             print_run(run)
         results["memory"] = benchmark.peak_memory()
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=2)
-        print(f"wrote {args.out}")
+        benchmark.write_json(args.out, results)
     return 0
-
-
-def _parse_value(text: str, current):
-    """A --set value as a Python literal (ints widened to float for float fields), else a string."""
-    import ast
-
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        value = text
-    return float(value) if isinstance(current, float) and isinstance(value, int) else value
 
 
 def measure(config, train_images, test_images, dynamic, args, benchmark, reference, peak, flops) -> dict:

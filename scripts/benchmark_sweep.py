@@ -98,10 +98,7 @@ def main(argv=None) -> int:
               f"(best/best {run['best_ratio_to_single']:.2f}x, per CPU second "
               f"{run['cpu_ratio_to_single']:.2f}x), compile {run['compile_sec']:.1f} s")
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=2)
-        print(f"wrote {args.out}")
+        benchmark.write_json(args.out, results)
     return 0
 
 

@@ -5,6 +5,7 @@ Times on a shared machine are noisy: every figure is a median over repeats, and 
 (JAX vs PyTorch) alternate their runs in one process so drift hits both alike.
 """
 
+import json
 import os
 import platform
 import resource
@@ -192,3 +193,10 @@ def peak_memory() -> dict:
     if stats and "peak_bytes_in_use" in stats:
         memory["device_peak_mb"] = stats["peak_bytes_in_use"] / 2**20
     return memory
+
+
+def write_json(path: str, results: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"wrote {path}")

@@ -55,9 +55,9 @@ def _field_value(config, field: str):
         node, leaf = _node_and_leaf(config, field)
         value = node[leaf]
     except (KeyError, AttributeError, TypeError):
-        raise SweepError(f"--sweep {field}: unknown config field") from None
+        raise SweepError(f"{field}: unknown config field") from None
     if isinstance(value, ml_collections.ConfigDict):
-        raise SweepError(f"--sweep {field}: a section, not a field; name one of its fields")
+        raise SweepError(f"{field}: a section, not a field; name one of its fields")
     return value
 
 
@@ -78,7 +78,7 @@ def _split_values(text: str) -> list[str]:
 
 
 def _coerce(field: str, text: str, current):
-    """One value typed like the field's default: ints widen to floats, lists become tuples."""
+    """One value typed like the field's current one: ints widen to floats, lists become tuples."""
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -98,8 +98,8 @@ def _coerce(field: str, text: str, current):
     else:
         ok = False
     if not ok:
-        raise SweepError(f"--sweep {field}: {text!r} does not fit the field's type "
-                         f"({type(current).__name__}, default {current!r})")
+        raise SweepError(f"{field}: {text!r} does not fit the field's type "
+                         f"({type(current).__name__}, now {current!r})")
     return value
 
 
@@ -109,14 +109,28 @@ def parse_axis(spec: str, config: ml_collections.ConfigDict) -> tuple[str, list]
     field = field.strip().removeprefix("config.")
     if not sep or not field or not text.strip():
         raise SweepError(f"--sweep {spec!r}: expected FIELD=V1,V2,..., e.g. train.beta=0.5,1,2")
-    current = _field_value(config, field)
     texts = _split_values(text)
     if "" in texts:
         raise SweepError(f"--sweep {spec!r}: an empty value")
-    values = [_coerce(field, t, current) for t in texts]
+    try:
+        current = _field_value(config, field)
+        values = [_coerce(field, t, current) for t in texts]
+    except SweepError as e:
+        raise SweepError(f"--sweep {e}") from None
     if len(set(map(repr, values))) < len(values):
         raise SweepError(f"--sweep {spec!r}: a value is repeated")
     return field, values
+
+
+def override(config: ml_collections.ConfigDict, assignment: str) -> None:
+    """Sets one field from 'FIELD=VALUE', the value typed like the field's (`_coerce`)."""
+    field, sep, text = assignment.partition("=")
+    if not sep or not field.strip():
+        raise SweepError(f"{assignment!r}: expected FIELD=VALUE, e.g. train.beta=2")
+    field = field.strip()
+    current = _field_value(config, field)
+    node, leaf = _node_and_leaf(config, field)
+    node[leaf] = _coerce(field, text.strip(), current)
 
 
 def _format(value) -> str:
