@@ -131,16 +131,21 @@ def init_state(config, image_shape, tx, pixel_means=None) -> tuple[nnx.GraphDef,
     return graphdef, TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), ema)
 
 
-def make_train_step(graphdef, config, steps_per_epoch: int, dynamic: bool):
-    """The pure (state, x_u8 B x D, hyper) -> (state, metrics) update; its keys depend on (seed,
-    step) only. The config gives what is compiled in (model, objective, optimizer's transforms),
-    `hyper` the numbers."""
+def step_inputs(x_u8, step, seed, dynamic: bool):
+    """(model input x B x D, posterior-sampling key) of one step: a pure function of (batch,
+    seed, step), so members of a sweep that share a seed share it."""
+    step_key = jax.random.fold_in(root_key(seed), STEP)
+    binarize_key, sample_key = jax.random.split(jax.random.fold_in(step_key, step))
+    return data.to_model_input(x_u8, binarize_key if dynamic else None), sample_key
+
+
+def make_update(graphdef, config, steps_per_epoch: int):
+    """The pure (state, x B x D, sample_key, hyper) -> (state, metrics) update on a drawn batch.
+    The config gives what is compiled in (model, objective, optimizer's transforms), `hyper` the
+    numbers."""
     t = config.train
 
-    def train_step(state: TrainState, x_u8, hyper: Hyper):
-        step_key = jax.random.fold_in(root_key(hyper.seed), STEP)
-        binarize_key, sample_key = jax.random.split(jax.random.fold_in(step_key, state.step))
-        x = data.to_model_input(x_u8, binarize_key if dynamic else None)
+    def update(state: TrainState, x, sample_key, hyper: Hyper):
         beta_t = objectives.kl_weight(state.step, hyper.beta, hyper.kl_warmup_epochs * steps_per_epoch)
 
         def loss_fn(params):
@@ -157,16 +162,31 @@ def make_train_step(graphdef, config, steps_per_epoch: int, dynamic: bool):
             ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
         return TrainState(state.step + 1, params, opt_state, ema), metrics | {"beta": beta_t}
 
+    return update
+
+
+def make_train_step(graphdef, config, steps_per_epoch: int, dynamic: bool):
+    """The pure (state, x_u8 B x D, hyper) -> (state, metrics) step; its keys depend on (seed,
+    step) only."""
+    update = make_update(graphdef, config, steps_per_epoch)
+
+    def train_step(state: TrainState, x_u8, hyper: Hyper):
+        x, sample_key = step_inputs(x_u8, state.step, hyper.seed, dynamic)
+        return update(state, x, sample_key, hyper)
+
     return train_step
+
+
+def take_batch(images_u8, indices_B, mesh: Mesh):
+    """The batch's uint8 images, sharded over "data"."""
+    return jax.lax.with_sharding_constraint(images_u8[indices_B], NamedSharding(mesh, P("data")))
 
 
 def make_batch_step(train_step, mesh: Mesh):
     """(state, images_u8 N x D, indices_B, hyper) -> train_step on that batch, sharded over "data"."""
-    batch_sharding = NamedSharding(mesh, P("data"))
 
     def batch_step(state: TrainState, images_u8, indices_B, hyper: Hyper):
-        x_u8 = jax.lax.with_sharding_constraint(images_u8[indices_B], batch_sharding)
-        return train_step(state, x_u8, hyper)
+        return train_step(state, take_batch(images_u8, indices_B, mesh), hyper)
 
     return batch_step
 

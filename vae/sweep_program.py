@@ -7,8 +7,9 @@ its binarisation. Two ways to run the members' step inside the one program:
 
 - 'vmap': one batched step over the stacked states, the numbers the members differ in traced;
 - 'unrolled': each member's own step in turn, its numbers compiled in as in a single run, on the
-  same batch. On CPU this is the faster: XLA's batched matmuls there need layout copies of the
-  weights that the 2-D ones avoid (docs/benchmarks.md). 'auto' picks it on CPU, 'vmap' elsewhere.
+  batch drawn once. On CPU this is the faster: XLA's batched matmuls there need layout copies of
+  the weights that the 2-D ones avoid (docs/benchmarks.md). 'auto' picks it on CPU, 'vmap'
+  elsewhere.
 
 Either way an epoch takes and returns the stacked state (`MEMBER_AXES`), and member k's numbers
 equal those of the single run with its config, within float tolerance (tested).
@@ -61,28 +62,37 @@ def varying_hyper(configs: list[ml_collections.ConfigDict]) -> dict[str, list]:
             if len(set(column)) > 1}
 
 
-def _members_step(batch_step, configs, loop: str, own_orders: bool):
-    """One step of every member: (carry, images_u8, indices) -> (carry, metrics with K leading).
-    indices: B shared, or K x B when the members have their own data order (`own_orders`). The
-    carry is the stacked state ('vmap') or (step, [member's params, opt_state, ema] ...)."""
+def _vmapped_step(batch_step, configs, own_orders: bool):
+    """One step of every member as one batched step over the stacked state: (state, images_u8,
+    indices) -> (state, metrics with K leading). indices: B shared, or K x B (`own_orders`)."""
+    base = programs.hyperparameters(configs[0])
+    values = {name: jnp.asarray(v) for name, v in varying_hyper(configs).items()}
+
+    def vmapped(state, images_u8, indices):
+        def member(s, numbers, idx):
+            return batch_step(s, images_u8, idx, base._replace(**numbers))
+
+        return jax.vmap(member, in_axes=(MEMBER_AXES, 0, 0 if own_orders else None),
+                        out_axes=(MEMBER_AXES, 0))(state, values, indices)
+
+    return vmapped
+
+
+def _unrolled_step(update, configs, mesh: Mesh, dynamic: bool, own_orders: bool):
+    """One step of every member in turn, each with its own numbers compiled in: (carry, images_u8,
+    indices) -> (carry, metrics with K leading); the carry is (step, [member's params, opt_state,
+    ema] ...). The batch and its binarisation are drawn once per seed."""
     hypers = [programs.hyperparameters(c) for c in configs]
-    if loop == "vmap":
-        base = hypers[0]
-        values = {name: jnp.asarray(v) for name, v in varying_hyper(configs).items()}
-
-        def vmapped(state, images_u8, indices):
-            def member(s, numbers, idx):
-                return batch_step(s, images_u8, idx, base._replace(**numbers))
-
-            return jax.vmap(member, in_axes=(MEMBER_AXES, 0, 0 if own_orders else None),
-                            out_axes=(MEMBER_AXES, 0))(state, values, indices)
-
-        return vmapped
 
     def unrolled(carry, images_u8, indices):
         step, parts = carry
-        outs = [batch_step(TrainState(step, *part), images_u8, indices[k] if own_orders else indices, hyper)
-                for k, (part, hyper) in enumerate(zip(parts, hypers))]
+        drawn = {}  # seed -> (x, sample key) of this step
+        outs = []
+        for k, (part, hyper) in enumerate(zip(parts, hypers)):
+            if hyper.seed not in drawn:
+                x_u8 = programs.take_batch(images_u8, indices[k] if own_orders else indices, mesh)
+                drawn[hyper.seed] = programs.step_inputs(x_u8, step, hyper.seed, dynamic)
+            outs.append(update(TrainState(step, *part), *drawn[hyper.seed], hyper))
         new_parts = [tuple(state)[1:] for state, _ in outs]
         return (outs[0][0].step, new_parts), jax.tree.map(lambda *m: jnp.stack(m), *(m for _, m in outs))
 
@@ -110,10 +120,13 @@ def compile_members_epoch(graphdef, configs: list[ml_collections.ConfigDict], me
     config, loop = configs[0], member_loop(loop)
     num_train = images_u8.shape[0]
     steps = num_train // config.train.batch_size
-    batch_step = programs.make_batch_step(programs.make_train_step(graphdef, config, steps, dynamic), mesh)
-    seeds = sorted({c.seed for c in configs})
-    own_orders = len(seeds) > 1  # members with their own seeds have their own data order
-    members_step = _members_step(batch_step, configs, loop, own_orders)
+    own_orders = len({c.seed for c in configs}) > 1  # members with their own seeds: their own order
+    if loop == "vmap":
+        train_step = programs.make_train_step(graphdef, config, steps, dynamic)
+        members_step = _vmapped_step(programs.make_batch_step(train_step, mesh), configs, own_orders)
+    else:
+        members_step = _unrolled_step(programs.make_update(graphdef, config, steps), configs, mesh, dynamic,
+                                      own_orders)
 
     def orders(epoch):  # steps x B, or steps x K x B
         if not own_orders:
