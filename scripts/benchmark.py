@@ -55,20 +55,15 @@ def main(argv=None) -> int:
     import json
     import runpy
 
-    from vae import benchmark, cli, validation
+    from vae import benchmark, cli, sweep_spec, validation
 
     config = runpy.run_path(args.config)["get_config"]()
-    for item in args.set:
-        field, _, value = item.partition("=")
-        *parents, leaf = field.split(".")
-        node = config
+    for item in args.set:  # typed like the field, as --sweep's values (`sweep_spec.override`)
         try:
-            for parent in parents:
-                node = node[parent]
-            node[leaf] = _parse_value(value, node[leaf])
-        except (KeyError, AttributeError, TypeError, ValueError) as e:
-            print(f"error: argument --set: cannot set {field} to {value!r} ({type(e).__name__}: "
-                  f"{' '.join(str(e).split())[:200]})", file=sys.stderr)
+            sweep_spec.override(config, item)
+        except validation.ConfigError as e:
+            field, _, value = item.partition("=")
+            print(f"error: argument --set: cannot set {field} to {value!r} ({e})", file=sys.stderr)
             return 2
     batch_sizes = args.batch_sizes or [config.train.batch_size]
 
@@ -104,22 +99,8 @@ def main(argv=None) -> int:
             print_run(run)
         results["memory"] = benchmark.peak_memory()
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=2)
-        print(f"wrote {args.out}")
+        benchmark.write_json(args.out, results)
     return 0
-
-
-def _parse_value(text: str, current):
-    """A --set value as a Python literal (ints widened to float for float fields), else a string."""
-    import ast
-
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        value = text
-    return float(value) if isinstance(current, float) and isinstance(value, int) else value
 
 
 def measure(config, train_images, test_images, dynamic, args, benchmark, reference, peak, flops) -> dict:

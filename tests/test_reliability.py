@@ -19,7 +19,8 @@ from vae import train, workdir
 NUM_EPOCHS = 4
 # Big enough that an epoch takes a noticeable time, so kills land inside epochs and saves.
 OVERRIDES = [
-    "--config=configs/mlp_small.py", "--config.data.train_split=train[:6144]", "--config.data.test_split=test[:512]",
+    "--config=configs/mlp_small.py", "--config.data.train_split=train[:6144]",
+    "--config.data.test_split=test[:512]",
     "--config.model.hidden_dims=(64,)", "--config.model.latent_dim=4", "--config.train.batch_size=32",
     "--config.eval.batch_size=128", f"--config.train.num_epochs={NUM_EPOCHS}",
 ]

@@ -253,4 +253,4 @@ def test_benchmark_set_of_an_unknown_field_is_one_line():
                             capture_output=True, text=True, cwd=REPO, timeout=120)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
-    assert lines[0].startswith("error: argument --set: cannot set train.betta to '2' (KeyError")
+    assert lines[0].startswith("error: argument --set: cannot set train.betta to '2' (train.betta: unknown")

@@ -5,6 +5,7 @@ Times on a shared machine are noisy: every figure is a median over repeats, and 
 (JAX vs PyTorch) alternate their runs in one process so drift hits both alike.
 """
 
+import json
 import os
 import platform
 import resource
@@ -17,7 +18,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from vae import data, evaluation, programs, workdir
+from vae import data, evaluation, programs, sweep_program, workdir
 
 
 def machine() -> dict:
@@ -96,23 +97,35 @@ def percentiles(values, qs=(50, 90, 99)) -> dict:
 
 
 class Trainer:
-    """The compiled programs of one config on one set of devices, as train_and_evaluate builds them."""
+    """The compiled programs of one config on one set of devices, as train_and_evaluate builds them;
+    with `members` (configs that differ in `programs.Hyper` numbers only), the sweep's one vmapped
+    program over their stacked states, as `vae.sweep` builds it."""
 
-    def __init__(self, config, train_images, test_images, dynamic: bool, devices=None):
+    def __init__(self, config, train_images, test_images, dynamic: bool, devices=None, members=None,
+                 loop: str = "auto"):
         self.config = config
         self.mesh = programs.make_mesh(devices)
         self.replicated = NamedSharding(self.mesh, P())
         self.num_train = len(train_images)
         self.steps = self.num_train // config.train.batch_size
         self.tx = programs.make_optimizer(config.train, self.steps)
-        self.graphdef, state = programs.init_state(config, train_images.shape[1:], self.tx)
-        self.state = jax.device_put(state, self.replicated)
+        self.num_members = len(members) if members else 1
+        states = [programs.init_state(c, train_images.shape[1:], self.tx) for c in members or [config]]
+        self.graphdef = states[0][0]
+        if members:
+            self.state = sweep_program.stack([s for _, s in states], self.replicated)
+        else:
+            self.state = jax.device_put(states[0][1], self.replicated)
         self.train_images = programs.images_on_device(train_images, self.mesh)
         self.test_images = programs.images_on_device(test_images, self.mesh, config.eval.batch_size)
         self.dynamic = dynamic
         start = time.perf_counter()
-        self.epoch_fn = programs.compile_train_epoch(self.graphdef, self.tx, config, self.mesh, self.state,
-                                                  self.train_images, dynamic)
+        if members:
+            self.epoch_fn = sweep_program.compile_members_epoch(self.graphdef, members, self.mesh, self.state,
+                                                              self.train_images, dynamic, loop)
+        else:
+            self.epoch_fn = programs.compile_train_epoch(self.graphdef, config, self.mesh, self.state,
+                                                         self.train_images, dynamic)
         self.epoch_loop = programs.epoch_loop(config)
         self.compile_sec = time.perf_counter() - start
         self.evaluate = programs.make_evaluate(self.graphdef, config, self.mesh)
@@ -123,18 +136,22 @@ class Trainer:
         return jax.device_put(np.int32(epoch), self.replicated)
 
     def run_epoch(self) -> float:
-        """Trains one epoch; returns images per second."""
+        """Trains one epoch; returns images per second (of all members together). Also keeps
+        `images_per_cpu_sec`: per second of this process's CPU time, all threads, which other
+        processes on a shared machine disturb less than the wall clock."""
         self.epochs_run += 1
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         self.state, metrics = self.epoch_fn(self.state, self.train_images, self._epoch(self.epochs_run))
         jax.block_until_ready(metrics)
-        return self.steps * self.config.train.batch_size / (time.perf_counter() - start)
+        images = self.num_members * self.steps * self.config.train.batch_size
+        self.images_per_cpu_sec = images / (time.process_time() - start_cpu)
+        return images / (time.perf_counter() - start)
 
     def step_times(self, num_steps: int) -> list[float]:
         """Seconds per step for the same step called one at a time from Python (dispatch included)."""
-        step = jax.jit(
-            programs.make_train_step(self.graphdef, self.tx, self.config, self.steps, self.dynamic),
-            donate_argnums=0)
+        train_step = programs.make_train_step(self.graphdef, self.config, self.steps, self.dynamic)
+        hyper = programs.hyperparameters(self.config)
+        step = jax.jit(lambda state, x_u8: train_step(state, x_u8, hyper), donate_argnums=0)
         batch_sharding = NamedSharding(self.mesh, P("data"))
         b = self.config.train.batch_size
         batches = [jax.device_put(self.train_images[i * b:(i + 1) * b], batch_sharding)
@@ -176,3 +193,10 @@ def peak_memory() -> dict:
     if stats and "peak_bytes_in_use" in stats:
         memory["device_peak_mb"] = stats["peak_bytes_in_use"] / 2**20
     return memory
+
+
+def write_json(path: str, results: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"wrote {path}")

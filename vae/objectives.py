@@ -30,11 +30,14 @@ def bernoulli_nll(logits: jax.Array, x: jax.Array) -> jax.Array:
     return -bernoulli_log_likelihood(logits, x)
 
 
-def kl_weight(step: jax.Array, beta: float, warmup_steps: float) -> jax.Array:
-    """β scaled by a linear warm-up from 0 over `warmup_steps` optimiser steps (none if 0)."""
-    if warmup_steps <= 0:
-        return jnp.asarray(beta, jnp.float32)
-    return beta * jnp.minimum(1.0, step.astype(jnp.float32) / warmup_steps)
+def kl_weight(step: jax.Array, beta: float | jax.Array, warmup_steps: float | jax.Array) -> jax.Array:
+    """β scaled by a linear warm-up from 0 over `warmup_steps` optimiser steps (none if 0).
+
+    No Python branch on the values, so both may be traced (a sweep's members differ in them). The
+    step is an integer, so dividing by max(warmup_steps, 1) changes nothing for warm-ups under one
+    step: the ramp is 0 at step 0 and 1 after."""
+    ramp = jnp.minimum(1.0, step.astype(jnp.float32) / jnp.maximum(warmup_steps, 1.0))
+    return beta * jnp.where(jnp.asarray(warmup_steps) > 0, ramp, 1.0)
 
 
 def free_bits_kl(kl_per_dim_BxZ: jax.Array, free_bits: float) -> jax.Array:
@@ -48,11 +51,15 @@ def free_bits_kl(kl_per_dim_BxZ: jax.Array, free_bits: float) -> jax.Array:
 
 
 def elbo_loss(model, x_BxD: jax.Array, key: jax.Array, beta: jax.Array,
-              free_bits: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Batch mean of rec + β·KL (with the free-bits floor); aux holds the unweighted batch means."""
+              free_bits: float | jax.Array = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Batch mean of rec + β·KL (with the free-bits floor); aux holds the unweighted batch means.
+    A traced `free_bits` (a sweep's members differ in it) selects the floor or none per member."""
     terms = model.elbo_terms(x_BxD, key)
     rec, kl_mean = jnp.mean(terms["rec"]), jnp.mean(terms["kl"])
-    kl_term = free_bits_kl(terms["kl_per_dim"], free_bits) if free_bits > 0 else kl_mean
+    if isinstance(free_bits, jax.Array):
+        kl_term = jnp.where(free_bits > 0, free_bits_kl(terms["kl_per_dim"], free_bits), kl_mean)
+    else:
+        kl_term = free_bits_kl(terms["kl_per_dim"], free_bits) if free_bits > 0 else kl_mean
     loss = rec + beta * kl_term
     return loss, {"loss": loss, "rec": rec, "kl": kl_mean, "elbo": rec + kl_mean}
 

@@ -1,5 +1,6 @@
 """The compiled programs of a run: the train state, the optimizer, one data-parallel train step,
-the epoch built from it, and the evaluation. `vae.train` drives them.
+the epoch built from it, and the evaluation. `vae.train` drives them, and `vae.sweep` drives the
+same programs vmapped over the members of a sweep.
 
 In one process the data live on the device for the whole run. An epoch is an on-device shuffle,
 then the train step over its batches: a gather, a binarisation and an update per step, either as
@@ -9,6 +10,11 @@ rows (`HostFeed`). The batch axis is sharded over a 1-D mesh ("data") of every p
 devices; parameters and optimizer state are replicated and XLA inserts the gradient all-reduce.
 Every random draw is a pure function of (seed, epoch, step), so a resumed run repeats an
 uninterrupted one exactly.
+
+The numbers that change no shape (β, warm-up, free bits, learning rate, EMA decay, weight decay,
+clipping norm, seed) reach the step as `Hyper`, an explicit input. A single run compiles them in as
+constants; a sweep's program (`vae.sweep_program`) traces the ones its members differ in, one value per
+member, and vmaps the step over the members' stacked states.
 """
 
 from typing import NamedTuple
@@ -35,6 +41,30 @@ class TrainState(NamedTuple):
     ema_params: nnx.State | None  # exponential moving average of params; None unless train.ema_decay
 
 
+class Hyper(NamedTuple):
+    """The numbers of a run that change no shape. Python numbers are compiled into the programs
+    as constants; arrays are traced (in a sweep, the fields its members differ in). Field names
+    are those of the config (`HYPER_FIELDS`)."""
+
+    seed: int | jax.Array
+    beta: float | jax.Array
+    kl_warmup_epochs: float | jax.Array
+    free_bits: float | jax.Array
+    learning_rate: float | jax.Array
+    ema_decay: float | jax.Array
+    weight_decay: float | jax.Array
+    grad_clip_norm: float | jax.Array
+
+
+# The config field of each Hyper field: what a sweep may vary inside one compiled program.
+HYPER_FIELDS = {name: name if name == "seed" else f"train.{name}" for name in Hyper._fields}
+
+
+def hyperparameters(config: ml_collections.ConfigDict) -> Hyper:
+    """The config's numbers as Python constants."""
+    return Hyper(config.seed, *(config.train[name] for name in Hyper._fields[1:]))
+
+
 def eval_params(state: TrainState) -> nnx.State:
     """The parameters that are evaluated, checkpointed as 'best' and sampled from: the EMA if kept."""
     return state.params if state.ema_params is None else state.ema_params
@@ -49,10 +79,16 @@ def make_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devices if devices is not None else jax.devices()), ("data",))
 
 
-def learning_rate(train_config: ml_collections.ConfigDict, steps_per_epoch: int):
-    """The learning rate, a float or an optax schedule over optimiser steps."""
+def learning_rate(train_config: ml_collections.ConfigDict, steps_per_epoch: int, peak=None):
+    """The learning rate, a number or an optax schedule over optimiser steps. `peak` replaces
+    train.learning_rate; a traced one scales the schedule of peak 1 (optax's schedules branch on
+    their values, which a traced number cannot do)."""
+    peak = train_config.learning_rate if peak is None else peak
+    if isinstance(peak, jax.Array) and train_config.lr_schedule != "constant":
+        unit = learning_rate(train_config, steps_per_epoch, 1.0)
+        return lambda count: peak * unit(count)
     total_steps = max(1, train_config.num_epochs * steps_per_epoch)
-    lr, final = train_config.learning_rate, train_config.final_lr_fraction
+    lr, final = peak, train_config.final_lr_fraction
     if train_config.lr_schedule == "cosine":
         return optax.cosine_decay_schedule(lr, total_steps, alpha=final)
     if train_config.lr_schedule == "warmup_cosine":
@@ -68,17 +104,20 @@ def normalize_each_tensor(eps: float = 1e-7) -> optax.GradientTransformation:
     return optax.stateless_with_tree_map(lambda g, _: g / (jnp.linalg.norm(g) + eps))
 
 
-def make_optimizer(train_config: ml_collections.ConfigDict, steps_per_epoch: int):
-    lr = learning_rate(train_config, steps_per_epoch)
+def make_optimizer(train_config: ml_collections.ConfigDict, steps_per_epoch: int, hyper: Hyper | None = None):
+    """The optimizer; which transforms it chains follows `train_config`, its numbers come from
+    `hyper` when given (traced in a sweep), else from `train_config` (the same field names)."""
+    numbers = train_config if hyper is None else hyper
+    lr = learning_rate(train_config, steps_per_epoch, numbers.learning_rate)
     if train_config.optimizer == "adamw":
-        optimizer = optax.adamw(lr, weight_decay=train_config.weight_decay)
+        optimizer = optax.adamw(lr, weight_decay=numbers.weight_decay)
     else:
         optimizer = optax.adam(lr)
     before = []
     if train_config.normalize_grads:
         before.append(normalize_each_tensor())
     if train_config.grad_clip_norm > 0:
-        before.append(optax.clip_by_global_norm(train_config.grad_clip_norm))
+        before.append(optax.clip_by_global_norm(numbers.grad_clip_norm))
     return optax.chain(*before, optimizer) if before else optimizer
 
 
@@ -94,61 +133,85 @@ def init_state(config, image_shape, tx, pixel_means=None) -> tuple[nnx.GraphDef,
     return graphdef, TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), ema)
 
 
-def make_train_step(graphdef, tx, config, steps_per_epoch: int, dynamic: bool):
-    """The pure (state, x_u8 B x D) -> (state, metrics) update; its keys depend on (seed, step) only."""
-    t = config.train
-    warmup_steps = t.kl_warmup_epochs * steps_per_epoch
-    step_key = jax.random.fold_in(root_key(config.seed), STEP)
+def step_inputs(x_u8, step, seed, dynamic: bool):
+    """(model input x B x D, posterior-sampling key) of one step: a pure function of (batch,
+    seed, step), so members of a sweep that share a seed share it."""
+    step_key = jax.random.fold_in(root_key(seed), STEP)
+    binarize_key, sample_key = jax.random.split(jax.random.fold_in(step_key, step))
+    return data.to_model_input(x_u8, binarize_key if dynamic else None), sample_key
 
-    def train_step(state: TrainState, x_u8):
-        binarize_key, sample_key = jax.random.split(jax.random.fold_in(step_key, state.step))
-        x = data.to_model_input(x_u8, binarize_key if dynamic else None)
-        beta_t = objectives.kl_weight(state.step, t.beta, warmup_steps)
+
+def make_update(graphdef, config, steps_per_epoch: int):
+    """The pure (state, x B x D, sample_key, hyper) -> (state, metrics) update on a drawn batch.
+    The config gives what is compiled in (model, objective, optimizer's transforms), `hyper` the
+    numbers."""
+    t = config.train
+
+    def update(state: TrainState, x, sample_key, hyper: Hyper):
+        beta_t = objectives.kl_weight(state.step, hyper.beta, hyper.kl_warmup_epochs * steps_per_epoch)
 
         def loss_fn(params):
             return objectives.training_loss(nnx.merge(graphdef, params), x, sample_key, beta_t,
-                                            objective=t.objective, free_bits=t.free_bits,
+                                            objective=t.objective, free_bits=hyper.free_bits,
                                             num_samples=t.num_samples)
 
         grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
+        tx = make_optimizer(t, steps_per_epoch, hyper)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        ema = state.ema_params
+        ema, decay = state.ema_params, hyper.ema_decay
         if ema is not None:
-            ema = jax.tree.map(lambda e, p: t.ema_decay * e + (1.0 - t.ema_decay) * p, ema, params)
+            ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
         return TrainState(state.step + 1, params, opt_state, ema), metrics | {"beta": beta_t}
+
+    return update
+
+
+def make_train_step(graphdef, config, steps_per_epoch: int, dynamic: bool):
+    """The pure (state, x_u8 B x D, hyper) -> (state, metrics) step; its keys depend on (seed,
+    step) only."""
+    update = make_update(graphdef, config, steps_per_epoch)
+
+    def train_step(state: TrainState, x_u8, hyper: Hyper):
+        x, sample_key = step_inputs(x_u8, state.step, hyper.seed, dynamic)
+        return update(state, x, sample_key, hyper)
 
     return train_step
 
 
-def _batch_step(train_step, mesh: Mesh):
-    """(state, images_u8 N x D, indices_B) -> train_step on that batch, sharded over "data"."""
-    batch_sharding = NamedSharding(mesh, P("data"))
+def take_batch(images_u8, indices_B, mesh: Mesh):
+    """The batch's uint8 images, sharded over "data"."""
+    return jax.lax.with_sharding_constraint(images_u8[indices_B], NamedSharding(mesh, P("data")))
 
-    def batch_step(state: TrainState, images_u8, indices_B):
-        return train_step(state, jax.lax.with_sharding_constraint(images_u8[indices_B], batch_sharding))
+
+def make_batch_step(train_step, mesh: Mesh):
+    """(state, images_u8 N x D, indices_B, hyper) -> train_step on that batch, sharded over "data"."""
+
+    def batch_step(state: TrainState, images_u8, indices_B, hyper: Hyper):
+        return train_step(state, take_batch(images_u8, indices_B, mesh), hyper)
 
     return batch_step
 
 
-def _epoch_order(config, num_train: int, epoch):
+def epoch_order(config, num_train: int, epoch, seed):
     """The batches of an epoch, steps x B indices: a permutation keyed by (seed, epoch)."""
     batch_size = config.train.batch_size
     steps = num_train // batch_size
-    shuffle_key = jax.random.fold_in(root_key(config.seed), SHUFFLE)
+    shuffle_key = jax.random.fold_in(root_key(seed), SHUFFLE)
     order = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), num_train)
     return order[: steps * batch_size].reshape(steps, batch_size)
 
 
-def make_train_epoch(graphdef, tx, config, mesh: Mesh, num_train: int, dynamic: bool):
+def make_train_epoch(graphdef, config, mesh: Mesh, num_train: int, dynamic: bool):
     """A jitted (state, images_u8 N x D, epoch) -> (state, metrics over steps) for one epoch:
     an on-device shuffle, then a scan of the train step over the batches."""
     steps = num_train // config.train.batch_size
-    batch_step = _batch_step(make_train_step(graphdef, tx, config, steps, dynamic), mesh)
+    batch_step = make_batch_step(make_train_step(graphdef, config, steps, dynamic), mesh)
+    hyper = hyperparameters(config)  # compiled in
 
     def train_epoch(state: TrainState, images_u8, epoch):
-        return jax.lax.scan(lambda state, indices_B: batch_step(state, images_u8, indices_B), state,
-                            _epoch_order(config, images_u8.shape[0], epoch))
+        return jax.lax.scan(lambda state, indices_B: batch_step(state, images_u8, indices_B, hyper),
+                            state, epoch_order(config, images_u8.shape[0], epoch, config.seed))
 
     return jax.jit(train_epoch, donate_argnums=0, out_shardings=NamedSharding(mesh, P()))
 
@@ -164,55 +227,70 @@ def epoch_loop(config) -> str:
     return choice
 
 
-def compile_train_epoch(graphdef, tx, config, mesh: Mesh, state: TrainState, images_u8,
-                        dynamic: bool):
+def compile_train_epoch(graphdef, config, mesh: Mesh, state: TrainState, images_u8, dynamic: bool):
     """The epoch function (state, images_u8, epoch) -> (state, per-step metrics), compiled now.
 
     Both loops run the same step with the same keys and keep the data on the device; they differ
     only in who iterates over the steps (XLA's while loop, or Python).
     """
-    replicated = NamedSharding(mesh, P())
-    epoch0 = jax.device_put(np.int32(0), replicated)
     num_train = images_u8.shape[0]
     if epoch_loop(config) == "scan":
-        return make_train_epoch(graphdef, tx, config, mesh, num_train, dynamic).lower(
+        epoch0 = jax.device_put(np.int32(0), NamedSharding(mesh, P()))
+        return make_train_epoch(graphdef, config, mesh, num_train, dynamic).lower(
             state, images_u8, epoch0).compile()
-
     steps = num_train // config.train.batch_size
-    batch_step = _batch_step(make_train_step(graphdef, tx, config, steps, dynamic), mesh)
+    batch_step = make_batch_step(make_train_step(graphdef, config, steps, dynamic), mesh)
+    hyper = hyperparameters(config)
+    return compile_stepwise_epoch(lambda state, images, indices: batch_step(state, images, indices, hyper),
+                                  lambda epoch: epoch_order(config, num_train, epoch, config.seed),
+                                  mesh, state, images_u8)
 
-    def step_at(state, images_u8, order_SxB, index):
-        return batch_step(state, images_u8, order_SxB[index])
 
-    order = _compile_epoch_order(config, num_train, mesh)
-    indices = _step_indices(steps, mesh)
+def compile_stepwise_epoch(step_fn, order_fn, mesh: Mesh, state, images_u8, metrics_axis: int = 0):
+    """An epoch as one compiled program per step, called from Python: step_fn(state, images_u8,
+    indices) -> (state, metrics) over the leading axis of order_fn(epoch) (the steps). The per-step
+    metrics are stacked on `metrics_axis`."""
+    replicated = NamedSharding(mesh, P())
+    epoch0 = jax.device_put(np.int32(0), replicated)
+
+    def step_at(state, images_u8, order, index):
+        return step_fn(state, images_u8, order[index])
+
+    order = _compile_order(order_fn, mesh)
+    indices = _step_indices(order(epoch0).shape[0], mesh)
     step = jax.jit(step_at, donate_argnums=0, out_shardings=replicated).lower(
         state, images_u8, order(epoch0), indices[0]).compile()
 
     def train_epoch(state, images_u8, epoch):
-        return _run_steps(step, state, indices, images_u8, order(epoch))
+        return _run_steps(step, state, indices, images_u8, order(epoch), metrics_axis=metrics_axis)
 
     return train_epoch
 
 
-def _compile_epoch_order(config, num_train: int, mesh: Mesh):
-    """The compiled epoch -> steps x B batch indices, replicated (every process reads the same)."""
+def _compile_order(order_fn, mesh: Mesh):
+    """The compiled epoch -> batch indices of `order_fn`, replicated (every process reads the same)."""
     replicated = NamedSharding(mesh, P())
-    order_fn = jax.jit(lambda epoch: _epoch_order(config, num_train, epoch), out_shardings=replicated)
-    return order_fn.lower(jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)).compile()
+    return jax.jit(order_fn, out_shardings=replicated).lower(
+        jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)).compile()
+
+
+def _compile_epoch_order(config, num_train: int, mesh: Mesh):
+    """The compiled epoch -> steps x B batch indices of a single run."""
+    return _compile_order(lambda epoch: epoch_order(config, num_train, epoch, config.seed), mesh)
 
 
 def _step_indices(steps: int, mesh: Mesh) -> list[jax.Array]:
     return [jax.device_put(np.int32(i), NamedSharding(mesh, P())) for i in range(steps)]
 
 
-def _run_steps(step, state, indices, *inputs):
-    """A Python loop of the compiled `step(state, *inputs, index)`; metrics stacked over steps."""
+def _run_steps(step, state, indices, *inputs, metrics_axis: int = 0):
+    """A Python loop of the compiled `step(state, *inputs, index)`; metrics stacked over steps
+    (on `metrics_axis`)."""
     metrics = []
     for index in indices:
         state, step_metrics = step(state, *inputs, index)
         metrics.append(step_metrics)
-    return state, jax.tree.map(lambda *xs: jnp.stack(xs), *metrics)
+    return state, jax.tree.map(lambda *xs: jnp.stack(xs, axis=metrics_axis), *metrics)
 
 
 # --- Batches fed from the host (multi-process runs) ---------------------------------------------
@@ -256,17 +334,18 @@ class HostFeed:
         return jax.make_array_from_process_local_data(self.sharding, local, self.shape)
 
 
-def compile_fed_epoch(graphdef, tx, config, mesh: Mesh, state: TrainState,
+def compile_fed_epoch(graphdef, config, mesh: Mesh, state: TrainState,
                       batches: jax.ShapeDtypeStruct, dynamic: bool):
     """The epoch function (state, batches_u8 S x B x D) -> (state, per-step metrics), compiled now,
     for batches that come from the host (`HostFeed`); scan or steps as `epoch_loop` says."""
     steps = batches.shape[0]
-    train_step = make_train_step(graphdef, tx, config, steps, dynamic)
+    train_step = make_train_step(graphdef, config, steps, dynamic)
+    hyper = hyperparameters(config)  # compiled in
     batch_sharding = NamedSharding(mesh, P("data"))
     replicated = NamedSharding(mesh, P())
 
     def step_on(state, x_u8_BxD):
-        return train_step(state, jax.lax.with_sharding_constraint(x_u8_BxD, batch_sharding))
+        return train_step(state, jax.lax.with_sharding_constraint(x_u8_BxD, batch_sharding), hyper)
 
     if epoch_loop(config) == "scan":
         return jax.jit(lambda state, batches: jax.lax.scan(step_on, state, batches), donate_argnums=0,
@@ -277,23 +356,23 @@ def compile_fed_epoch(graphdef, tx, config, mesh: Mesh, state: TrainState,
     return lambda state, batches: _run_steps(step, state, indices, batches)
 
 
-def compile_epoch(graphdef, tx, config, mesh: Mesh, state: TrainState, train_images: np.ndarray,
-                  dynamic: bool):
+def compile_epoch(graphdef, config, mesh: Mesh, state: TrainState, train_images: np.ndarray, dynamic: bool):
     """The epoch as the training loop runs it, (state, epoch) -> (state, per-step metrics), compiled
     now, with the batches from where `batch_source` says."""
     if batch_source(config) == "host":
         feed = HostFeed(config, train_images, mesh)
-        fed_epoch = compile_fed_epoch(graphdef, tx, config, mesh, state, feed.abstract(), dynamic)
+        fed_epoch = compile_fed_epoch(graphdef, config, mesh, state, feed.abstract(), dynamic)
         return lambda state, epoch: fed_epoch(state, feed(epoch))
     images_u8 = images_on_device(train_images, mesh)
-    train_epoch = compile_train_epoch(graphdef, tx, config, mesh, state, images_u8, dynamic)
+    train_epoch = compile_train_epoch(graphdef, config, mesh, state, images_u8, dynamic)
     replicated = NamedSharding(mesh, P())
     return lambda state, epoch: train_epoch(state, images_u8, jax.device_put(np.int32(epoch), replicated))
 
 
-def make_evaluate(graphdef, config, mesh: Mesh):
+def make_evaluate(graphdef, config, mesh: Mesh, members: bool = False):
     """A jitted (params, images_u8 N x D with N padded to the eval batch, key) -> per-example
-    ELBO terms (rec, kl, kl_per_dim where the prior factorises, posterior mean), one sample each."""
+    ELBO terms (rec, kl, kl_per_dim where the prior factorises, posterior mean), one sample each.
+    members=True: params and keys of a sweep's members stacked, terms K x N x ...."""
     batch_size = config.eval.batch_size
     batch_sharding = NamedSharding(mesh, P("data"))
 
@@ -309,6 +388,8 @@ def make_evaluate(graphdef, config, mesh: Mesh):
         _, terms = jax.lax.scan(body, None, (jnp.arange(batches.shape[0]), batches))
         return jax.tree.map(lambda t: t.reshape(-1, *t.shape[2:]), terms)
 
+    if members:
+        evaluate = jax.vmap(evaluate, in_axes=(0, None, 0))
     return jax.jit(evaluate, out_shardings=NamedSharding(mesh, P()))
 
 
