@@ -21,13 +21,16 @@ def main(argv=None) -> int:
                         help="best: lowest validation -ELBO (the latest where the run has no validation "
                              "split); latest: the newest checkpoint")
     parser.add_argument("--epoch", type=int, default=None, help="one of the latest checkpoints, by epoch")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per device call")
-    parser.add_argument("--chunk-size", type=int, default=250, help="samples decoded at once per image")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per device call (default: 32 per CPU device); no effect on the result")
+    parser.add_argument("--chunk-size", type=int, default=None,
+                        help="samples decoded at once per image (default: about 1024 rows per CPU device); "
+                             "no effect on the result")
     parser.add_argument("--max-examples", type=int, default=None, help="only the first N test images")
     parser.add_argument("--out", default=None, help="output directory (default: the workdir)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    if args.iw_samples < 1 or args.batch_size < 1 or args.chunk_size < 1:
+    if args.iw_samples < 1 or any(v is not None and v < 1 for v in (args.batch_size, args.chunk_size)):
         parser.error("--iw-samples, --batch-size and --chunk-size must be >= 1")
     cli.quiet_logs()
     with cli.user_errors():
