@@ -191,20 +191,27 @@ def measure(config, train_images, test_images, dynamic, args, benchmark, referen
                    "share_of_ceiling": samples * flops["iwae_decoder_per_sample"] / ceiling,
                    "share_of_ceiling_all_matmuls": samples * flops["iwae_per_sample"] / ceiling}
     if profile:
+        train_parts = profiling.profile(trainer.run_epoch, trainer.epoch_hlo())
+        iwae_parts = profiling.profile(trainer.iwae_run(k, num_images), trainer.iwae_hlo(k))
         run["profile"] = {
-            "train_epoch": per_part(profiling.profile(trainer.run_epoch, trainer.epoch_hlo()),
-                                    trainer.steps, "ms_per_step"),
-            "iwae": per_part(profiling.profile(trainer.iwae_run(k, num_images), trainer.iwae_hlo(k)),
-                             num_images * k / 1000, "us_per_sample"),
+            "train_step": per_part(train_parts, trainer.steps, "ms",
+                                   flops["train_per_image"] * config.train.batch_size, ceiling),
+            "iwae_sample": per_part(iwae_parts, num_images * k / 1000, "us",
+                                    flops["iwae_per_sample"] * 1000, ceiling),
         }
     return run
 
 
-def per_part(cpu_seconds: dict, units: float, unit: str) -> dict:
-    """CPU time per part, per step (or per sample), and each part's share of the busy time."""
-    busy = sum(v for k, v in cpu_seconds.items() if k != "idle") or 1.0
-    return {part: {unit: seconds * 1e3 / units, "share": seconds / busy}
-            for part, seconds in cpu_seconds.items()}
+def per_part(seconds: dict, units: float, unit: str, matmul_flops: float, ceiling: float) -> dict:
+    """Each part's share of the busy CPU time and its wall time per step (or per 1000 samples,
+    in `unit`), apportioned by that share; and the matmuls' rate as a share of the ceiling."""
+    wall, busy = seconds["wall"], sum(v for k, v in seconds.items() if k not in ("idle", "wall")) or 1.0
+    scale = 1e3 if unit == "ms" else 1e6
+    parts = {part: {"share_of_time": cpu / busy, f"wall_{unit}": wall * cpu / busy * scale / units}
+             for part, cpu in seconds.items() if part not in ("idle", "wall")}
+    matmul_wall = wall * seconds["matmuls"] / busy / units
+    parts["matmuls"]["rate_share_of_ceiling"] = matmul_flops / matmul_wall / ceiling if matmul_wall else 0.0
+    return {"wall_per_unit": wall * scale / units, "unit": unit, "parts": parts}
 
 
 def print_run(path: str, run: dict) -> None:
@@ -232,10 +239,14 @@ def print_run(path: str, run: dict) -> None:
                                             f"{iwae['samples_per_sec']:,.0f} samples/s, decoder at "
                                             f"{iwae['share_of_ceiling']:.0%} of the ceiling"),
     ]
-    for program, parts in run.get("profile", {}).items():
-        unit = "ms_per_step" if program == "train_epoch" else "us_per_sample"
-        rows.append((f"profile of {program} ({unit})", ", ".join(
-            f"{part} {v[unit]:.3g} ({v['share']:.0%})" for part, v in parts.items() if part != "idle")))
+    for program, breakdown in run.get("profile", {}).items():
+        unit, parts = breakdown["unit"], breakdown["parts"]
+        per = "step" if program == "train_step" else "1000 samples"
+        rows.append((f"profile: {unit} per {per}", f"{breakdown['wall_per_unit']:.3g} {unit}: " + ", ".join(
+            f"{part} {v[f'wall_{unit}']:.3g} ({v['share_of_time']:.0%})" for part, v in parts.items()
+            if v["share_of_time"] >= 0.005)))
+        rate = parts["matmuls"]["rate_share_of_ceiling"]
+        rows.append(("  matmuls' own rate", f"{rate:.0%} of the ceiling"))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")

@@ -15,6 +15,7 @@ import math
 import re
 import shutil
 import tempfile
+import time
 
 import jax
 from jax.extend import core as jex_core
@@ -145,19 +146,22 @@ def _kernel_self_times(trace_dir: str) -> collections.Counter:
 
 def profile(run, hlo_text: str) -> dict[str, float]:
     """Runs `run()` under the profiler; CPU seconds per part of the program compiled to `hlo_text`,
-    plus 'dispatch' (the runtime between kernels) and 'idle' (threads waiting)."""
+    plus 'dispatch' (the runtime between kernels), 'idle' (threads waiting) and 'wall' (the run's
+    wall-clock seconds)."""
     parts = kernel_parts(hlo_text)
     trace_dir = tempfile.mkdtemp()
     try:
         jax.profiler.start_trace(trace_dir)
         try:
+            start = time.perf_counter()
             run()
+            wall = time.perf_counter() - start
         finally:
             jax.profiler.stop_trace()
         times = _kernel_self_times(trace_dir)
     finally:
         shutil.rmtree(trace_dir, ignore_errors=True)
-    result = dict.fromkeys((*PARTS, "dispatch", "idle"), 0.0)
+    result = dict.fromkeys((*PARTS, "dispatch", "idle"), 0.0) | {"wall": wall}
     for name, seconds in times.items():
         if name in parts:
             result[parts[name]] += seconds
