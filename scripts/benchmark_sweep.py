@@ -78,7 +78,7 @@ def main(argv=None) -> int:
         cpu_rates = {key: [] for key in trainers}
         for round_index in range(args.rounds):
             for key, trainer in trainers.items():
-                rate = trainer.run_epoch()
+                rate = trainer.images_per_epoch / trainer.run_epoch()
                 if round_index > 0:
                     rates[key].append(rate)
                     cpu_rates[key].append(trainer.images_per_cpu_sec)

@@ -6,7 +6,7 @@ In one process the data live on the device for the whole run. An epoch is an on-
 then the train step over its batches: a gather, a binarisation and an update per step, either as
 one compiled `lax.scan` or one compiled step per Python call (see `epoch_loop`). In a run over
 several processes the same batches come from the host instead, each process sending only its
-rows (`HostFeed`). The batch axis is sharded over a 1-D mesh ("data") of every process's
+rows (`vae.feeding`). The batch axis is sharded over a 1-D mesh ("data") of every process's
 devices; parameters and optimizer state are replicated and XLA inserts the gradient all-reduce.
 Every random draw is a pure function of (seed, epoch, step), so a resumed run repeats an
 uninterrupted one exactly.
@@ -28,7 +28,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from vae import data, distributed, models, objectives
+from vae import data, distributed, models, objectives, threefry
 
 # Independent random streams, each folded into the run's root key.
 INIT, SHUFFLE, STEP, TEST_EVAL, VAL_EVAL = range(5)
@@ -71,7 +71,9 @@ def eval_params(state: TrainState) -> nnx.State:
 
 
 def root_key(seed: int) -> jax.Array:
-    return jax.random.key(seed)
+    """The run's root key: draws exactly `jax.random.key(seed)`'s bits, with each threefry hash
+    compiled as one fused XLA loop instead of a five-step while loop on CPU (`vae.threefry`)."""
+    return threefry.key(seed)
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -227,6 +229,25 @@ def epoch_loop(config) -> str:
     return choice
 
 
+# On CPU, copy insertion with region analysis proves that the optimizer may overwrite the
+# parameters in place inside the epoch loop; without it XLA copies five of the MLP's eight
+# parameter arrays (1.3 MB) every step. Copies only: the numbers are the same.
+_CPU_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
+
+
+def compile_lowered(lowered, mesh: Mesh):
+    """`lowered.compile()`, with `_CPU_COMPILER_OPTIONS` on CPU where this XLA knows them: how every
+    training program (single run, host-fed, sweep) is compiled."""
+    if mesh.devices.flat[0].platform != "cpu":
+        return lowered.compile()
+    try:
+        return lowered.compile(compiler_options=_CPU_COMPILER_OPTIONS)
+    except jax.errors.JaxRuntimeError as error:  # an XLA without the option: compile as usual
+        if "compile option" not in str(error):
+            raise
+        return lowered.compile()
+
+
 def compile_train_epoch(graphdef, config, mesh: Mesh, state: TrainState, images_u8, dynamic: bool):
     """The epoch function (state, images_u8, epoch) -> (state, per-step metrics), compiled now.
 
@@ -236,8 +257,8 @@ def compile_train_epoch(graphdef, config, mesh: Mesh, state: TrainState, images_
     num_train = images_u8.shape[0]
     if epoch_loop(config) == "scan":
         epoch0 = jax.device_put(np.int32(0), NamedSharding(mesh, P()))
-        return make_train_epoch(graphdef, config, mesh, num_train, dynamic).lower(
-            state, images_u8, epoch0).compile()
+        return compile_lowered(make_train_epoch(graphdef, config, mesh, num_train, dynamic).lower(
+            state, images_u8, epoch0), mesh)
     steps = num_train // config.train.batch_size
     batch_step = make_batch_step(make_train_step(graphdef, config, steps, dynamic), mesh)
     hyper = hyperparameters(config)
@@ -257,12 +278,12 @@ def compile_stepwise_epoch(step_fn, order_fn, mesh: Mesh, state, images_u8, metr
         return step_fn(state, images_u8, order[index])
 
     order = _compile_order(order_fn, mesh)
-    indices = _step_indices(order(epoch0).shape[0], mesh)
-    step = jax.jit(step_at, donate_argnums=0, out_shardings=replicated).lower(
-        state, images_u8, order(epoch0), indices[0]).compile()
+    indices = step_indices(order(epoch0).shape[0], mesh)
+    step = compile_lowered(jax.jit(step_at, donate_argnums=0, out_shardings=replicated).lower(
+        state, images_u8, order(epoch0), indices[0]), mesh)
 
     def train_epoch(state, images_u8, epoch):
-        return _run_steps(step, state, indices, images_u8, order(epoch), metrics_axis=metrics_axis)
+        return run_steps(step, state, indices, images_u8, order(epoch), metrics_axis=metrics_axis)
 
     return train_epoch
 
@@ -274,16 +295,16 @@ def _compile_order(order_fn, mesh: Mesh):
         jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)).compile()
 
 
-def _compile_epoch_order(config, num_train: int, mesh: Mesh):
+def compile_epoch_order(config, num_train: int, mesh: Mesh):
     """The compiled epoch -> steps x B batch indices of a single run."""
     return _compile_order(lambda epoch: epoch_order(config, num_train, epoch, config.seed), mesh)
 
 
-def _step_indices(steps: int, mesh: Mesh) -> list[jax.Array]:
+def step_indices(steps: int, mesh: Mesh) -> list[jax.Array]:
     return [jax.device_put(np.int32(i), NamedSharding(mesh, P())) for i in range(steps)]
 
 
-def _run_steps(step, state, indices, *inputs, metrics_axis: int = 0):
+def run_steps(step, state, indices, *inputs, metrics_axis: int = 0):
     """A Python loop of the compiled `step(state, *inputs, index)`; metrics stacked over steps
     (on `metrics_axis`)."""
     metrics = []
@@ -293,104 +314,46 @@ def _run_steps(step, state, indices, *inputs, metrics_axis: int = 0):
     return state, jax.tree.map(lambda *xs: jnp.stack(xs, axis=metrics_axis), *metrics)
 
 
-# --- Batches fed from the host (multi-process runs) ---------------------------------------------
-
-
-def batch_source(config) -> str:
-    """'device' (the training set lives on every device and each step gathers its batch there) or
-    'host' (each process sends only the rows of every batch its devices hold, see `HostFeed`).
-    'auto' picks 'host' when the run spans several processes, 'device' otherwise."""
-    choice = config.train.batch_source
-    if choice == "auto":
-        return "host" if jax.process_count() > 1 else "device"
-    return choice
-
-
-class HostFeed:
-    """An epoch's batches as one global uint8 array, steps x B x D, sharded over the batch axis.
-
-    The batches are the device path's (the same permutation, keyed by seed and epoch); each process
-    gathers, from its copy of the training set in host memory, only the rows its devices hold, and
-    `jax.make_array_from_process_local_data` assembles the global array. A streaming loader would
-    replace the in-memory gather and nothing else.
-    """
-
-    def __init__(self, config, images: np.ndarray, mesh: Mesh):
-        self.images_NxD = flatten(images)
-        num_train, num_pixels = self.images_NxD.shape
-        batch_size = config.train.batch_size
-        self.shape = (num_train // batch_size, batch_size, num_pixels)
-        self.sharding = NamedSharding(mesh, P(None, "data"))
-        self.rows = distributed.process_rows(self.sharding, self.shape, axis=1)
-        self.order = _compile_epoch_order(config, num_train, mesh)
-        self.replicated = NamedSharding(mesh, P())
-
-    def abstract(self) -> jax.ShapeDtypeStruct:
-        return jax.ShapeDtypeStruct(self.shape, np.uint8, sharding=self.sharding)
-
-    def __call__(self, epoch: int) -> jax.Array:
-        order_SxB = np.asarray(self.order(jax.device_put(np.int32(epoch), self.replicated)))
-        local = self.images_NxD[order_SxB[:, self.rows]]
-        return jax.make_array_from_process_local_data(self.sharding, local, self.shape)
-
-
-def compile_fed_epoch(graphdef, config, mesh: Mesh, state: TrainState,
-                      batches: jax.ShapeDtypeStruct, dynamic: bool):
-    """The epoch function (state, batches_u8 S x B x D) -> (state, per-step metrics), compiled now,
-    for batches that come from the host (`HostFeed`); scan or steps as `epoch_loop` says."""
-    steps = batches.shape[0]
-    train_step = make_train_step(graphdef, config, steps, dynamic)
-    hyper = hyperparameters(config)  # compiled in
-    batch_sharding = NamedSharding(mesh, P("data"))
-    replicated = NamedSharding(mesh, P())
-
-    def step_on(state, x_u8_BxD):
-        return train_step(state, jax.lax.with_sharding_constraint(x_u8_BxD, batch_sharding), hyper)
-
-    if epoch_loop(config) == "scan":
-        return jax.jit(lambda state, batches: jax.lax.scan(step_on, state, batches), donate_argnums=0,
-                       out_shardings=replicated).lower(state, batches).compile()
-    indices = _step_indices(steps, mesh)
-    step = jax.jit(lambda state, batches, index: step_on(state, batches[index]), donate_argnums=0,
-                   out_shardings=replicated).lower(state, batches, indices[0]).compile()
-    return lambda state, batches: _run_steps(step, state, indices, batches)
-
-
-def compile_epoch(graphdef, config, mesh: Mesh, state: TrainState, train_images: np.ndarray, dynamic: bool):
-    """The epoch as the training loop runs it, (state, epoch) -> (state, per-step metrics), compiled
-    now, with the batches from where `batch_source` says."""
-    if batch_source(config) == "host":
-        feed = HostFeed(config, train_images, mesh)
-        fed_epoch = compile_fed_epoch(graphdef, config, mesh, state, feed.abstract(), dynamic)
-        return lambda state, epoch: fed_epoch(state, feed(epoch))
-    images_u8 = images_on_device(train_images, mesh)
-    train_epoch = compile_train_epoch(graphdef, config, mesh, state, images_u8, dynamic)
-    replicated = NamedSharding(mesh, P())
-    return lambda state, epoch: train_epoch(state, images_u8, jax.device_put(np.int32(epoch), replicated))
-
-
 def make_evaluate(graphdef, config, mesh: Mesh, members: bool = False):
-    """A jitted (params, images_u8 N x D with N padded to the eval batch, key) -> per-example
-    ELBO terms (rec, kl, kl_per_dim where the prior factorises, posterior mean), one sample each.
-    members=True: params and keys of a sweep's members stacked, terms K x N x ...."""
+    """A (params, images_u8 N x D with N padded to the eval batch, key) -> per-example ELBO terms
+    (rec, kl, kl_per_dim where the prior factorises, posterior mean), one sample each: one compiled
+    program scanning over the batches, or, where `epoch_loop` is 'steps' (the conv models on CPU),
+    one compiled program per batch called from Python. Same keys, same numbers. members=True:
+    params and keys of a sweep's members stacked, terms K x N x ...."""
     batch_size = config.eval.batch_size
     batch_sharding = NamedSharding(mesh, P("data"))
+    replicated = NamedSharding(mesh, P())
+
+    def batch_terms(params, x_u8, key, index):
+        x = jax.lax.with_sharding_constraint(data.to_model_input(x_u8, None), batch_sharding)
+        return nnx.merge(graphdef, params).elbo_terms(x, jax.random.fold_in(key, index))
+
+    if epoch_loop(config) == "steps":
+        def batch_at(params, images_u8, key, index):
+            x_u8 = jax.lax.dynamic_slice_in_dim(images_u8, index * batch_size, batch_size)
+            return batch_terms(params, x_u8, key, index)
+
+        if members:
+            batch_at = jax.vmap(batch_at, in_axes=(0, None, 0, None))
+        step = jax.jit(batch_at, out_shardings=replicated)
+
+        def evaluate_stepwise(params, images_u8, key):
+            num_batches = images_u8.shape[0] // batch_size
+            indices = [jax.device_put(np.int32(i), replicated) for i in range(num_batches)]
+            terms = [step(params, images_u8, key, index) for index in indices]
+            return jax.tree.map(lambda *batches: jnp.concatenate(batches, axis=int(members)), *terms)
+
+        return evaluate_stepwise
 
     def evaluate(params, images_u8, key):
-        model = nnx.merge(graphdef, params)
         batches = images_u8.reshape(-1, batch_size, *images_u8.shape[1:])
-
-        def body(_, inputs):
-            index, x_u8 = inputs
-            x = jax.lax.with_sharding_constraint(data.to_model_input(x_u8, None), batch_sharding)
-            return None, model.elbo_terms(x, jax.random.fold_in(key, index))
-
-        _, terms = jax.lax.scan(body, None, (jnp.arange(batches.shape[0]), batches))
+        _, terms = jax.lax.scan(lambda _, inputs: (None, batch_terms(params, inputs[1], key, inputs[0])),
+                                None, (jnp.arange(batches.shape[0]), batches))
         return jax.tree.map(lambda t: t.reshape(-1, *t.shape[2:]), terms)
 
     if members:
         evaluate = jax.vmap(evaluate, in_axes=(0, None, 0))
-    return jax.jit(evaluate, out_shardings=NamedSharding(mesh, P()))
+    return jax.jit(evaluate, out_shardings=replicated)
 
 
 def eval_key(config, split: str) -> jax.Array:

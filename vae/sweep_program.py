@@ -148,5 +148,5 @@ def compile_members_epoch(graphdef, configs: list[ml_collections.ConfigDict], me
 
     replicated = NamedSharding(mesh, P())
     epoch0 = jax.device_put(np.int32(0), replicated)
-    return jax.jit(train_epoch, donate_argnums=0, out_shardings=replicated).lower(
-        state, images_u8, epoch0).compile()
+    return programs.compile_lowered(jax.jit(train_epoch, donate_argnums=0, out_shardings=replicated).lower(
+        state, images_u8, epoch0), mesh)

@@ -29,7 +29,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from vae import data, distributed, faults, programs, validation
+from vae import data, distributed, faults, feeding, programs, validation
 from vae import workdir as wd
 from vae.programs import TrainState
 from vae.run_dir import (  # noqa: F401 - the loop's rules and errors, which callers use from here
@@ -190,7 +190,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, 
     state = run.restore(jax.device_put(state, replicated), replicated)
 
     t0 = time.perf_counter()
-    train_epoch = programs.compile_epoch(graphdef, config, mesh, state, dataset.train_images, dataset.dynamic)
+    train_epoch = feeding.compile_epoch(graphdef, config, mesh, state, dataset.train_images, dataset.dynamic)
     evaluate = programs.make_evaluate(graphdef, config, mesh)
     compile_time = time.perf_counter() - t0
     evaluators = make_evaluators(evaluate, config, mesh, dataset)
