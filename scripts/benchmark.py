@@ -1,13 +1,17 @@
-"""Benchmarks the trainer that scripts/train.py runs, optionally against a PyTorch reference.
+"""Benchmarks what scripts/train.py and scripts/evaluate.py run, as shares of this machine's matmul ceiling.
 
-    python scripts/benchmark.py --config configs/mlp_small.py [--epochs 5] [--torch] [--devices 4]
-        [--batch-sizes 128,512,4096] [--out docs/benchmark.json]
+    python scripts/benchmark.py --config configs/mlp_small.py [--config configs/paper_vae.py ...]
+        [--torch] [--profile] [--epochs 5] [--batch-sizes 128,1024] [--iw-samples 1000]
+        [--devices 4] [--out docs/bench/NAME.json]
 
-For each batch size: compile time, time from command start to the first finished epoch,
-training images/s (median over the epochs after the first), step-time percentiles, evaluation
-images/s (ELBO and importance-weighted), peak memory, and the share of the machine's fp32 matmul
-ceiling. With --torch, JAX and two PyTorch loops (idiomatic, tuned) train alternately, one epoch
-each per round, in this process, and their median ratio is reported.
+One JSON for every config given: the fp32 matmul ceiling measured in this process (at the start
+and again at the end), and for each config and batch size the training images/s (median over the
+epochs after the first), the negative-ELBO evaluation and the importance-weighted bound (images/s
+and samples/s), each with its matmul FLOPs counted on the traced program and its share of the
+ceiling; compile time, step-time percentiles, memory. The same command on any machine, GPU
+included, gives comparable shares. --torch alternates JAX with two PyTorch loops (idiomatic,
+tuned) one epoch at a time and reports their median ratio; --profile adds where the time of a
+train step and of an IWAE batch goes (matmuls, random bits, optimizer update, gathers, ...).
 """
 
 import os
@@ -21,26 +25,33 @@ COMMAND_START = time.perf_counter()
 
 def parse(argv):
     parser = flags.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/mlp_small.py")
+    parser.add_argument("--config", action="append", default=None,
+                        help="a config file; repeat for several (default configs/mlp_small.py)")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
-                        help="config overrides, e.g. model.arch=conv train.learning_rate=3e-4")
+                        help="overrides for every config, e.g. model.arch=conv train.learning_rate=3e-4")
     parser.add_argument("--batch-sizes", type=flags.integer_list(1), default=None,
-                        help="comma-separated; default: the config's")
+                        help="comma-separated; default: each config's")
     parser.add_argument("--epochs", type=flags.integer(2), default=5,
                         help="epochs timed per batch size (>= 2: the first is not timed)")
     parser.add_argument("--devices", type=flags.integer(1, 4096), default=None,
                         help="fake this many CPU devices")
-    parser.add_argument("--torch", action="store_true", help="alternate with the PyTorch reference")
+    parser.add_argument("--torch", action="store_true", help="alternate with the PyTorch reference (MLP)")
+    parser.add_argument("--profile", action="store_true", help="break a train step and an IWAE batch down")
     parser.add_argument("--step-samples", type=flags.integer(1), default=200, help="steps timed one by one")
+    parser.add_argument("--eval-repeats", type=flags.integer(1), default=5,
+                        help="timed ELBO evaluations of the test set")
     parser.add_argument("--iw-samples", type=flags.integer(1), default=1000, help="k for the IWAE throughput")
     parser.add_argument("--iw-images", type=flags.integer(1), default=256,
                         help="images for the IWAE throughput")
+    parser.add_argument("--iw-repeats", type=flags.integer(1), default=3, help="timed IWAE runs")
     parser.add_argument("--synthetic", action="store_true", help="random images instead of the data set")
     parser.add_argument("--train-images", type=flags.integer(1), default=None, help="use only the first N")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
-    if not os.path.isfile(args.config):
-        parser.error(f"argument --config: no config file {args.config!r}")
+    args.config = args.config or ["configs/mlp_small.py"]
+    for path in args.config:
+        if not os.path.isfile(path):
+            parser.error(f"argument --config: no config file {path!r}")
     for item in args.set:
         if "=" not in item:
             parser.error(f"argument --set: expected FIELD=VALUE, got {item!r}")
@@ -52,137 +63,186 @@ def main(argv=None) -> int:
     if args.devices:  # before jax starts
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + f" --xla_force_host_platform_device_count={args.devices}")
-    import json
     import runpy
-
-    from vae import benchmark, cli, validation
-
-    config = runpy.run_path(args.config)["get_config"]()
-    for item in args.set:
-        field, _, value = item.partition("=")
-        *parents, leaf = field.split(".")
-        node = config
-        try:
-            for parent in parents:
-                node = node[parent]
-            node[leaf] = _parse_value(value, node[leaf])
-        except (KeyError, AttributeError, TypeError, ValueError) as e:
-            print(f"error: argument --set: cannot set {field} to {value!r} ({type(e).__name__}: "
-                  f"{' '.join(str(e).split())[:200]})", file=sys.stderr)
-            return 2
-    batch_sizes = args.batch_sizes or [config.train.batch_size]
 
     import jax
 
+    from vae import benchmark, cli, sweep_spec, validation
+
+    configs = []
+    for path in args.config:
+        config = runpy.run_path(path)["get_config"]()
+        for item in args.set:  # typed like the field, as --sweep's values (`sweep_spec.override`)
+            try:
+                sweep_spec.override(config, item)
+            except validation.ConfigError as e:
+                field, _, value = item.partition("=")
+                print(f"error: argument --set: cannot set {field} to {value!r} ({e})", file=sys.stderr)
+                return 2
+        configs.append((path, config))
     cli.quiet_logs()
     with cli.user_errors():
-        validation.validate_config(config, jax.device_count())
-        train_images, test_images, dynamic = benchmark.load_images(config, args.synthetic)
-        if args.train_images:
-            train_images = train_images[: args.train_images]
-        results = {"machine": benchmark.machine(), "config": json.loads(config.to_json_best_effort()),
-                   "synthetic": args.synthetic, "runs": []}
-        peak = benchmark.matmul_peak_flops()
-        flops = benchmark.mlp_train_flops_per_image(config, int(train_images[0].size))
-        results["matmul_peak_gflops"] = peak / 1e9
-        results["train_flops_per_image"] = flops
-        results["ceiling_images_per_sec"] = peak / flops if flops else None
-        reference = None
-        if args.torch:
-            from vae import torch_reference
-
-            reference = torch_reference.Reference(train_images, config.model.hidden_dims,
-                                                  config.model.latent_dim, config.train.batch_size)
-        for batch_size in batch_sizes:
-            config.train.batch_size = batch_size
-            config.eval.batch_size = max(config.eval.batch_size - config.eval.batch_size % jax.device_count(),
-                                         jax.device_count())
+        for _, config in configs:
             validation.validate_config(config, jax.device_count())
-            run = measure(config, train_images, test_images, dynamic, args, benchmark,
-                          reference if batch_size == batch_sizes[0] else None, peak, flops)
-            results["runs"].append(run)
-            print_run(run)
+        results = {"machine": benchmark.machine(), "command": " ".join(sys.argv), "synthetic": args.synthetic,
+                   "matmul_ceiling": benchmark.matmul_ceiling(), "configs": []}
+        ceiling = results["matmul_ceiling"]["gflops"] * 1e9
+        print(f"fp32 matmul ceiling, measured now: {ceiling / 1e9:,.0f} GFLOP/s\n")
+        for path, config in configs:
+            results["configs"].append(measure_config(path, config, args, benchmark, ceiling))
+        results["matmul_ceiling_at_end"] = benchmark.matmul_ceiling()
         results["memory"] = benchmark.peak_memory()
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=2)
-        print(f"wrote {args.out}")
+        benchmark.write_json(args.out, results)
     return 0
 
 
-def _parse_value(text: str, current):
-    """A --set value as a Python literal (ints widened to float for float fields), else a string."""
-    import ast
+def measure_config(path, config, args, benchmark, ceiling: float) -> dict:
+    import json
 
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        value = text
-    return float(value) if isinstance(current, float) and isinstance(value, int) else value
+    import jax
+
+    from vae import validation
+
+    train_images, test_images, dynamic = benchmark.load_images(config, args.synthetic)
+    if args.train_images:
+        train_images = train_images[: args.train_images]
+    flops = benchmark.flops(config, train_images.shape[1:])
+    entry = {"config_file": path, "overrides": args.set, "config": json.loads(config.to_json_best_effort()),
+             "matmul_flops": flops, "runs": []}
+    batch_sizes = args.batch_sizes or [config.train.batch_size]
+    reference = None
+    if args.torch:
+        model = config.model
+        if model.arch == "mlp" and model.activation == "relu" and model.prior == "standard_normal":
+            from vae import torch_reference
+
+            reference = torch_reference.Reference(train_images, model.hidden_dims, model.latent_dim,
+                                                  batch_sizes[0])
+        else:
+            entry["torch"] = "skipped: the PyTorch reference is the ReLU MLP VAE with a standard normal prior"
+    for index, batch_size in enumerate(batch_sizes):
+        config.train.batch_size = batch_size
+        config.eval.batch_size = max(config.eval.batch_size - config.eval.batch_size % jax.device_count(),
+                                     jax.device_count())
+        validation.validate_config(config, jax.device_count())
+        run = measure(config, train_images, test_images, dynamic, args, benchmark,
+                      reference if index == 0 else None, flops, ceiling, profile=args.profile and index == 0)
+        entry["runs"].append(run)
+        print_run(path, run)
+    return entry
 
 
-def measure(config, train_images, test_images, dynamic, args, benchmark, reference, peak, flops) -> dict:
+def measure(config, train_images, test_images, dynamic, args, benchmark, reference, flops, ceiling,
+            profile: bool) -> dict:
     import statistics
 
     import jax
+
+    from vae import profiling
 
     trainer = benchmark.Trainer(config, train_images, test_images, dynamic)
     first = trainer.run_epoch()
     run = {
         "batch_size": config.train.batch_size,
         "devices": jax.device_count(),
+        "epoch_loop": trainer.epoch_loop,
         "compile_sec": trainer.compile_sec,
         "command_to_first_epoch_sec": time.perf_counter() - COMMAND_START,
-        "first_epoch_images_per_sec": first,
+        "first_epoch_images_per_sec": trainer.images_per_epoch / first,
     }
-    jax_rates, idiomatic, tuned = [], [], []
+    jax_rates, idiomatic, tuned, others = [], [], [], []
     for _ in range(args.epochs - 1):
-        jax_rates.append(trainer.run_epoch())
+        with benchmark.OtherProcesses() as other:
+            jax_rates.append(trainer.images_per_epoch / trainer.run_epoch())
+        others.append(other.share)
         if reference is not None:
             idiomatic.append(reference.epoch_idiomatic())
             tuned.append(reference.epoch_tuned())
-    run["images_per_sec"] = statistics.median(jax_rates)
-    run["images_per_sec_all"] = jax_rates
-    if peak and flops:
-        run["share_of_ceiling"] = run["images_per_sec"] * flops / peak
+    rate = statistics.median(jax_rates)
+    run["train"] = {"images_per_sec": rate, "all_images_per_sec": jax_rates, "others_cpu": others,
+                    "share_of_ceiling": rate * flops["train_per_image"] / ceiling}
     if reference is not None:
-        run["torch_idiomatic_images_per_sec"] = statistics.median(idiomatic)
-        run["torch_tuned_images_per_sec"] = statistics.median(tuned)
-        run["ratio_to_torch_idiomatic"] = statistics.median(j / i for j, i in zip(jax_rates, idiomatic))
-        run["ratio_to_torch_tuned"] = statistics.median(j / t for j, t in zip(jax_rates, tuned))
-        run["torch_threads"] = reference.threads
+        run["torch"] = {
+            "threads": reference.threads,
+            "idiomatic_images_per_sec": statistics.median(idiomatic),
+            "tuned_images_per_sec": statistics.median(tuned),
+            "jax_over_idiomatic": statistics.median(j / i for j, i in zip(jax_rates, idiomatic)),
+            "jax_over_tuned": statistics.median(j / t for j, t in zip(jax_rates, tuned)),
+            "all_idiomatic_images_per_sec": idiomatic, "all_tuned_images_per_sec": tuned,
+        }
     step_times = trainer.step_times(args.step_samples)
     run["step_time_ms"] = {k: v * 1e3 for k, v in benchmark.percentiles(step_times).items()}
-    run["eval_images_per_sec"] = trainer.eval_images_per_sec()
-    run["iwae_k"] = args.iw_samples
-    run["iwae_images_per_sec"] = trainer.iwae_images_per_sec(test_images, args.iw_samples, args.iw_images)
+
+    evaluation = benchmark.timed(trainer.evaluate_once, args.eval_repeats)
+    eval_rate = len(test_images) / evaluation["seconds"]
+    run["elbo_eval"] = {"images_per_sec": eval_rate, "others_cpu": evaluation["others_cpu"],
+                        "share_of_ceiling": eval_rate * flops["elbo_eval_per_image"] / ceiling}
+
+    k, num_images = args.iw_samples, min(args.iw_images, len(test_images))
+    iwae = benchmark.timed(trainer.iwae_run(k, num_images), args.iw_repeats)
+    samples = num_images * k / iwae["seconds"]
+    run["iwae"] = {"k": k, "images": num_images, "images_per_sec": num_images / iwae["seconds"],
+                   "samples_per_sec": samples, "others_cpu": iwae["others_cpu"],
+                   "share_of_ceiling": samples * flops["iwae_decoder_per_sample"] / ceiling,
+                   "share_of_ceiling_all_matmuls": samples * flops["iwae_per_sample"] / ceiling}
+    if profile:
+        train_parts = profiling.profile(trainer.run_epoch, trainer.epoch_hlo())
+        iwae_parts = profiling.profile(trainer.iwae_run(k, num_images), trainer.iwae_hlo(k))
+        run["profile"] = {
+            "train_step": per_part(train_parts, trainer.steps, "ms",
+                                   flops["train_per_image"] * config.train.batch_size, ceiling),
+            "iwae_sample": per_part(iwae_parts, num_images * k / 1000, "us",
+                                    flops["iwae_per_sample"] * 1000, ceiling),
+        }
     return run
 
 
-def print_run(run: dict) -> None:
+def per_part(seconds: dict, units: float, unit: str, matmul_flops: float, ceiling: float) -> dict:
+    """Each part's share of the busy CPU time and its wall time per step (or per 1000 samples,
+    in `unit`), apportioned by that share; and the matmuls' rate as a share of the ceiling."""
+    wall, busy = seconds["wall"], sum(v for k, v in seconds.items() if k not in ("idle", "wall")) or 1.0
+    scale = 1e3 if unit == "ms" else 1e6
+    parts = {part: {"share_of_time": cpu / busy, f"wall_{unit}": wall * cpu / busy * scale / units}
+             for part, cpu in seconds.items() if part not in ("idle", "wall")}
+    matmul_wall = wall * seconds["matmuls"] / busy / units
+    parts["matmuls"]["rate_share_of_ceiling"] = matmul_flops / matmul_wall / ceiling if matmul_wall else 0.0
+    return {"wall_per_unit": wall * scale / units, "unit": unit, "parts": parts}
+
+
+def print_run(path: str, run: dict) -> None:
+    train, iwae = run["train"], run["iwae"]
     rows = [
-        ("batch size / devices", f"{run['batch_size']} / {run['devices']}"),
-        ("compile", f"{run['compile_sec']:.2f} s"),
-        ("command start -> first epoch done", f"{run['command_to_first_epoch_sec']:.1f} s"),
-        ("training (median)", f"{run['images_per_sec']:,.0f} images/s"),
+        ("config / batch size / devices", f"{path} / {run['batch_size']} / {run['devices']}"),
+        ("compile; command start -> first epoch done", f"{run['compile_sec']:.2f} s; "
+                                                        f"{run['command_to_first_epoch_sec']:.1f} s"),
+        ("training (median)", f"{train['images_per_sec']:,.0f} images/s, "
+                              f"{train['share_of_ceiling']:.0%} of the ceiling"),
     ]
-    if "share_of_ceiling" in run:
-        rows.append(("share of the fp32 matmul ceiling", f"{run['share_of_ceiling']:.0%}"))
-    if "torch_idiomatic_images_per_sec" in run:
-        rows += [
-            ("PyTorch idiomatic", f"{run['torch_idiomatic_images_per_sec']:,.0f} images/s "
-                                  f"(JAX {run['ratio_to_torch_idiomatic']:.2f}x)"),
-            ("PyTorch tuned", f"{run['torch_tuned_images_per_sec']:,.0f} images/s "
-                              f"(JAX {run['ratio_to_torch_tuned']:.2f}x)"),
-        ]
+    if "torch" in run:
+        t = run["torch"]
+        rows += [("PyTorch idiomatic", f"{t['idiomatic_images_per_sec']:,.0f} images/s "
+                                       f"(JAX {t['jax_over_idiomatic']:.2f}x)"),
+                 ("PyTorch tuned", f"{t['tuned_images_per_sec']:,.0f} images/s "
+                                   f"(JAX {t['jax_over_tuned']:.2f}x)")]
     p = run["step_time_ms"]
     rows += [
         ("step time p50 / p90 / p99 (one call per step)",
          f"{p['p50']:.2f} / {p['p90']:.2f} / {p['p99']:.2f} ms"),
-        ("evaluation, negative ELBO", f"{run['eval_images_per_sec']:,.0f} images/s"),
-        (f"evaluation, IWAE k={run['iwae_k']}", f"{run['iwae_images_per_sec']:,.1f} images/s"),
+        ("evaluation, negative ELBO", f"{run['elbo_eval']['images_per_sec']:,.0f} images/s, "
+                                      f"{run['elbo_eval']['share_of_ceiling']:.0%} of the ceiling"),
+        (f"evaluation, IWAE k={iwae['k']}", f"{iwae['images_per_sec']:,.1f} images/s, "
+                                            f"{iwae['samples_per_sec']:,.0f} samples/s, decoder at "
+                                            f"{iwae['share_of_ceiling']:.0%} of the ceiling"),
     ]
+    for program, breakdown in run.get("profile", {}).items():
+        unit, parts = breakdown["unit"], breakdown["parts"]
+        per = "step" if program == "train_step" else "1000 samples"
+        rows.append((f"profile: {unit} per {per}", f"{breakdown['wall_per_unit']:.3g} {unit}: " + ", ".join(
+            f"{part} {v[f'wall_{unit}']:.3g} ({v['share_of_time']:.0%})" for part, v in parts.items()
+            if v["share_of_time"] >= 0.005)))
+        rate = parts["matmuls"]["rate_share_of_ceiling"]
+        rows.append(("  matmuls' own rate", f"{rate:.0%} of the ceiling"))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")

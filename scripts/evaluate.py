@@ -8,12 +8,13 @@ and splits the images over every process's devices; process 0 writes and prints.
 """
 
 import json
+import math
 import sys
 from pathlib import Path
 
 from vae import cli, distributed, evaluation, flags, workdir
 
-MAX_DRAWS_PER_CALL = 2_000_000  # about 6 GB of float32 pixels at 784 per image
+MAX_DRAWS_PER_CALL = evaluation.MAX_DRAWS_PER_CALL
 
 
 def parse(argv):
@@ -26,19 +27,23 @@ def parse(argv):
                              "split); latest: the newest checkpoint")
     parser.add_argument("--epoch", type=flags.integer(1), default=None,
                         help="one of the latest checkpoints, by epoch")
-    parser.add_argument("--batch-size", type=flags.integer(1), default=32, help="images per device call")
-    parser.add_argument("--chunk-size", type=flags.integer(1), default=250,
-                        help="samples decoded at once per image")
+    parser.add_argument("--batch-size", type=flags.integer(1), default=None,
+                        help="images per device call (default: 32 per CPU device); no effect on the result")
+    parser.add_argument("--chunk-size", type=flags.integer(1), default=None,
+                        help="samples decoded at once per image (default: about 1024 rows per CPU device); "
+                             "no effect on the result")
     parser.add_argument("--max-examples", type=flags.integer(1), default=None,
                         help="only the first N test images")
     parser.add_argument("--out", default=None, help="output directory (default: the workdir)")
     parser.add_argument("--no-progress", action="store_true")
     distributed.add_arguments(parser)
     args = parser.parse_args(argv)
-    if args.batch_size * args.chunk_size > MAX_DRAWS_PER_CALL:
-        parser.error(f"argument --batch-size/--chunk-size: their product is the number of images the "
-                     f"decoder holds at once, at most {MAX_DRAWS_PER_CALL:,}; got "
-                     f"{args.batch_size:,} x {args.chunk_size:,}")
+    sizes = {flag: v for flag, v in (("--batch-size", args.batch_size), ("--chunk-size", args.chunk_size))
+             if v is not None}
+    if math.prod(sizes.values()) > MAX_DRAWS_PER_CALL:  # checked again once the defaults are known
+        parser.error(f"argument {'/'.join(sizes)}: batch x chunk is the number of images the decoder "
+                     f"holds at once, at most {MAX_DRAWS_PER_CALL:,}; got "
+                     f"{' x '.join(f'{v:,}' for v in sizes.values())}")
     return args
 
 

@@ -1,15 +1,18 @@
 """The KL term across epochs for one or more workdirs (works while they are still training).
 
     python scripts/plot_kl.py --workdir runs/beta1 runs/beta4 [--labels "β=1" "β=4"] [--out DIR]
+    python scripts/plot_kl.py --workdir runs/beta        # a sweep's workdir: its members overlaid
 
 Writes kl_curves.png (KL, reconstruction and negative ELBO per epoch, runs overlaid) and
-kl_per_dim.png (per-dimension KL heat maps and active units) into the first workdir or --out.
+kl_per_dim.png (per-dimension KL heat maps and active units) into the first workdir or --out. A
+sweep's workdir (scripts/sweep.py) stands for its members, labelled by their names (prefixed by
+its --labels entry where given), and gets rate_distortion.png (into --out where given).
 """
 
 import sys
 from pathlib import Path
 
-from vae import cli, flags, plotting, workdir
+from vae import cli, flags, plotting, sweep, sweep_spec, workdir
 
 
 def parse(argv):
@@ -32,6 +35,13 @@ def main(argv=None) -> int:
         for label, path in zip(labels, args.workdir):
             if not Path(path).is_dir():
                 raise workdir.WorkdirError(f"workdir {path} does not exist")
+            if sweep_spec.is_sweep(path):
+                members = sweep.read_members(path)
+                prefix = f"{label}/" if args.labels else ""
+                runs |= {f"{prefix}{name}": records for name, records in members.items()}
+                if not members:
+                    raise workdir.WorkdirError(f"no member of the sweep {path} has metrics yet")
+                continue
             records = workdir.read_metrics(Path(path))
             if not records:
                 raise workdir.WorkdirError(
@@ -47,6 +57,10 @@ def main(argv=None) -> int:
         if len(factorised) < len(runs):
             print(f"no per-dimension KL for {sorted(set(runs) - set(factorised))}: a VampPrior's KL does "
                   "not split over dimensions", file=sys.stderr)
+        for path in args.workdir:
+            if sweep_spec.is_sweep(path) and any("test/kl" in r for m in sweep.read_members(path).values()
+                                                 for r in m):
+                print(sweep.save_rate_distortion(path, out if args.out else None))
     return 0
 
 

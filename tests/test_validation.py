@@ -194,8 +194,9 @@ SCRIPT_FLAGS = {
         "--seed": int_in(0, 2**32 - 1), "--epoch": int_in(1)}),
     "evaluate": (["--workdir", "w"], {
         "--iw-samples": int_in(1), "--epoch": int_in(1), "--max-examples": int_in(1),
-        # the decoder holds batch x chunk images at once: at most 2,000,000 (defaults 32 and 250)
-        "--batch-size": int_in(1, 2_000_000 // 250), "--chunk-size": int_in(1, 2_000_000 // 32)}),
+        # the decoder holds batch x chunk images at once: at most 2,000,000 (each alone here; the
+        # product with the other's default is checked once the device count is known)
+        "--batch-size": int_in(1, 2_000_000), "--chunk-size": int_in(1, 2_000_000)}),
     "benchmark": ([], {
         "--epochs": int_in(2), "--devices": int_in(1, 4096), "--step-samples": int_in(1),
         "--iw-samples": int_in(1), "--iw-images": int_in(1), "--train-images": int_in(1),
@@ -253,4 +254,4 @@ def test_benchmark_set_of_an_unknown_field_is_one_line():
                             capture_output=True, text=True, cwd=REPO, timeout=120)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
-    assert lines[0].startswith("error: argument --set: cannot set train.betta to '2' (KeyError")
+    assert lines[0].startswith("error: argument --set: cannot set train.betta to '2' (train.betta: unknown")

@@ -1,10 +1,15 @@
-"""Measurements of the trainer that `scripts/train.py` runs: throughput, compile time, step-time
-percentiles, memory, evaluation speed, the machine's matmul ceiling, and a PyTorch reference.
+"""Measurements of what `scripts/train.py` and `scripts/evaluate.py` run: training throughput, the
+negative-ELBO evaluation and the importance-weighted bound, each as a share of the machine's
+matmul ceiling measured in the same process; compile time, step-time percentiles, memory, a
+PyTorch reference, and (with a profile) where the time of a step goes.
 
-Times on a shared machine are noisy: every figure is a median over repeats, and comparisons
-(JAX vs PyTorch) alternate their runs in one process so drift hits both alike.
+Times on a shared machine are noisy: every figure is a median over repeats; comparisons (JAX vs
+PyTorch) alternate their runs in one process so drift hits both alike; and on Linux each timed
+repeat records how much of the CPU other processes took meanwhile (`others_cpu`), so a figure
+measured beside someone else's job can be told apart.
 """
 
+import json
 import os
 import platform
 import resource
@@ -14,10 +19,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from vae import data, evaluation, programs, workdir
+from vae import data, evaluation, objectives, profiling, programs, sweep_program, workdir
 
 
 def machine() -> dict:
@@ -45,39 +51,97 @@ def machine() -> dict:
     return info
 
 
-def _best_time(run, repeats: int) -> float:
-    run()  # warm up (and compile)
-    times = []
+# --- Timing on a shared machine --------------------------------------------------------------------
+
+
+class OtherProcesses:
+    """The share of all CPU time that other processes used while the block ran (Linux; else None)."""
+
+    def __enter__(self):
+        self.start = self._read()
+        return self
+
+    def __exit__(self, *exc):
+        end = self._read()
+        if self.start is None or end is None:
+            self.share = None
+        else:
+            busy, total, mine = (b - a for a, b in zip(self.start, end))
+            self.share = max(0.0, busy - mine) / max(1, total)
+        return False
+
+    @staticmethod
+    def _read():
+        try:
+            with open("/proc/stat") as f:
+                ticks = [int(v) for v in f.readline().split()[1:9]]
+            with open(f"/proc/{os.getpid()}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        idle = ticks[3] + ticks[4]
+        return sum(ticks) - idle, sum(ticks), int(fields[11]) + int(fields[12])
+
+
+def timed(run, repeats: int) -> dict:
+    """Runs `run()` `repeats` times after a warm-up; median seconds, every time, others' CPU share."""
+    run()
+    seconds, others = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        with OtherProcesses() as other:
+            start = time.perf_counter()
+            run()
+            seconds.append(time.perf_counter() - start)
+        others.append(other.share)
+    return {"seconds": statistics.median(seconds), "all_seconds": seconds, "others_cpu": others}
 
 
-def matmul_peak_flops(sizes=(1024, 2048), repeats: int = 5) -> float:
-    """The machine's sustained fp32 matmul rate (FLOP/s): the best of JAX and NumPy's BLAS over
-    square sizes, each the best of `repeats`. Training cannot beat this, so it is the ceiling."""
+def matmul_ceiling(repeats: int = 7, sizes=None) -> dict:
+    """The machine's sustained fp32 matmul rate: a jitted N x N matmul (and NumPy's BLAS on a CPU),
+    the median of `repeats` timings, the best over sizes and libraries. Nothing that multiplies
+    matrices runs faster, so every throughput below is reported as a share of it."""
+    backend = jax.default_backend()
+    sizes = sizes or ((1024, 2048) if backend == "cpu" else (4096, 8192))
     matmul = jax.jit(jnp.matmul)
-    best = 0.0
+    per_size = {}
     for size in sizes:
         a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
-        a_jax = jnp.asarray(a)
-        jax_time = _best_time(lambda m=a_jax: matmul(m, m).block_until_ready(), repeats)
-        numpy_time = _best_time(lambda m=a: m @ m, repeats)
-        best = max(best, 2 * size**3 / min(jax_time, numpy_time))
-    return best
+        a_device = jnp.asarray(a)
+        run_jax = lambda m=a_device: matmul(m, m).block_until_ready()
+        rates = {"jax": 2 * size**3 / timed(run_jax, repeats)["seconds"] / 1e9}
+        if backend == "cpu":
+            rates["numpy"] = 2 * size**3 / timed(lambda m=a: m @ m, repeats)["seconds"] / 1e9
+        per_size[str(size)] = rates
+    best = max(rate for rates in per_size.values() for rate in rates.values())
+    return {"gflops": best, "per_size_gflops": per_size}
 
 
-def mlp_train_flops_per_image(config, image_dim: int) -> float | None:
-    """Forward + backward matmul FLOPs per image of the MLP VAE (≈ 3 × forward); None for conv."""
-    if config.model.arch != "mlp":
-        return None
-    hidden, z = tuple(config.model.hidden_dims), config.model.latent_dim
-    enc = (image_dim, *hidden, 2 * z)
-    dec = (z, *reversed(hidden), image_dim)
-    macs = sum(a * b for a, b in zip(enc[:-1], enc[1:])) + sum(a * b for a, b in zip(dec[:-1], dec[1:]))
-    return 3 * 2 * macs
+# --- FLOPs of what is measured ---------------------------------------------------------------------
+
+
+def flops(config, image_shape) -> dict:
+    """Matmul FLOPs, counted on the traced programs: per image of a train step (forward and
+    backward) and of the ELBO evaluation; per importance sample of the decoder, the yardstick of
+    the IWAE's speed, and of everything the IWAE computes per sample (the decoder, the encoder
+    once per image and chunk, a VampPrior's components)."""
+    tx = programs.make_optimizer(config.train, 1)
+    graphdef, state = programs.init_state(config, image_shape, tx)
+    model = nnx.merge(graphdef, state.params)
+    batch, chunk, image_dim = 8, 16, int(np.prod(image_shape))
+    x = jnp.zeros((batch, image_dim), jnp.float32)
+    key = jax.random.key(0)
+    train_step = programs.make_train_step(graphdef, config, 1, dynamic=True)
+    hyper = programs.hyperparameters(config)
+    keys = objectives.sample_keys(key, jnp.arange(batch), jnp.arange(chunk))
+    log_weights = evaluation.log_weights_for(model)
+    return {
+        "train_per_image": profiling.matmul_flops(lambda state, x_u8: train_step(state, x_u8, hyper), state,
+                                                  x.astype(jnp.uint8)) / batch,
+        "elbo_eval_per_image": profiling.matmul_flops(model.elbo_terms, x, key) / batch,
+        "iwae_decoder_per_sample": profiling.matmul_flops(model.decode,
+                                                          jnp.zeros((batch, model.latent_dim))) / batch,
+        "iwae_per_sample": profiling.matmul_flops(lambda: log_weights(model, x, keys)) / (batch * chunk),
+    }
 
 
 def load_images(config, synthetic: bool) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -95,24 +159,40 @@ def percentiles(values, qs=(50, 90, 99)) -> dict:
     return {f"p{q}": float(np.percentile(values, q)) for q in qs}
 
 
-class Trainer:
-    """The compiled programs of one config on one set of devices, as train_and_evaluate builds them."""
+# --- The programs of a run ------------------------------------------------------------------------
 
-    def __init__(self, config, train_images, test_images, dynamic: bool, devices=None):
+
+class Trainer:
+    """The compiled programs of one config on one set of devices, as train_and_evaluate builds them;
+    with `members` (configs that differ in `programs.Hyper` numbers only), the sweep's one vmapped
+    program over their stacked states, as `vae.sweep` builds it."""
+
+    def __init__(self, config, train_images, test_images, dynamic: bool, devices=None, members=None,
+                 loop: str = "auto"):
         self.config = config
         self.mesh = programs.make_mesh(devices)
         self.replicated = NamedSharding(self.mesh, P())
         self.num_train = len(train_images)
         self.steps = self.num_train // config.train.batch_size
         self.tx = programs.make_optimizer(config.train, self.steps)
-        self.graphdef, state = programs.init_state(config, train_images.shape[1:], self.tx)
-        self.state = jax.device_put(state, self.replicated)
+        self.num_members = len(members) if members else 1
+        states = [programs.init_state(c, train_images.shape[1:], self.tx) for c in members or [config]]
+        self.graphdef = states[0][0]
+        if members:
+            self.state = sweep_program.stack([s for _, s in states], self.replicated)
+        else:
+            self.state = jax.device_put(states[0][1], self.replicated)
         self.train_images = programs.images_on_device(train_images, self.mesh)
+        self.test_images_u8 = test_images
         self.test_images = programs.images_on_device(test_images, self.mesh, config.eval.batch_size)
         self.dynamic = dynamic
         start = time.perf_counter()
-        self.epoch_fn = programs.compile_train_epoch(self.graphdef, self.tx, config, self.mesh, self.state,
-                                                  self.train_images, dynamic)
+        if members:
+            self.epoch_fn = sweep_program.compile_members_epoch(self.graphdef, members, self.mesh, self.state,
+                                                              self.train_images, dynamic, loop)
+        else:
+            self.epoch_fn = programs.compile_train_epoch(self.graphdef, config, self.mesh, self.state,
+                                                         self.train_images, dynamic)
         self.epoch_loop = programs.epoch_loop(config)
         self.compile_sec = time.perf_counter() - start
         self.evaluate = programs.make_evaluate(self.graphdef, config, self.mesh)
@@ -123,18 +203,27 @@ class Trainer:
         return jax.device_put(np.int32(epoch), self.replicated)
 
     def run_epoch(self) -> float:
-        """Trains one epoch; returns images per second."""
+        """Trains one epoch; returns its wall time in seconds. Also keeps `images_per_cpu_sec`
+        (of all members together): per second of this process's CPU time, all threads, which other
+        processes on a shared machine disturb less than the wall clock."""
         self.epochs_run += 1
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         self.state, metrics = self.epoch_fn(self.state, self.train_images, self._epoch(self.epochs_run))
         jax.block_until_ready(metrics)
-        return self.steps * self.config.train.batch_size / (time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        self.images_per_cpu_sec = self.images_per_epoch / (time.process_time() - start_cpu)
+        return seconds
+
+    @property
+    def images_per_epoch(self) -> int:
+        """Images one epoch trains, of all members together."""
+        return self.num_members * self.steps * self.config.train.batch_size
 
     def step_times(self, num_steps: int) -> list[float]:
         """Seconds per step for the same step called one at a time from Python (dispatch included)."""
-        step = jax.jit(
-            programs.make_train_step(self.graphdef, self.tx, self.config, self.steps, self.dynamic),
-            donate_argnums=0)
+        train_step = programs.make_train_step(self.graphdef, self.config, self.steps, self.dynamic)
+        hyper = programs.hyperparameters(self.config)
+        step = jax.jit(lambda state, x_u8: train_step(state, x_u8, hyper), donate_argnums=0)
         batch_sharding = NamedSharding(self.mesh, P("data"))
         b = self.config.train.batch_size
         batches = [jax.device_put(self.train_images[i * b:(i + 1) * b], batch_sharding)
@@ -150,24 +239,32 @@ class Trainer:
         self.state = state
         return times
 
-    def eval_images_per_sec(self, repeats: int = 3) -> float:
+    def evaluate_once(self):
         jax.block_until_ready(self.evaluate(self.state.params, self.test_images, self.eval_key))
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            jax.block_until_ready(self.evaluate(self.state.params, self.test_images, self.eval_key))
-            times.append(time.perf_counter() - start)
-        return self.test_images.shape[0] / statistics.median(times)
 
-    def iwae_images_per_sec(self, test_images_u8: np.ndarray, k: int, num_images: int) -> float:
-        from flax import nnx
-
+    def iwae_run(self, k: int, num_images: int, batch_size=None, chunk_size=None):
+        """A function that computes the IWAE bound of the first `num_images` test images, k samples."""
         model = nnx.merge(self.graphdef, self.state.params)
-        images = test_images_u8[:num_images]
-        evaluation.iwae_log_likelihoods(model, images[:32], jax.random.key(0), k, progress=False)  # compile
-        start = time.perf_counter()
-        evaluation.iwae_log_likelihoods(model, images, jax.random.key(1), k, progress=False)
-        return len(images) / (time.perf_counter() - start)
+        images = self.test_images_u8[:num_images]
+        options = {"batch_size": batch_size, "chunk_size": chunk_size,
+                   "loop": programs.epoch_loop(self.config), "progress": False}
+        return lambda: evaluation.iwae_log_likelihoods(model, images, programs.root_key(1), k, **options)
+
+    def iwae_hlo(self, k: int, batch_size=None, chunk_size=None) -> str:
+        """The compiled IWAE program of one batch (scan loop) as HLO text."""
+        model = nnx.merge(self.graphdef, self.state.params)
+        batch_size, chunk_size = evaluation.iwae_shapes(k, self.mesh.devices.size, batch_size, chunk_size)
+        iwae = evaluation.make_iwae(self.graphdef, self.mesh, k, chunk_size,
+                                    log_weights=evaluation.log_weights_for(model))
+        images = jnp.zeros((batch_size, self.train_images.shape[1]), jnp.uint8)
+        lowered = iwae.lower(self.state.params, images, jnp.arange(batch_size), programs.root_key(0))
+        return lowered.compile().as_text()
+
+    def epoch_hlo(self) -> str:
+        """The compiled epoch program (scan loop) as HLO text, for `profiling.profile`."""
+        epoch_fn = programs.make_train_epoch(self.graphdef, self.config, self.mesh, self.num_train,
+                                             self.dynamic)
+        return epoch_fn.lower(self.state, self.train_images, self._epoch(0)).compile().as_text()
 
 
 def peak_memory() -> dict:
@@ -176,3 +273,10 @@ def peak_memory() -> dict:
     if stats and "peak_bytes_in_use" in stats:
         memory["device_peak_mb"] = stats["peak_bytes_in_use"] / 2**20
     return memory
+
+
+def write_json(path: str, results: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"wrote {path}")

@@ -6,19 +6,21 @@ split over the devices like training batches, and the k samples are taken in chu
 stays bounded. The test set is the one training evaluates on (binarised once, fixed seed).
 """
 
+import functools
 import math
 import sys
 import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from vae import data, distributed, objectives, programs, train
+from vae import data, distributed, kl, models, objectives, programs, train, validation
 
 _IWAE_STREAM = 17
 
@@ -43,45 +45,140 @@ def project_2d(points_NxZ: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return centred @ vt[:2].T, explained[:2]
 
 
-def make_iwae(graphdef, mesh, num_samples: int, chunk_size: int):
-    """A jitted (params, images_u8 B x D, key) -> per-image log p(x) lower bound (B)."""
+def vae_log_weights(model, x_BxD: jax.Array, keys_CxB: jax.Array) -> jax.Array:
+    """The fast path of `objectives.model_log_weights` for the one-level VAE (any encoder, decoder
+    and prior): the same draws and terms, C x B, with the encoder run once per image rather than
+    once per draw and the cheaper `bernoulli_log_likelihood_grouped`. Equal to the generic path up
+    to float rounding (tested)."""
+    mean_BxZ, log_var_BxZ = model.encode(x_BxD)
+    draw = jax.vmap(jax.vmap(kl.sample_gaussian), (0, None, None))  # the draw of log_weights(x_i, key, 1)
+    z_CxBxZ = draw(keys_CxB, mean_BxZ, log_var_BxZ)
+    c, b, z_dim = z_CxBxZ.shape
+    z_NxZ = z_CxBxZ.reshape(c * b, z_dim)
+    logits_CxBxD = model.decode(z_NxZ).reshape(c, b, -1)
+    log_lik = objectives.bernoulli_log_likelihood_grouped(logits_CxBxD, x_BxD[None])
+    log_pz = model.prior.log_prob(z_NxZ, model.encode).reshape(c, b)
+    return log_lik + (log_pz - kl.gaussian_log_density(z_CxBxZ, mean_BxZ, log_var_BxZ))
+
+
+def log_weights_for(model):
+    """The fastest correct log-weight function for this model: the VAE's fast path, else the
+    model's own `log_weights` (the hierarchical VAE, and any model added later)."""
+    return vae_log_weights if isinstance(model, models.VAE) else objectives.model_log_weights
+
+
+# Rows (samples x images) each device decodes at once. On a CPU the chunk's logits (rows x 784
+# floats) should stay in cache between the decoder's last matmul and the likelihood that reads
+# them; an accelerator wants large matmuls. See docs/benchmarks.md.
+_CHUNK_ROWS = {"cpu": 1024}
+_CHUNK_ROWS_ACCELERATOR = 32768
+_BATCH_PER_DEVICE = {"cpu": 32}
+_BATCH_PER_DEVICE_ACCELERATOR = 256
+# Images x samples the decoder holds at once, at most, where a batch or chunk size is given: about
+# 6 GB of float32 pixels at 784 per image.
+MAX_DRAWS_PER_CALL = 2_000_000
+
+
+def iwae_shapes(num_samples: int, num_devices: int, batch_size: int | None = None,
+                chunk_size: int | None = None, backend: str | None = None) -> tuple[int, int]:
+    """(images per call, samples per chunk): the given ones, or this backend's defaults. The batch
+    is a multiple of the device count; chunks are balanced so the last is not mostly padding.
+    The estimate does not depend on either (up to float rounding). A given size whose product with
+    the other exceeds `MAX_DRAWS_PER_CALL` is refused (ConfigError)."""
+    given = batch_size is not None or chunk_size is not None
+    backend = backend or jax.default_backend()
+    if batch_size is None:
+        batch_size = num_devices * _BATCH_PER_DEVICE.get(backend, _BATCH_PER_DEVICE_ACCELERATOR)
+    batch_size = max(num_devices, batch_size - batch_size % num_devices)
+    if chunk_size is None:
+        rows = _CHUNK_ROWS.get(backend, _CHUNK_ROWS_ACCELERATOR)
+        chunk_size = max(1, rows // (batch_size // num_devices))
+    chunk_size = min(chunk_size, num_samples)
+    if given and batch_size * chunk_size > MAX_DRAWS_PER_CALL:
+        raise validation.ConfigError(
+            f"batch size x chunk size is the number of images the decoder holds at once, at most "
+            f"{MAX_DRAWS_PER_CALL:,}; got {batch_size:,} x {chunk_size:,}: lower one of them")
+    num_chunks = -(-num_samples // chunk_size)
+    return batch_size, -(-num_samples // num_chunks)
+
+
+@functools.lru_cache(maxsize=16)
+def make_iwae(graphdef, mesh, num_samples: int, chunk_size: int, *, loop: str = "scan",
+              log_weights=objectives.model_log_weights):
+    """(params, images_u8 B x D, image_index_B, key) -> per-image log p(x) lower bound (B).
+
+    loop='scan': one compiled program per batch, its chunks a `lax.scan`; 'steps': one compiled
+    program per chunk, called from Python (for the conv model on CPU, where XLA runs convolutions
+    inside a loop about 10x slower: `programs.epoch_loop`). Both give the same numbers. Cached, so
+    evaluating the same model again does not compile again."""
     batch_sharding = NamedSharding(mesh, P("data"))
+    replicated = NamedSharding(mesh, P())
 
-    def iwae(params, images_u8, key):
-        model = nnx.merge(graphdef, params)
+    def model_input(params, images_u8):
         x = jax.lax.with_sharding_constraint(data.to_model_input(images_u8, None), batch_sharding)
-        return objectives.iwae_log_likelihood(model, x, key, num_samples, chunk_size)
+        return nnx.merge(graphdef, params), x
 
-    return jax.jit(iwae, out_shardings=NamedSharding(mesh, P()))
+    if loop == "scan":
+        def iwae(params, images_u8, image_index_B, key):
+            model, x = model_input(params, images_u8)
+            return objectives.iwae_log_likelihood(model, x, key, num_samples, chunk_size,
+                                                  image_index_B=image_index_B, log_weights=log_weights)
+
+        return jax.jit(iwae, out_shardings=replicated)
+
+    def chunk_step(params, images_u8, image_index_B, key, chunk_index, running_lse_B):
+        model, x = model_input(params, images_u8)
+        chunk_lse_B = objectives.iwae_chunk_logsumexp(model, x, key, image_index_B, chunk_index,
+                                                      chunk_size, num_samples, log_weights)
+        return jnp.logaddexp(running_lse_B, chunk_lse_B)
+
+    step = jax.jit(chunk_step, donate_argnums=5, out_shardings=batch_sharding)
+    finish = jax.jit(lambda lse_B: lse_B - math.log(num_samples), out_shardings=replicated)
+    chunk_indices = [jax.device_put(np.int32(i), replicated) for i in range(-(-num_samples // chunk_size))]
+
+    def iwae(params, images_u8, image_index_B, key):
+        lse_B = distributed.global_batch(np.full(images_u8.shape[:1], -np.inf, np.float32), batch_sharding)
+        for chunk_index in chunk_indices:
+            lse_B = step(params, images_u8, image_index_B, key, chunk_index, lse_B)
+        return finish(lse_B)
+
+    return iwae
 
 
 def iwae_log_likelihoods(model, images_u8: np.ndarray, key: jax.Array, num_samples: int, *,
-                         batch_size: int = 32, chunk_size: int = 250, devices=None,
-                         progress: bool = True) -> np.ndarray:
-    """Per-image importance-weighted log-likelihood bounds (nats) of N x H x W x C uint8 images."""
+                         batch_size: int | None = None, chunk_size: int | None = None, devices=None,
+                         loop: str = "scan", progress: bool = True) -> np.ndarray:
+    """Per-image importance-weighted log-likelihood bounds (nats) of N x H x W x C uint8 images.
+
+    Image i's draws depend only on (key, i, sample), not on the batch or chunk size (`loop`:
+    see `make_iwae`). Batches are dispatched ahead: the device works on one while the previous
+    result is read."""
     mesh = programs.make_mesh(devices)
-    num_devices = mesh.devices.size
-    batch_size = max(num_devices, batch_size - batch_size % num_devices)
+    batch_size, chunk_size = iwae_shapes(num_samples, mesh.devices.size, batch_size, chunk_size)
     graphdef, params = nnx.split(model)
-    replicated = NamedSharding(mesh, P())
-    params = jax.device_put(params, replicated)
-    iwae = make_iwae(graphdef, mesh, num_samples, chunk_size)
+    params = jax.device_put(params, NamedSharding(mesh, P()))
+    iwae = make_iwae(graphdef, mesh, num_samples, chunk_size, loop=loop, log_weights=log_weights_for(model))
     padded = programs.pad_to_multiple(programs.flatten(images_u8), batch_size)
-    batches = padded.reshape(-1, batch_size, padded.shape[-1])
+    batch_sharding = NamedSharding(mesh, P("data"))
     results = []
     with tqdm(total=images_u8.shape[0], unit="img", disable=not progress, file=sys.stderr,
               desc=f"IWAE k={num_samples}", dynamic_ncols=True) as bar:
-        for index, batch in enumerate(batches):
-            batch = distributed.global_batch(batch, NamedSharding(mesh, P("data")))  # this process's rows
-            results.append(iwae(params, batch, jax.random.fold_in(key, index)))
-            if index > 0:  # read the previous result: the device keeps working on this one
-                bar.update(len(np.asarray(results[-2])))
+        for start in range(0, padded.shape[0], batch_size):  # each process sends only its rows
+            batch = distributed.global_batch(padded[start:start + batch_size], batch_sharding)
+            index_B = np.arange(start, start + batch_size, dtype=np.int32)
+            index = distributed.global_batch(index_B, batch_sharding)
+            results.append(iwae(params, batch, index, key))
+            if len(results) > 1:  # wait for the previous batch: the device keeps working on this one
+                results[-2] = np.asarray(results[-2])
+                bar.update(min(batch_size, images_u8.shape[0] - bar.n))
+        results[-1] = np.asarray(results[-1])
         bar.update(images_u8.shape[0] - bar.n)
-    return np.concatenate([np.asarray(r) for r in results])[: images_u8.shape[0]]
+    return np.concatenate(results)[: images_u8.shape[0]]
 
 
 def evaluate_workdir(workdir: str | Path, num_samples: int = 5000, *, epoch: int | None = None,
-                     checkpoint: str = "best", batch_size: int = 32, chunk_size: int = 250,
+                     checkpoint: str = "best", batch_size: int | None = None,
+                     chunk_size: int | None = None,
                      max_examples: int | None = None,
                      devices=None, progress: bool = True) -> dict:
     """The test-set NLL (IWAE bound), negative ELBO, its parts, bits/dim and active units, of the
@@ -109,7 +206,8 @@ def evaluate_workdir(workdir: str | Path, num_samples: int = 5000, *, epoch: int
     key = jax.random.fold_in(programs.root_key(config.seed), _IWAE_STREAM)
     t_iwae = time.perf_counter()
     log_px = iwae_log_likelihoods(model, images, key, num_samples, batch_size=batch_size,
-                                  chunk_size=chunk_size, devices=devices, progress=progress)
+                                  chunk_size=chunk_size, devices=devices, progress=progress,
+                                  loop=programs.epoch_loop(config))
     iwae_time = time.perf_counter() - t_iwae
     nll = -float(np.mean(log_px, dtype=np.float64))
     result |= {

@@ -97,24 +97,33 @@ def plot_kl_curves(runs: Mapping[str, Sequence[Mapping]]) -> Figure:
     return fig
 
 
-def plot_kl_per_dim(runs: Mapping[str, Sequence[Mapping]]) -> Figure:
+def plot_kl_per_dim(runs: Mapping[str, Sequence[Mapping]], per_row: int = 4) -> Figure:
     """For each run, a heat map of the test KL of every latent dimension across epochs (dimensions
-    ordered by their final KL, most used at the top) above its count of active units."""
+    ordered by their final KL, most used at the top) above its count of active units; at most
+    `per_row` runs side by side (a sweep's members wrap onto more rows)."""
     runs = {label: [r for r in records if "test/kl_per_dim" in r] for label, records in runs.items()}
     runs = {label: records for label, records in runs.items() if records}
     if not runs:
         raise ValueError("no run has per-dimension KL in its metrics yet")
-    fig, axes = plt.subplots(2, len(runs), figsize=(6.0 * len(runs), 6.5), squeeze=False, sharex="col",
-                             gridspec_kw={"height_ratios": [3, 1]}, layout="constrained")
-    for col, (label, records) in enumerate(runs.items()):
+    ncols = min(per_row, len(runs))
+    nrows = math.ceil(len(runs) / ncols)
+    fig, axes = plt.subplots(2 * nrows, ncols, figsize=(6.0 * ncols, 6.5 * nrows), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 1] * nrows}, layout="constrained")
+    for index in range(len(runs), nrows * ncols):
+        row, col = divmod(index, ncols)
+        axes[2 * row, col].set_visible(False)
+        axes[2 * row + 1, col].set_visible(False)
+    for index, (label, records) in enumerate(runs.items()):
         epochs = np.array([r["epoch"] for r in records])
         kl_ExZ = np.array([r["test/kl_per_dim"] for r in records])
         order = np.argsort(-kl_ExZ[-1])
-        heat_ax, units_ax = axes[0, col], axes[1, col]
+        row, col = divmod(index, ncols)
+        heat_ax, units_ax = axes[2 * row, col], axes[2 * row + 1, col]
+        units_ax.sharex(heat_ax)
         image = heat_ax.imshow(kl_ExZ[:, order].T, aspect="auto", cmap="viridis", origin="upper",
                                extent=(epochs[0] - 0.5, epochs[-1] + 0.5, len(order) - 0.5, -0.5),
                                interpolation="nearest")
-        heat_ax.set_title(f"{label}: test KL per latent dimension")
+        heat_ax.set_title(label, fontsize=10 if len(label) < 40 else 7)
         heat_ax.set_ylabel("latent dimension (by final KL)")
         step = max(1, len(order) // 10)
         heat_ax.set_yticks(range(0, len(order), step), labels=[f"z{d}" for d in order[::step]])
@@ -125,4 +134,90 @@ def plot_kl_per_dim(runs: Mapping[str, Sequence[Mapping]]) -> Figure:
         units_ax.set_xlabel("epoch")
         units_ax.set_ylabel("active units")
         units_ax.grid(alpha=0.3)
+    fig.suptitle("Test KL per latent dimension across epochs, and active units")
+    return fig
+
+
+def final_test_record(records: Sequence[Mapping]) -> Mapping | None:
+    """The epoch a run is judged by: the best epoch's record (lowest validation negative ELBO, the
+    checkpoint sampling and evaluation load) where the run has a validation split, else the last
+    record with test metrics; None before the first evaluation."""
+    tested = [r for r in records if "test/kl" in r]
+    if not tested:
+        return None
+    best = tested[-1].get("best/epoch")
+    return next((r for r in tested if r["epoch"] == best), tested[-1])
+
+
+def _iso_elbo_lines(ax) -> None:
+    """Dashed lines of constant negative ELBO = rate + distortion across the axes, each labelled
+    where it enters them (through the left or the top edge), along the line."""
+    x_lo, x_hi = ax.get_xlim()
+    y_lo, y_hi = ax.get_ylim()
+    xs = np.linspace(x_lo, x_hi, 2)
+    for level in plt.MaxNLocator(10).tick_values(x_lo + y_lo, x_hi + y_hi):
+        ax.plot(xs, level - xs, ls="--", lw=0.8, color="0.7", zorder=0)
+        x, y = (x_lo, level - x_lo) if level - x_lo <= y_hi else (level - y_hi, y_hi)
+        if y_lo <= y <= y_hi and x_lo <= x <= x_hi:
+            ax.annotate(f"−ELBO {level:g}", (x, y), xytext=(4, -4), textcoords="offset points", fontsize=7,
+                        color="0.45", rotation=-45, rotation_mode="anchor", ha="left", va="top",
+                        transform_rotates_text=True)
+    ax.set_xlim(x_lo, x_hi)
+    ax.set_ylim(y_lo, y_hi)
+
+
+def plot_rate_distortion(runs: Mapping[str, Sequence[Mapping]],
+                         curves: Mapping[str, Sequence[str]] | None = None) -> Figure:
+    """Left: rate (test KL) against distortion (test reconstruction NLL), nats per image, one point
+    per run labelled by its name (`final_test_record`), on dashed lines of constant negative ELBO;
+    `curves` joins runs (e.g. one β sweep per seed) by a line. Right: each run's per-dimension
+    test KL, largest first, on a log scale: the units that collapse as β grows fall to ~0. Runs
+    without a per-dimension KL (the VampPrior's KL does not split over dimensions) are named there."""
+    points = {label: final_test_record(records) for label, records in runs.items()}
+    points = {label: record for label, record in points.items() if record is not None}
+    if not points:
+        raise ValueError("no run has test metrics yet")
+    labels = list(points)
+    rate = np.array([points[label]["test/kl"] for label in labels])
+    distortion = np.array([points[label]["test/rec"] for label in labels])
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, (ax, dims_ax) = plt.subplots(1, 2, figsize=(13.5, 5.4), layout="constrained")
+
+    for names in (curves or {}).values():
+        index = [labels.index(n) for n in names if n in points]
+        ax.plot(rate[index], distortion[index], "-", color="0.55", lw=1, zorder=1)
+    for i, label in enumerate(labels):
+        ax.scatter(rate[i], distortion[i], color=colours[i % len(colours)], s=36, zorder=3)
+        ax.annotate(label, (rate[i], distortion[i]), xytext=(5, 4), textcoords="offset points", fontsize=8)
+    span = max(np.ptp(rate), np.ptp(distortion), 1.0)
+    ax.set_xlim(max(0.0, rate.min() - 0.12 * span), rate.max() + 0.25 * span)
+    ax.set_ylim(distortion.min() - 0.12 * span, distortion.max() + 0.12 * span)
+    _iso_elbo_lines(ax)
+    ax.set_xlabel("rate: test KL (nats per image)")
+    ax.set_ylabel("distortion: test reconstruction NLL (nats per image)")
+    ax.set_title("Rate and distortion (dashed: constant negative ELBO = rate + distortion)", fontsize=10)
+    ax.grid(alpha=0.25)
+
+    missing = []
+    for i, label in enumerate(labels):
+        kl_per_dim = points[label].get("test/kl_per_dim")
+        if kl_per_dim is None:
+            missing.append(label)
+            continue
+        kl_sorted = np.sort(np.asarray(kl_per_dim, dtype=float))[::-1]
+        dims_ax.plot(np.arange(1, len(kl_sorted) + 1), np.maximum(kl_sorted, 1e-4), marker="o", ms=3,
+                     color=colours[i % len(colours)],
+                     label=f"{label} ({points[label].get('test/active_units', '?')} active)")
+    if missing:
+        dims_ax.text(0.02, 0.02, "no per-dimension KL (VampPrior: its KL does not split over\n"
+                     f"dimensions): {', '.join(missing)}", transform=dims_ax.transAxes, fontsize=8,
+                     va="bottom", color="0.3")
+    if len(missing) < len(labels):
+        dims_ax.set_yscale("log")
+        dims_ax.legend(fontsize=7)
+    dims_ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    dims_ax.set_xlabel("latent dimension, by test KL (largest first)")
+    dims_ax.set_ylabel("test KL per dimension (nats; floor 1e-4)")
+    dims_ax.set_title("Which units each run uses", fontsize=10)
+    dims_ax.grid(alpha=0.25)
     return fig

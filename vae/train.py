@@ -29,15 +29,16 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from vae import data, distributed, faults, programs, tensorboard, validation
+from vae import data, distributed, faults, feeding, programs, validation
 from vae import workdir as wd
 from vae.programs import TrainState
-
-SELECTION_METRIC = wd.BEST_METRIC
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+from vae.run_dir import (  # noqa: F401 - the loop's rules and errors, which callers use from here
+    SELECTION_METRIC,
+    NonFiniteLossError,
+    RunDir,
+    best_epoch,
+    early_stop_due,
+)
 
 
 class Interrupted(RuntimeError):
@@ -48,7 +49,7 @@ class Interrupted(RuntimeError):
         self.exit_code = 128 + signum
 
 
-class _StopRequests:
+class StopRequests:
     """Records SIGINT/SIGTERM instead of dying mid-write; a second signal stops at once."""
 
     def __init__(self, announce: bool = True):
@@ -101,70 +102,60 @@ def summarize_eval(terms: dict, num_examples: int, num_pixels: int, threshold: f
     return summary
 
 
-def best_epoch(history: list[dict]) -> tuple[int, float]:
-    """(epoch, value) of the lowest validation negative ELBO so far; (0, inf) if none."""
-    scored = [(r[SELECTION_METRIC], r["epoch"]) for r in history if SELECTION_METRIC in r]
-    if not scored:
-        return 0, math.inf
-    value, epoch = min(scored)  # ties go to the earlier epoch
-    return epoch, value
+# --- One run's workdir while it trains ----------------------------------------------------------
 
 
-def early_stop_due(history: list[dict], train_config: ml_collections.ConfigDict) -> bool:
-    """True once the validation ELBO has not improved for `early_stopping_patience` epochs, counted
-    from the end of the KL warm-up (while β still rises the ELBO is not yet the objective)."""
-    patience = train_config.early_stopping_patience
-    if patience <= 0 or not history:
-        return False
-    best, _ = best_epoch(history)
-    counting_from = max(best, math.ceil(train_config.kl_warmup_epochs))
-    return history[-1]["epoch"] - counting_from >= patience
+class Evaluator:
+    """Evaluates parameters on one split every evaluation epoch: one run's, or with `keys` (one per
+    member) the stacked parameters of a sweep's members."""
 
-
-def _kept(last_good: int) -> str:
-    return (f"the last good checkpoint (epoch {last_good}) is kept" if last_good
-            else "no checkpoint had been written yet")
-
-
-def _check_finite(per_step_loss: np.ndarray, epoch: int, first_step: int, last_good: int) -> None:
-    bad = np.flatnonzero(~np.isfinite(per_step_loss))
-    if bad.size:
-        raise NonFiniteLossError(
-            f"the loss became {per_step_loss[bad[0]]} at epoch {epoch}, step {first_step + int(bad[0]) + 1}"
-            f"; {_kept(last_good)}. Lower train.learning_rate or set train.grad_clip_norm.")
-
-
-# --- The loop ----------------------------------------------------------------------------------
-
-
-class _Evaluator:
-    """Evaluates the current parameters on one split every evaluation epoch."""
-
-    def __init__(self, evaluate, config, mesh, images: np.ndarray, split: str):
+    def __init__(self, evaluate, config, mesh, images: np.ndarray, split: str, keys=None):
         self.evaluate = evaluate
         self.images = programs.images_on_device(images, mesh, config.eval.batch_size)
         self.num = images.shape[0]
         self.num_pixels = math.prod(images.shape[1:])
-        self.key = programs.eval_key(config, split)
+        self.key = programs.eval_key(config, split) if keys is None else keys
         self.prefix = split
         self.threshold = config.eval.active_unit_threshold
 
-    def __call__(self, params) -> dict:
-        terms = jax.device_get(self.evaluate(params, self.images, self.key))
+    def _summary(self, terms) -> dict:
         return summarize_eval(terms, self.num, self.num_pixels, self.threshold, self.prefix)
 
+    def __call__(self, params) -> dict:
+        return self._summary(jax.device_get(self.evaluate(params, self.images, self.key)))
 
-def _reconcile_best(best_manager, history: list[dict], restored_epoch: int, state: TrainState) -> None:
-    """Makes the best checkpoint agree with the metrics kept after a restart: checkpoints newer than
-    the restored epoch are dropped (they will be recomputed), and a best epoch that is the
-    restored one but was not saved yet (a kill between the two saves) is saved now."""
-    for step in best_manager.all_steps():
-        if step > restored_epoch:
-            best_manager.delete(step)
-    epoch, value = best_epoch(history)
-    if epoch and epoch == restored_epoch and epoch not in best_manager.all_steps():
-        wd.save_checkpoint(best_manager, epoch, state._asdict(), {SELECTION_METRIC: value})
-        best_manager.wait_until_finished()
+    def per_member(self, params) -> list[dict]:
+        terms = jax.device_get(self.evaluate(params, self.images, self.key))
+        return [self._summary(jax.tree.map(lambda t, k=k: t[k], terms)) for k in range(len(self.key))]
+
+
+def make_evaluators(evaluate, config, mesh, dataset: data.Dataset, keys_of=None) -> list[Evaluator]:
+    """The validation (where the data set has one) and test evaluators; `keys_of(split)` gives a
+    sweep's per-member keys."""
+    splits = [("val", dataset.val_images)] if dataset.val_images is not None else []
+    return [Evaluator(evaluate, config, mesh, images, split, keys_of(split) if keys_of else None)
+            for split, images in [*splits, ("test", dataset.test_images)]]
+
+
+def check_run(config: ml_collections.ConfigDict, workdir: Path, num_devices: int, restart: bool) -> None:
+    """The checks that need neither data nor compute: the config, and resuming this workdir."""
+    validation.validate_config(config, num_devices)
+    if not restart:
+        wd.check_resumable(workdir, config)
+
+
+def steps_per_epoch(config: ml_collections.ConfigDict, dataset: data.Dataset) -> int:
+    """Optimiser steps per epoch, after checking that the model and batch fit the data."""
+    validation.validate_image_shape(config, dataset.image_shape)
+    num_train = dataset.train_images.shape[0]
+    if num_train < config.train.batch_size:
+        raise validation.ConfigError(
+            f"train.batch_size={config.train.batch_size} is larger than the training split "
+            f"({num_train} images); lower it or use a larger split")
+    return num_train // config.train.batch_size
+
+
+# --- The loop ----------------------------------------------------------------------------------
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
@@ -190,124 +181,77 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, 
     if not restart:
         wd.check_resumable(workdir, config)
     dataset = data.load_dataset(config.data)
-    validation.validate_image_shape(config, dataset.image_shape)
-    num_train = dataset.train_images.shape[0]
-    steps_per_epoch = num_train // config.train.batch_size
-    if steps_per_epoch < 1:
-        raise validation.ConfigError(
-            f"train.batch_size={config.train.batch_size} is larger than the training split "
-            f"({num_train} images); lower it or use a larger split")
+    steps = steps_per_epoch(config, dataset)
+    run = RunDir(workdir, config, steps, restart)
 
-    if writer:
-        if restart:
-            wd.clear_run(workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
-        wd.write_config(workdir, config)
-    distributed.barrier("workdir ready")  # no process looks at checkpoints before a restart cleared them
-
-    tx = programs.make_optimizer(config.train, steps_per_epoch)
+    tx = programs.make_optimizer(config.train, steps)
     graphdef, state = programs.init_state(config, dataset.image_shape, tx, dataset.pixel_means())
     replicated = NamedSharding(mesh, P())
-    state = jax.device_put(state, replicated)
-    manager = wd.checkpoint_manager(workdir, config.train.keep_checkpoints)
-    best_manager = wd.checkpoint_manager(workdir, 1, subdir=wd.BEST_DIR)
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                            state._asdict())
-    start_epoch, restored = wd.restore_latest(manager, abstract)
-    if restored is not None:
-        state = TrainState(**restored)
-    history = wd.truncate_metrics(workdir, start_epoch, rewrite=writer)
-    _reconcile_best(best_manager, history, start_epoch, state)
-    wall_offset = history[-1].get("wall_time_sec", 0.0) if history else 0.0
+    state = run.restore(jax.device_put(state, replicated), replicated)
 
     t0 = time.perf_counter()
-    train_epoch = programs.compile_epoch(graphdef, tx, config, mesh, state, dataset.train_images,
-                                         dataset.dynamic)
+    train_epoch = feeding.compile_epoch(graphdef, config, mesh, state, dataset.train_images, dataset.dynamic)
     evaluate = programs.make_evaluate(graphdef, config, mesh)
     compile_time = time.perf_counter() - t0
-    evaluators = [_Evaluator(evaluate, config, mesh, dataset.test_images, "test")]
-    if dataset.val_images is not None:
-        evaluators.insert(0, _Evaluator(evaluate, config, mesh, dataset.val_images, "val"))
-    board = tensorboard.Board(workdir, graphdef, dataset.test_images, start_epoch, config.train.num_epochs,
-                              enabled=writer)
-    run_start = time.perf_counter()
+    evaluators = make_evaluators(evaluate, config, mesh, dataset)
+    run.open_board(graphdef, dataset.test_images)
+    session_start = time.perf_counter()
 
     num_epochs = config.train.num_epochs
-    bar = tqdm(total=num_epochs, initial=start_epoch, unit="epoch", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True)
-    last_good = start_epoch
-    with _StopRequests(announce=writer) as stop:
+    bar = progress_bar(num_epochs, run.epoch, progress)
+    with StopRequests(announce=writer) as stop:
         try:
-            for epoch in range(start_epoch + 1, num_epochs + 1):
-                if early_stop_due(history, config.train):
-                    break
-                first_step = (epoch - 1) * steps_per_epoch  # no device round trip
+            while not run.finished():
                 t_epoch = time.perf_counter()
-                state, step_metrics = train_epoch(state, epoch)
+                state, step_metrics = train_epoch(state, run.epoch + 1)
                 step_metrics = jax.device_get(step_metrics)  # waits for the epoch to finish
                 train_time = time.perf_counter() - t_epoch
                 signum = distributed.agree_on_max(stop.signum or 0)  # a signal to any process stops all
-                _check_finite(step_metrics["loss"], epoch, first_step, last_good)
-
-                record = {"epoch": epoch, "step": first_step + steps_per_epoch}
-                record |= {f"train/{k}": float(np.mean(v)) for k, v in step_metrics.items()}
-                record["images_per_sec"] = steps_per_epoch * config.train.batch_size / train_time
-                record["epoch_time_sec"] = train_time
-                if epoch == start_epoch + 1:
-                    record["compile_time_sec"] = compile_time
-                if epoch % config.eval.every_epochs == 0 or epoch == num_epochs:
+                record = run.train_record(step_metrics, train_time, compile_time)
+                compile_time = None  # recorded on the session's first epoch only
+                if run.eval_due():
                     t_eval = time.perf_counter()
                     params = programs.eval_params(state)
+                    summaries = {}
                     for evaluator in evaluators:
-                        record |= evaluator(params)
-                    record["eval_time_sec"] = time.perf_counter() - t_eval
-                    for key in ("test/elbo", SELECTION_METRIC):
-                        if not math.isfinite(record.get(key, 0.0)):
-                            raise NonFiniteLossError(
-                                f"the {key} is {record[key]} after epoch {epoch}; {_kept(last_good)}")
-                improved = SELECTION_METRIC in record and record[SELECTION_METRIC] < best_epoch(history)[1]
-                if SELECTION_METRIC in record:
-                    record["best/epoch"], record[f"best/{SELECTION_METRIC}"] = best_epoch([*history, record])
-                record["wall_time_sec"] = wall_offset + time.perf_counter() - run_start
-                # Metrics first, then the checkpoints: a resume drops lines newer than its checkpoint.
-                if writer:
-                    wd.append_metrics(workdir, record)
-                history.append(record)
-                board.log(record, programs.eval_params(state))
-                if improved:  # finished before the latest is written, so a kill cannot reorder them
-                    wd.save_checkpoint(best_manager, epoch, state._asdict(),
-                                       {SELECTION_METRIC: record[SELECTION_METRIC]})
-                    best_manager.wait_until_finished()
-                stopping = early_stop_due(history, config.train)
-                if (epoch % config.train.checkpoint_every_epochs == 0 or epoch == num_epochs
-                        or signum or stopping):
-                    wd.save_checkpoint(manager, epoch, state._asdict())
-                    last_good = epoch
+                        summaries |= evaluator(params)
+                    run.add_evaluation(record, summaries, time.perf_counter() - t_eval)
+                stopping = run.end_epoch(record, state, bool(signum), session_start)
                 bar.update(1)
                 bar.set_postfix_str(_postfix(record), refresh=False)
                 if progress:
-                    bar.write(_epoch_line(record, num_epochs))
-                if stopping and progress:
-                    bar.write(f"early stopping: the validation ELBO has not improved for "
-                              f"{config.train.early_stopping_patience} epochs; "
-                              f"best epoch {record['best/epoch']}")
-                if signum and epoch < num_epochs and not stopping:
-                    manager.wait_until_finished()
-                    raise Interrupted(
-                        f"stopped by {signal.Signals(signum).name} after epoch {epoch}, which is "
-                        f"checkpointed; run the same command again to resume", signum)
+                    bar.write(epoch_line(record, num_epochs))
+                    if stopping:
+                        bar.write(early_stopping_line(record, config))
+                if signum and not run.finished():
+                    run.manager.wait_until_finished()
+                    raise interrupted(signum, record["epoch"])
         finally:
             bar.close()
-            board.close()
-            wd.close_managers(manager, best_manager)
-    return history
+            run.close()
+    return run.history
+
+
+def progress_bar(num_epochs: int, start_epoch: int, progress: bool) -> tqdm:
+    return tqdm(total=num_epochs, initial=start_epoch, unit="epoch", disable=not progress,
+                file=sys.stderr, dynamic_ncols=True)
+
+
+def interrupted(signum: int, epoch: int) -> Interrupted:
+    return Interrupted(f"stopped by {signal.Signals(signum).name} after epoch {epoch}, which is "
+                       f"checkpointed; run the same command again to resume", signum)
+
+
+def early_stopping_line(record: dict, config: ml_collections.ConfigDict) -> str:
+    return (f"early stopping: the validation ELBO has not improved for "
+            f"{config.train.early_stopping_patience} epochs; best epoch {record['best/epoch']}")
 
 
 def _postfix(record: dict) -> str:
     return f"{record['images_per_sec']:,.0f} img/s"
 
 
-def _epoch_line(record: dict, num_epochs: int) -> str:
+def epoch_line(record: dict, num_epochs: int) -> str:
     line = (f"epoch {record['epoch']}/{num_epochs}  train -elbo {record['train/elbo']:.2f} "
             f"(rec {record['train/rec']:.2f}, kl {record['train/kl']:.2f})")
     if SELECTION_METRIC in record:

@@ -1,0 +1,87 @@
+"""The fused threefry keys draw exactly the bits of jax.random's default keys, everywhere a run uses them."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vae import threefry
+
+
+def pair(seed):
+    return jax.random.key(seed), threefry.key(seed)
+
+
+def assert_same(a, b):
+    if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+        a, b = jax.random.key_data(a), jax.random.key_data(b)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 1234, 2**31 - 1])
+def test_keys_split_and_fold_in_like_jax(seed):
+    ours, theirs = threefry.key(seed), jax.random.key(seed)
+    assert_same(theirs, ours)
+    assert_same(jax.random.fold_in(theirs, 17), jax.random.fold_in(ours, 17))
+    assert_same(jax.random.split(theirs, 5), jax.random.split(ours, 5))
+    assert_same(jax.random.split(theirs, (2, 3)), jax.random.split(ours, (2, 3)))
+    assert_same(jax.random.fold_in(jax.random.split(theirs)[1], 2**31 + 5),
+                jax.random.fold_in(jax.random.split(ours)[1], 2**31 + 5))
+
+
+@pytest.mark.parametrize("shape", [(), (1,), (7,), (128, 784), (3, 5, 11)])
+def test_draws_are_jaxs_bit_for_bit(shape):
+    theirs, ours = pair(42)
+    for draw in (lambda k: jax.random.bits(k, shape), lambda k: jax.random.bits(k, shape, jnp.uint16),
+                 lambda k: jax.random.bits(k, shape, jnp.uint8), lambda k: jax.random.uniform(k, shape),
+                 lambda k: jax.random.normal(k, shape), lambda k: jax.random.bernoulli(k, 0.3, shape),
+                 lambda k: jax.random.randint(k, shape, -5, 1000)):
+        assert_same(draw(theirs), draw(ours))
+    if jax.config.jax_enable_x64:
+        assert_same(jax.random.bits(theirs, shape, jnp.uint64), jax.random.bits(ours, shape, jnp.uint64))
+
+
+def test_what_a_run_draws_is_jaxs_under_jit_and_vmap():
+    theirs, ours = pair(0)
+    probs = jax.random.uniform(jax.random.key(9), (64, 784))
+
+    @jax.jit
+    def step(key, step_index):  # the train step's draws: binarisation and the posterior sample
+        binarize_key, sample_key = jax.random.split(jax.random.fold_in(key, step_index))
+        return jax.random.bernoulli(binarize_key, probs), jax.random.normal(sample_key, (64, 20))
+
+    for a, b in zip(step(theirs, 3), step(ours, 3)):
+        assert_same(a, b)
+    assert_same(jax.random.permutation(jax.random.fold_in(theirs, 1), 60_000),
+                jax.random.permutation(jax.random.fold_in(ours, 1), 60_000))
+    per_image = jax.jit(jax.vmap(lambda k, i: jax.random.normal(jax.random.fold_in(k, i), (3, 40)),
+                                 (None, 0)))
+    assert_same(per_image(theirs, jnp.arange(10)), per_image(ours, jnp.arange(10)))
+
+
+def test_training_is_bit_for_bit_what_it_was(monkeypatch):
+    """The train epoch with fused keys and the CPU compile options against jax.random keys and a
+    plain compile: the same parameters, optimizer state and metrics, bit for bit."""
+    from tests.conftest import tiny_config
+    from vae import programs
+
+    config = tiny_config()
+    mesh = programs.make_mesh(jax.devices()[:1])
+    images = jax.device_put(np.random.default_rng(0).integers(0, 256, (256, 784), dtype=np.uint8))
+    tx = programs.make_optimizer(config.train, 256 // config.train.batch_size)
+
+    def two_epochs():
+        graphdef, state = programs.init_state(config, (28, 28, 1), tx)
+        epoch_fn = programs.compile_train_epoch(graphdef, config, mesh, state, images, dynamic=True)
+        metrics = []
+        for epoch in (1, 2):
+            state, step_metrics = epoch_fn(state, images, np.int32(epoch))
+            metrics.append(step_metrics)
+        return state, metrics
+
+    new = two_epochs()
+    monkeypatch.setattr(programs, "root_key", jax.random.key)
+    monkeypatch.setattr(programs, "_CPU_COMPILER_OPTIONS", {})
+    old = two_epochs()
+    for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
