@@ -64,8 +64,11 @@ def test_benchmark_smoke(tmp_path, with_torch):
     out = tmp_path / "bench.json"
     args = [sys.executable, "scripts/benchmark.py", "--synthetic", "--train-images", "1024",
             "--epochs", "2", "--step-samples", "3", "--iw-samples", "8", "--iw-images", "4",
-            "--eval-repeats", "1", "--iw-repeats", "1", "--batch-sizes", "64,128",
-            "--set", "model.hidden_dims=(32,)", "--config", "configs/mlp_small.py", "--out", str(out)]
+            "--eval-repeats", "1", "--iw-repeats", "1", "--set", "model.hidden_dims=(32,)",
+            "--config", "configs/mlp_small.py", "--out", str(out)]
+    # Several batch sizes with the PyTorch reference; several configs and the profile without it.
+    batch_sizes = [64, 128] if with_torch else [64]
+    args += ["--batch-sizes", ",".join(map(str, batch_sizes))]
     if with_torch:
         args.append("--torch")
     else:
@@ -81,7 +84,7 @@ def test_benchmark_smoke(tmp_path, with_torch):
         ["configs/mlp_small.py"] if with_torch else ["configs/mlp_small.py", "configs/paper_hvae.py"])
     for entry in report["configs"]:
         assert entry["matmul_flops"]["iwae_decoder_per_sample"] > 0
-        assert [run["batch_size"] for run in entry["runs"]] == [64, 128]
+        assert [run["batch_size"] for run in entry["runs"]] == batch_sizes
         for run in entry["runs"]:
             for figure in ("train", "elbo_eval", "iwae"):
                 assert run[figure]["images_per_sec"] > 0 and 0 < run[figure]["share_of_ceiling"] < 2

@@ -187,7 +187,7 @@ def test_a_sweep_resumes_after_a_kill_between_two_members_checkpoints(tmp_path, 
 
 def selection_config(**overrides):
     """A tiny run that overfits 64 images fast, so the validation ELBO turns within ~10 epochs."""
-    config = tiny_config(train__num_epochs=30, **overrides)
+    config = tiny_config(train__num_epochs=30, data__test_split="test[:64]", **overrides)
     config.data.train_split, config.data.validation_split = "train[:64]", "train[64:320]"
     config.model.hidden_dims, config.model.latent_dim = (256,), 8
     config.train.early_stopping_patience = 3
