@@ -2,14 +2,15 @@
 
 import os
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # One persistent JAX compilation cache for the whole suite, its xdist workers and the scripts it
 # launches: many tests compile the same small programs in fresh processes. Keyed by JAX on the
 # program, flags and versions, so it only saves time; `make clean` removes it with .pytest_cache.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "jax_compilation_cache"))
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(REPO, ".pytest_cache", "jax_compilation_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
@@ -17,8 +18,6 @@ import pytest  # noqa: E402
 
 from configs import mlp_small  # noqa: E402
 from vae import data  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def real_data_available() -> bool:
