@@ -1,0 +1,79 @@
+"""Numbers pinned before the structure refactor; a change here means the refactor changed results.
+
+Five configs keep their real models (architecture, prior, likelihood, recipe) and are trained for
+2 epochs on small slices of Fashion-MNIST; the last epoch's training and test figures and the
+IWAE evaluation of the trained workdir are compared with tests/data/pinned.json, which the code
+before the refactor wrote (on the suite's 4 fake CPU devices). Regenerate the file ONLY when a
+change of numbers is intended, and say why in the commit:
+
+    PYTHONPATH=. python tests/test_pinned.py --write
+"""
+
+import importlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import jax
+import pytest
+
+from tests import conftest  # noqa: F401  (as a script: the suite's 4 fake CPU devices)
+from vae.evaluation import evaluate_workdir
+from vae.train import train_and_evaluate
+
+PINNED = Path(__file__).parent / "data" / "pinned.json"
+CONFIGS = ("mlp_small", "default", "paper_hvae", "paper_vampprior", "conv")
+RECORD_KEYS = ("train/elbo", "train/rec", "train/kl", "test/elbo", "test/rec", "test/kl",
+               "test/active_units", "val/elbo")
+EVAL_KEYS = ("test/nll", "test/elbo")
+
+
+def small_config(name: str):
+    """configs/<name>.py with only its data and run length shrunk: seconds on a CPU."""
+    config = importlib.import_module(f"configs.{name}").get_config()
+    config.data.train_split = "train[:1000]"
+    config.data.test_split = "test[:200]"
+    if config.data.validation_split:
+        config.data.validation_split = "train[59000:59400]"
+    config.train.num_epochs = 2
+    config.train.batch_size = 100
+    config.eval.batch_size = 100
+    config.train.early_stopping_patience = 0
+    config.train.checkpoint_every_epochs = 1
+    return config
+
+
+def figures(name: str, workdir: Path) -> dict:
+    """The last epoch's record (val/elbo where the config validates) and, as eval/..., the
+    IWAE evaluation of the trained workdir."""
+    last = train_and_evaluate(small_config(name), workdir, progress=False)[-1]
+    result = {key: last[key] for key in RECORD_KEYS if key in last}
+    evaluated = evaluate_workdir(workdir, num_samples=20, max_examples=50, progress=False)
+    return result | {f"eval/{key}": evaluated[key] for key in EVAL_KEYS}
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_pinned_numbers(name, tmp_path, fashion_mnist):
+    expected = json.loads(PINNED.read_text())[name]
+    got = figures(name, tmp_path)
+    assert got.pop("test/active_units") == expected.pop("test/active_units")
+    assert got == pytest.approx(expected, rel=1e-5, abs=2e-3)
+
+
+def write() -> None:
+    """Regenerates tests/data/pinned.json: only when a change of numbers is intended."""
+    assert jax.device_count() == 4, "pinned numbers are for the suite's 4 fake CPU devices"
+    pinned = {}
+    for name in CONFIGS:
+        with tempfile.TemporaryDirectory() as workdir:
+            pinned[name] = figures(name, Path(workdir))
+        print(name, pinned[name])
+    PINNED.parent.mkdir(exist_ok=True)
+    PINNED.write_text(json.dumps(pinned, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--write"]:
+        sys.exit(__doc__)
+    write()
