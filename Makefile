@@ -35,7 +35,9 @@ data: install $(if $(filter fashion_mnist,$(DATASET)),/usr/share/datasets/fashio
 train: data
 	$(PY) scripts/train.py --config $(CONFIG) --workdir $(WORKDIR)
 
+# The layer contracts of pyproject.toml's [tool.importlinter] first (a second), then the suite.
 test: data
+	$(VENV)/bin/lint-imports --no-cache
 	VAE_REQUIRE_REAL_DATA=1 $(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 tensorboard: install

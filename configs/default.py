@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.model = ml_collections.ConfigDict()
     config.model.arch = "mlp"  # mlp | conv | hvae (two stochastic layers, MLP)
-    config.model.likelihood = "bernoulli"
+    config.model.likelihood = "bernoulli"  # p(x|z): vae/model/likelihoods.py
     config.model.latent_dim = 40  # hvae: the size of each of z1 and z2
     config.model.hidden_dims = (300, 300)  # MLP hidden layers (the decoder mirrors them)
     config.model.activation = "gated"  # relu | gated (Linear ⊙ sigmoid(Linear)) | elu | tanh

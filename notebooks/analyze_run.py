@@ -36,12 +36,17 @@ import jax  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vae import data, evaluation, plotting, sampling, train, workdir  # noqa: E402
+from vae.analysis import iwae as evaluation  # noqa: E402
+from vae.analysis import plotting, sampling  # noqa: E402
+from vae.data import dataset as datasets  # noqa: E402
+from vae.data import source as data_source  # noqa: E402
+from vae.train import trained  # noqa: E402
+from vae.workdir import files as workdir  # noqa: E402
 
 run = Path(WORKDIR)
 records = workdir.read_metrics(run)
-config, model, epoch = train.load_trained(run, checkpoint=CHECKPOINT)
-used = train.checkpoint_used(run, None, CHECKPOINT)
+config, model, epoch = trained.load_trained(run, checkpoint=CHECKPOINT)
+used = trained.checkpoint_used(run, None, CHECKPOINT)
 last = records[-1]
 print(f"{run}: {config.data.name}, {config.model.arch} model ({config.model.activation} "
       f"{tuple(config.model.hidden_dims)}), {config.model.prior} prior, "
@@ -76,7 +81,7 @@ fig = plotting.image_grid_figure(sampling.prior_samples(model, jax.random.key(0)
                            f"prior samples, epoch {epoch}")
 
 # %%
-test_images, test_labels = data.load_test_set(config.data)
+test_images, test_labels = datasets.load_test_set(config.data)
 x = test_images[:16].astype(np.float32) / 255.0
 fig = plotting.image_grid_figure(sampling.reconstructions(model, x), 8, "test images | reconstructions")
 
@@ -90,7 +95,7 @@ means, _ = evaluation.encode_images(model, test_images)
 points, explained = evaluation.project_2d(means)
 fig, ax = plt.subplots(figsize=(6.5, 5.5))
 scatter = ax.scatter(points[:, 0], points[:, 1], c=test_labels, cmap="tab10", s=4, alpha=0.7)
-names = data.class_names(config.data.name)
+names = data_source.class_names(config.data.name)
 handles = [plt.Line2D([], [], marker="o", ls="", color=scatter.cmap(scatter.norm(c)), label=names[c])
            for c in np.unique(test_labels)]
 ax.legend(handles=handles, fontsize=7, markerscale=1.2, loc="best")

@@ -272,14 +272,14 @@ fig.tight_layout()
 # The training objective is reconstruction + β·KL. Larger β makes information in z more
 # expensive: the total KL falls and dimensions **collapse** to the prior (per-dimension KL near
 # zero: they say nothing about x). Here three small VAEs (`configs/mlp_small.py`) with 16 latent
-# dimensions are trained on a slice of Fashion-MNIST with β = 1, 4 and 16, using `vae.train`
+# dimensions are trained on a slice of Fashion-MNIST with β = 1, 4 and 16, using `vae.train.loop`
 # exactly as `scripts/train.py` does.
 
 # %%
 import tempfile  # noqa: E402
 
 from configs import mlp_small  # noqa: E402
-from vae import train  # noqa: E402
+from vae.train import loop as training  # noqa: E402
 
 results = {}
 with tempfile.TemporaryDirectory() as tmp:
@@ -287,7 +287,7 @@ with tempfile.TemporaryDirectory() as tmp:
         config = mlp_small.get_config()
         config.data.train_split, config.data.test_split = "train[:4096]", "test[:1000]"
         config.model.latent_dim, config.train.num_epochs, config.train.beta = 16, 6, beta
-        history = train.train_and_evaluate(config, f"{tmp}/beta{beta}", progress=False)
+        history = training.train_and_evaluate(config, f"{tmp}/beta{beta}", progress=False)
         results[beta] = history[-1]
 COLLAPSED = 0.05  # nats: a dimension below this carries almost no information about x
 for beta, record in results.items():

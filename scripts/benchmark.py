@@ -18,7 +18,7 @@ import os
 import sys
 import time
 
-from vae import flags
+from vae import cli_flags as flags
 
 COMMAND_START = time.perf_counter()
 
@@ -67,7 +67,10 @@ def main(argv=None) -> int:
 
     import jax
 
-    from vae import benchmark, cli, sweep_spec, validation
+    from benchmarks import harness as benchmark
+    from vae import cli
+    from vae.sweep import spec as sweep_spec
+    from vae.train import config_checks
 
     configs = []
     for path in args.config:
@@ -75,7 +78,7 @@ def main(argv=None) -> int:
         for item in args.set:  # typed like the field, as --sweep's values (`sweep_spec.override`)
             try:
                 sweep_spec.override(config, item)
-            except validation.ConfigError as e:
+            except config_checks.ConfigError as e:
                 field, _, value = item.partition("=")
                 print(f"error: argument --set: cannot set {field} to {value!r} ({e})", file=sys.stderr)
                 return 2
@@ -83,7 +86,7 @@ def main(argv=None) -> int:
     cli.quiet_logs()
     with cli.user_errors():
         for _, config in configs:
-            validation.validate_config(config, jax.device_count())
+            config_checks.validate_config(config, jax.device_count())
         results = {"machine": benchmark.machine(), "command": " ".join(sys.argv), "synthetic": args.synthetic,
                    "matmul_ceiling": benchmark.matmul_ceiling(), "configs": []}
         ceiling = results["matmul_ceiling"]["gflops"] * 1e9
@@ -102,7 +105,7 @@ def measure_config(path, config, args, benchmark, ceiling: float) -> dict:
 
     import jax
 
-    from vae import validation
+    from vae.train import config_checks
 
     train_images, test_images, dynamic = benchmark.load_images(config, args.synthetic)
     if args.train_images:
@@ -115,7 +118,7 @@ def measure_config(path, config, args, benchmark, ceiling: float) -> dict:
     if args.torch:
         model = config.model
         if model.arch == "mlp" and model.activation == "relu" and model.prior == "standard_normal":
-            from vae import torch_reference
+            from benchmarks import torch_reference
 
             reference = torch_reference.Reference(train_images, model.hidden_dims, model.latent_dim,
                                                   batch_sizes[0])
@@ -125,7 +128,7 @@ def measure_config(path, config, args, benchmark, ceiling: float) -> dict:
         config.train.batch_size = batch_size
         config.eval.batch_size = max(config.eval.batch_size - config.eval.batch_size % jax.device_count(),
                                      jax.device_count())
-        validation.validate_config(config, jax.device_count())
+        config_checks.validate_config(config, jax.device_count())
         run = measure(config, train_images, test_images, dynamic, args, benchmark,
                       reference if index == 0 else None, flops, ceiling, profile=args.profile and index == 0)
         entry["runs"].append(run)
@@ -139,7 +142,7 @@ def measure(config, train_images, test_images, dynamic, args, benchmark, referen
 
     import jax
 
-    from vae import profiling
+    from benchmarks import profiling
 
     trainer = benchmark.Trainer(config, train_images, test_images, dynamic)
     first = trainer.run_epoch()

@@ -3,7 +3,7 @@
     python scripts/benchmark_sweep.py --config configs/mlp_small.py --members 2,4,8,16 \
         --vary train.beta [--loops unrolled,vmap] [--rounds 4] [--out docs/bench/sweep_beta.json]
 
-Builds the single run's epoch program and, for each K and member loop (`vae.sweep_program`),
+Builds the single run's epoch program and, for each K and member loop (`vae.sweep.program`),
 the program `scripts/sweep.py` runs for K members differing in --vary (train.beta: β from 2^-2 to
 2^2 spread over K, one shared seed; seed: seeds 0 ... K-1, each member with its own data order
 and binarisation). Each round trains one epoch of every program in turn, so drift on a shared
@@ -18,7 +18,7 @@ import os
 import statistics
 import sys
 
-from vae import flags
+from vae import cli_flags as flags
 
 
 def parse(argv):
@@ -44,7 +44,7 @@ def parse(argv):
 def member_configs(config, vary: str, num: int) -> list:
     import numpy as np
 
-    from vae import sweep_spec
+    from vae.sweep import spec as sweep_spec
 
     if vary == "seed":
         values = list(range(num))
@@ -59,13 +59,15 @@ def main(argv=None) -> int:
 
     import jax
 
-    from vae import benchmark, cli, validation
+    from benchmarks import harness as benchmark
+    from vae import cli
+    from vae.train import config_checks
 
     config = runpy.run_path(args.config)["get_config"]()
     sizes = args.members
     cli.quiet_logs()
     with cli.user_errors():
-        validation.validate_config(config, jax.device_count())
+        config_checks.validate_config(config, jax.device_count())
         train_images, test_images, dynamic = benchmark.load_images(config, synthetic=False)
         if args.train_images:
             train_images = train_images[: args.train_images]

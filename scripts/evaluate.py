@@ -12,7 +12,11 @@ import math
 import sys
 from pathlib import Path
 
-from vae import cli, distributed, evaluation, flags, workdir
+from vae import cli
+from vae import cli_flags as flags
+from vae.analysis import iwae as evaluation
+from vae.train import distributed
+from vae.workdir import files as workdir
 
 MAX_DRAWS_PER_CALL = evaluation.MAX_DRAWS_PER_CALL
 

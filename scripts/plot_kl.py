@@ -12,7 +12,12 @@ its --labels entry where given), and gets rate_distortion.png (into --out where 
 import sys
 from pathlib import Path
 
-from vae import cli, flags, plotting, sweep, sweep_spec, workdir
+from vae import cli
+from vae import cli_flags as flags
+from vae.analysis import plotting
+from vae.sweep import driver as sweep_driver
+from vae.sweep import spec as sweep_spec
+from vae.workdir import files as workdir
 
 
 def parse(argv):
@@ -36,7 +41,7 @@ def main(argv=None) -> int:
             if not Path(path).is_dir():
                 raise workdir.WorkdirError(f"workdir {path} does not exist")
             if sweep_spec.is_sweep(path):
-                members = sweep.read_members(path)
+                members = sweep_spec.read_members(path)
                 prefix = f"{label}/" if args.labels else ""
                 runs |= {f"{prefix}{name}": records for name, records in members.items()}
                 if not members:
@@ -58,9 +63,9 @@ def main(argv=None) -> int:
             print(f"no per-dimension KL for {sorted(set(runs) - set(factorised))}: a VampPrior's KL does "
                   "not split over dimensions", file=sys.stderr)
         for path in args.workdir:
-            if sweep_spec.is_sweep(path) and any("test/kl" in r for m in sweep.read_members(path).values()
-                                                 for r in m):
-                print(sweep.save_rate_distortion(path, out if args.out else None))
+            if sweep_spec.is_sweep(path) and any(
+                    "test/kl" in r for m in sweep_spec.read_members(path).values() for r in m):
+                print(sweep_driver.save_rate_distortion(path, out if args.out else None))
     return 0
 
 

@@ -2,7 +2,7 @@
 
     python scripts/prepare_data.py --dataset fashion_mnist [--data_dir DIR]
 
-mnist, fashion_mnist and kmnist are built without TensorFlow (vae/mnist_builder.py); TFDS builds
+mnist, fashion_mnist and kmnist are built without TensorFlow (vae/data/mnist_builder.py); TFDS builds
 any other data set with TensorFlow, which `pip install -e '.[tfds-build]'` adds (this script says
 so when it is missing).
 """
@@ -10,7 +10,10 @@ so when it is missing).
 import os
 import sys
 
-from vae import cli, data, flags
+from vae import cli
+from vae import cli_flags as flags
+from vae.data import prepare as data_prepare
+from vae.data import source as data_source
 
 
 def parse(argv):
@@ -30,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     cli.quiet_logs()
     try:
-        path = data.prepare(args.dataset, args.data_dir or None, args.manual_dir)
-    except (data.DataError, OSError) as e:
+        path = data_prepare.prepare(args.dataset, args.data_dir or None, args.manual_dir)
+    except (data_source.DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{args.dataset} is prepared in {path}")

@@ -12,7 +12,8 @@ model family, and the command that trained it. Nats per image.
 import argparse
 import sys
 
-from vae import cli, results
+from vae import cli
+from vae.analysis import results
 
 
 def main(argv=None) -> int:

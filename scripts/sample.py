@@ -3,7 +3,8 @@
     python scripts/sample.py --workdir runs/default [--mode prior|reconstruct|interpolate|traverse|manifold]
         [--num 64] [--temperature 1.0] [--seed 0] [--epoch N] [--out DIR]
 
-Writes WORKDIR/<mode>.png (or into --out) and prints its path. Images are Bernoulli means.
+Writes WORKDIR/<mode>.png (or into --out) and prints its path. Images are the likelihood's means
+(each pixel's probability of being on, for the Bernoulli likelihood).
 """
 
 import math
@@ -13,7 +14,12 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from vae import cli, data, flags, kl, plotting, sampling, train, workdir
+from vae import cli, kl
+from vae import cli_flags as flags
+from vae.analysis import plotting, sampling
+from vae.data import dataset as datasets
+from vae.train import trained
+from vae.workdir import files as workdir
 
 MODES = ("prior", "reconstruct", "interpolate", "traverse", "manifold")
 MAX_IMAGES = 10_000  # one picture: a grid of more is unreadable (and --mode prior's memory grows)
@@ -41,7 +47,7 @@ def parse(argv):
 
 def test_images(config, num: int, seed: int) -> np.ndarray:
     """num test images (as the model sees them), chosen by seed, as floats in [0, 1]."""
-    images, _ = data.load_test_set(config.data)
+    images, _ = datasets.load_test_set(config.data)
     chosen = np.random.default_rng(seed).choice(len(images), size=min(num, len(images)), replace=False)
     return images[np.sort(chosen)].astype(np.float32) / 255.0
 
@@ -89,7 +95,7 @@ def main(argv=None) -> int:
     args = parse(argv)
     cli.quiet_logs()
     with cli.user_errors():
-        config, model, epoch = train.load_trained(args.workdir, args.epoch, args.checkpoint)
+        config, model, epoch = trained.load_trained(args.workdir, args.epoch, args.checkpoint)
         if args.mode == "manifold" and model.latent_dim != 2:
             raise cli.UsageError(
                 f"--mode manifold needs a 2-D latent space; {args.workdir} has model.latent_dim="

@@ -16,7 +16,10 @@ import time
 
 from absl import app, flags
 
-from vae import cli, sweep, sweep_program, sweep_spec
+from vae import cli
+from vae.sweep import driver as sweep
+from vae.sweep import program as sweep_program
+from vae.sweep import spec as sweep_spec
 
 _CONFIG = cli.define_config()
 _WORKDIR = flags.DEFINE_string("workdir", None, "The sweep's directory; each member trains into a "

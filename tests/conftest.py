@@ -17,14 +17,14 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 import pytest  # noqa: E402
 
 from configs import mlp_small  # noqa: E402
-from vae import data  # noqa: E402
+from vae.data import source as data_source  # noqa: E402
 
 
 def real_data_available() -> bool:
     try:
-        data.check_prepared("fashion_mnist", None)
+        data_source.check_prepared("fashion_mnist", None)
         return True
-    except data.DataError:
+    except data_source.DataError:
         return False
 
 

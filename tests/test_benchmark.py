@@ -10,9 +10,12 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from benchmarks import harness as benchmark
+from benchmarks import profiling
 from configs import mlp_small
 from tests.conftest import REPO, tiny_config
-from vae import benchmark, profiling, programs
+from vae.train import state as train_state
+from vae.train import step as steps
 
 
 def test_matmul_flops_are_counted_on_the_jaxpr():
@@ -44,11 +47,11 @@ def test_flops_of_the_small_mlp():
 
 def test_the_profile_groups_kernels_by_what_they_compute():
     config = tiny_config()
-    tx = programs.make_optimizer(config.train, 1)
-    graphdef, state = programs.init_state(config, (28, 28, 1), tx)
-    train_step = programs.make_train_step(graphdef, config, 1, dynamic=True)
-    hyper = programs.hyperparameters(config)
-    step = jax.jit(lambda state, x_u8: train_step(state, x_u8, hyper))
+    tx = train_state.make_optimizer(config.train, 1)
+    graphdef, state = train_state.init_state(config, (28, 28, 1), tx)
+    train_step = steps.make_train_step(graphdef, config, 1, dynamic=True)
+    hyper = train_state.hyperparameters(config)
+    step = jax.jit(lambda state, x_u8: train_step(state, x_u8, steps.step_key(hyper.seed, state.step), hyper))
     x = jnp.zeros((64, 784), jnp.uint8)
     compiled = step.lower(state, x).compile()
     parts = set(profiling.kernel_parts(compiled.as_text()).values())

@@ -18,7 +18,10 @@ from flax import nnx
 
 from configs import mlp_small
 from tests.conftest import REPO, tiny_config
-from vae import evaluation, train, workdir
+from vae.analysis import iwae as evaluation
+from vae.train import loop as training
+from vae.train import trained
+from vae.workdir import files as workdir
 
 pytestmark = [pytest.mark.distributed, pytest.mark.xdist_group("distributed")]
 
@@ -71,7 +74,7 @@ def without_timing(records):
 
 
 def params_of(path):
-    _, model, _ = train.load_trained(path, checkpoint="latest")
+    _, model, _ = trained.load_trained(path, checkpoint="latest")
     return [np.asarray(p) for p in jax.tree.leaves(nnx.state(model, nnx.Param))]
 
 
@@ -79,7 +82,7 @@ def params_of(path):
 def one_process(tmp_path_factory, fashion_mnist):
     """The reference: this test process, 4 devices."""
     path = tmp_path_factory.mktemp("one_process")
-    train.train_and_evaluate(config(), path, progress=False)
+    training.train_and_evaluate(config(), path, progress=False)
     return path
 
 
@@ -112,7 +115,7 @@ def test_two_processes_match_one_process_with_four_devices(one_process, two_proc
 
 def test_a_two_process_checkpoint_continues_in_one_process(tmp_path, two_processes):
     shutil.copytree(two_processes[0], tmp_path / "run")
-    history = train.train_and_evaluate(config(train__num_epochs=NUM_EPOCHS + 1), tmp_path / "run",
+    history = training.train_and_evaluate(config(train__num_epochs=NUM_EPOCHS + 1), tmp_path / "run",
                                        progress=False)  # this process, 4 devices
     assert [r["epoch"] for r in history] == list(range(1, NUM_EPOCHS + 2))
     assert history[:-1] == workdir.read_metrics(two_processes[0])

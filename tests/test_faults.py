@@ -18,7 +18,11 @@ import pytest
 from flax import nnx
 
 from tests.conftest import REPO, tiny_config
-from vae import faults, train, workdir
+from vae.train import loop as training
+from vae.train import trained
+from vae.workdir import checkpoints, faults
+from vae.workdir import files as workdir
+from vae.workdir import lock as workdir_lock
 
 TIMING = {"images_per_sec", "epoch_time_sec", "eval_time_sec", "wall_time_sec", "compile_time_sec"}
 # A run whose checkpoints (about 1.2 MB each) fill a 3 MB disk at its third save.
@@ -45,7 +49,7 @@ def without_timing(records):
 
 
 def params_of(path, checkpoint="latest"):
-    _, model, epoch = train.load_trained(path, checkpoint=checkpoint)
+    _, model, epoch = trained.load_trained(path, checkpoint=checkpoint)
     return epoch, jax.tree.leaves(nnx.state(model, nnx.Param))
 
 
@@ -79,13 +83,13 @@ def small_disk(tmp_path):
 
 # --- the lock ---------------------------------------------------------------------------------------
 
-HOLD = ("import sys, time; from vae import workdir; from pathlib import Path\n"
-        "with workdir.training_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(600)")
+HOLD = ("import sys, time; from vae.workdir import lock; from pathlib import Path\n"
+        "with lock.training_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(600)")
 
 
 def test_a_second_training_is_refused_at_once_naming_the_first(tmp_path, fashion_mnist):
     trained = tmp_path / "run"
-    train.train_and_evaluate(tiny_config(train__num_epochs=1), trained, progress=False)
+    training.train_and_evaluate(tiny_config(train__num_epochs=1), trained, progress=False)
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(trained)], cwd=REPO, stdout=subprocess.PIPE,
                               text=True)
     try:
@@ -96,7 +100,7 @@ def test_a_second_training_is_refused_at_once_naming_the_first(tmp_path, fashion
         assert result.returncode == 2 and time.monotonic() - start < 60
         assert f"is being trained by process {holder.pid} " in line and "sampling" in line
         with pytest.raises(workdir.WorkdirError, match=f"process {holder.pid}"):  # in-process too
-            train.train_and_evaluate(tiny_config(train__num_epochs=2), trained, progress=False)
+            training.train_and_evaluate(tiny_config(train__num_epochs=2), trained, progress=False)
         # Reading a workdir while it trains is allowed.
         sample = subprocess.run([sys.executable, "scripts/sample.py", "--workdir", str(trained), "--out",
                                  str(tmp_path / "out")], capture_output=True, text=True, cwd=REPO,
@@ -107,16 +111,16 @@ def test_a_second_training_is_refused_at_once_naming_the_first(tmp_path, fashion
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=30)
     # The kernel dropped the lock with its killed holder: training goes on.
-    history = train.train_and_evaluate(tiny_config(train__num_epochs=2), trained, progress=False)
+    history = training.train_and_evaluate(tiny_config(train__num_epochs=2), trained, progress=False)
     assert [r["epoch"] for r in history] == [1, 2]
 
 
 def test_the_lock_is_released_after_a_failure(tmp_path):
-    with pytest.raises(RuntimeError), workdir.training_lock(tmp_path):
+    with pytest.raises(RuntimeError), workdir_lock.training_lock(tmp_path):
         raise RuntimeError("boom")
-    with workdir.training_lock(tmp_path):
+    with workdir_lock.training_lock(tmp_path):
         with pytest.raises(workdir.WorkdirError, match=f"process {os.getpid()} "):
-            with workdir.training_lock(tmp_path):
+            with workdir_lock.training_lock(tmp_path):
                 pass
 
 
@@ -128,7 +132,7 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_resumes_exactly(small_d
     result = run_train(run, *SMALL_RUN)
     line = one_error_line(result.stderr)
     assert result.returncode == 2 and "the disk is full" in line, line
-    epoch = workdir.latest_checkpoint(run)
+    epoch = checkpoints.latest_checkpoint(run)
     assert epoch >= 1 and f"resumes from epoch {epoch} once there is room" in line
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
     result = run_train(run, *SMALL_RUN)
@@ -178,7 +182,7 @@ def test_each_write_fault_is_one_line_saying_how_the_run_resumes(tmp_path, code,
 def test_a_failed_metrics_write_is_one_error_and_the_run_resumes_exactly(tmp_path, monkeypatch,
                                                                          fashion_mnist):
     config = tiny_config(train__num_epochs=3)
-    straight = train.train_and_evaluate(config, tmp_path / "straight", progress=False)
+    straight = training.train_and_evaluate(config, tmp_path / "straight", progress=False)
     real_append = workdir.append_metrics
 
     def fail_at_epoch_2(path, record):
@@ -188,9 +192,9 @@ def test_a_failed_metrics_write_is_one_error_and_the_run_resumes_exactly(tmp_pat
 
     monkeypatch.setattr(workdir, "append_metrics", fail_at_epoch_2)
     with pytest.raises(workdir.WorkdirError, match="disk is full.*resumes from epoch 1 once there is room"):
-        train.train_and_evaluate(config, tmp_path / "run", progress=False)
+        training.train_and_evaluate(config, tmp_path / "run", progress=False)
     monkeypatch.setattr(workdir, "append_metrics", real_append)
-    resumed = train.train_and_evaluate(config, tmp_path / "run", progress=False)
+    resumed = training.train_and_evaluate(config, tmp_path / "run", progress=False)
     assert without_timing(resumed) == without_timing(straight)
 
 
@@ -214,7 +218,7 @@ def test_a_workdir_removed_mid_run_stops_it_in_one_line(tmp_path, fashion_mnist)
 @pytest.fixture
 def two_epochs(tmp_path, fashion_mnist):
     config = tiny_config(train__num_epochs=2)
-    return tmp_path, config, train.train_and_evaluate(config, tmp_path, progress=False)
+    return tmp_path, config, training.train_and_evaluate(config, tmp_path, progress=False)
 
 
 @pytest.mark.parametrize("damage, reason", [
@@ -231,13 +235,13 @@ def test_a_damaged_config_json_is_one_line_and_the_run_resumes(two_epochs):
     path, config, history = two_epochs
     (path / workdir.CONFIG_FILE).write_bytes(b'{"seed": 0, "data": {"na')  # truncated
     with pytest.raises(workdir.WorkdirError, match="config.json is damaged.*delete it and run that command"):
-        train.train_and_evaluate(config, path, progress=False)
+        training.train_and_evaluate(config, path, progress=False)
     result = subprocess.run([sys.executable, "scripts/sample.py", "--workdir", str(path)],
                             capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 2 and "config.json is damaged" in one_error_line(result.stderr)
     (path / workdir.CONFIG_FILE).unlink()  # as the message says
     config.train.num_epochs = 3
-    resumed = train.train_and_evaluate(config, path, progress=False)
+    resumed = training.train_and_evaluate(config, path, progress=False)
     assert [r["epoch"] for r in resumed] == [1, 2, 3]
     assert without_timing(resumed[:2]) == without_timing(history)
     assert json.loads((path / workdir.CONFIG_FILE).read_text())["train"]["num_epochs"] == 3
@@ -252,7 +256,7 @@ def test_damaged_metrics_lines_are_skipped_with_one_warning_and_rewritten(two_ep
     err = capfd.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "2 damaged line(s) skipped (line 1 ...)" in err
     config.train.num_epochs = 3
-    resumed = train.train_and_evaluate(config, path, progress=False)
+    resumed = training.train_and_evaluate(config, path, progress=False)
     assert [r["epoch"] for r in resumed] == [1, 2, 3]
     assert [json.loads(line)["epoch"] for line in (path / workdir.METRICS_FILE).read_text().splitlines()] == [
         1, 2, 3]
@@ -273,30 +277,30 @@ def test_damaged_checkpoints(two_epochs, how, capfd):
     path, config, history = two_epochs
     damage_checkpoint(path / workdir.CHECKPOINT_DIR / "2", how)
     config.train.num_epochs = 3  # the newest is skipped for the one before, which resumes
-    resumed = train.train_and_evaluate(config, path, progress=False)
+    resumed = training.train_and_evaluate(config, path, progress=False)
     assert [r["epoch"] for r in resumed] == [1, 2, 3]
     assert "checkpoint 2 cannot be restored" in capfd.readouterr().err
-    for epoch in workdir.checkpoint_manager(path, read_only=True).all_steps():
+    for epoch in checkpoints.checkpoint_manager(path, read_only=True).all_steps():
         damage_checkpoint(path / workdir.CHECKPOINT_DIR / str(epoch), how)
     config.train.num_epochs = 4  # none restores: refused rather than starting over on top of the run
     with pytest.raises(workdir.WorkdirError, match="none of the checkpoints.*pass --restart"):
-        train.train_and_evaluate(config, path, progress=False)
+        training.train_and_evaluate(config, path, progress=False)
 
 
 def test_a_damaged_best_checkpoint_falls_back_to_the_latest(tmp_path, fashion_mnist, capfd):
     config = tiny_config(train__num_epochs=2)
     config.data.train_split, config.data.validation_split = "train[:1024]", "train[1024:1280]"
-    train.train_and_evaluate(config, tmp_path, progress=False)
-    best = workdir.latest_checkpoint(tmp_path, workdir.BEST_DIR)
+    training.train_and_evaluate(config, tmp_path, progress=False)
+    best = checkpoints.latest_checkpoint(tmp_path, workdir.BEST_DIR)
     assert best >= 1
     damage_checkpoint(tmp_path / workdir.BEST_DIR / str(best), "truncated")
-    _, _, epoch = train.load_trained(tmp_path)
+    _, _, epoch = trained.load_trained(tmp_path)
     assert epoch == 2 and "the best checkpoint cannot be used" in capfd.readouterr().err
     config.train.num_epochs = 3  # training names the damaged checkpoint instead of a traceback
     with pytest.raises(workdir.WorkdirError, match=f"holds damaged checkpoints \\(epochs {best}: "):
-        train.train_and_evaluate(config, tmp_path, progress=False)
+        training.train_and_evaluate(config, tmp_path, progress=False)
     shutil.rmtree(tmp_path / workdir.BEST_DIR / str(best))  # moved away, as the message says
-    assert [r["epoch"] for r in train.train_and_evaluate(config, tmp_path, progress=False)] == [1, 2, 3]
+    assert [r["epoch"] for r in training.train_and_evaluate(config, tmp_path, progress=False)] == [1, 2, 3]
 
 
 def test_faults_outside_the_workdir_are_not_reported_as_the_workdir_s(tmp_path):

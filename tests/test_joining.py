@@ -16,8 +16,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from tests.conftest import REPO
-from vae import distributed, programs
-from vae.distributed import JoinError, Settings
+from vae.train import distributed
+from vae.train.distributed import JoinError, Settings
 
 SLURM_STEP = {"SLURM_JOB_ID": "17", "SLURM_STEP_NODELIST": "node[01-02]", "SLURM_NTASKS": "4",
               "SLURM_PROCID": "1", "SLURM_LOCALID": "1"}
@@ -57,7 +57,7 @@ def test_no_flags_and_no_cluster_is_one_process():
 
 
 def test_each_process_feeds_the_rows_its_devices_hold():
-    mesh = programs.make_mesh()
+    mesh = distributed.make_mesh()
     shape = (3, 8, 5)  # steps x batch x pixels, the batch axis sharded
     rows = distributed.process_rows(NamedSharding(mesh, P(None, "data")), shape, axis=1)
     np.testing.assert_array_equal(rows, np.arange(8))  # one process holds every device

@@ -10,15 +10,16 @@ import pytest
 from flax import nnx
 
 from tests.conftest import tiny_config
-from vae import models, networks
+from vae.model import build as model_build
+from vae.model import networks
 
 IMAGE_SHAPE = (28, 28, 1)
-VARIANTS = [(arch, prior) for arch in models.ARCHS for prior in ("standard_normal", "vampprior")]
+VARIANTS = [(arch, prior) for arch in model_build.ARCHS for prior in ("standard_normal", "vampprior")]
 
 
 def build(arch="mlp", prior="standard_normal", **overrides):
     config = tiny_config(model__arch=arch, model__prior=prior, model__num_pseudo_inputs=7, **overrides)
-    return models.build_model(config.model, IMAGE_SHAPE, jax.random.key(0)), config
+    return model_build.build_model(config.model, IMAGE_SHAPE, jax.random.key(0)), config
 
 
 def binary_images(n, seed=1):
@@ -103,7 +104,7 @@ def test_log_variances_are_clipped():
 def test_output_bias_starts_at_the_logits_of_the_pixel_means(arch):
     config = tiny_config(model__arch=arch, model__init_output_bias=True)
     means = np.linspace(0.0, 1.0, 784)
-    model = models.build_model(config.model, IMAGE_SHAPE, jax.random.key(0), pixel_means=means)
+    model = model_build.build_model(config.model, IMAGE_SHAPE, jax.random.key(0), pixel_means=means)
     bias = np.asarray(model.output_bias[...])
     p = np.clip(means, 1e-3, 1 - 1e-3)
     if arch.startswith("conv"):  # per channel of the last convolution: the mean intensity
@@ -129,13 +130,13 @@ def test_temperature_zero_decodes_the_prior_mean(arch):
 def test_parameter_counts_match_the_architectures():
     config = tiny_config()
     config.model.hidden_dims, config.model.latent_dim = (400,), 20
-    model = models.build_model(config.model, IMAGE_SHAPE, jax.random.key(0))
+    model = model_build.build_model(config.model, IMAGE_SHAPE, jax.random.key(0))
     count = sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
     assert count == (784 * 400 + 400) + (400 * 40 + 40) + (20 * 400 + 400) + (400 * 784 + 784)
 
     # The published gated VAE: 784-300-300-40 and mirrored, each gated layer two linear maps.
     config.model.hidden_dims, config.model.latent_dim, config.model.activation = (300, 300), 40, "gated"
-    model = models.build_model(config.model, IMAGE_SHAPE, jax.random.key(0))
+    model = model_build.build_model(config.model, IMAGE_SHAPE, jax.random.key(0))
     count = sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
     gated = lambda a, b: 2 * (a * b + b)
     expected = (gated(784, 300) + gated(300, 300) + (300 * 80 + 80)
@@ -144,14 +145,14 @@ def test_parameter_counts_match_the_architectures():
 
     # With a VampPrior the pseudo-inputs add K x D parameters.
     config.model.prior, config.model.num_pseudo_inputs = "vampprior", 500
-    model = models.build_model(config.model, IMAGE_SHAPE, jax.random.key(0))
+    model = model_build.build_model(config.model, IMAGE_SHAPE, jax.random.key(0))
     assert sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param))) == expected + 500 * 784
 
 
 def test_hvae_has_the_published_structure():
     config = tiny_config(model__arch="hvae", model__activation="gated")
     config.model.hidden_dims, config.model.latent_dim = (300, 300), 40
-    model = models.build_model(config.model, IMAGE_SHAPE, jax.random.key(0))
+    model = model_build.build_model(config.model, IMAGE_SHAPE, jax.random.key(0))
     kernel = lambda layer: layer.linear.kernel.shape
     assert kernel(model.q_z1.body.a) == (784, 600) and kernel(model.q_z1.body.b) == (40, 600)
     assert [kernel(layer) for layer in model.q_z1.body.joint.layers] == [(600, 600)]
@@ -166,7 +167,7 @@ def test_conv_hvae_has_the_published_structure():
     convolutions of 64 channels and a 1x1 convolution at 28 x 28."""
     config = tiny_config(model__arch="conv_hvae", model__conv_channels=(32, 64), model__latent_dim=40)
     config.model.hidden_dims = (300, 300)
-    model = models.build_model(config.model, IMAGE_SHAPE, jax.random.key(0))
+    model = model_build.build_model(config.model, IMAGE_SHAPE, jax.random.key(0))
     kernels = [layer.conv.kernel.shape for layer in model.q_z2.body.layers]
     assert kernels == [(7, 7, 1, 64), (3, 3, 32, 64), (5, 5, 32, 128), (3, 3, 64, 128), (3, 3, 64, 12)]
     assert model.q_z2.body.out_dim == 294 and model.q_z2.head.linear.kernel.shape == (294, 80)

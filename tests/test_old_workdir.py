@@ -23,10 +23,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, tiny_config  # (as a script: the suite's 4 fake CPU devices)
-from vae.data import load_test_set
-from vae.evaluation import evaluate_workdir
-from vae.sampling import prior_samples, reconstructions
-from vae.train import load_trained, train_and_evaluate
+from vae.analysis.iwae import evaluate_workdir
+from vae.analysis.sampling import prior_samples, reconstructions
+from vae.data.dataset import load_test_set
+from vae.train.loop import train_and_evaluate
+from vae.train.trained import load_trained
 
 FIXTURE = Path(__file__).parent / "data" / "workdir_v1"
 EXPECTED = Path(__file__).parent / "data" / "workdir_v1.json"

@@ -19,8 +19,8 @@ import jax
 import pytest
 
 from tests import conftest  # noqa: F401  (as a script: the suite's 4 fake CPU devices)
-from vae.evaluation import evaluate_workdir
-from vae.train import train_and_evaluate
+from vae.analysis.iwae import evaluate_workdir
+from vae.train.loop import train_and_evaluate
 
 PINNED = Path(__file__).parent / "data" / "pinned.json"
 CONFIGS = ("mlp_small", "default", "paper_hvae", "paper_vampprior", "conv")

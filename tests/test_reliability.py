@@ -14,7 +14,8 @@ import pytest
 from flax import nnx
 
 from tests.conftest import REPO
-from vae import train, workdir
+from vae.train import trained
+from vae.workdir import files as workdir
 
 NUM_EPOCHS = 4
 # Big enough that an epoch takes a noticeable time, so kills land inside epochs and saves.
@@ -67,7 +68,7 @@ def saving_now(path: Path) -> bool:
 
 
 def final_params(path: Path):
-    _, model, epoch = train.load_trained(path)
+    _, model, epoch = trained.load_trained(path)
     assert epoch == NUM_EPOCHS
     return jax.tree.leaves(nnx.state(model, nnx.Param))
 
@@ -137,6 +138,6 @@ def test_a_corrupted_checkpoint_falls_back_to_the_previous_one(tmp_path, referen
         middle = len(raw) // 2
         raw[middle:middle + 64] = os.urandom(64)
         path.write_bytes(bytes(raw))
-    _, _, epoch = train.load_trained(tmp_path)
+    _, _, epoch = trained.load_trained(tmp_path)
     assert epoch == NUM_EPOCHS - 1
     assert f"checkpoint {NUM_EPOCHS} cannot be restored" in capfd.readouterr().err

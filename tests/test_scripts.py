@@ -10,14 +10,15 @@ import pytest
 from PIL import Image
 
 from tests.conftest import REPO, tiny_config
-from vae import evaluation, train
+from vae.analysis import iwae as evaluation
+from vae.train import loop as training
 
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, fashion_mnist):
     """A 2-epoch run with a 2-D latent space (so every sample mode applies)."""
     path = tmp_path_factory.mktemp("tiny_run")
-    train.train_and_evaluate(tiny_config(model__latent_dim=2), path, progress=False)
+    training.train_and_evaluate(tiny_config(model__latent_dim=2), path, progress=False)
     return path
 
 
@@ -104,7 +105,7 @@ def test_workdir_without_checkpoint_or_metrics(tmp_path, tiny_run):
 
 
 def test_manifold_needs_a_2d_latent_space(tmp_path, fashion_mnist):
-    train.train_and_evaluate(tiny_config(train__num_epochs=1), tmp_path, progress=False)
+    training.train_and_evaluate(tiny_config(train__num_epochs=1), tmp_path, progress=False)
     result = run_script("sample.py", "--workdir", tmp_path, "--mode", "manifold", expect_ok=False)
     assert result.returncode == 2
     assert "2-D latent space" in result.stderr and "Traceback" not in result.stderr
@@ -135,7 +136,7 @@ def test_results_table_reads_the_evaluated_workdirs(tiny_run, tmp_path):
 
 
 def test_results_finds_the_config_file_in_the_recorded_command():
-    from vae import results
+    from vae.analysis import results
 
     assert results.config_file("scripts/train.py --config configs/paper_vae.py --workdir r") == \
         "configs/paper_vae.py"

@@ -9,7 +9,14 @@ import pytest
 from flax import nnx
 
 from tests.conftest import tiny_config
-from vae import data, programs, train, validation, workdir
+from vae.data import dataset as datasets
+from vae.data import source as data_source
+from vae.train import config_checks, distributed, trained
+from vae.train import evaluate as train_eval
+from vae.train import loop as training
+from vae.train import run as run_dir
+from vae.workdir import checkpoints
+from vae.workdir import files as workdir
 
 PATIENCE = 5
 
@@ -27,7 +34,7 @@ def selection_config(**overrides):
 
 
 def params_of(path, checkpoint="best"):
-    _, model, epoch = train.load_trained(path, checkpoint=checkpoint)
+    _, model, epoch = trained.load_trained(path, checkpoint=checkpoint)
     return epoch, jax.tree.leaves(nnx.state(model, nnx.Param))
 
 
@@ -38,26 +45,26 @@ def without_timing(records):
 
 def test_best_epoch_and_early_stopping_rule():
     history = [{"epoch": e, "val/elbo": v} for e, v in enumerate([9.0, 7.0, 8.0, 7.0, 8.5, 9.0], 1)]
-    assert train.best_epoch(history) == (2, 7.0)  # ties keep the earlier epoch
+    assert run_dir.best_epoch(history) == (2, 7.0)  # ties keep the earlier epoch
     cfg = tiny_config(train__early_stopping_patience=4).train
-    assert train.early_stop_due(history, cfg)  # 6 - 2 >= 4
-    assert not train.early_stop_due(history[:5], cfg)
+    assert run_dir.early_stop_due(history, cfg)  # 6 - 2 >= 4
+    assert not run_dir.early_stop_due(history[:5], cfg)
     cfg.kl_warmup_epochs = 3.0  # patience counts from the end of the warm-up
-    assert not train.early_stop_due(history, cfg)  # 6 - 3 < 4
+    assert not run_dir.early_stop_due(history, cfg)  # 6 - 3 < 4
     cfg.early_stopping_patience = 0  # off
-    assert not train.early_stop_due(history, cfg)
-    assert train.best_epoch([{"epoch": 1, "test/elbo": 3.0}]) == (0, float("inf"))
+    assert not run_dir.early_stop_due(history, cfg)
+    assert run_dir.best_epoch([{"epoch": 1, "test/elbo": 3.0}]) == (0, float("inf"))
 
 
 @pytest.fixture(scope="module")
 def stopped(tmp_path_factory, fashion_mnist):
     path = tmp_path_factory.mktemp("stopped")
-    return path, train.train_and_evaluate(selection_config(), path, progress=False)
+    return path, training.train_and_evaluate(selection_config(), path, progress=False)
 
 
 def test_early_stopping_ends_patience_epochs_after_the_best(stopped):
     path, history = stopped
-    best, value = train.best_epoch(history)
+    best, value = run_dir.best_epoch(history)
     assert history[-1]["epoch"] == best + PATIENCE < 40
     assert value == min(r["val/elbo"] for r in history)
     for record in history:
@@ -65,31 +72,31 @@ def test_early_stopping_ends_patience_epochs_after_the_best(stopped):
         assert record["best/val/elbo"] == min(r["val/elbo"] for r in history[: record["epoch"]])
     assert workdir.read_metrics(path) == history
     # Again: nothing more to train.
-    again = train.train_and_evaluate(selection_config(), path, progress=False)
+    again = training.train_and_evaluate(selection_config(), path, progress=False)
     assert without_timing(again) == without_timing(history)
 
 
 def test_the_best_checkpoint_is_kept_beside_the_latest_and_loaded_by_default(stopped):
     path, history = stopped
-    best, _ = train.best_epoch(history)
+    best, _ = run_dir.best_epoch(history)
     assert sorted(int(p.name) for p in (path / workdir.BEST_DIR).iterdir() if p.name.isdigit()) == [best]
     assert params_of(path)[0] == best
     assert params_of(path, "latest")[0] == history[-1]["epoch"]
-    assert train.checkpoint_used(path, None, "best") == "best"
+    assert trained.checkpoint_used(path, None, "best") == "best"
 
 
 def test_the_best_checkpoint_holds_the_evaluated_parameters(stopped):
     """Re-evaluating the loaded best model on the validation split gives the logged val/elbo:
     the checkpoint holds what was evaluated (the EMA), not the raw parameters."""
     path, history = stopped
-    config, model, epoch = train.load_trained(path)
-    images, _ = data.load_eval_split(config.data, "validation")
-    mesh = programs.make_mesh(jax.devices()[:1])
+    config, model, epoch = trained.load_trained(path)
+    images, _ = datasets.load_eval_split(config.data, "validation")
+    mesh = distributed.make_mesh(jax.devices()[:1])
     graphdef, params = nnx.split(model)
-    terms = programs.make_evaluate(graphdef, config, mesh)(
-        params, programs.images_on_device(images, mesh, config.eval.batch_size),
-        programs.eval_key(config, "val"))
-    summary = train.summarize_eval(jax.device_get(terms), len(images), 784, 0.01, "val")
+    terms = train_eval.make_evaluate(graphdef, config, mesh)(
+        params, distributed.images_on_device(images, mesh, config.eval.batch_size),
+        train_eval.eval_key(config, "val"))
+    summary = train_eval.summarize_eval(jax.device_get(terms), len(images), 784, 0.01, "val")
     assert summary["val/elbo"] == pytest.approx(history[epoch - 1]["val/elbo"], rel=1e-5)
 
 
@@ -98,13 +105,13 @@ def test_resume_through_selection_is_exact(tmp_path, stopped, damage):
     """A run stopped after epoch 5 (and, worse, killed between its two saves) resumes to the same
     metrics, latest and best checkpoints as the uninterrupted run."""
     path, history = stopped
-    first = train.train_and_evaluate(selection_config(train__num_epochs=5), tmp_path, progress=False)
-    assert train.best_epoch(first)[0] == 5  # still improving: epoch 5 is in both managers
+    first = training.train_and_evaluate(selection_config(train__num_epochs=5), tmp_path, progress=False)
+    assert run_dir.best_epoch(first)[0] == 5  # still improving: epoch 5 is in both managers
     if damage == "best_not_saved":  # killed after the latest save, before the best one
         shutil.rmtree(tmp_path / workdir.BEST_DIR / "5")
     if damage == "latest_not_saved":  # killed after the best save, before the latest one
         shutil.rmtree(tmp_path / workdir.CHECKPOINT_DIR / "5")
-    resumed = train.train_and_evaluate(selection_config(), tmp_path, progress=False)
+    resumed = training.train_and_evaluate(selection_config(), tmp_path, progress=False)
     assert without_timing(resumed) == without_timing(history)
     for which in ("best", "latest"):
         (epoch_a, params_a), (epoch_b, params_b) = params_of(tmp_path, which), params_of(path, which)
@@ -114,22 +121,22 @@ def test_resume_through_selection_is_exact(tmp_path, stopped, damage):
 
 
 def test_a_run_without_validation_has_no_best_checkpoint_and_loads_the_latest(tmp_path, fashion_mnist):
-    history = train.train_and_evaluate(tiny_config(train__num_epochs=2), tmp_path, progress=False)
+    history = training.train_and_evaluate(tiny_config(train__num_epochs=2), tmp_path, progress=False)
     assert "val/elbo" not in history[-1] and "best/epoch" not in history[-1]
-    assert not workdir.has_checkpoints(tmp_path, workdir.BEST_DIR)
-    assert train.checkpoint_used(tmp_path, None, "best") == "latest"
+    assert not checkpoints.has_checkpoints(tmp_path, workdir.BEST_DIR)
+    assert trained.checkpoint_used(tmp_path, None, "best") == "latest"
     assert params_of(tmp_path)[0] == 2
 
 
 def test_overlapping_validation_and_training_splits_are_refused(tmp_path, fashion_mnist):
     config = selection_config()
     config.data.validation_split = "train[32:96]"
-    with pytest.raises(data.DataError, match="overlaps data.train_split.*32 shared examples"):
-        train.train_and_evaluate(config, tmp_path, progress=False)
+    with pytest.raises(data_source.DataError, match="overlaps data.train_split.*32 shared examples"):
+        training.train_and_evaluate(config, tmp_path, progress=False)
 
 
 def test_early_stopping_without_a_validation_split_is_refused():
     config = selection_config()
     config.data.validation_split = ""
-    with pytest.raises(validation.ConfigError, match="needs a validation split"):
-        validation.validate_config(config, 1)
+    with pytest.raises(config_checks.ConfigError, match="needs a validation split"):
+        config_checks.validate_config(config, 1)

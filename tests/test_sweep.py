@@ -11,8 +11,14 @@ from flax import nnx
 
 from tests.conftest import tiny_config
 from tests.test_scripts import assert_png, run_script
-from vae import evaluation, sweep, sweep_program, train, validation, workdir
-from vae import sweep_spec as spec
+from vae.analysis import iwae as evaluation
+from vae.sweep import driver as sweep_driver
+from vae.sweep import program as sweep_program
+from vae.sweep import spec
+from vae.train import config_checks, trained
+from vae.train import loop as training
+from vae.train import run as run_dir
+from vae.workdir import files as workdir
 
 # Facts of the session, not of the run: times, and how many members trained together that epoch.
 SESSION = {"images_per_sec", "epoch_time_sec", "eval_time_sec", "wall_time_sec", "compile_time_sec",
@@ -26,7 +32,7 @@ def without_timing(records):
 
 
 def params_of(path, checkpoint="best"):
-    _, model, epoch = train.load_trained(path, checkpoint=checkpoint)
+    _, model, epoch = trained.load_trained(path, checkpoint=checkpoint)
     return epoch, jax.tree.leaves(nnx.state(model, nnx.Param))
 
 
@@ -110,7 +116,7 @@ AXES = [("train.beta", [0.5, 2.0]), ("seed", [0, 1])]
 @pytest.fixture(scope="module")
 def beta_seed_sweep(tmp_path_factory, fashion_mnist):
     path = tmp_path_factory.mktemp("beta_seed")
-    return path, sweep.train_sweep(tiny_config(train__num_epochs=3), AXES, path, progress=False)
+    return path, sweep_driver.train_sweep(tiny_config(train__num_epochs=3), AXES, path, progress=False)
 
 
 @pytest.mark.parametrize("loop", ["unrolled", "vmap"])
@@ -118,9 +124,9 @@ def test_member_k_equals_the_single_run(tmp_path, beta_seed_sweep, loop):
     path, histories = beta_seed_sweep
     if loop == "vmap":  # the fixture ran the default loop (unrolled on CPU); the other one here
         path = tmp_path / "vmap"
-        histories = sweep.train_sweep(tiny_config(train__num_epochs=3), AXES, path, progress=False,
+        histories = sweep_driver.train_sweep(tiny_config(train__num_epochs=3), AXES, path, progress=False,
                                       loop="vmap")
-    single = train.train_and_evaluate(tiny_config(train__num_epochs=3, train__beta=2.0, seed=1),
+    single = training.train_and_evaluate(tiny_config(train__num_epochs=3, train__beta=2.0, seed=1),
                                       tmp_path / "single", progress=False)
     assert_same_run(path / "beta=2,seed=1", histories["beta=2,seed=1"], tmp_path / "single", single)
     # Four different runs, not one run four times: the seeds and the betas tell.
@@ -142,9 +148,9 @@ def test_every_traced_number_matches_the_single_run(tmp_path, fashion_mnist):
                     train__beta=2.0)]
     members = [spec.Member(f"m{i}", {"index": i}, tiny_config(**base, **n)) for i, n in enumerate(numbers)]
     assert len(sweep_program.varying_hyper([m.config for m in members])) == 8  # all Hyper fields
-    histories = sweep.train_members(members, tmp_path / "sweep", progress=False, loop="vmap")
+    histories = sweep_driver.train_members(members, tmp_path / "sweep", progress=False, loop="vmap")
     for member, n in zip(members, numbers):
-        single = train.train_and_evaluate(tiny_config(**base, **n), tmp_path / member.name, progress=False)
+        single = training.train_and_evaluate(tiny_config(**base, **n), tmp_path / member.name, progress=False)
         assert_same_run(tmp_path / "sweep" / member.name, histories[member.name], tmp_path / member.name,
                         single)
 
@@ -164,8 +170,8 @@ def test_each_member_is_a_single_runs_workdir(beta_seed_sweep):
         assert fields <= set(records[-1])
         checkpoints = (member_dir / "checkpoints").iterdir()
         assert sorted(int(p.name) for p in checkpoints if p.name.isdigit()) == [1, 2, 3]
-        assert train.load_trained(member_dir)[2] == 3
-    assert (path / sweep.RATE_DISTORTION_FILE).stat().st_size > 10_000
+        assert trained.load_trained(member_dir)[2] == 3
+    assert (path / sweep_driver.RATE_DISTORTION_FILE).stat().st_size > 10_000
 
 
 def test_a_sweep_resumes_after_a_kill_between_two_members_checkpoints(tmp_path, beta_seed_sweep):
@@ -173,14 +179,14 @@ def test_a_sweep_resumes_after_a_kill_between_two_members_checkpoints(tmp_path, 
     trains that member's epoch 2 alone (the others wait, frozen), then all of them, and ends where
     the uninterrupted sweep did, bit for bit."""
     path, histories = beta_seed_sweep
-    sweep.train_sweep(tiny_config(train__num_epochs=2), AXES, tmp_path, progress=False)
+    sweep_driver.train_sweep(tiny_config(train__num_epochs=2), AXES, tmp_path, progress=False)
     shutil.rmtree(tmp_path / "beta=2,seed=0" / "checkpoints" / "2")
-    resumed = sweep.train_sweep(tiny_config(train__num_epochs=3), AXES, tmp_path, progress=False)
+    resumed = sweep_driver.train_sweep(tiny_config(train__num_epochs=3), AXES, tmp_path, progress=False)
     for name in histories:
         assert without_timing(resumed[name]) == without_timing(histories[name]), name
         for a, b in zip(params_of(tmp_path / name)[1], params_of(path / name)[1]):
             np.testing.assert_array_equal(a, b)
-    again = sweep.train_sweep(tiny_config(train__num_epochs=3), AXES, tmp_path, progress=False)
+    again = sweep_driver.train_sweep(tiny_config(train__num_epochs=3), AXES, tmp_path, progress=False)
     for name in histories:
         assert without_timing(again[name]) == without_timing(resumed[name])
 
@@ -196,16 +202,16 @@ def selection_config(**overrides):
 
 def test_members_stop_early_on_their_own_and_keep_their_best_checkpoint(tmp_path, fashion_mnist):
     axes = [("train.learning_rate", [3e-2, 1e-2])]
-    histories = sweep.train_sweep(selection_config(), axes, tmp_path / "sweep", progress=False)
+    histories = sweep_driver.train_sweep(selection_config(), axes, tmp_path / "sweep", progress=False)
     stops = set()
     for lr, name in zip([3e-2, 1e-2], histories):
-        single = train.train_and_evaluate(selection_config(train__learning_rate=lr), tmp_path / name,
+        single = training.train_and_evaluate(selection_config(train__learning_rate=lr), tmp_path / name,
                                           progress=False)
         history = histories[name]
         assert [r["best/epoch"] for r in history] == [r["best/epoch"] for r in single]
-        best = train.best_epoch(history)[0]
+        best = run_dir.best_epoch(history)[0]
         assert history[-1]["epoch"] in (best + 3, 30)  # stopped by patience, or ran all epochs
-        assert train.load_trained(tmp_path / "sweep" / name)[2] == best  # the best/ checkpoint
+        assert trained.load_trained(tmp_path / "sweep" / name)[2] == best  # the best/ checkpoint
         assert_same_run(tmp_path / "sweep" / name, history, tmp_path / name, single, rel=1e-4)
         stops.add(history[-1]["epoch"])
     assert len(stops) == 2 and min(stops) < 30  # one member stopped early while the other went on
@@ -213,15 +219,15 @@ def test_members_stop_early_on_their_own_and_keep_their_best_checkpoint(tmp_path
 
 def test_a_diverging_member_stops_alone(tmp_path, fashion_mnist):
     axes = [("train.learning_rate", [1e-3, 1e4])]
-    with pytest.raises(train.NonFiniteLossError, match=r"member learning_rate=10000: the loss became"):
-        sweep.train_sweep(tiny_config(), axes, tmp_path, progress=False)
+    with pytest.raises(run_dir.NonFiniteLossError, match=r"member learning_rate=10000: the loss became"):
+        sweep_driver.train_sweep(tiny_config(), axes, tmp_path, progress=False)
     assert [r["epoch"] for r in workdir.read_metrics(tmp_path / "learning_rate=0.001")] == [1, 2]
     assert not workdir.read_metrics(tmp_path / "learning_rate=10000")
 
 
 def test_a_shape_sweep_trains_as_groups_and_says_so(tmp_path, fashion_mnist, capsys):
     axes = [("model.latent_dim", [2, 3]), ("train.beta", [1.0, 2.0])]
-    histories = sweep.train_sweep(tiny_config(train__num_epochs=1), axes, tmp_path, progress=True)
+    histories = sweep_driver.train_sweep(tiny_config(train__num_epochs=1), axes, tmp_path, progress=True)
     assert "4 members in 2 groups of 2/2" in capsys.readouterr().err
     assert {name: len(h[-1]["test/kl_per_dim"]) for name, h in histories.items()} == {
         "latent_dim=2,beta=1": 2, "latent_dim=2,beta=2": 2,
@@ -229,8 +235,9 @@ def test_a_shape_sweep_trains_as_groups_and_says_so(tmp_path, fashion_mnist, cap
 
 
 def test_a_bad_member_is_refused_before_any_compute(tmp_path):
-    with pytest.raises(validation.ConfigError, match="member free_bits=0.5: train.free_bits needs"):
-        sweep.train_sweep(tiny_config(model__prior="vampprior"), [("train.free_bits", [0.0, 0.5])], tmp_path)
+    with pytest.raises(config_checks.ConfigError, match="member free_bits=0.5: train.free_bits needs"):
+        sweep_driver.train_sweep(tiny_config(model__prior="vampprior"), [("train.free_bits", [0.0, 0.5])],
+                                 tmp_path)
     assert not any(tmp_path.iterdir())
 
 

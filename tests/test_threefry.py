@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vae import threefry
+from vae.train import threefry
 
 
 def pair(seed):
@@ -63,16 +63,18 @@ def test_training_is_bit_for_bit_what_it_was(monkeypatch):
     """The train epoch with fused keys and the CPU compile options against jax.random keys and a
     plain compile: the same parameters, optimizer state and metrics, bit for bit."""
     from tests.conftest import tiny_config
-    from vae import programs
+    from vae.train import distributed
+    from vae.train import epoch as epochs
+    from vae.train import state as train_state
 
     config = tiny_config()
-    mesh = programs.make_mesh(jax.devices()[:1])
+    mesh = distributed.make_mesh(jax.devices()[:1])
     images = jax.device_put(np.random.default_rng(0).integers(0, 256, (256, 784), dtype=np.uint8))
-    tx = programs.make_optimizer(config.train, 256 // config.train.batch_size)
+    tx = train_state.make_optimizer(config.train, 256 // config.train.batch_size)
 
     def two_epochs():
-        graphdef, state = programs.init_state(config, (28, 28, 1), tx)
-        epoch_fn = programs.compile_train_epoch(graphdef, config, mesh, state, images, dynamic=True)
+        graphdef, state = train_state.init_state(config, (28, 28, 1), tx)
+        epoch_fn = epochs.compile_train_epoch(graphdef, config, mesh, state, images, dynamic=True)
         metrics = []
         for epoch in (1, 2):
             state, step_metrics = epoch_fn(state, images, np.int32(epoch))
@@ -80,8 +82,8 @@ def test_training_is_bit_for_bit_what_it_was(monkeypatch):
         return state, metrics
 
     new = two_epochs()
-    monkeypatch.setattr(programs, "root_key", jax.random.key)
-    monkeypatch.setattr(programs, "_CPU_COMPILER_OPTIONS", {})
+    monkeypatch.setattr(threefry, "key", jax.random.key)
+    monkeypatch.setattr(epochs, "_CPU_COMPILER_OPTIONS", {})
     old = two_epochs()
     for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -11,7 +11,10 @@ import pytest
 from flax import nnx
 
 from tests.conftest import REPO, tiny_config
-from vae import train, workdir
+from vae.train import loop as training
+from vae.train import run as run_dir
+from vae.train import trained
+from vae.workdir import files as workdir
 
 METRIC_FIELDS = {
     "epoch", "step", "train/elbo", "train/rec", "train/kl", "test/elbo", "test/rec", "test/kl",
@@ -21,7 +24,7 @@ TIMING_FIELDS = {"images_per_sec", "epoch_time_sec", "eval_time_sec", "wall_time
 
 
 def params_of(path):
-    _, model, _ = train.load_trained(path)
+    _, model, _ = trained.load_trained(path)
     return jax.tree.leaves(nnx.state(model, nnx.Param))
 
 
@@ -32,7 +35,7 @@ def without_timing(records):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, fashion_mnist):
     path = tmp_path_factory.mktemp("uninterrupted")
-    history = train.train_and_evaluate(tiny_config(train__num_epochs=3), path, progress=False)
+    history = training.train_and_evaluate(tiny_config(train__num_epochs=3), path, progress=False)
     return path, history
 
 
@@ -58,9 +61,9 @@ def test_run_writes_the_workdir_contract(uninterrupted):
 
 def test_resume_continues_exactly(tmp_path, uninterrupted):
     path, _ = uninterrupted
-    train.train_and_evaluate(tiny_config(train__num_epochs=2), tmp_path, progress=False)
+    training.train_and_evaluate(tiny_config(train__num_epochs=2), tmp_path, progress=False)
     assert len(workdir.read_metrics(tmp_path)) == 2
-    history = train.train_and_evaluate(tiny_config(train__num_epochs=3), tmp_path, progress=False)
+    history = training.train_and_evaluate(tiny_config(train__num_epochs=3), tmp_path, progress=False)
     assert [r["epoch"] for r in history] == [1, 2, 3]
     assert without_timing(workdir.read_metrics(tmp_path)) == without_timing(workdir.read_metrics(path))
     for resumed, straight in zip(params_of(tmp_path), params_of(path)):
@@ -69,20 +72,20 @@ def test_resume_continues_exactly(tmp_path, uninterrupted):
 
 def test_finished_run_is_not_retrained(uninterrupted):
     path, history = uninterrupted
-    again = train.train_and_evaluate(tiny_config(train__num_epochs=3), path, progress=False)
+    again = training.train_and_evaluate(tiny_config(train__num_epochs=3), path, progress=False)
     assert without_timing(again) == without_timing(history)
 
 
 def test_a_different_seed_gives_different_numbers(tmp_path, uninterrupted):
     _, history = uninterrupted
-    other = train.train_and_evaluate(tiny_config(train__num_epochs=1, seed=1), tmp_path, progress=False)
+    other = training.train_and_evaluate(tiny_config(train__num_epochs=1, seed=1), tmp_path, progress=False)
     assert other[0]["train/elbo"] != history[0]["train/elbo"]
 
 
 def test_four_devices_match_one(tmp_path, fashion_mnist):
     config = tiny_config(train__num_epochs=1)
-    one = train.train_and_evaluate(config, tmp_path / "one", devices=jax.devices()[:1], progress=False)
-    four = train.train_and_evaluate(config, tmp_path / "four", devices=jax.devices()[:4], progress=False)
+    one = training.train_and_evaluate(config, tmp_path / "one", devices=jax.devices()[:1], progress=False)
+    four = training.train_and_evaluate(config, tmp_path / "four", devices=jax.devices()[:4], progress=False)
     assert len(jax.devices()) == 4
     for key in ("train/elbo", "train/rec", "train/kl", "test/elbo"):
         assert four[0][key] == pytest.approx(one[0][key], rel=1e-4)
@@ -91,35 +94,36 @@ def test_four_devices_match_one(tmp_path, fashion_mnist):
 
 
 def test_resuming_with_another_model_is_refused(tmp_path, fashion_mnist):
-    train.train_and_evaluate(tiny_config(train__num_epochs=1), tmp_path, progress=False)
+    training.train_and_evaluate(tiny_config(train__num_epochs=1), tmp_path, progress=False)
     with pytest.raises(workdir.WorkdirError, match="model.latent_dim"):
-        train.train_and_evaluate(tiny_config(model__latent_dim=8), tmp_path, progress=False)
-    history = train.train_and_evaluate(tiny_config(model__latent_dim=8, train__num_epochs=1), tmp_path,
+        training.train_and_evaluate(tiny_config(model__latent_dim=8), tmp_path, progress=False)
+    history = training.train_and_evaluate(tiny_config(model__latent_dim=8, train__num_epochs=1), tmp_path,
                                        restart=True, progress=False)
     assert len(history) == 1 and len(history[0]["test/kl_per_dim"]) == 8
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, fashion_mnist):
-    train.train_and_evaluate(tiny_config(train__num_epochs=1), tmp_path, progress=False)
+    training.train_and_evaluate(tiny_config(train__num_epochs=1), tmp_path, progress=False)
     config = tiny_config(train__num_epochs=3, train__learning_rate=1e4)
-    with pytest.raises(train.NonFiniteLossError, match=r"epoch 2, step \d+.*epoch 1\) is kept"):
-        train.train_and_evaluate(config, tmp_path, progress=False)
-    _, _, epoch = train.load_trained(tmp_path)
+    with pytest.raises(run_dir.NonFiniteLossError, match=r"epoch 2, step \d+.*epoch 1\) is kept"):
+        training.train_and_evaluate(config, tmp_path, progress=False)
+    _, _, epoch = trained.load_trained(tmp_path)
     assert epoch == 1
     assert [r["epoch"] for r in workdir.read_metrics(tmp_path)] == [1]
 
 
 def test_conv_model_trains(tmp_path, fashion_mnist):
-    history = train.train_and_evaluate(tiny_config(model__arch="conv", train__num_epochs=1), tmp_path,
+    history = training.train_and_evaluate(tiny_config(model__arch="conv", train__num_epochs=1), tmp_path,
                                        progress=False)
     assert np.isfinite(history[0]["test/elbo"])
 
 
 def test_a_run_trained_on_4_devices_loads_and_resumes_on_1(tmp_path, fashion_mnist):
-    train.train_and_evaluate(tiny_config(train__num_epochs=1), tmp_path, progress=False)
-    script = ("import sys; from vae import train; from tests.conftest import tiny_config; "
-              "_, model, epoch = train.load_trained(sys.argv[1]); assert epoch == 1; "
-              "h = train.train_and_evaluate(tiny_config(), sys.argv[1], progress=False); "
+    training.train_and_evaluate(tiny_config(train__num_epochs=1), tmp_path, progress=False)
+    script = ("import sys; from vae.train import loop as training, trained; "
+              "from tests.conftest import tiny_config; "
+              "_, model, epoch = trained.load_trained(sys.argv[1]); assert epoch == 1; "
+              "h = training.train_and_evaluate(tiny_config(), sys.argv[1], progress=False); "
               "assert [r['epoch'] for r in h] == [1, 2]; print('ok')")
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
@@ -130,7 +134,7 @@ def test_a_run_trained_on_4_devices_loads_and_resumes_on_1(tmp_path, fashion_mni
 def test_scan_and_stepwise_epochs_agree(tmp_path, fashion_mnist):
     runs = {}
     for loop in ("scan", "steps"):
-        runs[loop] = train.train_and_evaluate(tiny_config(train__num_epochs=1, train__epoch_loop=loop),
+        runs[loop] = training.train_and_evaluate(tiny_config(train__num_epochs=1, train__epoch_loop=loop),
                                               tmp_path / loop, progress=False)[0]
     for key in ("train/elbo", "train/kl", "test/elbo"):
         assert runs["steps"][key] == pytest.approx(runs["scan"][key], rel=1e-5)
@@ -143,7 +147,7 @@ def test_batches_fed_from_the_host_match_batches_gathered_on_device(tmp_path, fa
     for source, loop in (("device", "scan"), ("host", "scan"), ("host", "steps")):
         config = tiny_config(train__num_epochs=1, train__batch_source=source, train__epoch_loop=loop)
         path = tmp_path / f"{source}_{loop}"
-        runs[source, loop] = train.train_and_evaluate(config, path, progress=False)[0]
+        runs[source, loop] = training.train_and_evaluate(config, path, progress=False)[0]
     reference = runs["device", "scan"]
     assert runs["host", "scan"]["train/elbo"] == reference["train/elbo"]  # the same batches, the same program
     for key in ("train/elbo", "train/kl", "test/elbo"):

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import REPO, tiny_config
-from vae import validation
+from vae.train import config_checks
 
 values = st.one_of(st.integers(-5, 10_000), st.floats(allow_nan=True, allow_infinity=True),
                    st.text(max_size=8), st.booleans(), st.none())
@@ -39,7 +39,7 @@ def is_int(v):
 
 
 def expected_valid(field, value, num_devices):
-    """An oracle written independently of vae.validation."""
+    """An oracle written independently of vae.train.config_checks."""
     return {
         "seed": lambda v: is_int(v),
         "data.binarize": lambda v: v in ("dynamic", "static"),  # 'none' needs a non-Bernoulli likelihood
@@ -77,8 +77,8 @@ def test_each_value_is_accepted_or_refused_with_a_config_error(data, num_devices
     value = (config[section] if section else config)[leaf]  # as stored: ConfigDict coerces some types
     valid = expected_valid(field, value, num_devices)
     try:
-        validation.validate_config(config, num_devices)
-    except validation.ConfigError as e:
+        config_checks.validate_config(config, num_devices)
+    except config_checks.ConfigError as e:
         message = str(e)
         assert not valid, f"{field}={value!r} is valid but was refused: {message}"
         assert "\n" not in message and field.rpartition(".")[2] in message
@@ -92,7 +92,7 @@ def test_every_config_is_valid():
     for name in ("default", "mlp_small", "conv", "mnist", "paper_vae", "paper_hvae", "paper_vampprior",
                  "paper_hvae_vampprior", "paper_conv_hvae"):
         module = importlib.import_module(f"configs.{name}")
-        validation.validate_config(module.get_config(), 1)
+        config_checks.validate_config(module.get_config(), 1)
 
 
 @pytest.mark.parametrize(
@@ -106,7 +106,7 @@ def test_every_config_is_valid():
         ("--config.train.beta=-1", "train.beta must be a finite number >= 0"),
         ("--config.model.arch=resnet", "model.arch must be one of"),
         ("--config.model.likelihood=gaussian", "model.likelihood must be one of"),
-        ("--config.data.binarize=none", "Bernoulli likelihood needs binary pixels"),
+        ("--config.data.binarize=none", "data.binarize must be one of"),
         ("--config.data.name=no_such_dataset", "unknown TFDS data set"),
         ("--config.data.test_split=validation", "split 'validation' is not in fashion_mnist"),
         ("--config.data.data_dir=/nonexistent/tfds", "is not prepared in /nonexistent/tfds"),
@@ -127,20 +127,20 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, fashion_mnist, override, mes
 
 
 def test_an_unreadable_data_dir_is_reported(tmp_path):
-    from vae import data
+    from vae.data import source as data_source
 
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
-    with pytest.raises(data.DataError, match="is a file, not a directory"):
-        data.check_prepared("fashion_mnist", str(not_a_dir))
+    with pytest.raises(data_source.DataError, match="is a file, not a directory"):
+        data_source.check_prepared("fashion_mnist", str(not_a_dir))
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0)
     try:
         if os.access(locked, os.R_OK):
             pytest.skip("running as a user who can read any directory (root)")
-        with pytest.raises(data.DataError, match="not readable"):
-            data.check_prepared("fashion_mnist", str(locked))
+        with pytest.raises(data_source.DataError, match="not readable"):
+            data_source.check_prepared("fashion_mnist", str(locked))
     finally:
         locked.chmod(0o755)
 
@@ -187,7 +187,7 @@ def int_list_at_least(lo):
 
 
 # script -> (arguments every call needs, {flag: oracle of its text value}); oracles written
-# independently of vae.flags.
+# independently of vae.cli_flags.
 SCRIPT_FLAGS = {
     "sample": (["--workdir", "w"], {
         "--num": int_in(1, 10_000), "--temperature": finite_at_least(0), "--steps": int_in(2, 100),

@@ -10,15 +10,18 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
-from vae import data, distributed, validation, workdir
-from vae.train import Interrupted, NonFiniteLossError
+from vae.data import source as data_source
+from vae.train import config_checks, distributed
+from vae.train.loop import Interrupted
+from vae.train.run import NonFiniteLossError
+from vae.workdir import files as workdir
 
 
 class UsageError(Exception):
     """A command-line request that cannot be done as asked."""
 
 
-USER_ERRORS = (data.DataError, validation.ConfigError, workdir.WorkdirError, NonFiniteLossError,
+USER_ERRORS = (data_source.DataError, config_checks.ConfigError, workdir.WorkdirError, NonFiniteLossError,
                UsageError, distributed.JoinError)
 
 

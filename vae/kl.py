@@ -84,11 +84,6 @@ def standard_normal_kl_per_dim(mean, log_var) -> jax.Array:
     return 0.5 * (jnp.square(mean) + jnp.expm1(log_var) - log_var)
 
 
-def standard_normal_kl(mean, log_var) -> jax.Array:
-    """KL(N(mean, diag σ²) ‖ N(0, I)), summed over the last axis: the VAE's regulariser."""
-    return jnp.sum(standard_normal_kl_per_dim(mean, log_var), axis=-1)
-
-
 def gaussian_kl_per_dim(mean_p, log_var_p, mean_q, log_var_q) -> jax.Array:
     """KL(N(mean_p, σ_p²) ‖ N(mean_q, σ_q²)) for each dimension.
 
@@ -102,12 +97,6 @@ def gaussian_kl_per_dim(mean_p, log_var_p, mean_q, log_var_q) -> jax.Array:
 def gaussian_kl(mean_p, log_var_p, mean_q, log_var_q) -> jax.Array:
     """KL between two diagonal Gaussians, summed over the last axis."""
     return jnp.sum(gaussian_kl_per_dim(mean_p, log_var_p, mean_q, log_var_q), axis=-1)
-
-
-def gaussian_entropy(log_var) -> jax.Array:
-    """Differential entropy of a diagonal Gaussian, summed over the last axis (nats)."""
-    log_var = jnp.asarray(log_var)
-    return 0.5 * jnp.sum(LOG_2PI + 1.0 + log_var, axis=-1)
 
 
 def gaussian_log_density(x, mean, log_var) -> jax.Array:

@@ -1,0 +1,293 @@
+"""Measurements of what `scripts/train.py` and `scripts/evaluate.py` run: training throughput, the
+negative-ELBO evaluation and the importance-weighted bound, each as a share of the machine's
+matmul ceiling measured in the same process; compile time, step-time percentiles, memory, a
+PyTorch reference, and (with a profile) where the time of a step goes.
+
+Times on a shared machine are noisy: every figure is a median over repeats; comparisons (JAX vs
+PyTorch) alternate their runs in one process so drift hits both alike; and on Linux each timed
+repeat records how much of the CPU other processes took meanwhile (`others_cpu`), so a figure
+measured beside someone else's job can be told apart.
+"""
+
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from benchmarks import profiling
+from vae.analysis import iwae as evaluation
+from vae.data import dataset as datasets
+from vae.data import pixels
+from vae.model import objectives
+from vae.sweep import program as sweep_program
+from vae.train import distributed
+from vae.train import epoch as epochs
+from vae.train import evaluate as train_eval
+from vae.train import state as train_state
+from vae.train import step as steps
+from vae.workdir import files as workdir
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "device_kind": jax.devices()[0].device_kind,
+        "versions": workdir.library_versions(),
+    }
+    try:
+        import torch
+
+        info["versions"]["torch"] = torch.__version__
+    except ImportError:
+        pass
+    return info
+
+
+# --- Timing on a shared machine --------------------------------------------------------------------
+
+
+class OtherProcesses:
+    """The share of all CPU time that other processes used while the block ran (Linux; else None)."""
+
+    def __enter__(self):
+        self.start = self._read()
+        return self
+
+    def __exit__(self, *exc):
+        end = self._read()
+        if self.start is None or end is None:
+            self.share = None
+        else:
+            busy, total, mine = (b - a for a, b in zip(self.start, end))
+            self.share = max(0.0, busy - mine) / max(1, total)
+        return False
+
+    @staticmethod
+    def _read():
+        try:
+            with open("/proc/stat") as f:
+                ticks = [int(v) for v in f.readline().split()[1:9]]
+            with open(f"/proc/{os.getpid()}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        idle = ticks[3] + ticks[4]
+        return sum(ticks) - idle, sum(ticks), int(fields[11]) + int(fields[12])
+
+
+def timed(run, repeats: int) -> dict:
+    """Runs `run()` `repeats` times after a warm-up; median seconds, every time, others' CPU share."""
+    run()
+    seconds, others = [], []
+    for _ in range(repeats):
+        with OtherProcesses() as other:
+            start = time.perf_counter()
+            run()
+            seconds.append(time.perf_counter() - start)
+        others.append(other.share)
+    return {"seconds": statistics.median(seconds), "all_seconds": seconds, "others_cpu": others}
+
+
+def matmul_ceiling(repeats: int = 7, sizes=None) -> dict:
+    """The machine's sustained fp32 matmul rate: a jitted N x N matmul (and NumPy's BLAS on a CPU),
+    the median of `repeats` timings, the best over sizes and libraries. Nothing that multiplies
+    matrices runs faster, so every throughput below is reported as a share of it."""
+    backend = jax.default_backend()
+    sizes = sizes or ((1024, 2048) if backend == "cpu" else (4096, 8192))
+    matmul = jax.jit(jnp.matmul)
+    per_size = {}
+    for size in sizes:
+        a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+        a_device = jnp.asarray(a)
+        run_jax = lambda m=a_device: matmul(m, m).block_until_ready()
+        rates = {"jax": 2 * size**3 / timed(run_jax, repeats)["seconds"] / 1e9}
+        if backend == "cpu":
+            rates["numpy"] = 2 * size**3 / timed(lambda m=a: m @ m, repeats)["seconds"] / 1e9
+        per_size[str(size)] = rates
+    best = max(rate for rates in per_size.values() for rate in rates.values())
+    return {"gflops": best, "per_size_gflops": per_size}
+
+
+# --- FLOPs of what is measured ---------------------------------------------------------------------
+
+
+def flops(config, image_shape) -> dict:
+    """Matmul FLOPs, counted on the traced programs: per image of a train step (forward and
+    backward) and of the ELBO evaluation; per importance sample of the decoder, the yardstick of
+    the IWAE's speed, and of everything the IWAE computes per sample (the decoder, the encoder
+    once per image and chunk, a VampPrior's components)."""
+    tx = train_state.make_optimizer(config.train, 1)
+    graphdef, state = train_state.init_state(config, image_shape, tx)
+    model = nnx.merge(graphdef, state.params)
+    batch, chunk, image_dim = 8, 16, int(np.prod(image_shape))
+    x = jnp.zeros((batch, image_dim), jnp.float32)
+    key = jax.random.key(0)
+    train_step = steps.make_train_step(graphdef, config, 1, dynamic=True)
+    hyper = train_state.hyperparameters(config)
+    keys = objectives.sample_keys(key, jnp.arange(batch), jnp.arange(chunk))
+    return {
+        "train_per_image": profiling.matmul_flops(lambda state, x_u8: train_step(state, x_u8, key, hyper),
+                                                  state, x.astype(jnp.uint8)) / batch,
+        "elbo_eval_per_image": profiling.matmul_flops(model.elbo_terms, x, key) / batch,
+        "iwae_decoder_per_sample": profiling.matmul_flops(model.decode,
+                                                          jnp.zeros((batch, model.latent_dim))) / batch,
+        "iwae_per_sample": profiling.matmul_flops(lambda: model.iwae_log_weights(x, keys)) / (batch * chunk),
+    }
+
+
+def load_images(config, synthetic: bool) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(train, test) uint8 images as training sees them; random ones if synthetic."""
+    if synthetic:
+        rng = np.random.default_rng(0)
+        return (rng.integers(0, 256, (60_000, 28, 28, 1), dtype=np.uint8),
+                pixels.binarize_static(rng.integers(0, 256, (10_000, 28, 28, 1), dtype=np.uint8), 0),
+                config.data.binarize == "dynamic")
+    dataset = datasets.load_dataset(config.data)
+    return dataset.train_images, dataset.test_images, dataset.dynamic
+
+
+def percentiles(values, qs=(50, 90, 99)) -> dict:
+    return {f"p{q}": float(np.percentile(values, q)) for q in qs}
+
+
+# --- The programs of a run ------------------------------------------------------------------------
+
+
+class Trainer:
+    """The compiled programs of one config on one set of devices, as train_and_evaluate builds them;
+    with `members` (configs that differ in `train_state.Hyper` numbers only), the sweep's one vmapped
+    program over their stacked states, as `vae.sweep.driver` builds it."""
+
+    def __init__(self, config, train_images, test_images, dynamic: bool, devices=None, members=None,
+                 loop: str = "auto"):
+        self.config = config
+        self.mesh = distributed.make_mesh(devices)
+        self.replicated = NamedSharding(self.mesh, P())
+        self.num_train = len(train_images)
+        self.steps = self.num_train // config.train.batch_size
+        self.tx = train_state.make_optimizer(config.train, self.steps)
+        self.num_members = len(members) if members else 1
+        states = [train_state.init_state(c, train_images.shape[1:], self.tx) for c in members or [config]]
+        self.graphdef = states[0][0]
+        if members:
+            self.state = sweep_program.stack([s for _, s in states], self.replicated)
+        else:
+            self.state = jax.device_put(states[0][1], self.replicated)
+        self.train_images = distributed.images_on_device(train_images, self.mesh)
+        self.test_images_u8 = test_images
+        self.test_images = distributed.images_on_device(test_images, self.mesh, config.eval.batch_size)
+        self.dynamic = dynamic
+        start = time.perf_counter()
+        if members:
+            self.epoch_fn = sweep_program.compile_members_epoch(self.graphdef, members, self.mesh, self.state,
+                                                              self.train_images, dynamic, loop)
+        else:
+            self.epoch_fn = epochs.compile_train_epoch(self.graphdef, config, self.mesh, self.state,
+                                                         self.train_images, dynamic)
+        self.epoch_loop = epochs.epoch_loop(config)
+        self.compile_sec = time.perf_counter() - start
+        self.evaluate = train_eval.make_evaluate(self.graphdef, config, self.mesh)
+        self.eval_key = train_eval.eval_key(config, "test")
+        self.epochs_run = 0
+
+    def _epoch(self, epoch: int):
+        return jax.device_put(np.int32(epoch), self.replicated)
+
+    def run_epoch(self) -> float:
+        """Trains one epoch; returns its wall time in seconds. Also keeps `images_per_cpu_sec`
+        (of all members together): per second of this process's CPU time, all threads, which other
+        processes on a shared machine disturb less than the wall clock."""
+        self.epochs_run += 1
+        start, start_cpu = time.perf_counter(), time.process_time()
+        self.state, metrics = self.epoch_fn(self.state, self.train_images, self._epoch(self.epochs_run))
+        jax.block_until_ready(metrics)
+        seconds = time.perf_counter() - start
+        self.images_per_cpu_sec = self.images_per_epoch / (time.process_time() - start_cpu)
+        return seconds
+
+    @property
+    def images_per_epoch(self) -> int:
+        """Images one epoch trains, of all members together."""
+        return self.num_members * self.steps * self.config.train.batch_size
+
+    def step_times(self, num_steps: int) -> list[float]:
+        """Seconds per step for the same step called one at a time from Python (dispatch included)."""
+        train_step = steps.make_train_step(self.graphdef, self.config, self.steps, self.dynamic)
+        hyper = train_state.hyperparameters(self.config)
+        def one_step(state, x_u8):
+            return train_step(state, x_u8, steps.step_key(hyper.seed, state.step), hyper)
+
+        step = jax.jit(one_step, donate_argnums=0)
+        batch_sharding = NamedSharding(self.mesh, P("data"))
+        b = self.config.train.batch_size
+        batches = [jax.device_put(self.train_images[i * b:(i + 1) * b], batch_sharding)
+                   for i in range(min(num_steps, self.steps))]
+        state, _ = step(self.state, batches[0])
+        jax.block_until_ready(state)
+        times = []
+        for x in batches:
+            start = time.perf_counter()
+            state, metrics = step(state, x)
+            jax.block_until_ready(metrics)
+            times.append(time.perf_counter() - start)
+        self.state = state
+        return times
+
+    def evaluate_once(self):
+        jax.block_until_ready(self.evaluate(self.state.params, self.test_images, self.eval_key))
+
+    def iwae_run(self, k: int, num_images: int, batch_size=None, chunk_size=None):
+        """A function that computes the IWAE bound of the first `num_images` test images, k samples."""
+        model = nnx.merge(self.graphdef, self.state.params)
+        images = self.test_images_u8[:num_images]
+        options = {"batch_size": batch_size, "chunk_size": chunk_size,
+                   "loop": epochs.epoch_loop(self.config), "progress": False}
+        return lambda: evaluation.iwae_log_likelihoods(model, images, train_state.root_key(1), k, **options)
+
+    def iwae_hlo(self, k: int, batch_size=None, chunk_size=None) -> str:
+        """The compiled IWAE program of one batch (scan loop) as HLO text."""
+        batch_size, chunk_size = evaluation.iwae_shapes(k, self.mesh.devices.size, batch_size, chunk_size)
+        iwae = evaluation.make_iwae(self.graphdef, self.mesh, k, chunk_size, loop="scan")
+        images = jnp.zeros((batch_size, self.train_images.shape[1]), jnp.uint8)
+        iwae(self.state.params, images, jnp.arange(batch_size, dtype=jnp.int32), train_state.root_key(0))
+        return iwae.compiled[images.shape].as_text()
+
+    def epoch_hlo(self) -> str:
+        """The compiled epoch program (scan loop) as HLO text, for `profiling.profile`."""
+        body = epochs.device_batch_body(self.graphdef, self.config, self.mesh, self.num_train, self.dynamic)
+        order = epochs.compile_epoch_order(self.config, self.num_train, self.mesh)(self._epoch(0))
+        return epochs.compile_loop(body, "scan", self.mesh, self.state, self.train_images, order).as_text()
+
+
+def peak_memory() -> dict:
+    memory = {"host_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    stats = jax.devices()[0].memory_stats() if hasattr(jax.devices()[0], "memory_stats") else None
+    if stats and "peak_bytes_in_use" in stats:
+        memory["device_peak_mb"] = stats["peak_bytes_in_use"] / 2**20
+    return memory
+
+
+def write_json(path: str, results: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"wrote {path}")

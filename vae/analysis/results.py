@@ -1,0 +1,128 @@
+"""The results table: one row per evaluated workdir, read from its config.json, metrics.jsonl and
+eval.json (written by `scripts/evaluate.py`), beside the published figure for the same model family.
+
+Nothing in the table is typed by hand: `scripts/results.py runs/a runs/b > docs/results.md`.
+"""
+
+import json
+import math
+import shlex
+from pathlib import Path
+
+from vae.workdir import files as wd
+
+# Test NLL (nats, dynamically binarised Fashion-MNIST, k = 5000 importance samples), Norouzi et
+# al. (2020), Exemplar VAE, table of density estimation; MLP models are gated 784-300-300 with
+# 40-d latents (Tomczak & Welling, 2018).
+PUBLISHED = {
+    ("fashion_mnist", "mlp", "standard_normal"): ("VAE, Gaussian prior", 228.70, 0.15),
+    ("fashion_mnist", "mlp", "vampprior"): ("VAE, VampPrior", 227.35, 0.05),
+    ("fashion_mnist", "hvae", "standard_normal"): ("HVAE, Gaussian prior", 227.37, 0.10),
+    ("fashion_mnist", "hvae", "vampprior"): ("HVAE, VampPrior", 226.72, 0.08),
+}
+STRONGEST_PUBLISHED_CONV = ("ConvHVAE, Gaussian prior", 225.38, 0.08)
+COLUMNS = ("run", "config", "model", "trained on (validated on)", "epochs (best)", "train wall", "test -ELBO",
+           "test NLL (k)", "active units", "published (same family)", "command")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise wd.WorkdirError(
+            f"{path.parent} has no {path.name}: run scripts/evaluate.py on it first") from None
+
+
+def config_file(command: str) -> str:
+    """The --config file named in a recorded train.py command ('' if none: the script's default)."""
+    words = shlex.split(command)
+    for i, word in enumerate(words):
+        if word == "--config" and i + 1 < len(words):
+            return words[i + 1]
+        if word.startswith("--config="):
+            return word.split("=", 1)[1]
+    return ""
+
+
+def describe_model(config: dict) -> str:
+    m = config["model"]
+    layers = "-".join(str(h) for h in m["hidden_dims"])
+    arch = {"mlp": "MLP", "hvae": "HVAE (2 levels)", "conv": "conv"}[m["arch"]]
+    prior = {"standard_normal": "N(0, I)", "vampprior": f"VampPrior K={m['num_pseudo_inputs']}"}[m["prior"]]
+    t = config["train"]
+    objective = "ELBO" if t["objective"] == "elbo" else f"IWAE k={t['num_samples']}"
+    z = f"z={m['latent_dim']}"
+    width = z if m["arch"] == "conv" else f"{m['activation']} {layers}, {z}"
+    return f"{arch} {width}, {prior}, {objective}"
+
+
+def _workdir_and_eval(path: Path) -> tuple[Path, Path]:
+    """A workdir and its eval.json; or an eval.json written elsewhere (`evaluate.py --out W/quick`)
+    and the workdir above it that holds config.json."""
+    if path.is_file():
+        for parent in path.parents:
+            if (parent / wd.CONFIG_FILE).is_file():
+                return parent, path
+        raise wd.WorkdirError(f"no workdir (a directory with {wd.CONFIG_FILE}) above {path}")
+    return path, path / "eval.json"
+
+
+def run_row(path: str | Path) -> dict:
+    """The table's fields for one evaluated workdir (or one of its eval.json files)."""
+    path, eval_path = _workdir_and_eval(Path(path))
+    config = _read_json(path / wd.CONFIG_FILE)
+    result = _read_json(eval_path)
+    metrics = wd.read_metrics(path)
+    if not metrics:
+        raise wd.WorkdirError(f"{path} has no metrics: it has not trained")
+    last = metrics[-1]
+    published = PUBLISHED.get((config["data"]["name"], config["model"]["arch"], config["model"]["prior"]))
+    return {
+        "run": path.name,
+        "config": config_file(config["run"]["command"]),
+        "model": describe_model(config),
+        "data": (config["data"]["train_split"], config["data"].get("validation_split", "")),
+        "seed": config["seed"],
+        "epochs": last["epoch"],
+        "evaluated_epoch": result["epoch"],
+        "checkpoint": result.get("checkpoint", "latest"),
+        "train_wall_sec": last.get("wall_time_sec", math.nan),
+        "test_elbo": result["test/elbo"],
+        "test_nll": result["test/nll"],
+        "test_nll_se": result["test/nll_std_error"],
+        "iw_samples": result["iw_samples"],
+        "num_examples": result["num_examples"],
+        "active_units": result["test/active_units"],
+        "latent_units": len(last.get("test/kl_per_dim", [])) or None,
+        "published": published,
+        "command": config["run"]["command"],
+    }
+
+
+def _minutes(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.2f} h"
+
+
+def format_row(row: dict) -> list[str]:
+    published = "–"
+    if row["published"]:
+        name, value, pm = row["published"]
+        published = f"{value:.2f} ± {pm:.2f} ({name})"
+    nll = f"**{row['test_nll']:.2f}** ± {row['test_nll_se']:.2f} (k={row['iw_samples']})"
+    if row["num_examples"] != 10_000:
+        nll += f", {row['num_examples']} images"
+    best = f"{row['epochs']} ({row['evaluated_epoch']}, {row['checkpoint']})"
+    units = str(row["active_units"]) + (f" / {row['latent_units']}" if row["latent_units"] else "")
+    train, val = row["data"]
+    data = f"`{train}`" + (f" (`{val}`)" if val else "")
+    return [row["run"], f"`{row['config']}`" if row["config"] else "default", row["model"], data, best,
+            _minutes(row["train_wall_sec"]), f"{row['test_elbo']:.2f}", nll, units, published,
+            f"`{row['command']}`"]
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(" --- " for _ in COLUMNS) + "|"]
+    lines += ["| " + " | ".join(format_row(row)) + " |" for row in rows]
+    return "\n".join(lines) + "\n"

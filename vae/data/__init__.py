@@ -1,0 +1,11 @@
+"""Where images come from and how pixels reach the model.
+
+    source.py         a prepared TFDS data set read into memory (and what to run when it is not)
+    prepare.py        offline preparation (Fashion-MNIST from Debian's files)
+    mnist_builder.py  the MNIST family built without TensorFlow
+    split_cache.py    decoded splits cached beside the TFDS data
+    dataset.py        the splits a run uses, binarised as the config says
+    pixels.py         uint8 pixels -> model input; binarisation
+
+Imports nothing of the package outside `vae.data`.
+"""

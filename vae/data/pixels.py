@@ -1,0 +1,29 @@
+"""Pixel encoding: uint8 images -> the model's input, and the binarisation a Bernoulli
+likelihood needs (dynamic: a fresh draw per use; static: drawn once with a fixed seed).
+
+Imports nothing of the package.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+BINARIZE_MODES = ("dynamic", "static")
+
+
+def binarize_static(images_u8: np.ndarray, seed: int) -> np.ndarray:
+    """Each pixel ~ Bernoulli(intensity / 255), drawn once from `seed`: uint8 in {0, 255}.
+
+    Drawn with JAX's counter-based generator, so the result is the same on every machine.
+    """
+    key = jax.random.key(seed)
+    keep = jax.random.bernoulli(key, jnp.asarray(images_u8, jnp.float32) / 255.0)
+    return np.asarray(keep, dtype=np.uint8) * np.uint8(255)
+
+
+def to_model_input(images_u8: jax.Array, key: jax.Array | None) -> jax.Array:
+    """uint8 images -> float32 model input: a fresh Bernoulli draw per pixel if key, else x / 255."""
+    probs = images_u8.astype(jnp.float32) * (1.0 / 255.0)
+    if key is None:
+        return probs
+    return jax.random.bernoulli(key, probs).astype(jnp.float32)

@@ -1,0 +1,13 @@
+"""What a researcher changes: the networks, likelihoods p(x|z), priors p(z), the VAE and the
+two-level HVAE, and the objectives they are trained with.
+
+    networks.py     dense, gated and convolutional building blocks, encoders and decoders
+    likelihoods.py  p(x|z) from the decoder's output
+    priors.py       p(z): the standard normal, the VampPrior
+    vae.py          the one-level VAE; hvae.py the two-level HVAE (same interface)
+    objectives.py   the β-ELBO (warm-up, free bits), the IWAE objective and the IWAE estimate
+    build.py        the model a config describes
+
+Everything here is a pure function of arrays or a Flax module holding parameters; keys are
+passed in. Imports nothing of the package but `vae.kl`.
+"""

@@ -1,0 +1,16 @@
+"""How a run is trained, resumed and read back.
+
+    state.py          TrainState, Hyper (the numbers that change no shape), the optimizer, the keys
+    step.py           THE train step: one pure function of (state, batch, key, hyper)
+    epoch.py          an epoch from a step: one compiled scan or one program per step (`compile_loop`)
+    feed.py           where an epoch's batches come from (the device, or the host per process)
+    evaluate.py       the ELBO and its parts on the validation and test splits
+    run.py            one run's workdir while it trains: metrics, checkpoints, model selection
+    loop.py           train_and_evaluate: the loop over epochs
+    trained.py        a trained run read back from its workdir
+    config_checks.py  every config field checked before any compute
+    distributed.py    many processes (jax.distributed), the mesh and global arrays
+    threefry.py       JAX's default random bits, fused for CPU
+
+May import vae.workdir, vae.data, vae.model and vae.kl; nothing above (analysis, sweep, cli).
+"""

@@ -1,0 +1,135 @@
+"""Config checks that run before any compute: one clear message per problem, naming the field."""
+
+import math
+
+import ml_collections
+
+from vae.data import pixels
+from vae.model import build, objectives
+
+OPTIMIZERS = ("adam", "adamw")
+LR_SCHEDULES = ("constant", "cosine", "warmup_cosine")
+EPOCH_LOOPS = ("auto", "scan", "steps")
+BATCH_SOURCES = ("auto", "device", "host")
+
+
+class ConfigError(ValueError):
+    """A config value the user must change; the message names the field and what is allowed."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    """A finite int or float (not a bool): inf or nan here would only fail after compute."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """Raises ConfigError for the first value that cannot give a sound run."""
+    _require(_is_int(config.seed), f"seed must be an integer, got {config.seed!r}")
+
+    d = config.data
+    _require(isinstance(d.name, str) and d.name != "", "data.name must name a TFDS data set")
+    _require(d.binarize in pixels.BINARIZE_MODES,
+             f"data.binarize must be one of {pixels.BINARIZE_MODES}, got {d.binarize!r}")
+    _require(_is_int(d.test_binarize_seed), "data.test_binarize_seed must be an integer")
+    _require(isinstance(d.validation_split, str),
+             f"data.validation_split must be a TFDS split string or '', got {d.validation_split!r}")
+
+    m = config.model
+    _require(m.arch in build.ARCHS, f"model.arch must be one of {build.ARCHS}, got {m.arch!r}")
+    _require(m.likelihood in build.LIKELIHOODS,
+             f"model.likelihood must be one of {build.LIKELIHOODS}, got {m.likelihood!r}")
+    _require(_is_int(m.latent_dim) and m.latent_dim >= 1,
+             f"model.latent_dim must be an integer >= 1, got {m.latent_dim!r}")
+    _require(m.activation in build.ACTIVATIONS,
+             f"model.activation must be one of {build.ACTIVATIONS}, got {m.activation!r}")
+    _require(m.kernel_init in build.KERNEL_INITS,
+             f"model.kernel_init must be one of {build.KERNEL_INITS}, got {m.kernel_init!r}")
+    clip = m.log_var_clip
+    _require(isinstance(clip, tuple | list) and (len(clip) == 0 or (
+        len(clip) == 2 and all(_is_number(c) for c in clip) and clip[0] < clip[1])),
+             f"model.log_var_clip must be () or (lo, hi) with lo < hi, got {clip!r}")
+    _require(m.prior in build.PRIORS, f"model.prior must be one of {build.PRIORS}, got {m.prior!r}")
+    _require(_is_int(m.num_pseudo_inputs) and m.num_pseudo_inputs >= 1,
+             f"model.num_pseudo_inputs must be an integer >= 1, got {m.num_pseudo_inputs!r}")
+    _require(_is_number(m.pseudo_input_mean) and _is_number(m.pseudo_input_std) and m.pseudo_input_std >= 0,
+             "model.pseudo_input_mean must be a finite number and model.pseudo_input_std one >= 0")
+    _require(isinstance(m.init_output_bias, bool), "model.init_output_bias must be True or False")
+    for field in ("hidden_dims", "conv_channels"):
+        dims = m[field]
+        _require(isinstance(dims, tuple | list) and len(dims) >= 1
+                 and all(_is_int(h) and h >= 1 for h in dims),
+                 f"model.{field} must be a non-empty tuple of positive integers, got {dims!r}")
+
+    t = config.train
+    _require(_is_int(t.num_epochs) and t.num_epochs >= 0,
+             f"train.num_epochs must be an integer >= 0, got {t.num_epochs!r}")
+    _require(_is_int(t.batch_size) and t.batch_size >= 1,
+             f"train.batch_size must be an integer >= 1, got {t.batch_size!r}")
+    _require(t.batch_size % num_devices == 0,
+             f"train.batch_size={t.batch_size} must be divisible by the number of devices "
+             f"({num_devices}); pick a multiple of {num_devices}")
+    _require(t.optimizer in OPTIMIZERS, f"train.optimizer must be one of {OPTIMIZERS}, got {t.optimizer!r}")
+    _require(_is_number(t.learning_rate) and t.learning_rate > 0,
+             f"train.learning_rate must be a finite number > 0, got {t.learning_rate!r}")
+    _require(t.lr_schedule in LR_SCHEDULES,
+             f"train.lr_schedule must be one of {LR_SCHEDULES}, got {t.lr_schedule!r}")
+    _require(_is_number(t.final_lr_fraction) and 0 <= t.final_lr_fraction <= 1,
+             f"train.final_lr_fraction must be a number in [0, 1], got {t.final_lr_fraction!r}")
+    _require(isinstance(t.normalize_grads, bool), "train.normalize_grads must be True or False")
+    _require(_is_number(t.ema_decay) and 0 <= t.ema_decay < 1,
+             f"train.ema_decay must be a number in [0, 1), got {t.ema_decay!r}")
+    _require(t.objective in objectives.OBJECTIVES,
+             f"train.objective must be one of {objectives.OBJECTIVES}, got {t.objective!r}")
+    _require(_is_int(t.num_samples) and t.num_samples >= 1,
+             f"train.num_samples must be an integer >= 1, got {t.num_samples!r}")
+    _require(t.objective == "iwae" or t.num_samples == 1,
+             f"train.num_samples={t.num_samples} needs train.objective=iwae (the ELBO uses one sample)")
+    _require(_is_int(t.early_stopping_patience) and t.early_stopping_patience >= 0,
+             f"train.early_stopping_patience must be an integer >= 0, got {t.early_stopping_patience!r}")
+    _require(t.early_stopping_patience == 0 or d.validation_split,
+             "train.early_stopping_patience needs a validation split: set data.validation_split "
+             "(e.g. train_split='train[:50000]', validation_split='train[50000:]')")
+    for field in ("warmup_epochs", "weight_decay", "grad_clip_norm", "beta", "kl_warmup_epochs",
+                  "free_bits"):
+        _require(_is_number(t[field]) and t[field] >= 0,
+                 f"train.{field} must be a finite number >= 0, got {t[field]!r}")
+    if t.free_bits > 0:
+        _require(t.objective == "elbo" and m.prior == "standard_normal",
+                 "train.free_bits needs the ELBO objective and a factorised prior (standard_normal): "
+                 "the VampPrior's KL has no per-dimension split")
+    _require(t.epoch_loop in EPOCH_LOOPS,
+             f"train.epoch_loop must be one of {EPOCH_LOOPS}, got {t.epoch_loop!r}")
+    _require(t.batch_source in BATCH_SOURCES,
+             f"train.batch_source must be one of {BATCH_SOURCES}, got {t.batch_source!r}")
+    _require(_is_int(t.checkpoint_every_epochs) and t.checkpoint_every_epochs >= 1,
+             "train.checkpoint_every_epochs must be an integer >= 1")
+    _require(_is_int(t.keep_checkpoints) and t.keep_checkpoints >= 1,
+             "train.keep_checkpoints must be an integer >= 1")
+
+    e = config.eval
+    _require(_is_int(e.batch_size) and e.batch_size >= 1 and e.batch_size % num_devices == 0,
+             f"eval.batch_size must be a positive multiple of the device count ({num_devices}), "
+             f"got {e.batch_size!r}")
+    _require(_is_int(e.every_epochs) and e.every_epochs >= 1, "eval.every_epochs must be an integer >= 1")
+    _require(_is_number(e.active_unit_threshold) and e.active_unit_threshold >= 0,
+             "eval.active_unit_threshold must be >= 0")
+
+
+def validate_image_shape(config: ml_collections.ConfigDict, image_shape) -> None:
+    """Checks that the architecture fits the data set's images."""
+    if config.model.arch in build.CONVOLUTIONAL_ARCHS:
+        scale = 2 ** len(config.model.conv_channels)
+        height, width, _ = image_shape
+        _require(height % scale == 0 and width % scale == 0,
+                 f"model.arch={config.model.arch} halves the image {len(config.model.conv_channels)} "
+                 f"times, so height and width must be multiples of {scale}; "
+                 f"{config.data.name} is {height}x{width}")

@@ -1,0 +1,177 @@
+"""One run's workdir while it trains (`RunDir`): its metrics and its latest and best checkpoints,
+written in the order that keeps them consistent through a kill, and the model-selection rules
+they follow (best epoch, early stopping), all derived from metrics.jsonl so a resumed run makes
+the same choices as an uninterrupted one. A single run (`vae.train.loop`) has one; a sweep
+(`vae.sweep.driver`) one per member, so each member's workdir is exactly a single run's. The
+train state is any NamedTuple of arrays (checkpointed as its dict).
+
+In a run over several processes every process keeps a RunDir and makes the same checkpoint calls;
+only the writer (process 0) clears the workdir, writes config.json, metrics.jsonl and TensorBoard.
+"""
+
+import math
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+
+from vae.train import distributed
+from vae.train.state import TrainState, eval_params
+from vae.workdir import checkpoints, files, tensorboard
+
+SELECTION_METRIC = files.BEST_METRIC
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+
+
+def best_epoch(history: list[dict]) -> tuple[int, float]:
+    """(epoch, value) of the lowest validation negative ELBO so far; (0, inf) if none."""
+    scored = [(r[SELECTION_METRIC], r["epoch"]) for r in history if SELECTION_METRIC in r]
+    if not scored:
+        return 0, math.inf
+    value, epoch = min(scored)  # ties go to the earlier epoch
+    return epoch, value
+
+
+def early_stop_due(history: list[dict], train_config: ml_collections.ConfigDict) -> bool:
+    """True once the validation ELBO has not improved for `early_stopping_patience` epochs, counted
+    from the end of the KL warm-up (while β still rises the ELBO is not yet the objective)."""
+    patience = train_config.early_stopping_patience
+    if patience <= 0 or not history:
+        return False
+    best, _ = best_epoch(history)
+    counting_from = max(best, math.ceil(train_config.kl_warmup_epochs))
+    return history[-1]["epoch"] - counting_from >= patience
+
+
+def kept(last_good: int) -> str:
+    return (f"the last good checkpoint (epoch {last_good}) is kept" if last_good
+            else "no checkpoint had been written yet")
+
+
+def check_finite(per_step_loss: np.ndarray, epoch: int, first_step: int, last_good: int) -> None:
+    bad = np.flatnonzero(~np.isfinite(per_step_loss))
+    if bad.size:
+        raise NonFiniteLossError(
+            f"the loss became {per_step_loss[bad[0]]} at epoch {epoch}, step {first_step + int(bad[0]) + 1}"
+            f"; {kept(last_good)}. Lower train.learning_rate or set train.grad_clip_norm.")
+
+
+class RunDir:
+    """One run's workdir while it trains: its config, metrics and the latest and best checkpoint
+    managers, written in the order that keeps them consistent through a kill (metrics, then the
+    best checkpoint, then the latest). A single run is one; so is each member of a sweep, whose
+    workdir is therefore exactly a single run's."""
+
+    def __init__(self, workdir: Path, config: ml_collections.ConfigDict, steps: int, restart: bool = False):
+        self.workdir, self.config, self.steps_per_epoch = Path(workdir), config, steps
+        self.writer = distributed.is_writer()
+        if self.writer:
+            if restart:
+                files.clear_run(self.workdir)
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            files.write_config(self.workdir, config)
+        distributed.barrier("workdir ready")  # no process looks at checkpoints before a restart cleared them
+        self.board = None
+        self.manager = checkpoints.checkpoint_manager(self.workdir, config.train.keep_checkpoints)
+        self.best_manager = checkpoints.checkpoint_manager(self.workdir, 1, subdir=files.BEST_DIR)
+        self.epoch = self.last_good = 0  # the last finished epoch, the last checkpointed one
+        self.history: list[dict] = []
+        self.wall_offset = 0.0
+
+    def restore(self, state: TrainState, sharding) -> TrainState:
+        """The newest usable checkpoint's state (else `state`, freshly initialised), with the
+        metrics and the best checkpoint made to agree with it."""
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                                state._asdict())
+        self.epoch, restored = checkpoints.restore_latest(self.manager, abstract)
+        if restored is not None:
+            state = TrainState(**restored)
+        self.last_good = self.epoch
+        self.history = files.truncate_metrics(self.workdir, self.epoch, rewrite=self.writer)
+        _reconcile_best(self.best_manager, self.history, self.epoch, state)
+        self.wall_offset = self.history[-1].get("wall_time_sec", 0.0) if self.history else 0.0
+        return state
+
+    def open_board(self, graphdef, test_images: np.ndarray) -> None:
+        """TensorBoard events of the epochs trained from now on (`vae.workdir.tensorboard`), by the writer."""
+        self.board = tensorboard.Board(self.workdir, graphdef, test_images, self.epoch,
+                                       self.config.train.num_epochs, enabled=self.writer)
+
+    def finished(self) -> bool:
+        """All epochs trained, or early stopping is due."""
+        return self.epoch >= self.config.train.num_epochs or early_stop_due(self.history, self.config.train)
+
+    def eval_due(self) -> bool:
+        """Whether the next epoch is evaluated."""
+        epoch = self.epoch + 1
+        return epoch % self.config.eval.every_epochs == 0 or epoch == self.config.train.num_epochs
+
+    def train_record(self, step_metrics: dict, train_time: float, compile_time: float | None) -> dict:
+        """The next epoch's training metrics; NonFiniteLossError on a non-finite loss."""
+        epoch, steps = self.epoch + 1, self.steps_per_epoch
+        first_step = (epoch - 1) * steps  # no device round trip
+        check_finite(step_metrics["loss"], epoch, first_step, self.last_good)
+        record = {"epoch": epoch, "step": first_step + steps}
+        record |= {f"train/{k}": float(np.mean(v)) for k, v in step_metrics.items()}
+        record["images_per_sec"] = steps * self.config.train.batch_size / train_time
+        record["epoch_time_sec"] = train_time
+        if compile_time is not None:
+            record["compile_time_sec"] = compile_time
+        return record
+
+    def add_evaluation(self, record: dict, summaries: dict, eval_time: float) -> None:
+        """Adds the evaluation to `record`; NonFiniteLossError on a non-finite ELBO."""
+        record |= summaries
+        record["eval_time_sec"] = eval_time
+        for key in ("test/elbo", SELECTION_METRIC):
+            if not math.isfinite(record.get(key, 0.0)):
+                raise NonFiniteLossError(
+                    f"the {key} is {record[key]} after epoch {record['epoch']}; {kept(self.last_good)}")
+
+    def end_epoch(self, record: dict, state: TrainState, stop_requested: bool, session_start: float) -> bool:
+        """Writes the epoch's metrics and checkpoints; returns whether early stopping is now due."""
+        epoch = record["epoch"]
+        improved = SELECTION_METRIC in record and record[SELECTION_METRIC] < best_epoch(self.history)[1]
+        if SELECTION_METRIC in record:
+            record["best/epoch"], record[f"best/{SELECTION_METRIC}"] = best_epoch([*self.history, record])
+        record["wall_time_sec"] = self.wall_offset + time.perf_counter() - session_start
+        # Metrics first, then the checkpoints: a resume drops lines newer than its checkpoint.
+        if self.writer:
+            files.append_metrics(self.workdir, record)
+        self.history.append(record)
+        self.epoch = epoch
+        if self.board is not None:
+            self.board.log(record, eval_params(state))
+        if improved:  # finished before the latest is written, so a kill cannot reorder them
+            checkpoints.save_checkpoint(self.best_manager, epoch, state._asdict(),
+                               {SELECTION_METRIC: record[SELECTION_METRIC]})
+            self.best_manager.wait_until_finished()
+        stopping = early_stop_due(self.history, self.config.train)
+        if (epoch % self.config.train.checkpoint_every_epochs == 0 or epoch == self.config.train.num_epochs
+                or stop_requested or stopping):
+            checkpoints.save_checkpoint(self.manager, epoch, state._asdict())
+            self.last_good = epoch
+        return stopping
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
+        checkpoints.close_managers(self.manager, self.best_manager)
+
+
+def _reconcile_best(best_manager, history: list[dict], restored_epoch: int, state: TrainState) -> None:
+    """Makes the best checkpoint agree with the metrics kept after a restart: checkpoints newer than
+    the restored epoch are dropped (they will be recomputed), and a best epoch that is the
+    restored one but was not saved yet (a kill between the two saves) is saved now."""
+    for step in best_manager.all_steps():
+        if step > restored_epoch:
+            best_manager.delete(step)
+    epoch, value = best_epoch(history)
+    if epoch and epoch == restored_epoch and epoch not in best_manager.all_steps():
+        checkpoints.save_checkpoint(best_manager, epoch, state._asdict(), {SELECTION_METRIC: value})
+        best_manager.wait_until_finished()

@@ -1,0 +1,59 @@
+"""THE training step: one pure function of (state, batch, key, hyperparameters).
+
+    train_step(state, x_u8_BxD, key, hyper) -> (state, metrics)
+
+The batch is uint8 pixels; the step encodes them (a fresh binarisation where the data set asks
+for one), takes the gradient of the objective the config names, applies the optimizer and the
+parameter average, and returns the batch means of the loss and its parts. The key is
+`step_key(seed, step)`: a pure function of the run's seed and the step counter, so a resumed run
+repeats an uninterrupted one. What is compiled in (the model's graph, the objective, the
+optimizer's transforms, the steps per epoch) is bound by `make_train_step`; the numbers come
+from `hyper` (constants in a single run, traced in a sweep). The step is jitted in one place,
+the epoch built from it (`vae.train.epoch.compile_loop`), for training, the host feed and sweeps.
+"""
+
+import functools
+
+import jax
+import ml_collections
+import optax
+from flax import nnx
+
+from vae.data import pixels
+from vae.model import objectives
+from vae.train.state import STEP, Hyper, TrainState, make_optimizer, root_key
+
+
+def step_key(seed, step) -> jax.Array:
+    """The key of optimiser step `step` of a run with this seed."""
+    return jax.random.fold_in(jax.random.fold_in(root_key(seed), STEP), step)
+
+
+def train_step(state: TrainState, x_u8_BxD: jax.Array, key: jax.Array, hyper: Hyper, *,
+               graphdef: nnx.GraphDef, config: ml_collections.ConfigDict, steps_per_epoch: int,
+               dynamic: bool) -> tuple[TrainState, dict]:
+    """One optimiser step on one batch; metrics: loss, rec, kl, elbo (and iwae) batch means, beta."""
+    t = config.train
+    binarize_key, sample_key = jax.random.split(key)
+    x_BxD = pixels.to_model_input(x_u8_BxD, binarize_key if dynamic else None)
+    beta_t = objectives.kl_weight(state.step, hyper.beta, hyper.kl_warmup_epochs * steps_per_epoch)
+
+    def loss_fn(params):
+        return objectives.training_loss(nnx.merge(graphdef, params), x_BxD, sample_key, beta_t,
+                                        objective=t.objective, free_bits=hyper.free_bits,
+                                        num_samples=t.num_samples)
+
+    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
+    tx = make_optimizer(t, steps_per_epoch, hyper)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema, decay = state.ema_params, hyper.ema_decay
+    if ema is not None:
+        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+    return TrainState(state.step + 1, params, opt_state, ema), metrics | {"beta": beta_t}
+
+
+def make_train_step(graphdef, config: ml_collections.ConfigDict, steps_per_epoch: int, dynamic: bool):
+    """`train_step` with what is compiled in bound: (state, x_u8_BxD, key, hyper) -> (state, metrics)."""
+    return functools.partial(train_step, graphdef=graphdef, config=config, steps_per_epoch=steps_per_epoch,
+                             dynamic=dynamic)

@@ -1,0 +1,125 @@
+"""Orbax checkpoints of a workdir: WORKDIR/checkpoints/N (the last few) and WORKDIR/best/N, written
+atomically, restored for resuming (read-write) or for reading (read-only, also from a workdir
+that cannot be written)."""
+
+import json
+import sys
+from pathlib import Path
+
+import orbax.checkpoint as ocp
+
+from vae.workdir.files import BEST_DIR, BEST_METRIC, CHECKPOINT_DIR, WorkdirError
+
+
+def checkpoint_manager(workdir: Path, keep: int = 3, read_only: bool = False,
+                       subdir: str | None = None) -> ocp.CheckpointManager:
+    """The latest `keep` checkpoints in WORKDIR/checkpoints, or with subdir=BEST_DIR the one with
+    the lowest validation negative ELBO (Orbax keeps it by the metric saved with it)."""
+    best = subdir == BEST_DIR
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=not read_only, read_only=read_only,
+        best_fn=(lambda metrics: metrics[BEST_METRIC]) if best else None, best_mode="min")
+    directory = (Path(workdir) / (subdir or CHECKPOINT_DIR)).absolute()
+    try:
+        return ocp.CheckpointManager(directory, options=options)
+    except (ValueError, KeyError, TypeError) as e:  # Orbax reads every step's metadata
+        damaged = [p.name for p in sorted(directory.iterdir()) if p.name.isdigit() and not _metadata_ok(p)]
+        raise WorkdirError(
+            f"{directory} holds damaged checkpoints (epochs {', '.join(damaged) or '?'}: "
+            f"{type(e).__name__}: {str(e).splitlines()[0][:120]}); move them away and run again") from None
+
+
+def _metadata_ok(step_dir: Path) -> bool:
+    try:
+        json.loads((step_dir / "_CHECKPOINT_METADATA").read_bytes())
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def latest_checkpoint(workdir: Path, subdir: str = CHECKPOINT_DIR) -> int:
+    """The newest finished checkpoint's epoch in WORKDIR/subdir (0 if none or unreadable)."""
+    try:
+        return max((int(p.name) for p in (Path(workdir) / subdir).iterdir() if p.name.isdigit()), default=0)
+    except OSError:
+        return 0
+
+
+def has_checkpoints(workdir: Path, subdir: str = CHECKPOINT_DIR) -> bool:
+    path = Path(workdir) / subdir
+    return path.is_dir() and any(p.name.isdigit() for p in path.iterdir())
+
+
+def close_managers(*managers: ocp.CheckpointManager) -> None:
+    """Waits for every manager's saves and closes them all, even when one failed (then raises the
+    first failure): a manager left open keeps threads that outlive the run."""
+    failures = []
+    for manager in managers:
+        try:
+            manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - re-raised below, after every manager is closed
+            failures.append(e)
+        try:
+            manager.close()
+        except Exception as e:  # noqa: BLE001
+            failures.append(e)
+    if failures:
+        raise failures[0]
+
+
+def save_checkpoint(manager: ocp.CheckpointManager, epoch: int, state: dict,
+                    metrics: dict | None = None) -> None:
+    """Starts an atomic save of `state` as checkpoint `epoch` (written in the background)."""
+    manager.save(epoch, args=ocp.args.StandardSave(state), metrics=metrics)
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state, step: int | None = None):
+    """(epoch, state) of the newest checkpoint that restores (or of `step`), or (0, None) if there
+    is none.
+
+    A corrupted or truncated checkpoint is reported on stderr and skipped for the one before it;
+    if none restores, WorkdirError (training on would overwrite the run).
+    """
+    steps = sorted(manager.all_steps(), reverse=True)
+    if step is not None:
+        if step not in steps:
+            raise WorkdirError(f"no checkpoint for epoch {step}; available: {sorted(steps)}")
+        steps = [step]
+    first_error = None
+    for candidate in steps:
+        try:
+            state = manager.restore(candidate, args=ocp.args.StandardRestore(abstract_state))
+        except Exception as e:  # noqa: BLE001 - any failure to read means this one is unusable
+            reason = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+            first_error = first_error or reason
+            if step is not None:
+                raise WorkdirError(f"checkpoint {candidate} cannot be restored ({reason})") from None
+            print(f"warning: checkpoint {candidate} cannot be restored ({reason}); trying an older one",
+                  file=sys.stderr)
+            continue
+        return candidate, state
+    if steps:
+        raise WorkdirError(
+            f"none of the checkpoints in {manager.directory} (epochs {sorted(steps)}) restores into "
+            f"this config's train state ({first_error}): they are damaged, or train.optimizer or "
+            "train.ema_decay differ from the run's; pass --restart to start over")
+    return 0, None
+
+
+def restore_for_reading(workdir: Path, abstract_state, epoch: int | None, best: bool):
+    """(epoch, state) for sampling and evaluating: the best checkpoint (falling back to the latest,
+    with a warning, if it cannot be restored), the latest, or one epoch's."""
+    if best:
+        try:
+            return _restore_read_only(workdir, abstract_state, None, BEST_DIR)
+        except WorkdirError as e:
+            print(f"warning: the best checkpoint cannot be used ({e}); using the latest", file=sys.stderr)
+    return _restore_read_only(workdir, abstract_state, epoch, None)
+
+
+def _restore_read_only(workdir: Path, abstract_state, epoch: int | None, subdir: str | None):
+    manager = checkpoint_manager(workdir, read_only=True, subdir=subdir)
+    try:
+        return restore_latest(manager, abstract_state, step=epoch)
+    finally:
+        manager.close()

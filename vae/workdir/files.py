@@ -1,0 +1,204 @@
+"""The workdir, the interface between training and everything downstream.
+
+    WORKDIR/config.json     the resolved config, plus a "run" section: library versions, devices
+    WORKDIR/metrics.jsonl   one JSON object per evaluated epoch (nats per image)
+    WORKDIR/checkpoints/N   Orbax checkpoint after epoch N (atomic; the last few kept)
+    WORKDIR/best/N          the checkpoint of the epoch with the lowest validation negative ELBO
+
+Every write is atomic (write to a temporary file, then rename) or a single appended line, and a
+resumed run first drops metric lines newer than the checkpoint it restores, so a run killed at
+any moment leaves a consistent workdir.
+"""
+
+import contextlib
+import datetime
+import errno
+import json
+import os
+import platform
+import shutil
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import jax
+import ml_collections
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoints"  # the names of the layout: `checkpoints` and `lock` use them too
+BEST_DIR = "best"
+BEST_METRIC = "val/elbo"  # lower is better
+LOCK_FILE = ".train.lock"
+TENSORBOARD_DIR = "tensorboard"
+_VERSIONED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets", "numpy")
+# Config sections that change the parameters' shapes or the data's meaning: resuming with other
+# values would restore parameters into the wrong model or continue on other data.
+_RESUME_KEYS = ("model", "data.name", "data.binarize", "data.train_split", "seed")
+
+
+class WorkdirError(Exception):
+    """A workdir that cannot be used as asked; the message says what to do."""
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replaces `path` by `text` at once: a failed write (a full disk) leaves the old file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
+    record = json.loads(config.to_json_best_effort())
+    record["run"] = {
+        "versions": library_versions(),
+        "num_processes": jax.process_count(),
+        "num_devices": jax.device_count(),  # of every process
+        "platform": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "command": " ".join(sys.argv),
+        "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    atomic_write_text(workdir / CONFIG_FILE, json.dumps(record, indent=2) + "\n")
+
+
+def _config_record(workdir: Path) -> dict | None:
+    """config.json as a dict (None if there is none); WorkdirError if it is damaged."""
+    path = Path(workdir) / CONFIG_FILE
+    try:
+        record = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        reason = f"not JSON: {e}"
+    else:
+        missing = [k for k in ("data", "model", "train") if not isinstance(record, dict) or k not in record]
+        if not missing:
+            return record
+        reason = f"no {', '.join(missing)} section"
+    raise WorkdirError(f"{path} is damaged ({reason}); the training command rewrites it: delete it and "
+                       "run that command again (it resumes from the checkpoints)")
+
+
+def read_config(workdir: Path) -> ml_collections.ConfigDict:
+    """The config a run was trained with (its "run" section dropped)."""
+    record = _config_record(workdir)
+    if record is None:
+        raise WorkdirError(f"{workdir} has no {CONFIG_FILE}: it is not a training workdir")
+    record.pop("run", None)
+    return ml_collections.ConfigDict(record)
+
+
+def check_resumable(workdir: Path, config: ml_collections.ConfigDict) -> None:
+    """Refuses to resume a run whose model or data differ from `config`'s."""
+    record = _config_record(workdir)
+    if record is None:
+        return
+    old = _flatten(record)
+    new = _flatten(json.loads(config.to_json_best_effort()))
+    for key in sorted(set(old) | set(new)):
+        if key.startswith(_RESUME_KEYS) and old.get(key) != new.get(key):
+            raise WorkdirError(
+                f"{workdir} holds a run with {key}={old.get(key)!r}, but this config has "
+                f"{key}={new.get(key)!r}; use another --workdir, or pass --restart to start over")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay as values."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def clear_run(workdir: Path) -> None:
+    """Deletes a run's checkpoints, metrics and TensorBoard events (for --restart); other files are
+    left alone."""
+    shutil.rmtree(workdir / CHECKPOINT_DIR, ignore_errors=True)
+    shutil.rmtree(workdir / BEST_DIR, ignore_errors=True)
+    shutil.rmtree(workdir / TENSORBOARD_DIR, ignore_errors=True)
+    (workdir / METRICS_FILE).unlink(missing_ok=True)
+
+
+# --- metrics.jsonl ------------------------------------------------------------------------------
+
+
+def read_metrics(workdir: Path) -> list[dict]:
+    """The metric records, one per evaluated epoch. A torn last line (a kill mid-write) is skipped;
+    other unreadable lines are skipped with one warning."""
+    path = Path(workdir) / METRICS_FILE
+    try:
+        lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    records, damaged = [], []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+            records.append(record)
+        elif number < len(lines) and line.strip():
+            damaged.append(number)
+    if damaged:
+        print(f"warning: {path}: {len(damaged)} damaged line(s) skipped (line {damaged[0]}"
+              f"{' ...' if len(damaged) > 1 else ''}); a resumed run rewrites the file without them",
+              file=sys.stderr)
+    return records
+
+
+def append_metrics(workdir: Path, record: dict) -> None:
+    """Appends one line; a failed write (a full disk) is undone, so no torn line is left."""
+    line = (json.dumps(record) + "\n").encode()
+    if not (Path(workdir) / CONFIG_FILE).exists():  # removed under the run (a checkpoint write recreates it)
+        raise FileNotFoundError(errno.ENOENT, "the workdir was removed during the run", str(workdir))
+    fd = os.open(Path(workdir) / METRICS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            written = 0
+            while written < len(line):
+                written += os.write(fd, line[written:])
+            os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
+
+
+def truncate_metrics(workdir: Path, last_epoch: int, rewrite: bool = True) -> list[dict]:
+    """Keeps one record per epoch up to last_epoch (the restored checkpoint's); returns them.
+    `rewrite=False` only reads (the processes of a multi-process run other than the writer)."""
+    by_epoch = {}
+    for record in read_metrics(workdir):
+        if record["epoch"] <= last_epoch:
+            by_epoch[record["epoch"]] = record
+    kept = [by_epoch[e] for e in sorted(by_epoch)]
+    path = workdir / METRICS_FILE
+    if rewrite and path.exists():
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    return kept

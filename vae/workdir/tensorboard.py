@@ -1,0 +1,98 @@
+"""TensorBoard event files of a run, in WORKDIR/tensorboard/ (`tensorboard --logdir runs`).
+
+Written with tensorboardX, which needs no TensorFlow. Per epoch: every number of the epoch's
+metrics record as a scalar, and every list (the per-dimension KL of factorised priors) as a
+histogram; every `IMAGES_EVERY` epochs, and at the first and last, a grid of prior samples and
+of test images beside their reconstructions. The x axis is the epoch. `metrics.jsonl` stays the
+record of truth: these files are a view of it, and a resumed run first hides the events of the
+epochs it will train again (tensorboardX's `purge_step`).
+
+TensorBoard is a view: a failure to write its files (a full disk, a removed directory) is
+reported once and the run goes on; `metrics.jsonl` and the checkpoints fail loudly instead.
+"""
+
+import math
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+
+from vae.workdir import files
+from vae.workdir import images as images_grid
+
+IMAGES_EVERY = 5
+NUM_SAMPLES = 64
+NUM_RECONSTRUCTIONS = 16
+_SAMPLE_SEED = 0  # the same prior draws every epoch, so the grids show the model change
+
+
+class Board:
+    """The run's TensorBoard writer: `log(record, params)` after each epoch's metrics line."""
+
+    def __init__(self, workdir: Path, graphdef, test_images_u8: np.ndarray, start_epoch: int,
+                 num_epochs: int, enabled: bool = True):
+        self.graphdef = graphdef
+        self.num_epochs = num_epochs
+        self.test_images = test_images_u8[:NUM_RECONSTRUCTIONS].astype(np.float32) / 255.0
+        self.writer = None
+        if enabled:  # one writer: process 0 of a multi-process run
+            self._guard("open", lambda: self._open(Path(workdir) / files.TENSORBOARD_DIR, start_epoch))
+
+    def _open(self, logdir: Path, start_epoch: int) -> None:
+        from tensorboardX import SummaryWriter
+
+        self.writer = SummaryWriter(str(logdir), purge_step=start_epoch + 1, flush_secs=30)
+
+    def _guard(self, what: str, write) -> None:
+        """Runs one write; a failure turns the board off with one warning line."""
+        try:
+            write()
+        except Exception as e:  # noqa: BLE001 - a view must never stop the run
+            print(f"warning: TensorBoard events are no longer written ({what}: "
+                  f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                  "metrics.jsonl is complete", file=sys.stderr)
+            self.writer = None
+
+    def log(self, record: dict, params) -> None:
+        if self.writer is None:
+            return
+        epoch = record["epoch"]
+        self._guard("metrics", lambda: self._metrics(record, epoch))
+        if self.writer is not None and (epoch % IMAGES_EVERY == 0 or epoch in (1, self.num_epochs)):
+            self._guard("images", lambda: self._images(params, epoch))
+        if self.writer is not None:
+            self._guard("flush", self.writer.flush)
+
+    def _metrics(self, record: dict, epoch: int) -> None:
+        for key, value in record.items():
+            if isinstance(value, bool) or key == "epoch":
+                continue
+            if isinstance(value, int | float) and math.isfinite(value):
+                self.writer.add_scalar(key, value, epoch)
+            elif isinstance(value, list) and value:
+                self.writer.add_histogram(key, np.asarray(value, np.float64), epoch)
+
+    def _images(self, params, epoch: int) -> None:
+        model = nnx.merge(self.graphdef, jax.device_get(params))
+        samples = model.likelihood.mean(model.sample(jax.random.key(_SAMPLE_SEED), NUM_SAMPLES))
+        self.writer.add_image("samples/prior", _grid(_images(model, samples), 8), epoch, dataformats="HW")
+        flat = self.test_images.reshape(len(self.test_images), -1)
+        recon = model.likelihood.mean(model.reconstruct(flat))
+        pairs = np.stack([self.test_images, _images(model, recon)], axis=1)
+        pairs = pairs.reshape(-1, *self.test_images.shape[1:])
+        self.writer.add_image("samples/reconstructions", _grid(pairs, 8), epoch, dataformats="HW")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self._guard("close", self.writer.close)
+
+
+def _images(model, means_BxD) -> np.ndarray:
+    return np.asarray(means_BxD).reshape(-1, *model.image_shape)
+
+
+def _grid(images: np.ndarray, ncols: int) -> np.ndarray:
+    """N x H x W x 1 pixel means -> one grey-level uint8 image (rows of ncols)."""
+    return np.round(images_grid.image_grid(np.clip(images, 0.0, 1.0), ncols) * 255.0).astype(np.uint8)
