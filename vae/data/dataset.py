@@ -48,7 +48,7 @@ def load_eval_split(data_config: ml_collections.ConfigDict,
     split = data_config.test_split if which == "test" else data_config.validation_split
     images, labels = source.load_split(data_config.name, split, data_config.data_dir)
     seed = data_config.test_binarize_seed + _BINARIZE_SEED_OFFSET[which]
-    return pixels.binarize_static(images, seed), labels
+    return pixels.encode_fixed(images, data_config.binarize, seed), labels
 
 
 def load_test_set(data_config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
@@ -73,16 +73,17 @@ def load_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
     val_images = val_labels = None
     if data_config.validation_split:
         val_images, val_labels = load_eval_split(data_config, "validation")
-    if data_config.binarize == "static":
-        train_images = pixels.binarize_static(
-            train_images, data_config.test_binarize_seed + _BINARIZE_SEED_OFFSET["train"])
+    dynamic = data_config.binarize == "dynamic"  # else encoded once, like the evaluated splits
+    if not dynamic:
+        train_images = pixels.encode_fixed(train_images, data_config.binarize,
+                                           data_config.test_binarize_seed + _BINARIZE_SEED_OFFSET["train"])
     return Dataset(
         name=data_config.name,
         train_images=train_images,
         train_labels=train_labels,
         test_images=test_images,
         test_labels=test_labels,
-        dynamic=data_config.binarize == "dynamic",
+        dynamic=dynamic,
         val_images=val_images,
         val_labels=val_labels,
     )

@@ -27,3 +27,12 @@ def to_model_input(images_u8: jax.Array, key: jax.Array | None) -> jax.Array:
     if key is None:
         return probs
     return jax.random.bernoulli(key, probs).astype(jnp.float32)
+
+
+def encode_fixed(images_u8: np.ndarray, binarize: str, seed: int) -> np.ndarray:
+    """Images encoded once, as every evaluation sees them (and training with binarize='static'):
+    binarised with `seed`, uint8 in {0, 255}. The one place a new pixel encoding (8-bit pixels
+    kept as they are) is added, beside `BINARIZE_MODES` and `to_model_input`."""
+    if binarize not in BINARIZE_MODES:
+        raise ValueError(f"data.binarize must be one of {BINARIZE_MODES}, got {binarize!r}")
+    return binarize_static(images_u8, seed)
