@@ -56,7 +56,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.normalize_grads = False  # divide each parameter tensor's gradient by its L2 norm
     config.train.grad_clip_norm = 0.0  # 0 disables clipping by global norm
     config.train.ema_decay = 0.998  # evaluate (and select) an exponential moving average of the
-    #                               parameters with this decay per step; 0 disables
+    #   parameters with this decay per step, warmed up as min(decay, (1 + step) / (10 + step)) so a
+    #   short run's average holds what it learnt; 0 disables
     config.train.objective = "elbo"  # elbo | iwae (importance-weighted bound, num_samples draws)
     config.train.num_samples = 1  # iwae: k
     config.train.beta = 1.0  # weight of the KL term

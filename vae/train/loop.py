@@ -186,4 +186,6 @@ def epoch_line(record: dict, num_epochs: int) -> str:
     if "test/elbo" in record:
         line += (f"  test -elbo {record['test/elbo']:.2f} (rec {record['test/rec']:.2f}, "
                  f"kl {record['test/kl']:.2f}, {record['test/active_units']} active)")
+    if record.get("eval_params") == "ema":
+        line += " of the parameter average"
     return line + f"  {record['images_per_sec']:,.0f} img/s"

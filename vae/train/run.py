@@ -127,6 +127,8 @@ class RunDir:
     def add_evaluation(self, record: dict, summaries: dict, eval_time: float) -> None:
         """Adds the evaluation to `record`; NonFiniteLossError on a non-finite ELBO."""
         record |= summaries
+        # Which parameters the figures are of: the moving average (train.ema_decay > 0) or the latest.
+        record["eval_params"] = "ema" if self.config.train.ema_decay > 0 else "latest"
         record["eval_time_sec"] = eval_time
         for key in ("test/elbo", SELECTION_METRIC):
             if not math.isfinite(record.get(key, 0.0)):

@@ -53,6 +53,16 @@ def hyperparameters(config: ml_collections.ConfigDict) -> Hyper:
     return Hyper(config.seed, *(config.train[name] for name in Hyper._fields[1:]))
 
 
+def ema_decay_at(decay, step):
+    """The parameter average's decay at optimiser step `step` (0, 1, ...): min(decay,
+    (1 + step) / (10 + step)), as TensorFlow's averages warm it up. Early on the average spans
+    the few steps there are instead of starting from the initial weights, so a short run
+    evaluates what it learnt; after about 10 / (1 − decay) steps (5,000 at 0.998) it is the
+    plain average with `decay`."""
+    step = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
 def eval_params(state: TrainState) -> nnx.State:
     """The parameters that are evaluated, checkpointed as 'best' and sampled from: the EMA if kept."""
     return state.params if state.ema_params is None else state.ema_params

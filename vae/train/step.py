@@ -21,7 +21,7 @@ from flax import nnx
 
 from vae.data import pixels
 from vae.model import objectives
-from vae.train.state import STEP, Hyper, TrainState, make_optimizer, root_key
+from vae.train.state import STEP, Hyper, TrainState, ema_decay_at, make_optimizer, root_key
 
 
 def step_key(seed, step) -> jax.Array:
@@ -47,9 +47,11 @@ def train_step(state: TrainState, x_u8_BxD: jax.Array, key: jax.Array, hyper: Hy
     tx = make_optimizer(t, steps_per_epoch, hyper)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema, decay = state.ema_params, hyper.ema_decay
+    ema = state.ema_params
     if ema is not None:
+        decay = ema_decay_at(hyper.ema_decay, state.step)
         ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+        metrics = metrics | {"ema_decay": decay}
     return TrainState(state.step + 1, params, opt_state, ema), metrics | {"beta": beta_t}
 
 
