@@ -3,6 +3,8 @@
 import gzip
 import hashlib
 import io
+import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -285,3 +287,32 @@ def test_a_data_dir_that_cannot_hold_the_cache_still_loads(data_copy, monkeypatc
     assert "cannot cache decoded images" in capfd.readouterr().err
     builder = data_source.check_prepared("fashion_mnist", data_copy)
     assert not list(split_cache.cache_file(builder, "x").parent.glob("*"))  # nothing half-written
+
+
+def test_offline_download_fails_at_once_and_leaves_nothing(tmp_path, monkeypatch):
+    def unreachable(address, timeout=None):
+        raise OSError(f"{address[0]}: no route")
+
+    monkeypatch.setattr(data_prepare.socket, "create_connection", unreachable)
+    start = time.perf_counter()
+    with pytest.raises(data_source.DataError, match=r"no network: storage\.googleapis\.com cannot be"):
+        data_prepare.prepare("mnist", str(tmp_path))
+    assert time.perf_counter() - start < 10
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_a_failed_build_removes_its_partial_files(tmp_path):
+    builder = data_source.tfds_builder("mnist", str(tmp_path))
+    partial = Path(builder.data_dir).parent / "incomplete.ABC123_3.0.1"
+    (partial / "x").mkdir(parents=True)
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    (downloads / "file.tmp.0123").write_text("half")
+    (downloads / "done.gz").write_text("whole")
+    data_prepare.remove_partial_build(builder, tmp_path)
+    assert not partial.exists() and sorted(p.name for p in downloads.iterdir()) == ["done.gz"]
+
+
+def test_an_unprepared_data_set_names_its_own_make_command(tmp_path):
+    with pytest.raises(data_source.DataError, match=r"make data DATASET=mnist"):
+        data_source.check_prepared("mnist", str(tmp_path))

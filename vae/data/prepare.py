@@ -9,7 +9,10 @@ outside `vae.data`.
 
 import gzip
 import importlib.util
+import shutil
+import socket
 import struct
+import urllib.parse
 from pathlib import Path
 
 from vae.data.source import DataError, check_format, prepare_command, resolve_data_dir, tfds_builder
@@ -18,6 +21,7 @@ DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 # Time stamps of the upstream Fashion-MNIST .gz files (train-*, t10k-*), as TFDS checksums them.
 _UPSTREAM_GZIP_MTIME = {"train": 1504176606, "t10k": 1504176627}
 _GZIP_FLAG_FNAME = 0x08
+PROBE_TIMEOUT_SEC = 3.0  # how long a download host may take to answer before "no network"
 
 
 def restore_upstream_gzip(src: Path, dst: Path) -> None:
@@ -80,9 +84,45 @@ def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = Non
         manual_dir = str(stage_debian_fashion_mnist(root / "manual" / name))
     if manual_dir is not None:
         download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+    else:
+        check_network(name, download_hosts(builder))
     try:
         builder.download_and_prepare(download_config=download_config)
     except Exception as e:  # noqa: BLE001 - a wrong checksum, no network, a full disk: one line
+        remove_partial_build(builder, Path(data_dir or tfds.core.constants.DATA_DIR).expanduser())
         first_line = (str(e).strip().splitlines() or [""])[0]
         raise DataError(f"building {name} failed: {type(e).__name__}: {first_line}") from e
     return builder.data_dir
+
+
+def download_hosts(builder) -> set[str]:
+    """The hosts a TFDS builder downloads from (from its registered URLs), where it says."""
+    urls = list(builder.url_infos or {}) + [getattr(builder, "URL", None) or ""]
+    return {urllib.parse.urlsplit(url).hostname for url in urls if url.startswith("http")} - {None}
+
+
+def check_network(name: str, hosts: set[str], timeout: float = PROBE_TIMEOUT_SEC) -> None:
+    """Raises DataError at once when none of `hosts` answers: TFDS would otherwise retry for
+    minutes and leave partial files behind."""
+    for host in sorted(hosts):
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            return
+        except OSError:
+            continue
+    if hosts:
+        raise DataError(
+            f"no network: {', '.join(sorted(hosts))} cannot be reached, so {name} cannot be downloaded."
+            f" Download its files elsewhere and pass them with `--manual_dir DIR` (TFDS matches them by"
+            f" name and checks their sha256), or use Fashion-MNIST, which is prepared offline (`make data`)")
+
+
+def remove_partial_build(builder, data_root: Path) -> None:
+    """Removes what a failed build left: TFDS's `incomplete.*` directories of this data set and
+    the partial downloads (`*.tmp.*`) in the data dir's downloads/."""
+    dataset_dir = Path(builder.data_dir).parent
+    for partial in dataset_dir.glob("incomplete.*"):
+        shutil.rmtree(partial, ignore_errors=True)
+    downloads = data_root / "downloads"
+    for partial in downloads.glob("*.tmp.*") if downloads.is_dir() else []:
+        shutil.rmtree(partial, ignore_errors=True) if partial.is_dir() else partial.unlink(missing_ok=True)

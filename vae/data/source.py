@@ -63,7 +63,7 @@ def check_prepared(name: str, data_dir: str | None):
         where = data_dir or "TFDS's default data dir"
         raise DataError(
             f"data set {name!r} is not prepared in {where}. Run `{prepare_command(name, data_dir)}`"
-            " first (or `make data`).")
+            f" first (or `make data DATASET={name}`).")
     check_format(builder, name, data_dir)
     features = builder.info.features
     image = features["image"] if "image" in features.keys() else None
