@@ -2,8 +2,10 @@
 
     python scripts/evaluate.py --workdir runs/default --iw-samples 5000
 
-Writes WORKDIR/eval.json (or --out/eval.json) and prints it. Nats per image. Over several
-processes it takes train.py's joining flags (--coordinator_address, --num_processes, --process_id)
+Keeps every evaluation in WORKDIR/evals/ (named by k, checkpoint, epoch and test images; or in
+--out/evals/) and makes WORKDIR/eval.json the strongest of them (most test images, then most
+importance samples), so a quick look never replaces the headline number; prints it. Nats per
+image. Over several processes it takes train.py's joining flags (--coordinator_address, --num_processes, --process_id)
 and splits the images over every process's devices; process 0 writes and prints.
 """
 
@@ -63,9 +65,7 @@ def main(argv=None) -> int:
             batch_size=args.batch_size, chunk_size=args.chunk_size, max_examples=args.max_examples,
             progress=writer and not args.no_progress)
         if writer:
-            out = Path(args.out or args.workdir)
-            out.mkdir(parents=True, exist_ok=True)
-            workdir.atomic_write_text(out / "eval.json", json.dumps(result, indent=2) + "\n")
+            kept, headline = workdir.save_evaluation(Path(args.out or args.workdir), result)
     if not writer:
         return 0
     print(json.dumps(result, indent=2))
@@ -73,6 +73,9 @@ def main(argv=None) -> int:
           f"checkpoint, epoch {result['epoch']}), negative ELBO "
           f"{result['test/elbo']:.2f}, {result['test/active_units']} active units, "
           f"{result['iwae_time_sec']:.0f} s", file=sys.stderr)
+    print(f"kept in {kept}; " + ("eval.json now holds it" if headline is result else
+                                 f"eval.json keeps the stronger k={headline['iw_samples']} evaluation of "
+                                 f"{headline['num_examples']} images"), file=sys.stderr)
     return 0
 
 

@@ -142,3 +142,22 @@ def test_results_finds_the_config_file_in_the_recorded_command():
         "configs/paper_vae.py"
     assert results.config_file("scripts/train.py --config=configs/x.py --workdir r") == "configs/x.py"
     assert results.config_file("scripts/train.py --workdir r") == ""
+
+
+def test_a_quick_evaluation_keeps_the_headline_number(tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "tiny"
+    shutil.copytree(tiny_run, run)
+    run_script("evaluate.py", "--workdir", run, "--iw-samples", 12, "--max-examples", 32, "--no-progress")
+    quick = run_script("evaluate.py", "--workdir", run, "--iw-samples", 2, "--max-examples", 32,
+                       "--no-progress")
+    assert "eval.json keeps the stronger k=12 evaluation of 32 images" in quick.stderr
+    assert json.loads((run / "eval.json").read_text())["iw_samples"] == 12
+    assert sorted(p.name for p in (run / "evals").iterdir()) == ["k12_latest-e2_n32.json",
+                                                                 "k2_latest-e2_n32.json"]
+    assert "(k=12), 32 images" in run_script("results.py", run).stdout  # the table takes the strongest
+    more = run_script("evaluate.py", "--workdir", run, "--iw-samples", 2, "--max-examples", 48,
+                      "--no-progress")
+    assert "eval.json now holds it" in more.stderr  # more test images: stronger
+    assert json.loads((run / "eval.json").read_text())["num_examples"] == 48

@@ -56,22 +56,26 @@ def describe_model(config: dict) -> str:
     return f"{arch} {width}, {prior}, {objective}"
 
 
-def _workdir_and_eval(path: Path) -> tuple[Path, Path]:
-    """A workdir and its eval.json; or an eval.json written elsewhere (`evaluate.py --out W/quick`)
-    and the workdir above it that holds config.json."""
+def _workdir_and_eval(path: Path) -> tuple[Path, dict]:
+    """A workdir and its strongest evaluation (of eval.json and evals/, `files.save_evaluation`);
+    or one evaluation file (an eval.json written elsewhere, `evaluate.py --out W/quick`, or one of
+    evals/) and the workdir above it that holds config.json."""
     if path.is_file():
         for parent in path.parents:
             if (parent / wd.CONFIG_FILE).is_file():
-                return parent, path
+                return parent, _read_json(path)
         raise wd.WorkdirError(f"no workdir (a directory with {wd.CONFIG_FILE}) above {path}")
-    return path, path / "eval.json"
+    evaluations = wd.read_evaluations(path)
+    if not evaluations:
+        raise wd.WorkdirError(f"{path} has no {wd.EVAL_FILE}: run scripts/evaluate.py on it first")
+    return path, evaluations[-1][1]
 
 
 def run_row(path: str | Path) -> dict:
-    """The table's fields for one evaluated workdir (or one of its eval.json files)."""
-    path, eval_path = _workdir_and_eval(Path(path))
+    """The table's fields for one evaluated workdir (its strongest evaluation), or for one of its
+    evaluation files."""
+    path, result = _workdir_and_eval(Path(path))
     config = _read_json(path / wd.CONFIG_FILE)
-    result = _read_json(eval_path)
     metrics = wd.read_metrics(path)
     if not metrics:
         raise wd.WorkdirError(f"{path} has no metrics: it has not trained")

@@ -31,6 +31,8 @@ BEST_DIR = "best"
 BEST_METRIC = "val/elbo"  # lower is better
 LOCK_FILE = ".train.lock"
 TENSORBOARD_DIR = "tensorboard"
+EVAL_FILE = "eval.json"  # the headline evaluation: the strongest of those in EVALS_DIR
+EVALS_DIR = "evals"  # every evaluation, one file each, named by k, checkpoint, epoch and images
 _VERSIONED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets", "numpy")
 # Config sections that change the parameters' shapes or the data's meaning: resuming with other
 # values would restore parameters into the wrong model or continue on other data.
@@ -202,3 +204,41 @@ def truncate_metrics(workdir: Path, last_epoch: int, rewrite: bool = True) -> li
     if rewrite and path.exists():
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
     return kept
+
+
+# --- evaluations ----------------------------------------------------------------------------------
+
+
+def evaluation_strength(result: dict) -> tuple[int, int]:
+    """How strong an evaluation is: more test images first, then more importance samples."""
+    return int(result["num_examples"]), int(result["iw_samples"])
+
+
+def evaluation_name(result: dict) -> str:
+    """evals/k5000_best-e180_n10000.json: importance samples, checkpoint and epoch, test images."""
+    return (f"k{result['iw_samples']}_{result.get('checkpoint', 'latest')}-e{result['epoch']}"
+            f"_n{result['num_examples']}.json")
+
+
+def read_evaluations(directory: Path) -> list[tuple[Path, dict]]:
+    """Every evaluation kept in `directory` (EVALS_DIR's files and eval.json), weakest first."""
+    paths = sorted((Path(directory) / EVALS_DIR).glob("*.json")) + [Path(directory) / EVAL_FILE]
+    found = [(path, json.loads(path.read_text())) for path in paths if path.is_file()]
+    return sorted(found, key=lambda item: evaluation_strength(item[1]))
+
+
+def save_evaluation(directory: Path, result: dict) -> tuple[Path, dict]:
+    """Keeps `result` in EVALS_DIR and makes eval.json the strongest evaluation kept (this one
+    where it is at least as strong as the previous headline); returns (this result's file, the
+    headline)."""
+    directory = Path(directory)
+    (directory / EVALS_DIR).mkdir(parents=True, exist_ok=True)
+    text = json.dumps(result, indent=2) + "\n"
+    kept = directory / EVALS_DIR / evaluation_name(result)
+    atomic_write_text(kept, text)
+    headline_path = directory / EVAL_FILE
+    headline = json.loads(headline_path.read_text()) if headline_path.is_file() else None
+    if headline is None or evaluation_strength(result) >= evaluation_strength(headline):
+        atomic_write_text(headline_path, text)
+        headline = result
+    return kept, headline
