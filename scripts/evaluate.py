@@ -5,8 +5,9 @@
 Keeps every evaluation in WORKDIR/evals/ (named by k, checkpoint, epoch and test images; or in
 --out/evals/) and makes WORKDIR/eval.json the strongest of them (most test images, then most
 importance samples), so a quick look never replaces the headline number; prints it. Nats per
-image. Over several processes it takes train.py's joining flags (--coordinator_address, --num_processes, --process_id)
-and splits the images over every process's devices; process 0 writes and prints.
+image. Over several processes it takes train.py's joining flags (--coordinator_address,
+--num_processes, --process_id) and splits the images over every process's devices; process 0
+writes and prints.
 """
 
 import json
