@@ -108,6 +108,7 @@ def test_every_config_is_valid():
         ("--config.model.likelihood=gaussian", "model.likelihood must be one of"),
         ("--config.data.binarize=none", "data.binarize must be one of"),
         ("--config.data.name=no_such_dataset", "unknown TFDS data set"),
+        ("--config.data.name=~/my_images", "is a path, but data.name takes the name of a TFDS"),
         ("--config.data.test_split=validation", "split 'validation' is not in fashion_mnist"),
         ("--config.data.data_dir=/nonexistent/tfds", "is not prepared in /nonexistent/tfds"),
         ("--config.train.learning_ratex=1", "unknown config field learning_ratex"),
@@ -123,7 +124,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, fashion_mnist, override, mes
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-1500:]
     assert message in lines[0]
-    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any compute
+    assert not (tmp_path / "run").exists()  # refused before any compute; a failed start leaves no workdir
 
 
 def test_an_unreadable_data_dir_is_reported(tmp_path):

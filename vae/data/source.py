@@ -31,12 +31,24 @@ def resolve_data_dir(data_dir: str | None) -> str | None:
 def tfds_builder(name: str, data_dir: str | None, **kwargs):
     import tensorflow_datasets as tfds
 
+    if looks_like_a_path(name):
+        raise DataError(
+            f"data.name={name!r} is a path, but data.name takes the name of a TFDS image data set "
+            "(fashion_mnist, mnist, kmnist, ...); a folder of your own images is not a data source yet")
     try:
         return tfds.builder(name, data_dir=data_dir, **kwargs)
     except tfds.core.registered.DatasetNotFoundError:
         raise DataError(f"unknown TFDS data set {name!r} (see `tfds.list_builders()`)") from None
     except PermissionError as e:
         raise DataError(f"the data directory cannot be read: {e}") from None
+    except (ValueError, TypeError) as e:  # a name TFDS cannot parse
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        raise DataError(f"data.name={name!r} is not a TFDS data set name: {first_line}") from None
+
+
+def looks_like_a_path(name: str) -> bool:
+    """A file-system path rather than a TFDS name ('mnist', 'emnist/letters', 'cifar10:3.0.2')."""
+    return name.startswith(("~", "/", "./", "../")) or os.path.isdir(os.path.expanduser(name))
 
 
 def check_format(builder, name: str, data_dir: str | None) -> None:

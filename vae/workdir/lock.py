@@ -16,9 +16,11 @@ def training_lock(workdir: Path):
 
     A second training on the same workdir is refused at once, naming the process that holds the
     lock. The kernel drops the lock when its holder exits in any way (SIGKILL included), so it
-    never outlives a run. Sampling and evaluating only read a workdir and take no lock.
+    never outlives a run. Sampling and evaluating only read a workdir and take no lock. A run
+    that wrote nothing (it failed before its first file) leaves no workdir behind where it made it.
     """
     workdir = Path(workdir)
+    created = not workdir.exists()
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         fd = os.open(workdir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -38,4 +40,8 @@ def training_lock(workdir: Path):
             os.pwrite(fd, holder.encode(), 0)
         yield
     finally:
+        if created and [p.name for p in workdir.iterdir()] == [LOCK_FILE]:  # a failed start
+            with contextlib.suppress(OSError):
+                os.unlink(workdir / LOCK_FILE)
+                workdir.rmdir()
         os.close(fd)  # releases the flock
