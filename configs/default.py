@@ -26,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Model selection: a split disjoint from train_split, evaluated every epoch ("" for none). It
     # is binarised once (seed test_binarize_seed + 2), like the test set.
     config.data.validation_split = ""
-    config.data.binarize = "dynamic"  # dynamic | static | none
+    config.data.binarize = "dynamic"  # dynamic (a fresh draw per use) | static (drawn once)
     config.data.test_binarize_seed = 1234  # the test set is binarised once with this seed, for every run
 
     config.model = ml_collections.ConfigDict()

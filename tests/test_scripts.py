@@ -161,3 +161,15 @@ def test_a_quick_evaluation_keeps_the_headline_number(tiny_run, tmp_path):
                       "--no-progress")
     assert "eval.json now holds it" in more.stderr  # more test images: stronger
     assert json.loads((run / "eval.json").read_text())["num_examples"] == 48
+
+
+@pytest.mark.parametrize("script", ["train.py", "sweep.py"])
+def test_help_lists_the_flags_and_every_config_field(script):
+    result = run_script(script, "--help", "--config", "configs/mlp_small.py")
+    assert result.returncode == 0 and "Traceback" not in result.stderr
+    assert "--workdir" in result.stdout
+    assert "--config: the config file (default: configs/default.py)" in result.stdout
+    assert "Config fields of configs/mlp_small.py; override any with --config.FIELD=VALUE:" in result.stdout
+    beta = next(line for line in result.stdout.splitlines() if line.startswith("  --config.train.beta="))
+    assert "--config.train.beta=1.0" in beta and "weight of the KL term" in beta
+    assert "--config.model.hidden_dims=(400,)" in result.stdout  # the variant's value, the default's comment

@@ -1,10 +1,13 @@
 """Shared plumbing for the command-line scripts: user errors become one line and exit code 2."""
 
 import contextlib
+import importlib.util
 import os
+import re
 import sys
 import traceback
 import warnings
+from pathlib import Path
 
 import jax
 from absl import flags, logging
@@ -51,6 +54,8 @@ def define_config(default: str = "configs/default.py"):
 
     config_flags applies overrides while the flag is defined, so a mistyped key fails here.
     """
+    global _CONFIG_DEFAULT
+    _CONFIG_DEFAULT = default
     try:
         return config_flags.DEFINE_config_file("config", default, "Config file.", lock_config=True)
     except _FLAG_ERRORS as e:
@@ -76,8 +81,89 @@ def _drop_closed_loop_callbacks(unraisable, default=sys.unraisablehook) -> None:
     default(unraisable)
 
 
+HELP_FLAGS = ("--help", "-h", "--helpshort", "-?")
+_CONFIG_DEFAULT = None  # the --config default of a script that has one (`define_config`)
+_FIELD_LINE = re.compile(r"^\s*config\.([\w.]+)\s*=\s*(.*?)(?:\s*#\s*(.*))?$")
+_COMMENT_LINE = re.compile(r"^\s*#(.*)$")
+
+
+def config_comments(path: str | Path, seen: set | None = None) -> dict[str, str]:
+    """Each field's comment in a config file and the config files it imports (`from configs
+    import default`): the comment lines just above `config.a.b = value`, the text after its `#`,
+    and the indented comment lines (`#   ...`) that continue it."""
+    path, seen = Path(path), seen if seen is not None else set()
+    if path in seen or not path.is_file():
+        return {}
+    seen.add(path)
+    source = path.read_text().splitlines()
+    comments: dict[str, str] = {}
+    for base in re.findall(r"^from configs import (\w+)", "\n".join(source), flags=re.M):
+        comments |= config_comments(path.parent / f"{base}.py", seen)
+    field, above = None, []
+    for line in source:
+        if match := _FIELD_LINE.match(line):
+            field = match.group(1)
+            text = " ".join([*above, match.group(3) or ""]).strip()
+            if text:
+                comments[field] = text
+            above = []
+        elif match := _COMMENT_LINE.match(line):
+            if field in comments and match.group(1).startswith("  "):  # `#   continued`
+                comments[field] += " " + match.group(1).strip()
+            else:
+                above.append(match.group(1).strip())
+                field = None
+        else:
+            field, above = None, []
+    return comments
+
+
+def config_help(path: str) -> str:
+    """Every field of the config file at `path` with its value and comment, as overrides."""
+    spec = importlib.util.spec_from_file_location("help_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config, comments = module.get_config(), config_comments(path)
+
+    def rows(node, prefix=""):
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if hasattr(value, "items"):
+                yield from rows(value, name + ".")
+            else:
+                yield f"--config.{name}={value!r}", comments.get(name, "")
+
+    lines = list(rows(config))
+    width = max(len(flag) for flag, _ in lines)
+    return "\n".join(f"  {flag:<{width}}  {comment}".rstrip() for flag, comment in lines)
+
+
+def _print_help(argv: list[str]) -> None:
+    """--help: the script's own flags, then every config field with its default and comment."""
+    config_path = _CONFIG_DEFAULT
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            config_path = argv[i + 1]
+        elif arg.startswith("--config="):
+            config_path = arg.split("=", 1)[1]
+    main = sys.modules["__main__"]
+    print((main.__doc__ or "").strip() + "\n")
+    print(flags.FLAGS.main_module_help())
+    if config_path is not None:
+        print(f"\n  --config: the config file (default: {_CONFIG_DEFAULT})\n")
+        print(f"Config fields of {config_path}; override any with --config.FIELD=VALUE:")
+        print(config_help(config_path))
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing where a bad flag or config override is one line, not a traceback."""
+    """absl flag parsing where a bad flag or config override is one line, not a traceback; --help
+    lists the script's flags and every config field, and exits 0."""
+    if any(arg in HELP_FLAGS for arg in argv[1:]):
+        try:
+            _print_help(argv[1:])
+        except (OSError, AttributeError, SyntaxError, ImportError) as e:
+            _flag_error(e)
+        sys.exit(0)
     try:
         remaining = flags.FLAGS(argv)
         if "config" in flags.FLAGS:
