@@ -5,6 +5,7 @@ Each `*_figure` / `plot_*` function returns a matplotlib Figure (a notebook show
 """
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -27,8 +28,11 @@ def image_grid_figure(images: np.ndarray, ncols: int, title: str | None = None,
     """A grid of images (pixel means in [0, 1]) with an optional title and row labels."""
     grid = image_grid(np.clip(images, 0.0, 1.0), ncols)
     nrows = math.ceil(len(images) / ncols)
-    fig, ax = plt.subplots(figsize=(max(3.0, ncols * pixels_per_cell + (1.6 if row_labels else 0.2)),
-                                    nrows * pixels_per_cell + (0.5 if title else 0.1)))
+    width = max(3.0, ncols * pixels_per_cell + (1.6 if row_labels else 0.2))
+    if title:  # wrapped to the figure's width (about 0.08 inch a character at 10 points)
+        title = textwrap.fill(title, width=max(20, int(width / 0.085)))
+    title_height = 0.2 + 0.2 * title.count("\n") + 0.3 if title else 0.1
+    fig, ax = plt.subplots(figsize=(width, nrows * pixels_per_cell + title_height))
     ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_xticks([])
     if row_labels:
@@ -68,12 +72,14 @@ def plot_kl_curves(runs: Mapping[str, Sequence[Mapping]]) -> Figure:
     panels = [("kl", "KL(q(z|x) ‖ p(z))"), ("rec", "reconstruction  −log p(x|z)"),
               ("elbo", "negative ELBO")]
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    drawn = set()
     for i, (label, records) in enumerate(runs.items()):
         colour = colours[i % len(colours)]
         for ax, (key, _) in zip(axes, panels):
             for split, style in (("train", "-"), ("val", ":"), ("test", "--")):
                 epochs, values = _series(records, f"{split}/{key}")
                 if len(epochs):
+                    drawn.add(split)
                     ax.plot(epochs, values, style, color=colour, label=f"{label} ({split})",
                             marker="o" if len(epochs) < 3 else None)
     for ax, (_, title) in zip(axes, panels):
@@ -82,7 +88,9 @@ def plot_kl_curves(runs: Mapping[str, Sequence[Mapping]]) -> Figure:
         ax.set_ylabel("nats per image")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("The KL term across epochs (train solid, validation dotted, test dashed)")
+    styles = {"train": "train solid", "val": "validation dotted", "test": "test dashed"}
+    legend = ", ".join(text for split, text in styles.items() if split in drawn)  # only the splits drawn
+    fig.suptitle(f"The KL term across epochs ({legend})")
     fig.tight_layout()
     return fig
 

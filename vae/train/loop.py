@@ -114,6 +114,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, 
     graphdef, train_state = state.init_state(config, dataset.image_shape, tx, dataset.pixel_means())
     replicated = NamedSharding(mesh, P())
     train_state = run.restore(jax.device_put(train_state, replicated), replicated)
+    if progress and run.epoch:
+        print(resume_line(workdir, run, config), file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
     train_epoch = feed.compile_epoch(graphdef, config, mesh, train_state, dataset.train_images,
@@ -157,6 +159,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, 
             bar.close()
             run.close()
     return run.history
+
+
+def resume_line(workdir: Path, run: RunDir, config: ml_collections.ConfigDict) -> str:
+    """What a restarted run does with the workdir it found."""
+    num_epochs = config.train.num_epochs
+    if run.finished():
+        why = "all its epochs" if run.epoch >= num_epochs else "early stopping"
+        return f"{workdir} is trained ({why}: epoch {run.epoch} of {num_epochs}); nothing to do"
+    return f"resuming {workdir} from epoch {run.epoch} of {num_epochs}"
 
 
 def progress_bar(num_epochs: int, start_epoch: int, progress: bool) -> tqdm:

@@ -2,7 +2,9 @@
 atomically, restored for resuming (read-write) or for reading (read-only, also from a workdir
 that cannot be written)."""
 
+import contextlib
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -17,16 +19,36 @@ def checkpoint_manager(workdir: Path, keep: int = 3, read_only: bool = False,
     the lowest validation negative ELBO (Orbax keeps it by the metric saved with it)."""
     best = subdir == BEST_DIR
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=not read_only, read_only=read_only,
+        max_to_keep=None if read_only else keep, create=not read_only, read_only=read_only,
+        save_interval_steps=0 if read_only else 1,
         best_fn=(lambda metrics: metrics[BEST_METRIC]) if best else None, best_mode="min")
     directory = (Path(workdir) / (subdir or CHECKPOINT_DIR)).absolute()
     try:
-        return ocp.CheckpointManager(directory, options=options)
+        with _quiet_read_only_notes():
+            return ocp.CheckpointManager(directory, options=options)
     except (ValueError, KeyError, TypeError) as e:  # Orbax reads every step's metadata
         damaged = [p.name for p in sorted(directory.iterdir()) if p.name.isdigit() and not _metadata_ok(p)]
         raise WorkdirError(
             f"{directory} holds damaged checkpoints (epochs {', '.join(damaged) or '?'}: "
             f"{type(e).__name__}: {str(e).splitlines()[0][:120]}); move them away and run again") from None
+
+
+class _ReadOnlyNotes(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "read only" not in record.getMessage() and "read_only=True" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_read_only_notes():
+    """Orbax notes that a manager opened read-only is read-only (through absl's logger, once per
+    manager): what sampling, evaluating and the notebooks ask for, so not worth a line."""
+    note_filter = _ReadOnlyNotes()
+    logger = logging.getLogger("absl")
+    logger.addFilter(note_filter)
+    try:
+        yield
+    finally:
+        logger.removeFilter(note_filter)
 
 
 def _metadata_ok(step_dir: Path) -> bool:

@@ -1,0 +1,51 @@
+"""What a new user sees: a resumed run says so, the KL plot's legend names only the splits it
+draws, picture titles fit their picture, and reading a workdir logs no read-only notes."""
+
+import logging
+import shutil
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+
+from tests.conftest import REPO, tiny_config  # noqa: E402
+from vae.analysis import plotting  # noqa: E402
+from vae.train import loop as training  # noqa: E402
+from vae.train import trained  # noqa: E402
+
+
+def test_a_resumed_run_says_from_which_epoch(tmp_path, fashion_mnist, capsys):
+    training.train_and_evaluate(tiny_config(train__num_epochs=1), tmp_path, progress=False)
+    training.train_and_evaluate(tiny_config(train__num_epochs=2), tmp_path, progress=True)
+    assert f"resuming {tmp_path} from epoch 1 of 2" in capsys.readouterr().err
+    training.train_and_evaluate(tiny_config(train__num_epochs=2), tmp_path, progress=True)
+    assert f"{tmp_path} is trained (all its epochs: epoch 2 of 2); nothing to do" in capsys.readouterr().err
+
+
+def test_the_kl_legend_names_only_the_splits_drawn():
+    records = [{"epoch": e, "train/kl": 3.0 + e, "train/rec": 9.0, "train/elbo": 12.0 + e,
+                "test/kl": 3.5 + e, "test/rec": 9.5, "test/elbo": 13.0 + e} for e in (1, 2, 3)]
+    title = plotting.plot_kl_curves({"run": records})._suptitle.get_text()
+    assert "validation" not in title and "train solid" in title and "test dashed" in title
+    with_val = [r | {"val/kl": 3.2, "val/rec": 9.2, "val/elbo": 12.4} for r in records]
+    assert "validation dotted" in plotting.plot_kl_curves({"run": with_val})._suptitle.get_text()
+
+
+def test_a_long_title_is_wrapped_to_its_picture():
+    images = np.zeros((10, 28, 28, 1))
+    title = "latent interpolations between test images, fashion_mnist, epoch 180"
+    figure = plotting.image_grid_figure(images, 5, title)
+    text = figure.axes[0].get_title()
+    assert "\n" in text and text.replace("\n", " ") == title
+    renderer = figure.canvas.get_renderer()
+    box = figure.axes[0].title.get_window_extent(renderer)
+    assert box.x0 >= 0 and box.x1 <= figure.bbox.width  # inside the picture, not cut at its edges
+
+
+def test_reading_a_workdir_logs_no_read_only_notes(tmp_path, fashion_mnist, caplog):
+    shutil.copytree(f"{REPO}/tests/data/workdir_v1", tmp_path / "run")
+    with caplog.at_level(logging.INFO):
+        trained.load_trained(tmp_path / "run")
+    assert not [r for r in caplog.records if "read only" in r.getMessage() or "read_only" in r.getMessage()]
