@@ -2,6 +2,7 @@
 #   make train   set up .venv, prepare Fashion-MNIST offline, train configs/default.py into runs/default
 #   make test    the same set-up, then the whole test suite
 #   make tensorboard   TensorBoard over every run in runs/
+#   make notebook      JupyterLab over notebooks/ (installs it on first use)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -12,7 +13,7 @@ PYTEST_ARGS ?=
 # Tests run on 4 fake CPU devices (tests/conftest.py sets XLA_FLAGS before jax starts).
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install data train test tensorboard lint clean
+.PHONY: install data train test tensorboard notebook lint clean
 
 install: $(VENV)/.installed
 
@@ -42,6 +43,11 @@ test: data
 
 tensorboard: install
 	$(VENV)/bin/tensorboard --logdir runs
+
+# JupyterLab over notebooks/ (installed on first use: the `notebook` extra).
+notebook: install
+	test -x $(VENV)/bin/jupyter-lab || $(PY) -m pip install --quiet -e '.[notebook]'
+	$(VENV)/bin/jupyter-lab notebooks
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -49,3 +49,15 @@ def test_reading_a_workdir_logs_no_read_only_notes(tmp_path, fashion_mnist, capl
     with caplog.at_level(logging.INFO):
         trained.load_trained(tmp_path / "run")
     assert not [r for r in caplog.records if "read only" in r.getMessage() or "read_only" in r.getMessage()]
+
+
+def test_make_notebook_opens_jupyterlab_on_the_notebooks():
+    import subprocess
+    import tomllib
+
+    with open(f"{REPO}/pyproject.toml", "rb") as f:
+        extras = tomllib.load(f)["project"]["optional-dependencies"]
+    assert any(requirement.startswith("jupyterlab") for requirement in extras["notebook"])
+    plan = subprocess.run(["make", "-n", "-W", "pyproject.toml", "notebook"], cwd=REPO, capture_output=True,
+                          text=True, check=True).stdout
+    assert "pip install --quiet -e '.[notebook]'" in plan and "jupyter-lab notebooks" in plan
