@@ -108,7 +108,7 @@ fig.tight_layout()
 # %% [markdown]
 # ## Test log-likelihood: the importance-weighted bound with a small k
 #
-# `scripts/evaluate.py --iw-samples 5000` gives the headline number; a small k already shows the
+# `scripts/evaluate.py --iw_samples 5000` gives the headline number; a small k already shows the
 # bound tightening below the negative ELBO.
 
 # %%

@@ -1,7 +1,7 @@
 """Benchmarks what scripts/train.py and scripts/evaluate.py run, as shares of this machine's matmul ceiling.
 
     python scripts/benchmark.py --config configs/mlp_small.py [--config configs/paper_vae.py ...]
-        [--torch] [--profile] [--epochs 5] [--batch-sizes 128,1024] [--iw-samples 1000]
+        [--torch] [--profile] [--epochs 5] [--batch_sizes 128,1024] [--iw_samples 1000]
         [--devices 4] [--out docs/bench/NAME.json]
 
 One JSON for every config given: the fp32 matmul ceiling measured in this process (at the start
@@ -29,7 +29,7 @@ def parse(argv):
                         help="a config file; repeat for several (default configs/mlp_small.py)")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="overrides for every config, e.g. model.arch=conv train.learning_rate=3e-4")
-    parser.add_argument("--batch-sizes", type=flags.integer_list(1), default=None,
+    parser.add_argument("--batch_sizes", type=flags.integer_list(1), default=None,
                         help="comma-separated; default: each config's")
     parser.add_argument("--epochs", type=flags.integer(2), default=5,
                         help="epochs timed per batch size (>= 2: the first is not timed)")
@@ -37,15 +37,15 @@ def parse(argv):
                         help="fake this many CPU devices")
     parser.add_argument("--torch", action="store_true", help="alternate with the PyTorch reference (MLP)")
     parser.add_argument("--profile", action="store_true", help="break a train step and an IWAE batch down")
-    parser.add_argument("--step-samples", type=flags.integer(1), default=200, help="steps timed one by one")
-    parser.add_argument("--eval-repeats", type=flags.integer(1), default=5,
+    parser.add_argument("--step_samples", type=flags.integer(1), default=200, help="steps timed one by one")
+    parser.add_argument("--eval_repeats", type=flags.integer(1), default=5,
                         help="timed ELBO evaluations of the test set")
-    parser.add_argument("--iw-samples", type=flags.integer(1), default=1000, help="k for the IWAE throughput")
-    parser.add_argument("--iw-images", type=flags.integer(1), default=256,
+    parser.add_argument("--iw_samples", type=flags.integer(1), default=1000, help="k for the IWAE throughput")
+    parser.add_argument("--iw_images", type=flags.integer(1), default=256,
                         help="images for the IWAE throughput")
-    parser.add_argument("--iw-repeats", type=flags.integer(1), default=3, help="timed IWAE runs")
+    parser.add_argument("--iw_repeats", type=flags.integer(1), default=3, help="timed IWAE runs")
     parser.add_argument("--synthetic", action="store_true", help="random images instead of the data set")
-    parser.add_argument("--train-images", type=flags.integer(1), default=None, help="use only the first N")
+    parser.add_argument("--train_images", type=flags.integer(1), default=None, help="use only the first N")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     args.config = args.config or ["configs/mlp_small.py"]

@@ -30,7 +30,7 @@ def parse(argv):
     parser.add_argument("--loops", default="unrolled,vmap", help="member loops to time, comma-separated")
     parser.add_argument("--rounds", type=flags.integer(2), default=4,
                         help="rounds of one epoch each (>= 2: the first is not counted)")
-    parser.add_argument("--train-images", type=flags.integer(1), default=None, help="use only the first N")
+    parser.add_argument("--train_images", type=flags.integer(1), default=None, help="use only the first N")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     if not os.path.isfile(args.config):

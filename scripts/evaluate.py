@@ -1,6 +1,6 @@
 """Test-set log-likelihood of a trained workdir (importance-weighted bound) and its negative ELBO.
 
-    python scripts/evaluate.py --workdir runs/default --iw-samples 5000
+    python scripts/evaluate.py --workdir runs/default --iw_samples 5000
 
 Keeps every evaluation in WORKDIR/evals/ (named by k, checkpoint, epoch and test images; or in
 --out/evals/) and makes WORKDIR/eval.json the strongest of them (most test images, then most
@@ -27,25 +27,26 @@ MAX_DRAWS_PER_CALL = evaluation.MAX_DRAWS_PER_CALL
 def parse(argv):
     parser = flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
-    parser.add_argument("--iw-samples", type=flags.integer(1), default=5000,
+    parser.add_argument("--iw_samples", type=flags.integer(1), default=5000,
                         help="importance samples k per image")
     parser.add_argument("--checkpoint", choices=("best", "latest"), default="best",
                         help="best: lowest validation -ELBO (the latest where the run has no validation "
                              "split); latest: the newest checkpoint")
     parser.add_argument("--epoch", type=flags.integer(1), default=None,
                         help="one of the latest checkpoints, by epoch")
-    parser.add_argument("--batch-size", type=flags.integer(1), default=None,
+    parser.add_argument("--batch_size", type=flags.integer(1), default=None,
                         help="images per device call (default: 32 per CPU device); no effect on the result")
-    parser.add_argument("--chunk-size", type=flags.integer(1), default=None,
+    parser.add_argument("--chunk_size", type=flags.integer(1), default=None,
                         help="samples decoded at once per image (default: about 1024 rows per CPU device); "
                              "no effect on the result")
-    parser.add_argument("--max-examples", type=flags.integer(1), default=None,
+    parser.add_argument("--max_examples", type=flags.integer(1), default=None,
                         help="only the first N test images")
     parser.add_argument("--out", default=None, help="output directory (default: the workdir)")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--noprogress", "--no-progress", dest="no_progress", action="store_true",
+                        help="no progress bar (as train.py's --noprogress)")
     distributed.add_arguments(parser)
     args = parser.parse_args(argv)
-    sizes = {flag: v for flag, v in (("--batch-size", args.batch_size), ("--chunk-size", args.chunk_size))
+    sizes = {flag: v for flag, v in (("--batch_size", args.batch_size), ("--chunk_size", args.chunk_size))
              if v is not None}
     if math.prod(sizes.values()) > MAX_DRAWS_PER_CALL:  # checked again once the defaults are known
         parser.error(f"argument {'/'.join(sizes)}: batch x chunk is the number of images the decoder "

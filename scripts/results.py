@@ -2,22 +2,22 @@
 
     python scripts/results.py runs/default runs/paper_vae ... > docs/results.md
 
-Each workdir needs eval.json (`scripts/evaluate.py --workdir W --iw-samples 5000`); an eval.json
+Each workdir needs eval.json (`scripts/evaluate.py --workdir W --iw_samples 5000`); an eval.json
 written elsewhere (`--out W/quick`) can be named instead of its workdir. One row per
 run: its config file, model, epochs run and the evaluated (best) epoch, training wall time, test
 negative ELBO, test NLL with its standard error, active units, the published figure of the same
 model family, and the command that trained it. Nats per image.
 """
 
-import argparse
 import sys
 
 from vae import cli
+from vae import cli_flags as flags
 from vae.analysis import results
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workdirs", nargs="+", help="workdirs, or eval.json files inside them")
     parser.add_argument("--title", default="Results")
     args = parser.parse_args(argv)

@@ -194,14 +194,14 @@ SCRIPT_FLAGS = {
         "--num": int_in(1, 10_000), "--temperature": finite_at_least(0), "--steps": int_in(2, 100),
         "--seed": int_in(0, 2**32 - 1), "--epoch": int_in(1)}),
     "evaluate": (["--workdir", "w"], {
-        "--iw-samples": int_in(1), "--epoch": int_in(1), "--max-examples": int_in(1),
+        "--iw_samples": int_in(1), "--epoch": int_in(1), "--max_examples": int_in(1),
         # the decoder holds batch x chunk images at once: at most 2,000,000 (each alone here; the
         # product with the other's default is checked once the device count is known)
-        "--batch-size": int_in(1, 2_000_000), "--chunk-size": int_in(1, 2_000_000)}),
+        "--batch_size": int_in(1, 2_000_000), "--chunk_size": int_in(1, 2_000_000)}),
     "benchmark": ([], {
-        "--epochs": int_in(2), "--devices": int_in(1, 4096), "--step-samples": int_in(1),
-        "--iw-samples": int_in(1), "--iw-images": int_in(1), "--train-images": int_in(1),
-        "--batch-sizes": int_list_at_least(1)}),
+        "--epochs": int_in(2), "--devices": int_in(1, 4096), "--step_samples": int_in(1),
+        "--iw_samples": int_in(1), "--iw_images": int_in(1), "--train_images": int_in(1),
+        "--batch_sizes": int_list_at_least(1)}),
 }
 flag_texts = st.one_of(
     st.integers(-10, 10**7).map(str), st.floats(allow_nan=True, allow_infinity=True).map(repr),
@@ -256,3 +256,10 @@ def test_benchmark_set_of_an_unknown_field_is_one_line():
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
     assert lines[0].startswith("error: argument --set: cannot set train.betta to '2' (train.betta: unknown")
+
+
+def test_one_flag_style_and_the_old_dashed_spellings_still_work(scripts):
+    evaluate = scripts["evaluate"]
+    new = evaluate.parse(["--workdir", "w", "--iw_samples", "7", "--max_examples", "9", "--noprogress"])
+    old = evaluate.parse(["--workdir", "w", "--iw-samples", "7", "--max-examples", "9", "--no-progress"])
+    assert vars(new) == vars(old) and new.iw_samples == 7 and new.max_examples == 9 and new.no_progress

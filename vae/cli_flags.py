@@ -11,8 +11,21 @@ import sys
 SEED_MAX = 2**32 - 1  # numpy's and JAX's seeds are unsigned 32-bit
 
 
+def with_dashed_alias(option: str) -> list[str]:
+    """An option in the scripts' one flag style (absl's, as train.py and the config fields spell
+    them: `--iw_samples`), then its dashed spelling (`--iw-samples`), still accepted."""
+    if option.startswith("--") and "_" in option[2:]:
+        return [option, "--" + option[2:].replace("_", "-")]
+    return [option]
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors: `error: argument --num: must be an integer >= 1, got 0`."""
+    """argparse with one-line errors (`error: argument --num: must be an integer >= 1, got 0`) and
+    the scripts' one flag style: underscores (`--iw_samples`), the dashed spelling an alias."""
+
+    def add_argument(self, *names, **kwargs):
+        names = [spelling for name in names for spelling in with_dashed_alias(name)]
+        return super().add_argument(*names, **kwargs)
 
     def error(self, message: str):
         print(f"error: {' '.join(message.split())}; run with --help for usage", file=sys.stderr)
