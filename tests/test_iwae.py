@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import tiny_config
+from vae import threefry
 from vae.analysis import iwae as evaluation
 from vae.model import build as model_build
 from vae.model import likelihoods, objectives
-from vae.train import threefry
 
 CASES = {
     "mlp_relu": {},

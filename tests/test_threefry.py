@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vae.train import threefry
+from vae import threefry
 
 
 def pair(seed):

@@ -1,12 +1,14 @@
 """Pixel encoding: uint8 images -> the model's input, and the binarisation a Bernoulli
 likelihood needs (dynamic: a fresh draw per use; static: drawn once with a fixed seed).
 
-Imports nothing of the package.
+Imports nothing of the package but `vae.threefry`.
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from vae import threefry
 
 BINARIZE_MODES = ("dynamic", "static")
 
@@ -14,11 +16,17 @@ BINARIZE_MODES = ("dynamic", "static")
 def binarize_static(images_u8: np.ndarray, seed: int) -> np.ndarray:
     """Each pixel ~ Bernoulli(intensity / 255), drawn once from `seed`: uint8 in {0, 255}.
 
-    Drawn with JAX's counter-based generator, so the result is the same on every machine.
+    The bits of `jax.random.bernoulli(jax.random.key(seed), ...)`, so the same on every machine,
+    drawn in one compiled program with the fused threefry keys (`vae.threefry`): a tenth of the
+    time of the eager draw for Fashion-MNIST's test split.
     """
-    key = jax.random.key(seed)
-    keep = jax.random.bernoulli(key, jnp.asarray(images_u8, jnp.float32) / 255.0)
-    return np.asarray(keep, dtype=np.uint8) * np.uint8(255)
+    return np.asarray(_binarize(jnp.asarray(images_u8), seed))
+
+
+@jax.jit
+def _binarize(images_u8: jax.Array, seed) -> jax.Array:
+    keep = jax.random.bernoulli(threefry.key(seed), images_u8.astype(jnp.float32) / 255.0)
+    return keep.astype(jnp.uint8) * jnp.uint8(255)
 
 
 def to_model_input(images_u8: jax.Array, key: jax.Array | None) -> jax.Array:

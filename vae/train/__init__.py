@@ -10,7 +10,6 @@
     trained.py        a trained run read back from its workdir
     config_checks.py  every config field checked before any compute
     distributed.py    many processes (jax.distributed), the mesh and global arrays
-    threefry.py       JAX's default random bits, fused for CPU
 
 May import vae.workdir, vae.data, vae.model and vae.kl; nothing above (analysis, sweep, cli).
 """

@@ -15,8 +15,8 @@ import ml_collections
 import optax
 from flax import nnx
 
+from vae import threefry
 from vae.model import build
-from vae.train import threefry
 
 # Independent random streams, each folded into the run's root key.
 INIT, SHUFFLE, STEP, TEST_EVAL, VAL_EVAL = range(5)
@@ -70,7 +70,7 @@ def eval_params(state: TrainState) -> nnx.State:
 
 def root_key(seed: int) -> jax.Array:
     """The run's root key: draws exactly `jax.random.key(seed)`'s bits, with each threefry hash
-    compiled as one fused XLA loop instead of a five-step while loop on CPU (`threefry.py`)."""
+    compiled as one fused XLA loop instead of a five-step while loop on CPU (`vae.threefry`)."""
     return threefry.key(seed)
 
 

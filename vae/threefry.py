@@ -8,7 +8,9 @@ exactly the bits of `jax.random.key(seed)` for every `jax.random` function (spli
 bits, uniform, normal, bernoulli, permutation, ...): `tests/test_threefry.py` checks them against
 JAX's own implementation, so a JAX release that changed its algorithm would be caught there.
 
-Used for every key of a run (`vae.train.state.root_key`); docs/benchmarks.md has the speed-up.
+Used for every key of a run (`vae.train.state.root_key`) and for the binarisation drawn once
+(`vae.data.pixels`); docs/benchmarks.md has the speed-up. At the package's root, beside `kl`,
+because both layers that draw keys use it; imports nothing of the package.
 """
 
 import jax
