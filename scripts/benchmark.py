@@ -83,7 +83,7 @@ def main(argv=None) -> int:
                 print(f"error: argument --set: cannot set {field} to {value!r} ({e})", file=sys.stderr)
                 return 2
         configs.append((path, config))
-    cli.quiet_logs()
+    cli.quiet_logs()  # no compilation cache: compile times are measured
     with cli.user_errors():
         for _, config in configs:
             config_checks.validate_config(config, jax.device_count())

@@ -65,7 +65,7 @@ def main(argv=None) -> int:
 
     config = runpy.run_path(args.config)["get_config"]()
     sizes = args.members
-    cli.quiet_logs()
+    cli.quiet_logs()  # no compilation cache: compile times are measured
     with cli.user_errors():
         config_checks.validate_config(config, jax.device_count())
         train_images, test_images, dynamic = benchmark.load_images(config, synthetic=False)

@@ -57,7 +57,7 @@ def parse(argv):
 
 def main(argv=None) -> int:
     args = parse(argv)
-    cli.quiet_logs()
+    cli.start()
     with cli.distributed_run(distributed.settings_from(args)):
         if not Path(args.workdir).is_dir():
             raise workdir.WorkdirError(f"workdir {args.workdir} does not exist")

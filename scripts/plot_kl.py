@@ -34,7 +34,7 @@ def parse(argv):
 def main(argv=None) -> int:
     args = parse(argv)
     labels = args.labels or [Path(w).name for w in args.workdir]
-    cli.quiet_logs()
+    cli.start()
     with cli.user_errors():
         runs = {}
         for label, path in zip(labels, args.workdir):

@@ -31,7 +31,7 @@ def parse(argv):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    cli.quiet_logs()
+    cli.start()
     try:
         path = data_prepare.prepare(args.dataset, args.data_dir or None, args.manual_dir)
     except (data_source.DataError, OSError) as e:

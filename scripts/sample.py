@@ -93,7 +93,7 @@ def _kl_per_dim(path, model, x) -> np.ndarray:
 
 def main(argv=None) -> int:
     args = parse(argv)
-    cli.quiet_logs()
+    cli.start()
     with cli.user_errors():
         config, model, epoch = trained.load_trained(args.workdir, args.epoch, args.checkpoint)
         if args.mode == "manifold" and model.latent_dim != 2:

@@ -36,7 +36,7 @@ _MEMBER_LOOP = flags.DEFINE_enum("member_loop", "auto", sweep_program.MEMBER_LOO
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    cli.quiet_logs()
+    cli.start()
     start = time.perf_counter()
     with cli.user_errors():
         axes = [sweep_spec.parse_axis(spec, _CONFIG.value) for spec in _SWEEP.value]

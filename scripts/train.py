@@ -28,7 +28,7 @@ _JOIN = distributed.define_absl_flags()
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    cli.quiet_logs()
+    cli.start()
     with cli.distributed_run(_JOIN()):
         history = training.train_and_evaluate(_CONFIG.value, _WORKDIR.value, restart=_RESTART.value,
                                            progress=_PROGRESS.value)

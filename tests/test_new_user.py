@@ -61,3 +61,20 @@ def test_make_notebook_opens_jupyterlab_on_the_notebooks():
     plan = subprocess.run(["make", "-n", "-W", "pyproject.toml", "notebook"], cwd=REPO, capture_output=True,
                           text=True, check=True).stdout
     assert "pip install --quiet -e '.[notebook]'" in plan and "jupyter-lab notebooks" in plan
+
+
+def test_scripts_keep_compiled_programs_in_a_persistent_cache(tmp_path, monkeypatch):
+    import os
+
+    import jax
+
+    from vae import cli
+
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        assert cli.compilation_cache({"VAE_COMPILATION_CACHE": "0"}) is None
+        assert cli.compilation_cache({"XDG_CACHE_HOME": str(tmp_path)}) == os.path.join(tmp_path, "vae", "jax")
+        assert jax.config.jax_compilation_cache_dir == os.path.join(tmp_path, "vae", "jax")
+        assert cli.compilation_cache({"JAX_COMPILATION_CACHE_DIR": "/elsewhere"}) == "/elsewhere"
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
