@@ -63,7 +63,7 @@ def test_make_notebook_opens_jupyterlab_on_the_notebooks():
     assert "pip install --quiet -e '.[notebook]'" in plan and "jupyter-lab notebooks" in plan
 
 
-def test_scripts_keep_compiled_programs_in_a_persistent_cache(tmp_path, monkeypatch):
+def test_scripts_keep_compiled_programs_in_a_persistent_cache(tmp_path):
     import os
 
     import jax
@@ -73,8 +73,9 @@ def test_scripts_keep_compiled_programs_in_a_persistent_cache(tmp_path, monkeypa
     before = jax.config.jax_compilation_cache_dir
     try:
         assert cli.compilation_cache({"VAE_COMPILATION_CACHE": "0"}) is None
-        assert cli.compilation_cache({"XDG_CACHE_HOME": str(tmp_path)}) == os.path.join(tmp_path, "vae", "jax")
-        assert jax.config.jax_compilation_cache_dir == os.path.join(tmp_path, "vae", "jax")
+        expected = os.path.join(tmp_path, "vae", "jax")
+        assert cli.compilation_cache({"XDG_CACHE_HOME": str(tmp_path)}) == expected
+        assert jax.config.jax_compilation_cache_dir == expected
         assert cli.compilation_cache({"JAX_COMPILATION_CACHE_DIR": "/elsewhere"}) == "/elsewhere"
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
