@@ -15,8 +15,6 @@ from pathlib import Path
 from vae import cli
 from vae import cli_flags as flags
 from vae.analysis import plotting
-from vae.sweep import driver as sweep_driver
-from vae.sweep import spec as sweep_spec
 from vae.workdir import files as workdir
 
 
@@ -40,8 +38,8 @@ def main(argv=None) -> int:
         for label, path in zip(labels, args.workdir):
             if not Path(path).is_dir():
                 raise workdir.WorkdirError(f"workdir {path} does not exist")
-            if sweep_spec.is_sweep(path):
-                members = sweep_spec.read_members(path)
+            if workdir.is_sweep(path):
+                members = workdir.read_members(path)
                 prefix = f"{label}/" if args.labels else ""
                 runs |= {f"{prefix}{name}": records for name, records in members.items()}
                 if not members:
@@ -63,8 +61,10 @@ def main(argv=None) -> int:
             print(f"no per-dimension KL for {sorted(set(runs) - set(factorised))}: a VampPrior's KL does "
                   "not split over dimensions", file=sys.stderr)
         for path in args.workdir:
-            if sweep_spec.is_sweep(path) and any(
-                    "test/kl" in r for m in sweep_spec.read_members(path).values() for r in m):
+            if workdir.is_sweep(path) and any(
+                    "test/kl" in r for m in workdir.read_members(path).values() for r in m):
+                from vae.sweep import driver as sweep_driver  # JAX and the sweep code: for sweeps only
+
                 print(sweep_driver.save_rate_distortion(path, out if args.out else None))
     return 0
 

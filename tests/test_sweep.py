@@ -157,10 +157,10 @@ def test_every_traced_number_matches_the_single_run(tmp_path, fashion_mnist):
 
 def test_each_member_is_a_single_runs_workdir(beta_seed_sweep):
     path, histories = beta_seed_sweep
-    record = json.loads((path / spec.SWEEP_FILE).read_text())
+    record = json.loads((path / workdir.SWEEP_FILE).read_text())
     assert record["axes"] == {"train.beta": [0.5, 2.0], "seed": [0, 1]}
-    assert list(spec.member_workdirs(path)) == list(histories) == [m["name"] for m in record["members"]]
-    for name, member_dir in spec.member_workdirs(path).items():
+    assert list(workdir.member_workdirs(path)) == list(histories) == [m["name"] for m in record["members"]]
+    for name, member_dir in workdir.member_workdirs(path).items():
         config = workdir.read_config(member_dir)
         assert name == f"beta={config.train.beta:g},seed={config.seed}"
         records = workdir.read_metrics(member_dir)

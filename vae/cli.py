@@ -9,23 +9,29 @@ import traceback
 import warnings
 from pathlib import Path
 
-import jax
 from absl import flags, logging
 from ml_collections import config_flags
-
-from vae.data import source as data_source
-from vae.train import config_checks, distributed
-from vae.train.loop import Interrupted
-from vae.train.run import NonFiniteLossError
-from vae.workdir import files as workdir
 
 
 class UsageError(Exception):
     """A command-line request that cannot be done as asked."""
 
 
-USER_ERRORS = (data_source.DataError, config_checks.ConfigError, workdir.WorkdirError, NonFiniteLossError,
-               UsageError, distributed.JoinError)
+# The errors a user can fix, by module: each is caught where its module was imported (an error
+# of a module the script never imported cannot have been raised), so this module imports neither
+# JAX nor the library, and a script that needs neither (plot_kl.py) starts without them.
+_USER_ERRORS = {"vae.data.source": "DataError", "vae.train.config_checks": "ConfigError",
+                "vae.workdir.files": "WorkdirError", "vae.train.run": "NonFiniteLossError",
+                "vae.train.distributed": "JoinError"}
+
+
+def _imported(names: dict[str, str]) -> tuple[type, ...]:
+    return tuple(getattr(sys.modules[m], name) for m, name in names.items() if m in sys.modules)
+
+
+def user_error_types() -> tuple[type, ...]:
+    """The exception types `user_errors` reports in one line."""
+    return (UsageError, *_imported(_USER_ERRORS))
 
 
 _FLAG_ERRORS = (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError)
@@ -76,13 +82,19 @@ def compilation_cache(environ=os.environ) -> str | None:
     """JAX's persistent compilation cache for the scripts, in $XDG_CACHE_HOME/vae/jax (or
     ~/.cache/vae/jax): a second run of the same program loads its compiled code instead of
     compiling again. JAX_COMPILATION_CACHE_DIR, where set, wins; VAE_COMPILATION_CACHE=0 turns it
-    off. The cache only saves time: JAX keys it on the program, flags and versions."""
+    off. The cache only saves time: JAX keys it on the program, flags and versions. Imports no JAX
+    (a script that never uses it starts without it): JAX reads the settings when it starts."""
     if environ.get("VAE_COMPILATION_CACHE") == "0":
         return None
     directory = environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
         environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vae", "jax")
-    jax.config.update("jax_compilation_cache_dir", directory)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # small programs too
+    if "jax" in sys.modules:
+        jax = sys.modules["jax"]
+        jax.config.update("jax_compilation_cache_dir", directory)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # small programs too
+    else:
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = directory
+        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     return directory
 
 
@@ -198,14 +210,14 @@ def user_errors():
     """Turns problems the user can fix into `error: ...` on stderr and exit status 2."""
     try:
         yield
-    except Interrupted as e:
+    except _imported({"vae.train.loop": "Interrupted"}) as e:
         print(f"interrupted: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print("interrupted: stopped at once; the last checkpoint is kept, run again to resume",
               file=sys.stderr)
         sys.exit(130)
-    except USER_ERRORS as e:
+    except user_error_types() as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         sys.exit(2)
     except OSError as e:  # a file that cannot be read or written: which one, and why
@@ -215,7 +227,7 @@ def user_errors():
 
 
 @contextlib.contextmanager
-def distributed_run(settings: distributed.Settings):
+def distributed_run(settings):
     """Joins JAX's distributed runtime for the body when flags or a cluster ask for it (before
     anything touches a device), turns user errors into one line, and leaves the runtime after.
 
@@ -223,6 +235,10 @@ def distributed_run(settings: distributed.Settings):
     process died) is printed and ends this process at once: leaving the runtime would wait for
     processes that may be gone, and the survivors stop as soon as this one is gone.
     """
+    import jax
+
+    from vae.train import distributed
+
     with user_errors():
         joined = distributed.join(settings)
     if joined and distributed.is_writer():

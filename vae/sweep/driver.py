@@ -251,5 +251,5 @@ def save_rate_distortion(sweep_dir: str | Path, out: str | Path | None = None) -
     """Writes rate_distortion.png (`plotting.plot_rate_distortion`) into `out` (default: the
     sweep's directory); returns its path."""
     sweep_dir = Path(sweep_dir)
-    figure = plotting.plot_rate_distortion(spec.read_members(sweep_dir), spec.curves(sweep_dir))
+    figure = plotting.plot_rate_distortion(files.read_members(sweep_dir), spec.curves(sweep_dir))
     return plotting.save_figure(figure, Path(out or sweep_dir) / RATE_DISTORTION_FILE)

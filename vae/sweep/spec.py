@@ -25,7 +25,6 @@ import ml_collections
 from vae.train import config_checks, state
 from vae.workdir import files
 
-SWEEP_FILE = "sweep.json"
 # Hyper fields where 0 switches a transform off, which changes the state's structure.
 _SWITCHES = ("ema_decay", "grad_clip_norm")
 _NAME_UNSAFE = str.maketrans({"/": "_", " ": "", "'": "", '"': ""})
@@ -227,35 +226,16 @@ def write_sweep_file(sweep_dir: Path, groups: list[list[Member]]) -> None:
         "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    files.atomic_write_text(sweep_dir / SWEEP_FILE, json.dumps(record, indent=2) + "\n")
-
-
-def is_sweep(path: str | Path) -> bool:
-    return (Path(path) / SWEEP_FILE).is_file()
-
-
-def member_workdirs(sweep_dir: str | Path) -> dict[str, Path]:
-    """Member name -> workdir, in sweep order (from sweep.json)."""
-    sweep_dir = Path(sweep_dir)
-    if not is_sweep(sweep_dir):
-        raise files.WorkdirError(f"{sweep_dir} has no {SWEEP_FILE}: it is not a sweep's workdir")
-    record = json.loads((sweep_dir / SWEEP_FILE).read_text())
-    return {m["name"]: sweep_dir / m["name"] for m in record["members"]}
+    files.atomic_write_text(sweep_dir / files.SWEEP_FILE, json.dumps(record, indent=2) + "\n")
 
 
 def curves(sweep_dir: str | Path) -> dict[str, list[str]]:
     """Members joined by a line in the rate-distortion plot: along the first axis, one line for
     each combination of the other axes' values."""
-    record = json.loads((Path(sweep_dir) / SWEEP_FILE).read_text())
+    record = json.loads((Path(sweep_dir) / files.SWEEP_FILE).read_text())
     first = next(iter(record["axes"]))
     lines: dict[str, list[str]] = {}
     for m in record["members"]:
         rest = {f: v for f, v in m["values"].items() if f != first}
         lines.setdefault(member_name(rest) if rest else first, []).append(m["name"])
     return lines
-
-
-def read_members(sweep_dir: str | Path) -> dict[str, list[dict]]:
-    """Member name -> its metric records, for the members that have any."""
-    runs = {name: files.read_metrics(path) for name, path in member_workdirs(sweep_dir).items()}
-    return {name: records for name, records in runs.items() if records}

@@ -21,7 +21,6 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-import jax
 import ml_collections
 
 CONFIG_FILE = "config.json"
@@ -33,6 +32,7 @@ LOCK_FILE = ".train.lock"
 TENSORBOARD_DIR = "tensorboard"
 EVAL_FILE = "eval.json"  # the headline evaluation: the strongest of those in EVALS_DIR
 EVALS_DIR = "evals"  # every evaluation, one file each, named by k, checkpoint, epoch and images
+SWEEP_FILE = "sweep.json"  # a sweep's directory: its members, each a workdir (`vae.sweep.spec`)
 _VERSIONED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets", "numpy")
 # Config sections that change the parameters' shapes or the data's meaning: resuming with other
 # values would restore parameters into the wrong model or continue on other data.
@@ -69,6 +69,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
+    import jax  # here, not at the top: the scripts that only read workdirs start without JAX
+
     record = json.loads(config.to_json_best_effort())
     record["run"] = {
         "versions": library_versions(),
@@ -242,3 +244,25 @@ def save_evaluation(directory: Path, result: dict) -> tuple[Path, dict]:
         atomic_write_text(headline_path, text)
         headline = result
     return kept, headline
+
+
+# --- a sweep's directory ------------------------------------------------------------------------
+
+
+def is_sweep(path: str | Path) -> bool:
+    return (Path(path) / SWEEP_FILE).is_file()
+
+
+def member_workdirs(sweep_dir: str | Path) -> dict[str, Path]:
+    """Member name -> workdir, in sweep order (from sweep.json)."""
+    sweep_dir = Path(sweep_dir)
+    if not is_sweep(sweep_dir):
+        raise WorkdirError(f"{sweep_dir} has no {SWEEP_FILE}: it is not a sweep's workdir")
+    record = json.loads((sweep_dir / SWEEP_FILE).read_text())
+    return {m["name"]: sweep_dir / m["name"] for m in record["members"]}
+
+
+def read_members(sweep_dir: str | Path) -> dict[str, list[dict]]:
+    """Member name -> its metric records, for the members that have any."""
+    runs = {name: read_metrics(path) for name, path in member_workdirs(sweep_dir).items()}
+    return {name: records for name, records in runs.items() if records}
