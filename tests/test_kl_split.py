@@ -170,3 +170,63 @@ def test_vampprior_parts_add_up_to_its_kl_term():
                                                          num_samples=32))
     combined = math.hypot(std_error, float(kl_term["kl_std_error"]))
     assert abs(total - float(kl_term["kl"])) < 3 * combined
+
+
+# --- The split in a run's metrics, eval.json and the figures ------------------------------------
+
+
+def test_the_config_field_is_checked_and_old_configs_have_no_split():
+    from vae.train import config_checks
+    from vae.train.evaluate import kl_split_examples
+
+    for bad in (1, -5, 2.5, "1000", True):
+        config = tiny_config()
+        with config.eval.ignore_type():
+            config.eval.kl_split_examples = bad
+        with pytest.raises(config_checks.ConfigError, match="eval.kl_split_examples"):
+            config_checks.validate_config(config, 1)
+    with pytest.raises(config_checks.ConfigError, match="eval.kl_split_examples"):
+        config_checks.validate_config(tiny_config(eval__kl_split_examples=2), 4)  # fewer than the devices
+    config_checks.validate_config(tiny_config(eval__kl_split_examples=0), 4)
+    old = tiny_config()
+    del old.eval["kl_split_examples"]  # a config.json written before the field existed
+    config_checks.validate_config(old, 4)
+    assert kl_split_examples(old) == 0 and kl_split_examples(tiny_config()) == 1000
+
+
+def test_a_run_records_the_split_on_its_validation_split(tmp_path, fashion_mnist):
+    from vae.analysis import plotting
+    from vae.train import loop as training
+
+    config = tiny_config(train__num_epochs=2, eval__kl_split_examples=200)
+    config.data.validation_split = "train[1024:1280]"
+    history = training.train_and_evaluate(config, tmp_path, progress=False)
+    for record in history:
+        assert record["val/split_examples"] == 200 and "test/mutual_info" not in record
+        assert 0 < record["val/mutual_info"] <= min(math.log(200), record["val/mutual_info_upper"])
+        assert record["val/mutual_info"] + record["val/marginal_kl"] == pytest.approx(record["val/split_kl"],
+                                                                                        abs=1e-3)
+        assert record["val/total_correlation"] + record["val/dimwise_kl"] == pytest.approx(
+            record["val/marginal_kl"], abs=1e-3)
+        assert record["val/dimwise_kl"] == pytest.approx(sum(record["val/dimwise_kl_per_dim"]), abs=1e-3)
+        # The KL term on 200 of the 256 images, against the one-sample estimate on all of them.
+        assert record["val/split_kl"] == pytest.approx(record["val/kl"], rel=0.15)
+        assert record["val/mutual_info_std_error"] > 0 and record["val/marginal_kl_std_error"] > 0
+    assert len(plotting.plot_kl_split({"tiny": history}).axes) >= 1
+    figure = plotting.plot_rate_distortion({"a": history, "b": history})
+    assert any(ax.get_label() == "<colorbar>" for ax in figure.axes)  # coloured by I_q(x; z)
+    off = training.train_and_evaluate(tiny_config(train__num_epochs=1, eval__kl_split_examples=0),
+                                      tmp_path / "off", progress=False)
+    assert not any("mutual_info" in key for key in off[0])
+
+
+def test_an_old_workdir_reports_the_split_of_its_test_images(tmp_path, fashion_mnist):
+    import shutil
+
+    from vae.analysis.iwae import evaluate_workdir
+
+    old = Path(shutil.copytree(FIXTURE, tmp_path / "old"))
+    result = evaluate_workdir(old, num_samples=2, max_examples=64, progress=False)
+    assert result["test/split_examples"] == 64 and 0 < result["test/mutual_info"] <= math.log(64)
+    assert result["test/mutual_info"] + result["test/marginal_kl"] == pytest.approx(result["test/split_kl"],
+                                                                                    abs=1e-3)

@@ -40,8 +40,9 @@ import jax.numpy as jnp
 from vae import kl
 
 LogDensity = Callable[[jax.Array], jax.Array]
-# Elements (rows x N x Z) of the per-dimension log densities held at once: 64 MB of float32.
-CHUNK_ELEMENTS = 1 << 24
+# Elements (rows x N x Z) of the per-dimension log densities held at once: 4 MB of float32, which
+# stays in a CPU's cache (5x faster here than 64 MB for N = 1000, Z = 40).
+CHUNK_ELEMENTS = 1 << 20
 
 
 def rows_per_chunk(num_posteriors: int, latent_dim: int, multiple: int = 1,
