@@ -351,9 +351,9 @@ ax.legend(fontsize=8)
 fig.tight_layout()
 
 # %% [markdown]
-# Larger β buys less of both parts, but not in the same proportion. At β = 1 the code tells the
-# test images apart almost as well as N images allow (I close to log N: the estimate's ceiling,
-# not the code's), and most of the KL is the mismatch between q(z) and the prior. As β grows the
-# mismatch shrinks fastest: the encoder's codes are pressed toward the prior's shape. A learned
-# prior, such as the VampPrior (`model.prior=vampprior`), attacks that second part directly: it is
-# p(z) that moves toward q(z), and information stays.
+# Larger β buys less of both parts, but not in the same proportion: the mismatch shrinks faster
+# than the information, as the encoder's codes are pressed toward the prior's shape. At β = 1 the
+# estimate of I comes near log N, which is the ceiling of the estimate on N images, not of the
+# code; the mismatch part takes up what I's estimate cannot show. A learned prior, such as the
+# VampPrior (`model.prior=vampprior`), attacks the second part from the other side: p(z) moves
+# toward q(z), and the code keeps its information.
