@@ -58,9 +58,9 @@ def make_kl_split(graphdef, config, mesh: Mesh, num_examples: int, members: bool
     of the first `num_examples` images (`vae.model.kl_split`), means and standard errors on the
     device: mutual_info, mutual_info_upper, marginal_kl, total_correlation, kl (their whole,
     mutual_info + marginal_kl), each with its standard error, and dimwise_kl (Z values) where the
-    prior factorises (`log_prob_per_dim`). One draw per image;
-    the rows compared with all posteriors are split over the devices. members=True: stacked
-    params and keys of a sweep's members, outputs K x ...."""
+    prior factorises (`log_prob_per_dim`). One draw per image; the rows compared with all
+    posteriors are split over the devices. members=True: stacked params and keys of a sweep's
+    members, outputs K x ...."""
     batch_size = config.eval.batch_size
     num_batches = -(-num_examples // batch_size)
     batch_sharding = NamedSharding(mesh, P("data"))
