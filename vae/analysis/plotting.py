@@ -111,6 +111,7 @@ def plot_kl_split(runs: Mapping[str, Sequence[Mapping]], per_row: int = 3) -> Fi
                              sharey=True, layout="constrained")
     for ax in axes.flat[len(runs):]:
         ax.set_visible(False)
+    top = 0.0
     for ax, (label, records) in zip(axes.flat, runs.items()):
         prefix = kl_split_prefix(records)
         records = [r for r in records if f"{prefix}/mutual_info" in r]
@@ -125,8 +126,8 @@ def plot_kl_split(runs: Mapping[str, Sequence[Mapping]], per_row: int = 3) -> Fi
             ax.fill_between(epochs, mutual_info + tc, mutual_info + marginal, color="tab:green", alpha=0.75,
                             label="KL(q(z) ‖ p(z)): Σ_j KL(q(z_j) ‖ p(z_j))")
         else:
-            ax.fill_between(epochs, mutual_info, mutual_info + marginal, color="tab:orange", alpha=0.75,
-                            label="KL(q(z) ‖ p(z))")
+            ax.fill_between(epochs, mutual_info, mutual_info + marginal, color="tab:red", alpha=0.6,
+                            label="KL(q(z) ‖ p(z)) (a prior that does not factorise)")
         num = records[-1][f"{prefix}/split_examples"]
         ax.axhline(math.log(num), ls="--", color="0.3", lw=1, label=f"log N (N = {num:,})")
         ax.plot(epochs, [r[f"{prefix}/mutual_info_upper"] for r in records], ":", color="tab:blue",
@@ -138,10 +139,14 @@ def plot_kl_split(runs: Mapping[str, Sequence[Mapping]], per_row: int = 3) -> Fi
                      fontsize=10 if len(label) < 40 else 7)
         ax.set_xlabel("epoch")
         ax.set_ylabel("nats per image")
-        ax.set_ylim(0, 1.08 * max(max(r[f"{prefix}/split_kl"] for r in records), math.log(num)))
+        top = max(top, *(r[f"{prefix}/split_kl"] for r in records), math.log(num))
         ax.grid(alpha=0.3)
-    handles, names = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, names, fontsize=7, loc="outside lower center", ncols=3)
+    axes.flat[0].set_ylim(0, 1.08 * top)  # shared by every panel
+    legend = {}  # every panel's entries, once each
+    for ax in axes.flat[:len(runs)]:
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(name, handle)
+    fig.legend(list(legend.values()), list(legend), fontsize=7, loc="outside lower center", ncols=3)
     fig.suptitle("What the KL term pays for: E_x KL(q(z|x) ‖ p(z)) = I_q(x; z) + KL(q(z) ‖ p(z))",
                  fontsize=10)
     return fig
