@@ -117,3 +117,27 @@ result = evaluation.evaluate_workdir(run, IW_SAMPLES, checkpoint=CHECKPOINT, max
 print(f"first {result['num_examples']} test images: negative ELBO {result['test/elbo']:.2f} nats, "
       f"IWAE NLL (k={IW_SAMPLES}) {result['test/nll']:.2f} ± {result['test/nll_std_error']:.2f} nats "
       f"({result['test/nll_bits_per_dim']:.4f} bits/dim)")
+
+# %% [markdown]
+# ## What the KL term pays for: I_q(x; z) and the prior's mismatch
+#
+# Averaged over N images the KL term splits exactly into the information the code carries about
+# the image, I_q(x; z), and KL(q(z) ‖ p(z)), the price of coding z with a prior built for another
+# distribution than the aggregate posterior q(z) = (1/N) Σ_n q(z|x_n) (`vae.model.kl_split`). The
+# evaluation above computed it on its test images from the checkpoint (so any workdir shows it);
+# runs that record it every evaluation (`eval.kl_split_examples`) also show it across epochs. The
+# estimate of I is at most log N.
+
+# %%
+n = result["test/split_examples"]
+print(f"first {n} test images, {used} checkpoint: KL term {result['test/split_kl']:.2f} nats = "
+      f"I_q(x; z) {result['test/mutual_info']:.2f} ± {result['test/mutual_info_std_error']:.2f} "
+      f"(log N = {np.log(n):.2f}; leave-one-out upper bound {result['test/mutual_info_upper']:.2f}) + "
+      f"KL(q(z) ‖ p(z)) {result['test/marginal_kl']:.2f} ± {result['test/marginal_kl_std_error']:.2f}")
+if "test/dimwise_kl" in result:
+    print(f"KL(q(z) ‖ p(z)) = total correlation {result['test/total_correlation']:.2f} + "
+          f"Σ_j KL(q(z_j) ‖ p(z_j)) {result['test/dimwise_kl']:.2f}")
+if plotting.kl_split_prefix(records):
+    fig = plotting.plot_kl_split({run.name: records})
+else:
+    print("this run's metrics predate the KL split: scripts/evaluate.py reports it on the whole test set")

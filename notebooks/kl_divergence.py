@@ -307,3 +307,53 @@ ax.set_ylabel("test KL (nats, log scale)")
 ax.set_title("Larger β: less KL, more collapsed dimensions")
 ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
 fig.tight_layout()
+
+# %% [markdown]
+# ## 7. What the KL term pays for: information, and a code built for another distribution
+#
+# Section 2's coding view, now inside the VAE. Averaged over N images, the KL term splits exactly
+# (Hoffman & Johnson, 2016):
+#
+# E_x KL(q(z|x) ‖ p(z)) = I_q(x; z) + KL(q(z) ‖ p(z)),
+#
+# with q(z) = (1/N) Σ_n q(z|x_n) the **aggregate posterior**, the distribution of the codes the
+# encoder actually emits. The first part is the information the code carries about the image; the
+# second is section 2's extra bits: coding z with the prior p(z), a code built for another
+# distribution than q(z). With a factorised prior the second part splits again into the total
+# correlation of q(z) (its dimensions' dependence) and a KL per dimension (Chen et al., 2018).
+# `vae.model.kl_split` estimates each part with log q(z) computed against all N posteriors; every
+# evaluation of the runs above recorded them (`eval.kl_split_examples` test images). The estimate
+# of I can never exceed log N: N images can be told apart by at most log N nats.
+
+# %%
+for beta, record in results.items():
+    n = record["test/split_examples"]
+    print(f"β = {beta:g}: KL {record['test/split_kl']:.2f} = I {record['test/mutual_info']:.2f} "
+          f"(± {record['test/mutual_info_std_error']:.2f}; log N = {math.log(n):.2f}) "
+          f"+ KL(q(z)‖p(z)) {record['test/marginal_kl']:.2f} (± {record['test/marginal_kl_std_error']:.2f}) "
+          f"= I + TC {record['test/total_correlation']:.2f} "
+          f"+ Σ_j KL(q(z_j)‖p(z_j)) {record['test/dimwise_kl']:.2f}")
+
+fig, ax = plt.subplots(figsize=(7, 3.8))
+betas = [f"β = {beta:g}" for beta in results]
+parts = [("test/mutual_info", "I_q(x; z)", "tab:blue"),
+         ("test/total_correlation", "total correlation of q(z)", "tab:orange"),
+         ("test/dimwise_kl", "Σ_j KL(q(z_j) ‖ p(z_j))", "tab:green")]
+bottom = np.zeros(len(results))
+for key, label, colour in parts:
+    values = np.array([record[key] for record in results.values()])
+    ax.bar(betas, values, bottom=bottom, color=colour, label=label)
+    bottom += values
+ax.axhline(math.log(n), ls="--", color="0.3", lw=1, label=f"log N (N = {n:,})")
+ax.set_ylabel("nats per image")
+ax.set_title("The KL term split: information + the prior's mismatch")
+ax.legend(fontsize=8)
+fig.tight_layout()
+
+# %% [markdown]
+# Larger β buys less of both parts, but not in the same proportion: the mismatch shrinks faster
+# than the information, as the encoder's codes are pressed toward the prior's shape. At β = 1 the
+# estimate of I comes near log N, which is the ceiling of the estimate on N images, not of the
+# code; the mismatch part takes up what I's estimate cannot show. A learned prior, such as the
+# VampPrior (`model.prior=vampprior`), attacks the second part from the other side: p(z) moves
+# toward q(z), and the code keeps its information.

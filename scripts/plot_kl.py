@@ -3,8 +3,10 @@
     python scripts/plot_kl.py --workdir runs/beta1 runs/beta4 [--labels "β=1" "β=4"] [--out DIR]
     python scripts/plot_kl.py --workdir runs/beta        # a sweep's workdir: its members overlaid
 
-Writes kl_curves.png (KL, reconstruction and negative ELBO per epoch, runs overlaid) and
-kl_per_dim.png (per-dimension KL heat maps and active units) into the first workdir or --out. A
+Writes kl_curves.png (KL, reconstruction and negative ELBO per epoch, runs overlaid),
+kl_split.png (the KL term as the stack of its parts, I_q(x; z) and KL(q(z) ‖ p(z)), one panel per
+run) and kl_per_dim.png (per-dimension KL heat maps and active units) into the first workdir or
+--out. A
 sweep's workdir (scripts/sweep.py) stands for its members, labelled by their names (prefixed by
 its --labels entry where given), and gets rate_distortion.png (into --out where given).
 """
@@ -53,6 +55,8 @@ def main(argv=None) -> int:
         out = Path(args.out or args.workdir[0])
         out.mkdir(parents=True, exist_ok=True)
         print(plotting.save_figure(plotting.plot_kl_curves(runs), out / "kl_curves.png"))
+        if any(plotting.kl_split_prefix(records) for records in runs.values()):
+            print(plotting.save_figure(plotting.plot_kl_split(runs), out / "kl_split.png"))
         factorised = {label: records for label, records in runs.items()
                       if any("test/kl_per_dim" in r for r in records)}
         if factorised:

@@ -62,6 +62,7 @@ def test_plot_kl_overlays_runs(tiny_run, tmp_path):
     assert "kl_curves.png" in result.stdout
     assert_png(tmp_path / "kl_curves.png")
     assert_png(tmp_path / "kl_per_dim.png")
+    assert_png(tmp_path / "kl_split.png")  # the KL term as the stack of I_q(x; z) and KL(q(z) ‖ p(z))
 
 
 def test_evaluate_writes_eval_json(tiny_run, tmp_path):
@@ -71,6 +72,9 @@ def test_evaluate_writes_eval_json(tiny_run, tmp_path):
     assert result["iw_samples"] == 20 and result["num_examples"] == 64 and result["epoch"] == 2
     assert 0 < result["test/nll"] < result["test/elbo"] + 5
     assert result["test/nll_bits_per_dim"] == pytest.approx(result["test/nll"] / (784 * np.log(2)))
+    assert result["test/split_examples"] == 64 and 0 < result["test/mutual_info"] <= np.log(64)
+    assert result["test/mutual_info"] + result["test/marginal_kl"] == pytest.approx(result["test/split_kl"],
+                                                                                    abs=1e-3)
 
 
 def test_iwae_bound_tightens_with_k(tiny_run):
@@ -126,6 +130,8 @@ def test_results_table_reads_the_evaluated_workdirs(tiny_run, tmp_path):
     assert "MLP relu 64, z=2, N(0, I), ELBO" in rows[0]
     assert "228.70 ± 0.15 (VAE, Gaussian prior)" in rows[0]  # same family on Fashion-MNIST
     assert "| `train[:1024]` |" in rows[0]
+    information = f"{result['test/mutual_info']:.2f} of {result['test/split_kl']:.2f} (≤ {np.log(32):.2f})"
+    assert f"| {information} |" in rows[0]
     # An evaluation written beside the workdir's own, named by its eval.json.
     run_script("evaluate.py", "--workdir", run, "--iw-samples", 3, "--max-examples", 16, "--no-progress",
                "--out", run / "quick")

@@ -25,7 +25,7 @@ from vae.data import pixels
 from vae.model import objectives
 from vae.train import config_checks, distributed
 from vae.train.epoch import compile_loop, epoch_loop
-from vae.train.evaluate import eval_key, make_evaluate, summarize_eval
+from vae.train.evaluate import eval_key, make_evaluate, make_kl_split, summarize_eval, summarize_kl_split
 from vae.train.state import root_key
 from vae.train.trained import checkpoint_used, load_trained
 
@@ -153,13 +153,23 @@ def iwae_log_likelihoods(model, images_u8: np.ndarray, key: jax.Array, num_sampl
     return np.concatenate(results)[: images_u8.shape[0]]
 
 
+def kl_split_of_test_set(graphdef, config, mesh, params, padded_images, num_examples: int) -> dict:
+    """The KL split (`vae.model.kl_split`) on every one of the test images (rounded down to a
+    multiple of the device count), their aggregate posterior against all of them: test/mutual_info
+    (at most log N), test/marginal_kl, ... as in metrics.jsonl (`summarize_kl_split`)."""
+    num = num_examples - num_examples % mesh.devices.size
+    split = make_kl_split(graphdef, config, mesh, num)(params, padded_images, eval_key(config, "test"))
+    return summarize_kl_split(jax.device_get(split), num, "test")
+
+
 def evaluate_workdir(workdir: str | Path, num_samples: int = 5000, *, epoch: int | None = None,
                      checkpoint: str = "best", batch_size: int | None = None,
                      chunk_size: int | None = None,
                      max_examples: int | None = None,
                      devices=None, progress: bool = True) -> dict:
-    """The test-set NLL (IWAE bound), negative ELBO, its parts, bits/dim and active units, of the
-    best checkpoint (by validation ELBO; the latest where the run has no validation split), the
+    """The test-set NLL (IWAE bound), negative ELBO, its parts, bits/dim, active units and the KL
+    term's split into I_q(x; z) and KL(q(z) ‖ p(z)) over the whole test set, of the best checkpoint
+    (by validation ELBO; the latest where the run has no validation split), the
     latest (`checkpoint='latest'`) or one epoch's."""
     if num_samples < 1:
         raise ValueError(f"the number of importance samples must be >= 1, got {num_samples}")
@@ -179,6 +189,9 @@ def evaluate_workdir(workdir: str | Path, num_samples: int = 5000, *, epoch: int
     result = {"epoch": restored_epoch, "checkpoint": checkpoint_used(workdir, epoch, checkpoint),
               "num_examples": int(images.shape[0])}
     result |= summarize_eval(terms, images.shape[0], num_pixels, config.eval.active_unit_threshold)
+    t_split = time.perf_counter()
+    result |= kl_split_of_test_set(graphdef, config, mesh, params, padded, images.shape[0])
+    result["kl_split_time_sec"] = time.perf_counter() - t_split
 
     key = jax.random.fold_in(root_key(config.seed), _IWAE_STREAM)
     t_iwae = time.perf_counter()

@@ -1,4 +1,5 @@
-"""Figures from arrays and metric records: image grids and the KL term across epochs (nats).
+"""Figures from arrays and metric records: image grids, the KL term across epochs and the stack
+of its parts (nats).
 
 Each `*_figure` / `plot_*` function returns a matplotlib Figure (a notebook shows it inline);
 `save_figure` writes one to PNG and closes it.
@@ -95,6 +96,70 @@ def plot_kl_curves(runs: Mapping[str, Sequence[Mapping]]) -> Figure:
     return fig
 
 
+def kl_split_prefix(records: Sequence[Mapping]) -> str | None:
+    """The split whose KL term a run's records split ('val' or 'test'), None if none does."""
+    for prefix in ("val", "test"):
+        if any(f"{prefix}/mutual_info" in r for r in records):
+            return prefix
+    return None
+
+
+def plot_kl_split(runs: Mapping[str, Sequence[Mapping]], per_row: int = 3) -> Figure:
+    """For each run, the KL term across epochs as the stack of its parts (`vae.model.kl_split`):
+    I_q(x; z) at the bottom, then KL(q(z) ‖ p(z)), itself split into the total correlation and the
+    per-dimension marginal KLs where the prior factorises; the dashed line is log N, the most the
+    estimate of I can show on N images, the dotted one I's leave-one-out upper bound. Nats per
+    image, on the evaluated split's first N images."""
+    runs = {label: records for label, records in runs.items() if kl_split_prefix(records)}
+    if not runs:
+        raise ValueError("no run has the KL split in its metrics (eval.kl_split_examples)")
+    ncols = min(per_row, len(runs))
+    nrows = math.ceil(len(runs) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(7.0, 5.6 * ncols), 4.3 * nrows + 0.9), squeeze=False,
+                             sharey=True, layout="constrained")
+    for ax in axes.flat[len(runs):]:
+        ax.set_visible(False)
+    top = 0.0
+    for ax, (label, records) in zip(axes.flat, runs.items()):
+        prefix = kl_split_prefix(records)
+        records = [r for r in records if f"{prefix}/mutual_info" in r]
+        epochs = np.array([r["epoch"] for r in records])
+        mutual_info = np.array([r[f"{prefix}/mutual_info"] for r in records])
+        marginal = np.array([r[f"{prefix}/marginal_kl"] for r in records])
+        ax.fill_between(epochs, 0, mutual_info, color="tab:blue", alpha=0.75, label="I_q(x; z)")
+        if all(f"{prefix}/dimwise_kl" in r for r in records):
+            tc = np.array([r[f"{prefix}/total_correlation"] for r in records])
+            ax.fill_between(epochs, mutual_info, mutual_info + tc, color="tab:orange", alpha=0.75,
+                            label="KL(q(z) ‖ p(z)): total correlation")
+            ax.fill_between(epochs, mutual_info + tc, mutual_info + marginal, color="tab:green", alpha=0.75,
+                            label="KL(q(z) ‖ p(z)): Σ_j KL(q(z_j) ‖ p(z_j))")
+        else:
+            ax.fill_between(epochs, mutual_info, mutual_info + marginal, color="tab:red", alpha=0.6,
+                            label="KL(q(z) ‖ p(z)) (a prior that does not factorise)")
+        num = records[-1][f"{prefix}/split_examples"]
+        ax.axhline(math.log(num), ls="--", color="0.3", lw=1, label=f"log N (N = {num:,})")
+        ax.plot(epochs, [r[f"{prefix}/mutual_info_upper"] for r in records], ":", color="tab:blue",
+                lw=1.2, label="I, leave-one-out upper bound")
+        if any(f"{prefix}/kl" in r for r in records):
+            kl_epochs, kl_values = _series(records, f"{prefix}/kl")
+            ax.plot(kl_epochs, kl_values, "-", color="black", lw=1, label=f"{prefix} KL term (all images)")
+        ax.set_title(f"{label} ({'validation' if prefix == 'val' else 'test'} split)",
+                     fontsize=10 if len(label) < 40 else 7)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("nats per image")
+        top = max(top, *(r[f"{prefix}/split_kl"] for r in records), math.log(num))
+        ax.grid(alpha=0.3)
+    axes.flat[0].set_ylim(0, 1.08 * top)  # shared by every panel
+    legend = {}  # every panel's entries, once each
+    for ax in axes.flat[:len(runs)]:
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(name, handle)
+    fig.legend(list(legend.values()), list(legend), fontsize=7, loc="outside lower center", ncols=3)
+    fig.suptitle("What the KL term pays for: E_x KL(q(z|x) ‖ p(z)) = I_q(x; z) + KL(q(z) ‖ p(z))",
+                 fontsize=10)
+    return fig
+
+
 def plot_kl_per_dim(runs: Mapping[str, Sequence[Mapping]], per_row: int = 4) -> Figure:
     """For each run, a heat map of the test KL of every latent dimension across epochs (dimensions
     ordered by their final KL, most used at the top) above its count of active units; at most
@@ -164,11 +229,17 @@ def _iso_elbo_lines(ax) -> None:
     ax.set_ylim(y_lo, y_hi)
 
 
+def _mutual_info(record: Mapping) -> float | None:
+    prefix = kl_split_prefix([record])
+    return None if prefix is None else record[f"{prefix}/mutual_info"]
+
+
 def plot_rate_distortion(runs: Mapping[str, Sequence[Mapping]],
                          curves: Mapping[str, Sequence[str]] | None = None) -> Figure:
     """Left: rate (test KL) against distortion (test reconstruction NLL), nats per image, one point
     per run labelled by its name (`final_test_record`), on dashed lines of constant negative ELBO;
-    `curves` joins runs (e.g. one β sweep per seed) by a line. Right: each run's per-dimension
+    `curves` joins runs (e.g. one β sweep per seed) by a line; where every run records the KL
+    split, the points are coloured by I_q(x; z). Right: each run's per-dimension
     test KL, largest first, on a log scale: the units that collapse as β grows fall to ~0. Runs
     without a per-dimension KL (the VampPrior's KL does not split over dimensions) are named there."""
     points = {label: final_test_record(records) for label, records in runs.items()}
@@ -184,8 +255,15 @@ def plot_rate_distortion(runs: Mapping[str, Sequence[Mapping]],
     for names in (curves or {}).values():
         index = [labels.index(n) for n in names if n in points]
         ax.plot(rate[index], distortion[index], "-", color="0.55", lw=1, zorder=1)
+    information = [_mutual_info(points[label]) for label in labels]
+    by_information = all(v is not None for v in information)
+    if by_information:  # every member's I_q(x; z) is known: it colours the points
+        dots = ax.scatter(rate, distortion, c=information, cmap="viridis", s=44, zorder=3,
+                          edgecolors="0.2", linewidths=0.5)
+        fig.colorbar(dots, ax=ax, label="I_q(x; z) (nats; at most log N)", shrink=0.85)
     for i, label in enumerate(labels):
-        ax.scatter(rate[i], distortion[i], color=colours[i % len(colours)], s=36, zorder=3)
+        if not by_information:
+            ax.scatter(rate[i], distortion[i], color=colours[i % len(colours)], s=36, zorder=3)
         ax.annotate(label, (rate[i], distortion[i]), xytext=(5, 4), textcoords="offset points", fontsize=8)
     span = max(np.ptp(rate), np.ptp(distortion), 1.0)
     ax.set_xlim(max(0.0, rate.min() - 0.12 * span), rate.max() + 0.25 * span)

@@ -22,7 +22,7 @@ PUBLISHED = {
 }
 STRONGEST_PUBLISHED_CONV = ("ConvHVAE, Gaussian prior", 225.38, 0.08)
 COLUMNS = ("run", "config", "model", "trained on (validated on)", "epochs (best)", "train wall", "test -ELBO",
-           "test NLL (k)", "active units", "published (same family)", "command")
+           "test NLL (k)", "I(x; z) of KL (≤ log N)", "active units", "published (same family)", "command")
 
 
 def _read_json(path: Path) -> dict:
@@ -97,6 +97,10 @@ def run_row(path: str | Path) -> dict:
         "iw_samples": result["iw_samples"],
         "num_examples": result["num_examples"],
         "active_units": result["test/active_units"],
+        # The KL split over the test set (eval.json written before it: None).
+        "mutual_info": result.get("test/mutual_info"),
+        "split_kl": result.get("test/split_kl"),
+        "split_examples": result.get("test/split_examples"),
         "latent_units": len(last.get("test/kl_per_dim", [])) or None,
         "published": published,
         "command": config["run"]["command"],
@@ -122,8 +126,16 @@ def format_row(row: dict) -> list[str]:
     train, val = row["data"]
     data = f"`{train}`" + (f" (`{val}`)" if val else "")
     return [row["run"], f"`{row['config']}`" if row["config"] else "default", row["model"], data, best,
-            _minutes(row["train_wall_sec"]), f"{row['test_elbo']:.2f}", nll, units, published,
-            f"`{row['command']}`"]
+            _minutes(row["train_wall_sec"]), f"{row['test_elbo']:.2f}", nll, _information(row), units,
+            published, f"`{row['command']}`"]
+
+
+def _information(row: dict) -> str:
+    """I_q(x; z) of the KL term it is part of, and its ceiling log N; '–' without the split."""
+    if row.get("mutual_info") is None:
+        return "–"
+    return (f"{row['mutual_info']:.2f} of {row['split_kl']:.2f} "
+            f"(≤ {math.log(row['split_examples']):.2f})")
 
 
 def markdown_table(rows: list[dict]) -> str:

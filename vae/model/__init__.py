@@ -6,6 +6,8 @@ two-level HVAE, and the objectives they are trained with.
     priors.py       p(z): the standard normal, the VampPrior
     vae.py          the one-level VAE; hvae.py the two-level HVAE (same interface)
     objectives.py   the β-ELBO (warm-up, free bits), the IWAE objective and the IWAE estimate
+    kl_split.py     the KL term split by the aggregate posterior: I_q(x; z) + KL(q(z) ‖ p(z)), the
+                    total correlation, per-dimension marginal KLs (estimators of posteriors' arrays)
     build.py        the model a config describes
 
 Everything here is a pure function of arrays or a Flax module holding parameters; keys are

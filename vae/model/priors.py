@@ -4,6 +4,7 @@ Each prior gives log p(z), samples, and the KL term of the ELBO for a diagonal-G
 posterior q(z|x) = N(mean, diag exp(log_var)) and one sample z from it:
 
 - `StandardNormal`: KL(q ‖ N(0, I)) in closed form, per dimension (`vae.kl`); z is not used.
+  A factorised prior also offers `log_prob_per_dim` (the KL split's marginals, `kl_split`).
 - `VampPrior` (Tomczak & Welling, 2018): p(z) = (1/K) Σ_k q(z | u_k), the mixture of the
   encoder's posteriors at K learned pseudo-inputs u_k. Its KL has no closed form, so the KL term
   is the single-sample estimate log q(z|x) − log p(z) at the posterior sample z: unbiased, and
@@ -32,6 +33,10 @@ class StandardNormal(nnx.Module):
 
     def log_prob(self, z_NxZ: jax.Array, encoder: Encoder | None = None) -> jax.Array:
         return kl.gaussian_log_density(z_NxZ, 0.0, 0.0)
+
+    def log_prob_per_dim(self, z_NxZ: jax.Array) -> jax.Array:
+        """log N(z_j; 0, 1) of each dimension (N x Z): the factors of a factorised prior."""
+        return -0.5 * (kl.LOG_2PI + jnp.square(z_NxZ))
 
     def kl(self, mean_BxZ, log_var_BxZ, z_BxZ, encoder: Encoder | None = None):
         """(KL per example B, KL per dimension B x Z), both exact."""

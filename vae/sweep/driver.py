@@ -141,7 +141,7 @@ class _Group:
         self.compile_time = time.perf_counter() - t0
         self.evaluators = make_evaluators(
             evaluate, self.config, session.mesh, dataset,
-            keys_of=lambda split: jnp.stack([eval_key(c, split) for c in configs]))
+            keys_of=lambda split: jnp.stack([eval_key(c, split) for c in configs]), graphdef=graphdef)
 
     def _waiting(self) -> list[int]:
         return [k for k, run in enumerate(self.runs) if not (self.failed[k] or run.finished())]

@@ -4,7 +4,7 @@
     step.py           THE train step: one pure function of (state, batch, key, hyper)
     epoch.py          an epoch from a step: one compiled scan or one program per step (`compile_loop`)
     feed.py           where an epoch's batches come from (the device, or the host per process)
-    evaluate.py       the ELBO and its parts on the validation and test splits
+    evaluate.py       the ELBO and its parts on the validation and test splits, and the KL split
     run.py            one run's workdir while it trains: metrics, checkpoints, model selection
     loop.py           train_and_evaluate: the loop over epochs
     trained.py        a trained run read back from its workdir

@@ -122,6 +122,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     _require(_is_int(e.every_epochs) and e.every_epochs >= 1, "eval.every_epochs must be an integer >= 1")
     _require(_is_number(e.active_unit_threshold) and e.active_unit_threshold >= 0,
              "eval.active_unit_threshold must be >= 0")
+    split_examples = e.get("kl_split_examples", 0)
+    _require(_is_int(split_examples) and (split_examples == 0 or split_examples >= max(2, num_devices)),
+             f"eval.kl_split_examples must be 0 (no KL split) or an integer >= 2 and >= the device count "
+             f"({num_devices}), got {split_examples!r}")
 
 
 def validate_image_shape(config: ml_collections.ConfigDict, image_shape) -> None:

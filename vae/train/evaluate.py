@@ -4,6 +4,12 @@ One sample of the posterior per image, with a key that is the same every epoch (
 epochs compare on the same posterior noise; the split's images are binarised once
 (`vae.data.dataset`). The batches run through `epoch.compile_loop` (scan or steps, as training).
 Figures are nats per image; active units follow Burda et al. (2015).
+
+On one split (the validation split where the run has one, else the test split) the KL term of the
+(top) latent is also split by the aggregate posterior of its first `eval.kl_split_examples`
+images (`vae.model.kl_split`): I_q(x; z) + KL(q(z) ‖ p(z)), the total correlation and, for a
+factorised prior, the per-dimension marginal KLs; one posterior draw per image, with a key of its
+own, so the ELBO's figures are unchanged.
 """
 
 import math
@@ -17,6 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from vae.data import pixels
 from vae.data.dataset import Dataset
+from vae.model import kl_split
 from vae.train import distributed
 from vae.train.epoch import compile_loop, epoch_loop
 from vae.train.state import TEST_EVAL, VAL_EVAL, root_key
@@ -26,6 +33,74 @@ def eval_key(config, split: str) -> jax.Array:
     """The key of one split's evaluation ('test' or 'val'): the same every epoch, so epochs compare
     on the same posterior noise."""
     return jax.random.fold_in(root_key(config.seed), TEST_EVAL if split == "test" else VAL_EVAL)
+
+
+# Folded into a split's evaluation key: the KL split's draws, independent of the ELBO's.
+KL_SPLIT_STREAM = 1
+# The KL split's summary fields kept in a record (a mean each; standard errors for the two parts).
+KL_SPLIT_FIELDS = ("mutual_info", "mutual_info_std_error", "mutual_info_upper", "marginal_kl",
+                   "marginal_kl_std_error", "total_correlation")
+
+
+# Rows x posteriors x latent units the split holds at once: a CPU's cache; an accelerator wants
+# larger programs (256 MB of float32).
+_SPLIT_CHUNK_ELEMENTS = {"cpu": kl_split.CHUNK_ELEMENTS}
+_SPLIT_CHUNK_ELEMENTS_ACCELERATOR = 1 << 26
+
+
+def kl_split_examples(config) -> int:
+    """`eval.kl_split_examples`: 0 (no split) for a run whose config predates the field."""
+    return int(config.eval.get("kl_split_examples", 0))
+
+
+def make_kl_split(graphdef, config, mesh: Mesh, num_examples: int, members: bool = False):
+    """A (params, images_u8 N' x D on the device as `make_evaluate` takes them, key) -> the KL split
+    of the first `num_examples` images (`vae.model.kl_split`), means and standard errors on the
+    device: mutual_info, mutual_info_upper, marginal_kl, total_correlation, kl (their whole,
+    mutual_info + marginal_kl), each with its standard error, and dimwise_kl (Z values) where the
+    prior factorises (`log_prob_per_dim`). One draw per image; the rows compared with all
+    posteriors are split over the devices. members=True: stacked params and keys of a sweep's
+    members, outputs K x ...."""
+    batch_size = config.eval.batch_size
+    num_batches = -(-num_examples // batch_size)
+    batch_sharding = NamedSharding(mesh, P("data"))
+    chunk_elements = _SPLIT_CHUNK_ELEMENTS.get(jax.default_backend(), _SPLIT_CHUNK_ELEMENTS_ACCELERATOR)
+
+    def split_of(params, images_u8, key):
+        model = nnx.merge(graphdef, params)
+
+        def encode(x_u8):
+            x_BxD = jax.lax.with_sharding_constraint(pixels.to_model_input(x_u8, None), batch_sharding)
+            return model.encode(x_BxD)
+
+        x_u8 = images_u8[:num_batches * batch_size].reshape(num_batches, batch_size, -1)
+        mean_NxZ, log_var_NxZ = (t.reshape(-1, t.shape[-1])[:num_examples] for t in jax.lax.map(encode, x_u8))
+        terms = kl_split.kl_split_terms(
+            jax.random.fold_in(key, KL_SPLIT_STREAM), mean_NxZ, log_var_NxZ,
+            lambda z: model.prior.log_prob(z, model.encode),
+            log_prior_per_dim=getattr(model.prior, "log_prob_per_dim", None),
+            chunk_rows=kl_split.rows_per_chunk(num_examples, mean_NxZ.shape[1], mesh.devices.size,
+                                               chunk_elements),
+            constrain_rows=lambda rows: jax.lax.with_sharding_constraint(rows, batch_sharding))
+        return kl_split.summarize(terms)
+
+    return jax.jit(jax.vmap(split_of, in_axes=(0, None, 0)) if members else split_of,
+                   out_shardings=NamedSharding(mesh, P()))
+
+
+def summarize_kl_split(split: dict, num_examples: int, prefix: str) -> dict:
+    """The record's fields of one KL split (nats per image): PREFIX/mutual_info (I_q(x; z), at most
+    log N), its leave-one-out upper bound, PREFIX/marginal_kl (KL(q(z) ‖ p(z))), the two parts'
+    standard errors, the total correlation, PREFIX/dimwise_kl and its list per dimension (factorised
+    priors), PREFIX/split_kl (their whole) and PREFIX/split_examples (N)."""
+    summary = {f"{prefix}/{name}": float(split[name]) for name in KL_SPLIT_FIELDS if name in split}
+    if "dimwise_kl" in split:
+        per_dim = np.asarray(split["dimwise_kl"], np.float64)
+        summary[f"{prefix}/dimwise_kl"] = float(per_dim.sum())
+        summary[f"{prefix}/dimwise_kl_per_dim"] = [round(float(v), 5) for v in per_dim]
+    summary[f"{prefix}/split_kl"] = float(split["kl"])
+    summary[f"{prefix}/split_examples"] = num_examples
+    return summary
 
 
 def make_evaluate(graphdef, config, mesh: Mesh, members: bool = False):
@@ -91,8 +166,9 @@ class Evaluator:
     """Evaluates parameters on one split every evaluation epoch: one run's, or with `keys` (one per
     member) the stacked parameters of a sweep's members."""
 
-    def __init__(self, evaluate, config, mesh, images: np.ndarray, split: str, keys=None):
+    def __init__(self, evaluate, config, mesh, images: np.ndarray, split: str, keys=None, kl_split=None):
         self.evaluate = evaluate
+        self.kl_split = kl_split  # (make_kl_split's function, N) or None
         self.images = distributed.images_on_device(images, mesh, config.eval.batch_size)
         self.num = images.shape[0]
         self.num_pixels = math.prod(images.shape[1:])
@@ -103,17 +179,40 @@ class Evaluator:
     def _summary(self, terms) -> dict:
         return summarize_eval(terms, self.num, self.num_pixels, self.threshold, self.prefix)
 
+    def _split(self, params):
+        """The KL split's device outputs, None without one."""
+        if self.kl_split is None:
+            return None
+        return jax.device_get(self.kl_split[0](params, self.images, self.key))
+
+    def _split_summary(self, split) -> dict:
+        return {} if split is None else summarize_kl_split(split, self.kl_split[1], self.prefix)
+
     def __call__(self, params) -> dict:
-        return self._summary(jax.device_get(self.evaluate(params, self.images, self.key)))
+        summary = self._summary(jax.device_get(self.evaluate(params, self.images, self.key)))
+        return summary | self._split_summary(self._split(params))
 
     def per_member(self, params) -> list[dict]:
         terms = jax.device_get(self.evaluate(params, self.images, self.key))
-        return [self._summary(jax.tree.map(lambda t, k=k: t[k], terms)) for k in range(len(self.key))]
+        split = self._split(params)
+        return [self._summary(jax.tree.map(lambda t, k=k: t[k], terms))
+                | self._split_summary(None if split is None else jax.tree.map(lambda t, k=k: t[k], split))
+                for k in range(len(self.key))]
 
 
-def make_evaluators(evaluate, config, mesh, dataset: Dataset, keys_of=None) -> list[Evaluator]:
+def make_evaluators(evaluate, config, mesh, dataset: Dataset, keys_of=None, graphdef=None) -> list[Evaluator]:
     """The validation (where the data set has one) and test evaluators; `keys_of(split)` gives a
-    sweep's per-member keys."""
+    sweep's per-member keys. With `graphdef` and `eval.kl_split_examples`, the first of them
+    (validation, else test) also splits the KL term on that many of its images."""
     splits = [("val", dataset.val_images)] if dataset.val_images is not None else []
-    return [Evaluator(evaluate, config, mesh, images, split, keys_of(split) if keys_of else None)
-            for split, images in [*splits, ("test", dataset.test_images)]]
+    splits.append(("test", dataset.test_images))
+    evaluators = []
+    for index, (split, images) in enumerate(splits):
+        num_split = (min(kl_split_examples(config), images.shape[0]) // mesh.devices.size) * mesh.devices.size
+        split_fn = None
+        if graphdef is not None and index == 0 and num_split >= 2:
+            split_fn = (make_kl_split(graphdef, config, mesh, num_split, members=keys_of is not None),
+                        num_split)
+        evaluators.append(Evaluator(evaluate, config, mesh, images, split,
+                                    keys_of(split) if keys_of else None, split_fn))
+    return evaluators

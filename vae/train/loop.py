@@ -122,7 +122,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, 
                                      dataset.dynamic)
     evaluate = make_evaluate(graphdef, config, mesh)
     compile_time = time.perf_counter() - t0
-    evaluators = make_evaluators(evaluate, config, mesh, dataset)
+    evaluators = make_evaluators(evaluate, config, mesh, dataset, graphdef=graphdef)
     run.open_board(graphdef, dataset.test_images)
     session_start = time.perf_counter()
 
