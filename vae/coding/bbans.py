@@ -1,0 +1,174 @@
+"""The codec: bits-back coding with ANS (BB-ANS) over blocks of images on one stack.
+
+Encoding a block of b images (b <= block_size), the stack holding the blocks before it:
+  1. pop b · Z latent bin indices under q(z|x) (the bits back: decoding pushes them again);
+  2. push the b · D pixels under p(x|z) at those latents;
+  3. push the latents under the prior p(z).
+A block then costs −log P(x|z) − log P(z) + log Q(z|x) bits: a one-sample estimate of the
+negative ELBO at the discretised latents. Decoding runs it backwards, last block first: pop the
+latents under the prior, pop the pixels under p(x|z), push the latents under q(z|x) of the
+decoded images. One constriction call codes each of those steps for the whole block.
+
+The initial bits. Step 1 of the first block reads bits that must come from somewhere. Here the
+first image is coded without bits back: its latent is the bin of its posterior mean, pushed
+under the prior after the image (a plain two-part code, about Z · log2(1/width) bits more than
+bits back would cost it, measured and reported as `first_image_bits`). The blocks after it
+grow with the stack: each takes at most as many images as are coded already (1, 2, 4, ...),
+halved again while its pop would read the stack dry, until a block of block_size fits; these
+ramp sizes go into the file. What the file pays beyond the images' code lengths is then the
+first image's two-part code, the coder's final state (at most 64 bits, rounded to 32-bit
+words) and the header.
+"""
+
+import dataclasses
+import sys
+
+import constriction
+import numpy as np
+from tqdm import tqdm
+
+from vae.coding import pixels
+from vae.coding.errors import CodingError
+from vae.coding.host import HostModel
+from vae.coding.latents import LatentBins
+
+# A pop that leaves fewer valid bits than this read the stack dry (an ANS coder popped past its
+# data returns symbols from the far tails, which then cost dearly to push): the block is halved.
+DRY_STACK_BITS = 64
+LOG2E = 1.0 / np.log(2.0)
+
+
+class DecodeMismatch(CodingError):
+    """The stream did not decode back to where encoding started: other probabilities or data."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Coded:
+    words: np.ndarray  # uint32: the ANS stack
+    ramp: tuple[int, ...]  # the sizes of the blocks between the first image and the first full block
+    first_image_bits: int  # the stack's size after the first image (coded without bits back)
+    elbo_bits_N: np.ndarray  # per image: −log2 p(x|z) at the coded latents + KL(q ‖ p) in bits
+
+
+def block_sizes(count: int, block_size: int, ramp: tuple[int, ...]) -> list[int]:
+    """The sizes of the blocks a file of `count` images was coded in: the first image, the ramp,
+    then blocks of block_size (the last one partial)."""
+    sizes = [1, *ramp][:count] if count else []
+    if sum(sizes) > count or any(size < 1 or size > block_size for size in ramp):
+        raise ValueError(f"ramp {ramp} does not fit {count} images in blocks of at most {block_size}")
+    rest = count - sum(sizes)
+    sizes += [block_size] * (rest // block_size) + ([rest % block_size] if rest % block_size else [])
+    return sizes
+
+
+def _kl_bits(mean_bxZ, std_bxZ) -> np.ndarray:
+    """KL(N(mean, std²) ‖ N(0, 1)) per image, bits."""
+    per_dim = 0.5 * (mean_bxZ**2 + std_bxZ**2 - 1.0) - np.log(std_bxZ)
+    return per_dim.sum(axis=-1) * LOG2E
+
+
+def _rec_bits(symbols_bxD, probabilities_bxD) -> np.ndarray:
+    """−log2 p(x|z) per image (Bernoulli), from the probabilities the coder used."""
+    p = np.where(symbols_bxD == 1, probabilities_bxD, 1.0 - probabilities_bxD)
+    return -np.log2(np.maximum(p, 1e-300)).sum(axis=-1)
+
+
+class _Block:
+    """The coding steps of one block on a coder (the models built once per file)."""
+
+    def __init__(self, host: HostModel, bins: LatentBins, family: str):
+        self.host, self.bins = host, bins
+        self.q_model, self.prior_model = bins.posterior_model(), bins.prior_model()
+        self.pixel_model = pixels.ans_model(family)
+
+    def posterior(self, symbols_bxD):
+        return self.host.posterior(pixels.model_input(symbols_bxD))
+
+    def pop_posterior(self, coder, mean_bxZ, std_bxZ) -> np.ndarray:
+        index = coder.decode(self.q_model, *self.bins.posterior_parameters(mean_bxZ, std_bxZ))
+        return index.reshape(mean_bxZ.shape)
+
+    def push_posterior(self, coder, index_bxZ, mean_bxZ, std_bxZ) -> None:
+        coder.encode_reverse(index_bxZ.reshape(-1), self.q_model,
+                             *self.bins.posterior_parameters(mean_bxZ, std_bxZ))
+
+    def probabilities(self, index_bxZ) -> np.ndarray:
+        return self.host.pixel_probabilities(self.bins.values(index_bxZ))
+
+    def push_pixels_and_latents(self, coder, symbols_bxD, index_bxZ, probabilities_bxD) -> None:
+        coder.encode_reverse(symbols_bxD.reshape(-1), self.pixel_model,
+                             *pixels.ans_parameters(probabilities_bxD))
+        coder.encode_reverse(index_bxZ.reshape(-1), self.prior_model)
+
+    def pop_latents_and_pixels(self, coder, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        index_bxZ = coder.decode(self.prior_model, rows * self.host.latent_dim).reshape(rows, -1)
+        probabilities = self.probabilities(index_bxZ)
+        symbols = coder.decode(self.pixel_model, *pixels.ans_parameters(probabilities))
+        return index_bxZ, symbols.reshape(rows, -1).astype(np.int32)
+
+
+def encode(host: HostModel, symbols_NxD: np.ndarray, bins: LatentBins, family: str,
+           progress: bool = False) -> Coded:
+    """The ANS stack of N images' symbols (N x D int32), in blocks of host.block_size."""
+    count, block_size = symbols_NxD.shape[0], host.block_size
+    if count < 1:
+        raise ValueError("nothing to compress: no images")
+    block = _Block(host, bins, family)
+    coder = constriction.stream.stack.AnsCoder()
+    elbo_bits = np.zeros(count)
+    with tqdm(total=count, unit="img", disable=not progress, file=sys.stderr, desc="compress",
+              dynamic_ncols=True) as bar:
+        first = symbols_NxD[:1]
+        mean, std = block.posterior(first)
+        index = bins.nearest(mean)
+        probabilities = block.probabilities(index)
+        block.push_pixels_and_latents(coder, first, index, probabilities)
+        elbo_bits[0] = (_rec_bits(first, probabilities) + _kl_bits(mean, std))[0]
+        first_image_bits = coder.num_valid_bits()
+        bar.update(1)
+        start, ramp, ramping = 1, [], True
+        while start < count:
+            size = min(block_size, count - start, start) if ramping else min(block_size, count - start)
+            x = symbols_NxD[start:start + size]
+            mean, std = block.posterior(x)
+            saved = coder.clone() if ramping else None
+            index = block.pop_posterior(coder, mean, std)
+            while ramping and size > 1 and coder.num_valid_bits() < DRY_STACK_BITS:  # read dry: halve
+                coder, size = saved.clone(), size // 2
+                x = symbols_NxD[start:start + size]
+                mean, std = block.posterior(x)
+                index = block.pop_posterior(coder, mean, std)
+            probabilities = block.probabilities(index)
+            block.push_pixels_and_latents(coder, x, index, probabilities)
+            elbo_bits[start:start + size] = _rec_bits(x, probabilities) + _kl_bits(mean, std)
+            if ramping and size == block_size:
+                ramping = False
+            elif ramping:
+                ramp.append(size)
+            start += size
+            bar.update(size)
+    return Coded(words=coder.get_compressed(), ramp=tuple(ramp), first_image_bits=first_image_bits,
+                 elbo_bits_N=elbo_bits)
+
+
+def decode(host: HostModel, words: np.ndarray, count: int, ramp: tuple[int, ...], bins: LatentBins,
+           family: str, progress: bool = False) -> np.ndarray:
+    """The N x D symbols `encode` coded into `words`; DecodeMismatch where the stream does not end
+    where encoding began (other probabilities than encoding's, or damaged words)."""
+    sizes = block_sizes(count, host.block_size, ramp)
+    ends = np.cumsum(sizes)
+    block = _Block(host, bins, family)
+    coder = constriction.stream.stack.AnsCoder(np.ascontiguousarray(words, np.uint32))
+    symbols = np.zeros((count, host.num_pixels), np.int32)
+    with tqdm(total=count, unit="img", disable=not progress, file=sys.stderr, desc="decompress",
+              dynamic_ncols=True) as bar:
+        for size, end in zip(sizes[::-1], ends[::-1]):
+            index, x = block.pop_latents_and_pixels(coder, size)
+            symbols[end - size:end] = x
+            if end > 1:  # the first image was coded without bits back
+                block.push_posterior(coder, index, *block.posterior(x))
+            bar.update(size)
+    if not coder.is_empty():
+        raise DecodeMismatch(f"the stream did not decode back to an empty stack ({coder.num_valid_bits()} "
+                             "bits left)")
+    return symbols
