@@ -10,6 +10,7 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
+from vae.coding.errors import CodingError
 from vae.data import source as data_source
 from vae.train import config_checks, distributed
 from vae.train.loop import Interrupted
@@ -22,7 +23,7 @@ class UsageError(Exception):
 
 
 USER_ERRORS = (data_source.DataError, config_checks.ConfigError, workdir.WorkdirError, NonFiniteLossError,
-               UsageError, distributed.JoinError)
+               UsageError, distributed.JoinError, CodingError)
 
 
 _FLAG_ERRORS = (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError)
