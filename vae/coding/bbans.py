@@ -30,7 +30,7 @@ from tqdm import tqdm
 from vae.coding import pixels
 from vae.coding.errors import CodingError
 from vae.coding.host import HostModel
-from vae.coding.latents import LatentBins
+from vae.coding.latents import LatentBins, PosteriorCode
 
 # A pop that leaves fewer valid bits than this read the stack dry (an ANS coder popped past its
 # data returns symbols from the far tails, which then cost dearly to push): the block is halved.
@@ -78,19 +78,17 @@ class _Block:
 
     def __init__(self, host: HostModel, bins: LatentBins, family: str):
         self.host, self.bins = host, bins
-        self.q_model, self.prior_model = bins.posterior_model(), bins.prior_model()
+        self.q_code, self.prior_model = PosteriorCode(bins), bins.prior_model()
         self.pixel_model = pixels.ans_model(family)
 
     def posterior(self, symbols_bxD):
         return self.host.posterior(pixels.model_input(symbols_bxD))
 
     def pop_posterior(self, coder, mean_bxZ, std_bxZ) -> np.ndarray:
-        index = coder.decode(self.q_model, *self.bins.posterior_parameters(mean_bxZ, std_bxZ))
-        return index.reshape(mean_bxZ.shape)
+        return self.q_code.pop(coder, mean_bxZ, std_bxZ)
 
     def push_posterior(self, coder, index_bxZ, mean_bxZ, std_bxZ) -> None:
-        coder.encode_reverse(index_bxZ.reshape(-1), self.q_model,
-                             *self.bins.posterior_parameters(mean_bxZ, std_bxZ))
+        self.q_code.push(coder, index_bxZ, mean_bxZ, std_bxZ)
 
     def probabilities(self, index_bxZ) -> np.ndarray:
         return self.host.pixel_probabilities(self.bins.values(index_bxZ))
