@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 
+import constriction
 import jax
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from tests.conftest import REPO, tiny_config
 from vae.coding import bbans, codec, container, pixels
 from vae.coding.errors import CodingError
 from vae.coding.host import host_model
-from vae.coding.latents import LatentBins
+from vae.coding.latents import LatentBins, PosteriorCode
 from vae.data import dataset
 from vae.model.build import build_model
 from vae.train import loop as training
@@ -61,6 +62,23 @@ def test_one_image_round_trips():
     coded, decoded = round_trip(model, symbols, block_size=8)
     np.testing.assert_array_equal(decoded, symbols)
     assert coded.ramp == () and coded.words.size * 32 < coded.first_image_bits + 64
+
+
+def test_posterior_windows_pop_and_push_back_exactly():
+    """q(z|x) narrow and wide, means at and beyond the range's edge: the pop stays in range and
+    its push restores the stack word for word."""
+    bins = LatentBins(1 / 64, 4.0)
+    rng = np.random.default_rng(0)
+    mean, std = rng.normal(scale=2.0, size=(6, 30)), np.exp(rng.uniform(-5, 1.5, size=(6, 30)))
+    mean[0, :3] = 3.99, -4.5, 10.0
+    words = rng.integers(0, 2**32, 400, dtype=np.uint32)
+    coder = constriction.stream.stack.AnsCoder(words.copy())
+    code = PosteriorCode(bins)
+    index = code.pop(coder, mean, std)
+    assert index.shape == mean.shape and np.abs(index).max() <= bins.max_index
+    assert len({j for j, *_ in code._groups(mean, std)}) >= 3  # several window sizes in use
+    code.push(coder, index, mean, std)
+    np.testing.assert_array_equal(coder.get_compressed(), words)
 
 
 def test_block_sizes_cover_the_images_once():
