@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, tiny_config
-from vae.coding import bbans, codec, container, pixels
+from vae.coding import bbans, codec, container, messages, pixels
 from vae.coding.errors import CodingError
 from vae.coding.host import host_model
 from vae.coding.latents import LatentBins, PosteriorCode
@@ -120,6 +120,18 @@ def test_the_codec_refuses_what_it_does_not_code():
         config, model = random_model(**overrides)
         with pytest.raises(CodingError, match=why):
             codec.check_codable(config, model)
+
+
+def test_messages_cost_their_information_content():
+    rng = np.random.default_rng(0)
+    p, q = np.array([0.6, 0.3, 0.1]), np.array([0.5, 0.4, 0.1])
+    x = rng.choice(3, size=100_000, p=p)
+    for code in (p, q):
+        bits = messages.ans_file_bits(x, code)
+        assert 0 < bits - messages.information_bits(x, code) < 0.001 * bits + 64
+    dogs = np.zeros(10_000, np.int64)
+    dog_bits = messages.ans_file_bits(dogs, [0.3, 0.7]) - 32 * len(messages.START_WORDS)
+    assert dog_bits / 10_000 == pytest.approx(-math.log2(0.3), abs=32 / 10_000 + 1e-4)
 
 
 def test_header_round_trips():

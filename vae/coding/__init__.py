@@ -9,6 +9,7 @@ model writes is as long as the images' negative ELBO, up to a few hundred bits p
     bbans.py      the codec: blocks of images pushed onto and popped off one ANS stack
     container.py  the file: header (model, shapes, settings, checksums) and the coded words
     codec.py      compress and decompress with a workdir's model: what the scripts call
+    messages.py   i.i.d. symbols of a categorical coded with ANS: entropy, cross-entropy, KL as file sizes
     errors.py     CodingError: what a user can fix, in one line
 
 May import vae.train, vae.workdir, vae.data, vae.model and vae.kl; nothing of vae.analysis,
