@@ -179,6 +179,16 @@ def test_an_array_of_ones_and_zeros_comes_back_as_it_was(trained_run):
         codec.compress_workdir(path, x * 3, progress=False)
 
 
+def test_per_image_code_lengths_add_up(trained_run):
+    lengths = codec.image_code_lengths(trained_run[0], max_examples=200)
+    parts = lengths["pixels"] + lengths["latents"] - lengths["bits_back"]
+    np.testing.assert_array_equal(lengths["code"], parts)
+    assert lengths["bits_back"][0] == 0 and np.all(lengths["bits_back"][1:] > 0)
+    rest = slice(1, None)
+    assert lengths["code"][rest].mean() == pytest.approx(lengths["elbo"][rest].mean(), rel=0.01)
+    assert lengths["rate"][rest].mean() == pytest.approx(lengths["kl"][rest].mean(), abs=2.0)
+
+
 def test_a_file_from_another_model_is_refused(trained_run):
     path, _, data, _ = trained_run
     with pytest.raises(CodingError, match="another model .*pass --epoch 2"):

@@ -48,6 +48,10 @@ class Coded:
     ramp: tuple[int, ...]  # the sizes of the blocks between the first image and the first full block
     first_image_bits: int  # the stack's size after the first image (coded without bits back)
     elbo_bits_N: np.ndarray  # per image: −log2 p(x|z) at the coded latents + KL(q ‖ p) in bits
+    kl_bits_N: np.ndarray  # per image: KL(q(z|x) ‖ p(z)) in bits, closed form
+    # The stack's size (bits) after each block's three steps: the pop under q (the first image
+    # has none), the pixels pushed, the latents pushed. Per image where blocks hold one image.
+    steps_bits_Bx3: np.ndarray
 
 
 def block_sizes(count: int, block_size: int, ramp: tuple[int, ...]) -> list[int]:
@@ -93,10 +97,13 @@ class _Block:
     def probabilities(self, index_bxZ) -> np.ndarray:
         return self.host.pixel_probabilities(self.bins.values(index_bxZ))
 
-    def push_pixels_and_latents(self, coder, symbols_bxD, index_bxZ, probabilities_bxD) -> None:
+    def push_pixels_and_latents(self, coder, symbols_bxD, index_bxZ, probabilities_bxD) -> int:
+        """Pushes the pixels, then the latents; the stack's size (bits) between the two."""
         coder.encode_reverse(symbols_bxD.reshape(-1), self.pixel_model,
                              *pixels.ans_parameters(probabilities_bxD))
+        between = coder.num_valid_bits()
         coder.encode_reverse(index_bxZ.reshape(-1), self.prior_model)
+        return between
 
     def pop_latents_and_pixels(self, coder, rows: int) -> tuple[np.ndarray, np.ndarray]:
         index_bxZ = coder.decode(self.prior_model, rows * self.host.latent_dim).reshape(rows, -1)
@@ -113,16 +120,18 @@ def encode(host: HostModel, symbols_NxD: np.ndarray, bins: LatentBins, family: s
         raise ValueError("nothing to compress: no images")
     block = _Block(host, bins, family)
     coder = constriction.stream.stack.AnsCoder()
-    elbo_bits = np.zeros(count)
+    elbo_bits, kl_bits = np.zeros(count), np.zeros(count)
     with tqdm(total=count, unit="img", disable=not progress, file=sys.stderr, desc="compress",
               dynamic_ncols=True) as bar:
         first = symbols_NxD[:1]
         mean, std = block.posterior(first)
         index = bins.nearest(mean)
         probabilities = block.probabilities(index)
-        block.push_pixels_and_latents(coder, first, index, probabilities)
-        elbo_bits[0] = (_rec_bits(first, probabilities) + _kl_bits(mean, std))[0]
+        between = block.push_pixels_and_latents(coder, first, index, probabilities)
+        kl_bits[0] = _kl_bits(mean, std)[0]
+        elbo_bits[0] = _rec_bits(first, probabilities)[0] + kl_bits[0]
         first_image_bits = coder.num_valid_bits()
+        steps = [(0, between, first_image_bits)]
         bar.update(1)
         start, ramp, ramping = 1, [], True
         while start < count:
@@ -136,9 +145,12 @@ def encode(host: HostModel, symbols_NxD: np.ndarray, bins: LatentBins, family: s
                 x = symbols_NxD[start:start + size]
                 mean, std = block.posterior(x)
                 index = block.pop_posterior(coder, mean, std)
+            popped = coder.num_valid_bits()
             probabilities = block.probabilities(index)
-            block.push_pixels_and_latents(coder, x, index, probabilities)
-            elbo_bits[start:start + size] = _rec_bits(x, probabilities) + _kl_bits(mean, std)
+            between = block.push_pixels_and_latents(coder, x, index, probabilities)
+            steps.append((popped, between, coder.num_valid_bits()))
+            kl_bits[start:start + size] = _kl_bits(mean, std)
+            elbo_bits[start:start + size] = _rec_bits(x, probabilities) + kl_bits[start:start + size]
             if ramping and size == block_size:
                 ramping = False
             elif ramping:
@@ -146,7 +158,7 @@ def encode(host: HostModel, symbols_NxD: np.ndarray, bins: LatentBins, family: s
             start += size
             bar.update(size)
     return Coded(words=coder.get_compressed(), ramp=tuple(ramp), first_image_bits=first_image_bits,
-                 elbo_bits_N=elbo_bits)
+                 elbo_bits_N=elbo_bits, kl_bits_N=kl_bits, steps_bits_Bx3=np.asarray(steps, np.int64))
 
 
 def decode(host: HostModel, words: np.ndarray, count: int, ramp: tuple[int, ...], bins: LatentBins,
