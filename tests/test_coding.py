@@ -16,7 +16,7 @@ from tests.conftest import REPO, tiny_config
 from vae.coding import bbans, codec, container, messages, pixels
 from vae.coding.errors import CodingError
 from vae.coding.host import host_model
-from vae.coding.latents import LatentBins, PosteriorCode
+from vae.coding.latents import GaussianCode, LatentBins
 from vae.data import dataset
 from vae.model.build import build_model
 from vae.train import loop as training
@@ -46,14 +46,15 @@ def round_trip(model, symbols, block_size, bins=None):
     return coded, decoded
 
 
-@pytest.mark.parametrize("arch", ["mlp", "conv"])
-def test_round_trip_is_exact_with_a_random_model(arch):
+@pytest.mark.parametrize("arch, count, block_size", [("mlp", 150, 32), ("conv", 150, 32), ("hvae", 150, 32),
+                                                     ("conv_hvae", 12, 4)])
+def test_round_trip_is_exact_with_a_random_model(arch, count, block_size):
     _, model = random_model(model__arch=arch)
-    symbols = random_symbols(150)
-    coded, decoded = round_trip(model, symbols, block_size=32, bins=LatentBins(1 / 32, 8.0))
+    symbols = random_symbols(count)
+    coded, decoded = round_trip(model, symbols, block_size=block_size, bins=LatentBins(1 / 32, 8.0))
     np.testing.assert_array_equal(decoded, symbols)
-    assert coded.ramp and all(size <= 32 for size in coded.ramp)
-    assert bbans.block_sizes(150, 32, coded.ramp)[1:len(coded.ramp) + 1] == list(coded.ramp)
+    assert coded.ramp and all(size <= block_size for size in coded.ramp)
+    assert bbans.block_sizes(count, block_size, coded.ramp)[1:len(coded.ramp) + 1] == list(coded.ramp)
 
 
 def test_one_image_round_trips():
@@ -73,7 +74,7 @@ def test_posterior_windows_pop_and_push_back_exactly():
     mean[0, :3] = 3.99, -4.5, 10.0
     words = rng.integers(0, 2**32, 400, dtype=np.uint32)
     coder = constriction.stream.stack.AnsCoder(words.copy())
-    code = PosteriorCode(bins)
+    code = GaussianCode(bins)
     index = code.pop(coder, mean, std)
     assert index.shape == mean.shape and np.abs(index).max() <= bins.max_index
     assert len({j for j, *_ in code._groups(mean, std)}) >= 3  # several window sizes in use
@@ -116,7 +117,8 @@ def test_pixel_encodings():
 
 def test_the_codec_refuses_what_it_does_not_code():
     for overrides, why in (({"model__prior": "vampprior", "model__num_pseudo_inputs": 4}, "VampPrior"),
-                           ({"model__arch": "hvae"}, "two latent layers")):
+                           ({"model__prior": "vampprior", "model__num_pseudo_inputs": 4,
+                             "model__arch": "hvae"}, "VampPrior")):
         config, model = random_model(**overrides)
         with pytest.raises(CodingError, match=why):
             codec.check_codable(config, model)

@@ -9,6 +9,12 @@ negative ELBO at the discretised latents. Decoding runs it backwards, last block
 latents under the prior, pop the pixels under p(x|z), push the latents under q(z|x) of the
 decoded images. One constriction call codes each of those steps for the whole block.
 
+A model with layers of latents (the HVAE: z2 on top, z1 below) pops them top first, each under
+q given the layers above it (q(z2|x), then q(z1|x, z2)), pushes x, then pushes them bottom
+first, each under its prior given the layers above (p(z1|z2), then p(z2)); decoding pops the
+top first under the prior. The rate is then KL(q(z2|x) ‖ p(z2)) + KL(q(z1|x, z2) ‖ p(z1|z2)),
+one sample each, as in the HVAE's ELBO.
+
 The initial bits. Step 1 of the first block reads bits that must come from somewhere. Here the
 first image is coded without bits back: its latent is the bin of its posterior mean, pushed
 under the prior after the image (a plain two-part code, about Z · log2(1/width) bits more than
@@ -30,7 +36,7 @@ from tqdm import tqdm
 from vae.coding import pixels
 from vae.coding.errors import CodingError
 from vae.coding.host import HostModel
-from vae.coding.latents import LatentBins, PosteriorCode
+from vae.coding.latents import GaussianCode, LatentBins
 
 # A pop that leaves fewer valid bits than this read the stack dry (an ANS coder popped past its
 # data returns symbols from the far tails, which then cost dearly to push): the block is halved.
@@ -65,9 +71,10 @@ def block_sizes(count: int, block_size: int, ramp: tuple[int, ...]) -> list[int]
     return sizes
 
 
-def _kl_bits(mean_bxZ, std_bxZ) -> np.ndarray:
-    """KL(N(mean, std²) ‖ N(0, 1)) per image, bits."""
-    per_dim = 0.5 * (mean_bxZ**2 + std_bxZ**2 - 1.0) - np.log(std_bxZ)
+def _kl_bits(mean_bxZ, std_bxZ, prior_mean_bxZ=0.0, prior_std_bxZ=1.0) -> np.ndarray:
+    """KL(N(mean, std²) ‖ N(prior_mean, prior_std²)) per image, bits."""
+    ratio = std_bxZ / prior_std_bxZ
+    per_dim = 0.5 * (ratio**2 + ((mean_bxZ - prior_mean_bxZ) / prior_std_bxZ) ** 2 - 1.0) - np.log(ratio)
     return per_dim.sum(axis=-1) * LOG2E
 
 
@@ -78,38 +85,65 @@ def _rec_bits(symbols_bxD, probabilities_bxD) -> np.ndarray:
 
 
 class _Block:
-    """The coding steps of one block on a coder (the models built once per file)."""
+    """The coding steps of one block on a coder (the models built once per file). Latents are
+    lists of bin indices, one b x Z array per layer, top first."""
 
     def __init__(self, host: HostModel, bins: LatentBins, family: str):
         self.host, self.bins = host, bins
-        self.q_code, self.prior_model = PosteriorCode(bins), bins.prior_model()
+        self.gaussian, self.prior_model = GaussianCode(bins), bins.prior_model()
+        self.conditional = GaussianCode(bins, windowed=False)
         self.pixel_model = pixels.ans_model(family)
 
-    def posterior(self, symbols_bxD):
-        return self.host.posterior(pixels.model_input(symbols_bxD))
+    def values(self, indices: list) -> list:
+        return [self.bins.values(index) for index in indices]
 
-    def pop_posterior(self, coder, mean_bxZ, std_bxZ) -> np.ndarray:
-        return self.q_code.pop(coder, mean_bxZ, std_bxZ)
+    def posterior(self, layer, symbols_bxD, upper: list):
+        return self.host.posterior(layer, pixels.model_input(symbols_bxD), self.values(upper))
 
-    def push_posterior(self, coder, index_bxZ, mean_bxZ, std_bxZ) -> None:
-        self.q_code.push(coder, index_bxZ, mean_bxZ, std_bxZ)
+    def pop_posterior(self, coder, symbols_bxD, *, nearest: bool = False):
+        """Every layer's indices popped under q (or, with `nearest`, the bins of q's means, nothing
+        popped), and the closed-form KL of each layer's q to its prior, bits per image."""
+        indices, kl_bits = [], 0.0
+        for layer in range(self.host.num_layers):
+            mean, std = self.posterior(layer, symbols_bxD, indices)
+            prior = self.host.conditional_prior(layer, self.values(indices)) if layer else (0.0, 1.0)
+            kl_bits = kl_bits + _kl_bits(mean, std, *prior)
+            indices.append(self.bins.nearest(mean) if nearest else self.gaussian.pop(coder, mean, std))
+        return indices, kl_bits
 
-    def probabilities(self, index_bxZ) -> np.ndarray:
-        return self.host.pixel_probabilities(self.bins.values(index_bxZ))
+    def push_posterior(self, coder, symbols_bxD, indices: list) -> None:
+        """Pushes every layer's indices under q, bottom first: undoes `pop_posterior`."""
+        for layer in reversed(range(self.host.num_layers)):
+            self.gaussian.push(coder, indices[layer], *self.posterior(layer, symbols_bxD, indices[:layer]))
 
-    def push_pixels_and_latents(self, coder, symbols_bxD, index_bxZ, probabilities_bxD) -> int:
-        """Pushes the pixels, then the latents; the stack's size (bits) between the two."""
+    def probabilities(self, indices: list) -> np.ndarray:
+        return self.host.pixel_probabilities(self.values(indices))
+
+    def push_pixels_and_latents(self, coder, symbols_bxD, indices: list, probabilities_bxD) -> int:
+        """Pushes the pixels, then the latents bottom first under their priors; the stack's size
+        (bits) between the two."""
         coder.encode_reverse(symbols_bxD.reshape(-1), self.pixel_model,
                              *pixels.ans_parameters(probabilities_bxD))
         between = coder.num_valid_bits()
-        coder.encode_reverse(index_bxZ.reshape(-1), self.prior_model)
+        for layer in reversed(range(self.host.num_layers)):
+            if layer:
+                prior = self.host.conditional_prior(layer, self.values(indices[:layer]))
+                self.conditional.push(coder, indices[layer], *prior)
+            else:
+                coder.encode_reverse(indices[0].reshape(-1), self.prior_model)
         return between
 
-    def pop_latents_and_pixels(self, coder, rows: int) -> tuple[np.ndarray, np.ndarray]:
-        index_bxZ = coder.decode(self.prior_model, rows * self.host.latent_dim).reshape(rows, -1)
-        probabilities = self.probabilities(index_bxZ)
+    def pop_latents_and_pixels(self, coder, rows: int) -> tuple[list, np.ndarray]:
+        indices = []
+        for layer in range(self.host.num_layers):
+            if layer:
+                prior = self.host.conditional_prior(layer, self.values(indices))
+                indices.append(self.conditional.pop(coder, *prior))
+            else:
+                indices.append(coder.decode(self.prior_model, rows * self.host.latent_dim).reshape(rows, -1))
+        probabilities = self.probabilities(indices)
         symbols = coder.decode(self.pixel_model, *pixels.ans_parameters(probabilities))
-        return index_bxZ, symbols.reshape(rows, -1).astype(np.int32)
+        return indices, symbols.reshape(rows, -1).astype(np.int32)
 
 
 def encode(host: HostModel, symbols_NxD: np.ndarray, bins: LatentBins, family: str,
@@ -124,33 +158,28 @@ def encode(host: HostModel, symbols_NxD: np.ndarray, bins: LatentBins, family: s
     with tqdm(total=count, unit="img", disable=not progress, file=sys.stderr, desc="compress",
               dynamic_ncols=True) as bar:
         first = symbols_NxD[:1]
-        mean, std = block.posterior(first)
-        index = bins.nearest(mean)
-        probabilities = block.probabilities(index)
-        between = block.push_pixels_and_latents(coder, first, index, probabilities)
-        kl_bits[0] = _kl_bits(mean, std)[0]
-        elbo_bits[0] = _rec_bits(first, probabilities)[0] + kl_bits[0]
+        indices, kl_bits[:1] = block.pop_posterior(coder, first, nearest=True)
+        probabilities = block.probabilities(indices)
+        between = block.push_pixels_and_latents(coder, first, indices, probabilities)
+        elbo_bits[:1] = _rec_bits(first, probabilities) + kl_bits[:1]
         first_image_bits = coder.num_valid_bits()
         steps = [(0, between, first_image_bits)]
         bar.update(1)
         start, ramp, ramping = 1, [], True
         while start < count:
             size = min(block_size, count - start, start) if ramping else min(block_size, count - start)
-            x = symbols_NxD[start:start + size]
-            mean, std = block.posterior(x)
             saved = coder.clone() if ramping else None
-            index = block.pop_posterior(coder, mean, std)
+            indices, kl = block.pop_posterior(coder, symbols_NxD[start:start + size])
             while ramping and size > 1 and coder.num_valid_bits() < DRY_STACK_BITS:  # read dry: halve
                 coder, size = saved.clone(), size // 2
-                x = symbols_NxD[start:start + size]
-                mean, std = block.posterior(x)
-                index = block.pop_posterior(coder, mean, std)
+                indices, kl = block.pop_posterior(coder, symbols_NxD[start:start + size])
+            x = symbols_NxD[start:start + size]
             popped = coder.num_valid_bits()
-            probabilities = block.probabilities(index)
-            between = block.push_pixels_and_latents(coder, x, index, probabilities)
+            probabilities = block.probabilities(indices)
+            between = block.push_pixels_and_latents(coder, x, indices, probabilities)
             steps.append((popped, between, coder.num_valid_bits()))
-            kl_bits[start:start + size] = _kl_bits(mean, std)
-            elbo_bits[start:start + size] = _rec_bits(x, probabilities) + kl_bits[start:start + size]
+            kl_bits[start:start + size] = kl
+            elbo_bits[start:start + size] = _rec_bits(x, probabilities) + kl
             if ramping and size == block_size:
                 ramping = False
             elif ramping:
@@ -173,10 +202,10 @@ def decode(host: HostModel, words: np.ndarray, count: int, ramp: tuple[int, ...]
     with tqdm(total=count, unit="img", disable=not progress, file=sys.stderr, desc="decompress",
               dynamic_ncols=True) as bar:
         for size, end in zip(sizes[::-1], ends[::-1]):
-            index, x = block.pop_latents_and_pixels(coder, size)
+            indices, x = block.pop_latents_and_pixels(coder, size)
             symbols[end - size:end] = x
             if end > 1:  # the first image was coded without bits back
-                block.push_posterior(coder, index, *block.posterior(x))
+                block.push_posterior(coder, x, indices)
             bar.update(size)
     if not coder.is_empty():
         raise DecodeMismatch(f"the stream did not decode back to an empty stack ({coder.num_valid_bits()} "

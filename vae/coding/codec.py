@@ -25,7 +25,6 @@ from vae.train import trained
 
 DEFAULT_BLOCK_SIZE = 100
 MAX_BLOCK_SIZE = 10_000
-HIERARCHICAL_ARCHS = ("hvae", "conv_hvae")
 
 
 def model_hash(config, model) -> bytes:
@@ -41,10 +40,6 @@ def model_hash(config, model) -> bytes:
 
 def check_codable(config, model) -> str:
     """The likelihood's coding family, or CodingError naming what the codec does not code."""
-    if config.model.arch in HIERARCHICAL_ARCHS:
-        raise CodingError(
-            f"model.arch={config.model.arch} has two latent layers (z2, then z1 given z2); the codec codes "
-            "one-level models only (model.arch mlp or conv)")
     if config.model.prior != "standard_normal":
         raise CodingError(
             f"model.prior={config.model.prior}: the codec codes each latent dimension under its own "
@@ -88,8 +83,7 @@ def compress_workdir(workdir: str | Path, images: np.ndarray | None = None, *,
     scale = pixels.pixel_scale(images, family)
     host = host_model(model, block_size)
     start = time.perf_counter()
-    host.posterior(np.zeros((1, host.num_pixels)))  # compiled before the clock starts
-    host.pixel_probabilities(np.zeros((1, host.latent_dim)))
+    host.warm_up()  # compiled before the clock starts
     compiled = time.perf_counter()
     coded = bbans.encode(host, pixels.to_symbols(images, scale), bins, family, progress=progress)
     coding_time = time.perf_counter() - compiled
@@ -133,8 +127,7 @@ def decompress_workdir(workdir: str | Path, data: bytes, name: str, *, epoch: in
             f"{header.model_hash.hex()[:12]}); {workdir} gives epoch {restored_epoch}, model "
             f"{found.hex()[:12]}{hint}")
     host = host_model(model, header.block_size)
-    host.posterior(np.zeros((1, host.num_pixels)))
-    host.pixel_probabilities(np.zeros((1, host.latent_dim)))
+    host.warm_up()
     start = time.perf_counter()
     symbols = bbans.decode(host, words, header.count, header.ramp, bins, family, progress=progress)
     coding_time = time.perf_counter() - start

@@ -26,16 +26,36 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vae.model.hvae import HierarchicalVAE
+
 
 @dataclasses.dataclass(frozen=True)
 class HostModel:
-    """A model's coding functions on host arrays (float64), each call padded to `block_size` rows."""
+    """A model's coding functions on host arrays (float64), each call padded to `block_size` rows.
 
-    posterior: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # x_bxD -> (mean, std), b x Z
-    pixel_probabilities: Callable[[np.ndarray], np.ndarray]  # z_bxZ -> the likelihood's coding parameters
-    latent_dim: int
+    The latents are layers from the top: one for the VAE (z), two for the HVAE (z2, then z1).
+    Every function takes the upper layers' latents (b x Z each, top first) as they were coded."""
+
+    num_layers: int
+    latent_dim: int  # of each layer
     num_pixels: int
     block_size: int
+    # (layer, x_bxD, upper latents) -> q(z_layer | x, upper)'s (mean, std), b x Z each
+    posterior: Callable[[int, np.ndarray, list], tuple[np.ndarray, np.ndarray]]
+    # (layer >= 1, upper latents) -> p(z_layer | upper)'s (mean, std); the top layer's prior is N(0, I)
+    conditional_prior: Callable[[int, list], tuple[np.ndarray, np.ndarray]]
+    # (every layer's latents) -> the likelihood's coding parameters of p(x | z), b x D
+    pixel_probabilities: Callable[[list], np.ndarray]
+
+    def warm_up(self) -> None:
+        """Compiles every function (the first call of each shape compiles)."""
+        x = np.zeros((1, self.num_pixels))
+        zs = [np.zeros((1, self.latent_dim))] * self.num_layers
+        for layer in range(self.num_layers):
+            self.posterior(layer, x, zs[:layer])
+            if layer:
+                self.conditional_prior(layer, zs[:layer])
+        self.pixel_probabilities(zs)
 
 
 def _float64(leaf):
@@ -43,35 +63,55 @@ def _float64(leaf):
     return array.astype(np.float64) if np.issubdtype(array.dtype, np.floating) else array
 
 
+def _gaussian(mean_and_log_var):
+    mean, log_var = mean_and_log_var
+    return mean, jnp.exp(0.5 * log_var)
+
+
+def _layer_functions(model):
+    """(posterior per layer, conditional prior per layer (None at the top), pixel parameters) as
+    functions of the merged model: what each architecture's layers are."""
+    if isinstance(model, HierarchicalVAE):
+        posteriors = [lambda m, x: _gaussian(m.encode(x)), lambda m, x, z2: _gaussian(m.q_z1(x, z2))]
+        priors = [None, lambda m, z2: _gaussian(m.p_z1(z2))]
+        return posteriors, priors, lambda m, z2, z1: m.likelihood.coding_probabilities(m.decode_both(z1, z2))
+    return ([lambda m, x: _gaussian(m.encode(x))], [None],
+            lambda m, z: m.likelihood.coding_probabilities(m.decode(z)))
+
+
 def host_model(model, block_size: int) -> HostModel:
-    """The posterior q(z|x) (mean and standard deviation) and the likelihood's coding parameters
-    of p(x|z) (`likelihood.coding_probabilities`), jitted once each, float64 on the CPU."""
+    """q(z|x) per layer (mean and standard deviation), the HVAE's p(z1|z2), and the likelihood's
+    coding parameters of p(x|z) (`likelihood.coding_probabilities`), each jitted once, float64 on
+    the CPU."""
     cpu = jax.devices("cpu")[0]
     graphdef, state = nnx.split(model)
     with jax.enable_x64(True):
         state64 = jax.device_put(jax.tree.map(_float64, state), cpu)
 
-    @jax.jit
-    def posterior(state, x_BxD):
-        mean_BxZ, log_var_BxZ = nnx.merge(graphdef, state).encode(x_BxD)
-        return mean_BxZ, jnp.exp(0.5 * log_var_BxZ)
+    def compiled(function):
+        return jax.jit(lambda state, *rows: function(nnx.merge(graphdef, state), *rows))
 
-    @jax.jit
-    def pixel_probabilities(state, z_BxZ):
-        decoded = nnx.merge(graphdef, state)
-        return decoded.likelihood.coding_probabilities(decoded.decode(z_BxZ))
+    posteriors, priors, pixels = _layer_functions(model)
+    posteriors = [compiled(f) for f in posteriors]
+    priors = [f and compiled(f) for f in priors]
+    pixels = compiled(pixels)
 
-    def padded_call(function, rows_bxK: np.ndarray):
-        rows = rows_bxK.shape[0]
+    def padded_call(function, *rows_bxK: np.ndarray):
+        rows = rows_bxK[0].shape[0]
         if not 1 <= rows <= block_size:
             raise ValueError(f"a call codes 1 to {block_size} rows, got {rows}")
-        padded = np.zeros((block_size, rows_bxK.shape[1]), np.float64)
-        padded[:rows] = rows_bxK
+        padded = []
+        for array in rows_bxK:
+            full = np.zeros((block_size, array.shape[1]), np.float64)
+            full[:rows] = array
+            padded.append(jax.device_put(full, cpu))
         with jax.enable_x64(True):
-            result = function(state64, jax.device_put(padded, cpu))
+            result = function(state64, *padded)
             return jax.tree.map(lambda a: np.asarray(a, np.float64)[:rows], result)
 
-    return HostModel(posterior=lambda x: padded_call(posterior, x),
-                     pixel_probabilities=lambda z: padded_call(pixel_probabilities, z),
-                     latent_dim=model.latent_dim, num_pixels=int(np.prod(model.image_shape)),
-                     block_size=block_size)
+    return HostModel(
+        num_layers=len(posteriors), latent_dim=model.latent_dim, num_pixels=int(np.prod(model.image_shape)),
+        block_size=block_size,
+        posterior=lambda layer, x, upper: padded_call(posteriors[layer], x, *upper),
+        conditional_prior=lambda layer, upper: padded_call(priors[layer], *upper),
+        pixel_probabilities=lambda zs: padded_call(pixels, *zs))

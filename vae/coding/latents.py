@@ -78,13 +78,16 @@ class LatentBins:
         return constriction.stream.model.QuantizedGaussian(-k, k, 0.0, 1.0 / self.width)
 
 
-class PosteriorCode:
-    """Pops and pushes bin indices under q(z|x) = N(mean, std²), each within its window: one
-    constriction model per window size, one coder call per window size in use."""
+class GaussianCode:
+    """Pops and pushes bin indices under a diagonal Gaussian N(mean, std²) given per index, each
+    within its window (`windowed`, for q(z|x), whose pops must not reach its far tails) or over
+    the whole range (for a conditional prior such as the HVAE's p(z1|z2), which must be able to
+    push whatever q drew): one constriction model per window size, one coder call per window size
+    in use."""
 
-    def __init__(self, bins: LatentBins):
+    def __init__(self, bins: LatentBins, windowed: bool = True):
         self.bins = bins
-        self.windows = bins.windows()
+        self.windows = bins.windows() if windowed else [bins.max_index]
         self.models = [constriction.stream.model.QuantizedGaussian(-w, w) for w in self.windows]
 
     def _groups(self, mean_bxZ, std_bxZ):
@@ -105,14 +108,14 @@ class PosteriorCode:
         return groups
 
     def pop(self, coder, mean_bxZ, std_bxZ) -> np.ndarray:
-        """Bin indices (b x Z, int32) drawn from the stack under q."""
+        """Bin indices (b x Z, int32) drawn from the stack under the Gaussian."""
         index = np.zeros(mean_bxZ.size, np.int64)
         for j, where, centre, offset_mean, std in self._groups(mean_bxZ, std_bxZ):
             index[where] = centre + coder.decode(self.models[j], offset_mean, std)
         return index.reshape(mean_bxZ.shape).astype(np.int32)
 
     def push(self, coder, index_bxZ, mean_bxZ, std_bxZ) -> None:
-        """Pushes the indices `pop` gave back under the same q: the stack is as before the pop."""
+        """Pushes indices under the Gaussian; after `pop`, under the same one, the stack is as before."""
         flat = np.asarray(index_bxZ, np.int64).reshape(-1)
         for j, where, centre, offset_mean, std in reversed(self._groups(mean_bxZ, std_bxZ)):
             coder.encode_reverse((flat[where] - centre).astype(np.int32), self.models[j], offset_mean, std)
