@@ -54,7 +54,7 @@ class Coded:
     ramp: tuple[int, ...]  # the sizes of the blocks between the first image and the first full block
     first_image_bits: int  # the stack's size after the first image (coded without bits back)
     elbo_bits_N: np.ndarray  # per image: −log2 p(x|z) at the coded latents + KL(q ‖ p) in bits
-    kl_bits_N: np.ndarray  # per image: KL(q(z|x) ‖ p(z)) in bits, closed form
+    kl_bits_N: np.ndarray  # per image: KL(q ‖ p) in bits, closed form, summed over the layers
     # The stack's size (bits) after each block's three steps: the pop under q (the first image
     # has none), the pixels pushed, the latents pushed. Per image where blocks hold one image.
     steps_bits_Bx3: np.ndarray

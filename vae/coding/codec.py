@@ -129,7 +129,10 @@ def decompress_workdir(workdir: str | Path, data: bytes, name: str, *, epoch: in
     host = host_model(model, header.block_size)
     host.warm_up()
     start = time.perf_counter()
-    symbols = bbans.decode(host, words, header.count, header.ramp, bins, family, progress=progress)
+    try:
+        symbols = bbans.decode(host, words, header.count, header.ramp, bins, family, progress=progress)
+    except bbans.DecodeMismatch as e:
+        raise CodingError(f"{name} did not decode with this machine's model outputs: {e}") from None
     coding_time = time.perf_counter() - start
     images = pixels.from_symbols(symbols, header.pixel_scale, header.array_shape())
     if container.images_crc32(images) != header.images_crc32:
