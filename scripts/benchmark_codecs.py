@@ -106,7 +106,9 @@ def markdown(result: dict) -> str:
               f"Compression: {c['coding_time_sec']:.2f} s coding ({c['images_per_sec']:,.0f} images/s), "
               f"{bb['compress_wall_sec']:.1f} s for the command from start to exit; decompression: "
               f"{d['coding_time_sec']:.2f} s coding ({d['images_per_sec']:,.0f} images/s), "
-              f"{bb['decompress_wall_sec']:.1f} s for the command."]
+              f"{bb['decompress_wall_sec']:.1f} s for the command.",
+              "One file per image: each codec's complete file for each image alone; the bits-back one "
+              f"pays its {c['header_bytes']}-byte header and a first image without bits back in every file."]
     return "\n".join(lines) + "\n"
 
 
