@@ -282,13 +282,13 @@ from configs import mlp_small  # noqa: E402
 from vae.train import loop as training  # noqa: E402
 
 results = {}
-with tempfile.TemporaryDirectory() as tmp:
-    for beta in (1.0, 4.0, 16.0):
-        config = mlp_small.get_config()
-        config.data.train_split, config.data.test_split = "train[:4096]", "test[:1000]"
-        config.model.latent_dim, config.train.num_epochs, config.train.beta = 16, 6, beta
-        history = training.train_and_evaluate(config, f"{tmp}/beta{beta}", progress=False)
-        results[beta] = history[-1]
+runs = tempfile.TemporaryDirectory()  # kept until the end: section 8 compresses with the β = 1 model
+for beta in (1.0, 4.0, 16.0):
+    config = mlp_small.get_config()
+    config.data.train_split, config.data.test_split = "train[:4096]", "test[:1000]"
+    config.model.latent_dim, config.train.num_epochs, config.train.beta = 16, 6, beta
+    history = training.train_and_evaluate(config, f"{runs.name}/beta{beta}", progress=False)
+    results[beta] = history[-1]
 COLLAPSED = 0.05  # nats: a dimension below this carries almost no information about x
 for beta, record in results.items():
     collapsed = sum(k < COLLAPSED for k in record["test/kl_per_dim"])
@@ -357,3 +357,91 @@ fig.tight_layout()
 # code; the mismatch part takes up what I's estimate cannot show. A learned prior, such as the
 # VampPrior (`model.prior=vampprior`), attacks the second part from the other side: p(z) moves
 # toward q(z), and the code keeps its information.
+
+# %% [markdown]
+# ## 8. KL in real bits: a coder, not a formula
+#
+# Section 2 said that coding messages from P with the code built for Q costs KL(P‖Q) extra bits
+# per message. Here those are file sizes. An ANS coder (`constriction`, through
+# `vae.coding.messages`) turns a probability table into a real code: a million animals drawn from
+# the forest's P, coded once with the code built for P and once with the code built for Q.
+
+# %%
+from vae.coding import messages  # noqa: E402
+
+N = 1_000_000
+draws = np.random.default_rng(0).choice(len(P_forest), size=N, p=P_forest)
+file_p = messages.ans_file_bits(draws, P_forest)
+file_q = messages.ans_file_bits(draws, Q_forest)
+extra = (file_q - file_p) / N
+log_ratio = np.log2(P_forest / Q_forest)[draws]  # each draw's extra bits under the ideal codes
+std_error = log_ratio.std(ddof=1) / math.sqrt(N)
+overhead = {name: file / messages.information_bits(draws, code) - 1
+            for name, file, code in (("P", file_p, P_forest), ("Q", file_q, Q_forest))}
+print(f"coded for P: {file_p / 8:,.0f} bytes = {file_p / N:.4f} bits per animal (H(P) = {h_p:.4f})")
+print(f"coded for Q: {file_q / 8:,.0f} bytes = {file_q / N:.4f} bits per animal (H(P,Q) = {h_pq:.4f})")
+print(f"extra bits per animal: {extra:.5f}; KL(P‖Q) = {kl_bits:.5f} bits; sampling error ±{std_error:.5f}")
+print(f"extra bits within 3 standard errors of KL(P‖Q): {abs(extra - kl_bits) < 3 * std_error}")
+print(f"the coder's overhead over the ideal code length −Σ log2 q(x): {100 * overhead['P']:.4f}% "
+      f"(code for P), {100 * overhead['Q']:.4f}% (code for Q); below 0.1%: {max(overhead.values()) < 1e-3}")
+
+fig, ax = plt.subplots(figsize=(6, 3.5))
+sizes = [file_p / 8 / 1e3, file_q / 8 / 1e3, (file_q - file_p) / 8 / 1e3]
+ax.bar(["file coded for P\n≈ N·H(P)", "file coded for Q\n≈ N·H(P,Q)", "difference\n≈ N·KL(P‖Q)"], sizes,
+       color=["tab:blue", "tab:purple", "tab:red"])
+for x, value in enumerate(sizes):
+    ax.annotate(f"{value:,.1f} kB", (x, value), ha="center", va="bottom")
+ax.set_ylabel("kilobytes for a million animals")
+ax.set_title("cross-entropy = entropy + KL, as file sizes")
+fig.tight_layout()
+
+# %% [markdown]
+# The dog and the panda (section 1): the truth is always "dog". A million dogs coded under the
+# poor network's Q cost KL(P‖Q_poor) bits each, under the good one KL(P‖Q_good), and under P itself
+# nothing but the coder's start (P gives the dog probability 1: no surprise, no bits). There is no
+# sampling error here: every message is a dog.
+
+# %%
+dogs = np.zeros(N, np.int64)
+start_bits = 32 * len(messages.START_WORDS)
+for name, code, expected in (("P", P, 0.0), ("Q_poor", Q_poor, kl_poor), ("Q_good", Q_good, kl_good)):
+    bits = messages.ans_file_bits(dogs, code) - start_bits
+    print(f"a million dogs coded for {name}: {bits / 8:,.0f} bytes = {bits / N:.4f} bits per dog "
+          f"(KL(P‖{name}) = {expected:.4f} bits)")
+
+# %% [markdown]
+# **The VAE.** A VAE codes an image with bits-back coding (`vae.coding`, the same code as
+# `scripts/compress.py`): pop z from the stack under q(z|x) (bits taken back), push the image under
+# p(x|z), push z under the prior. What the code pays for z is the prior's cost minus the bits
+# back: the rate, a one-sample estimate of the KL term. Here the β = 1 model of section 6 codes its
+# 1,000 test images one by one on one stack (the first without bits back: nothing is on the stack
+# yet), and each image's code length is the stack's growth while it is coded.
+
+# %%
+from vae.coding import codec  # noqa: E402
+
+lengths = codec.image_code_lengths(f"{runs.name}/beta1.0")
+rest = slice(1, None)  # every image after the first
+print(f"per image, mean over {len(lengths['code']) - 1} images: code {lengths['code'][rest].mean():.2f} "
+      f"bits, -ELBO {lengths['elbo'][rest].mean():.2f} bits; z pushed under the prior "
+      f"{lengths['latents'][rest].mean():.2f} bits, bits back {lengths['bits_back'][rest].mean():.2f}, "
+      f"rate {lengths['rate'][rest].mean():.2f} bits against the KL term's {lengths['kl'][rest].mean():.2f}")
+gap = lengths["code"][rest].mean() / lengths["elbo"][rest].mean() - 1
+print(f"code length over the -ELBO: {100 * gap:+.3f}%; within 0.5%: {abs(gap) < 0.005}")
+
+fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+axes[0].scatter(lengths["elbo"][rest], lengths["code"][rest], s=4, alpha=0.5)
+low, high = lengths["elbo"][rest].min(), lengths["elbo"][rest].max()
+axes[0].plot([low, high], [low, high], color="gray", ls="--", label="code = -ELBO")
+axes[0].set_xlabel("-ELBO of the image (bits)")
+axes[0].set_ylabel("its code length on the stack (bits)")
+axes[0].legend()
+axes[1].scatter(lengths["kl"][rest], lengths["rate"][rest], s=4, alpha=0.5, color="tab:red")
+low, high = lengths["kl"][rest].min(), lengths["kl"][rest].max()
+axes[1].plot([low, high], [low, high], color="gray", ls="--", label="rate = KL")
+axes[1].set_xlabel("KL(q(z|x) ‖ p(z)) of the image (bits)")
+axes[1].set_ylabel("what the code paid for z after bits back (bits)")
+axes[1].legend()
+fig.suptitle("Bits-back coding: each image's code length is its -ELBO, the rate its KL")
+fig.tight_layout()
+runs.cleanup()

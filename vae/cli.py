@@ -22,7 +22,7 @@ class UsageError(Exception):
 # JAX nor the library, and a script that needs neither (plot_kl.py) starts without them.
 _USER_ERRORS = {"vae.data.source": "DataError", "vae.train.config_checks": "ConfigError",
                 "vae.workdir.files": "WorkdirError", "vae.train.run": "NonFiniteLossError",
-                "vae.train.distributed": "JoinError"}
+                "vae.train.distributed": "JoinError", "vae.coding.errors": "CodingError"}
 
 
 def _imported(names: dict[str, str]) -> tuple[type, ...]:

@@ -12,7 +12,10 @@ turns them into:
 - `mean(out_BxP)`: E[x|z] per pixel in [0, 1], the picture of a decoded code;
 - `sample(key, out_BxP)`: a draw x ~ p(x|z), B x D in [0, 1];
 - `initial_output_bias(pixel_means_D, shape)`: the decoder's output bias at which the model,
-  having learnt nothing yet, predicts the training set's average image.
+  having learnt nothing yet, predicts the training set's average image;
+- `coding_family` and `coding_probabilities(out_BxP)`: what lossless coding (`vae.coding`)
+  codes each pixel with: the family of its discrete distribution ("bernoulli": B x D
+  probabilities of the pixel being on) and that distribution's parameters.
 
 A likelihood is a Flax module so that one with parameters of its own fits the same slot.
 Imports nothing of the package.
@@ -30,6 +33,7 @@ class Bernoulli(nnx.Module):
     the data pipeline binarises every image this likelihood sees."""
 
     outputs_per_pixel = 1
+    coding_family = "bernoulli"  # vae.coding codes each pixel as 0 or 1 with P(1) = coding_probabilities
 
     def log_prob(self, logits: jax.Array, x: jax.Array) -> jax.Array:
         """x·l − softplus(l) summed over pixels: exact for x ∈ {0, 1}, one softplus per pixel (the
@@ -56,6 +60,10 @@ class Bernoulli(nnx.Module):
     def mean(self, logits: jax.Array) -> jax.Array:
         """Each pixel's probability of being on."""
         return jax.nn.sigmoid(logits)
+
+    def coding_probabilities(self, logits: jax.Array) -> jax.Array:
+        """P(pixel on), B x D: the parameter of each pixel's Bernoulli when an image is coded."""
+        return self.mean(logits)
 
     def sample(self, key: jax.Array, logits: jax.Array) -> jax.Array:
         return jax.random.bernoulli(key, jax.nn.sigmoid(logits)).astype(logits.dtype)

@@ -55,10 +55,16 @@ def library_versions() -> dict[str, str]:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Replaces `path` by `text` at once: a failed write (a full disk) leaves the old file."""
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replaces `path` by `data` at once: a failed write (a full disk) leaves the old file."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

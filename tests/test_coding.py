@@ -1,0 +1,238 @@
+"""Bits-back compression (vae.coding): exact round trips with small random models, one image, the
+file format's checks (another model, damaged, truncated), pixel values a Bernoulli model cannot
+code, the models the codec refuses, the file length against the -ELBO of a small trained model,
+and the two scripts end to end."""
+
+import math
+import subprocess
+import sys
+
+import constriction
+import jax
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, tiny_config
+from vae.coding import bbans, codec, container, messages, pixels
+from vae.coding.errors import CodingError
+from vae.coding.host import host_model
+from vae.coding.latents import GaussianCode, LatentBins
+from vae.data import dataset
+from vae.model.build import build_model
+from vae.train import loop as training
+from vae.workdir import files
+from vae.workdir.files import WorkdirError
+
+IMAGE_SHAPE = (28, 28, 1)
+
+
+def random_model(seed=0, **overrides):
+    config = tiny_config(**overrides)
+    return config, build_model(config.model, IMAGE_SHAPE, jax.random.key(seed))
+
+
+def random_symbols(count, seed=0):
+    """Binary images with some structure: each image's pixels on with its own probability."""
+    rng = np.random.default_rng(seed)
+    p_N = rng.uniform(0.05, 0.6, size=(count, 1))
+    return (rng.uniform(size=(count, math.prod(IMAGE_SHAPE))) < p_N).astype(np.int32)
+
+
+def round_trip(model, symbols, block_size, bins=None):
+    bins = bins or LatentBins()
+    coded = bbans.encode(host_model(model, block_size), symbols, bins, "bernoulli")
+    decoded = bbans.decode(host_model(model, block_size), coded.words, len(symbols), coded.ramp, bins,
+                           "bernoulli")
+    return coded, decoded
+
+
+@pytest.mark.parametrize("arch, count, block_size", [("mlp", 150, 32), ("conv", 150, 32), ("hvae", 150, 32),
+                                                     ("conv_hvae", 12, 4)])
+def test_round_trip_is_exact_with_a_random_model(arch, count, block_size):
+    _, model = random_model(model__arch=arch)
+    symbols = random_symbols(count)
+    coded, decoded = round_trip(model, symbols, block_size=block_size, bins=LatentBins(1 / 32, 8.0))
+    np.testing.assert_array_equal(decoded, symbols)
+    assert coded.ramp and all(size <= block_size for size in coded.ramp)
+    assert bbans.block_sizes(count, block_size, coded.ramp)[1:len(coded.ramp) + 1] == list(coded.ramp)
+
+
+def test_one_image_round_trips():
+    _, model = random_model()
+    symbols = random_symbols(1, seed=3)
+    coded, decoded = round_trip(model, symbols, block_size=8)
+    np.testing.assert_array_equal(decoded, symbols)
+    assert coded.ramp == () and coded.words.size * 32 < coded.first_image_bits + 64
+
+
+def test_posterior_windows_pop_and_push_back_exactly():
+    """q(z|x) narrow and wide, means at and beyond the range's edge: the pop stays in range and
+    its push restores the stack word for word."""
+    bins = LatentBins(1 / 64, 4.0)
+    rng = np.random.default_rng(0)
+    mean, std = rng.normal(scale=2.0, size=(6, 30)), np.exp(rng.uniform(-5, 1.5, size=(6, 30)))
+    mean[0, :3] = 3.99, -4.5, 10.0
+    words = rng.integers(0, 2**32, 400, dtype=np.uint32)
+    coder = constriction.stream.stack.AnsCoder(words.copy())
+    code = GaussianCode(bins)
+    index = code.pop(coder, mean, std)
+    assert index.shape == mean.shape and np.abs(index).max() <= bins.max_index
+    assert len({j for j, *_ in code._groups(mean, std)}) >= 3  # several window sizes in use
+    code.push(coder, index, mean, std)
+    np.testing.assert_array_equal(coder.get_compressed(), words)
+
+
+def test_block_sizes_cover_the_images_once():
+    assert bbans.block_sizes(1, 100, ()) == [1]
+    assert bbans.block_sizes(250, 100, (1, 2, 4)) == [1, 1, 2, 4, 100, 100, 42]
+    assert bbans.block_sizes(8, 100, (1, 2, 4)) == [1, 1, 2, 4]
+    with pytest.raises(ValueError):
+        bbans.block_sizes(5, 100, (1, 2, 4))
+
+
+def test_other_probabilities_do_not_decode_silently():
+    """A decoder whose model differs from the encoder's (here: another random model) gets other
+    images or a stack that does not end empty, and the file's image checksum catches the first."""
+    _, model = random_model(seed=0)
+    _, other = random_model(seed=1)
+    symbols = random_symbols(40)
+    bins = LatentBins()
+    coded = bbans.encode(host_model(model, 16), symbols, bins, "bernoulli")
+    try:
+        decoded = bbans.decode(host_model(other, 16), coded.words, 40, coded.ramp, bins, "bernoulli")
+    except bbans.DecodeMismatch:
+        return
+    assert not np.array_equal(decoded, symbols)
+
+
+def test_pixel_encodings():
+    assert pixels.pixel_scale(np.array([[0, 1]], np.uint8), "bernoulli") == 1
+    assert pixels.pixel_scale(np.array([[0, 255]], np.uint8), "bernoulli") == 255
+    assert pixels.pixel_scale(np.zeros((2, 3), np.uint8), "bernoulli") == 1
+    for bad, why in ((np.array([[0, 7]], np.uint8), "7"), (np.array([[0, 1, 255]], np.uint8), "both"),
+                     (np.array([[0, 1]], np.int64), "uint8")):
+        with pytest.raises(pixels.PixelError, match=why):
+            pixels.pixel_scale(bad, "bernoulli")
+
+
+def test_the_codec_refuses_what_it_does_not_code():
+    for overrides, why in (({"model__prior": "vampprior", "model__num_pseudo_inputs": 4}, "VampPrior"),
+                           ({"model__prior": "vampprior", "model__num_pseudo_inputs": 4,
+                             "model__arch": "hvae"}, "VampPrior")):
+        config, model = random_model(**overrides)
+        with pytest.raises(CodingError, match=why):
+            codec.check_codable(config, model)
+
+
+def test_messages_cost_their_information_content():
+    rng = np.random.default_rng(0)
+    p, q = np.array([0.6, 0.3, 0.1]), np.array([0.5, 0.4, 0.1])
+    x = rng.choice(3, size=100_000, p=p)
+    for code in (p, q):
+        bits = messages.ans_file_bits(x, code)
+        assert 0 < bits - messages.information_bits(x, code) < 0.001 * bits + 64
+    dogs = np.zeros(10_000, np.int64)
+    dog_bits = messages.ans_file_bits(dogs, [0.3, 0.7]) - 32 * len(messages.START_WORDS)
+    assert dog_bits / 10_000 == pytest.approx(-math.log2(0.3), abs=32 / 10_000 + 1e-4)
+
+
+def test_header_round_trips():
+    header = container.Header(model_hash=bytes(range(16)), epoch=7, image_shape=(28, 28, 1), array_ndim=3,
+                              pixel_scale=255, count=12, block_size=5, bin_width=1 / 64, half_range=10.0,
+                              ramp=(1, 2, 4), images_crc32=123)
+    words = np.arange(9, dtype=np.uint32)
+    got_header, got_words = container.unpack(container.pack(header, words), "f")
+    assert got_header == header and got_header.array_shape() == (12, 28, 28)
+    np.testing.assert_array_equal(got_words, words)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, fashion_mnist):
+    """A 2-epoch tiny run evaluated on 2,000 test images, and its compressed test split."""
+    path = tmp_path_factory.mktemp("coded_run")
+    history = training.train_and_evaluate(tiny_config(data__test_split="test[:2000]"), path, progress=False)
+    data, figures = codec.compress_workdir(path, progress=False)
+    return path, history[-1], data, figures
+
+
+def test_file_length_is_within_half_a_percent_of_the_elbo(trained_run):
+    path, last, data, figures = trained_run
+    elbo_bits = figures["images"] * last["test/elbo"] / math.log(2.0)  # the run's own evaluation
+    assert figures["images"] == 2000 and figures["epoch"] == 2
+    assert 8 * len(data) / elbo_bits - 1 < 0.005
+    assert 8 * len(data) / elbo_bits - 1 > -0.005  # one posterior sample cannot beat the ELBO by much
+    images, decoded_figures = codec.decompress_workdir(path, data, "f", progress=False)
+    assert images.shape == (2000, 28, 28, 1) and images.dtype == np.uint8
+    expected, _ = dataset.load_test_set(files.read_config(path).data)
+    np.testing.assert_array_equal(images, expected)
+    assert decoded_figures["bits_per_dim"] == figures["bits_per_dim"]
+
+
+def test_an_array_of_ones_and_zeros_comes_back_as_it_was(trained_run):
+    path = trained_run[0]
+    x = (np.random.default_rng(0).uniform(size=(7, 28, 28)) < 0.3).astype(np.uint8)
+    data, _ = codec.compress_workdir(path, x, progress=False)
+    images, _ = codec.decompress_workdir(path, data, "f", progress=False)
+    assert images.dtype == np.uint8 and images.shape == x.shape
+    np.testing.assert_array_equal(images, x)
+    with pytest.raises(CodingError, match="shape"):
+        codec.compress_workdir(path, x[:, :27], progress=False)
+    with pytest.raises(pixels.PixelError, match="binarise"):
+        codec.compress_workdir(path, x * 3, progress=False)
+
+
+def test_per_image_code_lengths_add_up(trained_run):
+    lengths = codec.image_code_lengths(trained_run[0], max_examples=200)
+    parts = lengths["pixels"] + lengths["latents"] - lengths["bits_back"]
+    np.testing.assert_array_equal(lengths["code"], parts)
+    assert lengths["bits_back"][0] == 0 and np.all(lengths["bits_back"][1:] > 0)
+    rest = slice(1, None)
+    assert lengths["code"][rest].mean() == pytest.approx(lengths["elbo"][rest].mean(), rel=0.01)
+    assert lengths["rate"][rest].mean() == pytest.approx(lengths["kl"][rest].mean(), abs=2.0)
+
+
+def test_a_file_from_another_model_is_refused(trained_run):
+    path, _, data, _ = trained_run
+    with pytest.raises(CodingError, match="another model .*pass --epoch 2"):
+        codec.decompress_workdir(path, data, "f", epoch=1, progress=False)
+
+
+def test_damaged_and_truncated_files_are_refused(trained_run):
+    path, _, data, _ = trained_run
+    for position in (30, len(data) // 2, len(data) - 1):  # the header, the words, the last word
+        damaged = bytearray(data)
+        damaged[position] ^= 0x10
+        with pytest.raises(container.FileError, match="damaged"):
+            codec.decompress_workdir(path, bytes(damaged), "f", progress=False)
+    with pytest.raises(container.FileError, match="truncated"):
+        codec.decompress_workdir(path, data[:-4], "f", progress=False)
+    with pytest.raises(container.FileError, match="not a file written by"):
+        codec.decompress_workdir(path, b"\x93NUMPY" + data[6:], "f", progress=False)
+
+
+def test_a_workdir_without_a_checkpoint_is_refused(tmp_path):
+    with pytest.raises(WorkdirError):
+        codec.compress_workdir(tmp_path, progress=False)
+
+
+def run_script(name, *args):
+    return subprocess.run([sys.executable, f"{REPO}/scripts/{name}", *map(str, args)], capture_output=True,
+                          text=True, cwd=REPO, timeout=120)
+
+
+def test_compress_and_decompress_scripts(trained_run, tmp_path):
+    path = trained_run[0]
+    coded, out = tmp_path / "test.bbans", tmp_path / "test.npy"
+    result = run_script("compress.py", "--workdir", path, "--out", coded, "--max-examples", 300,
+                        "--no-progress")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "bits/dim" in result.stderr and "images/s" in result.stderr
+    result = run_script("decompress.py", "--workdir", path, coded, "--out", out, "--no-progress")
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected, _ = dataset.load_test_set(files.read_config(path).data)
+    np.testing.assert_array_equal(np.load(out), expected[:300])
+    coded.write_bytes(coded.read_bytes()[:-8])  # truncated: one line, exit 2, nothing written
+    result = run_script("decompress.py", "--workdir", path, coded, "--out", tmp_path / "no.npy",
+                        "--no-progress")
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and "truncated" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "no.npy").exists()

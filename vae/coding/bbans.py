@@ -1,0 +1,213 @@
+"""The codec: bits-back coding with ANS (BB-ANS) over blocks of images on one stack.
+
+Encoding a block of b images (b <= block_size), the stack holding the blocks before it:
+  1. pop b · Z latent bin indices under q(z|x) (the bits back: decoding pushes them again);
+  2. push the b · D pixels under p(x|z) at those latents;
+  3. push the latents under the prior p(z).
+A block then costs −log P(x|z) − log P(z) + log Q(z|x) bits: a one-sample estimate of the
+negative ELBO at the discretised latents. Decoding runs it backwards, last block first: pop the
+latents under the prior, pop the pixels under p(x|z), push the latents under q(z|x) of the
+decoded images. One constriction call codes each of those steps for the whole block.
+
+A model with layers of latents (the HVAE: z2 on top, z1 below) pops them top first, each under
+q given the layers above it (q(z2|x), then q(z1|x, z2)), pushes x, then pushes them bottom
+first, each under its prior given the layers above (p(z1|z2), then p(z2)); decoding pops the
+top first under the prior. The rate is then KL(q(z2|x) ‖ p(z2)) + KL(q(z1|x, z2) ‖ p(z1|z2)),
+one sample each, as in the HVAE's ELBO.
+
+The initial bits. Step 1 of the first block reads bits that must come from somewhere. Here the
+first image is coded without bits back: its latent is the bin of its posterior mean, pushed
+under the prior after the image (a plain two-part code, about Z · log2(1/width) bits more than
+bits back would cost it, measured and reported as `first_image_bits`). The blocks after it
+grow with the stack: each takes at most as many images as are coded already (1, 2, 4, ...),
+halved again while its pop would read the stack dry, until a block of block_size fits; these
+ramp sizes go into the file. What the file pays beyond the images' code lengths is then the
+first image's two-part code, the coder's final state (at most 64 bits, rounded to 32-bit
+words) and the header.
+"""
+
+import dataclasses
+import sys
+
+import constriction
+import numpy as np
+from tqdm import tqdm
+
+from vae.coding import pixels
+from vae.coding.errors import CodingError
+from vae.coding.host import HostModel
+from vae.coding.latents import GaussianCode, LatentBins
+
+# A pop that leaves fewer valid bits than this read the stack dry (an ANS coder popped past its
+# data returns symbols from the far tails, which then cost dearly to push): the block is halved.
+DRY_STACK_BITS = 64
+LOG2E = 1.0 / np.log(2.0)
+
+
+class DecodeMismatch(CodingError):
+    """The stream did not decode back to where encoding started: other probabilities or data."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Coded:
+    words: np.ndarray  # uint32: the ANS stack
+    ramp: tuple[int, ...]  # the sizes of the blocks between the first image and the first full block
+    first_image_bits: int  # the stack's size after the first image (coded without bits back)
+    elbo_bits_N: np.ndarray  # per image: −log2 p(x|z) at the coded latents + KL(q ‖ p) in bits
+    kl_bits_N: np.ndarray  # per image: KL(q ‖ p) in bits, closed form, summed over the layers
+    # The stack's size (bits) after each block's three steps: the pop under q (the first image
+    # has none), the pixels pushed, the latents pushed. Per image where blocks hold one image.
+    steps_bits_Bx3: np.ndarray
+
+
+def block_sizes(count: int, block_size: int, ramp: tuple[int, ...]) -> list[int]:
+    """The sizes of the blocks a file of `count` images was coded in: the first image, the ramp,
+    then blocks of block_size (the last one partial)."""
+    sizes = [1, *ramp][:count] if count else []
+    if sum(sizes) > count or any(size < 1 or size > block_size for size in ramp):
+        raise ValueError(f"ramp {ramp} does not fit {count} images in blocks of at most {block_size}")
+    rest = count - sum(sizes)
+    sizes += [block_size] * (rest // block_size) + ([rest % block_size] if rest % block_size else [])
+    return sizes
+
+
+def _kl_bits(mean_bxZ, std_bxZ, prior_mean_bxZ=0.0, prior_std_bxZ=1.0) -> np.ndarray:
+    """KL(N(mean, std²) ‖ N(prior_mean, prior_std²)) per image, bits."""
+    ratio = std_bxZ / prior_std_bxZ
+    per_dim = 0.5 * (ratio**2 + ((mean_bxZ - prior_mean_bxZ) / prior_std_bxZ) ** 2 - 1.0) - np.log(ratio)
+    return per_dim.sum(axis=-1) * LOG2E
+
+
+def _rec_bits(symbols_bxD, probabilities_bxD) -> np.ndarray:
+    """−log2 p(x|z) per image (Bernoulli), from the probabilities the coder used."""
+    p = np.where(symbols_bxD == 1, probabilities_bxD, 1.0 - probabilities_bxD)
+    return -np.log2(np.maximum(p, 1e-300)).sum(axis=-1)
+
+
+class _Block:
+    """The coding steps of one block on a coder (the models built once per file). Latents are
+    lists of bin indices, one b x Z array per layer, top first."""
+
+    def __init__(self, host: HostModel, bins: LatentBins, family: str):
+        self.host, self.bins = host, bins
+        self.gaussian, self.prior_model = GaussianCode(bins), bins.prior_model()
+        self.conditional = GaussianCode(bins, windowed=False)
+        self.pixel_model = pixels.ans_model(family)
+
+    def values(self, indices: list) -> list:
+        return [self.bins.values(index) for index in indices]
+
+    def posterior(self, layer, symbols_bxD, upper: list):
+        return self.host.posterior(layer, pixels.model_input(symbols_bxD), self.values(upper))
+
+    def pop_posterior(self, coder, symbols_bxD, *, nearest: bool = False):
+        """Every layer's indices popped under q (or, with `nearest`, the bins of q's means, nothing
+        popped), and the closed-form KL of each layer's q to its prior, bits per image."""
+        indices, kl_bits = [], 0.0
+        for layer in range(self.host.num_layers):
+            mean, std = self.posterior(layer, symbols_bxD, indices)
+            prior = self.host.conditional_prior(layer, self.values(indices)) if layer else (0.0, 1.0)
+            kl_bits = kl_bits + _kl_bits(mean, std, *prior)
+            indices.append(self.bins.nearest(mean) if nearest else self.gaussian.pop(coder, mean, std))
+        return indices, kl_bits
+
+    def push_posterior(self, coder, symbols_bxD, indices: list) -> None:
+        """Pushes every layer's indices under q, bottom first: undoes `pop_posterior`."""
+        for layer in reversed(range(self.host.num_layers)):
+            self.gaussian.push(coder, indices[layer], *self.posterior(layer, symbols_bxD, indices[:layer]))
+
+    def probabilities(self, indices: list) -> np.ndarray:
+        return self.host.pixel_probabilities(self.values(indices))
+
+    def push_pixels_and_latents(self, coder, symbols_bxD, indices: list, probabilities_bxD) -> int:
+        """Pushes the pixels, then the latents bottom first under their priors; the stack's size
+        (bits) between the two."""
+        coder.encode_reverse(symbols_bxD.reshape(-1), self.pixel_model,
+                             *pixels.ans_parameters(probabilities_bxD))
+        between = coder.num_valid_bits()
+        for layer in reversed(range(self.host.num_layers)):
+            if layer:
+                prior = self.host.conditional_prior(layer, self.values(indices[:layer]))
+                self.conditional.push(coder, indices[layer], *prior)
+            else:
+                coder.encode_reverse(indices[0].reshape(-1), self.prior_model)
+        return between
+
+    def pop_latents_and_pixels(self, coder, rows: int) -> tuple[list, np.ndarray]:
+        indices = []
+        for layer in range(self.host.num_layers):
+            if layer:
+                prior = self.host.conditional_prior(layer, self.values(indices))
+                indices.append(self.conditional.pop(coder, *prior))
+            else:
+                indices.append(coder.decode(self.prior_model, rows * self.host.latent_dim).reshape(rows, -1))
+        probabilities = self.probabilities(indices)
+        symbols = coder.decode(self.pixel_model, *pixels.ans_parameters(probabilities))
+        return indices, symbols.reshape(rows, -1).astype(np.int32)
+
+
+def encode(host: HostModel, symbols_NxD: np.ndarray, bins: LatentBins, family: str,
+           progress: bool = False) -> Coded:
+    """The ANS stack of N images' symbols (N x D int32), in blocks of host.block_size."""
+    count, block_size = symbols_NxD.shape[0], host.block_size
+    if count < 1:
+        raise ValueError("nothing to compress: no images")
+    block = _Block(host, bins, family)
+    coder = constriction.stream.stack.AnsCoder()
+    elbo_bits, kl_bits = np.zeros(count), np.zeros(count)
+    with tqdm(total=count, unit="img", disable=not progress, file=sys.stderr, desc="compress",
+              dynamic_ncols=True) as bar:
+        first = symbols_NxD[:1]
+        indices, kl_bits[:1] = block.pop_posterior(coder, first, nearest=True)
+        probabilities = block.probabilities(indices)
+        between = block.push_pixels_and_latents(coder, first, indices, probabilities)
+        elbo_bits[:1] = _rec_bits(first, probabilities) + kl_bits[:1]
+        first_image_bits = coder.num_valid_bits()
+        steps = [(0, between, first_image_bits)]
+        bar.update(1)
+        start, ramp, ramping = 1, [], True
+        while start < count:
+            size = min(block_size, count - start, start) if ramping else min(block_size, count - start)
+            saved = coder.clone() if ramping else None
+            indices, kl = block.pop_posterior(coder, symbols_NxD[start:start + size])
+            while ramping and size > 1 and coder.num_valid_bits() < DRY_STACK_BITS:  # read dry: halve
+                coder, size = saved.clone(), size // 2
+                indices, kl = block.pop_posterior(coder, symbols_NxD[start:start + size])
+            x = symbols_NxD[start:start + size]
+            popped = coder.num_valid_bits()
+            probabilities = block.probabilities(indices)
+            between = block.push_pixels_and_latents(coder, x, indices, probabilities)
+            steps.append((popped, between, coder.num_valid_bits()))
+            kl_bits[start:start + size] = kl
+            elbo_bits[start:start + size] = _rec_bits(x, probabilities) + kl
+            if ramping and size == block_size:
+                ramping = False
+            elif ramping:
+                ramp.append(size)
+            start += size
+            bar.update(size)
+    return Coded(words=coder.get_compressed(), ramp=tuple(ramp), first_image_bits=first_image_bits,
+                 elbo_bits_N=elbo_bits, kl_bits_N=kl_bits, steps_bits_Bx3=np.asarray(steps, np.int64))
+
+
+def decode(host: HostModel, words: np.ndarray, count: int, ramp: tuple[int, ...], bins: LatentBins,
+           family: str, progress: bool = False) -> np.ndarray:
+    """The N x D symbols `encode` coded into `words`; DecodeMismatch where the stream does not end
+    where encoding began (other probabilities than encoding's, or damaged words)."""
+    sizes = block_sizes(count, host.block_size, ramp)
+    ends = np.cumsum(sizes)
+    block = _Block(host, bins, family)
+    coder = constriction.stream.stack.AnsCoder(np.ascontiguousarray(words, np.uint32))
+    symbols = np.zeros((count, host.num_pixels), np.int32)
+    with tqdm(total=count, unit="img", disable=not progress, file=sys.stderr, desc="decompress",
+              dynamic_ncols=True) as bar:
+        for size, end in zip(sizes[::-1], ends[::-1]):
+            indices, x = block.pop_latents_and_pixels(coder, size)
+            symbols[end - size:end] = x
+            if end > 1:  # the first image was coded without bits back
+                block.push_posterior(coder, x, indices)
+            bar.update(size)
+    if not coder.is_empty():
+        raise DecodeMismatch(f"the stream did not decode back to an empty stack ({coder.num_valid_bits()} "
+                             "bits left)")
+    return symbols

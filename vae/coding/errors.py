@@ -1,0 +1,6 @@
+"""The one error the codec raises for what a user can fix: a file, an array or a model it cannot
+code or decode, with a message that says which and why."""
+
+
+class CodingError(Exception):
+    """An input the codec cannot use as asked; the message says what to do."""
