@@ -11,6 +11,7 @@ TensorBoard is a view: a failure to write its files (a full disk, a removed dire
 reported once and the run goes on; `metrics.jsonl` and the checkpoints fail loudly instead.
 """
 
+import contextlib
 import math
 import sys
 from pathlib import Path
@@ -53,6 +54,7 @@ class Board:
             print(f"warning: TensorBoard events are no longer written ({what}: "
                   f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                   "metrics.jsonl is complete", file=sys.stderr)
+            _abandon(self.writer)
             self.writer = None
 
     def log(self, record: dict, params) -> None:
@@ -96,3 +98,19 @@ def _images(model, means_BxD) -> np.ndarray:
 def _grid(images: np.ndarray, ncols: int) -> np.ndarray:
     """N x H x W x 1 pixel means -> one grey-level uint8 image (rows of ncols)."""
     return np.round(images_grid.image_grid(np.clip(images, 0.0, 1.0), ncols) * 255.0).astype(np.uint8)
+
+
+def _abandon(writer) -> None:
+    """Closes a writer whose files can no longer be written, for good: tensorboardX flushes every
+    writer again at exit (an atexit hook) and would print a traceback per failed flush, so its
+    event files are marked closed even where closing them fails (no public call does this)."""
+    if writer is None:
+        return
+    with contextlib.suppress(Exception):
+        writer.close()
+    for file_writer in getattr(writer, "all_writers", {}).values():
+        event_writer = getattr(file_writer, "event_writer", None)
+        if event_writer is not None:
+            with contextlib.suppress(Exception):
+                event_writer._worker.stop()  # noqa: SLF001
+            event_writer._closed = True  # noqa: SLF001
