@@ -106,9 +106,10 @@ def _abandon(writer) -> None:
     event files are marked closed even where closing them fails (no public call does this)."""
     if writer is None:
         return
+    file_writers = list((getattr(writer, "all_writers", None) or {}).values())  # close() drops them
     with contextlib.suppress(Exception):
         writer.close()
-    for file_writer in getattr(writer, "all_writers", {}).values():
+    for file_writer in file_writers:
         event_writer = getattr(file_writer, "event_writer", None)
         if event_writer is not None:
             with contextlib.suppress(Exception):
