@@ -44,7 +44,7 @@ def run_timed(script: str, *args) -> tuple[dict, float]:
     """(the figures a script prints as JSON, its wall time from start to exit)."""
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     start = time.perf_counter()
-    command = [sys.executable, str(REPO / "scripts" / script), *map(str, args), "--no-progress"]
+    command = [sys.executable, str(REPO / "scripts" / script), *map(str, args), "--noprogress"]
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     if result.returncode != 0:

@@ -29,7 +29,8 @@ def parse(argv):
                         help="best: lowest validation -ELBO (the latest without a validation split)")
     parser.add_argument("--epoch", type=flags.integer(1), default=None,
                         help="one of the latest checkpoints, by epoch")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--noprogress", "--no-progress", dest="no_progress", action="store_true",
+                        help="no progress bar")
     return parser.parse_args(argv)
 
 
