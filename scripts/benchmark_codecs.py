@@ -1,6 +1,6 @@
 """Bits-back compression with a trained VAE against standard lossless codecs, on the same images.
 
-    python scripts/benchmark_codecs.py --workdir runs/default [--out docs/compression] [--max-examples N]
+    python scripts/benchmark_codecs.py --workdir runs/default [--out docs/compression] [--max_examples N]
 
 Runs scripts/compress.py and scripts/decompress.py on the run's test split (binarised once) as
 a user would, timing each command from start to exit, and checks that the round trip is exact;
@@ -35,7 +35,7 @@ def parse(argv):
     parser = flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--out", default="docs/compression", help="writes OUT.json and OUT.md")
-    parser.add_argument("--max-examples", type=flags.integer(1), default=None,
+    parser.add_argument("--max_examples", type=flags.integer(1), default=None,
                         help="only the first N test images")
     return parser.parse_args(argv)
 
@@ -53,7 +53,7 @@ def run_timed(script: str, *args) -> tuple[dict, float]:
 
 
 def bits_back_commands(workdir: str, images: np.ndarray, max_examples) -> dict:
-    limit = ["--max-examples", max_examples] if max_examples else []
+    limit = ["--max_examples", max_examples] if max_examples else []
     with tempfile.TemporaryDirectory() as tmp:
         coded, out = Path(tmp) / "test.bbans", Path(tmp) / "test.npy"
         compressed, compress_wall = run_timed("compress.py", "--workdir", workdir, "--out", coded, *limit)

@@ -1,7 +1,7 @@
 """Compresses binarised images losslessly with a trained VAE: bits-back coding with ANS (BB-ANS).
 
     python scripts/compress.py --workdir runs/default --out test.bbans     # the run's test split
-    python scripts/compress.py --workdir runs/default --out x.bbans --images x.npy [--max-examples N]
+    python scripts/compress.py --workdir runs/default --out x.bbans --images x.npy [--max_examples N]
 
 Without --images it codes the test split as every evaluation sees it (binarised once); --images
 takes a uint8 .npy array N x H x W (or N x H x W x C) of the model's image shape, with pixels all
@@ -28,20 +28,16 @@ def parse(argv):
     parser.add_argument("--out", required=True, help="the compressed file to write")
     parser.add_argument("--images", default=None,
                         help="a uint8 .npy array to compress instead of the test split")
-    parser.add_argument("--max-examples", type=flags.integer(1), default=None, help="only the first N images")
-    parser.add_argument("--block-size", type=flags.integer(1, codec.MAX_BLOCK_SIZE),
+    parser.add_argument("--max_examples", type=flags.integer(1), default=None, help="only the first N images")
+    parser.add_argument("--block_size", type=flags.integer(1, codec.MAX_BLOCK_SIZE),
                         default=codec.DEFAULT_BLOCK_SIZE,
                         help="images per coder call and per model call")
-    parser.add_argument("--bin-width", type=flags.real(1e-6, 1.0), default=latents.DEFAULT_BIN_WIDTH,
+    parser.add_argument("--bin_width", type=flags.real(1e-6, 1.0), default=latents.DEFAULT_BIN_WIDTH,
                         help="width of the latent bins z is discretised to (default 1/64)")
-    parser.add_argument("--latent-range", type=flags.real(1.0, 1000.0), default=latents.DEFAULT_HALF_RANGE,
+    parser.add_argument("--latent_range", type=flags.real(1.0, 1000.0), default=latents.DEFAULT_HALF_RANGE,
                         help="the bins cover [-R, R] in every latent dimension")
-    parser.add_argument("--checkpoint", choices=("best", "latest"), default="best",
-                        help="best: lowest validation -ELBO (the latest without a validation split)")
-    parser.add_argument("--epoch", type=flags.integer(1), default=None,
-                        help="one of the latest checkpoints, by epoch")
-    parser.add_argument("--noprogress", "--no-progress", dest="no_progress", action="store_true",
-                        help="no progress bar")
+    flags.add_checkpoint_arguments(parser)
+    flags.add_progress_argument(parser)
     return parser.parse_args(argv)
 
 

@@ -25,12 +25,8 @@ def parse(argv):
     parser.add_argument("--workdir", required=True)
     parser.add_argument("file", help="a file written by scripts/compress.py")
     parser.add_argument("--out", required=True, help="the .npy file to write")
-    parser.add_argument("--checkpoint", choices=("best", "latest"), default="best",
-                        help="best: lowest validation -ELBO (the latest without a validation split)")
-    parser.add_argument("--epoch", type=flags.integer(1), default=None,
-                        help="one of the latest checkpoints, by epoch")
-    parser.add_argument("--noprogress", "--no-progress", dest="no_progress", action="store_true",
-                        help="no progress bar")
+    flags.add_checkpoint_arguments(parser)
+    flags.add_progress_argument(parser)
     return parser.parse_args(argv)
 
 

@@ -29,11 +29,7 @@ def parse(argv):
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--iw_samples", type=flags.integer(1), default=5000,
                         help="importance samples k per image")
-    parser.add_argument("--checkpoint", choices=("best", "latest"), default="best",
-                        help="best: lowest validation -ELBO (the latest where the run has no validation "
-                             "split); latest: the newest checkpoint")
-    parser.add_argument("--epoch", type=flags.integer(1), default=None,
-                        help="one of the latest checkpoints, by epoch")
+    flags.add_checkpoint_arguments(parser)
     parser.add_argument("--batch_size", type=flags.integer(1), default=None,
                         help="images per device call (default: 32 per CPU device); no effect on the result")
     parser.add_argument("--chunk_size", type=flags.integer(1), default=None,
@@ -42,8 +38,7 @@ def parse(argv):
     parser.add_argument("--max_examples", type=flags.integer(1), default=None,
                         help="only the first N test images")
     parser.add_argument("--out", default=None, help="output directory (default: the workdir)")
-    parser.add_argument("--noprogress", "--no-progress", dest="no_progress", action="store_true",
-                        help="no progress bar (as train.py's --noprogress)")
+    flags.add_progress_argument(parser)
     distributed.add_arguments(parser)
     args = parser.parse_args(argv)
     sizes = {flag: v for flag, v in (("--batch_size", args.batch_size), ("--chunk_size", args.chunk_size))

@@ -37,10 +37,7 @@ def parse(argv):
     parser.add_argument("--steps", type=flags.integer(2, MAX_STEPS), default=10,
                         help="images along each line or sweep")
     parser.add_argument("--seed", type=flags.integer(0, flags.SEED_MAX), default=0)
-    parser.add_argument("--checkpoint", choices=("best", "latest"), default="best",
-                        help="best: lowest validation -ELBO (the latest without a validation split)")
-    parser.add_argument("--epoch", type=flags.integer(1), default=None,
-                        help="one of the latest checkpoints, by epoch")
+    flags.add_checkpoint_arguments(parser)
     parser.add_argument("--out", default=None, help="output directory (default: the workdir)")
     return parser.parse_args(argv)
 

@@ -85,3 +85,18 @@ def integer_list(minimum: int = 1):
         return values
 
     return parse
+
+
+def add_checkpoint_arguments(parser) -> None:
+    """--checkpoint best|latest and --epoch N: which checkpoint of a workdir a reading script loads."""
+    parser.add_argument("--checkpoint", choices=("best", "latest"), default="best",
+                        help="best: lowest validation -ELBO (the latest where the run has no validation "
+                             "split); latest: the newest checkpoint")
+    parser.add_argument("--epoch", type=integer(1), default=None,
+                        help="one of the latest checkpoints, by epoch")
+
+
+def add_progress_argument(parser) -> None:
+    """--noprogress (as train.py's): no progress bar; `args.no_progress`."""
+    parser.add_argument("--noprogress", "--no-progress", dest="no_progress", action="store_true",
+                        help="no progress bar")
