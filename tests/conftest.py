@@ -100,6 +100,11 @@ def tiny_run(tmp_path_factory, fashion_mnist):
     return path
 
 
+def tiny_run_config(**overrides):
+    """The config of `tiny_run`, to resume a copy of it (more epochs) or to compare with it."""
+    return tiny_config(model__latent_dim=2, **overrides)
+
+
 def copy_run(path, to):
     """A copy of a trained workdir to change (resume, damage) without touching the shared one."""
     return shutil.copytree(path, to)

@@ -6,8 +6,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.conftest import REPO, tiny_config
-from vae.train import loop as training
+from tests.conftest import REPO
 
 NOTEBOOKS = os.path.join(REPO, "notebooks")
 
@@ -57,9 +56,8 @@ def test_kl_divergence_notebook_runs_and_states_computed_numbers(fashion_mnist):
     assert images(notebook) >= 9
 
 
-def test_analyze_run_notebook_on_a_tiny_run(tmp_path, fashion_mnist):
-    training.train_and_evaluate(tiny_config(), tmp_path, progress=False)
-    notebook = execute("analyze_run.ipynb", {"VAE_WORKDIR": str(tmp_path), "VAE_IW_SAMPLES": "10",
+def test_analyze_run_notebook_on_a_tiny_run(tiny_run):
+    notebook = execute("analyze_run.ipynb", {"VAE_WORKDIR": str(tiny_run), "VAE_IW_SAMPLES": "10",
                                              "VAE_IW_EXAMPLES": "64", "XLA_FLAGS": "",
                                              "TF_CPP_MIN_LOG_LEVEL": "3"})
     text = outputs(notebook)
