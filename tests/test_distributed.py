@@ -22,7 +22,9 @@ from vae.train import loop as training
 from vae.train import trained
 from vae.workdir import files as workdir
 
-pytestmark = [pytest.mark.distributed, pytest.mark.xdist_group("distributed")]
+# Slow (2-3 minutes of launches): the launcher, the joining flags and the rows each process feeds
+# are quick tests in test_joining.py, and 4 devices in one process in test_train.py.
+pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.xdist_group("distributed")]
 
 NUM_EPOCHS = 6
 HEARTBEAT = 3  # seconds; a killed process's peers must stop within about this

@@ -124,6 +124,10 @@ def test_the_lock_is_released_after_a_failure(tmp_path):
 # --- full disk, read-only, removed -------------------------------------------------------------------
 
 
+# Slow: three script runs (the reference, then the full disk and the resume on a tmpfs). Quick tests
+# below cover the rest of the claim in process: every write fault's one line, and a full disk while
+# the metrics are written, then an exact resume.
+@pytest.mark.slow
 def test_a_full_disk_while_checkpointing_is_one_line_and_resumes_exactly(small_disk, reference):
     run = small_disk / "run"
     result = run_train(run, *SMALL_RUN)

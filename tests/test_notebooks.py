@@ -40,6 +40,7 @@ def images(notebook) -> int:
     return sum("image/png" in o.get("data", {}) for c in notebook.cells for o in c.get("outputs", []))
 
 
+@pytest.mark.slow  # under a minute, its ANS sections most of it; analyze_run.ipynb runs in the quick suite
 def test_kl_divergence_notebook_runs_and_states_computed_numbers(fashion_mnist):
     notebook = execute("kl_divergence.ipynb", {"XLA_FLAGS": "", "TF_CPP_MIN_LOG_LEVEL": "3"})
     text = outputs(notebook)
