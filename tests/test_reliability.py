@@ -135,8 +135,8 @@ def test_sigint_and_sigterm_stop_gracefully_with_a_checkpoint(tmp_path, referenc
 
 
 def test_a_corrupted_checkpoint_falls_back_to_the_previous_one(tmp_path, reference, capfd):
-    path = shutil.copytree(reference, tmp_path / "run")
-    latest = path / workdir.CHECKPOINT_DIR / str(NUM_EPOCHS)
+    run = shutil.copytree(reference, tmp_path / "run")
+    latest = run / workdir.CHECKPOINT_DIR / str(NUM_EPOCHS)
     data_files = [p for p in latest.rglob("*") if p.is_file() and p.stat().st_size > 1000]
     assert data_files
     for path in data_files:  # overwrite bytes in the middle of every array file
@@ -144,6 +144,6 @@ def test_a_corrupted_checkpoint_falls_back_to_the_previous_one(tmp_path, referen
         middle = len(raw) // 2
         raw[middle:middle + 64] = os.urandom(64)
         path.write_bytes(bytes(raw))
-    _, _, epoch = trained.load_trained(path)
+    _, _, epoch = trained.load_trained(run)
     assert epoch == NUM_EPOCHS - 1
     assert f"checkpoint {NUM_EPOCHS} cannot be restored" in capfd.readouterr().err
