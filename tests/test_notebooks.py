@@ -4,7 +4,6 @@ import os
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
 
 from tests.conftest import REPO
 
@@ -12,6 +11,8 @@ NOTEBOOKS = os.path.join(REPO, "notebooks")
 
 
 def execute(name: str, env: dict[str, str]) -> nbformat.NotebookNode:
+    from nbclient import NotebookClient  # a second of imports (jupyter_client, zmq): only to run one
+
     notebook = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the kernel inherits the environment
