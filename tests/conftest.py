@@ -32,18 +32,6 @@ from configs import mlp_small  # noqa: E402
 from vae.data import source as data_source  # noqa: E402
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
-def pytest_collection_modifyitems(items):
-    """Under `-n 2 --dist loadgroup` the tests of a module that share a module-scoped fixture (a
-    trained run, mostly) run on one worker, so the fixture is built once rather than on each."""
-    for item in items:
-        fixtures = getattr(item, "_fixtureinfo", None)
-        shares = fixtures is not None and any(
-            defs[-1].scope == "module" for defs in fixtures.name2fixturedefs.values())
-        if shares and not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-
-
 def real_data_available() -> bool:
     try:
         data_source.check_prepared("fashion_mnist", None)
