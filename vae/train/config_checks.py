@@ -47,6 +47,16 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     _require(m.arch in build.ARCHS, f"model.arch must be one of {build.ARCHS}, got {m.arch!r}")
     _require(m.likelihood in build.LIKELIHOODS,
              f"model.likelihood must be one of {build.LIKELIHOODS}, got {m.likelihood!r}")
+    _require(_is_int(m.get("mixture_components", 5)) and m.get("mixture_components", 5) >= 1,
+             f"model.mixture_components must be an integer >= 1, got {m.get('mixture_components')!r}")
+    eight_bit = m.likelihood in build.EIGHT_BIT_LIKELIHOODS
+    _require(eight_bit or d.binarize != "none",
+             f"model.likelihood={m.likelihood} models binarised pixels, but data.binarize=none keeps "
+             f"the 8-bit levels: use model.likelihood=logistic_mixture (or categorical), or "
+             f"data.binarize=dynamic")
+    _require(not eight_bit or d.binarize == "none",
+             f"model.likelihood={m.likelihood} models the 256 levels of 8-bit pixels, but "
+             f"data.binarize={d.binarize} binarises them: set data.binarize=none")
     _require(_is_int(m.latent_dim) and m.latent_dim >= 1,
              f"model.latent_dim must be an integer >= 1, got {m.latent_dim!r}")
     _require(m.activation in build.ACTIVATIONS,

@@ -37,6 +37,9 @@ _VERSIONED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-
 # Config sections that change the parameters' shapes or the data's meaning: resuming with other
 # values would restore parameters into the wrong model or continue on other data.
 _RESUME_KEYS = ("model", "data.name", "data.binarize", "data.train_split", "seed")
+# Config fields added after workdirs were first written, with the value an older run had without
+# them: an old config.json reads (and resumes) as if it named them.
+_ADDED_FIELDS = {"model.mixture_components": 5}
 
 
 class WorkdirError(Exception):
@@ -102,10 +105,20 @@ def _config_record(workdir: Path) -> dict | None:
     else:
         missing = [k for k in ("data", "model", "train") if not isinstance(record, dict) or k not in record]
         if not missing:
-            return record
+            return _with_added_fields(record)
         reason = f"no {', '.join(missing)} section"
     raise WorkdirError(f"{path} is damaged ({reason}); the training command rewrites it: delete it and "
                        "run that command again (it resumes from the checkpoints)")
+
+
+def _with_added_fields(record: dict) -> dict:
+    for dotted, value in _ADDED_FIELDS.items():
+        *sections, name = dotted.split(".")
+        section = record
+        for key in sections:
+            section = section.setdefault(key, {})
+        section.setdefault(name, value)
+    return record
 
 
 def read_config(workdir: Path) -> ml_collections.ConfigDict:
