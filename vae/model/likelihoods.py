@@ -81,7 +81,8 @@ class Bernoulli(nnx.Module):
     def sample(self, key: jax.Array, logits: jax.Array) -> jax.Array:
         return jax.random.bernoulli(key, jax.nn.sigmoid(logits)).astype(logits.dtype)
 
-    def initial_output_bias(self, pixel_means_D: jax.Array, shape: tuple[int, ...], channels: int = 1) -> jax.Array:
+    def initial_output_bias(self, pixel_means_D: jax.Array, shape: tuple[int, ...],
+                            channels: int = 1) -> jax.Array:
         """logit(p) per pixel, p clipped to [1e-3, 1 − 1e-3]; a bias of another shape (a
         convolutional decoder's, one per channel) gets the logit of the mean intensity."""
         p = jnp.clip(jnp.asarray(pixel_means_D, jnp.float32).reshape(-1), 1e-3, 1 - 1e-3)
@@ -190,7 +191,8 @@ class LogisticMixture(nnx.Module):
         level = jnp.clip(jnp.round((value + 1.0) * ((LEVELS - 1) / 2.0)), 0, LEVELS - 1)
         return level * (1.0 / (LEVELS - 1))
 
-    def initial_output_bias(self, pixel_means_D: jax.Array, shape: tuple[int, ...], channels: int = 1) -> jax.Array:
+    def initial_output_bias(self, pixel_means_D: jax.Array, shape: tuple[int, ...],
+                            channels: int = 1) -> jax.Array:
         """Equal weights, every component with scale 1/3 in [-1, 1] units (a logistic's std is
         s·π/√3, so about 0.6: an 8-bit image's spread) and placed where its mean is the sub-pixel's
         mean intensity (`mean` of the bias is the training set's mean image); a convolution's bias
@@ -231,7 +233,8 @@ class Categorical(nnx.Module):
         level = jax.random.categorical(key, self._logits(out_BxP), axis=-1)
         return level.astype(out_BxP.dtype) * (1.0 / (LEVELS - 1))
 
-    def initial_output_bias(self, pixel_means_D: jax.Array, shape: tuple[int, ...], channels: int = 1) -> jax.Array:
+    def initial_output_bias(self, pixel_means_D: jax.Array, shape: tuple[int, ...],
+                            channels: int = 1) -> jax.Array:
         """The log-probabilities of one discretised logistic whose mean is each sub-pixel's mean
         intensity (scale 1/3 in [-1, 1] units): the logistic mixture's starting point."""
         def bias(p_D):
