@@ -270,6 +270,16 @@ def test_a_folder_that_cannot_be_written_falls_back_for_real(tmp_path, monkeypat
         root.chmod(0o755)
 
 
+def test_prepare_fills_the_cache_a_run_reads(tmp_path, monkeypatch):
+    write_grey_pngs(tmp_path / "a", 3)
+    write_grey_pngs(tmp_path / "b", 2)
+    line = folder.prepare(f"folder:{tmp_path}", (4, 4))
+    cache = tmp_path / ".vae_decoded" / "images-4x4.npz"
+    assert line == f"5 images of {tmp_path} (4x4x1, 2 classes) cached in {cache}"
+    calls = counting_decodes(monkeypatch)
+    assert all_images(tmp_path, image_size=(4, 4))[1].shape == (5, 4, 4, 1) and calls == []
+
+
 # --- bad folders and fields: one line each ----------------------------------------------------------
 
 

@@ -244,6 +244,7 @@ def test_each_script_flag_is_accepted_or_refused_in_one_line(scripts, capsys, da
 @pytest.mark.parametrize("argv, message", [
     (["prepare_data", "--dataset", " "], "argument --dataset: must name a TFDS data set"),
     (["prepare_data", "--manual_dir", "/nonexistent/files"], "is not a directory"),
+    (["prepare_data", "--image_size", "28,28"], "--image_size: takes H,W, for a --dataset folder:PATH"),
     (["plot_kl", "--workdir", "a", "b", "--labels", "x"], "--labels needs one label per workdir"),
     (["benchmark", "--config", "configs/nonexistent.py"], "no config file"),
     (["benchmark", "--set", "train.beta"], "expected FIELD=VALUE"),

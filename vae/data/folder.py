@@ -218,6 +218,7 @@ class FolderSource:
         self.listing = scan(folder)
         self.splits = assign_splits(self.listing.files, folder.validation_fraction, folder.test_fraction)
         self._images = None
+        self.cache_file = None  # where the images were read from or cached, once read; None: nowhere
 
     @property
     def class_names(self) -> list[str]:
@@ -277,7 +278,7 @@ class FolderSource:
     def images(self) -> np.ndarray:
         """All the folder's images, N x H x W x C uint8 in path order: read once per source."""
         if self._images is None:
-            self._images = load_images(self.folder, self.listing)
+            self._images, self.cache_file = load_images(self.folder, self.listing)
         return self._images
 
     def load_split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -304,6 +305,18 @@ class FolderSource:
         if self.folder.image_size:
             height, width = self.folder.image_size
         return height, width, channels
+
+
+def prepare(name: str, image_size: tuple[int, ...] = ()) -> str:
+    """Decodes and caches a folder's images ahead of a run (`scripts/prepare_data.py`); returns
+    what was done, in a line."""
+    check_image_size(image_size)
+    source = FolderSource(Folder(name, folder_path(name), tuple(image_size)))
+    images = source.images()
+    where = f"cached in {source.cache_file}" if source.cache_file else "not cached (no writable place)"
+    shape = "x".join(map(str, images.shape[1:]))
+    classes = f", {len(source.class_names)} classes" if source.class_names else ""
+    return f"{len(images)} images of {source.folder.path} ({shape}{classes}) {where}"
 
 
 def open_folder(data_config) -> FolderSource:
@@ -451,18 +464,20 @@ def _write_cache(path: Path, key: dict, images: np.ndarray) -> bool:
         return False
 
 
-def load_images(folder: Folder, listing: Listing) -> np.ndarray:
-    """All images of `listing`, N x H x W x C uint8: from the cache, or decoded and cached (in the
-    folder, else in the user's cache directory; a note once where neither can hold it)."""
+def load_images(folder: Folder, listing: Listing) -> tuple[np.ndarray, Path | None]:
+    """All images of `listing`, N x H x W x C uint8, from the cache or decoded and cached (in the
+    folder, else in the user's cache directory; a note once where neither can hold them), and the
+    cache file (None where there is none)."""
     key = cache_key(folder, listing)
     paths = cache_files(folder)
     for path in paths:
         cached = _read_cache(path, key)
         if cached is not None:
-            return cached
+            return cached, path
     images = decode_images(listing, folder.image_size)
-    if not any(_write_cache(path, key, images) for path in paths) and folder.path not in _NOTED:
+    written = next((path for path in paths if _write_cache(path, key, images)), None)
+    if written is None and folder.path not in _NOTED:
         _NOTED.add(folder.path)  # once per folder and process
         print(f"note: cannot cache the decoded images of {folder.path} (in it or in "
               f"{paths[-1].parent}); they are decoded on every run", file=sys.stderr)
-    return images
+    return images, written
