@@ -257,8 +257,8 @@ def test_compress_and_decompress_scripts(trained_run, tmp_path):
 
 
 def test_an_8_bit_run_compresses_its_test_images_to_its_elbo(tmp_path, fashion_mnist):
-    config = tiny_config(data__binarize="none", model__likelihood="logistic_mixture", model__mixture_components=2,
-                         data__test_split="test[:300]", train__num_epochs=1)
+    config = tiny_config(data__binarize="none", model__likelihood="logistic_mixture",
+                         model__mixture_components=2, data__test_split="test[:300]", train__num_epochs=1)
     history = training.train_and_evaluate(config, tmp_path, progress=False)
     data, figures = codec.compress_workdir(tmp_path, progress=False)
     elbo_bits = 300 * history[-1]["test/elbo"] / math.log(2.0)

@@ -4,7 +4,8 @@ import math
 
 import ml_collections
 
-from vae.data import pixels
+from vae.data import folder, pixels
+from vae.data.source import DataError
 from vae.model import build, objectives
 
 OPTIMIZERS = ("adam", "adamw")
@@ -36,12 +37,20 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     _require(_is_int(config.seed), f"seed must be an integer, got {config.seed!r}")
 
     d = config.data
-    _require(isinstance(d.name, str) and d.name != "", "data.name must name a TFDS data set")
+    _require(isinstance(d.name, str) and d.name != "",
+             "data.name must name a TFDS data set or a folder of images (folder:PATH)")
     _require(d.binarize in pixels.BINARIZE_MODES,
              f"data.binarize must be one of {pixels.BINARIZE_MODES}, got {d.binarize!r}")
     _require(_is_int(d.test_binarize_seed), "data.test_binarize_seed must be an integer")
     _require(isinstance(d.validation_split, str),
              f"data.validation_split must be a TFDS split string or '', got {d.validation_split!r}")
+    try:  # the folder source's own fields, checked by it (their defaults where a config predates them)
+        image_size, _, _ = folder.fields(d)
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+    _require(not image_size or folder.is_folder(d.name),
+             f"data.image_size resizes the images of a folder (data.name=folder:PATH); a TFDS data set "
+             f"keeps its own size: leave data.image_size=() for {d.name}")
 
     m = config.model
     _require(m.arch in build.ARCHS, f"model.arch must be one of {build.ARCHS}, got {m.arch!r}")
