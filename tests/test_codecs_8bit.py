@@ -1,15 +1,21 @@
 """The standard codecs' tables: the 8-bit codecs round-trip grey and colour images exactly (and a
 lossy one is caught), their sizes against a direct computation, the markdown with the model's
-rows from an eval.json; the 1-bit path on a few images. Small images and low JPEG XL efforts:
-seconds."""
+rows from an eval.json, `scripts/benchmark_codecs.py --eight_bit` end to end; the 1-bit path on
+a few images. Small images and low JPEG XL efforts: seconds."""
 
+import importlib.util
+import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from benchmarks import codecs
 from benchmarks import codecs_8bit as c8
+from tests.conftest import REPO, tiny_config
 
 RNG = np.random.default_rng(0)
 
@@ -152,3 +158,62 @@ def test_the_1bit_codecs_on_a_few_images():
     old[:5] = images
     old = old.reshape(1, 100, 28, 28).transpose(0, 2, 1, 3).reshape(28, 2800)
     assert np.array_equal(codecs.mosaic(images), old)
+
+
+def run_script(*args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    script = os.path.join(REPO, "scripts", "benchmark_codecs.py")
+    return subprocess.run([sys.executable, script, *map(str, args)], capture_output=True, text=True, cwd=REPO,
+                          env=env, timeout=300)
+
+
+def workdir(path, binarize, evaluation):
+    config = tiny_config().to_dict()
+    config["data"] |= {"binarize": binarize, "test_split": "test[:6]"}
+    config["run"] = {"command": "scripts/train.py ..."}
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(config, default=list))
+    if evaluation:
+        (path / "eval.json").write_text(json.dumps(evaluation))
+    return path
+
+
+def test_the_8bit_table_end_to_end(tmp_path, fashion_mnist):
+    run = workdir(tmp_path / "w", "none", EVAL | {"test/bits_per_dim": 2100.0 / (784 * math.log(2)),
+                                                  "test/nll_bits_per_dim": 2000.0 / (784 * math.log(2))})
+    out = tmp_path / "table"
+    done = run_script("--eight_bit", "--workdir", run, "--jpegxl_effort", "3", "--out", out)
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["num_images"] == 6 and record["image_shape"] == [28, 28, 1]
+    assert record["split"] == "test[:6]" and record["data"] == "fashion_mnist"
+    assert len(record["codecs"]) == 6 and all(r["lossless"] for r in record["codecs"])
+    assert [r["figure"] for r in record["model"]] == ["iwae_nll", "neg_elbo"]
+    text = out.with_suffix(".md").read_text()
+    assert "IWAE NLL, k = 1,000" in text and f"{2100.0 / (784 * math.log(2)):.4f}" in text
+    assert "--eight_bit --workdir" in text and text == done.stdout.rstrip("\n") + "\n"
+
+
+def test_the_8bit_table_refuses_with_one_line(tmp_path, capsys):
+    """A binarised model, one without an eval.json, flags of the other table: exit status 2, one
+    line, nothing written (in this process: the script's main)."""
+    spec = importlib.util.spec_from_file_location("benchmark_codecs", os.path.join(REPO, "scripts",
+                                                                                    "benchmark_codecs.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    refusals = (("b", "dynamic", EVAL, "trained on binarised images (data.binarize=dynamic)"),
+                ("e", "none", None, "has no eval.json for the model's rows: run `python scripts/evaluate.py"))
+    for name, binarize, evaluation, says in refusals:
+        args = ["--eight_bit", "--workdir", str(workdir(tmp_path / name, binarize, evaluation)),
+                "--out", str(tmp_path / name / "out")]
+        with pytest.raises(SystemExit) as exit:
+            script.main(args)
+        stderr = capsys.readouterr().err
+        assert exit.value.code == 2 and says in stderr and len(stderr.splitlines()) == 1
+        assert not (tmp_path / name / "out.md").exists()
+    for args, says in ((["--max_examples", "3"], "--workdir is required (without --eight_bit)"),
+                       (["--workdir", "w", "--data", "mnist"], "--data goes with --eight_bit"),
+                       (["--eight_bit", "--jpegxl_effort", "11"], "must be an integer in [1, 10]")):
+        with pytest.raises(SystemExit) as exit:
+            script.main(args)
+        assert exit.value.code == 2 and says in capsys.readouterr().err
