@@ -282,6 +282,12 @@ def markdown(result: dict) -> str:
             f"{row['whole_nats_per_image']:,.1f} | {secs(row['whole_encode_sec'])} | "
             f"{row['per_image_bytes']:,.1f} | {each_bpd} | {row['per_image_nats_per_image']:,.1f} | "
             f"{secs(row['per_image_encode_sec'])} |")
+    bits_back = result.get("bits_back")
+    if bits_back:
+        c = bits_back["compress"]
+        nats = 8 * c["bytes"] * math.log(2) / n
+        lines.append(f"| **bits-back ANS with the VAE** (`scripts/compress.py`, a file) | {c['bytes']:,} | "
+                     f"**{c['bits_per_dim']:.4f}** | {nats:,.1f} | {secs(c['coding_time_sec'])} | | | | |")
     evaluation = result.get("evaluation")
     model = result.get("model") or []
     if evaluation:
@@ -300,6 +306,14 @@ def markdown(result: dict) -> str:
               "bytes (image after image) for the others; one file per image: each codec's complete file "
               "(header included) for each image alone. encode s: seconds encoding, the lossless checks "
               f"not counted ({sum(r['decode_check_sec'] for r in rows):.0f} s in all)."]
+    if bits_back:
+        c, d = bits_back["compress"], bits_back["decompress"]
+        lines.append(f"The bits-back file: {c['bytes']:,} bytes of {n:,} images, "
+                     f"{100 * c['overhead_vs_elbo']:+.3f}% over the -ELBO of the same images at the coded "
+                     f"latents ({c['elbo_bits_per_dim']:.4f} bits/dim); decompressed exactly: "
+                     f"{bits_back['round_trip_exact']}; compress.py {bits_back['compress_wall_sec']:.0f} s, "
+                     f"decompress.py {bits_back['decompress_wall_sec']:.0f} s from start to exit "
+                     f"({d['images_per_sec']:,.0f} images/s decoding).")
     if result.get("workdir"):
         if evaluation:
             lines.append(f"The model's rows: `{result['workdir']}/eval.json` (`scripts/evaluate.py`, "

@@ -200,8 +200,14 @@ def eight_bit(args, argv) -> dict:
               file=sys.stderr)
 
     with harness.OtherProcesses() as others:
+        bits_back = None
+        if args.workdir:  # the model as a file: compress.py and decompress.py, as a user runs them
+            bits_back = bits_back_commands(args.workdir, images, args.max_examples)
+            bits = bits_back["compress"]["bits_per_dim"]
+            print(f"bits-back: {bits:.4f} bits/dim", file=sys.stderr)
         rows = codecs_8bit.measure(pixels, jpegxl_effort=effort, progress=progress)
-    result = {**where, "eight_bit": True, "num_images": len(images), "image_shape": list(images.shape[1:]),
+    result = {**where, "eight_bit": True, "bits_back": bits_back, "num_images": len(images),
+              "image_shape": list(images.shape[1:]),
               "dims_per_image": dims, "mosaic_columns": codecs_8bit.mosaic_columns(len(pixels)),
               "mosaic_shape": codecs_8bit.mosaic_shape(pixels.shape),
               "jpegxl_effort": effort, "codecs": rows, "evaluation": evaluation,

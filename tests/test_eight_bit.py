@@ -144,3 +144,24 @@ def test_a_folder_of_colour_images_trains_samples_and_evaluates_in_bits_per_dim(
     with Image.open(tmp_path / "reconstruct.png") as picture:
         rgb = np.asarray(picture.convert("RGB"), float)
     assert np.abs(rgb[..., 0] - rgb[..., 2]).max() > 30  # a colour picture, not grey
+
+
+def test_a_sweep_trains_8_bit_members(tmp_path, fashion_mnist):
+    from vae.sweep import driver
+
+    histories = driver.train_sweep(eight_bit_config(train__num_epochs=1), [("train.beta", [0.5, 2.0])],
+                                   tmp_path, progress=False)
+    assert set(histories) == {"beta=0.5", "beta=2"}
+    for history in histories.values():
+        assert history[-1]["test/bits_per_dim"] == pytest.approx(history[-1]["test/elbo"] / (D * math.log(2)))
+    assert histories["beta=0.5"][-1]["test/kl"] > histories["beta=2"][-1]["test/kl"]
+
+
+def test_the_analysis_notebook_runs_on_an_8_bit_run(eight_bit_run):
+    from tests.test_notebooks import execute, images, outputs
+
+    path, _ = eight_bit_run
+    notebook = execute("analyze_run.ipynb", {"VAE_WORKDIR": str(path), "VAE_IW_SAMPLES": "10",
+                                             "VAE_IW_EXAMPLES": "64", "XLA_FLAGS": "",
+                                             "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert "IWAE NLL (k=10)" in outputs(notebook) and images(notebook) >= 5
