@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 # Tests run on 4 fake CPU devices (tests/conftest.py sets XLA_FLAGS before jax starts).
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install data train test tensorboard notebook lint clean
+.PHONY: install data train test tensorboard notebook lint speed clean
 
 install: $(VENV)/.installed
 
@@ -51,6 +51,14 @@ notebook: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+
+# The speed table: one benchmark run over the five configs (with the PyTorch loops where torch is
+# importable: `pip install -e '.[bench]'`), then docs/benchmarks.md and the README's table from it.
+SPEED_CONFIGS := mlp_small default paper_hvae paper_vampprior conv
+speed: data
+	$(PY) scripts/benchmark.py $$($(PY) -c 'import torch' 2>/dev/null && echo --torch) \
+	  $(foreach c,$(SPEED_CONFIGS),--config configs/$(c).py) --iw_samples 1000,5000 --out docs/bench/speed.json
+	$(PY) scripts/speed_table.py docs/bench/speed.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache
