@@ -38,7 +38,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from benchmarks import codecs
+from benchmarks import codecs, host
 
 JPEGXL_EFFORT = 10
 ZSTD_LEVEL = 22
@@ -226,13 +226,7 @@ def model_rows(evaluation: dict, dims_per_image: int) -> list[dict]:
 
 def machine() -> dict:
     """The CPU, its cores and the codecs' library versions (no JAX: this module does not start it)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
+    cpu = host.cpu_name()
     import PIL
     from PIL import features
 
