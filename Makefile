@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine with Python >= 3.11 (no TensorFlow is installed):
 #   make train   set up .venv, prepare Fashion-MNIST offline, train configs/default.py into runs/default
-#   make test    the same set-up, then the whole test suite
+#   make test    the same set-up, then the quick test suite (everything but the tests marked slow)
+#   make test-all   the same, with the slow tests: the whole suite (.ci/run: make test, then make test-slow)
 #   make tensorboard   TensorBoard over every run in runs/
 #   make notebook      JupyterLab over notebooks/ (installs it on first use)
 PYTHON ?= python3
@@ -13,7 +14,9 @@ PYTEST_ARGS ?=
 # Tests run on 4 fake CPU devices (tests/conftest.py sets XLA_FLAGS before jax starts).
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install data train test tensorboard notebook lint speed clean
+PYTEST := VAE_REQUIRE_REAL_DATA=1 $(PY) -m pytest -n 2 --dist loadgroup
+
+.PHONY: install data train test test-slow test-all tensorboard notebook lint speed clean
 
 install: $(VENV)/.installed
 
@@ -36,10 +39,21 @@ data: install $(if $(filter fashion_mnist,$(DATASET)),/usr/share/datasets/fashio
 train: data
 	$(PY) scripts/train.py --config $(CONFIG) --workdir $(WORKDIR)
 
-# The layer contracts of pyproject.toml's [tool.importlinter] first (a second), then the suite.
+# The layer contracts of pyproject.toml's [tool.importlinter] first (a second), then the quick
+# suite: every test not marked `slow`, among them the scripts end to end (train.py, sample.py,
+# evaluate.py, ...) on a tiny slice and runs on 4 fake CPU devices. The slow tests (multi-process
+# runs, kills, the TF-free build, long sweeps, the benchmark, the KL notebook, ...) are in
+# `make test-slow`; `make test-all` runs both. The README's "Two commands" gives their times here.
 test: data
 	$(VENV)/bin/lint-imports --no-cache
-	VAE_REQUIRE_REAL_DATA=1 $(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
+
+test-slow: data
+	$(PYTEST) -m slow $(PYTEST_ARGS)
+
+test-all: data
+	$(VENV)/bin/lint-imports --no-cache
+	$(PYTEST) $(PYTEST_ARGS)
 
 tensorboard: install
 	$(VENV)/bin/tensorboard --logdir runs

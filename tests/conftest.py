@@ -1,20 +1,32 @@
 """Test set-up: 4 fake CPU devices (set before jax starts) and shared small runs."""
 
+import contextlib
+import importlib.util
+import io
 import os
+import shutil
+import subprocess
+import sys
+import warnings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# One persistent JAX compilation cache for the whole suite, its xdist workers and the scripts it
-# launches: many tests compile the same small programs in fresh processes. Keyed by JAX on the
-# program, flags and versions, so it only saves time; `make clean` removes it with .pytest_cache.
-os.environ.setdefault(
-    "JAX_COMPILATION_CACHE_DIR", os.path.join(REPO, ".pytest_cache", "jax_compilation_cache"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# One persistent JAX compilation cache for the whole suite, its xdist workers, the scripts it
+# launches and the scripts a user runs: many tests compile the same small programs in fresh
+# processes. It is the scripts' own, $XDG_CACHE_HOME/vae/jax or ~/.cache/vae/jax (`vae.cli`
+# chooses it; JAX_COMPILATION_CACHE_DIR wins, VAE_COMPILATION_CACHE=0 turns it off), so it outlives
+# the clone: a fresh clone's `make test` loads what an earlier one compiled. Sharing it is safe, as
+# JAX keys each entry on the program, the compile options, XLA_FLAGS and the jax and jaxlib
+# versions; it only saves time. `rm -rf ~/.cache/vae/jax` empties it.
+from vae import cli  # noqa: E402  (imports no JAX: the settings reach JAX when it starts)
+
+cli.compilation_cache()
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402
 
 from configs import mlp_small  # noqa: E402
 from vae.data import source as data_source  # noqa: E402
@@ -57,3 +69,79 @@ def tiny_config(**overrides):
             node = node[parent]
         node[leaf] = value
     return config
+
+
+def config_flags(cfg) -> list[str]:
+    """`--config.a.b=value` for every field where `cfg` differs from configs/mlp_small.py: with
+    `--config configs/mlp_small.py`, the command line that trains `cfg` with scripts/train.py."""
+    def leaves(node, prefix=""):
+        for key, value in node.items():
+            if hasattr(value, "items"):
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+    defaults = dict(leaves(mlp_small.get_config()))
+    return [f"--config.{key}={value}" for key, value in leaves(cfg) if defaults[key] != value]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, fashion_mnist):
+    """A 2-epoch tiny run with a 2-D latent space (so every sample mode applies), trained by
+    scripts/train.py as a user trains one. Shared by the tests that read a trained run; a test
+    that changes one works on `copy_run(tiny_run, ...)`."""
+    path = tmp_path_factory.mktemp("tiny_run")
+    command = [sys.executable, os.path.join(REPO, "scripts", "train.py"), "--config",
+               os.path.join(REPO, "configs", "mlp_small.py"), "--workdir", str(path), "--noprogress",
+               *config_flags(tiny_config(model__latent_dim=2))]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "done: epoch 2" in result.stderr
+    return path
+
+
+def tiny_run_config(**overrides):
+    """The config of `tiny_run`, to resume a copy of it (more epochs) or to compare with it."""
+    return tiny_config(model__latent_dim=2, **overrides)
+
+
+def copy_run(path, to):
+    """A copy of a trained workdir to change (resume, damage) without touching the shared one."""
+    return shutil.copytree(path, to)
+
+
+_SCRIPTS = {}
+
+
+def script_module(name: str):
+    """scripts/<name> as a module (scripts/ is not a package), imported once."""
+    if name not in _SCRIPTS:
+        spec = importlib.util.spec_from_file_location(f"script_{name.removesuffix('.py')}",
+                                                      os.path.join(REPO, "scripts", name))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _SCRIPTS[name] = module
+    return _SCRIPTS[name]
+
+
+def run_in_process(name: str, *args) -> subprocess.CompletedProcess:
+    """`python scripts/<name> ARGS` without the process: the script's main(argv) here, its exit
+    status and what it printed, as `subprocess.run` gives them. For the argparse scripts (not
+    train.py or sweep.py, whose absl flags are global) in tests where a process of their own
+    proves nothing more; it saves the second or two of imports each start costs. What the
+    script's start changes in this process (log verbosity, the unraisable hook, warning filters)
+    is put back."""
+    module = script_module(name)
+    out, err = io.StringIO(), io.StringIO()
+    hook, verbosity = sys.unraisablehook, absl_logging.get_verbosity()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = module.main([str(a) for a in args]) or 0
+        except SystemExit as e:  # argparse's errors and `cli.user_errors`' exit status 2
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            if isinstance(e.code, str):
+                print(e.code, file=sys.stderr)
+        finally:
+            sys.unraisablehook = hook
+            absl_logging.set_verbosity(verbosity)
+    return subprocess.CompletedProcess([name, *map(str, args)], code, out.getvalue(), err.getvalue())

@@ -60,6 +60,7 @@ def test_the_profile_groups_kernels_by_what_they_compute():
     assert set(profiling.PARTS) <= set(seconds) and seconds["matmuls"] > 0
 
 
+@pytest.mark.slow  # a minute of timed runs; the FLOP counts and the profile's grouping are quick tests above
 @pytest.mark.parametrize("with_torch", [False, True])
 def test_benchmark_smoke(tmp_path, with_torch):
     if with_torch:

@@ -178,6 +178,7 @@ def workdir(path, binarize, evaluation):
     return path
 
 
+@pytest.mark.slow  # trains, evaluates and runs the script; the parts are quick-tested
 def test_the_8bit_table_end_to_end(tmp_path, fashion_mnist):
     """A real 8-bit run (one epoch on a slice), evaluated: the codecs, its bits-back file through
     compress.py and decompress.py, and its bounds from eval.json, on the same 6 test images."""

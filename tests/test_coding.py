@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO, run_in_process, tiny_config
 from vae.coding import bbans, codec, container, messages, pixels
 from vae.coding.errors import CodingError
 from vae.coding.host import host_model
@@ -250,12 +250,13 @@ def test_compress_and_decompress_scripts(trained_run, tmp_path):
     expected, _ = dataset.load_test_set(files.read_config(path).data)
     np.testing.assert_array_equal(np.load(out), expected[:300])
     coded.write_bytes(coded.read_bytes()[:-8])  # truncated: one line, exit 2, nothing written
-    result = run_script("decompress.py", "--workdir", path, coded, "--out", tmp_path / "no.npy",
-                        "--no-progress")
+    result = run_in_process("decompress.py", "--workdir", path, coded, "--out", tmp_path / "no.npy",
+                            "--no-progress")
     assert result.returncode == 2 and result.stderr.startswith("error: ") and "truncated" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "no.npy").exists()
 
 
+@pytest.mark.slow  # 8-bit round trips are quick-tested with random models
 def test_an_8_bit_run_compresses_its_test_images_to_its_elbo(tmp_path, fashion_mnist):
     config = tiny_config(data__binarize="none", model__likelihood="logistic_mixture",
                          model__mixture_components=2, data__test_split="test[:300]", train__num_epochs=1)

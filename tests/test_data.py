@@ -185,6 +185,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow  # a minute: all 70,000 images built and compared; the builder's parts are quick tests above
 def test_preparing_and_training_never_import_tensorflow(tmp_path, fashion_mnist):
     """Fashion-MNIST built from Debian's files without TensorFlow: all 70,000 images and labels
     equal the TensorFlow-built set's, and a run trains on it, with tensorflow never imported."""

@@ -16,14 +16,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import mlp_small
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO, config_flags, tiny_config
 from vae.analysis import iwae as evaluation
 from vae.train import loop as training
 from vae.train import trained
 from vae.workdir import files as workdir
 
-pytestmark = [pytest.mark.distributed, pytest.mark.xdist_group("distributed")]
+# Slow (2-3 minutes of launches): the launcher, the joining flags and the rows each process feeds
+# are quick tests in test_joining.py, and 4 devices in one process in test_train.py.
+pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.xdist_group("distributed")]
 
 NUM_EPOCHS = 6
 HEARTBEAT = 3  # seconds; a killed process's peers must stop within about this
@@ -34,18 +35,6 @@ def config(**overrides):
     """The tiny config with a validation split, so the `best/` checkpoints are exercised too."""
     return tiny_config(**{"data__validation_split": "train[1024:1280]", "train__num_epochs": NUM_EPOCHS}
                        | overrides)
-
-
-def config_flags(cfg) -> list[str]:
-    """`--config.a.b=value` for every field where `cfg` differs from configs/mlp_small.py."""
-    def leaves(node, prefix=""):
-        for key, value in node.items():
-            if hasattr(value, "items"):
-                yield from leaves(value, f"{prefix}{key}.")
-            else:
-                yield f"{prefix}{key}", value
-    defaults = dict(leaves(mlp_small.get_config()))
-    return [f"--config.{key}={value}" for key, value in leaves(cfg) if defaults[key] != value]
 
 
 def launch_command(path, cfg, *extra) -> list[str]:

@@ -85,6 +85,7 @@ def test_8_bit_pictures_are_levels_and_sample_py_draws_them(eight_bit_run, tmp_p
             assert np.asarray(image.convert("L"), float).std() > 5
 
 
+@pytest.mark.slow  # the reference likelihood; its maths is tested in test_likelihoods
 def test_a_categorical_decoder_lowers_the_loss(tmp_path, fashion_mnist):
     config = tiny_config(data__binarize="none", model__likelihood="categorical", train__num_epochs=2,
                          data__train_split="train[:512]", data__test_split="test[:128]")
@@ -146,6 +147,7 @@ def test_a_folder_of_colour_images_trains_samples_and_evaluates_in_bits_per_dim(
     assert np.abs(rgb[..., 0] - rgb[..., 2]).max() > 30  # a colour picture, not grey
 
 
+@pytest.mark.slow  # the 8-bit run's train/evaluate/sample path is quick-tested above
 def test_a_sweep_trains_8_bit_members(tmp_path, fashion_mnist):
     from vae.sweep import driver
 
@@ -157,6 +159,7 @@ def test_a_sweep_trains_8_bit_members(tmp_path, fashion_mnist):
     assert histories["beta=0.5"][-1]["test/kl"] > histories["beta=2"][-1]["test/kl"]
 
 
+@pytest.mark.slow  # the 8-bit run's train/evaluate/sample path is quick-tested above
 def test_the_analysis_notebook_runs_on_an_8_bit_run(eight_bit_run):
     from tests.test_notebooks import execute, images, outputs
 

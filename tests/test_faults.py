@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO, copy_run, run_in_process, tiny_config, tiny_run_config
 from vae.train import loop as training
 from vae.train import trained
 from vae.workdir import checkpoints, faults
@@ -87,9 +87,8 @@ HOLD = ("import sys, time; from vae.workdir import lock; from pathlib import Pat
         "with lock.training_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(600)")
 
 
-def test_a_second_training_is_refused_at_once_naming_the_first(tmp_path, fashion_mnist):
-    trained = tmp_path / "run"
-    training.train_and_evaluate(tiny_config(train__num_epochs=1), trained, progress=False)
+def test_a_second_training_is_refused_at_once_naming_the_first(tmp_path, tiny_run):
+    trained = copy_run(tiny_run, tmp_path / "run")  # 2 epochs
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(trained)], cwd=REPO, stdout=subprocess.PIPE,
                               text=True)
     try:
@@ -100,19 +99,17 @@ def test_a_second_training_is_refused_at_once_naming_the_first(tmp_path, fashion
         assert result.returncode == 2 and time.monotonic() - start < 60
         assert f"is being trained by process {holder.pid} " in line and "sampling" in line
         with pytest.raises(workdir.WorkdirError, match=f"process {holder.pid}"):  # in-process too
-            training.train_and_evaluate(tiny_config(train__num_epochs=2), trained, progress=False)
+            training.train_and_evaluate(tiny_run_config(train__num_epochs=3), trained, progress=False)
         # Reading a workdir while it trains is allowed.
-        sample = subprocess.run([sys.executable, "scripts/sample.py", "--workdir", str(trained), "--out",
-                                 str(tmp_path / "out")], capture_output=True, text=True, cwd=REPO,
-                                timeout=300)
+        sample = run_in_process("sample.py", "--workdir", trained, "--out", tmp_path / "out")
         assert sample.returncode == 0, sample.stderr[-2000:]
-        assert len(workdir.read_metrics(trained)) == 1
+        assert len(workdir.read_metrics(trained)) == 2
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=30)
     # The kernel dropped the lock with its killed holder: training goes on.
-    history = training.train_and_evaluate(tiny_config(train__num_epochs=2), trained, progress=False)
-    assert [r["epoch"] for r in history] == [1, 2]
+    history = training.train_and_evaluate(tiny_run_config(train__num_epochs=3), trained, progress=False)
+    assert [r["epoch"] for r in history] == [1, 2, 3]
 
 
 def test_the_lock_is_released_after_a_failure(tmp_path):
@@ -127,6 +124,10 @@ def test_the_lock_is_released_after_a_failure(tmp_path):
 # --- full disk, read-only, removed -------------------------------------------------------------------
 
 
+# Slow: three script runs (the reference, then the full disk and the resume on a tmpfs). Quick tests
+# below cover the rest of the claim in process: every write fault's one line, and a full disk while
+# the metrics are written, then an exact resume.
+@pytest.mark.slow
 def test_a_full_disk_while_checkpointing_is_one_line_and_resumes_exactly(small_disk, reference):
     run = small_disk / "run"
     result = run_train(run, *SMALL_RUN)
@@ -216,9 +217,10 @@ def test_a_workdir_removed_mid_run_stops_it_in_one_line(tmp_path, fashion_mnist)
 
 
 @pytest.fixture
-def two_epochs(tmp_path, fashion_mnist):
-    config = tiny_config(train__num_epochs=2)
-    return tmp_path, config, training.train_and_evaluate(config, tmp_path, progress=False)
+def two_epochs(tmp_path, tiny_run):
+    """A copy of the shared 2-epoch run: (its workdir, its config, its metrics)."""
+    path = copy_run(tiny_run, tmp_path / "run")
+    return path, tiny_run_config(train__num_epochs=2), workdir.read_metrics(path)
 
 
 @pytest.mark.parametrize("damage, reason", [
@@ -236,8 +238,7 @@ def test_a_damaged_config_json_is_one_line_and_the_run_resumes(two_epochs):
     (path / workdir.CONFIG_FILE).write_bytes(b'{"seed": 0, "data": {"na')  # truncated
     with pytest.raises(workdir.WorkdirError, match="config.json is damaged.*delete it and run that command"):
         training.train_and_evaluate(config, path, progress=False)
-    result = subprocess.run([sys.executable, "scripts/sample.py", "--workdir", str(path)],
-                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    result = run_in_process("sample.py", "--workdir", path)
     assert result.returncode == 2 and "config.json is damaged" in one_error_line(result.stderr)
     (path / workdir.CONFIG_FILE).unlink()  # as the message says
     config.train.num_epochs = 3

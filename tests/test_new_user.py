@@ -10,18 +10,18 @@ matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
 
-from tests.conftest import REPO, tiny_config  # noqa: E402
+from tests.conftest import REPO, copy_run, tiny_run_config  # noqa: E402
 from vae.analysis import plotting  # noqa: E402
 from vae.train import loop as training  # noqa: E402
 from vae.train import trained  # noqa: E402
 
 
-def test_a_resumed_run_says_from_which_epoch(tmp_path, fashion_mnist, capsys):
-    training.train_and_evaluate(tiny_config(train__num_epochs=1), tmp_path, progress=False)
-    training.train_and_evaluate(tiny_config(train__num_epochs=2), tmp_path, progress=True)
-    assert f"resuming {tmp_path} from epoch 1 of 2" in capsys.readouterr().err
-    training.train_and_evaluate(tiny_config(train__num_epochs=2), tmp_path, progress=True)
-    assert f"{tmp_path} is trained (all its epochs: epoch 2 of 2); nothing to do" in capsys.readouterr().err
+def test_a_resumed_run_says_from_which_epoch(tmp_path, tiny_run, capsys):
+    path = copy_run(tiny_run, tmp_path / "run")  # 2 epochs
+    training.train_and_evaluate(tiny_run_config(train__num_epochs=3), path, progress=True)
+    assert f"resuming {path} from epoch 2 of 3" in capsys.readouterr().err
+    training.train_and_evaluate(tiny_run_config(train__num_epochs=3), path, progress=True)
+    assert f"{path} is trained (all its epochs: epoch 3 of 3); nothing to do" in capsys.readouterr().err
 
 
 def test_the_kl_legend_names_only_the_splits_drawn():

@@ -4,15 +4,15 @@ import os
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
 
-from tests.conftest import REPO, tiny_config
-from vae.train import loop as training
+from tests.conftest import REPO
 
 NOTEBOOKS = os.path.join(REPO, "notebooks")
 
 
 def execute(name: str, env: dict[str, str]) -> nbformat.NotebookNode:
+    from nbclient import NotebookClient  # a second of imports (jupyter_client, zmq): only to run one
+
     notebook = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the kernel inherits the environment
@@ -41,6 +41,7 @@ def images(notebook) -> int:
     return sum("image/png" in o.get("data", {}) for c in notebook.cells for o in c.get("outputs", []))
 
 
+@pytest.mark.slow  # under a minute, its ANS sections most of it; analyze_run.ipynb runs in the quick suite
 def test_kl_divergence_notebook_runs_and_states_computed_numbers(fashion_mnist):
     notebook = execute("kl_divergence.ipynb", {"XLA_FLAGS": "", "TF_CPP_MIN_LOG_LEVEL": "3"})
     text = outputs(notebook)
@@ -57,9 +58,8 @@ def test_kl_divergence_notebook_runs_and_states_computed_numbers(fashion_mnist):
     assert images(notebook) >= 9
 
 
-def test_analyze_run_notebook_on_a_tiny_run(tmp_path, fashion_mnist):
-    training.train_and_evaluate(tiny_config(), tmp_path, progress=False)
-    notebook = execute("analyze_run.ipynb", {"VAE_WORKDIR": str(tmp_path), "VAE_IW_SAMPLES": "10",
+def test_analyze_run_notebook_on_a_tiny_run(tiny_run):
+    notebook = execute("analyze_run.ipynb", {"VAE_WORKDIR": str(tiny_run), "VAE_IW_SAMPLES": "10",
                                              "VAE_IW_EXAMPLES": "64", "XLA_FLAGS": "",
                                              "TF_CPP_MIN_LOG_LEVEL": "3"})
     text = outputs(notebook)

@@ -11,9 +11,7 @@ change of numbers is intended, and say why in the commit:
 """
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -22,7 +20,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, tiny_config  # (as a script: the suite's 4 fake CPU devices)
+from tests.conftest import run_in_process, tiny_config  # (as a script: the suite's 4 fake CPU devices)
 from vae.analysis.iwae import evaluate_workdir
 from vae.analysis.sampling import prior_samples, reconstructions
 from vae.data.dataset import load_test_set
@@ -67,11 +65,8 @@ def test_old_workdir_evaluates_and_samples_as_before(old_workdir, fashion_mnist)
 
 
 def test_sample_script_reads_old_workdir(old_workdir, tmp_path, fashion_mnist):
-    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "scripts", "sample.py"), "--workdir", str(old_workdir),
-         "--mode", "prior", "--num", "16", "--out", str(tmp_path / "out")],
-        capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    result = run_in_process("sample.py", "--workdir", old_workdir, "--mode", "prior", "--num", 16,
+                            "--out", tmp_path / "out")
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "out" / "prior.png").is_file()
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -90,6 +91,10 @@ def assert_same_run(path: Path, reference: Path) -> None:
         np.testing.assert_array_equal(a, b)  # bit for bit on CPU
 
 
+# The SIGINT test is quick (Ctrl-C: how a run is usually stopped); SIGTERM takes the same path, and
+# the SIGKILL tests are slow: a resume after a kill is also the quick in-process resume tests of
+# test_train.py, test_selection.py (killed between two saves) and test_faults.py (damaged checkpoints).
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, reference):
     process = start(tmp_path)
     assert wait_for(lambda: completed_epochs(tmp_path) >= 1)
@@ -101,6 +106,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, re
     assert_same_run(tmp_path, reference)
 
 
+@pytest.mark.slow
 def test_sigkill_while_a_checkpoint_is_written_then_resume(tmp_path, reference):
     process = start(tmp_path)
     caught = wait_for(lambda: completed_epochs(tmp_path) >= 1 and saving_now(tmp_path), interval=0.0005)
@@ -111,7 +117,7 @@ def test_sigkill_while_a_checkpoint_is_written_then_resume(tmp_path, reference):
     assert_same_run(tmp_path, reference)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_sigint_and_sigterm_stop_gracefully_with_a_checkpoint(tmp_path, reference, signum):
     process = start(tmp_path)
     assert wait_for(lambda: completed_epochs(tmp_path) >= 1)
@@ -129,8 +135,8 @@ def test_sigint_and_sigterm_stop_gracefully_with_a_checkpoint(tmp_path, referenc
 
 
 def test_a_corrupted_checkpoint_falls_back_to_the_previous_one(tmp_path, reference, capfd):
-    finish(tmp_path)
-    latest = tmp_path / workdir.CHECKPOINT_DIR / str(NUM_EPOCHS)
+    run = shutil.copytree(reference, tmp_path / "run")
+    latest = run / workdir.CHECKPOINT_DIR / str(NUM_EPOCHS)
     data_files = [p for p in latest.rglob("*") if p.is_file() and p.stat().st_size > 1000]
     assert data_files
     for path in data_files:  # overwrite bytes in the middle of every array file
@@ -138,6 +144,6 @@ def test_a_corrupted_checkpoint_falls_back_to_the_previous_one(tmp_path, referen
         middle = len(raw) // 2
         raw[middle:middle + 64] = os.urandom(64)
         path.write_bytes(bytes(raw))
-    _, _, epoch = trained.load_trained(tmp_path)
+    _, _, epoch = trained.load_trained(run)
     assert epoch == NUM_EPOCHS - 1
     assert f"checkpoint {NUM_EPOCHS} cannot be restored" in capfd.readouterr().err

@@ -120,12 +120,12 @@ def test_resume_through_selection_is_exact(tmp_path, stopped, damage):
             np.testing.assert_array_equal(a, b)
 
 
-def test_a_run_without_validation_has_no_best_checkpoint_and_loads_the_latest(tmp_path, fashion_mnist):
-    history = training.train_and_evaluate(tiny_config(train__num_epochs=2), tmp_path, progress=False)
+def test_a_run_without_validation_has_no_best_checkpoint_and_loads_the_latest(tiny_run):
+    history = workdir.read_metrics(tiny_run)  # 2 epochs, no validation split
     assert "val/elbo" not in history[-1] and "best/epoch" not in history[-1]
-    assert not checkpoints.has_checkpoints(tmp_path, workdir.BEST_DIR)
-    assert trained.checkpoint_used(tmp_path, None, "best") == "latest"
-    assert params_of(tmp_path)[0] == 2
+    assert not checkpoints.has_checkpoints(tiny_run, workdir.BEST_DIR)
+    assert trained.checkpoint_used(tiny_run, None, "best") == "latest"
+    assert params_of(tiny_run)[0] == 2
 
 
 def test_overlapping_validation_and_training_splits_are_refused(tmp_path, fashion_mnist):

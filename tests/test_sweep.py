@@ -200,6 +200,8 @@ def selection_config(**overrides):
     return config
 
 
+@pytest.mark.slow  # up to 30 epochs of 2 members and their single runs; early stopping of one run is
+# a quick test in test_selection.py, members equal to their single runs are quick tests here
 def test_members_stop_early_on_their_own_and_keep_their_best_checkpoint(tmp_path, fashion_mnist):
     axes = [("train.learning_rate", [3e-2, 1e-2])]
     histories = sweep_driver.train_sweep(selection_config(), axes, tmp_path / "sweep", progress=False)

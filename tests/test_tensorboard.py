@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import tiny_config
+from tests.conftest import copy_run, tiny_config, tiny_run_config
 from vae.train import loop as training
 from vae.workdir import checkpoints, tensorboard
 from vae.workdir import files as workdir
@@ -42,13 +42,14 @@ def test_a_run_writes_tensorboard_events_of_its_metrics(tmp_path, fashion_mnist)
     assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])["epoch"] == 1
 
 
-def test_a_resumed_run_replaces_the_events_of_the_epochs_it_trains_again(tmp_path, fashion_mnist):
-    training.train_and_evaluate(tiny_config(train__num_epochs=2), tmp_path, progress=False)
+def test_a_resumed_run_replaces_the_events_of_the_epochs_it_trains_again(tmp_path, tiny_run):
+    path = copy_run(tiny_run, tmp_path / "run")  # 2 epochs
     # As after a kill between the metrics line of epoch 2 and its checkpoint: epoch 2 is trained again.
-    assert checkpoints.latest_checkpoint(tmp_path) == 2
-    shutil.rmtree(tmp_path / workdir.CHECKPOINT_DIR / "2")
-    history = training.train_and_evaluate(tiny_config(train__num_epochs=3), tmp_path, progress=False)
-    logged = [(e.step, e.value) for e in events(tmp_path).Scalars("test/elbo")]
+    assert checkpoints.latest_checkpoint(path) == 2
+    assert [e.step for e in events(path).Scalars("test/elbo")] == [1, 2]
+    shutil.rmtree(path / workdir.CHECKPOINT_DIR / "2")
+    history = training.train_and_evaluate(tiny_run_config(train__num_epochs=3), path, progress=False)
+    logged = [(e.step, e.value) for e in events(path).Scalars("test/elbo")]
     assert logged == [(r["epoch"], pytest.approx(r["test/elbo"], rel=1e-6)) for r in history]
 
 

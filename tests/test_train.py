@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO, copy_run, tiny_config, tiny_run_config
 from vae.train import loop as training
 from vae.train import run as run_dir
 from vae.train import trained
@@ -93,23 +93,23 @@ def test_four_devices_match_one(tmp_path, fashion_mnist):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
 
 
-def test_resuming_with_another_model_is_refused(tmp_path, fashion_mnist):
-    training.train_and_evaluate(tiny_config(train__num_epochs=1), tmp_path, progress=False)
+def test_resuming_with_another_model_is_refused(tmp_path, tiny_run):
+    path = copy_run(tiny_run, tmp_path / "run")  # model.latent_dim=2
     with pytest.raises(workdir.WorkdirError, match="model.latent_dim"):
-        training.train_and_evaluate(tiny_config(model__latent_dim=8), tmp_path, progress=False)
-    history = training.train_and_evaluate(tiny_config(model__latent_dim=8, train__num_epochs=1), tmp_path,
+        training.train_and_evaluate(tiny_config(model__latent_dim=8), path, progress=False)
+    history = training.train_and_evaluate(tiny_config(model__latent_dim=8, train__num_epochs=1), path,
                                        restart=True, progress=False)
     assert len(history) == 1 and len(history[0]["test/kl_per_dim"]) == 8
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, fashion_mnist):
-    training.train_and_evaluate(tiny_config(train__num_epochs=1), tmp_path, progress=False)
-    config = tiny_config(train__num_epochs=3, train__learning_rate=1e4)
-    with pytest.raises(run_dir.NonFiniteLossError, match=r"epoch 2, step \d+.*epoch 1\) is kept"):
-        training.train_and_evaluate(config, tmp_path, progress=False)
-    _, _, epoch = trained.load_trained(tmp_path)
-    assert epoch == 1
-    assert [r["epoch"] for r in workdir.read_metrics(tmp_path)] == [1]
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_run):
+    path = copy_run(tiny_run, tmp_path / "run")  # 2 epochs
+    config = tiny_run_config(train__num_epochs=4, train__learning_rate=1e4)
+    with pytest.raises(run_dir.NonFiniteLossError, match=r"epoch 3, step \d+.*epoch 2\) is kept"):
+        training.train_and_evaluate(config, path, progress=False)
+    _, _, epoch = trained.load_trained(path)
+    assert epoch == 2
+    assert [r["epoch"] for r in workdir.read_metrics(path)] == [1, 2]
 
 
 def test_conv_model_trains(tmp_path, fashion_mnist):
@@ -118,15 +118,18 @@ def test_conv_model_trains(tmp_path, fashion_mnist):
     assert np.isfinite(history[0]["test/elbo"])
 
 
-def test_a_run_trained_on_4_devices_loads_and_resumes_on_1(tmp_path, fashion_mnist):
-    training.train_and_evaluate(tiny_config(train__num_epochs=1), tmp_path, progress=False)
-    script = ("import sys; from vae.train import loop as training, trained; "
-              "from tests.conftest import tiny_config; "
-              "_, model, epoch = trained.load_trained(sys.argv[1]); assert epoch == 1; "
-              "h = training.train_and_evaluate(tiny_config(), sys.argv[1], progress=False); "
-              "assert [r['epoch'] for r in h] == [1, 2]; print('ok')")
+def test_a_run_trained_on_4_devices_loads_and_resumes_on_1(tmp_path, tiny_run):
+    path = copy_run(tiny_run, tmp_path / "run")  # 2 epochs on 4 devices
+    assert json.loads((path / "config.json").read_text())["run"]["num_devices"] == 4
+    # The backend starts on this process's 1 device before tests.conftest asks for 4 (it would).
+    script = ("import sys, jax; assert jax.device_count() == 1; "
+              "from vae.train import loop as training, trained; "
+              "from tests.conftest import tiny_run_config; "
+              "_, model, epoch = trained.load_trained(sys.argv[1]); assert epoch == 2; "
+              "h = training.train_and_evaluate(tiny_run_config(train__num_epochs=3), sys.argv[1], "
+              "progress=False); assert [r['epoch'] for r in h] == [1, 2, 3]; print('ok')")
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True,
                             cwd=REPO, env=env, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
 

@@ -126,3 +126,18 @@ def init_state(config, image_shape, tx, pixel_means=None) -> tuple[nnx.GraphDef,
     graphdef, params = init_model(config, image_shape, pixel_means)
     ema = jax.tree.map(jnp.copy, params) if config.train.ema_decay > 0 else None  # own buffers: donated
     return graphdef, TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), ema)
+
+
+def abstract_state(config, image_shape, tx) -> tuple[nnx.GraphDef, TrainState]:
+    """`init_state`'s graph definition and the shapes and dtypes of its state, traced but never
+    computed: what a checkpoint is restored into. Initialising the parameters for real runs every
+    initialiser eagerly, a second of a script's start on a CPU."""
+    graphdefs = []
+
+    def init():
+        graphdef, state = init_state(config, image_shape, tx)
+        graphdefs.append(graphdef)
+        return state
+
+    shapes = jax.eval_shape(init)
+    return graphdefs[0], shapes

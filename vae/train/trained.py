@@ -12,7 +12,7 @@ from jax.sharding import PartitionSpec as P
 
 from vae.data import dataset as datasets
 from vae.train import distributed
-from vae.train.state import TrainState, eval_params, init_state, make_optimizer
+from vae.train.state import TrainState, abstract_state, eval_params, make_optimizer
 from vae.workdir import checkpoints, files
 
 CHECKPOINTS = ("best", "latest")
@@ -43,7 +43,7 @@ def load_trained(workdir: str | Path, epoch: int | None = None, checkpoint: str 
     config = files.read_config(workdir)
     image_shape = datasets.image_shape(config.data)
     tx = make_optimizer(config.train, steps_per_epoch=1)  # only its state's structure is used
-    graphdef, state = init_state(config, image_shape, tx)
+    graphdef, state = abstract_state(config, image_shape, tx)
     # Onto this process's first device, whatever the run was trained on (4 GPUs -> a laptop); in a
     # multi-process run, replicated over every process's devices (all processes restore together).
     sharding = (NamedSharding(distributed.make_mesh(), P()) if jax.process_count() > 1
