@@ -28,6 +28,7 @@ the files one per image separately, and the seconds the lossless checks took.
 
 import bz2
 import datetime
+import hashlib
 import io
 import lzma
 import math
@@ -224,6 +225,13 @@ def model_rows(evaluation: dict, dims_per_image: int) -> list[dict]:
     return rows
 
 
+def images_digest(images: np.ndarray) -> str:
+    """SHA-256 of the images' shape and bytes: which images a table measured."""
+    digest = hashlib.sha256(repr(tuple(images.shape)).encode())
+    digest.update(np.ascontiguousarray(images).tobytes())
+    return digest.hexdigest()
+
+
 def machine() -> dict:
     """The CPU, its cores and the codecs' library versions (no JAX: this module does not start it)."""
     cpu = host.cpu_name()
@@ -300,6 +308,11 @@ def markdown(result: dict) -> str:
               "bytes (image after image) for the others; one file per image: each codec's complete file "
               "(header included) for each image alone. encode s: seconds encoding, the lossless checks "
               f"not counted ({sum(r['decode_check_sec'] for r in rows):.0f} s in all)."]
+    reused = {row.get("from_run") for row in rows} - {None}
+    if reused:
+        lines.append(f"The codec rows are those of the same command's run of {', '.join(sorted(reused))} on "
+                     "the same images (checked by their SHA-256; `--codecs_from`): file sizes do not "
+                     "change between runs, their encode seconds are that run's.")
     if bits_back:
         c, d = bits_back["compress"], bits_back["decompress"]
         lines.append(f"The bits-back file: {c['bytes']:,} bytes of {n:,} images, "

@@ -63,7 +63,12 @@ def parse(argv):
     parser.add_argument("--jpegxl_effort", type=flags.integer(1, 10), default=None,
                         help=f"--eight_bit: JPEG XL's effort (default {codecs_8bit.JPEGXL_EFFORT}, its "
                              "slowest)")
+    parser.add_argument("--codecs_from", default=None,
+                        help="--eight_bit: take the codec rows from an earlier OUT.json of the same images "
+                             "(their sizes do not change; JPEG XL's take minutes) and measure the model only")
     args = parser.parse_args(argv)
+    if args.codecs_from and not args.eight_bit:
+        parser.error("--codecs_from goes with --eight_bit")
     if not args.eight_bit:
         if args.workdir is None:
             parser.error("--workdir is required (without --eight_bit)")
@@ -179,6 +184,25 @@ def eight_bit_images(args) -> tuple[dict, np.ndarray, dict | None]:
     return {"data": name, "split": split, "workdir": args.workdir}, images, evaluation
 
 
+def earlier_codecs(path: str, where: dict, images: np.ndarray, effort: int) -> list[dict]:
+    """The codec rows of an earlier 8-bit table, if it measured these very images (data set,
+    split, count, shape and a SHA-256 of the pixels) with this JPEG XL effort."""
+    try:
+        earlier = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise cli.UsageError(f"--codecs_from {path}: not an 8-bit table's JSON ({e})") from None
+    wanted = {"data": where["data"], "split": where["split"], "num_images": len(images),
+              "image_shape": list(images.shape[1:]), "jpegxl_effort": effort,
+              "images_sha256": codecs_8bit.images_digest(images)}
+    # (a table written before the digest was recorded is matched on the rest)
+    differ = [k for k, v in wanted.items() if earlier.get(k, v if k == "images_sha256" else None) != v]
+    if differ:
+        raise cli.UsageError(f"--codecs_from {path} measured other images or settings ({', '.join(differ)} "
+                             "differ): run without it")
+    print(f"codec rows from {path} ({earlier['run']['date']})", file=sys.stderr)
+    return [dict(row, from_run=earlier["run"]["date"]) for row in earlier["codecs"]]
+
+
 def eight_bit(args, argv) -> dict:
     """The 8-bit table's figures (OUT.json)."""
     from benchmarks import harness  # its OtherProcesses (harness starts JAX: imported only here)
@@ -190,6 +214,7 @@ def eight_bit(args, argv) -> dict:
     except ValueError as e:
         raise cli.UsageError(f"{where['data']}: {e}") from None
     effort = args.jpegxl_effort or codecs_8bit.JPEGXL_EFFORT
+    reused = earlier_codecs(args.codecs_from, where, images, effort) if args.codecs_from else None
     dims = math.prod(pixels.shape[1:])
     shape = " x ".join(map(str, images.shape[1:]))
     print(f"{len(images):,} images of {where['data']} ({shape})", file=sys.stderr)
@@ -205,12 +230,13 @@ def eight_bit(args, argv) -> dict:
             bits_back = bits_back_commands(args.workdir, images, args.max_examples)
             bits = bits_back["compress"]["bits_per_dim"]
             print(f"bits-back: {bits:.4f} bits/dim", file=sys.stderr)
-        rows = codecs_8bit.measure(pixels, jpegxl_effort=effort, progress=progress)
+        rows = reused or codecs_8bit.measure(pixels, jpegxl_effort=effort, progress=progress)
     result = {**where, "eight_bit": True, "bits_back": bits_back, "num_images": len(images),
               "image_shape": list(images.shape[1:]),
               "dims_per_image": dims, "mosaic_columns": codecs_8bit.mosaic_columns(len(pixels)),
               "mosaic_shape": codecs_8bit.mosaic_shape(pixels.shape),
-              "jpegxl_effort": effort, "codecs": rows, "evaluation": evaluation,
+              "jpegxl_effort": effort, "images_sha256": codecs_8bit.images_digest(images), "codecs": rows,
+              "evaluation": evaluation,
               "model": codecs_8bit.model_rows(evaluation, dims) if evaluation else []}
     command = shlex.join(["python", "scripts/benchmark_codecs.py", *(sys.argv[1:] if argv is None else argv)])
     result["run"] = {"command": command, "date": codecs_8bit.now(), "wall_sec": time.perf_counter() - start,

@@ -232,3 +232,23 @@ def test_the_8bit_table_refuses_with_one_line(tmp_path, capsys):
         with pytest.raises(SystemExit) as exit:
             script.main(args)
         assert exit.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_codec_rows_are_reused_only_for_the_same_images(tmp_path, fashion_mnist):
+    """--codecs_from takes an earlier table's rows (sizes do not change between runs) when it
+    measured the same images, and refuses one of other images in one line."""
+    first = tmp_path / "first"
+    done = run_script("--eight_bit", "--max_examples", 3, "--jpegxl_effort", "3", "--out", first)
+    assert done.returncode == 0, done.stderr[-2000:]
+    again = tmp_path / "again"
+    done = run_script("--eight_bit", "--max_examples", 3, "--jpegxl_effort", "3", "--codecs_from",
+                      first.with_suffix(".json"), "--out", again)
+    assert done.returncode == 0, done.stderr[-2000:]
+    old, new = (json.loads(p.with_suffix(".json").read_text()) for p in (first, again))
+    assert [r["whole_bytes"] for r in new["codecs"]] == [r["whole_bytes"] for r in old["codecs"]]
+    assert new["images_sha256"] == old["images_sha256"]
+    assert "checked by their SHA-256" in again.with_suffix(".md").read_text()
+    done = run_script("--eight_bit", "--max_examples", 4, "--jpegxl_effort", "3", "--codecs_from",
+                      first.with_suffix(".json"), "--out", tmp_path / "other")
+    assert done.returncode == 2 and "measured other images or settings (num_images" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
