@@ -19,7 +19,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 # pytest-xdist issue #1386.)
 PYTEST := VAE_REQUIRE_REAL_DATA=1 $(PY) -m pytest -n 2 --dist loadfile
 
-.PHONY: install data train test test-slow test-all tensorboard notebook lint clean
+.PHONY: install data train test test-slow test-all tensorboard notebook lint speed clean
 
 install: $(VENV)/.installed
 
@@ -68,6 +68,14 @@ notebook: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+
+# The speed table: one benchmark run over the five configs (with the PyTorch loops where torch is
+# importable: `pip install -e '.[bench]'`), then docs/benchmarks.md and the README's table from it.
+SPEED_CONFIGS := mlp_small default paper_hvae paper_vampprior conv
+speed: data
+	$(PY) scripts/benchmark.py $$($(PY) -c 'import torch' 2>/dev/null && echo --torch) \
+	  $(foreach c,$(SPEED_CONFIGS),--config configs/$(c).py) --iw_samples 1000,5000 --out docs/bench/speed.json
+	$(PY) scripts/speed_table.py docs/bench/speed.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -31,13 +31,15 @@ except ImportError:  # JPEG XL is measured only where imagecodecs is installed
     imagecodecs = None
 
 
-def mosaic(images_NxHxW: np.ndarray, columns: int = MOSAIC_COLUMNS) -> np.ndarray:
-    """The images tiled row by row into one (rows · H) x (columns · W) image, zero-padded."""
-    n, h, w = images_NxHxW.shape
+def mosaic(images: np.ndarray, columns: int = MOSAIC_COLUMNS) -> np.ndarray:
+    """The images (N x H x W, or N x H x W x C) tiled row by row into one (rows · H) x (columns · W)
+    image (x C), zero-padded."""
+    n, h, w, channels = *images.shape[:3], images.shape[3:]
     rows = math.ceil(n / columns)
-    padded = np.zeros((rows * columns, h, w), images_NxHxW.dtype)
-    padded[:n] = images_NxHxW
-    return padded.reshape(rows, columns, h, w).transpose(0, 2, 1, 3).reshape(rows * h, columns * w)
+    padded = np.zeros((rows * columns, *images.shape[1:]), images.dtype)
+    padded[:n] = images
+    tiles = padded.reshape(rows, columns, h, w, *channels).swapaxes(1, 2)
+    return tiles.reshape(rows * h, columns * w, *channels)
 
 
 def _pillow(image_bool: np.ndarray, **save) -> bytes:
@@ -76,7 +78,7 @@ def _unpacked(data, shape):
     return np.unpackbits(np.frombuffer(data, np.uint8), count=math.prod(shape)).reshape(shape).astype(bool)
 
 
-def _xz(data: bytes) -> bytes:
+def xz_compress(data: bytes) -> bytes:
     dictionary = max(4096, 1 << max(0, len(data) - 1).bit_length())
     filters = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": dictionary}]
     return lzma.compress(data, format=lzma.FORMAT_XZ, filters=filters)
@@ -85,7 +87,7 @@ def _xz(data: bytes) -> bytes:
 GENERAL = {
     "gzip": (lambda b: gzip.compress(b, compresslevel=9, mtime=0), gzip.decompress),
     "bz2": (lambda b: bz2.compress(b, 9), bz2.decompress),
-    "xz": (lambda b: _xz(b), lzma.decompress),
+    "xz": (xz_compress, lzma.decompress),
 }
 
 

@@ -11,7 +11,6 @@ measured beside someone else's job can be told apart.
 
 import json
 import os
-import platform
 import resource
 import statistics
 import time
@@ -23,7 +22,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from benchmarks import profiling
+from benchmarks import host, profiling
 from vae.analysis import iwae as evaluation
 from vae.data import dataset as datasets
 from vae.data import pixels
@@ -38,13 +37,7 @@ from vae.workdir import files as workdir
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
+    cpu = host.cpu_name()
     info = {
         "cpu": cpu,
         "cores": os.cpu_count(),

@@ -18,7 +18,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0
 
     config.data = ml_collections.ConfigDict()
-    config.data.name = "fashion_mnist"  # any TFDS image data set: mnist, kmnist, emnist/letters, ...
+    # Any TFDS image data set (mnist, kmnist, emnist/letters, ...), or folder:PATH, a folder of your
+    # own PNG and JPEG images (in class sub-folders for labels): vae/data/folder.py.
+    config.data.name = "fashion_mnist"
     # TFDS data dir; "" means TFDS's default (TFDS_DATA_DIR or ~/tensorflow_datasets).
     config.data.data_dir = ""
     config.data.train_split = "train"  # TFDS split syntax, e.g. "train[:1024]" for a small slice
@@ -26,12 +28,23 @@ def get_config() -> ml_collections.ConfigDict:
     # Model selection: a split disjoint from train_split, evaluated every epoch ("" for none). It
     # is binarised once (seed test_binarize_seed + 2), like the test set.
     config.data.validation_split = ""
-    config.data.binarize = "dynamic"  # dynamic (a fresh draw per use) | static (drawn once)
+    # dynamic (a fresh draw per use) | static (drawn once) | none (8-bit pixels, for the 8-bit likelihoods)
+    config.data.binarize = "dynamic"
     config.data.test_binarize_seed = 1234  # the test set is binarised once with this seed, for every run
+    # folder:PATH only. () keeps the images' size (they must all be one size); (H, W) resizes each,
+    # e.g. --config.data.image_size=28,28.
+    config.data.image_size = ()
+    # folder:PATH only: about these fractions of its images, picked by a hash of each file's path (so
+    # adding images moves no other), are its "validation" and "test" splits; the rest is "train".
+    config.data.folder_validation_fraction = 0.0
+    config.data.folder_test_fraction = 0.1
 
     config.model = ml_collections.ConfigDict()
     config.model.arch = "mlp"  # mlp | conv | hvae (two stochastic layers, MLP)
-    config.model.likelihood = "bernoulli"  # p(x|z): vae/model/likelihoods.py
+    # p(x|z) (vae/model/likelihoods.py): bernoulli (binarised pixels) | logistic_mixture | categorical
+    # (8-bit pixels, data.binarize=none; figures in nats per image and bits/dim of the 8-bit image)
+    config.model.likelihood = "bernoulli"
+    config.model.mixture_components = 5  # logistic_mixture: K logistics per sub-pixel
     config.model.latent_dim = 40  # hvae: the size of each of z1 and z2
     config.model.hidden_dims = (300, 300)  # MLP hidden layers (the decoder mirrors them)
     config.model.activation = "gated"  # relu | gated (Linear ⊙ sigmoid(Linear)) | elu | tanh

@@ -96,7 +96,8 @@ points, explained = evaluation.project_2d(means)
 fig, ax = plt.subplots(figsize=(6.5, 5.5))
 scatter = ax.scatter(points[:, 0], points[:, 1], c=test_labels, cmap="tab10", s=4, alpha=0.7)
 names = data_source.class_names(config.data.name)
-handles = [plt.Line2D([], [], marker="o", ls="", color=scatter.cmap(scatter.norm(c)), label=names[c])
+handles = [plt.Line2D([], [], marker="o", ls="", color=scatter.cmap(scatter.norm(c)),
+                      label=names[c] if 0 <= c < len(names) else "no label")
            for c in np.unique(test_labels)]
 ax.legend(handles=handles, fontsize=7, markerscale=1.2, loc="best")
 axis = "z" if means.shape[1] == 2 else "PC"

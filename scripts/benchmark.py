@@ -1,7 +1,7 @@
 """Benchmarks what scripts/train.py and scripts/evaluate.py run, as shares of this machine's matmul ceiling.
 
     python scripts/benchmark.py --config configs/mlp_small.py [--config configs/paper_vae.py ...]
-        [--torch] [--profile] [--epochs 5] [--batch_sizes 128,1024] [--iw_samples 1000]
+        [--torch] [--profile] [--epochs 5] [--batch_sizes 128,1024] [--iw_samples 1000,5000]
         [--devices 4] [--out docs/bench/NAME.json]
 
 One JSON for every config given: the fp32 matmul ceiling measured in this process (at the start
@@ -40,7 +40,8 @@ def parse(argv):
     parser.add_argument("--step_samples", type=flags.integer(1), default=200, help="steps timed one by one")
     parser.add_argument("--eval_repeats", type=flags.integer(1), default=5,
                         help="timed ELBO evaluations of the test set")
-    parser.add_argument("--iw_samples", type=flags.integer(1), default=1000, help="k for the IWAE throughput")
+    parser.add_argument("--iw_samples", type=flags.integer_list(1), default=[1000],
+                        help="k for the IWAE throughput; comma-separated for several (the first leads)")
     parser.add_argument("--iw_images", type=flags.integer(1), default=256,
                         help="images for the IWAE throughput")
     parser.add_argument("--iw_repeats", type=flags.integer(1), default=3, help="timed IWAE runs")
@@ -182,13 +183,20 @@ def measure(config, train_images, test_images, dynamic, args, benchmark, referen
     run["elbo_eval"] = {"images_per_sec": eval_rate, "others_cpu": evaluation["others_cpu"],
                         "share_of_ceiling": eval_rate * flops["elbo_eval_per_image"] / ceiling}
 
-    k, num_images = args.iw_samples, min(args.iw_images, len(test_images))
-    iwae = benchmark.timed(trainer.iwae_run(k, num_images), args.iw_repeats)
-    samples = num_images * k / iwae["seconds"]
-    run["iwae"] = {"k": k, "images": num_images, "images_per_sec": num_images / iwae["seconds"],
-                   "samples_per_sec": samples, "others_cpu": iwae["others_cpu"],
-                   "share_of_ceiling": samples * flops["iwae_decoder_per_sample"] / ceiling,
-                   "share_of_ceiling_all_matmuls": samples * flops["iwae_per_sample"] / ceiling}
+    num_images = min(args.iw_images, len(test_images))
+
+    def iwae_figures(k: int) -> dict:
+        iwae = benchmark.timed(trainer.iwae_run(k, num_images), args.iw_repeats)
+        samples = num_images * k / iwae["seconds"]
+        return {"k": k, "images": num_images, "images_per_sec": num_images / iwae["seconds"],
+                "samples_per_sec": samples, "others_cpu": iwae["others_cpu"],
+                "share_of_ceiling": samples * flops["iwae_decoder_per_sample"] / ceiling,
+                "share_of_ceiling_all_matmuls": samples * flops["iwae_per_sample"] / ceiling}
+
+    run["iwae"] = iwae_figures(args.iw_samples[0])
+    if len(args.iw_samples) > 1:
+        run["iwae_more"] = [iwae_figures(k) for k in args.iw_samples[1:]]
+    k = args.iw_samples[0]
     if profile:
         train_parts = profiling.profile(trainer.run_epoch, trainer.epoch_hlo())
         iwae_parts = profiling.profile(trainer.iwae_run(k, num_images), trainer.iwae_hlo(k))
@@ -238,6 +246,10 @@ def print_run(path: str, run: dict) -> None:
                                             f"{iwae['samples_per_sec']:,.0f} samples/s, decoder at "
                                             f"{iwae['share_of_ceiling']:.0%} of the ceiling"),
     ]
+    rows += [(f"evaluation, IWAE k={more['k']}", f"{more['images_per_sec']:,.1f} images/s, "
+                                                 f"{more['samples_per_sec']:,.0f} samples/s, decoder at "
+                                                 f"{more['share_of_ceiling']:.0%} of the ceiling")
+             for more in run.get("iwae_more", [])]
     for program, breakdown in run.get("profile", {}).items():
         unit, parts = breakdown["unit"], breakdown["parts"]
         per = "step" if program == "train_step" else "1000 samples"

@@ -1,6 +1,8 @@
 """Bits-back compression with a trained VAE against standard lossless codecs, on the same images.
 
     python scripts/benchmark_codecs.py --workdir runs/default [--out docs/compression] [--max_examples N]
+    python scripts/benchmark_codecs.py --eight_bit [--workdir W] [--data fashion_mnist] \
+        [--out docs/codecs_8bit] [--max_examples N] [--jpegxl_effort E]
 
 Runs scripts/compress.py and scripts/decompress.py on the run's test split (binarised once) as
 a user would, timing each command from start to exit, and checks that the round trip is exact;
@@ -9,11 +11,19 @@ on the same images) where there is one; measures PNG 1-bit, WebP lossless, JPEG 
 (with `imagecodecs` installed) and gzip / bz2 / xz of the packed bits on the same images, for
 the whole set and one file per image (`benchmarks/codecs.py`), and the bits-back code one file
 per image. Writes OUT.json and OUT.md (the table the README shows).
+
+With --eight_bit, the table for 8-bit images (`benchmarks/codecs_8bit.py`): PNG, WebP lossless,
+JPEG XL lossless and bz2 / xz / zstd of the raw bytes on the test split as it is (not binarised),
+the whole set and one file per image, in bytes, bits/dim and nats/image; with --workdir (a model
+trained with data.binarize=none) on that run's data set and test split, and with the model's
+IWAE NLL and -ELBO from WORKDIR/eval.json as rows in the same units. No bits-back rows: the
+8-bit bits-back coder is not written yet.
 """
 
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -22,10 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import codecs
+from benchmarks import codecs, codecs_8bit
 from vae import cli
 from vae import cli_flags as flags
 from vae.data import dataset as datasets
+from vae.data import source
 from vae.workdir import files
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,11 +44,41 @@ REPO = Path(__file__).resolve().parent.parent
 
 def parse(argv):
     parser = flags.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--out", default="docs/compression", help="writes OUT.json and OUT.md")
+    parser.add_argument("--workdir", default=None,
+                        help="the trained run (required without --eight_bit; with it, a model trained with "
+                             "data.binarize=none, its eval.json giving the model's rows)")
+    parser.add_argument("--out", default=None,
+                        help="writes OUT.json and OUT.md (default docs/compression; docs/codecs_8bit with "
+                             "--eight_bit)")
     parser.add_argument("--max_examples", type=flags.integer(1), default=None,
                         help="only the first N test images")
-    return parser.parse_args(argv)
+    parser.add_argument("--eight_bit", action="store_true",
+                        help="the 8-bit table: standard codecs on the test split as it is (not binarised), "
+                             "and the model's -ELBO and IWAE NLL with --workdir")
+    parser.add_argument("--data", default=None,
+                        help="--eight_bit: the TFDS data set (default fashion_mnist; with --workdir, its "
+                             "data set)")
+    parser.add_argument("--data_dir", default=None,
+                        help="--eight_bit without --workdir: the TFDS data dir (default TFDS's)")
+    parser.add_argument("--jpegxl_effort", type=flags.integer(1, 10), default=None,
+                        help=f"--eight_bit: JPEG XL's effort (default {codecs_8bit.JPEGXL_EFFORT}, its "
+                             "slowest)")
+    parser.add_argument("--codecs_from", default=None,
+                        help="--eight_bit: take the codec rows from an earlier OUT.json of the same images "
+                             "(their sizes do not change; JPEG XL's take minutes) and measure the model only")
+    args = parser.parse_args(argv)
+    if args.codecs_from and not args.eight_bit:
+        parser.error("--codecs_from goes with --eight_bit")
+    if not args.eight_bit:
+        if args.workdir is None:
+            parser.error("--workdir is required (without --eight_bit)")
+        given = [f for f in ("data", "data_dir", "jpegxl_effort") if getattr(args, f) is not None]
+        if given:
+            parser.error(f"--{given[0]} goes with --eight_bit")
+    elif args.workdir is not None and args.data_dir is not None:
+        parser.error("--data_dir goes without --workdir (the workdir's data dir is used)")
+    args.out = args.out or ("docs/codecs_8bit" if args.eight_bit else "docs/compression")
+    return args
 
 
 def run_timed(script: str, *args) -> tuple[dict, float]:
@@ -112,9 +153,113 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+_EVALUATION_KEYS = ("epoch", "checkpoint", "num_examples", "iw_samples", "test/nll", "test/nll_std_error",
+                    "test/nll_bits_per_dim", "test/elbo", "test/bits_per_dim")
+
+
+def eight_bit_images(args) -> tuple[dict, np.ndarray, dict | None]:
+    """(where the images come from, the 8-bit test images, the workdir's eval.json or None)."""
+    name, split, data_dir, evaluation = args.data or "fashion_mnist", "test", args.data_dir, None
+    if args.workdir:
+        config = files.read_config(Path(args.workdir))
+        binarize = config.data.get("binarize")
+        if binarize != "none":
+            raise cli.UsageError(
+                f"{args.workdir} was trained on binarised images (data.binarize={binarize}): --eight_bit "
+                "compares models of 8-bit pixels (data.binarize=none); for this one run without --eight_bit")
+        if args.data and args.data != config.data.name:
+            raise cli.UsageError(f"--data {args.data}, but {args.workdir} was trained on {config.data.name}")
+        name, split, data_dir = config.data.name, config.data.test_split, config.data.data_dir or None
+        path = Path(args.workdir) / files.EVAL_FILE
+        if not path.exists():
+            raise cli.UsageError(f"{args.workdir} has no {files.EVAL_FILE} for the model's rows: run `python "
+                                 f"scripts/evaluate.py --workdir {args.workdir} --iw_samples 1000` first")
+        try:
+            record = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise cli.UsageError(f"{path} is not JSON ({e}): run scripts/evaluate.py again") from None
+        evaluation = {k: record[k] for k in _EVALUATION_KEYS if k in record}
+    images, _ = source.load_split(name, split, data_dir)
+    images = images[:args.max_examples] if args.max_examples else images
+    return {"data": name, "split": split, "workdir": args.workdir}, images, evaluation
+
+
+def earlier_codecs(path: str, where: dict, images: np.ndarray, effort: int) -> list[dict]:
+    """The codec rows of an earlier 8-bit table, if it measured these very images (data set,
+    split, count, shape and a SHA-256 of the pixels) with this JPEG XL effort."""
+    try:
+        earlier = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise cli.UsageError(f"--codecs_from {path}: not an 8-bit table's JSON ({e})") from None
+    wanted = {"data": where["data"], "split": where["split"], "num_images": len(images),
+              "image_shape": list(images.shape[1:]), "jpegxl_effort": effort,
+              "images_sha256": codecs_8bit.images_digest(images)}
+    # (a table written before the digest was recorded is matched on the rest)
+    differ = [k for k, v in wanted.items() if earlier.get(k, v if k == "images_sha256" else None) != v]
+    if differ:
+        raise cli.UsageError(f"--codecs_from {path} measured other images or settings ({', '.join(differ)} "
+                             "differ): run without it")
+    print(f"codec rows from {path} ({earlier['run']['date']})", file=sys.stderr)
+    return [dict(row, from_run=earlier["run"]["date"]) for row in earlier["codecs"]]
+
+
+def eight_bit(args, argv) -> dict:
+    """The 8-bit table's figures (OUT.json)."""
+    from benchmarks import harness  # its OtherProcesses (harness starts JAX: imported only here)
+
+    start = time.perf_counter()
+    where, images, evaluation = eight_bit_images(args)
+    try:
+        pixels = codecs_8bit.as_images(images)
+    except ValueError as e:
+        raise cli.UsageError(f"{where['data']}: {e}") from None
+    effort = args.jpegxl_effort or codecs_8bit.JPEGXL_EFFORT
+    reused = earlier_codecs(args.codecs_from, where, images, effort) if args.codecs_from else None
+    dims = math.prod(pixels.shape[1:])
+    shape = " x ".join(map(str, images.shape[1:]))
+    print(f"{len(images):,} images of {where['data']} ({shape})", file=sys.stderr)
+
+    def progress(r):
+        print(f"{r['codec']}: whole set {r['whole_bits_per_dim']:.4f} bits/dim ({r['whole_encode_sec']:.1f} "
+              f"s), one file per image {r['per_image_bits_per_dim']:.4f} ({r['per_image_encode_sec']:.1f} s)",
+              file=sys.stderr)
+
+    with harness.OtherProcesses() as others:
+        bits_back = None
+        if args.workdir:  # the model as a file: compress.py and decompress.py, as a user runs them
+            bits_back = bits_back_commands(args.workdir, images, args.max_examples)
+            bits = bits_back["compress"]["bits_per_dim"]
+            print(f"bits-back: {bits:.4f} bits/dim", file=sys.stderr)
+        rows = reused or codecs_8bit.measure(pixels, jpegxl_effort=effort, progress=progress)
+    result = {**where, "eight_bit": True, "bits_back": bits_back, "num_images": len(images),
+              "image_shape": list(images.shape[1:]),
+              "dims_per_image": dims, "mosaic_columns": codecs_8bit.mosaic_columns(len(pixels)),
+              "mosaic_shape": codecs_8bit.mosaic_shape(pixels.shape),
+              "jpegxl_effort": effort, "images_sha256": codecs_8bit.images_digest(images), "codecs": rows,
+              "evaluation": evaluation,
+              "model": codecs_8bit.model_rows(evaluation, dims) if evaluation else []}
+    command = shlex.join(["python", "scripts/benchmark_codecs.py", *(sys.argv[1:] if argv is None else argv)])
+    result["run"] = {"command": command, "date": codecs_8bit.now(), "wall_sec": time.perf_counter() - start,
+                     "others_cpu": others.share, "machine": codecs_8bit.machine()}
+    return result
+
+
+def write(out: Path, result: dict, text: str) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    files.atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
+    files.atomic_write_text(out.with_suffix(".md"), text)
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     cli.quiet_logs()
+    if args.eight_bit:
+        with cli.user_errors():
+            result = eight_bit(args, argv)
+            text = codecs_8bit.markdown(result)
+            write(Path(args.out), result, text)
+        print(text)
+        return 0
     with cli.user_errors():
         config = files.read_config(Path(args.workdir))
         images, _ = datasets.load_test_set(config.data)
@@ -132,10 +277,7 @@ def main(argv=None) -> int:
         result["bits_back_per_image"] = codecs.bits_back_per_image(args.workdir, images)
         print(f"bits-back, one file per image: {result['bits_back_per_image']['per_image_bits_per_dim']:.4f} "
               f"bits/dim ({result['bits_back_per_image']['time_sec']:.0f} s)", file=sys.stderr)
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        files.atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
-        files.atomic_write_text(out.with_suffix(".md"), markdown(result))
+        write(Path(args.out), result, markdown(result))
     print(markdown(result))
     return 0
 

@@ -66,9 +66,9 @@ def main(argv=None) -> int:
     if not writer:
         return 0
     print(json.dumps(result, indent=2))
-    print(f"test NLL {result['test/nll']:.2f} nats (k={result['iw_samples']}, {result['checkpoint']} "
-          f"checkpoint, epoch {result['epoch']}), negative ELBO "
-          f"{result['test/elbo']:.2f}, {result['test/active_units']} active units, "
+    print(f"test NLL {result['test/nll']:.2f} nats = {result['test/nll_bits_per_dim']:.4f} bits/dim "
+          f"(k={result['iw_samples']}, {result['checkpoint']} checkpoint, epoch {result['epoch']}), negative "
+          f"ELBO {result['test/elbo']:.2f}, {result['test/active_units']} active units, "
           f"{result['iwae_time_sec']:.0f} s", file=sys.stderr)
     print(f"kept in {kept}; " + ("eval.json now holds it" if headline is result else
                                  f"eval.json keeps the stronger k={headline['iw_samples']} evaluation of "

@@ -1,10 +1,13 @@
 """Images from a trained workdir: prior samples, reconstructions, interpolations, traversals, manifold.
 
     python scripts/sample.py --workdir runs/default [--mode prior|reconstruct|interpolate|traverse|manifold]
-        [--num 64] [--temperature 1.0] [--seed 0] [--epoch N] [--out DIR]
+        [--num 64] [--temperature 1.0] [--pixels mean|draw] [--seed 0] [--epoch N] [--out DIR]
 
-Writes WORKDIR/<mode>.png (or into --out) and prints its path. Images are the likelihood's means
-(each pixel's probability of being on, for the Bernoulli likelihood).
+Writes WORKDIR/<mode>.png (or into --out; <mode>_draw.png with --pixels draw) and prints its
+path. Images are grey or colour, as the data set's. `--pixels mean` (the default) shows the
+likelihood's means: each pixel's probability of being on for the Bernoulli likelihood, each
+sub-pixel's expected level for the 8-bit ones; `--pixels draw` shows one draw x ~ p(x|z) of every
+pixel: what the model would store (8-bit), or a binarised image (Bernoulli).
 """
 
 import math
@@ -36,6 +39,8 @@ def parse(argv):
                         help="prior std for --mode prior")
     parser.add_argument("--steps", type=flags.integer(2, MAX_STEPS), default=10,
                         help="images along each line or sweep")
+    parser.add_argument("--pixels", choices=("mean", "draw"), default="mean",
+                        help="the likelihood's means, or a draw x ~ p(x|z) of every pixel")
     parser.add_argument("--seed", type=flags.integer(0, flags.SEED_MAX), default=0)
     flags.add_checkpoint_arguments(parser)
     parser.add_argument("--out", default=None, help="output directory (default: the workdir)")
@@ -51,29 +56,32 @@ def test_images(config, num: int, seed: int) -> np.ndarray:
 
 def render(mode, config, model, epoch, args) -> tuple[np.ndarray, int, str, list | None]:
     """(images, columns, title, row labels) for one mode."""
-    key = jax.random.key(args.seed)
+    key = jax.random.key(args.seed)  # the codes: the same pictures as ever for a seed
+    draw_key = jax.random.fold_in(key, 1) if args.pixels == "draw" else None  # the pixels' draws
     where = f"{config.data.name}, epoch {epoch}"
+    if draw_key is not None:
+        where += ", pixels drawn from p(x|z)"
     if mode == "prior":
         ncols = math.ceil(math.sqrt(args.num))
-        return (sampling.prior_samples(model, key, args.num, args.temperature), ncols,
+        return (sampling.prior_samples(model, key, args.num, args.temperature, draw_key), ncols,
                 f"{args.num} prior samples (T={args.temperature:g}), {where}", None)
     if mode == "reconstruct":
         x = test_images(config, args.num, args.seed)
-        return (sampling.reconstructions(model, x), 2 * min(8, len(x)),
+        return (sampling.reconstructions(model, x, draw_key), 2 * min(8, len(x)),
                 f"test images and their reconstructions, {where}", None)
     if mode == "interpolate":
         x = test_images(config, 2 * max(1, args.num // 8), args.seed)
         pairs = len(x) // 2
-        return (sampling.interpolations(model, x[:pairs], x[pairs:2 * pairs], args.steps), args.steps,
-                f"latent interpolations between test images, {where}", None)
+        return (sampling.interpolations(model, x[:pairs], x[pairs:2 * pairs], args.steps, draw_key),
+                args.steps, f"latent interpolations between test images, {where}", None)
     if mode == "traverse":
         x = test_images(config, 1, args.seed)[0]
         kl_per_dim = _kl_per_dim(args.workdir, model, x)
         order = np.argsort(-kl_per_dim)[: min(args.num, model.latent_dim)]
         labels = [f"z{d} ({kl_per_dim[d]:.1f} nats)" for d in order]
-        return (sampling.traversal(model, x, order, args.steps), args.steps,
+        return (sampling.traversal(model, x, order, args.steps, draw_key=draw_key), args.steps,
                 f"latents swept over ±3 prior std, by KL, {where}", labels)
-    images = sampling.manifold(model, args.steps)
+    images = sampling.manifold(model, args.steps, draw_key)
     return images, args.steps, f"decoder over a grid of prior quantiles, {where}", None
 
 
@@ -103,7 +111,8 @@ def main(argv=None) -> int:
                                  f"{args.temperature:g}); a smaller --temperature keeps it finite")
         out = Path(args.out or args.workdir)
         out.mkdir(parents=True, exist_ok=True)
-        path = plotting.save_image_grid(images, out / f"{args.mode}.png", ncols, title, labels)
+        name = args.mode + ("_draw" if args.pixels == "draw" else "")
+        path = plotting.save_image_grid(images, out / f"{name}.png", ncols, title, labels)
     print(path)
     return 0
 

@@ -103,3 +103,17 @@ def test_benchmark_smoke(tmp_path, with_torch):
         assert step["matmuls"]["wall_ms"] > 0 and 0 < step["matmuls"]["rate_share_of_ceiling"]
         assert iwae["matmuls"]["wall_us"] > 0
         assert sum(part["share_of_time"] for part in step.values()) == pytest.approx(1.0)
+    # The speed table is written from this JSON: the page, and the README's marked section only.
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\nbefore\n<!-- speed-table:begin -->\nold figures\n"
+                      "<!-- speed-table:end -->\nafter\n")
+    page = tmp_path / "benchmarks.md"
+    done = subprocess.run([sys.executable, "scripts/speed_table.py", str(out), "--out", str(page),
+                           "--readme", str(readme)], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    text, table = readme.read_text(), page.read_text()
+    assert "old figures" not in text and text.startswith("# x\n\nbefore\n") and text.endswith("after\n")
+    first = report["configs"][0]["runs"][0]
+    rate = first["train"]["images_per_sec"]
+    assert f"{rate:,.0f}" in text and f"{rate:,.0f}" in table and "configs/mlp_small.py" in table
+    assert ("PyTorch, tuned" in table) == with_torch

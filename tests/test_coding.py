@@ -57,6 +57,20 @@ def test_round_trip_is_exact_with_a_random_model(arch, count, block_size):
     assert bbans.block_sizes(count, block_size, coded.ramp)[1:len(coded.ramp) + 1] == list(coded.ramp)
 
 
+@pytest.mark.parametrize("likelihood, arch", [("logistic_mixture", "mlp"), ("categorical", "mlp"),
+                                              ("logistic_mixture", "hvae")])
+def test_8_bit_images_round_trip_exactly(likelihood, arch):
+    """Any uint8 levels, coded with each sub-pixel's 256 level probabilities."""
+    _, model = random_model(model__arch=arch, model__likelihood=likelihood, data__binarize="none",
+                            model__mixture_components=2)
+    levels = np.random.default_rng(1).integers(0, 256, size=(24, math.prod(IMAGE_SHAPE))).astype(np.int32)
+    bins = LatentBins(1 / 32, 8.0)
+    coded = bbans.encode(host_model(model, 8), levels, bins, "categorical")
+    decoded = bbans.decode(host_model(model, 8), coded.words, len(levels), coded.ramp, bins, "categorical")
+    np.testing.assert_array_equal(decoded, levels)
+    assert 32 * len(coded.words) > 0.9 * coded.elbo_bits_N.sum()  # no cheaper than the bound
+
+
 def test_one_image_round_trips():
     _, model = random_model()
     symbols = random_symbols(1, seed=3)
@@ -113,6 +127,10 @@ def test_pixel_encodings():
                      (np.array([[0, 1]], np.int64), "uint8")):
         with pytest.raises(pixels.PixelError, match=why):
             pixels.pixel_scale(bad, "bernoulli")
+    levels = np.array([[0, 7, 255]], np.uint8)  # 8-bit pixels: every value is its own symbol
+    assert pixels.pixel_scale(levels, "categorical") == 1
+    np.testing.assert_array_equal(pixels.to_symbols(levels, 1), [[0, 7, 255]])
+    np.testing.assert_allclose(pixels.model_input(np.array([[0, 51, 255]]), "categorical"), [[0, 0.2, 1]])
 
 
 def test_the_codec_refuses_what_it_does_not_code():
@@ -236,3 +254,17 @@ def test_compress_and_decompress_scripts(trained_run, tmp_path):
                             "--no-progress")
     assert result.returncode == 2 and result.stderr.startswith("error: ") and "truncated" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "no.npy").exists()
+
+
+@pytest.mark.slow  # 8-bit round trips are quick-tested with random models
+def test_an_8_bit_run_compresses_its_test_images_to_its_elbo(tmp_path, fashion_mnist):
+    config = tiny_config(data__binarize="none", model__likelihood="logistic_mixture",
+                         model__mixture_components=2, data__test_split="test[:300]", train__num_epochs=1)
+    history = training.train_and_evaluate(config, tmp_path, progress=False)
+    data, figures = codec.compress_workdir(tmp_path, progress=False)
+    elbo_bits = 300 * history[-1]["test/elbo"] / math.log(2.0)
+    assert abs(8 * len(data) / elbo_bits - 1) < 0.01
+    images, _ = codec.decompress_workdir(tmp_path, data, "f", progress=False)
+    expected, _ = dataset.load_test_set(config.data)
+    assert len(np.unique(expected)) > 200  # 8-bit, not binarised
+    np.testing.assert_array_equal(images, expected)

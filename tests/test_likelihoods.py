@@ -55,3 +55,141 @@ def test_every_likelihood_is_built_by_name_and_an_unknown_one_is_refused():
     assert all(likelihoods.build_likelihood(name).outputs_per_pixel >= 1 for name in likelihoods.LIKELIHOODS)
     with pytest.raises(ValueError, match="model.likelihood must be one of"):
         likelihoods.build_likelihood("gaussian")
+
+
+# --- 8-bit likelihoods ---------------------------------------------------------------------------
+
+def _mixture_params_NumPy(out, k):
+    """(log weights, means, log-scales), each B x D x K, float64: the layout the decoder writes."""
+    o = np.asarray(out, np.float64).reshape(out.shape[0], -1, 3 * k)
+    w, mu, log_s = o[..., :k], o[..., k:2 * k], np.maximum(o[..., 2 * k:], likelihoods.MIN_LOG_SCALE)
+    return w - scipy.special.logsumexp(w, axis=-1, keepdims=True), mu, log_s
+
+
+def _discretized_logistic_NumPy(levels, mu, log_s):
+    """log P(level) by the textbook formula: CDF differences over each bin, edges open-ended;
+    float64, scipy's log-sigmoid on whichever side keeps the difference away from cancellation."""
+    centre = levels * (2.0 / 255) - 1.0
+    upper = np.where(levels == 255, np.inf, centre + 1.0 / 255)
+    lower = np.where(levels == 0, -np.inf, centre - 1.0 / 255)
+    s = np.exp(log_s)
+    a, b = (upper - mu) / s, (lower - mu) / s
+    # log(σ(a) − σ(b)) = log σ(a) + log1p(−exp(log σ(b) − log σ(a))), or mirrored for the right tail
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_sig = scipy.special.log_expit
+        left = log_sig(a) + np.log1p(-np.exp(log_sig(b) - log_sig(a)))
+        right = log_sig(-b) + np.log1p(-np.exp(log_sig(-a) - log_sig(-b)))
+    return np.where(a + b > 0, right, left)
+
+
+def _random_output(rng, batch, pixels, outputs, scale=2.0):
+    return rng.normal(scale=scale, size=(batch, pixels * outputs))
+
+
+@pytest.fixture
+def x64():
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", False)
+
+
+@pytest.mark.parametrize("name", likelihoods.EIGHT_BIT_LIKELIHOODS)
+def test_the_256_levels_sum_to_one_in_float64(x64, name):
+    lik = likelihoods.build_likelihood(name, 4)
+    out = _random_output(np.random.default_rng(0), 3, 10, lik.outputs_per_pixel, 3.0)
+    out = jnp.asarray(out, jnp.float64)
+    log_p = lik.level_log_probs(out)
+    assert log_p.shape == (3, 10, 256) and log_p.dtype == jnp.float64
+    np.testing.assert_allclose(np.exp(np.asarray(log_p)).sum(-1), 1.0, rtol=0, atol=1e-12)
+    # log_prob picks each sub-pixel's level from the same table
+    levels = np.random.default_rng(1).integers(0, 256, size=(3, 10))
+    picked = np.take_along_axis(np.asarray(log_p), levels[..., None], -1)[..., 0].sum(-1)
+    np.testing.assert_allclose(lik.log_prob(out, jnp.asarray(levels / 255.0)), picked, rtol=1e-12)
+
+
+def test_logistic_mixture_is_a_direct_numpy_computation(x64):
+    k, rng = 3, np.random.default_rng(2)
+    out = _random_output(rng, 4, 7, 3 * k)
+    log_w, mu, log_s = _mixture_params_NumPy(out, k)
+    levels = rng.integers(0, 256, size=(4, 7))
+    levels[0, :3] = [0, 255, 128]  # both edge bins and the middle
+    per_component = _discretized_logistic_NumPy(levels[..., None], mu, log_s)
+    expected = scipy.special.logsumexp(log_w + per_component, axis=-1).sum(-1)
+    got = likelihoods.LogisticMixture(k).log_prob(jnp.asarray(out), jnp.asarray(levels / 255.0))
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
+    # float32, as training runs it
+    got32 = likelihoods.LogisticMixture(k).log_prob(jnp.asarray(out, jnp.float32),
+                                                    jnp.asarray(levels / 255.0, jnp.float32))
+    np.testing.assert_allclose(got32, expected, rtol=2e-5)
+
+
+def test_a_bin_whose_mass_underflows_keeps_its_exact_log_mass():
+    """A narrow logistic at the black end: level 200's mass is about e^-631, 0 in float32 (whose
+    smallest number is about e^-103); the log-space form still gives its log in float32, which
+    the textbook form in float64 confirms, and so do the edges."""
+    mu, log_s = jnp.float32(-1.0), jnp.float32(-6.0)
+    levels = np.array([0, 1, 200, 255])
+    got = likelihoods.discretized_logistic_log_probs(jnp.asarray(levels), mu, log_s)
+    expected = _discretized_logistic_NumPy(levels, -1.0, -6.0)
+    assert np.all(np.isfinite(np.asarray(got))) and float(got[2]) < -600
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    s = np.exp(-6.0)  # level 0 keeps almost everything: log σ((−1 + 1/255 + 1)/s)
+    assert float(got[0]) == pytest.approx(scipy.special.log_expit((1 / 255) / s), abs=1e-6)
+
+
+@pytest.mark.parametrize("name", likelihoods.EIGHT_BIT_LIKELIHOODS)
+def test_gradients_are_finite_at_the_edges_and_for_extreme_scales(name):
+    lik = likelihoods.build_likelihood(name, 2)
+    d = 6
+    x = jnp.asarray([[0, 255, 0, 255, 1, 254]], jnp.float32) / 255.0
+    if name == "logistic_mixture":  # per sub-pixel: 2 logits, 2 means, 2 log-scales
+        per_pixel = [[0.0, 0.0, -1.0, 1.0, -30.0, -30.0],   # level 0, scales far below the floor
+                     [0.0, 0.0, -1.0, 1.0, 10.0, 10.0],     # level 255, huge scales
+                     [50.0, -50.0, 1.0, 1.0, -7.0, -7.0],   # level 0 under a mass at white
+                     [0.0, 0.0, -1.0, -1.0, -7.0, -7.0],    # level 255 under a mass at black
+                     [0.0, 0.0, 0.9, 0.9, -7.0, 3.0],
+                     [0.0, 0.0, -0.9, -0.9, -7.0, 3.0]]
+        out = jnp.asarray(per_pixel, jnp.float32).reshape(1, -1)
+    else:
+        out = jnp.asarray(np.random.default_rng(0).normal(scale=80.0, size=(1, d * 256)), jnp.float32)
+    value, grad = jax.value_and_grad(lambda o: lik.log_prob(o, x).sum())(out)
+    assert np.isfinite(float(value)) and bool(jnp.all(jnp.isfinite(grad)))
+    assert float(jnp.abs(grad).max()) > 0
+
+
+def test_categorical_is_a_log_softmax():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(2, 5, 256))
+    levels = rng.integers(0, 256, size=(2, 5))
+    log_p = scipy.special.log_softmax(logits, -1)
+    expected = np.take_along_axis(log_p, levels[..., None], -1)[..., 0].sum(-1)
+    got = likelihoods.Categorical().log_prob(jnp.asarray(logits.reshape(2, -1), jnp.float32),
+                                             jnp.asarray(levels / 255.0, jnp.float32))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", likelihoods.EIGHT_BIT_LIKELIHOODS)
+def test_8bit_means_and_samples_agree_with_the_level_probabilities(name):
+    lik = likelihoods.build_likelihood(name, 3)
+    out = jnp.asarray(_random_output(np.random.default_rng(4), 1, 4, lik.outputs_per_pixel), jnp.float32)
+    probs = np.exp(np.asarray(lik.level_log_probs(out), np.float64))[0]  # 4 x 256
+    exact_mean = probs @ (np.arange(256) / 255.0)
+    np.testing.assert_allclose(lik.mean(out)[0], exact_mean, atol=0.5 / 255)  # within half a level
+    draws = np.asarray(lik.sample(jax.random.key(0), jnp.broadcast_to(out, (20000, out.shape[1]))))
+    levels = np.round(draws * 255)
+    np.testing.assert_allclose(draws * 255.0, levels, atol=1e-4)  # every draw is a level
+    np.testing.assert_allclose(levels.mean(0) / 255.0, exact_mean, atol=0.01)
+
+
+@pytest.mark.parametrize("name", likelihoods.EIGHT_BIT_LIKELIHOODS)
+def test_8bit_initial_output_bias_draws_near_the_pixel_means(name):
+    lik = likelihoods.build_likelihood(name, 2)
+    means = np.array([0.1, 0.3, 0.5, 0.7, 0.9, 0.5])
+    bias = lik.initial_output_bias(means, (6 * lik.outputs_per_pixel,))
+    np.testing.assert_allclose(lik.mean(bias[None])[0], means, atol=0.02)
+    # a depth-to-space decoder's bias on a 1 x 2 colour image: 3 channels x 4 positions
+    colour = np.array([0.1, 0.4, 0.7, 0.3, 0.6, 0.9])
+    per_channel = lik.initial_output_bias(colour, (4 * 3 * lik.outputs_per_pixel,), channels=3)
+    np.testing.assert_allclose(lik.mean(per_channel[None])[0], np.tile([0.2, 0.5, 0.8], 4), atol=0.02)
+    with pytest.raises(ValueError, match="fits neither"):
+        lik.initial_output_bias(means, (4 * lik.outputs_per_pixel + 1,))

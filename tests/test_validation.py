@@ -27,6 +27,8 @@ FIELDS = {
     "train.kl_warmup_epochs": values,
     "train.optimizer": st.one_of(st.sampled_from(["adam", "adamw", "sgd"]), values),
     "eval.batch_size": values,
+    "data.folder_test_fraction": st.one_of(st.floats(0, 1), values),
+    "data.image_size": st.one_of(st.lists(st.integers(-1, 64), max_size=3).map(tuple), values),
 }
 
 
@@ -55,6 +57,8 @@ def expected_valid(field, value, num_devices):
         "train.kl_warmup_epochs": lambda v: is_number(v) and v >= 0,
         "train.optimizer": lambda v: v in ("adam", "adamw"),
         "eval.batch_size": lambda v: is_int(v) and v >= 1 and v % num_devices == 0,
+        "data.folder_test_fraction": lambda v: is_number(v) and 0 <= v < 1,  # validation's is 0
+        "data.image_size": lambda v: v == (),  # a TFDS data set keeps its size
     }[field](value)
 
 
@@ -115,9 +119,13 @@ def slow(*values):
         slow("--config.train.beta=-1", "train.beta must be a finite number >= 0"),
         slow("--config.model.arch=resnet", "model.arch must be one of"),
         slow("--config.model.likelihood=gaussian", "model.likelihood must be one of"),
-        slow("--config.data.binarize=none", "data.binarize must be one of"),
+        ("--config.data.binarize=none", "model.likelihood=bernoulli models binarised pixels"),
+        slow("--config.model.likelihood=logistic_mixture", "binarises them: set data.binarize=none"),
+        slow("--config.data.binarize=8bit", "data.binarize must be one of"),
         slow("--config.data.name=no_such_dataset", "unknown TFDS data set"),
         ("--config.data.name=~/my_images", "is a path, but data.name takes the name of a TFDS"),
+        ("--config.data.name=folder:/nonexistent/images", "the folder /nonexistent/images (data.name="),
+        slow("--config.data.folder_test_fraction=1", "data.folder_test_fraction must be a number in [0, 1)"),
         slow("--config.data.test_split=validation", "split 'validation' is not in fashion_mnist"),
         ("--config.data.data_dir=/nonexistent/tfds", "is not prepared in /nonexistent/tfds"),
         ("--config.train.learning_ratex=1", "unknown config field learning_ratex"),
@@ -247,6 +255,7 @@ def test_each_script_flag_is_accepted_or_refused_in_one_line(scripts, capsys, da
 @pytest.mark.parametrize("argv, message", [
     (["prepare_data", "--dataset", " "], "argument --dataset: must name a TFDS data set"),
     (["prepare_data", "--manual_dir", "/nonexistent/files"], "is not a directory"),
+    (["prepare_data", "--image_size", "28,28"], "--image_size: takes H,W, for a --dataset folder:PATH"),
     (["plot_kl", "--workdir", "a", "b", "--labels", "x"], "--labels needs one label per workdir"),
     (["benchmark", "--config", "configs/nonexistent.py"], "no config file"),
     (["benchmark", "--set", "train.beta"], "expected FIELD=VALUE"),

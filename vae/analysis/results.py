@@ -53,7 +53,18 @@ def describe_model(config: dict) -> str:
     objective = "ELBO" if t["objective"] == "elbo" else f"IWAE k={t['num_samples']}"
     z = f"z={m['latent_dim']}"
     width = z if m["arch"] == "conv" else f"{m['activation']} {layers}, {z}"
-    return f"{arch} {width}, {prior}, {objective}"
+    return f"{arch} {width}, {prior}, {objective}, {describe_pixels(config)}"
+
+
+def describe_pixels(config: dict) -> str:
+    """What p(x|z) models: binarised pixels (Bernoulli) or the 256 levels of 8-bit ones."""
+    m, binarize = config["model"], config["data"].get("binarize", "dynamic")
+    likelihood = m.get("likelihood", "bernoulli")
+    if likelihood == "bernoulli":
+        return f"Bernoulli ({binarize} binarisation)"
+    if likelihood == "logistic_mixture":
+        return f"8-bit, logistic mixture K={m.get('mixture_components', 5)}"
+    return f"8-bit, {likelihood}"
 
 
 def _workdir_and_eval(path: Path) -> tuple[Path, dict]:
@@ -80,7 +91,11 @@ def run_row(path: str | Path) -> dict:
     if not metrics:
         raise wd.WorkdirError(f"{path} has no metrics: it has not trained")
     last = metrics[-1]
-    published = PUBLISHED.get((config["data"]["name"], config["model"]["arch"], config["model"]["prior"]))
+    # The published rows are of dynamically binarised images: an 8-bit or static run has none.
+    binarised = (config["model"].get("likelihood", "bernoulli") == "bernoulli"
+                 and config["data"].get("binarize", "dynamic") == "dynamic")
+    published = binarised and PUBLISHED.get(
+        (config["data"]["name"], config["model"]["arch"], config["model"]["prior"])) or None
     return {
         "run": path.name,
         "config": config_file(config["run"]["command"]),
@@ -94,6 +109,8 @@ def run_row(path: str | Path) -> dict:
         "test_elbo": result["test/elbo"],
         "test_nll": result["test/nll"],
         "test_nll_se": result["test/nll_std_error"],
+        "test_nll_bits_per_dim": result.get("test/nll_bits_per_dim"),
+        "test_elbo_bits_per_dim": result.get("test/bits_per_dim"),
         "iw_samples": result["iw_samples"],
         "num_examples": result["num_examples"],
         "active_units": result["test/active_units"],
@@ -119,6 +136,11 @@ def format_row(row: dict) -> list[str]:
         name, value, pm = row["published"]
         published = f"{value:.2f} ± {pm:.2f} ({name})"
     nll = f"**{row['test_nll']:.2f}** ± {row['test_nll_se']:.2f} (k={row['iw_samples']})"
+    elbo = f"{row['test_elbo']:.2f}"
+    if row.get("test_nll_bits_per_dim") is not None:
+        nll += f"; {row['test_nll_bits_per_dim']:.4f} bits/dim"
+    if row.get("test_elbo_bits_per_dim") is not None:
+        elbo += f" ({row['test_elbo_bits_per_dim']:.4f} bits/dim)"
     if row["num_examples"] != 10_000:
         nll += f", {row['num_examples']} images"
     best = f"{row['epochs']} ({row['evaluated_epoch']}, {row['checkpoint']})"
@@ -126,7 +148,7 @@ def format_row(row: dict) -> list[str]:
     train, val = row["data"]
     data = f"`{train}`" + (f" (`{val}`)" if val else "")
     return [row["run"], f"`{row['config']}`" if row["config"] else "default", row["model"], data, best,
-            _minutes(row["train_wall_sec"]), f"{row['test_elbo']:.2f}", nll, _information(row), units,
+            _minutes(row["train_wall_sec"]), elbo, nll, _information(row), units,
             published, f"`{row['command']}`"]
 
 

@@ -78,9 +78,13 @@ def _kl_bits(mean_bxZ, std_bxZ, prior_mean_bxZ=0.0, prior_std_bxZ=1.0) -> np.nda
     return per_dim.sum(axis=-1) * LOG2E
 
 
-def _rec_bits(symbols_bxD, probabilities_bxD) -> np.ndarray:
-    """−log2 p(x|z) per image (Bernoulli), from the probabilities the coder used."""
-    p = np.where(symbols_bxD == 1, probabilities_bxD, 1.0 - probabilities_bxD)
+def _rec_bits(symbols_bxD, probabilities) -> np.ndarray:
+    """−log2 p(x|z) per image, from the probabilities the coder used: P(on) per pixel, b x D
+    (Bernoulli), or each sub-pixel's 256 level probabilities, b x D x 256 (categorical)."""
+    if probabilities.ndim == symbols_bxD.ndim + 1:
+        p = np.take_along_axis(probabilities, symbols_bxD[..., None].astype(np.intp), axis=-1)[..., 0]
+    else:
+        p = np.where(symbols_bxD == 1, probabilities, 1.0 - probabilities)
     return -np.log2(np.maximum(p, 1e-300)).sum(axis=-1)
 
 
@@ -92,13 +96,13 @@ class _Block:
         self.host, self.bins = host, bins
         self.gaussian, self.prior_model = GaussianCode(bins), bins.prior_model()
         self.conditional = GaussianCode(bins, windowed=False)
-        self.pixel_model = pixels.ans_model(family)
+        self.family, self.pixel_model = family, pixels.ans_model(family)
 
     def values(self, indices: list) -> list:
         return [self.bins.values(index) for index in indices]
 
     def posterior(self, layer, symbols_bxD, upper: list):
-        return self.host.posterior(layer, pixels.model_input(symbols_bxD), self.values(upper))
+        return self.host.posterior(layer, pixels.model_input(symbols_bxD, self.family), self.values(upper))
 
     def pop_posterior(self, coder, symbols_bxD, *, nearest: bool = False):
         """Every layer's indices popped under q (or, with `nearest`, the bins of q's means, nothing
@@ -123,7 +127,7 @@ class _Block:
         """Pushes the pixels, then the latents bottom first under their priors; the stack's size
         (bits) between the two."""
         coder.encode_reverse(symbols_bxD.reshape(-1), self.pixel_model,
-                             *pixels.ans_parameters(probabilities_bxD))
+                             *pixels.ans_parameters(probabilities_bxD, self.family))
         between = coder.num_valid_bits()
         for layer in reversed(range(self.host.num_layers)):
             if layer:
@@ -142,7 +146,7 @@ class _Block:
             else:
                 indices.append(coder.decode(self.prior_model, rows * self.host.latent_dim).reshape(rows, -1))
         probabilities = self.probabilities(indices)
-        symbols = coder.decode(self.pixel_model, *pixels.ans_parameters(probabilities))
+        symbols = coder.decode(self.pixel_model, *pixels.ans_parameters(probabilities, self.family))
         return indices, symbols.reshape(rows, -1).astype(np.int32)
 
 

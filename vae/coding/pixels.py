@@ -7,8 +7,8 @@ A likelihood names the discrete family it codes a pixel with (`likelihood.coding
   the file records which of 1 and 255 stands for "on", so decompression returns the same array.
   An array of zeros only is taken as 0/1.
 
-An 8-bit likelihood would add "categorical" (symbols 0..255, the uint8 values themselves, with
-B x D x 256 probabilities).
+- "categorical" (8-bit pixels): any uint8 array; each sub-pixel is the symbol 0..255, its value
+  itself (the pixel scale is 1), coded with its B x D x 256 level probabilities.
 """
 
 import constriction
@@ -16,7 +16,7 @@ import numpy as np
 
 from vae.coding.errors import CodingError
 
-FAMILIES = ("bernoulli",)
+FAMILIES = ("bernoulli", "categorical")
 
 
 class PixelError(CodingError):
@@ -29,10 +29,13 @@ def check_family(family: str) -> None:
 
 
 def pixel_scale(images: np.ndarray, family: str) -> int:
-    """The value that stands for symbol 1 (1 or 255): PixelError for values the family cannot code."""
+    """The value that stands for symbol 1 (1 or 255; 1 for 8-bit pixels, each value its own
+    symbol): PixelError for values the family cannot code."""
     check_family(family)
     if images.dtype != np.uint8:
         raise PixelError(f"the images must be uint8, got {images.dtype}")
+    if family == "categorical":
+        return 1
     values = np.unique(images)
     if set(values.tolist()) <= {0, 1}:
         return 1
@@ -45,7 +48,7 @@ def pixel_scale(images: np.ndarray, family: str) -> int:
 
 
 def to_symbols(images: np.ndarray, scale: int) -> np.ndarray:
-    """N x D int32 symbols (0 or 1) of N images."""
+    """N x D int32 symbols (0 or 1; 0..255 for 8-bit pixels) of N images."""
     return (images.reshape(images.shape[0], -1) // scale).astype(np.int32)
 
 
@@ -54,17 +57,24 @@ def from_symbols(symbols_NxD: np.ndarray, scale: int, shape: tuple[int, ...]) ->
     return (symbols_NxD.astype(np.uint8) * np.uint8(scale)).reshape(shape)
 
 
-def model_input(symbols_bxD: np.ndarray) -> np.ndarray:
-    """The model's input x in [0, 1] (float64) for Bernoulli symbols."""
-    return symbols_bxD.astype(np.float64)
+def model_input(symbols_bxD: np.ndarray, family: str) -> np.ndarray:
+    """The model's input x in [0, 1] (float64): a Bernoulli symbol as 0 or 1, a level as v / 255."""
+    x = symbols_bxD.astype(np.float64)
+    return x / 255.0 if family == "categorical" else x
 
 
 def ans_model(family: str):
     """The constriction model family for the pixels, its parameters given at each call."""
     check_family(family)
+    if family == "categorical":
+        return constriction.stream.model.Categorical(perfect=False)
     return constriction.stream.model.Bernoulli(perfect=False)
 
 
-def ans_parameters(probabilities_bxD: np.ndarray) -> tuple[np.ndarray, ...]:
-    """The per-symbol parameters constriction reads: P(on), flat float64."""
-    return (np.ascontiguousarray(probabilities_bxD, np.float64).reshape(-1),)
+def ans_parameters(probabilities: np.ndarray, family: str) -> tuple[np.ndarray, ...]:
+    """The per-symbol parameters constriction reads, float64: P(on), flat (Bernoulli); or each
+    symbol's 256 level probabilities, one row per symbol (categorical)."""
+    probabilities = np.ascontiguousarray(probabilities, np.float64)
+    if family == "categorical":
+        return (probabilities.reshape(-1, probabilities.shape[-1]),)
+    return (probabilities.reshape(-1),)

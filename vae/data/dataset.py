@@ -1,16 +1,20 @@
 """A data set as a run uses it: the train, validation and test splits in host memory as uint8
 images, the evaluated splits binarised once with fixed seeds (`pixels`), training binarised per
-step or once as the config asks.
+step or once as the config asks. The images come from a prepared TFDS data set (`source`) or,
+with data.name=folder:PATH, from a folder of the user's own images (`folder`); nothing past this
+module tells the two apart.
 
 Imports nothing of the package outside `vae.data`.
 """
 
 import dataclasses
+import functools
+from collections.abc import Callable
 
 import ml_collections
 import numpy as np
 
-from vae.data import pixels, source
+from vae.data import folder, pixels, source
 from vae.data.source import DataError
 
 
@@ -46,9 +50,16 @@ def load_eval_split(data_config: ml_collections.ConfigDict,
     """The test (or validation) split as every evaluation sees it: binarised once with a fixed
     seed; uint8 images and labels."""
     split = data_config.test_split if which == "test" else data_config.validation_split
-    images, labels = source.load_split(data_config.name, split, data_config.data_dir)
+    if folder.is_folder(data_config.name):
+        images, labels = folder.open_folder(data_config).load_split(split)
+    else:
+        images, labels = source.load_split(data_config.name, split, data_config.data_dir)
+    return _encode_eval(images, data_config, which), labels
+
+
+def _encode_eval(images: np.ndarray, data_config: ml_collections.ConfigDict, which: str) -> np.ndarray:
     seed = data_config.test_binarize_seed + _BINARIZE_SEED_OFFSET[which]
-    return pixels.encode_fixed(images, data_config.binarize, seed), labels
+    return pixels.encode_fixed(images, data_config.binarize, seed)
 
 
 def load_test_set(data_config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
@@ -61,18 +72,14 @@ def load_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
     if data_config.binarize not in pixels.BINARIZE_MODES:
         raise DataError(
             f"data.binarize must be one of {pixels.BINARIZE_MODES}, got {data_config.binarize!r}")
-    builder = source.check_prepared(data_config.name, data_config.data_dir)  # every split, before reading
-    source.check_split(builder, data_config.train_split)
-    source.check_split(builder, data_config.test_split)
-    if data_config.validation_split:
-        source.check_split(builder, data_config.validation_split)
-        source.check_disjoint(builder, data_config.train_split, data_config.validation_split)
-    train_images, train_labels = source.load_split(data_config.name, data_config.train_split,
-                                                   data_config.data_dir)
-    test_images, test_labels = load_test_set(data_config)
+    read = _checked_reader(data_config)  # every split checked, before reading
+    train_images, train_labels = read(data_config.train_split)
+    test_images, test_labels = read(data_config.test_split)
+    test_images = _encode_eval(test_images, data_config, "test")
     val_images = val_labels = None
     if data_config.validation_split:
-        val_images, val_labels = load_eval_split(data_config, "validation")
+        val_images, val_labels = read(data_config.validation_split)
+        val_images = _encode_eval(val_images, data_config, "validation")
     dynamic = data_config.binarize == "dynamic"  # else encoded once, like the evaluated splits
     if not dynamic:
         train_images = pixels.encode_fixed(train_images, data_config.binarize,
@@ -87,3 +94,32 @@ def load_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
         val_images=val_images,
         val_labels=val_labels,
     )
+
+
+def _checked_reader(data_config: ml_collections.ConfigDict) -> Callable[[str], tuple[np.ndarray, np.ndarray]]:
+    """Checks the data source and every split the config names before any image is read; returns
+    split -> (uint8 images, labels). A folder is listed once, and its images decoded (or read
+    from the cache) once for all its splits."""
+    if folder.is_folder(data_config.name):
+        images = folder.open_folder(data_config)
+        check_split, check_disjoint, read = images.check_split, images.check_disjoint, images.load_split
+    else:
+        builder = source.check_prepared(data_config.name, data_config.data_dir)
+        check_split = functools.partial(source.check_split, builder)
+        check_disjoint = functools.partial(source.check_disjoint, builder)
+        read = functools.partial(source.load_split, data_config.name, data_dir=data_config.data_dir)
+    check_split(data_config.train_split)
+    check_split(data_config.test_split)
+    if data_config.validation_split:
+        check_split(data_config.validation_split)
+        check_disjoint(data_config.train_split, data_config.validation_split)
+    return read
+
+
+def image_shape(data_config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+    """(H, W, C) of the images a run on `data_config` sees, none decoded: from TFDS's metadata,
+    or from a folder's first image and data.image_size."""
+    if folder.is_folder(data_config.name):
+        return folder.open_folder(data_config).image_shape()
+    builder = source.check_prepared(data_config.name, data_config.data_dir)
+    return tuple(builder.info.features["image"].shape)

@@ -3,7 +3,8 @@ not there, the splits decoded once into uint8 arrays (`split_cache`), and the la
 
 Loading never touches the network: preparation is an explicit step (`prepare.py`,
 `scripts/prepare_data.py`), and a data set that is not prepared stops a run at once with the
-command to run. Imports nothing of the package outside `vae.data`.
+command to run. A folder of the user's own images (data.name=folder:PATH) is the other source,
+`folder.py`. Imports nothing of the package outside `vae.data`.
 """
 
 import os
@@ -16,6 +17,9 @@ from vae.data import split_cache
 
 class DataError(Exception):
     """A data problem the user can fix; the message says what to run."""
+
+
+FOLDER_PREFIX = "folder:"  # data.name=folder:PATH names a folder of images (`folder.py`)
 
 
 def prepare_command(name: str, data_dir: str | None) -> str:
@@ -31,10 +35,13 @@ def resolve_data_dir(data_dir: str | None) -> str | None:
 def tfds_builder(name: str, data_dir: str | None, **kwargs):
     import tensorflow_datasets as tfds
 
+    if name.startswith(FOLDER_PREFIX):
+        raise DataError(f"data.name={name!r} is a folder of images, not a TFDS data set")
     if looks_like_a_path(name):
         raise DataError(
             f"data.name={name!r} is a path, but data.name takes the name of a TFDS image data set "
-            "(fashion_mnist, mnist, kmnist, ...); a folder of your own images is not a data source yet")
+            f"(fashion_mnist, mnist, kmnist, ...); for a folder of your own images write "
+            f"data.name={FOLDER_PREFIX}{name}")
     try:
         return tfds.builder(name, data_dir=data_dir, **kwargs)
     except tfds.core.registered.DatasetNotFoundError:
@@ -149,7 +156,12 @@ def _stack_examples(source, image_shape) -> tuple[np.ndarray, np.ndarray]:
 
 
 def class_names(name: str, data_dir: str | None = None) -> list[str]:
-    """The label names of a prepared data set (e.g. 'T-shirt/top', ...), or the label numbers."""
+    """The label names of a prepared data set (e.g. 'T-shirt/top', ...), or the label numbers; of
+    a folder of images, its class sub-folders' names ([] where its images are in none)."""
+    if name.startswith(FOLDER_PREFIX):
+        from vae.data import folder  # which imports this module (DataError)
+
+        return folder.class_names(name)
     features = check_prepared(name, data_dir).info.features
     if "label" in features.keys() and hasattr(features["label"], "names"):
         return list(features["label"].names)

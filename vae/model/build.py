@@ -18,6 +18,7 @@ from vae.model.vae import VAE
 ARCHS = ("mlp", "conv", "hvae", "conv_hvae")
 CONVOLUTIONAL_ARCHS = ("conv", "conv_hvae")
 LIKELIHOODS = tuple(likelihoods.LIKELIHOODS)
+EIGHT_BIT_LIKELIHOODS = likelihoods.EIGHT_BIT_LIKELIHOODS
 PRIORS = priors.PRIORS
 ACTIVATIONS, KERNEL_INITS = networks.ACTIVATIONS, networks.KERNEL_INITS
 
@@ -28,7 +29,8 @@ def build_model(model_config: ml_collections.ConfigDict, image_shape: Sequence[i
 
     With `model.init_output_bias` and `pixel_means` (the training set's mean intensity per pixel,
     D values in [0, 1]), the decoder's output bias starts where the likelihood predicts the
-    average image: a model that has learnt nothing yet already draws the mean picture.
+    average image: a model that has learnt nothing yet already draws the mean picture (a
+    convolutional decoder, whose bias is one per output channel, gets each image channel's mean).
     """
     if model_config.arch not in ARCHS:
         raise ValueError(f"model.arch must be one of {ARCHS}, got {model_config.arch!r}")
@@ -38,7 +40,8 @@ def build_model(model_config: ml_collections.ConfigDict, image_shape: Sequence[i
     clip = tuple(model_config.log_var_clip)
     kw = {"kernel_init": getattr(nnx.initializers, model_config.kernel_init)(), "rngs": rngs}
     prior = priors.build_prior(model_config, math.prod(image_shape), rngs)
-    likelihood = likelihoods.build_likelihood(model_config.likelihood)
+    likelihood = likelihoods.build_likelihood(model_config.likelihood,
+                                              model_config.get("mixture_components", 5))
     outputs = likelihood.outputs_per_pixel
     if model_config.arch in ("hvae", "conv_hvae"):
         if model_config.arch == "hvae":
@@ -59,5 +62,5 @@ def build_model(model_config: ml_collections.ConfigDict, image_shape: Sequence[i
         model = VAE(encoder, decoder, prior, likelihood, latent_dim, image_shape)
     if model_config.init_output_bias and pixel_means is not None:
         bias = model.output_bias
-        bias[...] = likelihood.initial_output_bias(pixel_means, bias.shape)
+        bias[...] = likelihood.initial_output_bias(pixel_means, bias.shape, image_shape[-1])
     return model

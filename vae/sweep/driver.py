@@ -11,6 +11,7 @@ epoch unchanged while the others train.
 
 import contextlib
 import dataclasses
+import math
 import sys
 import time
 from pathlib import Path
@@ -105,7 +106,8 @@ def _train_group(group: list[spec.Member], sweep_dir: Path, dataset: datasets.Da
     runs, states = [], []
     try:
         for member in group:
-            runs.append(RunDir(sweep_dir / member.name, member.config, steps, session.restart))
+            runs.append(RunDir(sweep_dir / member.name, member.config, steps, session.restart,
+                               num_dims=math.prod(dataset.image_shape)))
             graphdef, member_state = state.init_state(member.config, dataset.image_shape, tx,
                                                       dataset.pixel_means())
             states.append(runs[-1].restore(jax.device_put(member_state, replicated), replicated))

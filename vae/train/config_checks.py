@@ -4,7 +4,8 @@ import math
 
 import ml_collections
 
-from vae.data import pixels
+from vae.data import folder, pixels
+from vae.data.source import DataError
 from vae.model import build, objectives
 
 OPTIMIZERS = ("adam", "adamw")
@@ -36,17 +37,35 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     _require(_is_int(config.seed), f"seed must be an integer, got {config.seed!r}")
 
     d = config.data
-    _require(isinstance(d.name, str) and d.name != "", "data.name must name a TFDS data set")
+    _require(isinstance(d.name, str) and d.name != "",
+             "data.name must name a TFDS data set or a folder of images (folder:PATH)")
     _require(d.binarize in pixels.BINARIZE_MODES,
              f"data.binarize must be one of {pixels.BINARIZE_MODES}, got {d.binarize!r}")
     _require(_is_int(d.test_binarize_seed), "data.test_binarize_seed must be an integer")
     _require(isinstance(d.validation_split, str),
              f"data.validation_split must be a TFDS split string or '', got {d.validation_split!r}")
+    try:  # the folder source's own fields, checked by it (their defaults where a config predates them)
+        image_size, _, _ = folder.fields(d)
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+    _require(not image_size or folder.is_folder(d.name),
+             f"data.image_size resizes the images of a folder (data.name=folder:PATH); a TFDS data set "
+             f"keeps its own size: leave data.image_size=() for {d.name}")
 
     m = config.model
     _require(m.arch in build.ARCHS, f"model.arch must be one of {build.ARCHS}, got {m.arch!r}")
     _require(m.likelihood in build.LIKELIHOODS,
              f"model.likelihood must be one of {build.LIKELIHOODS}, got {m.likelihood!r}")
+    _require(_is_int(m.get("mixture_components", 5)) and m.get("mixture_components", 5) >= 1,
+             f"model.mixture_components must be an integer >= 1, got {m.get('mixture_components')!r}")
+    eight_bit = m.likelihood in build.EIGHT_BIT_LIKELIHOODS
+    _require(eight_bit or d.binarize != "none",
+             f"model.likelihood={m.likelihood} models binarised pixels, but data.binarize=none keeps "
+             f"the 8-bit levels: use model.likelihood=logistic_mixture (or categorical), or "
+             f"data.binarize=dynamic")
+    _require(not eight_bit or d.binarize == "none",
+             f"model.likelihood={m.likelihood} models the 256 levels of 8-bit pixels, but "
+             f"data.binarize={d.binarize} binarises them: set data.binarize=none")
     _require(_is_int(m.latent_dim) and m.latent_dim >= 1,
              f"model.latent_dim must be an integer >= 1, got {m.latent_dim!r}")
     _require(m.activation in build.ACTIVATIONS,

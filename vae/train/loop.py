@@ -15,6 +15,7 @@ checkpoint calls in the same order; only process 0 writes metrics.jsonl and conf
 """
 
 import contextlib
+import math
 import signal
 import sys
 import threading
@@ -108,7 +109,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, 
         files.check_resumable(workdir, config)
     dataset = datasets.load_dataset(config.data)
     steps = steps_per_epoch(config, dataset)
-    run = RunDir(workdir, config, steps, restart)
+    run = RunDir(workdir, config, steps, restart, num_dims=math.prod(dataset.image_shape))
 
     tx = state.make_optimizer(config.train, steps)
     graphdef, train_state = state.init_state(config, dataset.image_shape, tx, dataset.pixel_means())
@@ -195,7 +196,8 @@ def epoch_line(record: dict, num_epochs: int) -> str:
     if SELECTION_METRIC in record:
         line += f"  val -elbo {record[SELECTION_METRIC]:.2f} (best {record['best/val/elbo']:.2f})"
     if "test/elbo" in record:
-        line += (f"  test -elbo {record['test/elbo']:.2f} (rec {record['test/rec']:.2f}, "
+        bits = f"{record['test/bits_per_dim']:.3f} bits/dim, " if "test/bits_per_dim" in record else ""
+        line += (f"  test -elbo {record['test/elbo']:.2f} ({bits}rec {record['test/rec']:.2f}, "
                  f"kl {record['test/kl']:.2f}, {record['test/active_units']} active)")
     if record.get("eval_params") == "ema":
         line += " of the parameter average"

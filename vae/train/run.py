@@ -67,8 +67,10 @@ class RunDir:
     best checkpoint, then the latest). A single run is one; so is each member of a sweep, whose
     workdir is therefore exactly a single run's."""
 
-    def __init__(self, workdir: Path, config: ml_collections.ConfigDict, steps: int, restart: bool = False):
+    def __init__(self, workdir: Path, config: ml_collections.ConfigDict, steps: int, restart: bool = False,
+                 num_dims: int | None = None):
         self.workdir, self.config, self.steps_per_epoch = Path(workdir), config, steps
+        self.num_dims = num_dims  # sub-pixels per image (H·W·C): train/bits_per_dim when known
         self.writer = distributed.is_writer()
         if self.writer:
             if restart:
@@ -118,6 +120,8 @@ class RunDir:
         check_finite(step_metrics["loss"], epoch, first_step, self.last_good)
         record = {"epoch": epoch, "step": first_step + steps}
         record |= {f"train/{k}": float(np.mean(v)) for k, v in step_metrics.items()}
+        if self.num_dims and "train/elbo" in record:
+            record["train/bits_per_dim"] = record["train/elbo"] / (self.num_dims * math.log(2.0))
         record["images_per_sec"] = steps * self.config.train.batch_size / train_time
         record["epoch_time_sec"] = train_time
         if compile_time is not None:

@@ -10,7 +10,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from vae.data import source
+from vae.data import dataset as datasets
 from vae.train import distributed
 from vae.train.state import TrainState, abstract_state, eval_params, make_optimizer
 from vae.workdir import checkpoints, files
@@ -33,7 +33,7 @@ def load_trained(workdir: str | Path, epoch: int | None = None, checkpoint: str 
     the run has a validation split, else the latest; 'latest' is the newest checkpoint; `epoch`
     picks one of the latest checkpoints by number. The model carries the evaluated parameters
     (the moving average where the run keeps one). The data set is not loaded: its image shape is
-    read from TFDS's metadata.
+    read from TFDS's metadata, or from a folder's first image (`datasets.image_shape`).
     """
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"checkpoint must be one of {CHECKPOINTS}, got {checkpoint!r}")
@@ -41,8 +41,7 @@ def load_trained(workdir: str | Path, epoch: int | None = None, checkpoint: str 
     if not workdir.is_dir():
         raise files.WorkdirError(f"workdir {workdir} does not exist")
     config = files.read_config(workdir)
-    builder = source.check_prepared(config.data.name, config.data.data_dir)
-    image_shape = tuple(builder.info.features["image"].shape)
+    image_shape = datasets.image_shape(config.data)
     tx = make_optimizer(config.train, steps_per_epoch=1)  # only its state's structure is used
     graphdef, state = abstract_state(config, image_shape, tx)
     # Onto this process's first device, whatever the run was trained on (4 GPUs -> a laptop); in a

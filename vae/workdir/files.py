@@ -37,6 +37,13 @@ _VERSIONED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-
 # Config sections that change the parameters' shapes or the data's meaning: resuming with other
 # values would restore parameters into the wrong model or continue on other data.
 _RESUME_KEYS = ("model", "data.name", "data.binarize", "data.train_split", "seed")
+# Config fields added after workdirs were first written, with the value an older run had without
+# them: an old config.json reads (and resumes) as if it named them.
+_ADDED_FIELDS = {"model.mixture_components": 5}
+# Fields of that kind added later (a folder's image size and split fractions): compared where the
+# workdir's config.json records them, so a workdir that predates them still resumes.
+_RESUME_KEYS_WHERE_RECORDED = ("data.image_size", "data.folder_validation_fraction",
+                               "data.folder_test_fraction")
 
 
 class WorkdirError(Exception):
@@ -102,10 +109,20 @@ def _config_record(workdir: Path) -> dict | None:
     else:
         missing = [k for k in ("data", "model", "train") if not isinstance(record, dict) or k not in record]
         if not missing:
-            return record
+            return _with_added_fields(record)
         reason = f"no {', '.join(missing)} section"
     raise WorkdirError(f"{path} is damaged ({reason}); the training command rewrites it: delete it and "
                        "run that command again (it resumes from the checkpoints)")
+
+
+def _with_added_fields(record: dict) -> dict:
+    for dotted, value in _ADDED_FIELDS.items():
+        *sections, name = dotted.split(".")
+        section = record
+        for key in sections:
+            section = section.setdefault(key, {})
+        section.setdefault(name, value)
+    return record
 
 
 def read_config(workdir: Path) -> ml_collections.ConfigDict:
@@ -125,7 +142,8 @@ def check_resumable(workdir: Path, config: ml_collections.ConfigDict) -> None:
     old = _flatten(record)
     new = _flatten(json.loads(config.to_json_best_effort()))
     for key in sorted(set(old) | set(new)):
-        if key.startswith(_RESUME_KEYS) and old.get(key) != new.get(key):
+        compared = key.startswith(_RESUME_KEYS) or (key in _RESUME_KEYS_WHERE_RECORDED and key in old)
+        if compared and old.get(key) != new.get(key):
             raise WorkdirError(
                 f"{workdir} holds a run with {key}={old.get(key)!r}, but this config has "
                 f"{key}={new.get(key)!r}; use another --workdir, or pass --restart to start over")

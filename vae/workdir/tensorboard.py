@@ -79,12 +79,14 @@ class Board:
     def _images(self, params, epoch: int) -> None:
         model = nnx.merge(self.graphdef, jax.device_get(params))
         samples = model.likelihood.mean(model.sample(jax.random.key(_SAMPLE_SEED), NUM_SAMPLES))
-        self.writer.add_image("samples/prior", _grid(_images(model, samples), 8), epoch, dataformats="HW")
+        grid = _grid(_images(model, samples), 8)
+        self.writer.add_image("samples/prior", grid, epoch, dataformats=_formats(grid))
         flat = self.test_images.reshape(len(self.test_images), -1)
         recon = model.likelihood.mean(model.reconstruct(flat))
         pairs = np.stack([self.test_images, _images(model, recon)], axis=1)
         pairs = pairs.reshape(-1, *self.test_images.shape[1:])
-        self.writer.add_image("samples/reconstructions", _grid(pairs, 8), epoch, dataformats="HW")
+        grid = _grid(pairs, 8)
+        self.writer.add_image("samples/reconstructions", grid, epoch, dataformats=_formats(grid))
 
     def close(self) -> None:
         if self.writer is not None:
@@ -95,8 +97,12 @@ def _images(model, means_BxD) -> np.ndarray:
     return np.asarray(means_BxD).reshape(-1, *model.image_shape)
 
 
+def _formats(grid: np.ndarray) -> str:
+    return "HW" if grid.ndim == 2 else "HWC"
+
+
 def _grid(images: np.ndarray, ncols: int) -> np.ndarray:
-    """N x H x W x 1 pixel means -> one grey-level uint8 image (rows of ncols)."""
+    """N x H x W x C pixel means -> one uint8 image, grey (C = 1) or colour (rows of ncols)."""
     return np.round(images_grid.image_grid(np.clip(images, 0.0, 1.0), ncols) * 255.0).astype(np.uint8)
 
 

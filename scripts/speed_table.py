@@ -1,0 +1,154 @@
+"""The speed table, written from one `scripts/benchmark.py` JSON: docs/benchmarks.md and the
+README's speed section (between its `speed-table` markers), never typed by hand.
+
+    python scripts/benchmark.py --torch --config configs/mlp_small.py --config configs/default.py \
+        --config configs/paper_hvae.py --config configs/paper_vampprior.py --config configs/conv.py \
+        --out docs/bench/speed.json
+    python scripts/speed_table.py docs/bench/speed.json [--readme README.md] [--out docs/benchmarks.md]
+
+Every share is of the fp32 matmul ceiling measured in the same process: the higher of its two
+measurements (before the first config and after the last), so a ceiling measured while the
+machine was busy does not flatter the shares. Imports no JAX.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+from vae import cli_flags as flags
+
+BEGIN, END = "<!-- speed-table:begin -->", "<!-- speed-table:end -->"
+
+
+def parse(argv):
+    parser = flags.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("json", help="the output of scripts/benchmark.py --out")
+    parser.add_argument("--out", default="docs/benchmarks.md", help="the page to write")
+    parser.add_argument("--readme", default="README.md",
+                        help="the README whose speed table to replace ('' for none)")
+    return parser.parse_args(argv)
+
+
+def ceiling_gflops(result: dict) -> float:
+    measured = [result["matmul_ceiling"]["gflops"]]
+    if "matmul_ceiling_at_end" in result:
+        measured.append(result["matmul_ceiling_at_end"]["gflops"])
+    return max(measured)
+
+
+def rows(result: dict) -> list[dict]:
+    """One row per config and batch size: rates and their shares of the ceiling."""
+    ceiling = ceiling_gflops(result) * 1e9
+    table = []
+    for entry in result["configs"]:
+        flops = entry["matmul_flops"]
+        for run in entry["runs"]:
+            iwae = run["iwae"]
+            row = {
+                "config": entry["config_file"] + "".join(f" {o}" for o in entry.get("overrides", [])),
+                "batch_size": run["batch_size"], "devices": run["devices"],
+                "train": run["train"]["images_per_sec"],
+                "train_share": run["train"]["images_per_sec"] * flops["train_per_image"] / ceiling,
+                "eval": run["elbo_eval"]["images_per_sec"],
+                "eval_share": run["elbo_eval"]["images_per_sec"] * flops["elbo_eval_per_image"] / ceiling,
+                "iwae": [(i["k"], i["images_per_sec"],
+                          i["samples_per_sec"] * flops["iwae_decoder_per_sample"] / ceiling)
+                         for i in [iwae, *run.get("iwae_more", [])]],
+                "compile_sec": run["compile_sec"], "step_p50_ms": run["step_time_ms"]["p50"],
+                "others_cpu": max(run["train"].get("others_cpu") or [0.0]),
+            }
+            if "torch" in run:
+                row["torch"] = run["torch"]
+            table.append(row)
+    return table
+
+
+def _rate(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
+
+
+def speed_table(result: dict) -> str:
+    lines = ["| config (batch) | training images/s | of ceiling | ELBO evaluation images/s | of ceiling "
+             "| IWAE images/s (k) | decoder of ceiling |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows(result):
+        rates = "; ".join(f"{_rate(rate)} (k={k:,})" for k, rate, _ in r["iwae"])
+        shares = "; ".join(f"{share:.0%}" for _, _, share in r["iwae"])
+        lines.append(f"| `{r['config']}` ({r['batch_size']}) | {_rate(r['train'])} | {r['train_share']:.0%} "
+                     f"| {_rate(r['eval'])} | {r['eval_share']:.0%} | {rates} | {shares} |")
+    return "\n".join(lines) + "\n"
+
+
+def torch_table(result: dict) -> str:
+    torch_rows = [r for r in rows(result) if "torch" in r]
+    if not torch_rows:
+        return ""
+    lines = ["| trainer | images/s | JAX is |", "| --- | ---: | ---: |"]
+    for r in torch_rows:
+        t = r["torch"]
+        project = f"**this project**, `{r['config']}` (batch {r['batch_size']})"
+        lines += [f"| {project} | **{_rate(r['train'])}** | |",
+                  f"| PyTorch, idiomatic (DataLoader, `torch.bernoulli`, Adam) | "
+                  f"{_rate(t['idiomatic_images_per_sec'])} | {t['jax_over_idiomatic']:.2f}x as fast |",
+                  f"| PyTorch, tuned (one tensor + `randperm`, fused Adam, {t['threads']} threads) | "
+                  f"{_rate(t['tuned_images_per_sec'])} | {t['jax_over_tuned']:.2f}x as fast |"]
+    return "\n".join(lines) + "\n"
+
+
+def provenance(result: dict, source: str) -> str:
+    m = result["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items())
+    busiest = max((r["others_cpu"] for r in rows(result)), default=0.0)
+    start = result["matmul_ceiling"]["gflops"]
+    end = result.get("matmul_ceiling_at_end", {}).get("gflops", 0.0)
+    return (f"Measured by `python {result['command']}` ({source}) on {m['cpu']}, {m['cores']} cores, "
+            f"{m['backend']}; {versions}. fp32 matmul ceiling {start:,.0f} GFLOP/s before the first "
+            f"config and {end:,.0f} after the last; shares are of the higher, "
+            f"{ceiling_gflops(result):,.0f} GFLOP/s. Other "
+            f"processes took at most {busiest:.0%} of the CPUs during a timed training epoch. Medians over "
+            "the epochs after the first; the PyTorch loops alternate with JAX one epoch at a time.")
+
+
+def page(result: dict, source: str) -> str:
+    parts = ["# Benchmarks", "",
+             "Written by `scripts/speed_table.py` from one run of `scripts/benchmark.py`, which builds "
+             "and times exactly the programs `scripts/train.py` and `scripts/evaluate.py` run: the "
+             "training epoch, the negative-ELBO evaluation and the importance-weighted bound. Each "
+             "share is of the fp32 matmul ceiling measured in the same process, with the matmul FLOPs "
+             "counted on the traced programs (the IWAE column: its decoder's matmuls, the hot loop).", "",
+             speed_table(result)]
+    torch = torch_table(result)
+    if torch:
+        parts += ["## Against PyTorch, one process, runs alternated", "", torch]
+    parts += [provenance(result, source), ""]
+    return "\n".join(parts)
+
+
+def readme_section(result: dict, source: str) -> str:
+    return "\n".join([BEGIN, speed_table(result), torch_table(result), provenance(result, source), END])
+
+
+def replace_section(text: str, section: str, path: str) -> str:
+    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
+        raise SystemExit(f"error: {path} needs one {BEGIN} ... {END} pair around its speed table")
+    return text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    try:
+        result = json.loads(Path(args.json).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        print(f"error: {args.json} is not a scripts/benchmark.py JSON: {e}", file=sys.stderr)
+        return 2
+    Path(args.out).write_text(page(result, args.json))
+    print(args.out)
+    if args.readme:
+        readme = Path(args.readme)
+        readme.write_text(replace_section(readme.read_text(), readme_section(result, args.json), args.readme))
+        print(args.readme)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

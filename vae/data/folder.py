@@ -1,0 +1,483 @@
+"""A folder of the user's own images as a data source: `data.name=folder:PATH`.
+
+What is read: every .png, .jpg and .jpeg file (any case) in the folder and its sub-folders, in
+the order of their paths; names starting with '.' (hidden files, `.vae_decoded/`) are skipped,
+links to files are followed, links to folders not. Pillow decodes them into uint8 N x H x W x C
+arrays, as the TFDS source gives them:
+
+- **Channels.** Grey images (modes 1, L, and 16-bit I;16, rounded to 8 bits) give one channel,
+  colour ones (RGB, palette, CMYK, YCbCr) three; all images must give the same count. An alpha
+  channel (RGBA, LA, a palette's transparency) is dropped where every pixel is opaque and
+  refused otherwise: what lies under a transparent pixel is arbitrary. Other modes (32-bit and
+  float I, F) are refused. A JPEG's EXIF orientation is applied (the image as a viewer shows it).
+- **Size.** All images one size, or every one resized to `data.image_size` (H, W), the aspect
+  ratio not kept. Shrinking uses Pillow's BOX filter: each pixel the exact mean of the area it
+  covers, so no ringing, and mean intensities (which a Bernoulli likelihood reads as
+  probabilities) are kept; enlarging in either direction uses LANCZOS, Pillow's sharpest.
+- **Labels.** With every image in a sub-folder, an image's label is the index of its top-level
+  sub-folder's name among the sorted names of those that hold images (torchvision's ImageFolder
+  convention), and `class_names` gives the names; with none in a sub-folder, every label is -1.
+- **Splits.** Each image falls in "test", "validation" or "train" by a hash of its path relative
+  to the folder: about `data.folder_test_fraction` and `data.folder_validation_fraction` of them
+  in the first two, the rest in train. Adding or removing an image moves no other between
+  splits. Within a split the images are in the order of that hash, so a slice is a stable
+  sample. The split expressions are TFDS's: 'train', 'train[:512]', 'train[100:]',
+  'test[10%:20%]', parts joined by '+'.
+- **Cache.** Decoded once into `PATH/.vae_decoded/images[-HxW].npz` (or, where the folder cannot
+  be written, `$XDG_CACHE_HOME/vae/folders/<hash of PATH>/`), keyed by every file's path, size
+  and modification time, `data.image_size` and the cache's format, and written atomically. A
+  changed folder is decoded again; deleting `.vae_decoded/` is always safe.
+
+A folder that cannot give a sound data set stops with one `DataError` line naming the files, and
+every check that needs no pixels runs before anything is decoded. Imports nothing of the package
+outside `vae.data`.
+"""
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from vae.data.source import FOLDER_PREFIX as PREFIX
+from vae.data.source import DataError
+
+EXTENSIONS = (".png", ".jpg", ".jpeg")
+SPLITS = ("train", "validation", "test")
+CACHE_DIR = ".vae_decoded"
+FORMAT = 1
+GREY_MODES = ("1", "L", "LA", "I;16", "I;16L", "I;16B", "I;16N")
+COLOUR_MODES = ("RGB", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr")
+_EXIF_ORIENTATION = 0x0112
+DEFAULT_VALIDATION_FRACTION, DEFAULT_TEST_FRACTION = 0.0, 0.1  # configs/default.py's
+_NOTED = set()  # folders whose cache could be written nowhere
+
+
+def is_folder(name) -> bool:
+    """Whether `data.name` names a folder of images ('folder:PATH') rather than a TFDS data set."""
+    return isinstance(name, str) and name.startswith(PREFIX)
+
+
+@dataclasses.dataclass(frozen=True)
+class Folder:
+    """A folder as a data config names it: where it is, the size its images get and how it is cut."""
+
+    name: str  # data.name, 'folder:PATH', for messages
+    path: Path
+    image_size: tuple[int, ...] = ()  # () keeps the images' size, else (H, W)
+    validation_fraction: float = DEFAULT_VALIDATION_FRACTION
+    test_fraction: float = DEFAULT_TEST_FRACTION
+
+
+def from_config(data_config) -> Folder:
+    """The folder `data_config.name` names, with the config's folder fields (checked)."""
+    return Folder(data_config.name, folder_path(data_config.name), *fields(data_config))
+
+
+def fields(data_config) -> tuple[tuple[int, ...], float, float]:
+    """data.image_size, data.folder_validation_fraction and data.folder_test_fraction, checked;
+    a config from before these fields gets their defaults."""
+    image_size = data_config.get("image_size", ())
+    check_image_size(image_size)
+    validation_fraction = data_config.get("folder_validation_fraction", DEFAULT_VALIDATION_FRACTION)
+    test_fraction = data_config.get("folder_test_fraction", DEFAULT_TEST_FRACTION)
+    check_fractions(validation_fraction, test_fraction)
+    return tuple(image_size), validation_fraction, test_fraction
+
+
+def folder_path(name: str) -> Path:
+    """The folder 'folder:PATH' names (~ expanded; a relative PATH is taken from the working
+    directory)."""
+    raw = name[len(PREFIX):] if is_folder(name) else ""
+    if not raw.strip():
+        raise DataError(f"data.name={name!r} names no folder: write data.name=folder:PATH")
+    return Path(os.path.expanduser(raw))
+
+
+def check_image_size(image_size) -> None:
+    if not (isinstance(image_size, tuple | list) and len(image_size) in (0, 2) and all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in image_size)):
+        raise DataError(f"data.image_size must be () (keep the images' size) or (height, width) in "
+                        f"pixels, e.g. --config.data.image_size=28,28; got {image_size!r}")
+
+
+def check_fractions(validation_fraction, test_fraction) -> None:
+    for field, value in (("folder_validation_fraction", validation_fraction),
+                         ("folder_test_fraction", test_fraction)):
+        if not (isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1):
+            raise DataError(f"data.{field} must be a number in [0, 1), got {value!r}")
+    if validation_fraction + test_fraction >= 1:
+        raise DataError(
+            f"data.folder_validation_fraction + data.folder_test_fraction must be < 1 (the rest "
+            f"trains), got {validation_fraction} + {test_fraction}")
+
+
+# --- the files ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Listing:
+    """The images of a folder as found on disk, nothing decoded; sorted by relative path."""
+
+    root: Path
+    files: tuple[str, ...]  # paths relative to root, '/'-separated
+    stats: tuple[tuple[int, int], ...]  # (size in bytes, modification time in ns) of each
+    labels: np.ndarray  # N int32: the index of the file's class sub-folder, or -1
+    class_names: tuple[str, ...]
+
+
+def scan(folder: Folder) -> Listing:
+    """The folder's image files, their labels and class names; DataError for a folder that does
+    not exist, cannot be read, holds no images or mixes top-level and sub-folder images."""
+    root = folder.path
+    if not root.exists():
+        raise DataError(f"the folder {root} (data.name={folder.name!r}) does not exist")
+    if not root.is_dir():
+        raise DataError(f"data.name={folder.name!r} is a file, not a folder of images")
+
+    def unreadable(error: OSError):
+        raise DataError(f"the folder {root} cannot be read: {error.strerror or error}: {error.filename}")
+
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for filename in filenames:
+            if filename.startswith(".") or os.path.splitext(filename)[1].lower() not in EXTENSIONS:
+                continue
+            full = os.path.join(dirpath, filename)
+            try:
+                stat = os.stat(full)
+            except OSError as e:  # a broken link, a file removed while listing
+                raise DataError(f"{full} cannot be read: {e.strerror or e}") from None
+            found.append((Path(os.path.relpath(full, root)).as_posix(), (stat.st_size, stat.st_mtime_ns)))
+    found.sort()
+    if not found:
+        raise DataError(f"no images in the folder {root}: no .png, .jpg or .jpeg files in it or its "
+                        "sub-folders")
+    files = tuple(rel for rel, _ in found)
+    top = [rel for rel in files if "/" not in rel]
+    nested = [rel for rel in files if "/" in rel]
+    if top and nested:
+        raise DataError(
+            f"the folder {root} has images both at its top level ({top[0]}) and in sub-folders "
+            f"({nested[0]}): put every image in a class sub-folder (its label) or none in any")
+    class_names = tuple(sorted({rel.split("/", 1)[0] for rel in nested}))
+    index = {c: i for i, c in enumerate(class_names)}
+    labels = np.array([index[rel.split("/", 1)[0]] if nested else -1 for rel in files], dtype=np.int32)
+    return Listing(root, files, tuple(s for _, s in found), labels, class_names)
+
+
+def class_names(name: str) -> list[str]:
+    """The names of a folder's class sub-folders, sorted; [] where its images are in none."""
+    return list(scan(Folder(name, folder_path(name))).class_names)
+
+
+# --- the splits ------------------------------------------------------------------------------------
+
+
+def split_positions(files) -> np.ndarray:
+    """Each file's place in [0, 1), from a hash of its relative path alone: the split it falls in
+    and its order there do not depend on the other files."""
+    return np.array([int.from_bytes(hashlib.sha256(os.fsencode(rel)).digest()[:8], "big") >> 11
+                     for rel in files], dtype=np.float64) / 2.0 ** 53
+
+
+def assign_splits(files, validation_fraction: float, test_fraction: float) -> dict[str, np.ndarray]:
+    """The indices (into `files`) of each split's images, in the order of their hash: test below
+    `test_fraction`, then validation, the rest train."""
+    positions = split_positions(files)
+    order = np.argsort(positions, kind="stable")
+    ranked = positions[order]
+    test = ranked < test_fraction
+    validation = ~test & (ranked < test_fraction + validation_fraction)
+    return {"test": order[test], "validation": order[validation], "train": order[~test & ~validation]}
+
+
+_SPLIT_PART = re.compile(r"(?P<split>\w+)(\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?")
+
+
+def _boundary(text: str | None, count: int) -> int | None:
+    if text is None:
+        return None
+    if text.endswith("%"):  # TFDS's rounding to the closest example
+        return int(round(int(text[:-1]) * count / 100.0))
+    return int(text)
+
+
+class FolderSource:
+    """A folder's images as found on disk, cut into splits; decoded (or read from the cache) on the
+    first read of a split. Every check that needs no pixels runs before decoding."""
+
+    def __init__(self, folder: Folder):
+        self.folder = folder
+        self.listing = scan(folder)
+        self.splits = assign_splits(self.listing.files, folder.validation_fraction, folder.test_fraction)
+        self._images = None
+        self.cache_file = None  # where the images were read from or cached, once read; None: nowhere
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.listing.class_names)
+
+    def _counts(self) -> str:
+        sizes = " / ".join(str(len(self.splits[s])) for s in SPLITS)
+        return f"its {len(self.listing.files)} images fall {sizes} into {' / '.join(SPLITS)}"
+
+    def split_indices(self, split: str) -> np.ndarray:
+        """The indices of a split expression's images ('train', 'train[:512]', 'test[10%:]+validation');
+        DataError for a split that is not there or comes out empty."""
+        parts = []
+        for text in str(split).split("+"):
+            match = _SPLIT_PART.fullmatch(text.strip())
+            if match is None:
+                raise DataError(f"split {split!r} cannot be read: write train, validation or test, "
+                                "or a slice of one, e.g. train[:512], train[100:], test[:10%]")
+            name = match["split"]
+            if name not in SPLITS:
+                raise DataError(f"split {name!r} is not in {self.folder.name} (splits: {', '.join(SPLITS)})")
+            indices = self.splits[name]
+            count = len(indices)
+            start, stop = _boundary(match["start"], count), _boundary(match["stop"], count)
+            if any(b is not None and abs(b) > count for b in (start, stop)):
+                raise DataError(f"split {split!r} asks for more images than the {name} split of "
+                                f"{self.folder.name} holds ({count}; {self._counts()})")
+            parts.append(indices[start:stop])
+        indices = np.concatenate(parts)
+        if indices.size == 0:
+            raise DataError(f"split {split!r} of {self.folder.name} is empty ({self._counts()}); "
+                            f"{self._empty_hint(split)}")
+        return indices
+
+    def _empty_hint(self, split: str) -> str:
+        if "validation" in split:
+            return (f"raise data.folder_validation_fraction (now {self.folder.validation_fraction}) "
+                    "or add images")
+        if "test" in split:
+            return f"raise data.folder_test_fraction (now {self.folder.test_fraction}) or add images"
+        return "lower data.folder_validation_fraction and data.folder_test_fraction, or add images"
+
+    def check_split(self, split: str) -> None:
+        """Raises DataError if `split` is not a split of the folder or comes out empty."""
+        self.split_indices(split)
+
+    def check_disjoint(self, split_a: str, split_b: str) -> None:
+        """Raises DataError if two splits share an image (validation cut from training)."""
+        shared = np.intersect1d(self.split_indices(split_a), self.split_indices(split_b)).size
+        if shared:
+            raise DataError(
+                f"data.validation_split={split_b!r} overlaps data.train_split={split_a!r} ({shared} "
+                f"shared images); use validation_split='validation' with "
+                f"data.folder_validation_fraction > 0, or carve a split apart, e.g. "
+                f"train_split='train[:1000]' and validation_split='train[1000:]'")
+
+    def images(self) -> np.ndarray:
+        """All the folder's images, N x H x W x C uint8 in path order: read once per source."""
+        if self._images is None:
+            self._images, self.cache_file = load_images(self.folder, self.listing)
+        return self._images
+
+    def load_split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """The images (N x H x W x C uint8) and labels (N int32) of a split expression."""
+        indices = self.split_indices(split)
+        return self.images()[indices], self.listing.labels[indices]
+
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of the images a run sees, from the first image's header, nothing decoded
+        (but a PNG's, which Pillow reads whole to look for EXIF data)."""
+        from PIL import Image
+
+        path = self.listing.root / self.listing.files[0]
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+                if image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # turned by 90 degrees
+                    width, height = height, width
+                channels = _channels(image.mode, path)
+        except DataError:
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever Pillow raises for a damaged file: one line
+            raise _unreadable(path, e) from None
+        if self.folder.image_size:
+            height, width = self.folder.image_size
+        return height, width, channels
+
+
+def prepare(name: str, image_size: tuple[int, ...] = ()) -> str:
+    """Decodes and caches a folder's images ahead of a run (`scripts/prepare_data.py`); returns
+    what was done, in a line."""
+    check_image_size(image_size)
+    source = FolderSource(Folder(name, folder_path(name), tuple(image_size)))
+    images = source.images()
+    where = f"cached in {source.cache_file}" if source.cache_file else "not cached (no writable place)"
+    shape = "x".join(map(str, images.shape[1:]))
+    classes = f", {len(source.class_names)} classes" if source.class_names else ""
+    return f"{len(images)} images of {source.folder.path} ({shape}{classes}) {where}"
+
+
+def open_folder(data_config) -> FolderSource:
+    """The folder `data_config.name` ('folder:PATH') names, listed and cut into splits; the
+    folder's and fields' checks, what `source.check_prepared` is to a TFDS data set."""
+    return FolderSource(from_config(data_config))
+
+
+# --- decoding ----------------------------------------------------------------------------------
+
+
+def _channels(mode: str, path) -> int:
+    if mode in GREY_MODES:
+        return 1
+    if mode in COLOUR_MODES:
+        return 3
+    raise DataError(f"{path} is a {mode} image, which a folder source does not read: save it as "
+                    "8-bit grey or colour (L or RGB)")
+
+
+def _unreadable(path, error: Exception) -> DataError:
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    return DataError(f"{path} cannot be read as an image: {type(error).__name__}: {first_line}")
+
+
+def _grey_or_rgb(image, path):
+    """`image` as an 8-bit L or RGB Pillow image (see the module's docstring)."""
+    from PIL import Image
+
+    mode = image.mode
+    channels = _channels(mode, path)
+    if mode.startswith("I;16"):  # 16-bit grey: rounded to 8 bits
+        wide = np.asarray(image).astype(np.uint32)
+        return Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))
+    if image.has_transparency_data:
+        image = image.convert("LA" if channels == 1 else "RGBA")
+        if image.getchannel("A").getextrema()[0] < 255:
+            raise DataError(f"{path} has transparent pixels: flatten it onto a background first (an "
+                            "alpha channel is dropped only where every pixel is opaque)")
+    return image.convert("L" if channels == 1 else "RGB")
+
+
+def decode_image(path: Path, image_size: tuple[int, ...]) -> np.ndarray:
+    """One image file, H x W x C uint8, resized to `image_size` where it is given."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as image:
+            if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+                image = ImageOps.exif_transpose(image)
+            image = _grey_or_rgb(image, path)
+            if image_size and image.size != (image_size[1], image_size[0]):
+                shrinking = image.width >= image_size[1] and image.height >= image_size[0]
+                resample = Image.Resampling.BOX if shrinking else Image.Resampling.LANCZOS
+                image = image.resize((image_size[1], image_size[0]), resample)
+            pixels = np.asarray(image, dtype=np.uint8)
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever Pillow raises for a damaged file: one line
+        raise _unreadable(path, e) from None
+    return pixels[..., None] if pixels.ndim == 2 else pixels
+
+
+def decode_images(listing: Listing, image_size: tuple[int, ...]) -> np.ndarray:
+    """Every image of `listing`, N x H x W x C uint8; DataError naming two files where their sizes
+    (without `image_size`) or channel counts differ. Decoded on a few threads (Pillow's decoders
+    release the GIL)."""
+    paths = [listing.root / rel for rel in listing.files]
+    images = None
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
+    try:
+        for i, pixels in enumerate(pool.map(lambda p: decode_image(p, image_size), paths)):
+            if images is None:
+                images = np.empty((len(paths), *pixels.shape), dtype=np.uint8)
+            elif pixels.shape != images.shape[1:]:
+                _refuse_mixed(listing.root, paths[0], images.shape[1:], paths[i], pixels.shape)
+            images[i] = pixels
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return images
+
+
+def _refuse_mixed(root: Path, first: Path, first_shape, other: Path, other_shape) -> None:
+    a, b = first.relative_to(root), other.relative_to(root)
+    if first_shape[2] != other_shape[2]:
+        kind = {1: "grey (1 channel)", 3: "colour (3 channels)"}
+        raise DataError(f"the images in {root} mix grey and colour: {a} is {kind[first_shape[2]]} and "
+                        f"{b} is {kind[other_shape[2]]}; convert them all to one kind")
+    raise DataError(
+        f"the images in {root} are not all one size: {a} is {first_shape[0]}x{first_shape[1]} and "
+        f"{b} is {other_shape[0]}x{other_shape[1]} (height x width); resize them all with "
+        f"--config.data.image_size=H,W (e.g. --config.data.image_size={first_shape[0]},{first_shape[1]})")
+
+
+# --- the cache ------------------------------------------------------------------------------------
+
+
+def cache_key(folder: Folder, listing: Listing) -> dict:
+    """What a cached file must match: every file's path, size and modification time, the size
+    the images were given and the cache's format."""
+    files = hashlib.sha256()
+    for rel, (size, mtime_ns) in zip(listing.files, listing.stats):
+        files.update(os.fsencode(rel) + f"\0{size}\0{mtime_ns}\n".encode())
+    return {"format": FORMAT, "image_size": list(folder.image_size), "images": len(listing.files),
+            "files_sha256": files.hexdigest()}
+
+
+def cache_files(folder: Folder) -> list[Path]:
+    """Where a folder's decoded images are cached: inside it, else in the user's cache directory."""
+    name = "images" + (f"-{folder.image_size[0]}x{folder.image_size[1]}" if folder.image_size else "")
+    user_cache = Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"))
+    where = hashlib.sha256(os.fsencode(folder.path.resolve())).hexdigest()[:16]
+    return [folder.path / CACHE_DIR / f"{name}.npz", user_cache / "vae" / "folders" / where / f"{name}.npz"]
+
+
+def _read_cache(path: Path, key: dict) -> np.ndarray | None:
+    try:
+        with np.load(path, allow_pickle=False) as cached:
+            if json.loads(str(cached["key"])) != key:
+                return None
+            return cached["images"]
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # noqa: BLE001 - a damaged cache file is decoded again
+        print(f"note: the cached decoded images {path} are unreadable ({type(e).__name__}); "
+              "decoding them again", file=sys.stderr)
+        return None
+
+
+def _write_cache(path: Path, key: dict, images: np.ndarray) -> bool:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            np.savez(f, images=images, key=np.array(json.dumps(key, sort_keys=True)))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        return False
+
+
+def load_images(folder: Folder, listing: Listing) -> tuple[np.ndarray, Path | None]:
+    """All images of `listing`, N x H x W x C uint8, from the cache or decoded and cached (in the
+    folder, else in the user's cache directory; a note once where neither can hold them), and the
+    cache file (None where there is none)."""
+    key = cache_key(folder, listing)
+    paths = cache_files(folder)
+    for path in paths:
+        cached = _read_cache(path, key)
+        if cached is not None:
+            return cached, path
+    images = decode_images(listing, folder.image_size)
+    written = next((path for path in paths if _write_cache(path, key, images)), None)
+    if written is None and folder.path not in _NOTED:
+        _NOTED.add(folder.path)  # once per folder and process
+        print(f"note: cannot cache the decoded images of {folder.path} (in it or in "
+              f"{paths[-1].parent}); they are decoded on every run", file=sys.stderr)
+    return images, written
