@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.conftest import tiny_config
+from tests.conftest import run_in_process, tiny_config
 from tests.test_scripts import assert_png, run_script
 from vae.analysis import iwae as evaluation
 from vae.sweep import driver as sweep_driver
@@ -257,7 +257,9 @@ def test_the_sweep_script_and_the_tools_on_its_members(tmp_path, fashion_mnist):
     assert workdir.read_config(out / "beta=2").train.beta == 2.0
     run_script("sweep.py", *args)  # again: resumes, nothing left to train
     assert [len(workdir.read_metrics(out / name)) for name in ("beta=0.5", "beta=2")] == [1, 1]
-    plots = run_script("plot_kl.py", "--workdir", out).stdout
+    plots = run_in_process("plot_kl.py", "--workdir", out)  # its own process in test_scripts.py
+    assert plots.returncode == 0, plots.stderr[-2000:]
+    plots = plots.stdout
     assert "rate_distortion.png" in plots
     assert_png(out / "kl_curves.png")
     # A member is a run: what sample.py and evaluate.py call takes it as it is.
