@@ -130,7 +130,8 @@ def test_results_table_reads_the_evaluated_workdirs(tiny_run, tmp_path):
     rows = [line for line in table.splitlines() if line.startswith("| tiny ")]
     assert len(rows) == 2
     assert f"**{result['test/nll']:.2f}** ± {result['test/nll_std_error']:.2f} (k=10), 32 images" in rows[0]
-    assert f"| {result['test/elbo']:.2f} |" in rows[0]
+    assert f"| {result['test/elbo']:.2f} ({result['test/bits_per_dim']:.4f} bits/dim) |" in rows[0]
+    assert f"; {result['test/nll_bits_per_dim']:.4f} bits/dim" in rows[0]
     assert "MLP relu 64, z=2, N(0, I), ELBO" in rows[0]
     assert "228.70 ± 0.15 (VAE, Gaussian prior)" in rows[0]  # same family on Fashion-MNIST
     assert "| `train[:1024]` |" in rows[0]

@@ -136,13 +136,13 @@ def format_row(row: dict) -> list[str]:
         name, value, pm = row["published"]
         published = f"{value:.2f} ± {pm:.2f} ({name})"
     nll = f"**{row['test_nll']:.2f}** ± {row['test_nll_se']:.2f} (k={row['iw_samples']})"
-    elbo = f"{row['test_elbo']:.2f}"
-    if row.get("test_nll_bits_per_dim") is not None:
-        nll += f"; {row['test_nll_bits_per_dim']:.4f} bits/dim"
-    if row.get("test_elbo_bits_per_dim") is not None:
-        elbo += f" ({row['test_elbo_bits_per_dim']:.4f} bits/dim)"
     if row["num_examples"] != 10_000:
         nll += f", {row['num_examples']} images"
+    if row.get("test_nll_bits_per_dim") is not None:
+        nll += f"; {row['test_nll_bits_per_dim']:.4f} bits/dim"
+    elbo = f"{row['test_elbo']:.2f}"
+    if row.get("test_elbo_bits_per_dim") is not None:
+        elbo += f" ({row['test_elbo_bits_per_dim']:.4f} bits/dim)"
     best = f"{row['epochs']} ({row['evaluated_epoch']}, {row['checkpoint']})"
     units = str(row["active_units"]) + (f" / {row['latent_units']}" if row["latent_units"] else "")
     train, val = row["data"]
