@@ -217,7 +217,7 @@ SCRIPT_FLAGS = {
         "--batch_size": int_in(1, 2_000_000), "--chunk_size": int_in(1, 2_000_000)}),
     "benchmark": ([], {
         "--epochs": int_in(2), "--devices": int_in(1, 4096), "--step_samples": int_in(1),
-        "--iw_samples": int_in(1), "--iw_images": int_in(1), "--train_images": int_in(1),
+        "--iw_samples": int_list_at_least(1), "--iw_images": int_in(1), "--train_images": int_in(1),
         "--batch_sizes": int_list_at_least(1)}),
 }
 flag_texts = st.one_of(
