@@ -40,8 +40,7 @@ def build_model(model_config: ml_collections.ConfigDict, image_shape: Sequence[i
     clip = tuple(model_config.log_var_clip)
     kw = {"kernel_init": getattr(nnx.initializers, model_config.kernel_init)(), "rngs": rngs}
     prior = priors.build_prior(model_config, math.prod(image_shape), rngs)
-    likelihood = likelihoods.build_likelihood(model_config.likelihood,
-                                              model_config.get("mixture_components", 5))
+    likelihood = likelihoods.build_likelihood(model_config.likelihood, model_config.mixture_components)
     outputs = likelihood.outputs_per_pixel
     if model_config.arch in ("hvae", "conv_hvae"):
         if model_config.arch == "hvae":

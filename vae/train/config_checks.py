@@ -56,8 +56,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     _require(m.arch in build.ARCHS, f"model.arch must be one of {build.ARCHS}, got {m.arch!r}")
     _require(m.likelihood in build.LIKELIHOODS,
              f"model.likelihood must be one of {build.LIKELIHOODS}, got {m.likelihood!r}")
-    _require(_is_int(m.get("mixture_components", 5)) and m.get("mixture_components", 5) >= 1,
-             f"model.mixture_components must be an integer >= 1, got {m.get('mixture_components')!r}")
+    _require(_is_int(m.mixture_components) and m.mixture_components >= 1,
+             f"model.mixture_components must be an integer >= 1, got {m.mixture_components!r}")
     eight_bit = m.likelihood in build.EIGHT_BIT_LIKELIHOODS
     _require(eight_bit or d.binarize != "none",
              f"model.likelihood={m.likelihood} models binarised pixels, but data.binarize=none keeps "
