@@ -4,6 +4,7 @@
 #   make test-all   the same, with the slow tests: the whole suite (.ci/run: make test, then make test-slow)
 #   make tensorboard   TensorBoard over every run in runs/
 #   make notebook      JupyterLab over notebooks/ (installs it on first use)
+#   make speed / make docs   the generated speed table / README pictures (docs/benchmarks.md, docs/figures.md)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -19,7 +20,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 # pytest-xdist issue #1386.)
 PYTEST := VAE_REQUIRE_REAL_DATA=1 $(PY) -m pytest -n 2 --dist loadfile
 
-.PHONY: install data train test test-slow test-all tensorboard notebook lint speed clean
+.PHONY: install data train test test-slow test-all tensorboard notebook lint speed docs clean
 
 install: $(VENV)/.installed
 
@@ -76,6 +77,11 @@ speed: data
 	$(PY) scripts/benchmark.py $$($(PY) -c 'import torch' 2>/dev/null && echo --torch) \
 	  $(foreach c,$(SPEED_CONFIGS),--config configs/$(c).py) --iw_samples 1000,5000 --out docs/bench/speed.json
 	$(PY) scripts/speed_table.py docs/bench/speed.json
+
+# Every README picture and the β table, from runs of the current configs (runs/docs/; about 20
+# minutes on 2 cores); docs/figures.md says which run made each.
+docs: data
+	$(PY) scripts/make_docs.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

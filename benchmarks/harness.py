@@ -87,9 +87,11 @@ class OtherProcesses:
         return sum(ticks) - idle, sum(ticks), int(fields[11]) + int(fields[12])
 
 
-def timed(run, repeats: int) -> dict:
-    """Runs `run()` `repeats` times after a warm-up; median seconds, every time, others' CPU share."""
-    run()
+def timed(run, repeats: int, warmup: bool = True) -> dict:
+    """Runs `run()` `repeats` times after a warm-up (unless it is warm already); median seconds,
+    every time, others' CPU share."""
+    if warmup:
+        run()
     seconds, others = [], []
     for _ in range(repeats):
         with OtherProcesses() as other:
@@ -123,27 +125,37 @@ def matmul_ceiling(repeats: int = 7, sizes=None) -> dict:
 # --- FLOPs of what is measured ---------------------------------------------------------------------
 
 
-def flops(config, image_shape) -> dict:
-    """Matmul FLOPs, counted on the traced programs: per image of a train step (forward and
-    backward) and of the ELBO evaluation; per importance sample of the decoder, the yardstick of
-    the IWAE's speed, and of everything the IWAE computes per sample (the decoder, the encoder
-    once per image and chunk, a VampPrior's components)."""
+def flops(config, image_shape, iw_samples: int, num_devices: int = 1) -> dict:
+    """Matmul FLOPs, counted on the traced programs at the shapes that run: per image of a train
+    step (forward and backward) at the config's batch size and of the ELBO evaluation at its eval
+    batch size; per importance sample of the decoder, the yardstick of the IWAE's speed, and of
+    everything the IWAE computes per sample (the decoder, the encoder once per image and chunk, a
+    VampPrior's components), at evaluate.py's batch and chunk sizes for `iw_samples`. The shapes
+    matter for a VampPrior: its pseudo-inputs pass the encoder once per batch (or chunk)."""
     tx = train_state.make_optimizer(config.train, 1)
     graphdef, state = train_state.init_state(config, image_shape, tx)
     model = nnx.merge(graphdef, state.params)
-    batch, chunk, image_dim = 8, 16, int(np.prod(image_shape))
-    x = jnp.zeros((batch, image_dim), jnp.float32)
+    image_dim = int(np.prod(image_shape))
     key = jax.random.key(0)
     train_step = steps.make_train_step(graphdef, config, 1, dynamic=True)
     hyper = train_state.hyperparameters(config)
-    keys = objectives.sample_keys(key, jnp.arange(batch), jnp.arange(chunk))
+    train_batch, eval_batch = config.train.batch_size, config.eval.batch_size
+    iw_batch, iw_chunk = evaluation.iwae_shapes(iw_samples, num_devices)
+    iw_batch //= num_devices  # per device: what one device's program multiplies
+    x_u8 = jnp.zeros((train_batch, image_dim), jnp.uint8)
+    x_eval = jnp.zeros((eval_batch, image_dim), jnp.float32)
+    x_iw = jnp.zeros((iw_batch, image_dim), jnp.float32)
+    keys = objectives.sample_keys(key, jnp.arange(iw_batch), jnp.arange(iw_chunk))
     return {
-        "train_per_image": profiling.matmul_flops(lambda state, x_u8: train_step(state, x_u8, key, hyper),
-                                                  state, x.astype(jnp.uint8)) / batch,
-        "elbo_eval_per_image": profiling.matmul_flops(model.elbo_terms, x, key) / batch,
+        "train_per_image": profiling.matmul_flops(lambda state, x: train_step(state, x, key, hyper),
+                                                  state, x_u8) / train_batch,
+        "elbo_eval_per_image": profiling.matmul_flops(model.elbo_terms, x_eval, key) / eval_batch,
         "iwae_decoder_per_sample": profiling.matmul_flops(model.decode,
-                                                          jnp.zeros((batch, model.latent_dim))) / batch,
-        "iwae_per_sample": profiling.matmul_flops(lambda: model.iwae_log_weights(x, keys)) / (batch * chunk),
+                                                          jnp.zeros((iw_batch, model.latent_dim))) / iw_batch,
+        "iwae_per_sample": profiling.matmul_flops(lambda: model.iwae_log_weights(x_iw, keys))
+        / (iw_batch * iw_chunk),
+        "shapes": {"train_batch": train_batch, "eval_batch": eval_batch, "iw_batch_per_device": iw_batch,
+                   "iw_chunk": iw_chunk},
     }
 
 

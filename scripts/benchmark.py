@@ -43,7 +43,9 @@ def parse(argv):
     parser.add_argument("--iw_samples", type=flags.integer_list(1), default=[1000],
                         help="k for the IWAE throughput; comma-separated for several (the first leads)")
     parser.add_argument("--iw_images", type=flags.integer(1), default=256,
-                        help="images for the IWAE throughput")
+                        help="images for the IWAE throughput, at most (whole batches)")
+    parser.add_argument("--iw_seconds", type=flags.real(0.0), default=10.0,
+                        help="fewer IWAE images where a timed run would take longer (at least one batch)")
     parser.add_argument("--iw_repeats", type=flags.integer(1), default=3, help="timed IWAE runs")
     parser.add_argument("--synthetic", action="store_true", help="random images instead of the data set")
     parser.add_argument("--train_images", type=flags.integer(1), default=None, help="use only the first N")
@@ -111,9 +113,8 @@ def measure_config(path, config, args, benchmark, ceiling: float) -> dict:
     train_images, test_images, dynamic = benchmark.load_images(config, args.synthetic)
     if args.train_images:
         train_images = train_images[: args.train_images]
-    flops = benchmark.flops(config, train_images.shape[1:])
     entry = {"config_file": path, "overrides": args.set, "config": json.loads(config.to_json_best_effort()),
-             "matmul_flops": flops, "runs": []}
+             "runs": []}
     batch_sizes = args.batch_sizes or [config.train.batch_size]
     reference = None
     if args.torch:
@@ -130,6 +131,9 @@ def measure_config(path, config, args, benchmark, ceiling: float) -> dict:
         config.eval.batch_size = max(config.eval.batch_size - config.eval.batch_size % jax.device_count(),
                                      jax.device_count())
         config_checks.validate_config(config, jax.device_count())
+        # Per batch size: a VampPrior's FLOPs per image fall as its batch grows.
+        flops = benchmark.flops(config, train_images.shape[1:], args.iw_samples[0], jax.device_count())
+        entry.setdefault("matmul_flops", flops)  # the first batch size's (older JSONs have only this)
         run = measure(config, train_images, test_images, dynamic, args, benchmark,
                       reference if index == 0 else None, flops, ceiling, profile=args.profile and index == 0)
         entry["runs"].append(run)
@@ -144,11 +148,13 @@ def measure(config, train_images, test_images, dynamic, args, benchmark, referen
     import jax
 
     from benchmarks import profiling
+    from vae.analysis import iwae as iwae_eval
 
     trainer = benchmark.Trainer(config, train_images, test_images, dynamic)
     first = trainer.run_epoch()
     run = {
         "batch_size": config.train.batch_size,
+        "matmul_flops": flops,
         "devices": jax.device_count(),
         "epoch_loop": trainer.epoch_loop,
         "compile_sec": trainer.compile_sec,
@@ -183,10 +189,15 @@ def measure(config, train_images, test_images, dynamic, args, benchmark, referen
     run["elbo_eval"] = {"images_per_sec": eval_rate, "others_cpu": evaluation["others_cpu"],
                         "share_of_ceiling": eval_rate * flops["elbo_eval_per_image"] / ceiling}
 
-    num_images = min(args.iw_images, len(test_images))
-
     def iwae_figures(k: int) -> dict:
-        iwae = benchmark.timed(trainer.iwae_run(k, num_images), args.iw_repeats)
+        # One batch first (it compiles, then is timed once), then as many whole batches as fit in
+        # --iw_seconds per timed run, at most --iw_images: a slow model (conv at k = 5000) is timed
+        # on fewer images rather than for many minutes, and no batch is mostly padding.
+        batch = iwae_eval.iwae_shapes(k, jax.device_count())[0]
+        probe = benchmark.timed(trainer.iwae_run(k, batch), 1)
+        fit = int(args.iw_seconds * batch / probe["seconds"]) // batch * batch
+        num_images = max(batch, min(args.iw_images - args.iw_images % batch, fit, len(test_images)))
+        iwae = benchmark.timed(trainer.iwae_run(k, num_images), args.iw_repeats, warmup=False)
         samples = num_images * k / iwae["seconds"]
         return {"k": k, "images": num_images, "images_per_sec": num_images / iwae["seconds"],
                 "samples_per_sec": samples, "others_cpu": iwae["others_cpu"],
@@ -196,7 +207,7 @@ def measure(config, train_images, test_images, dynamic, args, benchmark, referen
     run["iwae"] = iwae_figures(args.iw_samples[0])
     if len(args.iw_samples) > 1:
         run["iwae_more"] = [iwae_figures(k) for k in args.iw_samples[1:]]
-    k = args.iw_samples[0]
+    k, num_images = args.iw_samples[0], run["iwae"]["images"]
     if profile:
         train_parts = profiling.profile(trainer.run_epoch, trainer.epoch_hlo())
         iwae_parts = profiling.profile(trainer.iwae_run(k, num_images), trainer.iwae_hlo(k))

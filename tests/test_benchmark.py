@@ -35,14 +35,30 @@ def test_matmul_flops_are_counted_on_the_jaxpr():
 
 
 def test_flops_of_the_small_mlp():
-    flops = benchmark.flops(mlp_small.get_config(), (28, 28, 1))
+    flops = benchmark.flops(mlp_small.get_config(), (28, 28, 1), iw_samples=1000)
+    assert flops["shapes"]["iw_chunk"] == 32  # evaluate.py's CPU default: 32 images x 32 samples
     encoder, decoder = 784 * 400 + 400 * 40, 20 * 400 + 400 * 784
     assert flops["iwae_decoder_per_sample"] == 2 * decoder
     assert flops["elbo_eval_per_image"] == 2 * (encoder + decoder)
     # Backward: weight gradients of every layer, input gradients of all but the first.
     assert flops["train_per_image"] == 2 * (3 * (encoder + decoder) - 784 * 400)
-    # The IWAE also runs the encoder once per image and chunk of 16 samples.
-    assert flops["iwae_per_sample"] == pytest.approx(2 * (decoder + encoder / 16))
+    # The IWAE also runs the encoder once per image and chunk of 32 samples.
+    assert flops["iwae_per_sample"] == pytest.approx(2 * (decoder + encoder / 32))
+
+
+def test_a_vampprior_is_counted_at_the_batch_size_that_runs():
+    """Its K pseudo-inputs pass the encoder once per batch: K / batch encoder passes per image."""
+    config = mlp_small.get_config()
+    config.model.prior, config.model.num_pseudo_inputs = "vampprior", 50
+    per_batch = {}
+    for batch in (10, 100):
+        config.train.batch_size = config.eval.batch_size = batch
+        per_batch[batch] = benchmark.flops(config, (28, 28, 1), iw_samples=100)
+    encoder = 2 * (784 * 400 + 400 * 40)
+    plain = benchmark.flops(mlp_small.get_config(), (28, 28, 1), iw_samples=100)["elbo_eval_per_image"]
+    for batch, flops in per_batch.items():
+        assert flops["elbo_eval_per_image"] - plain == pytest.approx(encoder * 50 / batch + 2 * 2 * 20 * 50)
+    assert per_batch[10]["train_per_image"] > per_batch[100]["train_per_image"]
 
 
 def test_the_profile_groups_kernels_by_what_they_compute():

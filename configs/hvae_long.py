@@ -1,0 +1,20 @@
+"""The two-level HVAE (z1, z2 of 40; gated layers of 300) with the default recipe on the published
+protocol's split: for the comparison with the published HVAE (Norouzi et al., 2020: 227.37 nats).
+
+`configs/vae_long.py` with `model.arch=hvae`: batch 500, Adam 3e-3 with a cosine decay, KL warm-up
+over 20 epochs, the EMA of the parameters, the output bias at the pixel-mean logits; the first
+50,000 training images train, the other 10,000 validate; the best validation epoch is evaluated.
+NUM_EPOCHS is the schedule that trains in about 90 minutes on a quiet 2-core CPU, from the
+throughput measured at batch 500 (docs/results.md has what each schedule reached).
+"""
+
+from configs import vae_long
+
+NUM_EPOCHS = 1000
+
+
+def get_config():
+    config = vae_long.get_config()
+    config.model.arch = "hvae"
+    config.train.num_epochs = NUM_EPOCHS
+    return config
