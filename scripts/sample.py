@@ -11,7 +11,6 @@ pixel: what the model would store (8-bit), or a binarised image (Bernoulli).
 """
 
 import math
-import sys
 from pathlib import Path
 
 import jax
@@ -118,4 +117,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run_script(main)

@@ -1,10 +1,12 @@
 """Shared plumbing for the command-line scripts: user errors become one line and exit code 2."""
 
+import atexit
 import contextlib
 import importlib.util
 import os
 import re
 import sys
+import threading
 import traceback
 import warnings
 from pathlib import Path
@@ -102,6 +104,40 @@ def start() -> None:
     """What every script does first: quiet logs and the compilation cache."""
     quiet_logs()
     compilation_cache()
+
+
+def exit_now(status) -> None:
+    """Ends the process with `status` (a `sys.exit` argument) once a script's work is done,
+    without the interpreter's teardown: freeing every module and JAX's runtime took about 0.4 s
+    here, which the user waits for for nothing. What a normal exit does first still happens:
+    other non-daemon threads are joined, the atexit handlers run (logging's, Orbax's, JAX's
+    distributed shutdown), stdout and stderr are flushed. Every file the scripts write is closed
+    before they return."""
+    if status is None:
+        code = 0
+    elif isinstance(status, int):
+        code = status
+    else:  # sys.exit("message"): the message on stderr, status 1
+        print(status, file=sys.stderr)
+        code = 1
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
+
+
+def run_script(main, *args) -> None:
+    """`main(*args)` as a script's entry point: its return value or `sys.exit` status becomes the
+    process's, through `exit_now`. An exception escapes as usual (traceback, status 1)."""
+    try:
+        status = main(*args)
+    except SystemExit as e:
+        status = e.code
+    exit_now(status)
 
 
 def _drop_closed_loop_callbacks(unraisable, default=sys.unraisablehook) -> None:

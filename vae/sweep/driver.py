@@ -11,7 +11,6 @@ epoch unchanged while the others train.
 
 import contextlib
 import dataclasses
-import math
 import sys
 import time
 from pathlib import Path
@@ -107,7 +106,7 @@ def _train_group(group: list[spec.Member], sweep_dir: Path, dataset: datasets.Da
     try:
         for member in group:
             runs.append(RunDir(sweep_dir / member.name, member.config, steps, session.restart,
-                               num_dims=math.prod(dataset.image_shape)))
+                               image_shape=dataset.image_shape))
             graphdef, member_state = state.init_state(member.config, dataset.image_shape, tx,
                                                       dataset.pixel_means())
             states.append(runs[-1].restore(jax.device_put(member_state, replicated), replicated))

@@ -15,7 +15,6 @@ checkpoint calls in the same order; only process 0 writes metrics.jsonl and conf
 """
 
 import contextlib
-import math
 import signal
 import sys
 import threading
@@ -109,7 +108,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, 
         files.check_resumable(workdir, config)
     dataset = datasets.load_dataset(config.data)
     steps = steps_per_epoch(config, dataset)
-    run = RunDir(workdir, config, steps, restart, num_dims=math.prod(dataset.image_shape))
+    run = RunDir(workdir, config, steps, restart, image_shape=dataset.image_shape)
 
     tx = state.make_optimizer(config.train, steps)
     graphdef, train_state = state.init_state(config, dataset.image_shape, tx, dataset.pixel_means())

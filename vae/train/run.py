@@ -68,15 +68,16 @@ class RunDir:
     workdir is therefore exactly a single run's."""
 
     def __init__(self, workdir: Path, config: ml_collections.ConfigDict, steps: int, restart: bool = False,
-                 num_dims: int | None = None):
+                 image_shape: tuple[int, ...] | None = None):
         self.workdir, self.config, self.steps_per_epoch = Path(workdir), config, steps
-        self.num_dims = num_dims  # sub-pixels per image (H·W·C): train/bits_per_dim when known
+        # Sub-pixels per image (H·W·C): train/bits_per_dim when known.
+        self.num_dims = math.prod(image_shape) if image_shape else None
         self.writer = distributed.is_writer()
         if self.writer:
             if restart:
                 files.clear_run(self.workdir)
             self.workdir.mkdir(parents=True, exist_ok=True)
-            files.write_config(self.workdir, config)
+            files.write_config(self.workdir, config, image_shape)
         distributed.barrier("workdir ready")  # no process looks at checkpoints before a restart cleared them
         self.board = None
         self.manager = checkpoints.checkpoint_manager(self.workdir, config.train.keep_checkpoints)

@@ -32,8 +32,8 @@ def load_trained(workdir: str | Path, epoch: int | None = None, checkpoint: str 
     `checkpoint='best'` (the default) is the epoch with the lowest validation negative ELBO where
     the run has a validation split, else the latest; 'latest' is the newest checkpoint; `epoch`
     picks one of the latest checkpoints by number. The model carries the evaluated parameters
-    (the moving average where the run keeps one). The data set is not loaded: its image shape is
-    read from TFDS's metadata, or from a folder's first image (`datasets.image_shape`).
+    (the moving average where the run keeps one). The data set is not loaded: the image shape is
+    config.json's record of it (older workdirs: TFDS's metadata, or a folder's first image).
     """
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"checkpoint must be one of {CHECKPOINTS}, got {checkpoint!r}")
@@ -41,7 +41,8 @@ def load_trained(workdir: str | Path, epoch: int | None = None, checkpoint: str 
     if not workdir.is_dir():
         raise files.WorkdirError(f"workdir {workdir} does not exist")
     config = files.read_config(workdir)
-    image_shape = datasets.image_shape(config.data)
+    # Recorded by training; an older workdir's is read from the data set's metadata.
+    image_shape = files.read_image_shape(workdir) or datasets.image_shape(config.data)
     tx = make_optimizer(config.train, steps_per_epoch=1)  # only its state's structure is used
     graphdef, state = abstract_state(config, image_shape, tx)
     # Onto this process's first device, whatever the run was trained on (4 GPUs -> a laptop); in a

@@ -81,7 +81,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
+def write_config(workdir: Path, config: ml_collections.ConfigDict,
+                 image_shape: tuple[int, ...] | None = None) -> None:
+    """config.json: the resolved config and the run section; `image_shape` (H, W, C) is recorded
+    so that reading the run back (`read_image_shape`) needs no data set."""
     import jax  # here, not at the top: the scripts that only read workdirs start without JAX
 
     record = json.loads(config.to_json_best_effort())
@@ -94,6 +97,8 @@ def write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
         "command": " ".join(sys.argv),
         "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
+    if image_shape:
+        record["run"]["image_shape"] = [int(d) for d in image_shape]
     atomic_write_text(workdir / CONFIG_FILE, json.dumps(record, indent=2) + "\n")
 
 
@@ -123,6 +128,14 @@ def _with_added_fields(record: dict) -> dict:
             section = section.setdefault(key, {})
         section.setdefault(name, value)
     return record
+
+
+def read_image_shape(workdir: Path) -> tuple[int, ...] | None:
+    """(H, W, C) of the run's images as its config.json records them; None where it does not
+    (a workdir written before the record)."""
+    record = _config_record(workdir)
+    shape = (record or {}).get("run", {}).get("image_shape")
+    return tuple(int(d) for d in shape) if isinstance(shape, list) and len(shape) == 3 else None
 
 
 def read_config(workdir: Path) -> ml_collections.ConfigDict:

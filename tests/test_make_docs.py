@@ -1,0 +1,58 @@
+"""scripts/make_docs.py: the README's pictures from runs of the current configs, with provenance."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, script_module
+from vae.analysis import markdown
+
+make_docs = script_module("make_docs.py")
+
+
+def test_replace_section_rewrites_only_between_the_markers():
+    text = "intro\n<!-- t:begin -->\nold\n<!-- t:end -->\noutro\n"
+    assert markdown.replace_section(text, "t", "new\n") == "intro\n<!-- t:begin -->\nnew\n<!-- t:end -->\noutro\n"
+    for broken in ("no markers", "<!-- t:end --> <!-- t:begin -->", text + "<!-- t:begin -->"):
+        with pytest.raises(ValueError, match="t:begin"):
+            markdown.replace_section(broken, "t", "new")
+
+
+def test_the_beta_table_is_in_order_of_beta_from_the_last_records():
+    def last(elbo, kl):
+        return [{"epoch": 1, "test/elbo": 999.0, "test/kl": 1.0, "test/rec": 998.0, "test/active_units": 0},
+                {"epoch": 2, "test/elbo": elbo, "test/kl": kl, "test/rec": elbo - kl, "test/active_units": 3}]
+    table = make_docs.beta_table({"beta=2": last(250.0, 10.0), "beta=0.5": last(246.0, 29.0)})
+    rows = table.splitlines()[2:]
+    assert rows == ["| 0.5 | 246.00 | 29.00 | 217.00 | 3 |", "| 2 | 250.00 | 10.00 | 240.00 | 3 |"]
+
+
+def test_every_picture_comes_from_a_run_that_make_docs_trains():
+    names = {run.name for run in make_docs.RUNS}
+    assert {p.run for p in make_docs.PICTURES} == names
+    readme = open(os.path.join(REPO, "README.md")).read()
+    for picture in make_docs.PICTURES:  # and every README picture is one of them
+        assert f"docs/{picture.file}" in readme
+    assert readme.count("<!-- beta-table:begin -->") == 1
+
+
+def test_make_docs_trains_draws_and_says_which_run_made_each_picture(tmp_path, fashion_mnist):
+    readme = tmp_path / "README.md"
+    readme.write_text("x\n<!-- beta-table:begin -->\n<!-- beta-table:end -->\n")
+    command = [sys.executable, "scripts/make_docs.py", "--only", "z2", "--epochs_scale", "0.05",
+               "--train_split", "train[:512]", "--runs_dir", str(tmp_path / "runs"), "--out", str(tmp_path / "docs"),
+               "--readme", str(readme)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "docs" / "manifold.png").stat().st_size > 1000
+    page = (tmp_path / "docs" / "figures.md").read_text()
+    assert "[manifold.png](manifold.png) | z2 |" in page
+    assert "scripts/train.py --config configs/default.py --config.model.latent_dim=2" in page
+    assert "1 epochs" in page and "test −ELBO" in page
+    assert readme.read_text().count("| β |") == 0  # the β run was not made: its table is left alone
+    # A second call trains nothing more (the run is finished) and draws again.
+    again = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert again.returncode == 0 and "1 epochs" in (tmp_path / "docs" / "figures.md").read_text()
