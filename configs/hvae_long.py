@@ -4,13 +4,14 @@ protocol's split: for the comparison with the published HVAE (Norouzi et al., 20
 `configs/vae_long.py` with `model.arch=hvae`: batch 500, Adam 3e-3 with a cosine decay, KL warm-up
 over 20 epochs, the EMA of the parameters, the output bias at the pixel-mean logits; the first
 50,000 training images train, the other 10,000 validate; the best validation epoch is evaluated.
-NUM_EPOCHS is the schedule that trains in about 90 minutes on a quiet 2-core CPU, from the
-throughput measured at batch 500 (docs/results.md has what each schedule reached).
+NUM_EPOCHS is the schedule that trains in about 90 minutes on a quiet 2-core CPU: 12,400 training
+images/s at batch 500 (`scripts/benchmark.py`, 2026-12-01), about 5.5 s per epoch with the
+validation and test evaluations. docs/results.md has what each schedule reached.
 """
 
 from configs import vae_long
 
-NUM_EPOCHS = 1000
+NUM_EPOCHS = 950
 
 
 def get_config():
