@@ -140,8 +140,9 @@ def test_results_table_reads_the_evaluated_workdirs(tiny_run, tmp_path):
     # An evaluation written beside the workdir's own, named by its eval.json.
     evaluate_in_process("--workdir", run, "--iw-samples", 3, "--max-examples", 16, "--no-progress",
                         "--out", run / "quick")
-    quick = run_script("results.py", run / "quick" / "eval.json").stdout
+    quick = run_script("results.py", run / "quick" / "eval.json", "--earlier", "results_earlier.md").stdout
     assert "(k=3), 16 images" in quick and "| tiny |" in quick
+    assert quick.rstrip().endswith("[results_earlier.md](results_earlier.md).")
     missing = run_script("results.py", tiny_run, expect_ok=False)  # trained, never evaluated
     assert missing.returncode == 2 and "run scripts/evaluate.py on it first" in missing.stderr
 
