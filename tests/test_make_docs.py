@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, script_module
+
 from vae.analysis import markdown
 
 make_docs = script_module("make_docs.py")
@@ -14,7 +14,8 @@ make_docs = script_module("make_docs.py")
 
 def test_replace_section_rewrites_only_between_the_markers():
     text = "intro\n<!-- t:begin -->\nold\n<!-- t:end -->\noutro\n"
-    assert markdown.replace_section(text, "t", "new\n") == "intro\n<!-- t:begin -->\nnew\n<!-- t:end -->\noutro\n"
+    expected = "intro\n<!-- t:begin -->\nnew\n<!-- t:end -->\noutro\n"
+    assert markdown.replace_section(text, "t", "new\n") == expected
     for broken in ("no markers", "<!-- t:end --> <!-- t:begin -->", text + "<!-- t:begin -->"):
         with pytest.raises(ValueError, match="t:begin"):
             markdown.replace_section(broken, "t", "new")
@@ -42,8 +43,8 @@ def test_make_docs_trains_draws_and_says_which_run_made_each_picture(tmp_path, f
     readme = tmp_path / "README.md"
     readme.write_text("x\n<!-- beta-table:begin -->\n<!-- beta-table:end -->\n")
     command = [sys.executable, "scripts/make_docs.py", "--only", "z2", "--epochs_scale", "0.05",
-               "--train_split", "train[:512]", "--runs_dir", str(tmp_path / "runs"), "--out", str(tmp_path / "docs"),
-               "--readme", str(readme)]
+               "--train_split", "train[:512]", "--runs_dir", str(tmp_path / "runs"),
+               "--out", str(tmp_path / "docs"), "--readme", str(readme)]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300,
                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert result.returncode == 0, result.stderr[-3000:]

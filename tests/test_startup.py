@@ -11,8 +11,8 @@ import sys
 import textwrap
 
 import pytest
-
 from conftest import REPO, copy_run
+
 from vae.train import trained
 from vae.workdir import files
 
