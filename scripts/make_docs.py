@@ -14,6 +14,7 @@ Imports no JAX: every step is a subprocess.
 
 import datetime
 import math
+import shlex
 import shutil
 import subprocess
 import sys
@@ -100,17 +101,13 @@ def run_command(run: Run, workdir: Path, epochs_scale: float, train_split: str |
     return [run.script, *run.args, "--workdir", str(workdir), *extra]
 
 
-def _shell(words) -> str:
-    return " ".join(w if w and all(c.isalnum() or c in "-_=./,:[]" for c in w) else repr(w) for w in words)
-
-
 def _call(words: list[str]) -> float:
     """Runs `python words...`; its wall time in seconds. Stops make_docs on a failure."""
-    print(f"$ python {_shell(words)}", file=sys.stderr, flush=True)
+    print(f"$ python {shlex.join(words)}", file=sys.stderr, flush=True)
     start = time.perf_counter()
     done = subprocess.run([sys.executable, *words])
     if done.returncode != 0:
-        raise SystemExit(f"error: `python {_shell(words)}` exited {done.returncode}")
+        raise SystemExit(f"error: `python {shlex.join(words)}` exited {done.returncode}")
     return time.perf_counter() - start
 
 
@@ -172,11 +169,11 @@ def figures_page(commands: dict[str, list[str]], records: dict[str, dict[str, li
              "trained by the command shown. Wall times are this machine's (2 CPU cores).", "",
              "| picture | run | drawn by |", "| --- | --- | --- |"]
     for p in pictures:
-        drawn_by = _shell([p.script, "--workdir", "...", *p.args])
+        drawn_by = shlex.join([p.script, "--workdir", "...", *p.args])
         lines.append(f"| [{p.file}]({p.file}) | {p.run} | `python {drawn_by}` |")
     lines += ["", "## Runs", ""]
     for name, command in commands.items():
-        lines += [f"### {name}: {by_name[name].purpose}", "", f"    python {_shell(command)}", ""]
+        lines += [f"### {name}: {by_name[name].purpose}", "", f"    python {shlex.join(command)}", ""]
         if name in times:
             lines.append(f"Command wall time here: {times[name] / 60:.1f} min.")
             lines.append("")

@@ -34,7 +34,6 @@ class Board:
 
     def __init__(self, workdir: Path, graphdef, test_images_u8: np.ndarray, start_epoch: int,
                  num_epochs: int, enabled: bool = True):
-        self.graphdef = graphdef
         self.num_epochs = num_epochs
         self.test_images = test_images_u8[:NUM_RECONSTRUCTIONS].astype(np.float32) / 255.0
 
