@@ -147,6 +147,38 @@ def test_results_table_reads_the_evaluated_workdirs(tiny_run, tmp_path):
     assert missing.returncode == 2 and "run scripts/evaluate.py on it first" in missing.stderr
 
 
+def test_the_curve_table_gives_the_validation_elbo_per_epoch_budget(tmp_path, tiny_run):
+    from vae.analysis import results
+
+    run = tmp_path / "long"
+    run.mkdir()
+    records = [{"epoch": e, "val/elbo": 300.0 - e + (3.0 if e == 4 else 0.0), "wall_time_sec": 60.0 * e}
+               for e in range(1, 6)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    curve = results.validation_curve(run)
+    assert curve["last"] == 5 and curve["best"] == 5 and curve["points"][2] == (298.0, 120.0)
+    table = results.curve_table([curve], every=2).splitlines()
+    assert table[0] == "| run | epoch 2 | epoch 4 | last epoch | best epoch |"
+    assert table[2] == ("| long | 298.00 (2.0 min) | 299.00 (4.0 min) | 5: 295.00 (5.0 min) "
+                        "| 5: 295.00 (5.0 min) |")
+    with pytest.raises(ValueError, match="at least 1"):
+        results.curve_table([curve], every=0)
+    # The script: evaluated runs in the results table, more (unfinished) ones in the curve table.
+    evaluated = copy_run(tiny_run, tmp_path / "tiny")
+    evaluate_in_process("--workdir", evaluated, "--iw-samples", 2, "--max-examples", 16, "--no-progress")
+    no_validation = run_script("results.py", evaluated, "--curve_every", 2, expect_ok=False)
+    assert no_validation.returncode == 2 and "train it with data.validation_split" in no_validation.stderr
+    alone = run_script("results.py", evaluated, "--curves_of", run, expect_ok=False)
+    assert alone.returncode == 2 and "--curve_every too" in alone.stderr
+    lines = (evaluated / "metrics.jsonl").read_text().splitlines()  # as if it had validated
+    (evaluated / "metrics.jsonl").write_text("".join(
+        json.dumps(dict(json.loads(line), **{"val/elbo": 250.0 - i})) + "\n" for i, line in enumerate(lines)))
+    out = run_script("results.py", evaluated, "--curve_every", 2, "--curves_of", run).stdout
+    assert "| tiny | 249.00 (" in out
+    assert out.rstrip().endswith("| 5: 295.00 (5.0 min) | 5: 295.00 (5.0 min) |")
+    assert "| long | 298.00 (2.0 min) |" in out
+
+
 def test_results_finds_the_config_file_in_the_recorded_command():
     from vae.analysis import results
 

@@ -1,7 +1,9 @@
 """The results table: one row per evaluated workdir, read from its config.json, metrics.jsonl and
 eval.json (written by `scripts/evaluate.py`), beside the published figure for the same model family.
 
-Nothing in the table is typed by hand: `scripts/results.py runs/a runs/b > docs/results.md`.
+Nothing in the table is typed by hand: `scripts/results.py runs/a runs/b > docs/results.md`. The
+curve table (`curve_table`) says how far each run got per epoch budget: its validation negative
+ELBO, and the wall time it took, every N epochs.
 """
 
 import json
@@ -163,4 +165,38 @@ def _information(row: dict) -> str:
 def markdown_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(" --- " for _ in COLUMNS) + "|"]
     lines += ["| " + " | ".join(format_row(row)) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def validation_curve(path: str | Path) -> dict:
+    """One run's validation negative ELBO per epoch, with the training wall time to reach it; an
+    unevaluated or unfinished run has one too."""
+    path = Path(path)
+    metrics = [m for m in wd.read_metrics(path) if "val/elbo" in m]
+    if not metrics:
+        raise wd.WorkdirError(f"{path} has no validation metrics: train it with data.validation_split")
+    return {"run": path.name,
+            "points": {m["epoch"]: (m["val/elbo"], m.get("wall_time_sec", math.nan)) for m in metrics},
+            "last": metrics[-1]["epoch"],
+            "best": min(metrics, key=lambda m: m["val/elbo"])["epoch"]}
+
+
+def curve_table(curves: list[dict], every: int) -> str:
+    """Markdown: validation -ELBO (and training time) at epochs every, 2·every, ..., the last, the best."""
+    if every < 1:
+        raise ValueError(f"the curve's epoch step must be at least 1, got {every}")
+    longest = max(curve["last"] for curve in curves)
+    epochs = list(range(every, longest + 1, every))
+
+    def cell(curve, epoch):
+        if epoch not in curve["points"]:
+            return "–"
+        elbo, wall = curve["points"][epoch]
+        return f"{elbo:.2f} ({_minutes(wall)})"
+
+    header = ["run"] + [f"epoch {e}" for e in epochs] + ["last epoch", "best epoch"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    for curve in curves:
+        ends = [f"{curve[key]}: {cell(curve, curve[key])}" for key in ("last", "best")]
+        lines.append("| " + " | ".join([curve["run"]] + [cell(curve, e) for e in epochs] + ends) + " |")
     return "\n".join(lines) + "\n"
