@@ -9,8 +9,8 @@ negative ELBO, test NLL with its standard error, active units, the published fig
 model family, and the command that trained it. Nats per image.
 
 With --curve_every N, a second table says how far each run got per epoch budget: its validation
-negative ELBO (and the training time to it) every N epochs; it also takes runs not yet evaluated
-(--curves_of W, or still training).
+negative ELBO (and the training time to it) every N epochs, for the runs that validated
+(data.validation_split); --curves_of adds runs not yet evaluated or still training.
 """
 
 import sys
@@ -40,8 +40,10 @@ def main(argv=None) -> int:
         rows = [results.run_row(path) for path in args.workdirs]
         curves = []
         if args.curve_every:
-            workdirs = [row_path for row_path in args.workdirs if not row_path.endswith(".json")]
-            curves = [results.validation_curve(path) for path in workdirs + args.curves_of]
+            # The table's runs that validated, then the named ones (each must have).
+            validated = [path for path in args.workdirs
+                         if not path.endswith(".json") and results.has_validation(path)]
+            curves = [results.validation_curve(path) for path in validated + args.curves_of]
     print(f"# {args.title}\n")
     print("Test NLL: importance-weighted bound with k samples per image (Burda et al., 2015) on the "
           "10,000 Fashion-MNIST test images, binarised once; ± is the standard error over images. "

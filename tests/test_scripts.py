@@ -166,7 +166,10 @@ def test_the_curve_table_gives_the_validation_elbo_per_epoch_budget(tmp_path, ti
     # The script: evaluated runs in the results table, more (unfinished) ones in the curve table.
     evaluated = copy_run(tiny_run, tmp_path / "tiny")
     evaluate_in_process("--workdir", evaluated, "--iw-samples", 2, "--max-examples", 16, "--no-progress")
-    no_validation = run_script("results.py", evaluated, "--curve_every", 2, expect_ok=False)
+    none_validated = run_script("results.py", evaluated, "--curve_every", 2).stdout
+    assert "| tiny |" in none_validated and "epoch budget" not in none_validated
+    no_validation = run_script("results.py", evaluated, "--curve_every", 2, "--curves_of", evaluated,
+                               expect_ok=False)
     assert no_validation.returncode == 2 and "train it with data.validation_split" in no_validation.stderr
     alone = run_script("results.py", evaluated, "--curves_of", run, expect_ok=False)
     assert alone.returncode == 2 and "--curve_every too" in alone.stderr

@@ -168,6 +168,11 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def has_validation(path: str | Path) -> bool:
+    """Whether a run validated (data.validation_split): only such a run has a curve."""
+    return any("val/elbo" in m for m in wd.read_metrics(Path(path)))
+
+
 def validation_curve(path: str | Path) -> dict:
     """One run's validation negative ELBO per epoch, with the training wall time to reach it; an
     unevaluated or unfinished run has one too."""
