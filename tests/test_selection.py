@@ -56,6 +56,36 @@ def test_best_epoch_and_early_stopping_rule():
     assert run_dir.best_epoch([{"epoch": 1, "test/elbo": 3.0}]) == (0, float("inf"))
 
 
+def test_a_diverged_run_is_reported_once_its_loss_doubles_after_the_warm_up():
+    losses = [400.0, 300.0, 240.0, 230.0, 229.0, 231.0, 266.0, 21776.0]  # epochs 1..8, as the 800-epoch run
+    history = [{"epoch": e, "train/loss": v} for e, v in enumerate(losses, 1)]
+    cfg = tiny_config(train__kl_warmup_epochs=2.0).train
+    assert [run_dir.divergence(history[:n], cfg) is not None for n in range(1, 9)] == [False] * 7 + [True]
+    warning = run_dir.divergence(history, cfg)
+    assert warning.startswith("the training loss of epoch 8, 21776, is 95.1x its lowest "
+                              "(229 at epoch 5)")
+    assert "train.early_stopping_patience stops such a run" in warning and "grad_clip_norm" in warning
+    cfg.early_stopping_patience = 50
+    assert "once the best validation epoch is 50 epochs old" in run_dir.divergence(history, cfg)
+    # During the KL warm-up the loss rises with β: no warning, whatever the ratio.
+    rising = [{"epoch": e, "train/loss": v} for e, v in enumerate([100.0, 150.0, 250.0], 1)]
+    assert run_dir.divergence(rising, tiny_config(train__kl_warmup_epochs=3.0).train) is None
+    assert run_dir.divergence(rising, tiny_config(train__kl_warmup_epochs=0.0).train) is not None
+
+
+def test_a_training_run_prints_the_divergence_warning_once(tmp_path, capsys):
+    config = tiny_config(train__num_epochs=100, train__kl_warmup_epochs=0.0,
+                         train__checkpoint_every_epochs=1000)
+    run = run_dir.RunDir(tmp_path, config, steps=1, image_shape=(28, 28, 1))
+    for epoch, loss in enumerate([230.0, 229.0, 600.0, 700.0], 1):
+        run.end_epoch({"epoch": epoch, "train/loss": loss}, state=None, stop_requested=False,
+                      session_start=0.0)
+    run.close()
+    printed = capsys.readouterr().err.splitlines()
+    assert printed == [f"warning: {tmp_path}: " + run_dir.divergence(run.history[:3], config.train)]
+    assert "epoch 3, 600, is 2.62x its lowest (229 at epoch 2)" in printed[0]
+
+
 @pytest.fixture(scope="module")
 def stopped(tmp_path_factory, fashion_mnist):
     path = tmp_path_factory.mktemp("stopped")

@@ -10,6 +10,7 @@ only the writer (process 0) clears the workdir, writes config.json, metrics.json
 """
 
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -46,6 +47,31 @@ def early_stop_due(history: list[dict], train_config: ml_collections.ConfigDict)
     best, _ = best_epoch(history)
     counting_from = max(best, math.ceil(train_config.kl_warmup_epochs))
     return history[-1]["epoch"] - counting_from >= patience
+
+
+# A training loss this many times its lowest after the KL warm-up: the run has diverged. A healthy
+# run's loss falls or wobbles by a few percent once β is 1; the HVAE + VampPrior run that diverged
+# at epoch 128 of 800 went from 229 to 21,776 nats in two epochs and stayed above 290.
+DIVERGED_RATIO = 2.0
+
+
+def divergence(history: list[dict], train_config: ml_collections.ConfigDict) -> str | None:
+    """What to tell the user when the last epoch's training loss is DIVERGED_RATIO times the lowest one since
+    the KL warm-up ended (before it, β is still rising and so is the loss); else None."""
+    warmed = [r for r in history if r["epoch"] > train_config.kl_warmup_epochs and "train/loss" in r]
+    if len(warmed) < 2:
+        return None
+    lowest = min(warmed[:-1], key=lambda r: r["train/loss"])
+    last = warmed[-1]
+    if not (lowest["train/loss"] > 0 and last["train/loss"] >= DIVERGED_RATIO * lowest["train/loss"]):
+        return None
+    patience = train_config.early_stopping_patience
+    stop = (f"early stopping ends it once the best validation epoch is {patience} epochs old" if patience
+            else "it trains on to its last epoch (train.early_stopping_patience stops such a run)")
+    return (f"the training loss of epoch {last['epoch']}, {last['train/loss']:.6g}, is "
+            f"{last['train/loss'] / lowest['train/loss']:.3g}x its lowest ({lowest['train/loss']:.6g} at "
+            f"epoch {lowest['epoch']}): the run has diverged. The best checkpoint is kept; {stop}. "
+            "Lower train.learning_rate or set train.grad_clip_norm.")
 
 
 def kept(last_good: int) -> str:
@@ -85,6 +111,7 @@ class RunDir:
         self.epoch = self.last_good = 0  # the last finished epoch, the last checkpointed one
         self.history: list[dict] = []
         self.wall_offset = 0.0
+        self.warned_divergence = False  # the divergence warning is printed once a session
 
     def restore(self, state: TrainState, sharding) -> TrainState:
         """The newest usable checkpoint's state (else `state`, freshly initialised), with the
@@ -152,6 +179,10 @@ class RunDir:
             files.append_metrics(self.workdir, record)
         self.history.append(record)
         self.epoch = epoch
+        warning = None if self.warned_divergence else divergence(self.history, self.config.train)
+        if warning and self.writer:
+            print(f"warning: {self.workdir}: {warning}", file=sys.stderr, flush=True)
+        self.warned_divergence = self.warned_divergence or warning is not None
         if self.board is not None:
             self.board.log(record, eval_params(state))
         if improved:  # finished before the latest is written, so a kill cannot reorder them
