@@ -41,9 +41,9 @@ def main(argv=None) -> int:
         curves = []
         if args.curve_every:
             # The table's runs that validated, then the named ones (each must have).
-            validated = [path for path in args.workdirs
-                         if not path.endswith(".json") and results.has_validation(path)]
-            curves = [results.validation_curve(path) for path in validated + args.curves_of]
+            curves = [results.validation_curve(path, required=False) for path in args.workdirs
+                      if not path.endswith(".json")]
+            curves = [c for c in curves if c] + [results.validation_curve(path) for path in args.curves_of]
     print(f"# {args.title}\n")
     print("Test NLL: importance-weighted bound with k samples per image (Burda et al., 2015) on the "
           "10,000 Fashion-MNIST test images, binarised once; ± is the standard error over images. "

@@ -168,17 +168,15 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def has_validation(path: str | Path) -> bool:
-    """Whether a run validated (data.validation_split): only such a run has a curve."""
-    return any("val/elbo" in m for m in wd.read_metrics(Path(path)))
-
-
-def validation_curve(path: str | Path) -> dict:
+def validation_curve(path: str | Path, required: bool = True) -> dict | None:
     """One run's validation negative ELBO per epoch, with the training wall time to reach it; an
-    unevaluated or unfinished run has one too."""
+    unevaluated or unfinished run has one too. A run that never validated: an error, or None
+    where not `required`."""
     path = Path(path)
     metrics = [m for m in wd.read_metrics(path) if "val/elbo" in m]
     if not metrics:
+        if not required:
+            return None
         raise wd.WorkdirError(f"{path} has no validation metrics: train it with data.validation_split")
     return {"run": path.name,
             "points": {m["epoch"]: (m["val/elbo"], m.get("wall_time_sec", math.nan)) for m in metrics},
