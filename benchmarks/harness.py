@@ -23,17 +23,12 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from benchmarks import host, profiling
-from vae.analysis import iwae as evaluation
-from vae.data import dataset as datasets
-from vae.data import pixels
+from vae.analysis import iwae
+from vae.data import dataset, pixels
 from vae.model import objectives
-from vae.sweep import program as sweep_program
-from vae.train import distributed
-from vae.train import epoch as epochs
-from vae.train import evaluate as train_eval
-from vae.train import state as train_state
-from vae.train import step as steps
-from vae.workdir import files as workdir
+from vae.sweep import program
+from vae.train import distributed, epoch, evaluate, state, step
+from vae.workdir import files
 
 
 def machine() -> dict:
@@ -44,7 +39,7 @@ def machine() -> dict:
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
         "device_kind": jax.devices()[0].device_kind,
-        "versions": workdir.library_versions(),
+        "versions": files.library_versions(),
     }
     try:
         import torch
@@ -132,23 +127,23 @@ def flops(config, image_shape, iw_samples: int, num_devices: int = 1) -> dict:
     everything the IWAE computes per sample (the decoder, the encoder once per image and chunk, a
     VampPrior's components), at evaluate.py's batch and chunk sizes for `iw_samples`. The shapes
     matter for a VampPrior: its pseudo-inputs pass the encoder once per batch (or chunk)."""
-    tx = train_state.make_optimizer(config.train, 1)
-    graphdef, state = train_state.init_state(config, image_shape, tx)
-    model = nnx.merge(graphdef, state.params)
+    tx = state.make_optimizer(config.train, 1)
+    graphdef, train_state = state.init_state(config, image_shape, tx)
+    model = nnx.merge(graphdef, train_state.params)
     image_dim = int(np.prod(image_shape))
     key = jax.random.key(0)
-    train_step = steps.make_train_step(graphdef, config, 1, dynamic=True)
-    hyper = train_state.hyperparameters(config)
+    train_step = step.make_train_step(graphdef, config, 1, dynamic=True)
+    hyper = state.hyperparameters(config)
     train_batch, eval_batch = config.train.batch_size, config.eval.batch_size
-    iw_batch, iw_chunk = evaluation.iwae_shapes(iw_samples, num_devices)
+    iw_batch, iw_chunk = iwae.iwae_shapes(iw_samples, num_devices)
     iw_batch //= num_devices  # per device: what one device's program multiplies
     x_u8 = jnp.zeros((train_batch, image_dim), jnp.uint8)
     x_eval = jnp.zeros((eval_batch, image_dim), jnp.float32)
     x_iw = jnp.zeros((iw_batch, image_dim), jnp.float32)
     keys = objectives.sample_keys(key, jnp.arange(iw_batch), jnp.arange(iw_chunk))
     return {
-        "train_per_image": profiling.matmul_flops(lambda state, x: train_step(state, x, key, hyper),
-                                                  state, x_u8) / train_batch,
+        "train_per_image": profiling.matmul_flops(lambda s, x: train_step(s, x, key, hyper),
+                                                  train_state, x_u8) / train_batch,
         "elbo_eval_per_image": profiling.matmul_flops(model.elbo_terms, x_eval, key) / eval_batch,
         "iwae_decoder_per_sample": profiling.matmul_flops(model.decode,
                                                           jnp.zeros((iw_batch, model.latent_dim))) / iw_batch,
@@ -166,8 +161,8 @@ def load_images(config, synthetic: bool) -> tuple[np.ndarray, np.ndarray, bool]:
         return (rng.integers(0, 256, (60_000, 28, 28, 1), dtype=np.uint8),
                 pixels.binarize_static(rng.integers(0, 256, (10_000, 28, 28, 1), dtype=np.uint8), 0),
                 config.data.binarize == "dynamic")
-    dataset = datasets.load_dataset(config.data)
-    return dataset.train_images, dataset.test_images, dataset.dynamic
+    data = dataset.load_dataset(config.data)
+    return data.train_images, data.test_images, data.dynamic
 
 
 def percentiles(values, qs=(50, 90, 99)) -> dict:
@@ -179,7 +174,7 @@ def percentiles(values, qs=(50, 90, 99)) -> dict:
 
 class Trainer:
     """The compiled programs of one config on one set of devices, as train_and_evaluate builds them;
-    with `members` (configs that differ in `train_state.Hyper` numbers only), the sweep's one vmapped
+    with `members` (configs that differ in `state.Hyper` numbers only), the sweep's one vmapped
     program over their stacked states, as `vae.sweep.driver` builds it."""
 
     def __init__(self, config, train_images, test_images, dynamic: bool, devices=None, members=None,
@@ -189,12 +184,12 @@ class Trainer:
         self.replicated = NamedSharding(self.mesh, P())
         self.num_train = len(train_images)
         self.steps = self.num_train // config.train.batch_size
-        self.tx = train_state.make_optimizer(config.train, self.steps)
+        self.tx = state.make_optimizer(config.train, self.steps)
         self.num_members = len(members) if members else 1
-        states = [train_state.init_state(c, train_images.shape[1:], self.tx) for c in members or [config]]
+        states = [state.init_state(c, train_images.shape[1:], self.tx) for c in members or [config]]
         self.graphdef = states[0][0]
         if members:
-            self.state = sweep_program.stack([s for _, s in states], self.replicated)
+            self.state = program.stack([s for _, s in states], self.replicated)
         else:
             self.state = jax.device_put(states[0][1], self.replicated)
         self.train_images = distributed.images_on_device(train_images, self.mesh)
@@ -203,15 +198,15 @@ class Trainer:
         self.dynamic = dynamic
         start = time.perf_counter()
         if members:
-            self.epoch_fn = sweep_program.compile_members_epoch(self.graphdef, members, self.mesh, self.state,
+            self.epoch_fn = program.compile_members_epoch(self.graphdef, members, self.mesh, self.state,
                                                               self.train_images, dynamic, loop)
         else:
-            self.epoch_fn = epochs.compile_train_epoch(self.graphdef, config, self.mesh, self.state,
+            self.epoch_fn = epoch.compile_train_epoch(self.graphdef, config, self.mesh, self.state,
                                                          self.train_images, dynamic)
-        self.epoch_loop = epochs.epoch_loop(config)
+        self.epoch_loop = epoch.epoch_loop(config)
         self.compile_sec = time.perf_counter() - start
-        self.evaluate = train_eval.make_evaluate(self.graphdef, config, self.mesh)
-        self.eval_key = train_eval.eval_key(config, "test")
+        self.evaluate = evaluate.make_evaluate(self.graphdef, config, self.mesh)
+        self.eval_key = evaluate.eval_key(config, "test")
         self.epochs_run = 0
 
     def _epoch(self, epoch: int):
@@ -236,25 +231,25 @@ class Trainer:
 
     def step_times(self, num_steps: int) -> list[float]:
         """Seconds per step for the same step called one at a time from Python (dispatch included)."""
-        train_step = steps.make_train_step(self.graphdef, self.config, self.steps, self.dynamic)
-        hyper = train_state.hyperparameters(self.config)
-        def one_step(state, x_u8):
-            return train_step(state, x_u8, steps.step_key(hyper.seed, state.step), hyper)
+        train_step = step.make_train_step(self.graphdef, self.config, self.steps, self.dynamic)
+        hyper = state.hyperparameters(self.config)
+        def one_step(s, x_u8):
+            return train_step(s, x_u8, step.step_key(hyper.seed, s.step), hyper)
 
-        step = jax.jit(one_step, donate_argnums=0)
+        jitted = jax.jit(one_step, donate_argnums=0)
         batch_sharding = NamedSharding(self.mesh, P("data"))
         b = self.config.train.batch_size
         batches = [jax.device_put(self.train_images[i * b:(i + 1) * b], batch_sharding)
                    for i in range(min(num_steps, self.steps))]
-        state, _ = step(self.state, batches[0])
-        jax.block_until_ready(state)
+        current, _ = jitted(self.state, batches[0])
+        jax.block_until_ready(current)
         times = []
         for x in batches:
             start = time.perf_counter()
-            state, metrics = step(state, x)
+            current, metrics = jitted(current, x)
             jax.block_until_ready(metrics)
             times.append(time.perf_counter() - start)
-        self.state = state
+        self.state = current
         return times
 
     def evaluate_once(self):
@@ -265,22 +260,22 @@ class Trainer:
         model = nnx.merge(self.graphdef, self.state.params)
         images = self.test_images_u8[:num_images]
         options = {"batch_size": batch_size, "chunk_size": chunk_size,
-                   "loop": epochs.epoch_loop(self.config), "progress": False}
-        return lambda: evaluation.iwae_log_likelihoods(model, images, train_state.root_key(1), k, **options)
+                   "loop": epoch.epoch_loop(self.config), "progress": False}
+        return lambda: iwae.iwae_log_likelihoods(model, images, state.root_key(1), k, **options)
 
     def iwae_hlo(self, k: int, batch_size=None, chunk_size=None) -> str:
         """The compiled IWAE program of one batch (scan loop) as HLO text."""
-        batch_size, chunk_size = evaluation.iwae_shapes(k, self.mesh.devices.size, batch_size, chunk_size)
-        iwae = evaluation.make_iwae(self.graphdef, self.mesh, k, chunk_size, loop="scan")
+        batch_size, chunk_size = iwae.iwae_shapes(k, self.mesh.devices.size, batch_size, chunk_size)
+        bound = iwae.make_iwae(self.graphdef, self.mesh, k, chunk_size, loop="scan")
         images = jnp.zeros((batch_size, self.train_images.shape[1]), jnp.uint8)
-        iwae(self.state.params, images, jnp.arange(batch_size, dtype=jnp.int32), train_state.root_key(0))
-        return iwae.compiled[images.shape].as_text()
+        bound(self.state.params, images, jnp.arange(batch_size, dtype=jnp.int32), state.root_key(0))
+        return bound.compiled[images.shape].as_text()
 
     def epoch_hlo(self) -> str:
         """The compiled epoch program (scan loop) as HLO text, for `profiling.profile`."""
-        body = epochs.device_batch_body(self.graphdef, self.config, self.mesh, self.num_train, self.dynamic)
-        order = epochs.compile_epoch_order(self.config, self.num_train, self.mesh)(self._epoch(0))
-        return epochs.compile_loop(body, "scan", self.mesh, self.state, self.train_images, order).as_text()
+        body = epoch.device_batch_body(self.graphdef, self.config, self.mesh, self.num_train, self.dynamic)
+        order = epoch.compile_epoch_order(self.config, self.num_train, self.mesh)(self._epoch(0))
+        return epoch.compile_loop(body, "scan", self.mesh, self.state, self.train_images, order).as_text()
 
 
 def peak_memory() -> dict:

@@ -36,15 +36,13 @@ import jax  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vae.analysis import iwae as evaluation  # noqa: E402
-from vae.analysis import plotting, sampling  # noqa: E402
-from vae.data import dataset as datasets  # noqa: E402
-from vae.data import source as data_source  # noqa: E402
+from vae.analysis import iwae, plotting, sampling  # noqa: E402
+from vae.data import dataset, source  # noqa: E402
 from vae.train import trained  # noqa: E402
-from vae.workdir import files as workdir  # noqa: E402
+from vae.workdir import files  # noqa: E402
 
 run = Path(WORKDIR)
-records = workdir.read_metrics(run)
+records = files.read_metrics(run)
 config, model, epoch = trained.load_trained(run, checkpoint=CHECKPOINT)
 used = trained.checkpoint_used(run, None, CHECKPOINT)
 last = records[-1]
@@ -81,7 +79,7 @@ fig = plotting.image_grid_figure(sampling.prior_samples(model, jax.random.key(0)
                            f"prior samples, epoch {epoch}")
 
 # %%
-test_images, test_labels = datasets.load_test_set(config.data)
+test_images, test_labels = dataset.load_test_set(config.data)
 x = test_images[:16].astype(np.float32) / 255.0
 fig = plotting.image_grid_figure(sampling.reconstructions(model, x), 8, "test images | reconstructions")
 
@@ -91,11 +89,11 @@ fig = plotting.image_grid_figure(sampling.reconstructions(model, x), 8, "test im
 # The latent itself when it is 2-D, otherwise its first two principal components.
 
 # %%
-means, _ = evaluation.encode_images(model, test_images)
-points, explained = evaluation.project_2d(means)
+means, _ = iwae.encode_images(model, test_images)
+points, explained = iwae.project_2d(means)
 fig, ax = plt.subplots(figsize=(6.5, 5.5))
 scatter = ax.scatter(points[:, 0], points[:, 1], c=test_labels, cmap="tab10", s=4, alpha=0.7)
-names = data_source.class_names(config.data.name)
+names = source.class_names(config.data.name)
 handles = [plt.Line2D([], [], marker="o", ls="", color=scatter.cmap(scatter.norm(c)),
                       label=names[c] if 0 <= c < len(names) else "no label")
            for c in np.unique(test_labels)]
@@ -113,7 +111,7 @@ fig.tight_layout()
 # bound tightening below the negative ELBO.
 
 # %%
-result = evaluation.evaluate_workdir(run, IW_SAMPLES, checkpoint=CHECKPOINT, max_examples=IW_EXAMPLES,
+result = iwae.evaluate_workdir(run, IW_SAMPLES, checkpoint=CHECKPOINT, max_examples=IW_EXAMPLES,
                                      progress=False)
 print(f"first {result['num_examples']} test images: negative ELBO {result['test/elbo']:.2f} nats, "
       f"IWAE NLL (k={IW_SAMPLES}) {result['test/nll']:.2f} ± {result['test/nll_std_error']:.2f} nats "

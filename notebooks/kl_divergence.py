@@ -279,7 +279,7 @@ fig.tight_layout()
 import tempfile  # noqa: E402
 
 from configs import mlp_small  # noqa: E402
-from vae.train import loop as training  # noqa: E402
+from vae.train import loop  # noqa: E402
 
 results = {}
 runs = tempfile.TemporaryDirectory()  # kept until the end: section 8 compresses with the β = 1 model
@@ -287,7 +287,7 @@ for beta in (1.0, 4.0, 16.0):
     config = mlp_small.get_config()
     config.data.train_split, config.data.test_split = "train[:4096]", "test[:1000]"
     config.model.latent_dim, config.train.num_epochs, config.train.beta = 16, 6, beta
-    history = training.train_and_evaluate(config, f"{runs.name}/beta{beta}", progress=False)
+    history = loop.train_and_evaluate(config, f"{runs.name}/beta{beta}", progress=False)
     results[beta] = history[-1]
 COLLAPSED = 0.05  # nats: a dimension below this carries almost no information about x
 for beta, record in results.items():

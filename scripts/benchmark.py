@@ -18,37 +18,39 @@ import os
 import sys
 import time
 
-from vae import cli_flags as flags
+from vae import cli_flags
 
 COMMAND_START = time.perf_counter()
 
 
 def parse(argv):
-    parser = flags.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli_flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", action="append", default=None,
                         help="a config file; repeat for several (default configs/mlp_small.py)")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="overrides for every config, e.g. model.arch=conv train.learning_rate=3e-4")
-    parser.add_argument("--batch_sizes", type=flags.integer_list(1), default=None,
+    parser.add_argument("--batch_sizes", type=cli_flags.integer_list(1), default=None,
                         help="comma-separated; default: each config's")
-    parser.add_argument("--epochs", type=flags.integer(2), default=5,
+    parser.add_argument("--epochs", type=cli_flags.integer(2), default=5,
                         help="epochs timed per batch size (>= 2: the first is not timed)")
-    parser.add_argument("--devices", type=flags.integer(1, 4096), default=None,
+    parser.add_argument("--devices", type=cli_flags.integer(1, 4096), default=None,
                         help="fake this many CPU devices")
     parser.add_argument("--torch", action="store_true", help="alternate with the PyTorch reference (MLP)")
     parser.add_argument("--profile", action="store_true", help="break a train step and an IWAE batch down")
-    parser.add_argument("--step_samples", type=flags.integer(1), default=200, help="steps timed one by one")
-    parser.add_argument("--eval_repeats", type=flags.integer(1), default=5,
+    parser.add_argument("--step_samples", type=cli_flags.integer(1), default=200,
+                        help="steps timed one by one")
+    parser.add_argument("--eval_repeats", type=cli_flags.integer(1), default=5,
                         help="timed ELBO evaluations of the test set")
-    parser.add_argument("--iw_samples", type=flags.integer_list(1), default=[1000],
+    parser.add_argument("--iw_samples", type=cli_flags.integer_list(1), default=[1000],
                         help="k for the IWAE throughput; comma-separated for several (the first leads)")
-    parser.add_argument("--iw_images", type=flags.integer(1), default=256,
+    parser.add_argument("--iw_images", type=cli_flags.integer(1), default=256,
                         help="images for the IWAE throughput, at most (whole batches)")
-    parser.add_argument("--iw_seconds", type=flags.real(0.0), default=10.0,
+    parser.add_argument("--iw_seconds", type=cli_flags.real(0.0), default=10.0,
                         help="fewer IWAE images where a timed run would take longer (at least one batch)")
-    parser.add_argument("--iw_repeats", type=flags.integer(1), default=3, help="timed IWAE runs")
+    parser.add_argument("--iw_repeats", type=cli_flags.integer(1), default=3, help="timed IWAE runs")
     parser.add_argument("--synthetic", action="store_true", help="random images instead of the data set")
-    parser.add_argument("--train_images", type=flags.integer(1), default=None, help="use only the first N")
+    parser.add_argument("--train_images", type=cli_flags.integer(1), default=None,
+                        help="use only the first N")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     args.config = args.config or ["configs/mlp_small.py"]
@@ -70,17 +72,17 @@ def main(argv=None) -> int:
 
     import jax
 
-    from benchmarks import harness as benchmark
+    from benchmarks import harness
     from vae import cli
-    from vae.sweep import spec as sweep_spec
+    from vae.sweep import spec
     from vae.train import config_checks
 
     configs = []
     for path in args.config:
         config = runpy.run_path(path)["get_config"]()
-        for item in args.set:  # typed like the field, as --sweep's values (`sweep_spec.override`)
+        for item in args.set:  # typed like the field, as --sweep's values (`spec.override`)
             try:
-                sweep_spec.override(config, item)
+                spec.override(config, item)
             except config_checks.ConfigError as e:
                 field, _, value = item.partition("=")
                 print(f"error: argument --set: cannot set {field} to {value!r} ({e})", file=sys.stderr)
@@ -90,27 +92,27 @@ def main(argv=None) -> int:
     with cli.user_errors():
         for _, config in configs:
             config_checks.validate_config(config, jax.device_count())
-        results = {"machine": benchmark.machine(), "command": " ".join(sys.argv), "synthetic": args.synthetic,
-                   "matmul_ceiling": benchmark.matmul_ceiling(), "configs": []}
+        results = {"machine": harness.machine(), "command": " ".join(sys.argv), "synthetic": args.synthetic,
+                   "matmul_ceiling": harness.matmul_ceiling(), "configs": []}
         ceiling = results["matmul_ceiling"]["gflops"] * 1e9
         print(f"fp32 matmul ceiling, measured now: {ceiling / 1e9:,.0f} GFLOP/s\n")
         for path, config in configs:
-            results["configs"].append(measure_config(path, config, args, benchmark, ceiling))
-        results["matmul_ceiling_at_end"] = benchmark.matmul_ceiling()
-        results["memory"] = benchmark.peak_memory()
+            results["configs"].append(measure_config(path, config, args, harness, ceiling))
+        results["matmul_ceiling_at_end"] = harness.matmul_ceiling()
+        results["memory"] = harness.peak_memory()
     if args.out:
-        benchmark.write_json(args.out, results)
+        harness.write_json(args.out, results)
     return 0
 
 
-def measure_config(path, config, args, benchmark, ceiling: float) -> dict:
+def measure_config(path, config, args, harness, ceiling: float) -> dict:
     import json
 
     import jax
 
     from vae.train import config_checks
 
-    train_images, test_images, dynamic = benchmark.load_images(config, args.synthetic)
+    train_images, test_images, dynamic = harness.load_images(config, args.synthetic)
     if args.train_images:
         train_images = train_images[: args.train_images]
     entry = {"config_file": path, "overrides": args.set, "config": json.loads(config.to_json_best_effort()),
@@ -132,25 +134,25 @@ def measure_config(path, config, args, benchmark, ceiling: float) -> dict:
                                      jax.device_count())
         config_checks.validate_config(config, jax.device_count())
         # Per batch size: a VampPrior's FLOPs per image fall as its batch grows.
-        flops = benchmark.flops(config, train_images.shape[1:], args.iw_samples[0], jax.device_count())
+        flops = harness.flops(config, train_images.shape[1:], args.iw_samples[0], jax.device_count())
         entry.setdefault("matmul_flops", flops)  # the first batch size's (older JSONs have only this)
-        run = measure(config, train_images, test_images, dynamic, args, benchmark,
+        run = measure(config, train_images, test_images, dynamic, args, harness,
                       reference if index == 0 else None, flops, ceiling, profile=args.profile and index == 0)
         entry["runs"].append(run)
         print_run(path, run)
     return entry
 
 
-def measure(config, train_images, test_images, dynamic, args, benchmark, reference, flops, ceiling,
+def measure(config, train_images, test_images, dynamic, args, harness, reference, flops, ceiling,
             profile: bool) -> dict:
     import statistics
 
     import jax
 
     from benchmarks import profiling
-    from vae.analysis import iwae as iwae_eval
+    from vae.analysis import iwae
 
-    trainer = benchmark.Trainer(config, train_images, test_images, dynamic)
+    trainer = harness.Trainer(config, train_images, test_images, dynamic)
     first = trainer.run_epoch()
     run = {
         "batch_size": config.train.batch_size,
@@ -163,7 +165,7 @@ def measure(config, train_images, test_images, dynamic, args, benchmark, referen
     }
     jax_rates, idiomatic, tuned, others = [], [], [], []
     for _ in range(args.epochs - 1):
-        with benchmark.OtherProcesses() as other:
+        with harness.OtherProcesses() as other:
             jax_rates.append(trainer.images_per_epoch / trainer.run_epoch())
         others.append(other.share)
         if reference is not None:
@@ -182,9 +184,9 @@ def measure(config, train_images, test_images, dynamic, args, benchmark, referen
             "all_idiomatic_images_per_sec": idiomatic, "all_tuned_images_per_sec": tuned,
         }
     step_times = trainer.step_times(args.step_samples)
-    run["step_time_ms"] = {k: v * 1e3 for k, v in benchmark.percentiles(step_times).items()}
+    run["step_time_ms"] = {k: v * 1e3 for k, v in harness.percentiles(step_times).items()}
 
-    evaluation = benchmark.timed(trainer.evaluate_once, args.eval_repeats)
+    evaluation = harness.timed(trainer.evaluate_once, args.eval_repeats)
     eval_rate = len(test_images) / evaluation["seconds"]
     run["elbo_eval"] = {"images_per_sec": eval_rate, "others_cpu": evaluation["others_cpu"],
                         "share_of_ceiling": eval_rate * flops["elbo_eval_per_image"] / ceiling}
@@ -193,14 +195,14 @@ def measure(config, train_images, test_images, dynamic, args, benchmark, referen
         # One batch first (it compiles, then is timed once), then as many whole batches as fit in
         # --iw_seconds per timed run, at most --iw_images: a slow model (conv at k = 5000) is timed
         # on fewer images rather than for many minutes, and no batch is mostly padding.
-        batch = iwae_eval.iwae_shapes(k, jax.device_count())[0]
-        probe = benchmark.timed(trainer.iwae_run(k, batch), 1)
+        batch = iwae.iwae_shapes(k, jax.device_count())[0]
+        probe = harness.timed(trainer.iwae_run(k, batch), 1)
         fit = int(args.iw_seconds * batch / probe["seconds"]) // batch * batch
         num_images = max(batch, min(args.iw_images - args.iw_images % batch, fit, len(test_images)))
-        iwae = benchmark.timed(trainer.iwae_run(k, num_images), args.iw_repeats, warmup=False)
-        samples = num_images * k / iwae["seconds"]
-        return {"k": k, "images": num_images, "images_per_sec": num_images / iwae["seconds"],
-                "samples_per_sec": samples, "others_cpu": iwae["others_cpu"],
+        timing = harness.timed(trainer.iwae_run(k, num_images), args.iw_repeats, warmup=False)
+        samples = num_images * k / timing["seconds"]
+        return {"k": k, "images": num_images, "images_per_sec": num_images / timing["seconds"],
+                "samples_per_sec": samples, "others_cpu": timing["others_cpu"],
                 "share_of_ceiling": samples * flops["iwae_decoder_per_sample"] / ceiling,
                 "share_of_ceiling_all_matmuls": samples * flops["iwae_per_sample"] / ceiling}
 

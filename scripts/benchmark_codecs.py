@@ -33,24 +33,22 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import codecs, codecs_8bit
-from vae import cli
-from vae import cli_flags as flags
-from vae.data import dataset as datasets
-from vae.data import source
+from vae import cli, cli_flags
+from vae.data import dataset, source
 from vae.workdir import files
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def parse(argv):
-    parser = flags.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli_flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default=None,
                         help="the trained run (required without --eight_bit; with it, a model trained with "
                              "data.binarize=none, its eval.json giving the model's rows)")
     parser.add_argument("--out", default=None,
                         help="writes OUT.json and OUT.md (default docs/compression; docs/codecs_8bit with "
                              "--eight_bit)")
-    parser.add_argument("--max_examples", type=flags.integer(1), default=None,
+    parser.add_argument("--max_examples", type=cli_flags.integer(1), default=None,
                         help="only the first N test images")
     parser.add_argument("--eight_bit", action="store_true",
                         help="the 8-bit table: standard codecs on the test split as it is (not binarised), "
@@ -60,7 +58,7 @@ def parse(argv):
                              "data set)")
     parser.add_argument("--data_dir", default=None,
                         help="--eight_bit without --workdir: the TFDS data dir (default TFDS's)")
-    parser.add_argument("--jpegxl_effort", type=flags.integer(1, 10), default=None,
+    parser.add_argument("--jpegxl_effort", type=cli_flags.integer(1, 10), default=None,
                         help=f"--eight_bit: JPEG XL's effort (default {codecs_8bit.JPEGXL_EFFORT}, its "
                              "slowest)")
     parser.add_argument("--codecs_from", default=None,
@@ -262,7 +260,7 @@ def main(argv=None) -> int:
         return 0
     with cli.user_errors():
         config = files.read_config(Path(args.workdir))
-        images, _ = datasets.load_test_set(config.data)
+        images, _ = dataset.load_test_set(config.data)
         images = images[:args.max_examples] if args.max_examples else images
         run = json.loads((Path(args.workdir) / "config.json").read_text()).get("run", {})
         result = {"workdir": args.workdir, "trained_by": run.get("command", ""),

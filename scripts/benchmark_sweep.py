@@ -18,19 +18,20 @@ import os
 import statistics
 import sys
 
-from vae import cli_flags as flags
+from vae import cli_flags
 
 
 def parse(argv):
-    parser = flags.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli_flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/mlp_small.py")
-    parser.add_argument("--members", type=flags.integer_list(1), default=[2, 4, 8, 16],
+    parser.add_argument("--members", type=cli_flags.integer_list(1), default=[2, 4, 8, 16],
                         help="comma-separated sweep sizes K")
     parser.add_argument("--vary", default="train.beta", choices=("train.beta", "seed"))
     parser.add_argument("--loops", default="unrolled,vmap", help="member loops to time, comma-separated")
-    parser.add_argument("--rounds", type=flags.integer(2), default=4,
+    parser.add_argument("--rounds", type=cli_flags.integer(2), default=4,
                         help="rounds of one epoch each (>= 2: the first is not counted)")
-    parser.add_argument("--train_images", type=flags.integer(1), default=None, help="use only the first N")
+    parser.add_argument("--train_images", type=cli_flags.integer(1), default=None,
+                        help="use only the first N")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     if not os.path.isfile(args.config):
@@ -44,13 +45,13 @@ def parse(argv):
 def member_configs(config, vary: str, num: int) -> list:
     import numpy as np
 
-    from vae.sweep import spec as sweep_spec
+    from vae.sweep import spec
 
     if vary == "seed":
         values = list(range(num))
     else:
         values = [float(b) for b in np.geomspace(0.25, 4.0, num)] if num > 1 else [1.0]
-    return [m.config for m in sweep_spec.make_members(config, [(vary, values)])]
+    return [m.config for m in spec.make_members(config, [(vary, values)])]
 
 
 def main(argv=None) -> int:
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
 
     import jax
 
-    from benchmarks import harness as benchmark
+    from benchmarks import harness
     from vae import cli
     from vae.train import config_checks
 
@@ -68,13 +69,13 @@ def main(argv=None) -> int:
     cli.quiet_logs()  # no compilation cache: compile times are measured
     with cli.user_errors():
         config_checks.validate_config(config, jax.device_count())
-        train_images, test_images, dynamic = benchmark.load_images(config, synthetic=False)
+        train_images, test_images, dynamic = harness.load_images(config, synthetic=False)
         if args.train_images:
             train_images = train_images[: args.train_images]
-        trainers = {("single", 1): benchmark.Trainer(config, train_images, test_images, dynamic)}
+        trainers = {("single", 1): harness.Trainer(config, train_images, test_images, dynamic)}
         for loop in args.loops.split(","):
             for k in sizes:
-                trainers[loop, k] = benchmark.Trainer(config, train_images, test_images, dynamic,
+                trainers[loop, k] = harness.Trainer(config, train_images, test_images, dynamic,
                                                       members=member_configs(config, args.vary, k), loop=loop)
         rates = {key: [] for key in trainers}
         cpu_rates = {key: [] for key in trainers}
@@ -87,7 +88,7 @@ def main(argv=None) -> int:
             print(f"round {round_index + 1}/{args.rounds}: " + ", ".join(
                 f"{loop} K={k} {rates[loop, k][-1] if rates[loop, k] else 0:,.0f}" for loop, k in trainers),
                 flush=True)
-    results = {"machine": benchmark.machine(), "config": json.loads(config.to_json_best_effort()),
+    results = {"machine": harness.machine(), "config": json.loads(config.to_json_best_effort()),
                "vary": args.vary, "train_images": len(train_images), "load_average": os.getloadavg(),
                "runs": []}
     single, single_cpu = rates["single", 1], cpu_rates["single", 1]
@@ -106,7 +107,7 @@ def main(argv=None) -> int:
               f"(best/best {run['best_ratio_to_single']:.2f}x, per CPU second "
               f"{run['cpu_ratio_to_single']:.2f}x), compile {run['compile_sec']:.1f} s")
     if args.out:
-        benchmark.write_json(args.out, results)
+        harness.write_json(args.out, results)
     return 0
 
 

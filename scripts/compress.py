@@ -16,28 +16,29 @@ import sys
 
 import numpy as np
 
-from vae import cli
-from vae import cli_flags as flags
+from vae import cli, cli_flags
 from vae.coding import codec, latents
 from vae.workdir import files
 
 
 def parse(argv):
-    parser = flags.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli_flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--out", required=True, help="the compressed file to write")
     parser.add_argument("--images", default=None,
                         help="a uint8 .npy array to compress instead of the test split")
-    parser.add_argument("--max_examples", type=flags.integer(1), default=None, help="only the first N images")
-    parser.add_argument("--block_size", type=flags.integer(1, codec.MAX_BLOCK_SIZE),
+    parser.add_argument("--max_examples", type=cli_flags.integer(1), default=None,
+                        help="only the first N images")
+    parser.add_argument("--block_size", type=cli_flags.integer(1, codec.MAX_BLOCK_SIZE),
                         default=codec.DEFAULT_BLOCK_SIZE,
                         help="images per coder call and per model call")
-    parser.add_argument("--bin_width", type=flags.real(1e-6, 1.0), default=latents.DEFAULT_BIN_WIDTH,
+    parser.add_argument("--bin_width", type=cli_flags.real(1e-6, 1.0), default=latents.DEFAULT_BIN_WIDTH,
                         help="width of the latent bins z is discretised to (default 1/64)")
-    parser.add_argument("--latent_range", type=flags.real(1.0, 1000.0), default=latents.DEFAULT_HALF_RANGE,
+    parser.add_argument("--latent_range", type=cli_flags.real(1.0, 1000.0),
+                        default=latents.DEFAULT_HALF_RANGE,
                         help="the bins cover [-R, R] in every latent dimension")
-    flags.add_checkpoint_arguments(parser)
-    flags.add_progress_argument(parser)
+    cli_flags.add_checkpoint_arguments(parser)
+    cli_flags.add_progress_argument(parser)
     return parser.parse_args(argv)
 
 

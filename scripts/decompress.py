@@ -14,19 +14,18 @@ import sys
 
 import numpy as np
 
-from vae import cli
-from vae import cli_flags as flags
+from vae import cli, cli_flags
 from vae.coding import codec
 from vae.workdir import files
 
 
 def parse(argv):
-    parser = flags.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli_flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("file", help="a file written by scripts/compress.py")
     parser.add_argument("--out", required=True, help="the .npy file to write")
-    flags.add_checkpoint_arguments(parser)
-    flags.add_progress_argument(parser)
+    cli_flags.add_checkpoint_arguments(parser)
+    cli_flags.add_progress_argument(parser)
     return parser.parse_args(argv)
 
 

@@ -15,30 +15,29 @@ import math
 import sys
 from pathlib import Path
 
-from vae import cli
-from vae import cli_flags as flags
-from vae.analysis import iwae as evaluation
+from vae import cli, cli_flags
+from vae.analysis import iwae
 from vae.train import distributed
-from vae.workdir import files as workdir
+from vae.workdir import files
 
-MAX_DRAWS_PER_CALL = evaluation.MAX_DRAWS_PER_CALL
+MAX_DRAWS_PER_CALL = iwae.MAX_DRAWS_PER_CALL
 
 
 def parse(argv):
-    parser = flags.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli_flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
-    parser.add_argument("--iw_samples", type=flags.integer(1), default=5000,
+    parser.add_argument("--iw_samples", type=cli_flags.integer(1), default=5000,
                         help="importance samples k per image")
-    flags.add_checkpoint_arguments(parser)
-    parser.add_argument("--batch_size", type=flags.integer(1), default=None,
+    cli_flags.add_checkpoint_arguments(parser)
+    parser.add_argument("--batch_size", type=cli_flags.integer(1), default=None,
                         help="images per device call (default: 32 per CPU device); no effect on the result")
-    parser.add_argument("--chunk_size", type=flags.integer(1), default=None,
+    parser.add_argument("--chunk_size", type=cli_flags.integer(1), default=None,
                         help="samples decoded at once per image (default: about 1024 rows per CPU device); "
                              "no effect on the result")
-    parser.add_argument("--max_examples", type=flags.integer(1), default=None,
+    parser.add_argument("--max_examples", type=cli_flags.integer(1), default=None,
                         help="only the first N test images")
     parser.add_argument("--out", default=None, help="output directory (default: the workdir)")
-    flags.add_progress_argument(parser)
+    cli_flags.add_progress_argument(parser)
     distributed.add_arguments(parser)
     args = parser.parse_args(argv)
     sizes = {flag: v for flag, v in (("--batch_size", args.batch_size), ("--chunk_size", args.chunk_size))
@@ -55,14 +54,14 @@ def main(argv=None) -> int:
     cli.start()
     with cli.distributed_run(distributed.settings_from(args)):
         if not Path(args.workdir).is_dir():
-            raise workdir.WorkdirError(f"workdir {args.workdir} does not exist")
+            raise files.WorkdirError(f"workdir {args.workdir} does not exist")
         writer = distributed.is_writer()
-        result = evaluation.evaluate_workdir(
+        result = iwae.evaluate_workdir(
             args.workdir, args.iw_samples, epoch=args.epoch, checkpoint=args.checkpoint,
             batch_size=args.batch_size, chunk_size=args.chunk_size, max_examples=args.max_examples,
             progress=writer and not args.no_progress)
         if writer:
-            kept, headline = workdir.save_evaluation(Path(args.out or args.workdir), result)
+            kept, headline = files.save_evaluation(Path(args.out or args.workdir), result)
     if not writer:
         return 0
     print(json.dumps(result, indent=2))

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vae import cli_flags as flags
+from vae import cli_flags
 from vae.analysis import markdown
 
 BETA_TABLE = "beta-table"  # the README's generated β table: <!-- beta-table:begin --> ... :end -->
@@ -78,14 +78,14 @@ PICTURES = (
 
 
 def parse(argv):
-    parser = flags.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli_flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs_dir", default="runs/docs", help="where the runs train (default runs/docs)")
     parser.add_argument("--out", default="docs", help="where the pictures and figures.md go")
     parser.add_argument("--readme", default="README.md",
                         help="the page whose β table is rewritten ('' for none)")
     parser.add_argument("--only", nargs="+", choices=[r.name for r in RUNS], default=None,
                         help="these runs and their pictures only")
-    parser.add_argument("--epochs_scale", type=flags.real(0.0), default=1.0,
+    parser.add_argument("--epochs_scale", type=cli_flags.real(0.0), default=1.0,
                         help="train each run for this fraction of its epochs (at least 1), for a quick check")
     parser.add_argument("--train_split", default=None,
                         help="a TFDS split for every run instead of the configs' (train[:2048]: quick)")

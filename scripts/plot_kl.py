@@ -14,14 +14,13 @@ its --labels entry where given), and gets rate_distortion.png (into --out where 
 import sys
 from pathlib import Path
 
-from vae import cli
-from vae import cli_flags as flags
+from vae import cli, cli_flags
 from vae.analysis import plotting
-from vae.workdir import files as workdir
+from vae.workdir import files
 
 
 def parse(argv):
-    parser = flags.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli_flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", nargs="+", required=True)
     parser.add_argument("--labels", nargs="+", default=None, help="one legend label per workdir")
     parser.add_argument("--out", default=None, help="output directory (default: the first workdir)")
@@ -39,17 +38,17 @@ def main(argv=None) -> int:
         runs = {}
         for label, path in zip(labels, args.workdir):
             if not Path(path).is_dir():
-                raise workdir.WorkdirError(f"workdir {path} does not exist")
-            if workdir.is_sweep(path):
-                members = workdir.read_members(path)
+                raise files.WorkdirError(f"workdir {path} does not exist")
+            if files.is_sweep(path):
+                members = files.read_members(path)
                 prefix = f"{label}/" if args.labels else ""
                 runs |= {f"{prefix}{name}": records for name, records in members.items()}
                 if not members:
-                    raise workdir.WorkdirError(f"no member of the sweep {path} has metrics yet")
+                    raise files.WorkdirError(f"no member of the sweep {path} has metrics yet")
                 continue
-            records = workdir.read_metrics(Path(path))
+            records = files.read_metrics(Path(path))
             if not records:
-                raise workdir.WorkdirError(
+                raise files.WorkdirError(
                     f"{path} has no metrics yet: training writes metrics.jsonl after its first epoch")
             runs[label] = records
         out = Path(args.out or args.workdir[0])
@@ -65,11 +64,11 @@ def main(argv=None) -> int:
             print(f"no per-dimension KL for {sorted(set(runs) - set(factorised))}: a VampPrior's KL does "
                   "not split over dimensions", file=sys.stderr)
         for path in args.workdir:
-            if workdir.is_sweep(path) and any(
-                    "test/kl" in r for m in workdir.read_members(path).values() for r in m):
-                from vae.sweep import driver as sweep_driver  # JAX and the sweep code: for sweeps only
+            if files.is_sweep(path) and any(
+                    "test/kl" in r for m in files.read_members(path).values() for r in m):
+                from vae.sweep import driver  # JAX and the sweep code: for sweeps only
 
-                print(sweep_driver.save_rate_distortion(path, out if args.out else None))
+                print(driver.save_rate_distortion(path, out if args.out else None))
     return 0
 
 

@@ -14,25 +14,22 @@ so when it is missing).
 import os
 import sys
 
-from vae import cli
-from vae import cli_flags as flags
-from vae.data import folder as data_folder
-from vae.data import prepare as data_prepare
-from vae.data import source as data_source
+from vae import cli, cli_flags
+from vae.data import folder, prepare, source
 
 
 def parse(argv):
-    parser = flags.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli_flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="fashion_mnist",
                         help="TFDS name, e.g. mnist, kmnist; or folder:PATH, a folder of images")
-    parser.add_argument("--image_size", type=flags.integer_list(1), default=None,
+    parser.add_argument("--image_size", type=cli_flags.integer_list(1), default=None,
                         help="folder:PATH only: H,W to resize its images to (data.image_size)")
     parser.add_argument("--data_dir", default="", help="TFDS data dir (default: TFDS's own)")
     parser.add_argument("--manual_dir", default=None, help="a directory of already-downloaded files")
     args = parser.parse_args(argv)
     if not args.dataset.strip():
         parser.error("argument --dataset: must name a TFDS data set")
-    if args.image_size is not None and (len(args.image_size) != 2 or not data_folder.is_folder(args.dataset)):
+    if args.image_size is not None and (len(args.image_size) != 2 or not folder.is_folder(args.dataset)):
         parser.error("argument --image_size: takes H,W, for a --dataset folder:PATH")
     if args.manual_dir is not None and not os.path.isdir(args.manual_dir):
         parser.error(f"argument --manual_dir: {args.manual_dir!r} is not a directory")
@@ -43,11 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     cli.start()
     try:
-        if data_folder.is_folder(args.dataset):
-            print(data_folder.prepare(args.dataset, tuple(args.image_size or ())))
+        if folder.is_folder(args.dataset):
+            print(folder.prepare(args.dataset, tuple(args.image_size or ())))
             return 0
-        path = data_prepare.prepare(args.dataset, args.data_dir or None, args.manual_dir)
-    except (data_source.DataError, OSError) as e:
+        path = prepare.prepare(args.dataset, args.data_dir or None, args.manual_dir)
+    except (source.DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{args.dataset} is prepared in {path}")

@@ -15,13 +15,12 @@ negative ELBO (and the training time to it) every N epochs, for the runs that va
 
 import sys
 
-from vae import cli
-from vae import cli_flags as flags
+from vae import cli, cli_flags
 from vae.analysis import results
 
 
 def main(argv=None) -> int:
-    parser = flags.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli_flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workdirs", nargs="+", help="workdirs, or eval.json files inside them")
     parser.add_argument("--title", default="Results")
     parser.add_argument("--earlier", default=None,

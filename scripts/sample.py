@@ -16,12 +16,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from vae import cli, kl
-from vae import cli_flags as flags
+from vae import cli, cli_flags, kl
 from vae.analysis import plotting, sampling
-from vae.data import dataset as datasets
+from vae.data import dataset
 from vae.train import trained
-from vae.workdir import files as workdir
+from vae.workdir import files
 
 MODES = ("prior", "reconstruct", "interpolate", "traverse", "manifold")
 MAX_IMAGES = 10_000  # one picture: a grid of more is unreadable (and --mode prior's memory grows)
@@ -29,26 +28,26 @@ MAX_STEPS = 100  # --mode manifold decodes steps² images
 
 
 def parse(argv):
-    parser = flags.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli_flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--mode", choices=MODES, default="prior")
-    parser.add_argument("--num", type=flags.integer(1, MAX_IMAGES), default=64,
+    parser.add_argument("--num", type=cli_flags.integer(1, MAX_IMAGES), default=64,
                         help="prior samples, or test images to use")
-    parser.add_argument("--temperature", type=flags.real(0.0), default=1.0,
+    parser.add_argument("--temperature", type=cli_flags.real(0.0), default=1.0,
                         help="prior std for --mode prior")
-    parser.add_argument("--steps", type=flags.integer(2, MAX_STEPS), default=10,
+    parser.add_argument("--steps", type=cli_flags.integer(2, MAX_STEPS), default=10,
                         help="images along each line or sweep")
     parser.add_argument("--pixels", choices=("mean", "draw"), default="mean",
                         help="the likelihood's means, or a draw x ~ p(x|z) of every pixel")
-    parser.add_argument("--seed", type=flags.integer(0, flags.SEED_MAX), default=0)
-    flags.add_checkpoint_arguments(parser)
+    parser.add_argument("--seed", type=cli_flags.integer(0, cli_flags.SEED_MAX), default=0)
+    cli_flags.add_checkpoint_arguments(parser)
     parser.add_argument("--out", default=None, help="output directory (default: the workdir)")
     return parser.parse_args(argv)
 
 
 def test_images(config, num: int, seed: int) -> np.ndarray:
     """num test images (as the model sees them), chosen by seed, as floats in [0, 1]."""
-    images, _ = datasets.load_test_set(config.data)
+    images, _ = dataset.load_test_set(config.data)
     chosen = np.random.default_rng(seed).choice(len(images), size=min(num, len(images)), replace=False)
     return images[np.sort(chosen)].astype(np.float32) / 255.0
 
@@ -88,7 +87,7 @@ def _kl_per_dim(path, model, x) -> np.ndarray:
     """Each code dimension's KL: the run's latest test KL per dimension of the code (the last
     latent_dim entries: a hierarchical model lists z1's units, then z2's), or, without those
     metrics (or with a prior that does not factorise), this image's KL from N(0, I)."""
-    records = [r for r in workdir.read_metrics(Path(path)) if "test/kl_per_dim" in r]
+    records = [r for r in files.read_metrics(Path(path)) if "test/kl_per_dim" in r]
     if records:
         return np.asarray(records[-1]["test/kl_per_dim"])[-model.latent_dim:]
     mean, log_var = model.encode(x.reshape(1, -1))

@@ -15,14 +15,14 @@ import json
 import sys
 from pathlib import Path
 
-from vae import cli_flags as flags
+from vae import cli_flags
 from vae.analysis import markdown
 
 SECTION = "speed-table"  # the README's generated block: <!-- speed-table:begin --> ... :end -->
 
 
 def parse(argv):
-    parser = flags.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli_flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json", help="the output of scripts/benchmark.py --out")
     parser.add_argument("--out", default="docs/benchmarks.md", help="the page to write")
     parser.add_argument("--readme", default="README.md",

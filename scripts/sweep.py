@@ -17,9 +17,7 @@ import time
 from absl import app, flags
 
 from vae import cli
-from vae.sweep import driver as sweep
-from vae.sweep import program as sweep_program
-from vae.sweep import spec as sweep_spec
+from vae.sweep import driver, program, spec
 
 _CONFIG = cli.define_config()
 _WORKDIR = flags.DEFINE_string("workdir", None, "The sweep's directory; each member trains into a "
@@ -28,7 +26,7 @@ _SWEEP = flags.DEFINE_multi_string("sweep", None, "FIELD=V1,V2,...: a config fie
                                    "(repeat for a cross product).", required=True)
 _RESTART = flags.DEFINE_bool("restart", False, "Delete every member's checkpoints and metrics first.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar and one line per member and epoch.")
-_MEMBER_LOOP = flags.DEFINE_enum("member_loop", "auto", sweep_program.MEMBER_LOOPS,
+_MEMBER_LOOP = flags.DEFINE_enum("member_loop", "auto", program.MEMBER_LOOPS,
                                  "How a group's program runs its members' step: vmap, unrolled, or auto "
                                  "(unrolled on CPU, vmap elsewhere).")
 
@@ -39,9 +37,9 @@ def main(argv):
     cli.start()
     start = time.perf_counter()
     with cli.user_errors():
-        axes = [sweep_spec.parse_axis(spec, _CONFIG.value) for spec in _SWEEP.value]
-        histories = sweep.train_sweep(_CONFIG.value, axes, _WORKDIR.value, restart=_RESTART.value,
-                                      progress=_PROGRESS.value, loop=_MEMBER_LOOP.value)
+        axes = [spec.parse_axis(axis, _CONFIG.value) for axis in _SWEEP.value]
+        histories = driver.train_sweep(_CONFIG.value, axes, _WORKDIR.value, restart=_RESTART.value,
+                                      progress=_PROGRESS.value, member_loop=_MEMBER_LOOP.value)
     for name, history in histories.items():
         last = history[-1] if history else {}
         print(f"{name}: epoch {last.get('epoch', 0)}, test -elbo {last.get('test/elbo', float('nan')):.2f} "

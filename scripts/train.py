@@ -14,8 +14,7 @@ import sys
 from absl import app, flags
 
 from vae import cli
-from vae.train import distributed
-from vae.train import loop as training
+from vae.train import distributed, loop
 
 _CONFIG = cli.define_config()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config.json, metrics and checkpoints.",
@@ -30,7 +29,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     cli.start()
     with cli.distributed_run(_JOIN()):
-        history = training.train_and_evaluate(_CONFIG.value, _WORKDIR.value, restart=_RESTART.value,
+        history = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, restart=_RESTART.value,
                                            progress=_PROGRESS.value)
         writer = distributed.is_writer()
     if history and writer:

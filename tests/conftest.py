@@ -29,14 +29,14 @@ import pytest  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 
 from configs import mlp_small  # noqa: E402
-from vae.data import source as data_source  # noqa: E402
+from vae.data import source  # noqa: E402
 
 
 def real_data_available() -> bool:
     try:
-        data_source.check_prepared("fashion_mnist", None)
+        source.check_prepared("fashion_mnist", None)
         return True
-    except data_source.DataError:
+    except source.DataError:
         return False
 
 

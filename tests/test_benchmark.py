@@ -10,12 +10,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from benchmarks import harness as benchmark
-from benchmarks import profiling
+from benchmarks import harness, profiling
 from configs import mlp_small
 from tests.conftest import REPO, tiny_config
-from vae.train import state as train_state
-from vae.train import step as steps
+from vae.train import state, step
 
 
 def test_matmul_flops_are_counted_on_the_jaxpr():
@@ -35,7 +33,7 @@ def test_matmul_flops_are_counted_on_the_jaxpr():
 
 
 def test_flops_of_the_small_mlp():
-    flops = benchmark.flops(mlp_small.get_config(), (28, 28, 1), iw_samples=1000)
+    flops = harness.flops(mlp_small.get_config(), (28, 28, 1), iw_samples=1000)
     assert flops["shapes"]["iw_chunk"] == 32  # evaluate.py's CPU default: 32 images x 32 samples
     encoder, decoder = 784 * 400 + 400 * 40, 20 * 400 + 400 * 784
     assert flops["iwae_decoder_per_sample"] == 2 * decoder
@@ -53,9 +51,9 @@ def test_a_vampprior_is_counted_at_the_batch_size_that_runs():
     per_batch = {}
     for batch in (10, 100):
         config.train.batch_size = config.eval.batch_size = batch
-        per_batch[batch] = benchmark.flops(config, (28, 28, 1), iw_samples=100)
+        per_batch[batch] = harness.flops(config, (28, 28, 1), iw_samples=100)
     encoder = 2 * (784 * 400 + 400 * 40)
-    plain = benchmark.flops(mlp_small.get_config(), (28, 28, 1), iw_samples=100)["elbo_eval_per_image"]
+    plain = harness.flops(mlp_small.get_config(), (28, 28, 1), iw_samples=100)["elbo_eval_per_image"]
     for batch, flops in per_batch.items():
         assert flops["elbo_eval_per_image"] - plain == pytest.approx(encoder * 50 / batch + 2 * 2 * 20 * 50)
     assert per_batch[10]["train_per_image"] > per_batch[100]["train_per_image"]
@@ -63,16 +61,16 @@ def test_a_vampprior_is_counted_at_the_batch_size_that_runs():
 
 def test_the_profile_groups_kernels_by_what_they_compute():
     config = tiny_config()
-    tx = train_state.make_optimizer(config.train, 1)
-    graphdef, state = train_state.init_state(config, (28, 28, 1), tx)
-    train_step = steps.make_train_step(graphdef, config, 1, dynamic=True)
-    hyper = train_state.hyperparameters(config)
-    step = jax.jit(lambda state, x_u8: train_step(state, x_u8, steps.step_key(hyper.seed, state.step), hyper))
+    tx = state.make_optimizer(config.train, 1)
+    graphdef, train_state = state.init_state(config, (28, 28, 1), tx)
+    train_step = step.make_train_step(graphdef, config, 1, dynamic=True)
+    hyper = state.hyperparameters(config)
+    jitted = jax.jit(lambda s, x_u8: train_step(s, x_u8, step.step_key(hyper.seed, s.step), hyper))
     x = jnp.zeros((64, 784), jnp.uint8)
-    compiled = step.lower(state, x).compile()
+    compiled = jitted.lower(train_state, x).compile()
     parts = set(profiling.kernel_parts(compiled.as_text()).values())
     assert {"matmuls", "random bits", "optimizer update", "other elementwise"} <= parts
-    seconds = profiling.profile(lambda: jax.block_until_ready(compiled(state, x)), compiled.as_text())
+    seconds = profiling.profile(lambda: jax.block_until_ready(compiled(train_state, x)), compiled.as_text())
     assert set(profiling.PARTS) <= set(seconds) and seconds["matmuls"] > 0
 
 
@@ -115,10 +113,10 @@ def test_benchmark_smoke(tmp_path, with_torch):
         assert torch["idiomatic_images_per_sec"] > 0 and torch["jax_over_tuned"] > 0
     else:
         profile = report["configs"][1]["runs"][0]["profile"]
-        step, iwae = profile["train_step"]["parts"], profile["iwae_sample"]["parts"]
-        assert step["matmuls"]["wall_ms"] > 0 and 0 < step["matmuls"]["rate_share_of_ceiling"]
-        assert iwae["matmuls"]["wall_us"] > 0
-        assert sum(part["share_of_time"] for part in step.values()) == pytest.approx(1.0)
+        step_parts, iwae_parts = profile["train_step"]["parts"], profile["iwae_sample"]["parts"]
+        assert step_parts["matmuls"]["wall_ms"] > 0 and 0 < step_parts["matmuls"]["rate_share_of_ceiling"]
+        assert iwae_parts["matmuls"]["wall_us"] > 0
+        assert sum(part["share_of_time"] for part in step_parts.values()) == pytest.approx(1.0)
     # The speed table is written from this JSON: the page, and the README's marked section only.
     readme = tmp_path / "README.md"
     readme.write_text("# x\n\nbefore\n<!-- speed-table:begin -->\nold figures\n"

@@ -13,8 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks import codecs
-from benchmarks import codecs_8bit as c8
+from benchmarks import codecs, codecs_8bit
 from tests.conftest import REPO, tiny_config
 
 RNG = np.random.default_rng(0)
@@ -43,13 +42,13 @@ CASES = {
 @pytest.mark.parametrize("case", CASES)
 def test_every_8bit_codec_round_trips(case):
     images = CASES[case]
-    pixels = c8.as_images(images)
+    pixels = codecs_8bit.as_images(images)
     # Each codec directly, on each image and on the mosaic.
-    everything = c8.image_codecs(jpegxl_effort=3) | c8.byte_codecs()
+    everything = codecs_8bit.image_codecs(jpegxl_effort=3) | codecs_8bit.byte_codecs()
     for name, (encode, decode) in everything.items():
-        for image in [*pixels, codecs.mosaic(pixels, columns=c8.mosaic_columns(len(pixels)))]:
+        for image in [*pixels, codecs.mosaic(pixels, columns=codecs_8bit.mosaic_columns(len(pixels)))]:
             assert np.array_equal(decode(encode(image), image.shape), image), name
-    rows = c8.measure(images, jpegxl_effort=3)
+    rows = codecs_8bit.measure(images, jpegxl_effort=3)
     assert [r["codec"] for r in rows] == list(everything) and all(r["lossless"] for r in rows)
     assert {"PNG (optimize, level 9)", "WebP lossless (method 6)", "JPEG XL lossless (effort 3)",
             "bz2 -9 (raw bytes)", "xz -9e (raw bytes)", "zstd -22 (raw bytes)"} <= set(everything)
@@ -57,37 +56,40 @@ def test_every_8bit_codec_round_trips(case):
 
 def test_the_default_effort_round_trips_and_names_itself():
     images = structured(2, 8, 8)
-    (name, (encode, decode)), = [(k, v) for k, v in c8.image_codecs().items() if k.startswith("JPEG XL")]
-    assert name == f"JPEG XL lossless (effort {c8.JPEGXL_EFFORT})" and c8.JPEGXL_EFFORT == 10
+    (name, (encode, decode)), = [(k, v) for k, v in codecs_8bit.image_codecs().items()
+                                 if k.startswith("JPEG XL")]
+    effort = codecs_8bit.JPEGXL_EFFORT
+    assert name == f"JPEG XL lossless (effort {effort})" and effort == 10
     assert np.array_equal(decode(encode(images[0]), images[0].shape), images[0])
 
 
 def test_a_lossy_codec_or_a_grey_webp_with_colour_is_caught(monkeypatch):
     images = structured(3, 8, 8)
-    lossy = (lambda image: c8.png(image & 0xFE), c8._png_decode)
-    monkeypatch.setattr(c8, "image_codecs", lambda jpegxl_effort: {"lossy PNG": lossy})
+    lossy = (lambda image: codecs_8bit.png(image & 0xFE), codecs_8bit._png_decode)
+    monkeypatch.setattr(codecs_8bit, "image_codecs", lambda jpegxl_effort: {"lossy PNG": lossy})
     with pytest.raises(AssertionError, match="lossy PNG did not decode"):
-        c8.measure(images)
+        codecs_8bit.measure(images)
     # WebP codes grey as RGB: a file whose channels differ does not decode as grey.
-    colour = c8.webp(structured(1, 8, 8, channels=(3,))[0])
-    assert c8._webp_decode(colour, (8, 8)) is None and c8._webp_decode(colour, (8, 8, 3)).shape == (8, 8, 3)
+    colour = codecs_8bit.webp(structured(1, 8, 8, channels=(3,))[0])
+    assert codecs_8bit._webp_decode(colour, (8, 8)) is None
+    assert codecs_8bit._webp_decode(colour, (8, 8, 3)).shape == (8, 8, 3)
 
 
 def test_shapes_and_dtypes_the_8bit_codecs_refuse():
     for bad in (np.zeros((2, 4, 4), np.uint16), np.zeros((2, 4, 4, 2), np.uint8), np.zeros((4, 4), np.uint8),
                 np.zeros((0, 4, 4), np.uint8)):
         with pytest.raises(ValueError):
-            c8.as_images(bad)
+            codecs_8bit.as_images(bad)
 
 
 @pytest.mark.parametrize("case", ["grey structured", "colour random"])
 def test_sizes_against_a_direct_computation(case):
     images = CASES[case]
     n, dims = len(images), images[0].size  # H · W · C
-    rows = {r["codec"]: r for r in c8.measure(images, jpegxl_effort=3)}
+    rows = {r["codec"]: r for r in codecs_8bit.measure(images, jpegxl_effort=3)}
     png = rows["PNG (optimize, level 9)"]
-    per_image = sum(len(c8.png(image)) for image in images)
-    whole = len(c8.png(codecs.mosaic(images, columns=n)))
+    per_image = sum(len(codecs_8bit.png(image)) for image in images)
+    whole = len(codecs_8bit.png(codecs.mosaic(images, columns=n)))
     assert png["per_image_total_bytes"] == per_image and png["per_image_bytes"] == per_image / n
     assert png["whole_bytes"] == whole
     assert png["whole_bits_per_dim"] == pytest.approx(whole * 8 / (n * dims))
@@ -95,7 +97,7 @@ def test_sizes_against_a_direct_computation(case):
     assert png["whole_nats_per_image"] == pytest.approx(whole * 8 * math.log(2) / n)
     xz = rows["xz -9e (raw bytes)"]
     assert xz["whole_bytes"] == len(codecs.xz_compress(images.tobytes()))
-    assert c8.sizes(1000, 4, 784) == pytest.approx({"bits_per_dim": 8000 / (4 * 784),
+    assert codecs_8bit.sizes(1000, 4, 784) == pytest.approx({"bits_per_dim": 8000 / (4 * 784),
                                                     "nats_per_image": 8000 * math.log(2) / 4})
 
 
@@ -108,7 +110,8 @@ def test_the_mosaic_tiles_grey_and_colour_images_row_by_row():
             r, c = divmod(i, 3)
             assert np.array_equal(tiled[3 * r:3 * r + 3, 2 * c:2 * c + 2], image)
         assert not tiled[6:, 2:].any()  # the padding
-    assert c8.mosaic_shape((10_000, 28, 28)) == [2800, 2800] and c8.mosaic_shape((3, 4, 5, 3)) == [4, 15, 3]
+    assert codecs_8bit.mosaic_shape((10_000, 28, 28)) == [2800, 2800]
+    assert codecs_8bit.mosaic_shape((3, 4, 5, 3)) == [4, 15, 3]
 
 
 EVAL = {"epoch": 40, "num_examples": 6, "iw_samples": 1000, "test/nll": 2000.0, "test/elbo": 2100.0,
@@ -117,33 +120,36 @@ EVAL = {"epoch": 40, "num_examples": 6, "iw_samples": 1000, "test/nll": 2000.0, 
 
 
 def result(images, evaluation=None, workdir=None):
-    pixels = c8.as_images(images)
+    pixels = codecs_8bit.as_images(images)
     dims = math.prod(pixels.shape[1:])
     return {"data": "fashion_mnist", "split": "test", "workdir": workdir, "eight_bit": True,
             "num_images": len(pixels), "image_shape": list(images.shape[1:]), "dims_per_image": dims,
-            "mosaic_columns": c8.mosaic_columns(len(pixels)), "mosaic_shape": c8.mosaic_shape(pixels.shape),
-            "jpegxl_effort": 3, "codecs": c8.measure(pixels, jpegxl_effort=3), "evaluation": evaluation,
-            "model": c8.model_rows(evaluation, dims) if evaluation else [],
+            "mosaic_columns": codecs_8bit.mosaic_columns(len(pixels)),
+            "mosaic_shape": codecs_8bit.mosaic_shape(pixels.shape),
+            "jpegxl_effort": 3, "codecs": codecs_8bit.measure(pixels, jpegxl_effort=3),
+            "evaluation": evaluation,
+            "model": codecs_8bit.model_rows(evaluation, dims) if evaluation else [],
             "run": {"command": "python scripts/benchmark_codecs.py --eight_bit", "date": "2026-01-01",
-                    "wall_sec": 1.0, "others_cpu": 0.1, "machine": c8.machine()}}
+                    "wall_sec": 1.0, "others_cpu": 0.1, "machine": codecs_8bit.machine()}}
 
 
 def test_the_markdown_has_the_model_rows_when_given_an_eval_json():
     images = CASES["colour structured"]  # 6 images of 10 x 9 x 3 = 270 values
-    text = c8.markdown(result(images, EVAL, workdir="runs/w"))
+    text = codecs_8bit.markdown(result(images, EVAL, workdir="runs/w"))
     nll_bpd, elbo_bpd = 2000.0 / (270 * math.log(2)), 2100.0 / (270 * math.log(2))
     assert f"| *the model's IWAE NLL, k = 1,000 (a bound, not a file)* | | {nll_bpd:.4f} | 2,000.0 |" in text
     assert f"| *the model's -ELBO (a bound, not a file)* | | {elbo_bpd:.4f} | 2,100.0 |" in text
     assert "`runs/w/eval.json`" in text and "`python scripts/benchmark_codecs.py --eight_bit`" in text
     rows = [line for line in text.splitlines() if line.startswith("| ")][2:]
     assert len(rows) == 6 + 2 and rows[0].startswith("| **")  # the best codec first, in bold
-    model = c8.model_rows(EVAL, 270)
+    model = codecs_8bit.model_rows(EVAL, 270)
     assert [r["figure"] for r in model] == ["iwae_nll", "neg_elbo"]
     for row in model:
         assert row["bits_per_dim"] == pytest.approx(row["eval_bits_per_dim"])
     # On other images than the table's: said so; without an evaluation: no model rows.
-    assert "on its 10,000 test images" in c8.markdown(result(images, EVAL | {"num_examples": 10_000}, "w"))
-    bare = c8.markdown(result(images))
+    page = codecs_8bit.markdown(result(images, EVAL | {"num_examples": 10_000}, "w"))
+    assert "on its 10,000 test images" in page
+    bare = codecs_8bit.markdown(result(images))
     assert "the model's" not in bare and "eval.json" not in bare
     assert len([line for line in bare.splitlines() if line.startswith("| ")]) == 2 + 6
 
@@ -183,7 +189,7 @@ def test_the_8bit_table_end_to_end(tmp_path, fashion_mnist):
     """A real 8-bit run (one epoch on a slice), evaluated: the codecs, its bits-back file through
     compress.py and decompress.py, and its bounds from eval.json, on the same 6 test images."""
     from vae.analysis import iwae
-    from vae.train import loop as training
+    from vae.train import loop
     from vae.workdir import files
 
     run = tmp_path / "w"
@@ -191,7 +197,7 @@ def test_the_8bit_table_end_to_end(tmp_path, fashion_mnist):
                          model__mixture_components=2, data__train_split="train[:512]",
                          data__test_split="test[:8]", train__num_epochs=1, eval__batch_size=8,
                          eval__kl_split_examples=0)
-    training.train_and_evaluate(config, run, progress=False)
+    loop.train_and_evaluate(config, run, progress=False)
     files.save_evaluation(run, iwae.evaluate_workdir(run, num_samples=10, progress=False))
     out = tmp_path / "table"
     done = run_script("--eight_bit", "--workdir", run, "--jpegxl_effort", "3", "--out", out)

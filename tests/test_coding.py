@@ -19,7 +19,7 @@ from vae.coding.host import host_model
 from vae.coding.latents import GaussianCode, LatentBins
 from vae.data import dataset
 from vae.model.build import build_model
-from vae.train import loop as training
+from vae.train import loop
 from vae.workdir import files
 from vae.workdir.files import WorkdirError
 
@@ -168,7 +168,7 @@ def test_header_round_trips():
 def trained_run(tmp_path_factory, fashion_mnist):
     """A 2-epoch tiny run evaluated on 2,000 test images, and its compressed test split."""
     path = tmp_path_factory.mktemp("coded_run")
-    history = training.train_and_evaluate(tiny_config(data__test_split="test[:2000]"), path, progress=False)
+    history = loop.train_and_evaluate(tiny_config(data__test_split="test[:2000]"), path, progress=False)
     data, figures = codec.compress_workdir(path, progress=False)
     return path, history[-1], data, figures
 
@@ -260,7 +260,7 @@ def test_compress_and_decompress_scripts(trained_run, tmp_path):
 def test_an_8_bit_run_compresses_its_test_images_to_its_elbo(tmp_path, fashion_mnist):
     config = tiny_config(data__binarize="none", model__likelihood="logistic_mixture",
                          model__mixture_components=2, data__test_split="test[:300]", train__num_epochs=1)
-    history = training.train_and_evaluate(config, tmp_path, progress=False)
+    history = loop.train_and_evaluate(config, tmp_path, progress=False)
     data, figures = codec.compress_workdir(tmp_path, progress=False)
     elbo_bits = 300 * history[-1]["test/elbo"] / math.log(2.0)
     assert abs(8 * len(data) / elbo_bits - 1) < 0.01

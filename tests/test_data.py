@@ -13,26 +13,23 @@ import pytest
 import tensorflow_datasets as tfds
 
 from tests.conftest import tiny_config
-from vae.data import dataset as datasets
-from vae.data import pixels
-from vae.data import prepare as data_prepare
-from vae.data import source as data_source
+from vae.data import dataset, pixels, prepare, source
 
 
 @pytest.fixture
 def mocked_fashion_mnist(monkeypatch):
     # The mock serves examples from code: nothing is built, so skip the "is it built" checks.
     monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
-    monkeypatch.setattr(data_source, "check_format", lambda *args: None)
-    monkeypatch.setattr(data_source, "check_split", lambda *args: None)
+    monkeypatch.setattr(source, "check_format", lambda *args: None)
+    monkeypatch.setattr(source, "check_split", lambda *args: None)
     # Nor is anything on disk to cache: decode straight from the mock.
-    monkeypatch.setattr(data_source.split_cache, "load_split", lambda builder, split, decode: decode(split))
+    monkeypatch.setattr(source.split_cache, "load_split", lambda builder, split, decode: decode(split))
     with tfds.testing.mock_data(num_examples=50, policy=tfds.testing.MockPolicy.USE_CODE):
         yield
 
 
 def test_load_split_under_mock_data(mocked_fashion_mnist):
-    images, labels = data_source.load_split("fashion_mnist", "train", None)
+    images, labels = source.load_split("fashion_mnist", "train", None)
     assert images.shape == (50, 28, 28, 1) and images.dtype == np.uint8
     assert labels.shape == (50,) and labels.min() >= 0 and labels.max() < 10
 
@@ -40,8 +37,8 @@ def test_load_split_under_mock_data(mocked_fashion_mnist):
 def test_load_dataset_binarises_the_test_set_once(mocked_fashion_mnist):
     config = tiny_config()
     config.data.train_split, config.data.test_split = "train", "test"
-    a = datasets.load_dataset(config.data)
-    b = datasets.load_dataset(config.data)
+    a = dataset.load_dataset(config.data)
+    b = dataset.load_dataset(config.data)
     assert set(np.unique(a.test_images)) <= {0, 255}
     np.testing.assert_array_equal(a.test_images, b.test_images)
     assert a.dynamic and a.image_shape == (28, 28, 1)
@@ -81,12 +78,12 @@ def test_restore_upstream_gzip_rebuilds_the_header_byte_for_byte(tmp_path):
     debian = upstream[:3] + b"\x00" + (123456).to_bytes(4, "little") + upstream[8:10] + upstream[name_end:]
     src = tmp_path / "train-labels-idx1-ubyte.gz"
     src.write_bytes(debian)
-    data_prepare.restore_upstream_gzip(src, tmp_path / "restored.gz")
+    prepare.restore_upstream_gzip(src, tmp_path / "restored.gz")
     assert (tmp_path / "restored.gz").read_bytes() == upstream
 
 
 def test_debian_files_give_tfds_checksums():
-    source = data_prepare.DEBIAN_FASHION_MNIST_DIR
+    source = prepare.DEBIAN_FASHION_MNIST_DIR
     if not source.is_dir():
         pytest.skip("dataset-fashion-mnist is not installed")
     import importlib.resources
@@ -98,30 +95,30 @@ def test_debian_files_give_tfds_checksums():
     from pathlib import Path
 
     with tempfile.TemporaryDirectory() as tmp:
-        staged = data_prepare.stage_debian_fashion_mnist(Path(tmp))
+        staged = prepare.stage_debian_fashion_mnist(Path(tmp))
         for name, sha in expected.items():
             assert hashlib.sha256((staged / name).read_bytes()).hexdigest() == sha
 
 
 def test_real_fashion_mnist(fashion_mnist):
-    images, labels = data_source.load_split(fashion_mnist, "test", None)
+    images, labels = source.load_split(fashion_mnist, "test", None)
     assert images.shape == (10_000, 28, 28, 1) and images.dtype == np.uint8
     assert np.bincount(labels).tolist() == [1000] * 10
     assert 60 < images.mean() < 80  # Fashion-MNIST's mean intensity is about 73 of 255
-    small, _ = data_source.load_split(fashion_mnist, "train[:100]", None)
+    small, _ = source.load_split(fashion_mnist, "train[:100]", None)
     assert small.shape == (100, 28, 28, 1)
 
 
 def test_unprepared_data_set_names_the_command(tmp_path):
-    with pytest.raises(data_source.DataError, match="prepare_data.py --dataset mnist"):
-        data_source.check_prepared("mnist", str(tmp_path))
+    with pytest.raises(source.DataError, match="prepare_data.py --dataset mnist"):
+        source.check_prepared("mnist", str(tmp_path))
 
 
 def test_unknown_data_set_and_split_are_clear_errors(tmp_path, fashion_mnist):
-    with pytest.raises(data_source.DataError, match="unknown TFDS data set"):
-        data_source.check_prepared("no_such_dataset_xyz", str(tmp_path))
-    with pytest.raises(data_source.DataError, match="validation"):
-        data_source.load_split(fashion_mnist, "validation", None)
+    with pytest.raises(source.DataError, match="unknown TFDS data set"):
+        source.check_prepared("no_such_dataset_xyz", str(tmp_path))
+    with pytest.raises(source.DataError, match="validation"):
+        source.load_split(fashion_mnist, "validation", None)
 
 
 # --- building without TensorFlow -------------------------------------------------------------------
@@ -165,21 +162,21 @@ PREPARE_AND_TRAIN = """
 import sys
 import numpy as np, tensorflow_datasets as tfds
 from tests.conftest import tiny_config
-from vae.data import dataset as datasets
+from vae.data import dataset
 from vae.data import pixels
-from vae.data import prepare as data_prepare
-from vae.data import source as data_source
-from vae.train import loop as training
+from vae.data import prepare
+from vae.data import source
+from vae.train import loop
 data_dir = sys.argv[1]
-data_prepare.prepare("fashion_mnist", data_dir)
+prepare.prepare("fashion_mnist", data_dir)
 for split in ("train", "test"):
-    ours = data_source.decode_split(tfds.builder("fashion_mnist", data_dir=data_dir), split, data_dir)
-    theirs = data_source.decode_split(tfds.builder("fashion_mnist"), split, None)  # the TensorFlow-built set
+    ours = source.decode_split(tfds.builder("fashion_mnist", data_dir=data_dir), split, data_dir)
+    theirs = source.decode_split(tfds.builder("fashion_mnist"), split, None)  # the TensorFlow-built set
     assert ours[0].shape[0] == {"train": 60000, "test": 10000}[split]
     assert np.array_equal(ours[0], theirs[0]) and np.array_equal(ours[1], theirs[1]), split
 config = tiny_config(train__num_epochs=1)
 config.data.data_dir = data_dir
-training.train_and_evaluate(config, sys.argv[2], progress=False)
+loop.train_and_evaluate(config, sys.argv[2], progress=False)
 assert not [m for m in sys.modules if m.split(".")[0] == "tensorflow"]  # even where it is installed
 print("ok")
 """
@@ -195,7 +192,7 @@ def test_preparing_and_training_never_import_tensorflow(tmp_path, fashion_mnist)
 
     from tests.conftest import REPO
 
-    if not data_prepare.DEBIAN_FASHION_MNIST_DIR.is_dir():
+    if not prepare.DEBIAN_FASHION_MNIST_DIR.is_dir():
         pytest.skip("dataset-fashion-mnist is not installed")
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
     result = subprocess.run([sys.executable, "-c", PREPARE_AND_TRAIN, str(tmp_path / "tfds"),
@@ -211,8 +208,8 @@ def test_a_data_set_that_needs_tensorflow_says_how_to_get_it(tmp_path, monkeypat
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "tensorflow" else real_find_spec(name, *a))
     needs_tf = r"with TensorFlow, which is not installed: run `pip install -e '\.\[tfds-build\]'`"
-    with pytest.raises(data_source.DataError, match=needs_tf):
-        data_prepare.prepare("cifar10", str(tmp_path))
+    with pytest.raises(source.DataError, match=needs_tf):
+        prepare.prepare("cifar10", str(tmp_path))
 
 
 # --- the cache of decoded splits ---------------------------------------------------------------------
@@ -223,29 +220,29 @@ def data_copy(tmp_path, fashion_mnist):
     """A copy of the prepared Fashion-MNIST in a data dir of its own (the cache goes beside it)."""
     import shutil
 
-    builder = data_source.check_prepared(fashion_mnist, None)
+    builder = source.check_prepared(fashion_mnist, None)
     shutil.copytree(builder.data_dir, tmp_path / "fashion_mnist" / str(builder.info.version))
     return str(tmp_path)
 
 
 def counting_decodes(monkeypatch):
     calls = []
-    real = data_source.decode_split
+    real = source.decode_split
 
     def decode(builder, split, data_dir):
         calls.append(split)
         return real(builder, split, data_dir)
 
-    monkeypatch.setattr(data_source, "decode_split", decode)
+    monkeypatch.setattr(source, "decode_split", decode)
     return calls
 
 
 def test_cached_splits_equal_the_decoded_ones(data_copy, monkeypatch):
-    builder = data_source.check_prepared("fashion_mnist", data_copy)
+    builder = source.check_prepared("fashion_mnist", data_copy)
     calls = counting_decodes(monkeypatch)
     for split in ("test", "test[:1000]", "test[9000:]", "test[10%:20%]+test[:5]"):
-        images, labels = data_source.load_split("fashion_mnist", split, data_copy)
-        expected = data_source.decode_split(builder, split, data_copy)
+        images, labels = source.load_split("fashion_mnist", split, data_copy)
+        expected = source.decode_split(builder, split, data_copy)
         np.testing.assert_array_equal(images, expected[0])
         np.testing.assert_array_equal(labels, expected[1])
     assert calls.count("test[0:10000]") == 1  # the whole shard, decoded once, then cached
@@ -259,18 +256,18 @@ def test_the_cache_is_rebuilt_when_the_data_change_or_it_is_damaged(data_copy, m
 
     from vae.data import split_cache
 
-    builder = data_source.check_prepared("fashion_mnist", data_copy)
+    builder = source.check_prepared("fashion_mnist", data_copy)
     shard = builder.info.splits["test"].filenames[0]
-    first = data_source.load_split("fashion_mnist", "test", data_copy)
+    first = source.load_split("fashion_mnist", "test", data_copy)
     calls = counting_decodes(monkeypatch)
-    data_source.load_split("fashion_mnist", "test", data_copy)
+    source.load_split("fashion_mnist", "test", data_copy)
     assert calls == []
     os.utime(os.path.join(builder.data_dir, shard), ns=(1, 1))  # the data set was rebuilt
-    data_source.load_split("fashion_mnist", "test", data_copy)
+    source.load_split("fashion_mnist", "test", data_copy)
     assert len(calls) == 1
     path = split_cache.cache_file(builder, shard)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncated
-    again = data_source.load_split("fashion_mnist", "test", data_copy)
+    again = source.load_split("fashion_mnist", "test", data_copy)
     assert len(calls) == 2 and "unreadable" in capfd.readouterr().err
     np.testing.assert_array_equal(again[0], first[0])
     assert not list(path.parent.glob(".*tmp"))  # written atomically: no temporary file left
@@ -283,10 +280,10 @@ def test_a_data_dir_that_cannot_hold_the_cache_still_loads(data_copy, monkeypatc
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(split_cache.np, "savez", no_room)
-    images, _ = data_source.load_split("fashion_mnist", "test[:10]", data_copy)
+    images, _ = source.load_split("fashion_mnist", "test[:10]", data_copy)
     assert images.shape == (10, 28, 28, 1)
     assert "cannot cache decoded images" in capfd.readouterr().err
-    builder = data_source.check_prepared("fashion_mnist", data_copy)
+    builder = source.check_prepared("fashion_mnist", data_copy)
     assert not list(split_cache.cache_file(builder, "x").parent.glob("*"))  # nothing half-written
 
 
@@ -294,26 +291,26 @@ def test_offline_download_fails_at_once_and_leaves_nothing(tmp_path, monkeypatch
     def unreachable(address, timeout=None):
         raise OSError(f"{address[0]}: no route")
 
-    monkeypatch.setattr(data_prepare.socket, "create_connection", unreachable)
+    monkeypatch.setattr(prepare.socket, "create_connection", unreachable)
     start = time.perf_counter()
-    with pytest.raises(data_source.DataError, match=r"no network: storage\.googleapis\.com cannot be"):
-        data_prepare.prepare("mnist", str(tmp_path))
+    with pytest.raises(source.DataError, match=r"no network: storage\.googleapis\.com cannot be"):
+        prepare.prepare("mnist", str(tmp_path))
     assert time.perf_counter() - start < 10
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
 
 
 def test_a_failed_build_removes_its_partial_files(tmp_path):
-    builder = data_source.tfds_builder("mnist", str(tmp_path))
+    builder = source.tfds_builder("mnist", str(tmp_path))
     partial = Path(builder.data_dir).parent / "incomplete.ABC123_3.0.1"
     (partial / "x").mkdir(parents=True)
     downloads = tmp_path / "downloads"
     downloads.mkdir()
     (downloads / "file.tmp.0123").write_text("half")
     (downloads / "done.gz").write_text("whole")
-    data_prepare.remove_partial_build(builder, tmp_path)
+    prepare.remove_partial_build(builder, tmp_path)
     assert not partial.exists() and sorted(p.name for p in downloads.iterdir()) == ["done.gz"]
 
 
 def test_an_unprepared_data_set_names_its_own_make_command(tmp_path):
-    with pytest.raises(data_source.DataError, match=r"make data DATASET=mnist"):
-        data_source.check_prepared("mnist", str(tmp_path))
+    with pytest.raises(source.DataError, match=r"make data DATASET=mnist"):
+        source.check_prepared("mnist", str(tmp_path))

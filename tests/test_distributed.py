@@ -17,10 +17,9 @@ import pytest
 from flax import nnx
 
 from tests.conftest import REPO, config_flags, tiny_config
-from vae.analysis import iwae as evaluation
-from vae.train import loop as training
-from vae.train import trained
-from vae.workdir import files as workdir
+from vae.analysis import iwae
+from vae.train import loop, trained
+from vae.workdir import files
 
 # Slow (2-3 minutes of launches): the launcher, the joining flags and the rows each process feeds
 # are quick tests in test_joining.py, and 4 devices in one process in test_train.py.
@@ -71,7 +70,7 @@ def params_of(path):
 def one_process(tmp_path_factory, fashion_mnist):
     """The reference: this test process, 4 devices."""
     path = tmp_path_factory.mktemp("one_process")
-    training.train_and_evaluate(config(), path, progress=False)
+    loop.train_and_evaluate(config(), path, progress=False)
     return path
 
 
@@ -86,7 +85,7 @@ def two_processes(tmp_path_factory, fashion_mnist, launch_env):
 
 def test_two_processes_match_one_process_with_four_devices(one_process, two_processes):
     path, result = two_processes
-    records, reference = workdir.read_metrics(path), workdir.read_metrics(one_process)
+    records, reference = files.read_metrics(path), files.read_metrics(one_process)
     assert [r["epoch"] for r in records] == list(range(1, NUM_EPOCHS + 1))  # one line each: process 0 writes
     for record, expected in zip(records, reference):
         assert set(record) == set(expected)
@@ -99,16 +98,16 @@ def test_two_processes_match_one_process_with_four_devices(one_process, two_proc
     assert run["num_processes"] == 2 and run["num_devices"] == 4
     assert "--process_id=0" in run["command"]
     assert sorted(int(p.name) for p in (path / "best").iterdir() if p.name.isdigit()) == [
-        workdir.read_metrics(path)[-1]["best/epoch"]]
+        files.read_metrics(path)[-1]["best/epoch"]]
     assert result.stderr.count(f"done: epoch {NUM_EPOCHS}") == 1  # process 0 prints, the others do not
 
 
 def test_a_two_process_checkpoint_continues_in_one_process(tmp_path, two_processes):
     shutil.copytree(two_processes[0], tmp_path / "run")
-    history = training.train_and_evaluate(config(train__num_epochs=NUM_EPOCHS + 1), tmp_path / "run",
+    history = loop.train_and_evaluate(config(train__num_epochs=NUM_EPOCHS + 1), tmp_path / "run",
                                        progress=False)  # this process, 4 devices
     assert [r["epoch"] for r in history] == list(range(1, NUM_EPOCHS + 2))
-    assert history[:-1] == workdir.read_metrics(two_processes[0])
+    assert history[:-1] == files.read_metrics(two_processes[0])
     assert history[-1]["train/elbo"] < history[0]["train/elbo"]
 
 
@@ -141,7 +140,7 @@ def test_interrupted_runs_stop_together_and_the_same_command_resumes_exactly(tmp
     assert launcher.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     stopped = int(re.search(r"stopped by SIGTERM after epoch (\d+)", stderr).group(1))  # process 0's words
     assert 2 <= stopped < NUM_EPOCHS
-    assert [r["epoch"] for r in workdir.read_metrics(path)] == list(range(1, stopped + 1))
+    assert [r["epoch"] for r in files.read_metrics(path)] == list(range(1, stopped + 1))
     assert (path / "checkpoints" / str(stopped)).is_dir()
 
     # SIGKILL to process 1 inside an epoch: process 0 stops by itself on the heartbeat timeout (the
@@ -156,13 +155,13 @@ def test_interrupted_runs_stop_together_and_the_same_command_resumes_exactly(tmp
     assert "process 1 was killed by SIGKILL" in stderr
     assert "another task died" in stderr or "stopped sending heartbeats" in stderr, stderr[-3000:]
     assert stopped_after < HEARTBEAT + 30, stopped_after
-    assert [r["epoch"] for r in workdir.read_metrics(path)][-1] < NUM_EPOCHS
+    assert [r["epoch"] for r in files.read_metrics(path)][-1] < NUM_EPOCHS
 
     # The same command again: bit for bit the uninterrupted run.
     result = launch(path, config(), launch_env)
     assert result.returncode == 0, result.stderr[-3000:]
     reference = two_processes[0]
-    assert without_timing(workdir.read_metrics(path)) == without_timing(workdir.read_metrics(reference))
+    assert without_timing(files.read_metrics(path)) == without_timing(files.read_metrics(reference))
     for a, b in zip(params_of(path), params_of(reference)):
         np.testing.assert_array_equal(a, b)
 
@@ -176,7 +175,7 @@ def test_a_one_process_checkpoint_evaluates_over_two_processes(tmp_path, one_pro
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.count("test NLL") == 1  # printed by process 0 only
     two = json.loads((tmp_path / "eval.json").read_text())
-    one = evaluation.evaluate_workdir(one_process, 10, max_examples=64, progress=False)
+    one = iwae.evaluate_workdir(one_process, 10, max_examples=64, progress=False)
     assert two["epoch"] == one["epoch"] and two["checkpoint"] == one["checkpoint"] == "best"
     for key in ("test/nll", "test/elbo", "test/kl"):
         assert two[key] == pytest.approx(one[key], rel=1e-5), key

@@ -13,12 +13,10 @@ import pytest
 from PIL import Image
 
 from tests.conftest import REPO, tiny_config
-from vae.analysis import iwae as evaluation
-from vae.analysis import results, sampling
-from vae.data import dataset as datasets
+from vae.analysis import iwae, results, sampling
+from vae.data import dataset
 from vae.model import build
-from vae.train import loop as training
-from vae.train import trained
+from vae.train import loop, trained
 from vae.workdir import files
 
 D = 28 * 28
@@ -32,12 +30,12 @@ def eight_bit_config(**overrides):
 @pytest.fixture(scope="module")
 def eight_bit_run(tmp_path_factory, fashion_mnist):
     path = tmp_path_factory.mktemp("eight_bit")
-    history = training.train_and_evaluate(eight_bit_config(train__num_epochs=3), path, progress=False)
+    history = loop.train_and_evaluate(eight_bit_config(train__num_epochs=3), path, progress=False)
     return path, history
 
 
 def test_the_test_set_is_kept_8_bit(fashion_mnist):
-    images, _ = datasets.load_test_set(eight_bit_config().data)
+    images, _ = dataset.load_test_set(eight_bit_config().data)
     assert images.dtype == np.uint8 and len(np.unique(images)) > 200  # not binarised
 
 
@@ -54,7 +52,7 @@ def test_an_8_bit_run_learns_and_reports_bits_per_dim(eight_bit_run):
 
 def test_the_iwae_bound_of_an_8_bit_run(eight_bit_run):
     path, history = eight_bit_run
-    result = evaluation.evaluate_workdir(path, num_samples=20, max_examples=64, progress=False)
+    result = iwae.evaluate_workdir(path, num_samples=20, max_examples=64, progress=False)
     assert result["test/nll"] < result["test/elbo"]  # the bound is tighter than the ELBO on the same images
     assert result["test/nll"] > result["test/elbo"] - 50
     assert result["test/nll_bits_per_dim"] == pytest.approx(result["test/nll"] / (D * math.log(2)))
@@ -89,7 +87,7 @@ def test_8_bit_pictures_are_levels_and_sample_py_draws_them(eight_bit_run, tmp_p
 def test_a_categorical_decoder_lowers_the_loss(tmp_path, fashion_mnist):
     config = tiny_config(data__binarize="none", model__likelihood="categorical", train__num_epochs=2,
                          data__train_split="train[:512]", data__test_split="test[:128]")
-    history = training.train_and_evaluate(config, tmp_path, progress=False)
+    history = loop.train_and_evaluate(config, tmp_path, progress=False)
     assert history[-1]["train/elbo"] < history[0]["train/elbo"]
     assert history[0]["test/elbo"] < D * math.log(256)  # already better than uniform over the levels
 
@@ -127,7 +125,7 @@ def test_a_folder_of_colour_images_trains_samples_and_evaluates_in_bits_per_dim(
                               eval__kl_split_examples=8)
     config.data = default.get_config().data
     config.data.name, config.data.binarize, config.data.folder_test_fraction = f"folder:{root}", "none", 0.2
-    history = training.train_and_evaluate(config, tmp_path / "run", progress=False)
+    history = loop.train_and_evaluate(config, tmp_path / "run", progress=False)
     dims = 8 * 8 * 3
     assert history[-1]["test/bits_per_dim"] == pytest.approx(history[-1]["test/elbo"] / (dims * math.log(2)))
     assert history[-1]["train/elbo"] < history[0]["train/elbo"]
@@ -135,7 +133,7 @@ def test_a_folder_of_colour_images_trains_samples_and_evaluates_in_bits_per_dim(
     assert model.image_shape == (8, 8, 3)
     draws = sampling.prior_samples(model, jax.random.key(0), 4, draw_key=jax.random.key(1))
     assert draws.shape == (4, 8, 8, 3)
-    result = evaluation.evaluate_workdir(tmp_path / "run", num_samples=8, progress=False)
+    result = iwae.evaluate_workdir(tmp_path / "run", num_samples=8, progress=False)
     assert result["test/nll_bits_per_dim"] == pytest.approx(result["test/nll"] / (dims * math.log(2)))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     done = subprocess.run([sys.executable, "scripts/sample.py", "--workdir", str(tmp_path / "run"),

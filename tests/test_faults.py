@@ -18,11 +18,8 @@ import pytest
 from flax import nnx
 
 from tests.conftest import REPO, copy_run, run_in_process, tiny_config, tiny_run_config
-from vae.train import loop as training
-from vae.train import trained
-from vae.workdir import checkpoints, faults
-from vae.workdir import files as workdir
-from vae.workdir import lock as workdir_lock
+from vae.train import loop, trained
+from vae.workdir import checkpoints, faults, files, lock
 
 TIMING = {"images_per_sec", "epoch_time_sec", "eval_time_sec", "wall_time_sec", "compile_time_sec"}
 # A run whose checkpoints (about 1.2 MB each) fill a 3 MB disk at its third save.
@@ -54,7 +51,7 @@ def params_of(path, checkpoint="latest"):
 
 
 def assert_same_run(path, reference):
-    assert without_timing(workdir.read_metrics(path)) == without_timing(workdir.read_metrics(reference))
+    assert without_timing(files.read_metrics(path)) == without_timing(files.read_metrics(reference))
     (epoch_a, a), (epoch_b, b) = params_of(path), params_of(reference)
     assert epoch_a == epoch_b
     for x, y in zip(a, b):
@@ -98,26 +95,26 @@ def test_a_second_training_is_refused_at_once_naming_the_first(tmp_path, tiny_ru
         line = one_error_line(result.stderr)
         assert result.returncode == 2 and time.monotonic() - start < 60
         assert f"is being trained by process {holder.pid} " in line and "sampling" in line
-        with pytest.raises(workdir.WorkdirError, match=f"process {holder.pid}"):  # in-process too
-            training.train_and_evaluate(tiny_run_config(train__num_epochs=3), trained, progress=False)
+        with pytest.raises(files.WorkdirError, match=f"process {holder.pid}"):  # in-process too
+            loop.train_and_evaluate(tiny_run_config(train__num_epochs=3), trained, progress=False)
         # Reading a workdir while it trains is allowed.
         sample = run_in_process("sample.py", "--workdir", trained, "--out", tmp_path / "out")
         assert sample.returncode == 0, sample.stderr[-2000:]
-        assert len(workdir.read_metrics(trained)) == 2
+        assert len(files.read_metrics(trained)) == 2
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=30)
     # The kernel dropped the lock with its killed holder: training goes on.
-    history = training.train_and_evaluate(tiny_run_config(train__num_epochs=3), trained, progress=False)
+    history = loop.train_and_evaluate(tiny_run_config(train__num_epochs=3), trained, progress=False)
     assert [r["epoch"] for r in history] == [1, 2, 3]
 
 
 def test_the_lock_is_released_after_a_failure(tmp_path):
-    with pytest.raises(RuntimeError), workdir_lock.training_lock(tmp_path):
+    with pytest.raises(RuntimeError), lock.training_lock(tmp_path):
         raise RuntimeError("boom")
-    with workdir_lock.training_lock(tmp_path):
-        with pytest.raises(workdir.WorkdirError, match=f"process {os.getpid()} "):
-            with workdir_lock.training_lock(tmp_path):
+    with lock.training_lock(tmp_path):
+        with pytest.raises(files.WorkdirError, match=f"process {os.getpid()} "):
+            with lock.training_lock(tmp_path):
                 pass
 
 
@@ -149,20 +146,20 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_resumes_exactly(small_d
 def test_a_full_disk_while_appending_metrics_leaves_no_torn_line(small_disk):
     run = small_disk / "run"
     run.mkdir()
-    (run / workdir.CONFIG_FILE).write_text("{}")
-    workdir.append_metrics(run, {"epoch": 1})
+    (run / files.CONFIG_FILE).write_text("{}")
+    files.append_metrics(run, {"epoch": 1})
     with open(small_disk / "filler", "wb", buffering=0) as f:  # fill the disk to its last bytes
         with pytest.raises(OSError):
             while True:
                 f.write(b"\0" * 4096)
-    before = (run / workdir.METRICS_FILE).read_bytes()
+    before = (run / files.METRICS_FILE).read_bytes()
     with pytest.raises(OSError) as error:
-        workdir.append_metrics(run, {"epoch": 2, "payload": "x" * 20000})
+        files.append_metrics(run, {"epoch": 2, "payload": "x" * 20000})
     assert error.value.errno == errno.ENOSPC
-    assert (run / workdir.METRICS_FILE).read_bytes() == before
+    assert (run / files.METRICS_FILE).read_bytes() == before
     with pytest.raises(OSError):
-        workdir.atomic_write_text(run / workdir.CONFIG_FILE, "x" * 20000)
-    assert (run / workdir.CONFIG_FILE).read_text() == "{}" and not list(run.glob(".*.tmp"))
+        files.atomic_write_text(run / files.CONFIG_FILE, "x" * 20000)
+    assert (run / files.CONFIG_FILE).read_text() == "{}" and not list(run.glob(".*.tmp"))
 
 
 @pytest.mark.parametrize("code, what, when", [
@@ -172,9 +169,9 @@ def test_a_full_disk_while_appending_metrics_leaves_no_torn_line(small_disk):
     (errno.ENOENT, "the workdir or a file in it was removed", "resumes from epoch 3 when you want"),
 ])
 def test_each_write_fault_is_one_line_saying_how_the_run_resumes(tmp_path, code, what, when):
-    (tmp_path / workdir.CHECKPOINT_DIR / "3").mkdir(parents=True)
-    path = str(tmp_path / workdir.METRICS_FILE)
-    with pytest.raises(workdir.WorkdirError) as error, faults.write_errors(tmp_path):
+    (tmp_path / files.CHECKPOINT_DIR / "3").mkdir(parents=True)
+    path = str(tmp_path / files.METRICS_FILE)
+    with pytest.raises(files.WorkdirError) as error, faults.write_errors(tmp_path):
         try:
             raise OSError(code, os.strerror(code), path)
         except OSError as e:  # as Orbax wraps tensorstore's errors
@@ -188,19 +185,19 @@ def test_each_write_fault_is_one_line_saying_how_the_run_resumes(tmp_path, code,
 def test_a_failed_metrics_write_is_one_error_and_the_run_resumes_exactly(tmp_path, monkeypatch,
                                                                          fashion_mnist):
     config = tiny_config(train__num_epochs=3)
-    straight = training.train_and_evaluate(config, tmp_path / "straight", progress=False)
-    real_append = workdir.append_metrics
+    straight = loop.train_and_evaluate(config, tmp_path / "straight", progress=False)
+    real_append = files.append_metrics
 
     def fail_at_epoch_2(path, record):
         if record["epoch"] == 2:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path / workdir.METRICS_FILE))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path / files.METRICS_FILE))
         real_append(path, record)
 
-    monkeypatch.setattr(workdir, "append_metrics", fail_at_epoch_2)
-    with pytest.raises(workdir.WorkdirError, match="disk is full.*resumes from epoch 1 once there is room"):
-        training.train_and_evaluate(config, tmp_path / "run", progress=False)
-    monkeypatch.setattr(workdir, "append_metrics", real_append)
-    resumed = training.train_and_evaluate(config, tmp_path / "run", progress=False)
+    monkeypatch.setattr(files, "append_metrics", fail_at_epoch_2)
+    with pytest.raises(files.WorkdirError, match="disk is full.*resumes from epoch 1 once there is room"):
+        loop.train_and_evaluate(config, tmp_path / "run", progress=False)
+    monkeypatch.setattr(files, "append_metrics", real_append)
+    resumed = loop.train_and_evaluate(config, tmp_path / "run", progress=False)
     assert without_timing(resumed) == without_timing(straight)
 
 
@@ -211,7 +208,7 @@ def test_a_workdir_removed_mid_run_stops_it_in_one_line(tmp_path, fashion_mnist)
     process = subprocess.Popen([sys.executable, "scripts/train.py", "--workdir", str(run), *args], cwd=REPO,
                                env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     deadline = time.monotonic() + 120
-    while not (run / workdir.METRICS_FILE).exists() and time.monotonic() < deadline:
+    while not (run / files.METRICS_FILE).exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     shutil.rmtree(run, ignore_errors=True)
     _, stderr = process.communicate(timeout=300)
@@ -225,46 +222,46 @@ def test_a_workdir_removed_mid_run_stops_it_in_one_line(tmp_path, fashion_mnist)
 def two_epochs(tmp_path, tiny_run):
     """A copy of the shared 2-epoch run: (its workdir, its config, its metrics)."""
     path = copy_run(tiny_run, tmp_path / "run")
-    return path, tiny_run_config(train__num_epochs=2), workdir.read_metrics(path)
+    return path, tiny_run_config(train__num_epochs=2), files.read_metrics(path)
 
 
 @pytest.mark.parametrize("damage, reason", [
     (b'{"seed": 0, "data": {"na', "not JSON: Unterminated string"), (b"\x89PNG\x00\xff", "not JSON"),
     (b"[1, 2]", "no data, model, train section"), (b'{"seed": 0, "model": {}}', "no data, train section")])
 def test_a_damaged_config_json_is_named_in_one_line(tmp_path, damage, reason):
-    (tmp_path / workdir.CONFIG_FILE).write_bytes(damage)
-    for read in (workdir.read_config, lambda path: workdir.check_resumable(path, tiny_config())):
-        with pytest.raises(workdir.WorkdirError, match=f"config.json is damaged \\({reason}"):
+    (tmp_path / files.CONFIG_FILE).write_bytes(damage)
+    for read in (files.read_config, lambda path: files.check_resumable(path, tiny_config())):
+        with pytest.raises(files.WorkdirError, match=f"config.json is damaged \\({reason}"):
             read(tmp_path)
 
 
 def test_a_damaged_config_json_is_one_line_and_the_run_resumes(two_epochs):
     path, config, history = two_epochs
-    (path / workdir.CONFIG_FILE).write_bytes(b'{"seed": 0, "data": {"na')  # truncated
-    with pytest.raises(workdir.WorkdirError, match="config.json is damaged.*delete it and run that command"):
-        training.train_and_evaluate(config, path, progress=False)
+    (path / files.CONFIG_FILE).write_bytes(b'{"seed": 0, "data": {"na')  # truncated
+    with pytest.raises(files.WorkdirError, match="config.json is damaged.*delete it and run that command"):
+        loop.train_and_evaluate(config, path, progress=False)
     result = run_in_process("sample.py", "--workdir", path)
     assert result.returncode == 2 and "config.json is damaged" in one_error_line(result.stderr)
-    (path / workdir.CONFIG_FILE).unlink()  # as the message says
+    (path / files.CONFIG_FILE).unlink()  # as the message says
     config.train.num_epochs = 3
-    resumed = training.train_and_evaluate(config, path, progress=False)
+    resumed = loop.train_and_evaluate(config, path, progress=False)
     assert [r["epoch"] for r in resumed] == [1, 2, 3]
     assert without_timing(resumed[:2]) == without_timing(history)
-    assert json.loads((path / workdir.CONFIG_FILE).read_text())["train"]["num_epochs"] == 3
+    assert json.loads((path / files.CONFIG_FILE).read_text())["train"]["num_epochs"] == 3
 
 
 def test_damaged_metrics_lines_are_skipped_with_one_warning_and_rewritten(two_epochs, capfd):
     path, config, history = two_epochs
-    lines = (path / workdir.METRICS_FILE).read_bytes().splitlines(keepends=True)
-    (path / workdir.METRICS_FILE).write_bytes(b"\xff\xfe not json\n" + lines[0] + b"[3]\n" + lines[1]
+    lines = (path / files.METRICS_FILE).read_bytes().splitlines(keepends=True)
+    (path / files.METRICS_FILE).write_bytes(b"\xff\xfe not json\n" + lines[0] + b"[3]\n" + lines[1]
                                               + b'{"epoch": 3, "train/elb')  # torn last line
-    assert without_timing(workdir.read_metrics(path)) == without_timing(history)
+    assert without_timing(files.read_metrics(path)) == without_timing(history)
     err = capfd.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "2 damaged line(s) skipped (line 1 ...)" in err
     config.train.num_epochs = 3
-    resumed = training.train_and_evaluate(config, path, progress=False)
+    resumed = loop.train_and_evaluate(config, path, progress=False)
     assert [r["epoch"] for r in resumed] == [1, 2, 3]
-    assert [json.loads(line)["epoch"] for line in (path / workdir.METRICS_FILE).read_text().splitlines()] == [
+    assert [json.loads(line)["epoch"] for line in (path / files.METRICS_FILE).read_text().splitlines()] == [
         1, 2, 3]
 
 
@@ -281,32 +278,32 @@ def damage_checkpoint(directory: Path, how: str) -> None:
 @pytest.mark.parametrize("how", ["truncated", "overwritten"])
 def test_damaged_checkpoints(two_epochs, how, capfd):
     path, config, history = two_epochs
-    damage_checkpoint(path / workdir.CHECKPOINT_DIR / "2", how)
+    damage_checkpoint(path / files.CHECKPOINT_DIR / "2", how)
     config.train.num_epochs = 3  # the newest is skipped for the one before, which resumes
-    resumed = training.train_and_evaluate(config, path, progress=False)
+    resumed = loop.train_and_evaluate(config, path, progress=False)
     assert [r["epoch"] for r in resumed] == [1, 2, 3]
     assert "checkpoint 2 cannot be restored" in capfd.readouterr().err
     for epoch in checkpoints.checkpoint_manager(path, read_only=True).all_steps():
-        damage_checkpoint(path / workdir.CHECKPOINT_DIR / str(epoch), how)
+        damage_checkpoint(path / files.CHECKPOINT_DIR / str(epoch), how)
     config.train.num_epochs = 4  # none restores: refused rather than starting over on top of the run
-    with pytest.raises(workdir.WorkdirError, match="none of the checkpoints.*pass --restart"):
-        training.train_and_evaluate(config, path, progress=False)
+    with pytest.raises(files.WorkdirError, match="none of the checkpoints.*pass --restart"):
+        loop.train_and_evaluate(config, path, progress=False)
 
 
 def test_a_damaged_best_checkpoint_falls_back_to_the_latest(tmp_path, fashion_mnist, capfd):
     config = tiny_config(train__num_epochs=2)
     config.data.train_split, config.data.validation_split = "train[:1024]", "train[1024:1280]"
-    training.train_and_evaluate(config, tmp_path, progress=False)
-    best = checkpoints.latest_checkpoint(tmp_path, workdir.BEST_DIR)
+    loop.train_and_evaluate(config, tmp_path, progress=False)
+    best = checkpoints.latest_checkpoint(tmp_path, files.BEST_DIR)
     assert best >= 1
-    damage_checkpoint(tmp_path / workdir.BEST_DIR / str(best), "truncated")
+    damage_checkpoint(tmp_path / files.BEST_DIR / str(best), "truncated")
     _, _, epoch = trained.load_trained(tmp_path)
     assert epoch == 2 and "the best checkpoint cannot be used" in capfd.readouterr().err
     config.train.num_epochs = 3  # training names the damaged checkpoint instead of a traceback
-    with pytest.raises(workdir.WorkdirError, match=f"holds damaged checkpoints \\(epochs {best}: "):
-        training.train_and_evaluate(config, tmp_path, progress=False)
-    shutil.rmtree(tmp_path / workdir.BEST_DIR / str(best))  # moved away, as the message says
-    assert [r["epoch"] for r in training.train_and_evaluate(config, tmp_path, progress=False)] == [1, 2, 3]
+    with pytest.raises(files.WorkdirError, match=f"holds damaged checkpoints \\(epochs {best}: "):
+        loop.train_and_evaluate(config, tmp_path, progress=False)
+    shutil.rmtree(tmp_path / files.BEST_DIR / str(best))  # moved away, as the message says
+    assert [r["epoch"] for r in loop.train_and_evaluate(config, tmp_path, progress=False)] == [1, 2, 3]
 
 
 def test_faults_outside_the_workdir_are_not_reported_as_the_workdir_s(tmp_path):

@@ -10,9 +10,7 @@ from PIL import Image
 
 from configs import default
 from tests.conftest import tiny_config
-from vae.data import dataset as datasets
-from vae.data import folder
-from vae.data import source as data_source
+from vae.data import dataset, folder, source
 from vae.train import config_checks
 
 
@@ -37,8 +35,8 @@ def write_grey_pngs(root, count, size=(8, 8), seed=0, prefix=""):
 
 
 def all_images(path, **fields):
-    source = folder.open_folder(data_config(path, **fields))
-    return source, source.images()
+    opened = folder.open_folder(data_config(path, **fields))
+    return opened, opened.images()
 
 
 def counting_decodes(monkeypatch):
@@ -60,13 +58,13 @@ def test_grey_pngs_round_trip_exactly(tmp_path):
     written = write_grey_pngs(tmp_path, 12, size=(8, 6))
     (tmp_path / "notes.txt").write_text("not an image")
     Image.fromarray(np.zeros((3, 3), np.uint8)).save(tmp_path / ".hidden.png")
-    source, images = all_images(tmp_path)
-    assert source.listing.files == tuple(sorted(written))
+    opened, images = all_images(tmp_path)
+    assert opened.listing.files == tuple(sorted(written))
     assert images.shape == (12, 8, 6, 1) and images.dtype == np.uint8
-    for image, rel in zip(images, source.listing.files):
+    for image, rel in zip(images, opened.listing.files):
         np.testing.assert_array_equal(image[..., 0], written[rel])
-    assert (source.listing.labels == -1).all() and source.class_names == []
-    assert datasets.image_shape(data_config(tmp_path)) == (8, 6, 1)
+    assert (opened.listing.labels == -1).all() and opened.class_names == []
+    assert dataset.image_shape(data_config(tmp_path)) == (8, 6, 1)
 
 
 def test_colour_jpegs_and_extensions_in_any_case(tmp_path):
@@ -75,9 +73,9 @@ def test_colour_jpegs_and_extensions_in_any_case(tmp_path):
     for i, name in enumerate(["a.jpg", "b.JPEG", "c.Jpg"]):
         Image.fromarray(np.roll(smooth, 4 * i, axis=1)).save(tmp_path / name, quality=95)
     Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).save(tmp_path / "d.PNG")
-    source, images = all_images(tmp_path)
-    assert images.shape == (4, 12, 16, 3) and source.listing.files == ("a.jpg", "b.JPEG", "c.Jpg", "d.PNG")
-    for image, rel in zip(images, source.listing.files):
+    opened, images = all_images(tmp_path)
+    assert images.shape == (4, 12, 16, 3) and opened.listing.files == ("a.jpg", "b.JPEG", "c.Jpg", "d.PNG")
+    for image, rel in zip(images, opened.listing.files):
         with Image.open(tmp_path / rel) as decoded:
             np.testing.assert_array_equal(image, np.asarray(decoded))  # Pillow's own decoding
     assert np.abs(images[0].astype(int) - smooth).mean() < 3  # and a JPEG at quality 95 is close
@@ -102,7 +100,7 @@ def test_modes_become_one_or_three_channels(tmp_path):
     Image.fromarray(rgb).save(colour / "rgb.png")
     Image.fromarray(np.dstack([rgb, np.full((8, 8), 255, np.uint8)])).save(colour / "rgba.png")
     Image.fromarray(rgb).quantize(16).save(colour / "palette.png")  # P
-    source, images = all_images(colour)
+    opened, images = all_images(colour)
     assert images.shape == (3, 8, 8, 3)
     palette, rgb_read, rgba_read = images
     np.testing.assert_array_equal(rgb_read, rgb)
@@ -124,8 +122,8 @@ def test_mixed_sizes_are_resized_to_image_size(tmp_path):
     np.testing.assert_array_equal(images[1, ..., 0], small)  # BOX: each pixel the mean of its 2x2 block
     np.testing.assert_array_equal(images[2], 77)
     np.testing.assert_array_equal(images[3], 200)
-    assert datasets.image_shape(config) == (8, 8, 1)
-    assert datasets.image_shape(data_config(tmp_path, image_size=(6, 4))) == (6, 4, 1)
+    assert dataset.image_shape(config) == (8, 8, 1)
+    assert dataset.image_shape(data_config(tmp_path, image_size=(6, 4))) == (6, 4, 1)
 
 
 def test_subfolders_are_labels(tmp_path):
@@ -141,36 +139,36 @@ def test_subfolders_are_labels(tmp_path):
     (tmp_path / ".trash").mkdir()
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / ".trash" / "x.png")
     config = data_config(tmp_path, folder_test_fraction=0.3)
-    assert data_source.class_names(config.name) == ["ant", "moth", "zebra"]
-    source = folder.open_folder(config)
-    images, labels = source.load_split("train+test")
+    assert source.class_names(config.name) == ["ant", "moth", "zebra"]
+    opened = folder.open_folder(config)
+    images, labels = opened.load_split("train+test")
     assert len(images) == 18 and sorted(np.bincount(labels)) == [5, 6, 7]
     for image, label in zip(images, labels):
-        assert source.class_names[label] == values[int(image[0, 0, 0])]
+        assert opened.class_names[label] == values[int(image[0, 0, 0])]
 
 
 # --- splits ---------------------------------------------------------------------------------------
 
 
-def split_files(source, split):
-    return [source.listing.files[i] for i in source.split_indices(split)]
+def split_files(opened, split):
+    return [opened.listing.files[i] for i in opened.split_indices(split)]
 
 
 def test_splits_are_disjoint_cover_everything_and_are_stable(tmp_path):
     write_grey_pngs(tmp_path, 200, size=(2, 2))
     fractions = {"folder_validation_fraction": 0.2, "folder_test_fraction": 0.1}
-    source = folder.open_folder(data_config(tmp_path, **fractions))
-    before = {s: split_files(source, s) for s in folder.SPLITS}
+    opened = folder.open_folder(data_config(tmp_path, **fractions))
+    before = {s: split_files(opened, s) for s in folder.SPLITS}
     together = sum(before.values(), [])
-    assert sorted(together) == sorted(source.listing.files)  # every image, each in one split
+    assert sorted(together) == sorted(opened.listing.files)  # every image, each in one split
     assert 10 <= len(before["test"]) <= 35 and 20 <= len(before["validation"]) <= 60
     # The order within a split is the hash's, not the paths': a slice is a sample.
     assert before["train"] != sorted(before["train"])
-    assert split_files(source, "train[:10]") == before["train"][:10]
-    assert split_files(source, "train[-5:]") == before["train"][-5:]
+    assert split_files(opened, "train[:10]") == before["train"][:10]
+    assert split_files(opened, "train[-5:]") == before["train"][-5:]
     n = len(before["train"])
-    assert split_files(source, "train[10%:20%]") == before["train"][round(n / 10):round(n / 5)]
-    assert split_files(source, "test+validation[:3]") == before["test"] + before["validation"][:3]
+    assert split_files(opened, "train[10%:20%]") == before["train"][round(n / 10):round(n / 5)]
+    assert split_files(opened, "test+validation[:3]") == before["test"] + before["validation"][:3]
 
     write_grey_pngs(tmp_path, 40, size=(2, 2), seed=1, prefix="new")
     after = folder.open_folder(data_config(tmp_path, **fractions))
@@ -187,17 +185,17 @@ def test_load_dataset_reads_a_folder_like_a_tfds_set(tmp_path, monkeypatch):
     write_grey_pngs(tmp_path, 60)
     calls = counting_decodes(monkeypatch)
     config = data_config(tmp_path, validation_split="validation", folder_validation_fraction=0.2)
-    dataset = datasets.load_dataset(config)
+    data = dataset.load_dataset(config)
     assert calls == [60]  # one decode for all three splits
-    sizes = [len(dataset.train_images), len(dataset.val_images), len(dataset.test_images)]
+    sizes = [len(data.train_images), len(data.val_images), len(data.test_images)]
     assert sum(sizes) == 60 and min(sizes) > 0
-    assert dataset.image_shape == (8, 8, 1) and dataset.dynamic
-    assert set(np.unique(dataset.test_images)) <= {0, 255} and dataset.train_images.max() > 1
-    test_images, test_labels = datasets.load_test_set(config)
-    np.testing.assert_array_equal(test_images, dataset.test_images)  # binarised once, the same
+    assert data.image_shape == (8, 8, 1) and data.dynamic
+    assert set(np.unique(data.test_images)) <= {0, 255} and data.train_images.max() > 1
+    test_images, test_labels = dataset.load_test_set(config)
+    np.testing.assert_array_equal(test_images, data.test_images)  # binarised once, the same
     assert (test_labels == -1).all()
-    with pytest.raises(data_source.DataError, match="overlaps data.train_split"):
-        datasets.load_dataset(data_config(tmp_path, validation_split="train[:5]"))
+    with pytest.raises(source.DataError, match="overlaps data.train_split"):
+        dataset.load_dataset(data_config(tmp_path, validation_split="train[:5]"))
 
 
 # --- the cache ------------------------------------------------------------------------------------
@@ -284,8 +282,8 @@ def test_prepare_fills_the_cache_a_run_reads(tmp_path, monkeypatch):
 
 
 def one_line_error(config, match):
-    with pytest.raises(data_source.DataError) as info:
-        datasets.load_dataset(config)
+    with pytest.raises(source.DataError) as info:
+        dataset.load_dataset(config)
     message = str(info.value)
     assert "\n" not in message and re.search(match, message), message
 
@@ -381,11 +379,11 @@ def test_image_size_is_for_folders_only_and_a_path_is_pointed_to_folder():
     config.data.image_size = (14, 14)
     with pytest.raises(config_checks.ConfigError, match=r"data.image_size resizes the images of a folder"):
         config_checks.validate_config(config, 1)
-    with pytest.raises(data_source.DataError, match=r"for a folder of your own images write "
+    with pytest.raises(source.DataError, match=r"for a folder of your own images write "
                                                     r"data.name=folder:~/my_images"):
-        data_source.tfds_builder("~/my_images", None)
-    with pytest.raises(data_source.DataError, match="is a folder of images, not a TFDS data set"):
-        data_source.check_prepared("folder:/somewhere", None)
+        source.tfds_builder("~/my_images", None)
+    with pytest.raises(source.DataError, match="is a folder of images, not a TFDS data set"):
+        source.check_prepared("folder:/somewhere", None)
 
 
 # --- a run on a folder ------------------------------------------------------------------------------
@@ -393,9 +391,8 @@ def test_image_size_is_for_folders_only_and_a_path_is_pointed_to_folder():
 
 def test_a_run_trains_on_a_folder_and_loads_back(tmp_path):
     """One epoch of a tiny MLP on 64 8x8 grey images (bars), on the suite's 4 fake devices."""
-    from vae.train import loop as training
-    from vae.train import trained
-    from vae.workdir import files as workdir
+    from vae.train import loop, trained
+    from vae.workdir import files
 
     rng = np.random.default_rng(0)
     images = tmp_path / "bars"
@@ -408,7 +405,7 @@ def test_a_run_trains_on_a_folder_and_loads_back(tmp_path):
     config = tiny_config(train__num_epochs=1, train__batch_size=16, eval__batch_size=16,
                          eval__kl_split_examples=8)
     config.data = data_config(images, folder_test_fraction=0.2)
-    history = training.train_and_evaluate(config, tmp_path / "run", progress=False)
+    history = loop.train_and_evaluate(config, tmp_path / "run", progress=False)
     assert len(history) == 1 and np.isfinite(history[0]["test/elbo"])
     assert history[0]["step"] == len(folder.open_folder(config.data).split_indices("train")) // 16
     loaded_config, model, epoch = trained.load_trained(tmp_path / "run")
@@ -417,5 +414,5 @@ def test_a_run_trains_on_a_folder_and_loads_back(tmp_path):
 
     config.data.folder_test_fraction = 0.3  # other training images: not a resume
     config.train.num_epochs = 2
-    with pytest.raises(workdir.WorkdirError, match="data.folder_test_fraction=0.2"):
-        training.train_and_evaluate(config, tmp_path / "run", progress=False)
+    with pytest.raises(files.WorkdirError, match="data.folder_test_fraction=0.2"):
+        loop.train_and_evaluate(config, tmp_path / "run", progress=False)

@@ -11,9 +11,8 @@ import pytest
 
 from tests.conftest import tiny_config
 from vae import threefry
-from vae.analysis import iwae as evaluation
-from vae.model import build as model_build
-from vae.model import likelihoods, objectives
+from vae.analysis import iwae
+from vae.model import build, likelihoods, objectives
 
 CASES = {
     "mlp_relu": {},
@@ -43,9 +42,9 @@ K = 24
 KEY = threefry.key(42)  # draws jax.random.key(42)'s bits (tests/test_threefry.py), compiles faster
 
 
-def build(case: str):
+def model_of(case: str):
     config = tiny_config(**CASES[case])
-    return model_build.build_model(config.model, (28, 28, 1), jax.random.key(0))
+    return build.build_model(config.model, (28, 28, 1), jax.random.key(0))
 
 
 def images_u8(n: int = 3) -> np.ndarray:
@@ -72,14 +71,14 @@ def previous_iwae_log_likelihood(model, x_BxD, key, num_samples, chunk_size=100)
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_the_previous_implementations_numbers(case):
-    estimate = evaluation.iwae_log_likelihoods(build(case), images_u8(), KEY, K, progress=False)
+    estimate = iwae.iwae_log_likelihoods(model_of(case), images_u8(), KEY, K, progress=False)
     np.testing.assert_allclose(estimate, PREVIOUS[case], rtol=2e-6)
 
 
 @pytest.mark.parametrize("case", ["mlp_gated", "hvae_vampprior"])
 def test_the_kept_previous_code_at_batch_1_and_chunk_1(case):
     """Recomputes the pinned numbers with the previous code itself, so they do not rest on constants."""
-    model = build(case)
+    model = model_of(case)
     x = jnp.asarray(images_u8(), jnp.float32) / 255.0
     keys = jax.vmap(jax.random.fold_in, (None, 0))(KEY, jnp.arange(3))
     one_image = jax.jit(jax.vmap(
@@ -90,24 +89,24 @@ def test_the_kept_previous_code_at_batch_1_and_chunk_1(case):
 @pytest.mark.parametrize("case,loops", [("mlp_gated", ("scan", "steps")), ("hvae_vampprior", ("scan",)),
                                         ("conv", ("steps",))])
 def test_independent_of_batch_chunk_devices_and_loop(case, loops):
-    model = build(case)
+    model = model_of(case)
     images = images_u8(7)
-    default = evaluation.iwae_log_likelihoods(model, images, KEY, K, progress=False)
+    default = iwae.iwae_log_likelihoods(model, images, KEY, K, progress=False)
     shapes = [(8, 24, 4), (2, 7, 1), (4, 5, 2)]  # (batch, chunk, devices): 7 images, k = 24 = 3·7 + 3
     for (batch_size, chunk_size, num_devices), loop in zip(shapes, loops * 3):
-        estimate = evaluation.iwae_log_likelihoods(model, images, KEY, K, batch_size=batch_size,
+        estimate = iwae.iwae_log_likelihoods(model, images, KEY, K, batch_size=batch_size,
                                                    chunk_size=chunk_size, loop=loop,
                                                    devices=jax.devices()[:num_devices], progress=False)
         np.testing.assert_allclose(estimate, default, rtol=2e-6, err_msg=f"batch {batch_size}, chunk "
                                    f"{chunk_size}, {num_devices} devices, {loop}")
     # An image's bound depends on its index in the set, not on the other images.
-    np.testing.assert_allclose(evaluation.iwae_log_likelihoods(model, images[:3], KEY, K, progress=False),
+    np.testing.assert_allclose(iwae.iwae_log_likelihoods(model, images[:3], KEY, K, progress=False),
                                default[:3], rtol=2e-6)
 
 
 @pytest.mark.parametrize("case", ["mlp_relu", "mlp_gated", "mlp_vampprior", "conv"])
 def test_the_vae_fast_path_equals_the_models_own_log_weights(case):
-    model = build(case)
+    model = model_of(case)
     x = jnp.asarray(images_u8(5), jnp.float32) / 255.0
     keys = objectives.sample_keys(KEY, jnp.arange(5), jnp.arange(9))
     fast = jax.jit(lambda m, x, k: m.iwae_log_weights(x, k))(model, x, keys)
@@ -117,7 +116,7 @@ def test_the_vae_fast_path_equals_the_models_own_log_weights(case):
 
 
 def test_the_hierarchical_vae_takes_the_generic_path_one_draw_per_key():
-    model = build("hvae")
+    model = model_of("hvae")
     x = jnp.asarray(images_u8(2), jnp.float32) / 255.0
     keys = objectives.sample_keys(KEY, jnp.array([5, 9]), jnp.array([0, 3]))
     log_w = jax.jit(lambda m, x, k: m.iwae_log_weights(x, k))(model, x, keys)

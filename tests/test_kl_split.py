@@ -15,8 +15,7 @@ from scipy.special import logsumexp
 from tests.conftest import tiny_config
 from vae.data.dataset import load_test_set
 from vae.data.pixels import to_model_input
-from vae.model import build as model_build
-from vae.model import kl_split
+from vae.model import build, kl_split
 from vae.model.priors import StandardNormal
 from vae.train.trained import load_trained
 
@@ -159,7 +158,7 @@ def test_trained_model_parts_add_up_to_its_closed_form_kl(fashion_mnist):
 def test_vampprior_parts_add_up_to_its_kl_term():
     """Against the VampPrior's own density: its KL term (no closed form) from many independent draws."""
     config = tiny_config(model__prior="vampprior", model__num_pseudo_inputs=20)
-    model = model_build.build_model(config.model, (28, 28, 1), jax.random.key(0))
+    model = build.build_model(config.model, (28, 28, 1), jax.random.key(0))
     x_NxD = jax.random.uniform(jax.random.key(1), (500, 784))
     mean_NxZ, log_var_NxZ = model.encode(x_NxD)
 
@@ -197,11 +196,11 @@ def test_the_config_field_is_checked_and_old_configs_have_no_split():
 
 def test_a_run_records_the_split_on_its_validation_split(tmp_path, fashion_mnist):
     from vae.analysis import plotting
-    from vae.train import loop as training
+    from vae.train import loop
 
     config = tiny_config(train__num_epochs=2, eval__kl_split_examples=200)
     config.data.validation_split = "train[1024:1280]"
-    history = training.train_and_evaluate(config, tmp_path, progress=False)
+    history = loop.train_and_evaluate(config, tmp_path, progress=False)
     for record in history:
         assert record["val/split_examples"] == 200 and "test/mutual_info" not in record
         assert 0 < record["val/mutual_info"] <= min(math.log(200), record["val/mutual_info_upper"])
@@ -216,7 +215,7 @@ def test_a_run_records_the_split_on_its_validation_split(tmp_path, fashion_mnist
     assert len(plotting.plot_kl_split({"tiny": history}).axes) >= 1
     figure = plotting.plot_rate_distortion({"a": history, "b": history})
     assert any(ax.get_label() == "<colorbar>" for ax in figure.axes)  # coloured by I_q(x; z)
-    off = training.train_and_evaluate(tiny_config(train__num_epochs=1, eval__kl_split_examples=0),
+    off = loop.train_and_evaluate(tiny_config(train__num_epochs=1, eval__kl_split_examples=0),
                                       tmp_path / "off", progress=False)
     assert not any("mutual_info" in key for key in off[0])
 

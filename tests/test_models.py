@@ -10,16 +10,15 @@ import pytest
 from flax import nnx
 
 from tests.conftest import tiny_config
-from vae.model import build as model_build
-from vae.model import networks
+from vae.model import build, networks
 
 IMAGE_SHAPE = (28, 28, 1)
-VARIANTS = [(arch, prior) for arch in model_build.ARCHS for prior in ("standard_normal", "vampprior")]
+VARIANTS = [(arch, prior) for arch in build.ARCHS for prior in ("standard_normal", "vampprior")]
 
 
-def build(arch="mlp", prior="standard_normal", **overrides):
+def make_model(arch="mlp", prior="standard_normal", **overrides):
     config = tiny_config(model__arch=arch, model__prior=prior, model__num_pseudo_inputs=7, **overrides)
-    return model_build.build_model(config.model, IMAGE_SHAPE, jax.random.key(0)), config
+    return build.build_model(config.model, IMAGE_SHAPE, jax.random.key(0)), config
 
 
 def binary_images(n, seed=1):
@@ -28,7 +27,7 @@ def binary_images(n, seed=1):
 
 @pytest.mark.parametrize("arch,prior", VARIANTS)
 def test_every_model_has_the_interface_with_the_right_shapes(arch, prior):
-    model, config = build(arch, prior)
+    model, config = make_model(arch, prior)
     z_dim = config.model.latent_dim
     x = binary_images(5)
     mean, log_var = model.encode(x)
@@ -55,7 +54,7 @@ def test_every_model_has_the_interface_with_the_right_shapes(arch, prior):
 
 
 def test_reparameterised_sample_is_mean_plus_scaled_noise():
-    model, _ = build()
+    model, _ = make_model()
     x = jnp.ones((3, 784)) * 0.5
     key = jax.random.key(4)
     _, mean, log_var, z = model(x, key)
@@ -64,7 +63,7 @@ def test_reparameterised_sample_is_mean_plus_scaled_noise():
 
 
 def test_elbo_terms_are_the_bernoulli_nll_and_the_closed_form_kl():
-    model, _ = build()
+    model, _ = make_model()
     x, key = binary_images(4), jax.random.key(6)
     logits, mean, log_var, _ = model(x, key)
     terms = model.elbo_terms(x, key)
@@ -76,7 +75,7 @@ def test_elbo_terms_are_the_bernoulli_nll_and_the_closed_form_kl():
 
 
 def test_gradients_flow_through_the_sample():
-    model, _ = build()
+    model, _ = make_model()
     x = jnp.ones((2, 784)) * 0.5
     graphdef, params = nnx.split(model)
     grads = jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p)(x, jax.random.key(0))[3]))(params)
@@ -93,7 +92,7 @@ def test_gated_dense_is_a_linear_map_times_a_sigmoid_gate():
 
 
 def test_log_variances_are_clipped():
-    model, _ = build(model__log_var_clip=(-6.0, 2.0))
+    model, _ = make_model(model__log_var_clip=(-6.0, 2.0))
     head = model.encoder.head
     head.linear.bias[...] = jnp.full_like(head.linear.bias[...], 50.0)  # pushes every output up
     _, log_var = model.encode(binary_images(3))
@@ -104,7 +103,7 @@ def test_log_variances_are_clipped():
 def test_output_bias_starts_at_the_logits_of_the_pixel_means(arch):
     config = tiny_config(model__arch=arch, model__init_output_bias=True)
     means = np.linspace(0.0, 1.0, 784)
-    model = model_build.build_model(config.model, IMAGE_SHAPE, jax.random.key(0), pixel_means=means)
+    model = build.build_model(config.model, IMAGE_SHAPE, jax.random.key(0), pixel_means=means)
     bias = np.asarray(model.output_bias[...])
     p = np.clip(means, 1e-3, 1 - 1e-3)
     if arch.startswith("conv"):  # per channel of the last convolution: the mean intensity
@@ -114,15 +113,15 @@ def test_output_bias_starts_at_the_logits_of_the_pixel_means(arch):
 
 
 def test_same_key_same_model_and_samples():
-    a, _ = build()
-    b, _ = build()
+    a, _ = make_model()
+    b, _ = make_model()
     np.testing.assert_array_equal(a.sample(jax.random.key(9), 4), b.sample(jax.random.key(9), 4))
     assert not np.array_equal(a.sample(jax.random.key(9), 4), a.sample(jax.random.key(10), 4))
 
 
 @pytest.mark.parametrize("arch", ["mlp", "hvae"])
 def test_temperature_zero_decodes_the_prior_mean(arch):
-    model, config = build(arch)
+    model, config = make_model(arch)
     z_cold = model.decode(jnp.zeros((1, config.model.latent_dim)))
     np.testing.assert_allclose(model.sample(jax.random.key(0), 1, temperature=0.0), z_cold, rtol=1e-5)
 
@@ -130,13 +129,13 @@ def test_temperature_zero_decodes_the_prior_mean(arch):
 def test_parameter_counts_match_the_architectures():
     config = tiny_config()
     config.model.hidden_dims, config.model.latent_dim = (400,), 20
-    model = model_build.build_model(config.model, IMAGE_SHAPE, jax.random.key(0))
+    model = build.build_model(config.model, IMAGE_SHAPE, jax.random.key(0))
     count = sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
     assert count == (784 * 400 + 400) + (400 * 40 + 40) + (20 * 400 + 400) + (400 * 784 + 784)
 
     # The published gated VAE: 784-300-300-40 and mirrored, each gated layer two linear maps.
     config.model.hidden_dims, config.model.latent_dim, config.model.activation = (300, 300), 40, "gated"
-    model = model_build.build_model(config.model, IMAGE_SHAPE, jax.random.key(0))
+    model = build.build_model(config.model, IMAGE_SHAPE, jax.random.key(0))
     count = sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
     gated = lambda a, b: 2 * (a * b + b)
     expected = (gated(784, 300) + gated(300, 300) + (300 * 80 + 80)
@@ -145,14 +144,14 @@ def test_parameter_counts_match_the_architectures():
 
     # With a VampPrior the pseudo-inputs add K x D parameters.
     config.model.prior, config.model.num_pseudo_inputs = "vampprior", 500
-    model = model_build.build_model(config.model, IMAGE_SHAPE, jax.random.key(0))
+    model = build.build_model(config.model, IMAGE_SHAPE, jax.random.key(0))
     assert sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param))) == expected + 500 * 784
 
 
 def test_hvae_has_the_published_structure():
     config = tiny_config(model__arch="hvae", model__activation="gated")
     config.model.hidden_dims, config.model.latent_dim = (300, 300), 40
-    model = model_build.build_model(config.model, IMAGE_SHAPE, jax.random.key(0))
+    model = build.build_model(config.model, IMAGE_SHAPE, jax.random.key(0))
     kernel = lambda layer: layer.linear.kernel.shape
     assert kernel(model.q_z1.body.a) == (784, 600) and kernel(model.q_z1.body.b) == (40, 600)
     assert [kernel(layer) for layer in model.q_z1.body.joint.layers] == [(600, 600)]
@@ -167,7 +166,7 @@ def test_conv_hvae_has_the_published_structure():
     convolutions of 64 channels and a 1x1 convolution at 28 x 28."""
     config = tiny_config(model__arch="conv_hvae", model__conv_channels=(32, 64), model__latent_dim=40)
     config.model.hidden_dims = (300, 300)
-    model = model_build.build_model(config.model, IMAGE_SHAPE, jax.random.key(0))
+    model = build.build_model(config.model, IMAGE_SHAPE, jax.random.key(0))
     kernels = [layer.conv.kernel.shape for layer in model.q_z2.body.layers]
     assert kernels == [(7, 7, 1, 64), (3, 3, 32, 64), (5, 5, 32, 128), (3, 3, 64, 128), (3, 3, 64, 12)]
     assert model.q_z2.body.out_dim == 294 and model.q_z2.head.linear.kernel.shape == (294, 80)
@@ -181,9 +180,9 @@ def test_conv_hvae_has_the_published_structure():
 
 def test_unknown_architecture_and_prior_are_rejected():
     with pytest.raises(ValueError, match="model.arch"):
-        build("transformer")
+        make_model("transformer")
     with pytest.raises(ValueError, match="model.prior"):
-        build("mlp", "laplace")
+        make_model("mlp", "laplace")
 
 
 def test_depth_to_space_places_channel_groups_in_2x2_blocks():

@@ -12,15 +12,17 @@ import numpy as np  # noqa: E402
 
 from tests.conftest import REPO, copy_run, tiny_run_config  # noqa: E402
 from vae.analysis import plotting  # noqa: E402
-from vae.train import loop as training  # noqa: E402
-from vae.train import trained  # noqa: E402
+from vae.train import (
+    loop,  # noqa: E402
+    trained,  # noqa: E402
+)
 
 
 def test_a_resumed_run_says_from_which_epoch(tmp_path, tiny_run, capsys):
     path = copy_run(tiny_run, tmp_path / "run")  # 2 epochs
-    training.train_and_evaluate(tiny_run_config(train__num_epochs=3), path, progress=True)
+    loop.train_and_evaluate(tiny_run_config(train__num_epochs=3), path, progress=True)
     assert f"resuming {path} from epoch 2 of 3" in capsys.readouterr().err
-    training.train_and_evaluate(tiny_run_config(train__num_epochs=3), path, progress=True)
+    loop.train_and_evaluate(tiny_run_config(train__num_epochs=3), path, progress=True)
     assert f"{path} is trained (all its epochs: epoch 3 of 3); nothing to do" in capsys.readouterr().err
 
 

@@ -10,8 +10,7 @@ from flax import nnx
 
 from tests.conftest import tiny_config
 from vae import kl
-from vae.model import build as model_build
-from vae.model import objectives
+from vae.model import build, objectives
 
 
 def test_kl_weight_warms_up_linearly():
@@ -34,7 +33,7 @@ def test_free_bits_floors_each_dimension_on_the_batch_mean():
 @pytest.fixture(scope="module")
 def model_and_x():
     config = tiny_config()
-    model = model_build.build_model(config.model, (28, 28, 1), jax.random.key(0))
+    model = build.build_model(config.model, (28, 28, 1), jax.random.key(0))
     x = jax.random.bernoulli(jax.random.key(1), 0.3, (6, 784)).astype(jnp.float32)
     return model, x
 
@@ -95,7 +94,7 @@ def test_iwae_objective_with_one_sample_is_the_elbo(arch, prior):
     """k = 1: the IWAE objective's expectation is the negative ELBO, for every model and prior
     (the ELBO objective uses closed-form KLs where they exist, the IWAE one Monte Carlo)."""
     config = tiny_config(model__arch=arch, model__prior=prior, model__num_pseudo_inputs=5)
-    model = model_build.build_model(config.model, (28, 28, 1), jax.random.key(0))
+    model = build.build_model(config.model, (28, 28, 1), jax.random.key(0))
     x = jax.random.bernoulli(jax.random.key(1), 0.3, (2, 784)).astype(jnp.float32)
     graphdef, params = nnx.split(model)
 

@@ -13,8 +13,7 @@ from scipy import stats
 
 from tests.conftest import tiny_config
 from vae import kl
-from vae.model import build as model_build
-from vae.model import priors
+from vae.model import build, priors
 
 
 def toy_encoder(scale=1.0):
@@ -84,7 +83,7 @@ def test_standard_normal_prior_is_the_closed_form():
 @pytest.fixture(scope="module")
 def hvae():
     config = tiny_config(model__arch="hvae", model__latent_dim=3, model__activation="gated")
-    model = model_build.build_model(config.model, (28, 28, 1), jax.random.key(0))
+    model = build.build_model(config.model, (28, 28, 1), jax.random.key(0))
     x = jax.random.bernoulli(jax.random.key(1), 0.3, (1, 784)).astype(jnp.float32)
     return model, x
 

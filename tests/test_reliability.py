@@ -16,7 +16,7 @@ from flax import nnx
 
 from tests.conftest import REPO
 from vae.train import trained
-from vae.workdir import files as workdir
+from vae.workdir import files
 
 NUM_EPOCHS = 4
 # Big enough that an epoch takes a noticeable time, so kills land inside epochs and saves.
@@ -44,7 +44,7 @@ def finish(path: Path) -> None:
 
 
 def metrics_lines(path: Path) -> list[str]:
-    return (path / workdir.METRICS_FILE).read_text().splitlines()
+    return (path / files.METRICS_FILE).read_text().splitlines()
 
 
 def wait_for(condition, timeout=120.0, interval=0.002):
@@ -64,7 +64,7 @@ def completed_epochs(path: Path) -> int:
 
 
 def saving_now(path: Path) -> bool:
-    ckpt = path / workdir.CHECKPOINT_DIR
+    ckpt = path / files.CHECKPOINT_DIR
     return ckpt.is_dir() and any("tmp" in p.name for p in ckpt.iterdir())
 
 
@@ -86,7 +86,7 @@ def assert_same_run(path: Path, reference: Path) -> None:
     records = [json.loads(line) for line in lines]  # no torn line
     assert [r["epoch"] for r in records] == list(range(1, NUM_EPOCHS + 1))  # one line per epoch
     strip = lambda rs: [{k: v for k, v in r.items() if k not in TIMING} for r in rs]  # noqa: E731
-    assert strip(records) == strip(workdir.read_metrics(reference))
+    assert strip(records) == strip(files.read_metrics(reference))
     for a, b in zip(final_params(path), final_params(reference)):
         np.testing.assert_array_equal(a, b)  # bit for bit on CPU
 
@@ -128,7 +128,7 @@ def test_sigint_and_sigterm_stop_gracefully_with_a_checkpoint(tmp_path, referenc
     assert "Traceback" not in stderr
     stopped_at = completed_epochs(tmp_path)
     assert 1 <= stopped_at < NUM_EPOCHS
-    steps = sorted(int(p.name) for p in (tmp_path / workdir.CHECKPOINT_DIR).iterdir() if p.name.isdigit())
+    steps = sorted(int(p.name) for p in (tmp_path / files.CHECKPOINT_DIR).iterdir() if p.name.isdigit())
     assert steps[-1] == stopped_at  # the epoch it stopped after was checkpointed
     finish(tmp_path)
     assert_same_run(tmp_path, reference)
@@ -136,7 +136,7 @@ def test_sigint_and_sigterm_stop_gracefully_with_a_checkpoint(tmp_path, referenc
 
 def test_a_corrupted_checkpoint_falls_back_to_the_previous_one(tmp_path, reference, capfd):
     run = shutil.copytree(reference, tmp_path / "run")
-    latest = run / workdir.CHECKPOINT_DIR / str(NUM_EPOCHS)
+    latest = run / files.CHECKPOINT_DIR / str(NUM_EPOCHS)
     data_files = [p for p in latest.rglob("*") if p.is_file() and p.stat().st_size > 1000]
     assert data_files
     for path in data_files:  # overwrite bytes in the middle of every array file

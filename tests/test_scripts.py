@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import REPO, copy_run, run_in_process, tiny_config
-from vae.analysis import iwae as evaluation
-from vae.train import loop as training
+from vae.analysis import iwae
+from vae.train import loop
 
 
 def run_script(name, *args, expect_ok=True):
@@ -76,9 +76,9 @@ def test_evaluate_writes_eval_json(tiny_run, tmp_path):
 
 
 def test_iwae_bound_tightens_with_k(tiny_run):
-    nll = {k: evaluation.evaluate_workdir(tiny_run, k, max_examples=64, progress=False)["test/nll"]
+    nll = {k: iwae.evaluate_workdir(tiny_run, k, max_examples=64, progress=False)["test/nll"]
            for k in (1, 50)}
-    elbo = evaluation.evaluate_workdir(tiny_run, 1, max_examples=64, progress=False)["test/elbo"]
+    elbo = iwae.evaluate_workdir(tiny_run, 1, max_examples=64, progress=False)["test/elbo"]
     assert nll[1] == pytest.approx(elbo, abs=2.0)  # k = 1 is a one-sample ELBO
     assert nll[50] < nll[1]
 
@@ -109,7 +109,7 @@ def test_workdir_without_checkpoint_or_metrics(tmp_path, tiny_run):
 
 
 def test_manifold_needs_a_2d_latent_space(tmp_path, fashion_mnist):
-    training.train_and_evaluate(tiny_config(train__num_epochs=1, data__train_split="train[:256]",
+    loop.train_and_evaluate(tiny_config(train__num_epochs=1, data__train_split="train[:256]",
                                             data__test_split="test[:128]"), tmp_path, progress=False)
     result = run_in_process("sample.py", "--workdir", tmp_path, "--mode", "manifold")
     assert result.returncode == 2

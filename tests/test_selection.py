@@ -9,14 +9,9 @@ import pytest
 from flax import nnx
 
 from tests.conftest import tiny_config
-from vae.data import dataset as datasets
-from vae.data import source as data_source
-from vae.train import config_checks, distributed, trained
-from vae.train import evaluate as train_eval
-from vae.train import loop as training
-from vae.train import run as run_dir
-from vae.workdir import checkpoints
-from vae.workdir import files as workdir
+from vae.data import dataset, source
+from vae.train import config_checks, distributed, evaluate, loop, run, trained
+from vae.workdir import checkpoints, files
 
 PATIENCE = 5
 
@@ -45,71 +40,71 @@ def without_timing(records):
 
 def test_best_epoch_and_early_stopping_rule():
     history = [{"epoch": e, "val/elbo": v} for e, v in enumerate([9.0, 7.0, 8.0, 7.0, 8.5, 9.0], 1)]
-    assert run_dir.best_epoch(history) == (2, 7.0)  # ties keep the earlier epoch
+    assert run.best_epoch(history) == (2, 7.0)  # ties keep the earlier epoch
     cfg = tiny_config(train__early_stopping_patience=4).train
-    assert run_dir.early_stop_due(history, cfg)  # 6 - 2 >= 4
-    assert not run_dir.early_stop_due(history[:5], cfg)
+    assert run.early_stop_due(history, cfg)  # 6 - 2 >= 4
+    assert not run.early_stop_due(history[:5], cfg)
     cfg.kl_warmup_epochs = 3.0  # patience counts from the end of the warm-up
-    assert not run_dir.early_stop_due(history, cfg)  # 6 - 3 < 4
+    assert not run.early_stop_due(history, cfg)  # 6 - 3 < 4
     cfg.early_stopping_patience = 0  # off
-    assert not run_dir.early_stop_due(history, cfg)
-    assert run_dir.best_epoch([{"epoch": 1, "test/elbo": 3.0}]) == (0, float("inf"))
+    assert not run.early_stop_due(history, cfg)
+    assert run.best_epoch([{"epoch": 1, "test/elbo": 3.0}]) == (0, float("inf"))
 
 
 def test_a_diverged_run_is_reported_once_its_loss_doubles_after_the_warm_up():
     losses = [400.0, 300.0, 240.0, 230.0, 229.0, 231.0, 266.0, 21776.0]  # epochs 1..8, as the 800-epoch run
     history = [{"epoch": e, "train/loss": v} for e, v in enumerate(losses, 1)]
     cfg = tiny_config(train__kl_warmup_epochs=2.0).train
-    assert [run_dir.divergence(history[:n], cfg) is not None for n in range(1, 9)] == [False] * 7 + [True]
-    warning = run_dir.divergence(history, cfg)
+    assert [run.divergence(history[:n], cfg) is not None for n in range(1, 9)] == [False] * 7 + [True]
+    warning = run.divergence(history, cfg)
     assert warning.startswith("the training loss of epoch 8, 21776, is 95.1x its lowest "
                               "(229 at epoch 5)")
     assert "train.early_stopping_patience stops such a run" in warning and "grad_clip_norm" in warning
     cfg.early_stopping_patience = 50
-    assert "once the best validation epoch is 50 epochs old" in run_dir.divergence(history, cfg)
+    assert "once the best validation epoch is 50 epochs old" in run.divergence(history, cfg)
     # During the KL warm-up the loss rises with β: no warning, whatever the ratio.
     rising = [{"epoch": e, "train/loss": v} for e, v in enumerate([100.0, 150.0, 250.0], 1)]
-    assert run_dir.divergence(rising, tiny_config(train__kl_warmup_epochs=3.0).train) is None
-    assert run_dir.divergence(rising, tiny_config(train__kl_warmup_epochs=0.0).train) is not None
+    assert run.divergence(rising, tiny_config(train__kl_warmup_epochs=3.0).train) is None
+    assert run.divergence(rising, tiny_config(train__kl_warmup_epochs=0.0).train) is not None
 
 
 def test_a_training_run_prints_the_divergence_warning_once(tmp_path, capsys):
     config = tiny_config(train__num_epochs=100, train__kl_warmup_epochs=0.0,
                          train__checkpoint_every_epochs=1000)
-    run = run_dir.RunDir(tmp_path, config, steps=1, image_shape=(28, 28, 1))
+    run_dir = run.RunDir(tmp_path, config, steps=1, image_shape=(28, 28, 1))
     for epoch, loss in enumerate([230.0, 229.0, 600.0, 700.0], 1):
-        run.end_epoch({"epoch": epoch, "train/loss": loss}, state=None, stop_requested=False,
-                      session_start=0.0)
-    run.close()
+        run_dir.end_epoch({"epoch": epoch, "train/loss": loss}, state=None, stop_requested=False,
+                          session_start=0.0)
+    run_dir.close()
     printed = capsys.readouterr().err.splitlines()
-    assert printed == [f"warning: {tmp_path}: " + run_dir.divergence(run.history[:3], config.train)]
+    assert printed == [f"warning: {tmp_path}: " + run.divergence(run_dir.history[:3], config.train)]
     assert "epoch 3, 600, is 2.62x its lowest (229 at epoch 2)" in printed[0]
 
 
 @pytest.fixture(scope="module")
 def stopped(tmp_path_factory, fashion_mnist):
     path = tmp_path_factory.mktemp("stopped")
-    return path, training.train_and_evaluate(selection_config(), path, progress=False)
+    return path, loop.train_and_evaluate(selection_config(), path, progress=False)
 
 
 def test_early_stopping_ends_patience_epochs_after_the_best(stopped):
     path, history = stopped
-    best, value = run_dir.best_epoch(history)
+    best, value = run.best_epoch(history)
     assert history[-1]["epoch"] == best + PATIENCE < 40
     assert value == min(r["val/elbo"] for r in history)
     for record in history:
         assert {"val/elbo", "val/rec", "val/kl", "val/active_units", "test/elbo", "best/epoch"} <= set(record)
         assert record["best/val/elbo"] == min(r["val/elbo"] for r in history[: record["epoch"]])
-    assert workdir.read_metrics(path) == history
+    assert files.read_metrics(path) == history
     # Again: nothing more to train.
-    again = training.train_and_evaluate(selection_config(), path, progress=False)
+    again = loop.train_and_evaluate(selection_config(), path, progress=False)
     assert without_timing(again) == without_timing(history)
 
 
 def test_the_best_checkpoint_is_kept_beside_the_latest_and_loaded_by_default(stopped):
     path, history = stopped
-    best, _ = run_dir.best_epoch(history)
-    assert sorted(int(p.name) for p in (path / workdir.BEST_DIR).iterdir() if p.name.isdigit()) == [best]
+    best, _ = run.best_epoch(history)
+    assert sorted(int(p.name) for p in (path / files.BEST_DIR).iterdir() if p.name.isdigit()) == [best]
     assert params_of(path)[0] == best
     assert params_of(path, "latest")[0] == history[-1]["epoch"]
     assert trained.checkpoint_used(path, None, "best") == "best"
@@ -120,13 +115,13 @@ def test_the_best_checkpoint_holds_the_evaluated_parameters(stopped):
     the checkpoint holds what was evaluated (the EMA), not the raw parameters."""
     path, history = stopped
     config, model, epoch = trained.load_trained(path)
-    images, _ = datasets.load_eval_split(config.data, "validation")
+    images, _ = dataset.load_eval_split(config.data, "validation")
     mesh = distributed.make_mesh(jax.devices()[:1])
     graphdef, params = nnx.split(model)
-    terms = train_eval.make_evaluate(graphdef, config, mesh)(
+    terms = evaluate.make_evaluate(graphdef, config, mesh)(
         params, distributed.images_on_device(images, mesh, config.eval.batch_size),
-        train_eval.eval_key(config, "val"))
-    summary = train_eval.summarize_eval(jax.device_get(terms), len(images), 784, 0.01, "val")
+        evaluate.eval_key(config, "val"))
+    summary = evaluate.summarize_eval(jax.device_get(terms), len(images), 784, 0.01, "val")
     assert summary["val/elbo"] == pytest.approx(history[epoch - 1]["val/elbo"], rel=1e-5)
 
 
@@ -135,13 +130,13 @@ def test_resume_through_selection_is_exact(tmp_path, stopped, damage):
     """A run stopped after epoch 5 (and, worse, killed between its two saves) resumes to the same
     metrics, latest and best checkpoints as the uninterrupted run."""
     path, history = stopped
-    first = training.train_and_evaluate(selection_config(train__num_epochs=5), tmp_path, progress=False)
-    assert run_dir.best_epoch(first)[0] == 5  # still improving: epoch 5 is in both managers
+    first = loop.train_and_evaluate(selection_config(train__num_epochs=5), tmp_path, progress=False)
+    assert run.best_epoch(first)[0] == 5  # still improving: epoch 5 is in both managers
     if damage == "best_not_saved":  # killed after the latest save, before the best one
-        shutil.rmtree(tmp_path / workdir.BEST_DIR / "5")
+        shutil.rmtree(tmp_path / files.BEST_DIR / "5")
     if damage == "latest_not_saved":  # killed after the best save, before the latest one
-        shutil.rmtree(tmp_path / workdir.CHECKPOINT_DIR / "5")
-    resumed = training.train_and_evaluate(selection_config(), tmp_path, progress=False)
+        shutil.rmtree(tmp_path / files.CHECKPOINT_DIR / "5")
+    resumed = loop.train_and_evaluate(selection_config(), tmp_path, progress=False)
     assert without_timing(resumed) == without_timing(history)
     for which in ("best", "latest"):
         (epoch_a, params_a), (epoch_b, params_b) = params_of(tmp_path, which), params_of(path, which)
@@ -151,9 +146,9 @@ def test_resume_through_selection_is_exact(tmp_path, stopped, damage):
 
 
 def test_a_run_without_validation_has_no_best_checkpoint_and_loads_the_latest(tiny_run):
-    history = workdir.read_metrics(tiny_run)  # 2 epochs, no validation split
+    history = files.read_metrics(tiny_run)  # 2 epochs, no validation split
     assert "val/elbo" not in history[-1] and "best/epoch" not in history[-1]
-    assert not checkpoints.has_checkpoints(tiny_run, workdir.BEST_DIR)
+    assert not checkpoints.has_checkpoints(tiny_run, files.BEST_DIR)
     assert trained.checkpoint_used(tiny_run, None, "best") == "latest"
     assert params_of(tiny_run)[0] == 2
 
@@ -161,8 +156,8 @@ def test_a_run_without_validation_has_no_best_checkpoint_and_loads_the_latest(ti
 def test_overlapping_validation_and_training_splits_are_refused(tmp_path, fashion_mnist):
     config = selection_config()
     config.data.validation_split = "train[32:96]"
-    with pytest.raises(data_source.DataError, match="overlaps data.train_split.*32 shared examples"):
-        training.train_and_evaluate(config, tmp_path, progress=False)
+    with pytest.raises(source.DataError, match="overlaps data.train_split.*32 shared examples"):
+        loop.train_and_evaluate(config, tmp_path, progress=False)
 
 
 def test_early_stopping_without_a_validation_split_is_refused():

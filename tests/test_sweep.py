@@ -11,14 +11,10 @@ from flax import nnx
 
 from tests.conftest import run_in_process, tiny_config
 from tests.test_scripts import assert_png, run_script
-from vae.analysis import iwae as evaluation
-from vae.sweep import driver as sweep_driver
-from vae.sweep import program as sweep_program
-from vae.sweep import spec
-from vae.train import config_checks, trained
-from vae.train import loop as training
-from vae.train import run as run_dir
-from vae.workdir import files as workdir
+from vae.analysis import iwae
+from vae.sweep import driver, program, spec
+from vae.train import config_checks, loop, run, trained
+from vae.workdir import files
 
 # Facts of the session, not of the run: times, and how many members trained together that epoch.
 SESSION = {"images_per_sec", "epoch_time_sec", "eval_time_sec", "wall_time_sec", "compile_time_sec",
@@ -94,7 +90,7 @@ def test_numbers_share_a_program_and_shapes_or_switches_split_it():
     config = tiny_config()
     one = spec.group_members(spec.make_members(config, [("train.beta", [0.5, 2.0]), ("seed", [0, 1])]))
     assert [len(g) for g in one] == [4]
-    assert sweep_program.varying_hyper([m.config for m in one[0]]) == {"seed": [0, 1, 0, 1],
+    assert program.varying_hyper([m.config for m in one[0]]) == {"seed": [0, 1, 0, 1],
                                                                       "beta": [0.5, 0.5, 2.0, 2.0]}
     assert spec.plan(one, "vmap") == ("4 members train together as one compiled program, the step vmapped "
                                       "over the members' stacked states")
@@ -116,17 +112,17 @@ AXES = [("train.beta", [0.5, 2.0]), ("seed", [0, 1])]
 @pytest.fixture(scope="module")
 def beta_seed_sweep(tmp_path_factory, fashion_mnist):
     path = tmp_path_factory.mktemp("beta_seed")
-    return path, sweep_driver.train_sweep(tiny_config(train__num_epochs=3), AXES, path, progress=False)
+    return path, driver.train_sweep(tiny_config(train__num_epochs=3), AXES, path, progress=False)
 
 
-@pytest.mark.parametrize("loop", ["unrolled", "vmap"])
-def test_member_k_equals_the_single_run(tmp_path, beta_seed_sweep, loop):
+@pytest.mark.parametrize("member_loop", ["unrolled", "vmap"])
+def test_member_k_equals_the_single_run(tmp_path, beta_seed_sweep, member_loop):
     path, histories = beta_seed_sweep
-    if loop == "vmap":  # the fixture ran the default loop (unrolled on CPU); the other one here
+    if member_loop == "vmap":  # the fixture ran the default loop (unrolled on CPU); the other one here
         path = tmp_path / "vmap"
-        histories = sweep_driver.train_sweep(tiny_config(train__num_epochs=3), AXES, path, progress=False,
-                                      loop="vmap")
-    single = training.train_and_evaluate(tiny_config(train__num_epochs=3, train__beta=2.0, seed=1),
+        histories = driver.train_sweep(tiny_config(train__num_epochs=3), AXES, path, progress=False,
+                                      member_loop="vmap")
+    single = loop.train_and_evaluate(tiny_config(train__num_epochs=3, train__beta=2.0, seed=1),
                                       tmp_path / "single", progress=False)
     assert_same_run(path / "beta=2,seed=1", histories["beta=2,seed=1"], tmp_path / "single", single)
     # Four different runs, not one run four times: the seeds and the betas tell.
@@ -147,23 +143,23 @@ def test_every_traced_number_matches_the_single_run(tmp_path, fashion_mnist):
                     train__ema_decay=0.9, train__weight_decay=1e-3, train__grad_clip_norm=50.0,
                     train__beta=2.0)]
     members = [spec.Member(f"m{i}", {"index": i}, tiny_config(**base, **n)) for i, n in enumerate(numbers)]
-    assert len(sweep_program.varying_hyper([m.config for m in members])) == 8  # all Hyper fields
-    histories = sweep_driver.train_members(members, tmp_path / "sweep", progress=False, loop="vmap")
+    assert len(program.varying_hyper([m.config for m in members])) == 8  # all Hyper fields
+    histories = driver.train_members(members, tmp_path / "sweep", progress=False, member_loop="vmap")
     for member, n in zip(members, numbers):
-        single = training.train_and_evaluate(tiny_config(**base, **n), tmp_path / member.name, progress=False)
+        single = loop.train_and_evaluate(tiny_config(**base, **n), tmp_path / member.name, progress=False)
         assert_same_run(tmp_path / "sweep" / member.name, histories[member.name], tmp_path / member.name,
                         single)
 
 
 def test_each_member_is_a_single_runs_workdir(beta_seed_sweep):
     path, histories = beta_seed_sweep
-    record = json.loads((path / workdir.SWEEP_FILE).read_text())
+    record = json.loads((path / files.SWEEP_FILE).read_text())
     assert record["axes"] == {"train.beta": [0.5, 2.0], "seed": [0, 1]}
-    assert list(workdir.member_workdirs(path)) == list(histories) == [m["name"] for m in record["members"]]
-    for name, member_dir in workdir.member_workdirs(path).items():
-        config = workdir.read_config(member_dir)
+    assert list(files.member_workdirs(path)) == list(histories) == [m["name"] for m in record["members"]]
+    for name, member_dir in files.member_workdirs(path).items():
+        config = files.read_config(member_dir)
         assert name == f"beta={config.train.beta:g},seed={config.seed}"
-        records = workdir.read_metrics(member_dir)
+        records = files.read_metrics(member_dir)
         assert records == json.loads(json.dumps(histories[name]))
         assert [r["epoch"] for r in records] == [1, 2, 3]
         fields = {"test/elbo", "test/kl_per_dim", "test/active_units", "images_per_sec", "sweep/members"}
@@ -171,7 +167,7 @@ def test_each_member_is_a_single_runs_workdir(beta_seed_sweep):
         checkpoints = (member_dir / "checkpoints").iterdir()
         assert sorted(int(p.name) for p in checkpoints if p.name.isdigit()) == [1, 2, 3]
         assert trained.load_trained(member_dir)[2] == 3
-    assert (path / sweep_driver.RATE_DISTORTION_FILE).stat().st_size > 10_000
+    assert (path / driver.RATE_DISTORTION_FILE).stat().st_size > 10_000
 
 
 def test_a_sweep_resumes_after_a_kill_between_two_members_checkpoints(tmp_path, beta_seed_sweep):
@@ -179,14 +175,14 @@ def test_a_sweep_resumes_after_a_kill_between_two_members_checkpoints(tmp_path, 
     trains that member's epoch 2 alone (the others wait, frozen), then all of them, and ends where
     the uninterrupted sweep did, bit for bit."""
     path, histories = beta_seed_sweep
-    sweep_driver.train_sweep(tiny_config(train__num_epochs=2), AXES, tmp_path, progress=False)
+    driver.train_sweep(tiny_config(train__num_epochs=2), AXES, tmp_path, progress=False)
     shutil.rmtree(tmp_path / "beta=2,seed=0" / "checkpoints" / "2")
-    resumed = sweep_driver.train_sweep(tiny_config(train__num_epochs=3), AXES, tmp_path, progress=False)
+    resumed = driver.train_sweep(tiny_config(train__num_epochs=3), AXES, tmp_path, progress=False)
     for name in histories:
         assert without_timing(resumed[name]) == without_timing(histories[name]), name
         for a, b in zip(params_of(tmp_path / name)[1], params_of(path / name)[1]):
             np.testing.assert_array_equal(a, b)
-    again = sweep_driver.train_sweep(tiny_config(train__num_epochs=3), AXES, tmp_path, progress=False)
+    again = driver.train_sweep(tiny_config(train__num_epochs=3), AXES, tmp_path, progress=False)
     for name in histories:
         assert without_timing(again[name]) == without_timing(resumed[name])
 
@@ -204,14 +200,14 @@ def selection_config(**overrides):
 # a quick test in test_selection.py, members equal to their single runs are quick tests here
 def test_members_stop_early_on_their_own_and_keep_their_best_checkpoint(tmp_path, fashion_mnist):
     axes = [("train.learning_rate", [3e-2, 1e-2])]
-    histories = sweep_driver.train_sweep(selection_config(), axes, tmp_path / "sweep", progress=False)
+    histories = driver.train_sweep(selection_config(), axes, tmp_path / "sweep", progress=False)
     stops = set()
     for lr, name in zip([3e-2, 1e-2], histories):
-        single = training.train_and_evaluate(selection_config(train__learning_rate=lr), tmp_path / name,
+        single = loop.train_and_evaluate(selection_config(train__learning_rate=lr), tmp_path / name,
                                           progress=False)
         history = histories[name]
         assert [r["best/epoch"] for r in history] == [r["best/epoch"] for r in single]
-        best = run_dir.best_epoch(history)[0]
+        best = run.best_epoch(history)[0]
         assert history[-1]["epoch"] in (best + 3, 30)  # stopped by patience, or ran all epochs
         assert trained.load_trained(tmp_path / "sweep" / name)[2] == best  # the best/ checkpoint
         assert_same_run(tmp_path / "sweep" / name, history, tmp_path / name, single, rel=1e-4)
@@ -221,15 +217,15 @@ def test_members_stop_early_on_their_own_and_keep_their_best_checkpoint(tmp_path
 
 def test_a_diverging_member_stops_alone(tmp_path, fashion_mnist):
     axes = [("train.learning_rate", [1e-3, 1e4])]
-    with pytest.raises(run_dir.NonFiniteLossError, match=r"member learning_rate=10000: the loss became"):
-        sweep_driver.train_sweep(tiny_config(), axes, tmp_path, progress=False)
-    assert [r["epoch"] for r in workdir.read_metrics(tmp_path / "learning_rate=0.001")] == [1, 2]
-    assert not workdir.read_metrics(tmp_path / "learning_rate=10000")
+    with pytest.raises(run.NonFiniteLossError, match=r"member learning_rate=10000: the loss became"):
+        driver.train_sweep(tiny_config(), axes, tmp_path, progress=False)
+    assert [r["epoch"] for r in files.read_metrics(tmp_path / "learning_rate=0.001")] == [1, 2]
+    assert not files.read_metrics(tmp_path / "learning_rate=10000")
 
 
 def test_a_shape_sweep_trains_as_groups_and_says_so(tmp_path, fashion_mnist, capsys):
     axes = [("model.latent_dim", [2, 3]), ("train.beta", [1.0, 2.0])]
-    histories = sweep_driver.train_sweep(tiny_config(train__num_epochs=1), axes, tmp_path, progress=True)
+    histories = driver.train_sweep(tiny_config(train__num_epochs=1), axes, tmp_path, progress=True)
     assert "4 members in 2 groups of 2/2" in capsys.readouterr().err
     assert {name: len(h[-1]["test/kl_per_dim"]) for name, h in histories.items()} == {
         "latent_dim=2,beta=1": 2, "latent_dim=2,beta=2": 2,
@@ -238,7 +234,7 @@ def test_a_shape_sweep_trains_as_groups_and_says_so(tmp_path, fashion_mnist, cap
 
 def test_a_bad_member_is_refused_before_any_compute(tmp_path):
     with pytest.raises(config_checks.ConfigError, match="member free_bits=0.5: train.free_bits needs"):
-        sweep_driver.train_sweep(tiny_config(model__prior="vampprior"), [("train.free_bits", [0.0, 0.5])],
+        driver.train_sweep(tiny_config(model__prior="vampprior"), [("train.free_bits", [0.0, 0.5])],
                                  tmp_path)
     assert not any(tmp_path.iterdir())
 
@@ -254,16 +250,16 @@ def test_the_sweep_script_and_the_tools_on_its_members(tmp_path, fashion_mnist):
     assert "2 members train together as one compiled program" in result.stderr
     assert "beta=2: epoch 1, test -elbo" in result.stderr
     assert_png(out / "rate_distortion.png")
-    assert workdir.read_config(out / "beta=2").train.beta == 2.0
+    assert files.read_config(out / "beta=2").train.beta == 2.0
     run_script("sweep.py", *args)  # again: resumes, nothing left to train
-    assert [len(workdir.read_metrics(out / name)) for name in ("beta=0.5", "beta=2")] == [1, 1]
+    assert [len(files.read_metrics(out / name)) for name in ("beta=0.5", "beta=2")] == [1, 1]
     plots = run_in_process("plot_kl.py", "--workdir", out)  # its own process in test_scripts.py
     assert plots.returncode == 0, plots.stderr[-2000:]
     plots = plots.stdout
     assert "rate_distortion.png" in plots
     assert_png(out / "kl_curves.png")
     # A member is a run: what sample.py and evaluate.py call takes it as it is.
-    result = evaluation.evaluate_workdir(out / "beta=0.5", 5, max_examples=32, progress=False)
+    result = iwae.evaluate_workdir(out / "beta=0.5", 5, max_examples=32, progress=False)
     assert result["epoch"] == 1 and result["checkpoint"] == "latest" and 0 < result["test/nll"]
     bad = run_script("sweep.py", "--workdir", tmp_path / "bad", "--sweep", "train.betta=1,2", expect_ok=False)
     assert bad.returncode == 2 and "unknown config field" in bad.stderr

@@ -9,13 +9,12 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import copy_run, tiny_config, tiny_run_config
-from vae.train import loop as training
-from vae.workdir import checkpoints, tensorboard
-from vae.workdir import files as workdir
+from vae.train import loop
+from vae.workdir import checkpoints, files, tensorboard
 
 
 def events(path):
-    accumulator = EventAccumulator(str(path / workdir.TENSORBOARD_DIR),
+    accumulator = EventAccumulator(str(path / files.TENSORBOARD_DIR),
                                    size_guidance={"scalars": 0, "images": 0, "histograms": 0})
     accumulator.Reload()
     return accumulator
@@ -24,7 +23,7 @@ def events(path):
 def test_a_run_writes_tensorboard_events_of_its_metrics(tmp_path, fashion_mnist):
     config = tiny_config(train__num_epochs=6)
     config.data.train_split, config.data.validation_split = "train[:1024]", "train[1024:1280]"
-    history = training.train_and_evaluate(config, tmp_path, progress=False)
+    history = loop.train_and_evaluate(config, tmp_path, progress=False)
     board = events(tmp_path)
     tags = board.Tags()
     numeric = {k for r in history for k, v in r.items() if isinstance(v, int | float) and k != "epoch"}
@@ -47,15 +46,15 @@ def test_a_resumed_run_replaces_the_events_of_the_epochs_it_trains_again(tmp_pat
     # As after a kill between the metrics line of epoch 2 and its checkpoint: epoch 2 is trained again.
     assert checkpoints.latest_checkpoint(path) == 2
     assert [e.step for e in events(path).Scalars("test/elbo")] == [1, 2]
-    shutil.rmtree(path / workdir.CHECKPOINT_DIR / "2")
-    history = training.train_and_evaluate(tiny_run_config(train__num_epochs=3), path, progress=False)
+    shutil.rmtree(path / files.CHECKPOINT_DIR / "2")
+    history = loop.train_and_evaluate(tiny_run_config(train__num_epochs=3), path, progress=False)
     logged = [(e.step, e.value) for e in events(path).Scalars("test/elbo")]
     assert logged == [(r["epoch"], pytest.approx(r["test/elbo"], rel=1e-6)) for r in history]
 
 
 def test_the_vampprior_has_no_per_dimension_kl_histogram(tmp_path, fashion_mnist):
     config = tiny_config(train__num_epochs=1, model__prior="vampprior", model__num_pseudo_inputs=16)
-    history = training.train_and_evaluate(config, tmp_path, progress=False)
+    history = loop.train_and_evaluate(config, tmp_path, progress=False)
     tags = events(tmp_path).Tags()
     assert "test/kl_per_dim" not in history[0] and tags["histograms"] == []
     assert "test/elbo" in tags["scalars"] and "samples/prior" in tags["images"]
@@ -66,8 +65,8 @@ def test_a_failing_board_warns_once_and_training_goes_on(tmp_path, fashion_mnist
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(tensorboard.Board, "_metrics", full_disk)
-    history = training.train_and_evaluate(tiny_config(train__num_epochs=2), tmp_path, progress=False)
+    history = loop.train_and_evaluate(tiny_config(train__num_epochs=2), tmp_path, progress=False)
     assert [r["epoch"] for r in history] == [1, 2]
     err = capfd.readouterr().err
     assert err.count("TensorBoard events are no longer written") == 1
-    assert np.isfinite(workdir.read_metrics(tmp_path)[-1]["test/elbo"])
+    assert np.isfinite(files.read_metrics(tmp_path)[-1]["test/elbo"])

@@ -63,27 +63,25 @@ def test_training_is_bit_for_bit_what_it_was(monkeypatch):
     """The train epoch with fused keys and the CPU compile options against jax.random keys and a
     plain compile: the same parameters, optimizer state and metrics, bit for bit."""
     from tests.conftest import tiny_config
-    from vae.train import distributed
-    from vae.train import epoch as epochs
-    from vae.train import state as train_state
+    from vae.train import distributed, epoch, state
 
     config = tiny_config()
     mesh = distributed.make_mesh(jax.devices()[:1])
     images = jax.device_put(np.random.default_rng(0).integers(0, 256, (256, 784), dtype=np.uint8))
-    tx = train_state.make_optimizer(config.train, 256 // config.train.batch_size)
+    tx = state.make_optimizer(config.train, 256 // config.train.batch_size)
 
     def two_epochs():
-        graphdef, state = train_state.init_state(config, (28, 28, 1), tx)
-        epoch_fn = epochs.compile_train_epoch(graphdef, config, mesh, state, images, dynamic=True)
+        graphdef, train_state = state.init_state(config, (28, 28, 1), tx)
+        epoch_fn = epoch.compile_train_epoch(graphdef, config, mesh, train_state, images, dynamic=True)
         metrics = []
-        for epoch in (1, 2):
-            state, step_metrics = epoch_fn(state, images, np.int32(epoch))
+        for number in (1, 2):
+            train_state, step_metrics = epoch_fn(train_state, images, np.int32(number))
             metrics.append(step_metrics)
         return state, metrics
 
     new = two_epochs()
     monkeypatch.setattr(threefry, "key", jax.random.key)
-    monkeypatch.setattr(epochs, "_CPU_COMPILER_OPTIONS", {})
+    monkeypatch.setattr(epoch, "_CPU_COMPILER_OPTIONS", {})
     old = two_epochs()
     for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

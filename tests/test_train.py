@@ -11,10 +11,8 @@ import pytest
 from flax import nnx
 
 from tests.conftest import REPO, copy_run, tiny_config, tiny_run_config
-from vae.train import loop as training
-from vae.train import run as run_dir
-from vae.train import trained
-from vae.workdir import files as workdir
+from vae.train import loop, run, trained
+from vae.workdir import files
 
 METRIC_FIELDS = {
     "epoch", "step", "train/elbo", "train/rec", "train/kl", "test/elbo", "test/rec", "test/kl",
@@ -35,13 +33,13 @@ def without_timing(records):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, fashion_mnist):
     path = tmp_path_factory.mktemp("uninterrupted")
-    history = training.train_and_evaluate(tiny_config(train__num_epochs=3), path, progress=False)
+    history = loop.train_and_evaluate(tiny_config(train__num_epochs=3), path, progress=False)
     return path, history
 
 
 def test_run_writes_the_workdir_contract(uninterrupted):
     path, history = uninterrupted
-    records = workdir.read_metrics(path)
+    records = files.read_metrics(path)
     assert [r["epoch"] for r in records] == [1, 2, 3]
     assert records == json.loads(json.dumps(history))
     for record in records:
@@ -61,31 +59,31 @@ def test_run_writes_the_workdir_contract(uninterrupted):
 
 def test_resume_continues_exactly(tmp_path, uninterrupted):
     path, _ = uninterrupted
-    training.train_and_evaluate(tiny_config(train__num_epochs=2), tmp_path, progress=False)
-    assert len(workdir.read_metrics(tmp_path)) == 2
-    history = training.train_and_evaluate(tiny_config(train__num_epochs=3), tmp_path, progress=False)
+    loop.train_and_evaluate(tiny_config(train__num_epochs=2), tmp_path, progress=False)
+    assert len(files.read_metrics(tmp_path)) == 2
+    history = loop.train_and_evaluate(tiny_config(train__num_epochs=3), tmp_path, progress=False)
     assert [r["epoch"] for r in history] == [1, 2, 3]
-    assert without_timing(workdir.read_metrics(tmp_path)) == without_timing(workdir.read_metrics(path))
+    assert without_timing(files.read_metrics(tmp_path)) == without_timing(files.read_metrics(path))
     for resumed, straight in zip(params_of(tmp_path), params_of(path)):
         np.testing.assert_array_equal(resumed, straight)
 
 
 def test_finished_run_is_not_retrained(uninterrupted):
     path, history = uninterrupted
-    again = training.train_and_evaluate(tiny_config(train__num_epochs=3), path, progress=False)
+    again = loop.train_and_evaluate(tiny_config(train__num_epochs=3), path, progress=False)
     assert without_timing(again) == without_timing(history)
 
 
 def test_a_different_seed_gives_different_numbers(tmp_path, uninterrupted):
     _, history = uninterrupted
-    other = training.train_and_evaluate(tiny_config(train__num_epochs=1, seed=1), tmp_path, progress=False)
+    other = loop.train_and_evaluate(tiny_config(train__num_epochs=1, seed=1), tmp_path, progress=False)
     assert other[0]["train/elbo"] != history[0]["train/elbo"]
 
 
 def test_four_devices_match_one(tmp_path, fashion_mnist):
     config = tiny_config(train__num_epochs=1)
-    one = training.train_and_evaluate(config, tmp_path / "one", devices=jax.devices()[:1], progress=False)
-    four = training.train_and_evaluate(config, tmp_path / "four", devices=jax.devices()[:4], progress=False)
+    one = loop.train_and_evaluate(config, tmp_path / "one", devices=jax.devices()[:1], progress=False)
+    four = loop.train_and_evaluate(config, tmp_path / "four", devices=jax.devices()[:4], progress=False)
     assert len(jax.devices()) == 4
     for key in ("train/elbo", "train/rec", "train/kl", "test/elbo"):
         assert four[0][key] == pytest.approx(one[0][key], rel=1e-4)
@@ -95,9 +93,9 @@ def test_four_devices_match_one(tmp_path, fashion_mnist):
 
 def test_resuming_with_another_model_is_refused(tmp_path, tiny_run):
     path = copy_run(tiny_run, tmp_path / "run")  # model.latent_dim=2
-    with pytest.raises(workdir.WorkdirError, match="model.latent_dim"):
-        training.train_and_evaluate(tiny_config(model__latent_dim=8), path, progress=False)
-    history = training.train_and_evaluate(tiny_config(model__latent_dim=8, train__num_epochs=1), path,
+    with pytest.raises(files.WorkdirError, match="model.latent_dim"):
+        loop.train_and_evaluate(tiny_config(model__latent_dim=8), path, progress=False)
+    history = loop.train_and_evaluate(tiny_config(model__latent_dim=8, train__num_epochs=1), path,
                                        restart=True, progress=False)
     assert len(history) == 1 and len(history[0]["test/kl_per_dim"]) == 8
 
@@ -105,15 +103,15 @@ def test_resuming_with_another_model_is_refused(tmp_path, tiny_run):
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_run):
     path = copy_run(tiny_run, tmp_path / "run")  # 2 epochs
     config = tiny_run_config(train__num_epochs=4, train__learning_rate=1e4)
-    with pytest.raises(run_dir.NonFiniteLossError, match=r"epoch 3, step \d+.*epoch 2\) is kept"):
-        training.train_and_evaluate(config, path, progress=False)
+    with pytest.raises(run.NonFiniteLossError, match=r"epoch 3, step \d+.*epoch 2\) is kept"):
+        loop.train_and_evaluate(config, path, progress=False)
     _, _, epoch = trained.load_trained(path)
     assert epoch == 2
-    assert [r["epoch"] for r in workdir.read_metrics(path)] == [1, 2]
+    assert [r["epoch"] for r in files.read_metrics(path)] == [1, 2]
 
 
 def test_conv_model_trains(tmp_path, fashion_mnist):
-    history = training.train_and_evaluate(tiny_config(model__arch="conv", train__num_epochs=1), tmp_path,
+    history = loop.train_and_evaluate(tiny_config(model__arch="conv", train__num_epochs=1), tmp_path,
                                        progress=False)
     assert np.isfinite(history[0]["test/elbo"])
 
@@ -123,10 +121,10 @@ def test_a_run_trained_on_4_devices_loads_and_resumes_on_1(tmp_path, tiny_run):
     assert json.loads((path / "config.json").read_text())["run"]["num_devices"] == 4
     # The backend starts on this process's 1 device before tests.conftest asks for 4 (it would).
     script = ("import sys, jax; assert jax.device_count() == 1; "
-              "from vae.train import loop as training, trained; "
+              "from vae.train import loop, trained; "
               "from tests.conftest import tiny_run_config; "
               "_, model, epoch = trained.load_trained(sys.argv[1]); assert epoch == 2; "
-              "h = training.train_and_evaluate(tiny_run_config(train__num_epochs=3), sys.argv[1], "
+              "h = loop.train_and_evaluate(tiny_run_config(train__num_epochs=3), sys.argv[1], "
               "progress=False); assert [r['epoch'] for r in h] == [1, 2, 3]; print('ok')")
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True,
@@ -136,9 +134,9 @@ def test_a_run_trained_on_4_devices_loads_and_resumes_on_1(tmp_path, tiny_run):
 
 def test_scan_and_stepwise_epochs_agree(tmp_path, fashion_mnist):
     runs = {}
-    for loop in ("scan", "steps"):
-        runs[loop] = training.train_and_evaluate(tiny_config(train__num_epochs=1, train__epoch_loop=loop),
-                                              tmp_path / loop, progress=False)[0]
+    for kind in ("scan", "steps"):
+        runs[kind] = loop.train_and_evaluate(tiny_config(train__num_epochs=1, train__epoch_loop=kind),
+                                             tmp_path / kind, progress=False)[0]
     for key in ("train/elbo", "train/kl", "test/elbo"):
         assert runs["steps"][key] == pytest.approx(runs["scan"][key], rel=1e-5)
     for a, b in zip(params_of(tmp_path / "scan"), params_of(tmp_path / "steps")):
@@ -147,10 +145,10 @@ def test_scan_and_stepwise_epochs_agree(tmp_path, fashion_mnist):
 
 def test_batches_fed_from_the_host_match_batches_gathered_on_device(tmp_path, fashion_mnist):
     runs = {}
-    for source, loop in (("device", "scan"), ("host", "scan"), ("host", "steps")):
-        config = tiny_config(train__num_epochs=1, train__batch_source=source, train__epoch_loop=loop)
-        path = tmp_path / f"{source}_{loop}"
-        runs[source, loop] = training.train_and_evaluate(config, path, progress=False)[0]
+    for source, kind in (("device", "scan"), ("host", "scan"), ("host", "steps")):
+        config = tiny_config(train__num_epochs=1, train__batch_source=source, train__epoch_loop=kind)
+        path = tmp_path / f"{source}_{kind}"
+        runs[source, kind] = loop.train_and_evaluate(config, path, progress=False)[0]
     reference = runs["device", "scan"]
     assert runs["host", "scan"]["train/elbo"] == reference["train/elbo"]  # the same batches, the same program
     for key in ("train/elbo", "train/kl", "test/elbo"):
@@ -164,10 +162,10 @@ def test_a_short_run_evaluates_what_it_learnt_with_a_parameter_average(tmp_path,
     parameters (decay 0.998: a plain average would still be 91% the initial weights) score
     close to the latest ones, and the record says which were evaluated."""
     short = {"train__num_epochs": 3, "train__learning_rate": 3e-3}
-    latest = training.train_and_evaluate(tiny_config(**short), tmp_path / "latest", progress=False)[-1]
-    ema = training.train_and_evaluate(tiny_config(**short, train__ema_decay=0.998), tmp_path / "ema",
+    latest = loop.train_and_evaluate(tiny_config(**short), tmp_path / "latest", progress=False)[-1]
+    ema = loop.train_and_evaluate(tiny_config(**short, train__ema_decay=0.998), tmp_path / "ema",
                                       progress=False)[-1]
     assert latest["eval_params"] == "latest" and ema["eval_params"] == "ema"
     assert ema["test/elbo"] == pytest.approx(latest["test/elbo"], rel=0.02)
     assert 0.7 < ema["train/ema_decay"] < 0.85  # (1 + t) / (10 + t) over the third epoch's steps
-    assert "of the parameter average" in training.epoch_line(ema, 3)
+    assert "of the parameter average" in loop.epoch_line(ema, 3)

@@ -148,20 +148,20 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, fashion_mnist, override, mes
 
 
 def test_an_unreadable_data_dir_is_reported(tmp_path):
-    from vae.data import source as data_source
+    from vae.data import source
 
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
-    with pytest.raises(data_source.DataError, match="is a file, not a directory"):
-        data_source.check_prepared("fashion_mnist", str(not_a_dir))
+    with pytest.raises(source.DataError, match="is a file, not a directory"):
+        source.check_prepared("fashion_mnist", str(not_a_dir))
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0)
     try:
         if os.access(locked, os.R_OK):
             pytest.skip("running as a user who can read any directory (root)")
-        with pytest.raises(data_source.DataError, match="not readable"):
-            data_source.check_prepared("fashion_mnist", str(locked))
+        with pytest.raises(source.DataError, match="not readable"):
+            source.check_prepared("fashion_mnist", str(locked))
     finally:
         locked.chmod(0o755)
 

@@ -20,8 +20,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from vae.data import dataset as datasets
-from vae.data import pixels
+from vae.data import dataset, pixels
 from vae.model import objectives
 from vae.train import config_checks, distributed
 from vae.train.epoch import compile_loop, epoch_loop
@@ -174,7 +173,7 @@ def evaluate_workdir(workdir: str | Path, num_samples: int = 5000, *, epoch: int
     if num_samples < 1:
         raise ValueError(f"the number of importance samples must be >= 1, got {num_samples}")
     config, model, restored_epoch = load_trained(workdir, epoch, checkpoint)
-    images, _ = datasets.load_test_set(config.data)
+    images, _ = dataset.load_test_set(config.data)
     if max_examples is not None:
         images = images[: max(2, max_examples)]
     num_pixels = math.prod(images.shape[1:])

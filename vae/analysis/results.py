@@ -11,7 +11,7 @@ import math
 import shlex
 from pathlib import Path
 
-from vae.workdir import files as wd
+from vae.workdir import files
 
 # Test NLL (nats, dynamically binarised Fashion-MNIST, k = 5000 importance samples), Norouzi et
 # al. (2020), Exemplar VAE, table of density estimation; MLP models are gated 784-300-300 with
@@ -31,7 +31,7 @@ def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise wd.WorkdirError(
+        raise files.WorkdirError(
             f"{path.parent} has no {path.name}: run scripts/evaluate.py on it first") from None
 
 
@@ -75,12 +75,12 @@ def _workdir_and_eval(path: Path) -> tuple[Path, dict]:
     evals/) and the workdir above it that holds config.json."""
     if path.is_file():
         for parent in path.parents:
-            if (parent / wd.CONFIG_FILE).is_file():
+            if (parent / files.CONFIG_FILE).is_file():
                 return parent, _read_json(path)
-        raise wd.WorkdirError(f"no workdir (a directory with {wd.CONFIG_FILE}) above {path}")
-    evaluations = wd.read_evaluations(path)
+        raise files.WorkdirError(f"no workdir (a directory with {files.CONFIG_FILE}) above {path}")
+    evaluations = files.read_evaluations(path)
     if not evaluations:
-        raise wd.WorkdirError(f"{path} has no {wd.EVAL_FILE}: run scripts/evaluate.py on it first")
+        raise files.WorkdirError(f"{path} has no {files.EVAL_FILE}: run scripts/evaluate.py on it first")
     return path, evaluations[-1][1]
 
 
@@ -88,10 +88,10 @@ def run_row(path: str | Path) -> dict:
     """The table's fields for one evaluated workdir (its strongest evaluation), or for one of its
     evaluation files."""
     path, result = _workdir_and_eval(Path(path))
-    config = _read_json(path / wd.CONFIG_FILE)
-    metrics = wd.read_metrics(path)
+    config = _read_json(path / files.CONFIG_FILE)
+    metrics = files.read_metrics(path)
     if not metrics:
-        raise wd.WorkdirError(f"{path} has no metrics: it has not trained")
+        raise files.WorkdirError(f"{path} has no metrics: it has not trained")
     last = metrics[-1]
     # The published rows are of dynamically binarised images: an 8-bit or static run has none.
     binarised = (config["model"].get("likelihood", "bernoulli") == "bernoulli"
@@ -173,11 +173,11 @@ def validation_curve(path: str | Path, required: bool = True) -> dict | None:
     unevaluated or unfinished run has one too. A run that never validated: an error, or None
     where not `required`."""
     path = Path(path)
-    metrics = [m for m in wd.read_metrics(path) if "val/elbo" in m]
+    metrics = [m for m in files.read_metrics(path) if "val/elbo" in m]
     if not metrics:
         if not required:
             return None
-        raise wd.WorkdirError(f"{path} has no validation metrics: train it with data.validation_split")
+        raise files.WorkdirError(f"{path} has no validation metrics: train it with data.validation_split")
     return {"run": path.name,
             "points": {m["epoch"]: (m["val/elbo"], m.get("wall_time_sec", math.nan)) for m in metrics},
             "last": metrics[-1]["epoch"],

@@ -20,7 +20,7 @@ from vae.coding import bbans, container, pixels
 from vae.coding.errors import CodingError
 from vae.coding.host import host_model
 from vae.coding.latents import LatentBins
-from vae.data import dataset as datasets
+from vae.data import dataset
 from vae.train import trained
 
 DEFAULT_BLOCK_SIZE = 100
@@ -75,7 +75,7 @@ def compress_workdir(workdir: str | Path, images: np.ndarray | None = None, *,
     config, model, restored_epoch = trained.load_trained(workdir, epoch, checkpoint)
     family = check_codable(config, model)
     if images is None:
-        images, _ = datasets.load_test_set(config.data)
+        images, _ = dataset.load_test_set(config.data)
         what = f"the test split {config.data.test_split!r}"
     check_images(images, model.image_shape, what)
     if max_examples is not None:
@@ -162,7 +162,7 @@ def image_code_lengths(workdir: str | Path, *, max_examples: int | None = None,
     bins = bins or LatentBins()
     config, model, _ = trained.load_trained(workdir, epoch, checkpoint)
     family = check_codable(config, model)
-    images, _ = datasets.load_test_set(config.data)
+    images, _ = dataset.load_test_set(config.data)
     images = images[:max_examples] if max_examples else images
     scale = pixels.pixel_scale(images, family)
     symbols = pixels.to_symbols(images, scale)

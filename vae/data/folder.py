@@ -44,8 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vae.data.source import FOLDER_PREFIX as PREFIX
-from vae.data.source import DataError
+from vae.data.source import FOLDER_PREFIX, DataError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 SPLITS = ("train", "validation", "test")
@@ -60,7 +59,7 @@ _NOTED = set()  # folders whose cache could be written nowhere
 
 def is_folder(name) -> bool:
     """Whether `data.name` names a folder of images ('folder:PATH') rather than a TFDS data set."""
-    return isinstance(name, str) and name.startswith(PREFIX)
+    return isinstance(name, str) and name.startswith(FOLDER_PREFIX)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +92,7 @@ def fields(data_config) -> tuple[tuple[int, ...], float, float]:
 def folder_path(name: str) -> Path:
     """The folder 'folder:PATH' names (~ expanded; a relative PATH is taken from the working
     directory)."""
-    raw = name[len(PREFIX):] if is_folder(name) else ""
+    raw = name[len(FOLDER_PREFIX):] if is_folder(name) else ""
     if not raw.strip():
         raise DataError(f"data.name={name!r} names no folder: write data.name=folder:PATH")
     return Path(os.path.expanduser(raw))

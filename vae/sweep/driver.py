@@ -23,11 +23,9 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from vae.analysis import plotting
-from vae.data import dataset as datasets
-from vae.sweep import program as sweep_program
-from vae.sweep import spec
-from vae.train import config_checks, distributed, state
-from vae.train import loop as training
+from vae.data import dataset
+from vae.sweep import program, spec
+from vae.train import config_checks, distributed, loop, state
 from vae.train.evaluate import eval_key, make_evaluate, make_evaluators
 from vae.train.run import NonFiniteLossError, RunDir
 from vae.train.state import TrainState
@@ -42,11 +40,11 @@ def train_sweep(config: ml_collections.ConfigDict, axes: list[tuple[str, list]],
 
 
 def train_members(members: list[spec.Member], sweep_dir: str | Path, *, devices=None, restart: bool = False,
-                  progress: bool = True, loop: str = "auto") -> dict[str, list[dict]]:
+                  progress: bool = True, member_loop: str = "auto") -> dict[str, list[dict]]:
     """Trains each member into SWEEP/<name>, the members of a group as one program (its member
-    loop `loop`, see `program`); returns their metrics by name. Every check (configs,
+    loop `member_loop`, see `program`); returns their metrics by name. Every check (configs,
     resuming, data) runs before any compute."""
-    loop = sweep_program.member_loop(loop)
+    member_loop = program.member_loop(member_loop)
     sweep_dir = Path(sweep_dir)
     mesh = distributed.make_mesh(devices)
     for member in members:
@@ -61,19 +59,19 @@ def train_members(members: list[spec.Member], sweep_dir: str | Path, *, devices=
     for group in groups:
         data_config = group[0].config.data
         if data_config.to_json() not in loaded:
-            loaded[data_config.to_json()] = datasets.load_dataset(data_config)
-        training.steps_per_epoch(group[0].config, loaded[data_config.to_json()])
+            loaded[data_config.to_json()] = dataset.load_dataset(data_config)
+        loop.steps_per_epoch(group[0].config, loaded[data_config.to_json()])
     histories = {}
     # One training per member's workdir at a time, as for a single run (`workdir.training_lock`).
-    with contextlib.ExitStack() as locks, faults.write_errors(sweep_dir), training.StopRequests() as stop:
+    with contextlib.ExitStack() as locks, faults.write_errors(sweep_dir), loop.StopRequests() as stop:
         for member in members:
             locks.enter_context(lock.training_lock(sweep_dir / member.name))
         spec.write_sweep_file(sweep_dir, groups)
-        print(spec.plan(groups, loop), file=sys.stderr)  # always: which members share a program
-        session = _Session(mesh, restart, progress, stop, loop)
+        print(spec.plan(groups, member_loop), file=sys.stderr)  # always: which members share a program
+        session = _Session(mesh, restart, progress, stop, member_loop)
         for group in groups:
-            dataset = loaded[group[0].config.data.to_json()]
-            histories |= _train_group(group, sweep_dir, dataset, session)
+            data = loaded[group[0].config.data.to_json()]
+            histories |= _train_group(group, sweep_dir, data, session)
     if all(any("test/kl" in r for r in h) for h in histories.values()):
         save_rate_distortion(sweep_dir)
     if session.failures:
@@ -90,31 +88,31 @@ class _Session:
     mesh: Mesh
     restart: bool
     progress: bool
-    stop: training.StopRequests
-    loop: str
+    stop: loop.StopRequests
+    member_loop: str
     failures: dict = dataclasses.field(default_factory=dict)  # member name -> why it stopped
 
 
-def _train_group(group: list[spec.Member], sweep_dir: Path, dataset: datasets.Dataset,
+def _train_group(group: list[spec.Member], sweep_dir: Path, data: dataset.Dataset,
                  session: _Session) -> dict[str, list[dict]]:
     """Restores every member of one group and trains those not done as one program."""
     config = group[0].config  # what the program compiles in, the members share
-    steps = training.steps_per_epoch(config, dataset)
+    steps = loop.steps_per_epoch(config, data)
     replicated = NamedSharding(session.mesh, P())
     tx = state.make_optimizer(config.train, steps)
     runs, states = [], []
     try:
         for member in group:
             runs.append(RunDir(sweep_dir / member.name, member.config, steps, session.restart,
-                               image_shape=dataset.image_shape))
-            graphdef, member_state = state.init_state(member.config, dataset.image_shape, tx,
-                                                      dataset.pixel_means())
+                               image_shape=data.image_shape))
+            graphdef, member_state = state.init_state(member.config, data.image_shape, tx,
+                                                      data.pixel_means())
             states.append(runs[-1].restore(jax.device_put(member_state, replicated), replicated))
-            runs[-1].open_board(graphdef, dataset.test_images)
+            runs[-1].open_board(graphdef, data.test_images)
         live = [k for k, run in enumerate(runs) if not run.finished()]
         if live:
             _Group(graphdef, [group[k] for k in live], [runs[k] for k in live], [states[k] for k in live],
-                   dataset, session).train()
+                   data, session).train()
     finally:
         for run in runs:
             run.close()
@@ -126,22 +124,23 @@ class _Group:
     member is done, stopped on a non-finite loss, or the sweep is interrupted."""
 
     def __init__(self, graphdef, members: list[spec.Member], runs: list[RunDir],
-                 states: list[TrainState], dataset: datasets.Dataset, session: _Session):
+                 states: list[TrainState], data: dataset.Dataset, session: _Session):
         self.members, self.runs, self.session = members, runs, session
         configs = [m.config for m in members]
         self.config = configs[0]
         self.replicated = NamedSharding(session.mesh, P())
-        self.state = sweep_program.stack(states, self.replicated)
+        self.state = program.stack(states, self.replicated)
         self.member_steps = [int(s.step) for s in states]
         self.failed = [False] * len(members)
-        self.train_images = distributed.images_on_device(dataset.train_images, session.mesh)
+        self.train_images = distributed.images_on_device(data.train_images, session.mesh)
         t0 = time.perf_counter()
-        self.train_epoch = sweep_program.compile_members_epoch(graphdef, configs, session.mesh, self.state,
-                                                             self.train_images, dataset.dynamic, session.loop)
+        self.train_epoch = program.compile_members_epoch(graphdef, configs, session.mesh, self.state,
+                                                         self.train_images, data.dynamic,
+                                                         session.member_loop)
         evaluate = make_evaluate(graphdef, self.config, session.mesh, members=True)
         self.compile_time = time.perf_counter() - t0
         self.evaluators = make_evaluators(
-            evaluate, self.config, session.mesh, dataset,
+            evaluate, self.config, session.mesh, data,
             keys_of=lambda split: jnp.stack([eval_key(c, split) for c in configs]), graphdef=graphdef)
 
     def _waiting(self) -> list[int]:
@@ -156,7 +155,7 @@ class _Group:
     def train(self) -> None:
         num_epochs = self.config.train.num_epochs
         first_epoch = min(run.epoch for run in self.runs)
-        self.bar = training.progress_bar(num_epochs, first_epoch, self.session.progress)
+        self.bar = loop.progress_bar(num_epochs, first_epoch, self.session.progress)
         session_start = time.perf_counter()
         stop = self.session.stop
         try:
@@ -169,19 +168,19 @@ class _Group:
                 total = sum(r["images_per_sec"] for r in records.values())
                 for k, record in records.items():
                     record |= {"sweep/members": len(active), "sweep/images_per_sec": total}
-                    member = sweep_program.member_state(self.state, k)
+                    member = program.member_state(self.state, k)
                     stopping = self.runs[k].end_epoch(record, member, stop.signum is not None, session_start)
                     if self.session.progress:
                         name = self.members[k].name
-                        self.bar.write(f"{name}: {training.epoch_line(record, num_epochs)}")
+                        self.bar.write(f"{name}: {loop.epoch_line(record, num_epochs)}")
                         if stopping:
-                            self.bar.write(f"{name}: {training.early_stopping_line(record, self.config)}")
+                            self.bar.write(f"{name}: {loop.early_stopping_line(record, self.config)}")
                 self.bar.update(epoch - self.bar.n)
                 self.bar.set_postfix_str(f"{len(records)} members, {total:,.0f} img/s in all", refresh=False)
                 if stop.signum is not None and self._waiting():
                     for run in self.runs:
                         run.manager.wait_until_finished()
-                    raise training.interrupted(stop.signum, epoch)
+                    raise loop.interrupted(stop.signum, epoch)
         finally:
             self.bar.close()
 

@@ -21,7 +21,7 @@ import ml_collections
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from vae.train import state as train_state
+from vae.train import state
 from vae.train.epoch import compile_loop, epoch_loop, epoch_order, take_batch
 from vae.train.state import TrainState
 from vae.train.step import make_train_step, step_key
@@ -58,15 +58,15 @@ def num_members(state: TrainState) -> int:
 
 def varying_hyper(configs: list[ml_collections.ConfigDict]) -> dict[str, list]:
     """The Hyper fields in which the configs differ, with one value per config."""
-    columns = zip(*(train_state.hyperparameters(c) for c in configs))
-    return {name: list(column) for name, column in zip(train_state.Hyper._fields, columns)
+    columns = zip(*(state.hyperparameters(c) for c in configs))
+    return {name: list(column) for name, column in zip(state.Hyper._fields, columns)
             if len(set(column)) > 1}
 
 
 def _vmapped_step(step, configs, mesh: Mesh, own_orders: bool):
     """One step of every member as one batched step over the stacked state: (state, images_u8,
     indices) -> (state, metrics with K leading). indices: B shared, or K x B (`own_orders`)."""
-    base = train_state.hyperparameters(configs[0])
+    base = state.hyperparameters(configs[0])
     values = {name: jnp.asarray(v) for name, v in varying_hyper(configs).items()}
 
     def vmapped(state, images_u8, indices):
@@ -84,7 +84,7 @@ def _unrolled_step(step, configs, mesh: Mesh, own_orders: bool):
     """One step of every member in turn, each with its own numbers compiled in: (carry, images_u8,
     indices) -> (carry, metrics with K leading); the carry is (step, [member's params, opt_state,
     ema] ...). The batch and its key are drawn once per seed."""
-    hypers = [train_state.hyperparameters(c) for c in configs]
+    hypers = [state.hyperparameters(c) for c in configs]
 
     def unrolled(carry, images_u8, indices):
         step_count, parts = carry

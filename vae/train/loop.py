@@ -27,7 +27,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from vae.data import dataset as datasets
+from vae.data import dataset
 from vae.train import config_checks, distributed, feed, state
 from vae.train.evaluate import make_evaluate, make_evaluators
 from vae.train.run import SELECTION_METRIC, RunDir
@@ -70,10 +70,10 @@ class StopRequests:
         return False
 
 
-def steps_per_epoch(config: ml_collections.ConfigDict, dataset: datasets.Dataset) -> int:
+def steps_per_epoch(config: ml_collections.ConfigDict, data: dataset.Dataset) -> int:
     """Optimiser steps per epoch, after checking that the model and batch fit the data."""
-    config_checks.validate_image_shape(config, dataset.image_shape)
-    num_train = dataset.train_images.shape[0]
+    config_checks.validate_image_shape(config, data.image_shape)
+    num_train = data.train_images.shape[0]
     if num_train < config.train.batch_size:
         raise config_checks.ConfigError(
             f"train.batch_size={config.train.batch_size} is larger than the training split "
@@ -106,24 +106,24 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, 
     progress = progress and writer
     if not restart:
         files.check_resumable(workdir, config)
-    dataset = datasets.load_dataset(config.data)
-    steps = steps_per_epoch(config, dataset)
-    run = RunDir(workdir, config, steps, restart, image_shape=dataset.image_shape)
+    data = dataset.load_dataset(config.data)
+    steps = steps_per_epoch(config, data)
+    run = RunDir(workdir, config, steps, restart, image_shape=data.image_shape)
 
     tx = state.make_optimizer(config.train, steps)
-    graphdef, train_state = state.init_state(config, dataset.image_shape, tx, dataset.pixel_means())
+    graphdef, train_state = state.init_state(config, data.image_shape, tx, data.pixel_means())
     replicated = NamedSharding(mesh, P())
     train_state = run.restore(jax.device_put(train_state, replicated), replicated)
     if progress and run.epoch:
         print(resume_line(workdir, run, config), file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
-    train_epoch = feed.compile_epoch(graphdef, config, mesh, train_state, dataset.train_images,
-                                     dataset.dynamic)
+    train_epoch = feed.compile_epoch(graphdef, config, mesh, train_state, data.train_images,
+                                     data.dynamic)
     evaluate = make_evaluate(graphdef, config, mesh)
     compile_time = time.perf_counter() - t0
-    evaluators = make_evaluators(evaluate, config, mesh, dataset, graphdef=graphdef)
-    run.open_board(graphdef, dataset.test_images)
+    evaluators = make_evaluators(evaluate, config, mesh, data, graphdef=graphdef)
+    run.open_board(graphdef, data.test_images)
     session_start = time.perf_counter()
 
     num_epochs = config.train.num_epochs

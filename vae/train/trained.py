@@ -10,7 +10,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from vae.data import dataset as datasets
+from vae.data import dataset
 from vae.train import distributed
 from vae.train.state import TrainState, abstract_state, eval_params, make_optimizer
 from vae.workdir import checkpoints, files
@@ -42,7 +42,7 @@ def load_trained(workdir: str | Path, epoch: int | None = None, checkpoint: str 
         raise files.WorkdirError(f"workdir {workdir} does not exist")
     config = files.read_config(workdir)
     # Recorded by training; an older workdir's is read from the data set's metadata.
-    image_shape = files.read_image_shape(workdir) or datasets.image_shape(config.data)
+    image_shape = files.read_image_shape(workdir) or dataset.image_shape(config.data)
     tx = make_optimizer(config.train, steps_per_epoch=1)  # only its state's structure is used
     graphdef, state = abstract_state(config, image_shape, tx)
     # Onto this process's first device, whatever the run was trained on (4 GPUs -> a laptop); in a

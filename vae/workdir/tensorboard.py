@@ -20,8 +20,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from vae.workdir import files
-from vae.workdir import images as images_grid
+from vae.workdir import files, images
 
 IMAGES_EVERY = 5
 NUM_SAMPLES = 64
@@ -104,9 +103,9 @@ def _formats(grid: np.ndarray) -> str:
     return "HW" if grid.ndim == 2 else "HWC"
 
 
-def _grid(images: np.ndarray, ncols: int) -> np.ndarray:
+def _grid(means: np.ndarray, ncols: int) -> np.ndarray:
     """N x H x W x C pixel means -> one uint8 image, grey (C = 1) or colour (rows of ncols)."""
-    return np.round(images_grid.image_grid(np.clip(images, 0.0, 1.0), ncols) * 255.0).astype(np.uint8)
+    return np.round(images.image_grid(np.clip(means, 0.0, 1.0), ncols) * 255.0).astype(np.uint8)
 
 
 def _abandon(writer) -> None:
