@@ -40,7 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.folder_test_fraction = 0.1
 
     config.model = ml_collections.ConfigDict()
-    config.model.arch = "mlp"  # mlp | conv | hvae (two stochastic layers, MLP)
+    # mlp | conv | hvae | conv_hvae (two stochastic layers) | ladder | conv_ladder (model.num_layers
+    # latent layers over a top-down state, vae/model/ladder.py: gated dense cells or conv cells)
+    config.model.arch = "mlp"
     # p(x|z) (vae/model/likelihoods.py): bernoulli (binarised pixels) | logistic_mixture | categorical
     # (8-bit pixels, data.binarize=none; figures in nats per image and bits/dim of the 8-bit image)
     config.model.likelihood = "bernoulli"
@@ -56,6 +58,20 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.pseudo_input_mean = 0.05  # vampprior: pseudo-inputs start as N(mean, std²) pixels
     config.model.pseudo_input_std = 0.01
     config.model.init_output_bias = True  # decoder output bias starts at logit(training pixel means)
+    # The ladders (vae/model/ladder.py). Layers count from the data up: z_1 next to x, z_L on top.
+    config.model.num_layers = 8  # L latent layers
+    # ladder: the size of each layer, z_1 first, L numbers; () gives every layer model.latent_dim.
+    # The state and the cells are hidden_dims[-1] wide; hidden_dims also sizes the network that reads
+    # x and its mirror that writes the decoder output.
+    config.model.latent_dims = ()
+    # conv_ladder: each layer is a map of latent_channels channels at its resolution: the L layers
+    # spread over the len(conv_channels) resolutions H/2 ... H/2^S (evenly, the rest to the coarsest),
+    # conv_channels[s - 1] the channels at H/2^s.
+    config.model.latent_channels = 8
+    # How q(z_l | x, z_>l) is made from p(z_l | z_>l): residual (NVAE: p's mean and log-variance plus
+    # the posterior head's) | precision (LVAE: p weighted with a bottom-up Gaussian by their precisions)
+    config.model.ladder_merge = "residual"
+    config.model.bottleneck = 0.5  # a ladder cell's hidden width, a fraction of the state's (VDVAE: 0.25)
 
     config.train = ml_collections.ConfigDict()
     config.train.num_epochs = 180

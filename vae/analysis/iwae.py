@@ -187,7 +187,8 @@ def evaluate_workdir(workdir: str | Path, num_samples: int = 5000, *, epoch: int
     terms = jax.device_get(evaluate(params, padded, eval_key(config, "test")))
     result = {"epoch": restored_epoch, "checkpoint": checkpoint_used(workdir, epoch, checkpoint),
               "num_examples": int(images.shape[0])}
-    result |= summarize_eval(terms, images.shape[0], num_pixels, config.eval.active_unit_threshold)
+    result |= summarize_eval(terms, images.shape[0], num_pixels, config.eval.active_unit_threshold,
+                             layer_sizes=model.latent_dims)
     t_split = time.perf_counter()
     result |= kl_split_of_test_set(graphdef, config, mesh, params, padded, images.shape[0])
     result["kl_split_time_sec"] = time.perf_counter() - t_split

@@ -201,6 +201,43 @@ def plot_kl_per_dim(runs: Mapping[str, Sequence[Mapping]], per_row: int = 4) -> 
     return fig
 
 
+def plot_kl_per_layer(runs: Mapping[str, Sequence[Mapping]]) -> Figure:
+    """Where the bits go in a hierarchy (the ladder, the HVAE), one row per run: left, the test KL
+    term across epochs as the stack of its layers' KLs (z_1, next to x, at the bottom); right, each
+    layer's KL at the epoch the run is judged by (`final_test_record`), with its active units."""
+    runs = {label: [r for r in records if "test/kl_per_layer" in r] for label, records in runs.items()}
+    runs = {label: records for label, records in runs.items() if records}
+    if not runs:
+        raise ValueError("no run has a KL per layer in its metrics (a model of several latent layers)")
+    fig, axes = plt.subplots(len(runs), 2, figsize=(13.0, 3.9 * len(runs) + 0.6), squeeze=False,
+                             gridspec_kw={"width_ratios": [3, 2]}, layout="constrained")
+    cmap = plt.get_cmap("viridis")
+    for (stack_ax, bar_ax), (label, records) in zip(axes, runs.items()):
+        epochs = np.array([r["epoch"] for r in records])
+        kl_ExL = np.array([r["test/kl_per_layer"] for r in records], dtype=float)
+        num_layers = kl_ExL.shape[1]
+        colours = [cmap(0.9 * layer / max(1, num_layers - 1)) for layer in range(num_layers)]
+        stack_ax.stackplot(epochs, kl_ExL.T, colors=colours, alpha=0.85,
+                           labels=[f"z_{layer + 1}" for layer in range(num_layers)])
+        stack_ax.set_xlabel("epoch")
+        stack_ax.set_ylabel("test KL (nats per image)")
+        stack_ax.set_title(f"{label}: the KL term, layer by layer (z_1 next to x at the bottom)", fontsize=9)
+        stack_ax.grid(alpha=0.3)
+        stack_ax.legend(fontsize=7, loc="upper left", ncols=max(1, num_layers // 8), reverse=True)
+        judged = final_test_record(records)
+        bars = bar_ax.bar(np.arange(1, num_layers + 1), judged["test/kl_per_layer"], color=colours)
+        units = judged.get("test/active_units_per_layer")
+        if units is not None:
+            bar_ax.bar_label(bars, labels=[f"{u}" for u in units], fontsize=7, padding=2)
+        bar_ax.set_xticks(np.arange(1, num_layers + 1), labels=[f"z_{i}" for i in range(1, num_layers + 1)],
+                          fontsize=7 if num_layers > 10 else 9)
+        bar_ax.set_ylabel("test KL (nats per image)")
+        active = "; above each bar its active units" if units is not None else ""
+        bar_ax.set_title(f"epoch {judged['epoch']}: KL of each layer{active}", fontsize=9)
+        bar_ax.grid(alpha=0.3, axis="y")
+    return fig
+
+
 def final_test_record(records: Sequence[Mapping]) -> Mapping | None:
     """The epoch a run is judged by: the best epoch's record (lowest validation negative ELBO, the
     checkpoint sampling and evaluation load) where the run has a validation split, else the last

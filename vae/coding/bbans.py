@@ -144,7 +144,8 @@ class _Block:
                 prior = self.host.conditional_prior(layer, self.values(indices))
                 indices.append(self.conditional.pop(coder, *prior))
             else:
-                indices.append(coder.decode(self.prior_model, rows * self.host.latent_dim).reshape(rows, -1))
+                top = coder.decode(self.prior_model, rows * self.host.latent_dims[0])
+                indices.append(top.reshape(rows, -1))
         probabilities = self.probabilities(indices)
         symbols = coder.decode(self.pixel_model, *pixels.ans_parameters(probabilities, self.family))
         return indices, symbols.reshape(rows, -1).astype(np.int32)

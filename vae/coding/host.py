@@ -27,17 +27,19 @@ import numpy as np
 from flax import nnx
 
 from vae.model.hvae import HierarchicalVAE
+from vae.model.ladder import Ladder
 
 
 @dataclasses.dataclass(frozen=True)
 class HostModel:
     """A model's coding functions on host arrays (float64), each call padded to `block_size` rows.
 
-    The latents are layers from the top: one for the VAE (z), two for the HVAE (z2, then z1).
+    The latents are layers from the top: one for the VAE (z), two for the HVAE (z2, then z1), L for
+    the ladder (z_L, ..., z_1).
     Every function takes the upper layers' latents (b x Z each, top first) as they were coded."""
 
     num_layers: int
-    latent_dim: int  # of each layer
+    latent_dims: tuple[int, ...]  # the size of each layer, top first (a ladder's layers may differ)
     num_pixels: int
     block_size: int
     # (layer, x_bxD, upper latents) -> q(z_layer | x, upper)'s (mean, std), b x Z each
@@ -50,7 +52,7 @@ class HostModel:
     def warm_up(self) -> None:
         """Compiles every function (the first call of each shape compiles)."""
         x = np.zeros((1, self.num_pixels))
-        zs = [np.zeros((1, self.latent_dim))] * self.num_layers
+        zs = [np.zeros((1, size)) for size in self.latent_dims]
         for layer in range(self.num_layers):
             self.posterior(layer, x, zs[:layer])
             if layer:
@@ -71,6 +73,11 @@ def _gaussian(mean_and_log_var):
 def _layer_functions(model):
     """(posterior per layer, conditional prior per layer (None at the top), pixel parameters) as
     functions of the merged model: what each architecture's layers are."""
+    if isinstance(model, Ladder):  # each layer's function is told the layer by how many are above it
+        below = model.num_layers - 1
+        return ([lambda m, x, *upper: _gaussian(m.posterior_below(x, upper))] * model.num_layers,
+                [None] + [lambda m, *upper: _gaussian(m.prior_below(upper))] * below,
+                lambda m, *zs: m.likelihood.coding_probabilities(m.decode_layers(zs)))
     if isinstance(model, HierarchicalVAE):
         posteriors = [lambda m, x: _gaussian(m.encode(x)), lambda m, x, z2: _gaussian(m.q_z1(x, z2))]
         priors = [None, lambda m, z2: _gaussian(m.p_z1(z2))]
@@ -80,7 +87,8 @@ def _layer_functions(model):
 
 
 def host_model(model, block_size: int) -> HostModel:
-    """q(z|x) per layer (mean and standard deviation), the HVAE's p(z1|z2), and the likelihood's
+    """q(z|x) per layer (mean and standard deviation), the conditional priors of the layers below the
+    top (the HVAE's p(z1|z2), the ladder's p(z_l|z_>l)), and the likelihood's
     coding parameters of p(x|z) (`likelihood.coding_probabilities`), each jitted once, float64 on
     the CPU."""
     cpu = jax.devices("cpu")[0]
@@ -110,7 +118,8 @@ def host_model(model, block_size: int) -> HostModel:
             return jax.tree.map(lambda a: np.asarray(a, np.float64)[:rows], result)
 
     return HostModel(
-        num_layers=len(posteriors), latent_dim=model.latent_dim, num_pixels=int(np.prod(model.image_shape)),
+        num_layers=len(posteriors), latent_dims=tuple(model.latent_dims[::-1]),
+        num_pixels=int(np.prod(model.image_shape)),
         block_size=block_size,
         posterior=lambda layer, x, upper: padded_call(posteriors[layer], x, *upper),
         conditional_prior=lambda layer, upper: padded_call(priors[layer], *upper),

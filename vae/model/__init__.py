@@ -1,10 +1,12 @@
-"""What a researcher changes: the networks, likelihoods p(x|z), priors p(z), the VAE and the
-two-level HVAE, and the objectives they are trained with.
+"""What a researcher changes: the networks, likelihoods p(x|z), priors p(z), the VAE, the
+two-level HVAE and the deep ladder, and the objectives they are trained with.
 
     networks.py     dense, gated and convolutional building blocks, encoders and decoders
     likelihoods.py  p(x|z) from the decoder's output
     priors.py       p(z): the standard normal, the VampPrior
     vae.py          the one-level VAE; hvae.py the two-level HVAE (same interface)
+    ladder.py       the ladder: L latent layers over one top-down state (same interface);
+                    ladder_cells.py its gated dense and convolutional residual cells
     objectives.py   the β-ELBO (warm-up, free bits), the IWAE objective and the IWAE estimate
     kl_split.py     the KL term split by the aggregate posterior: I_q(x; z) + KL(q(z) ‖ p(z)), the
                     total correlation, per-dimension marginal KLs (estimators of posteriors' arrays)

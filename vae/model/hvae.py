@@ -36,6 +36,11 @@ class HierarchicalVAE(nnx.Module):
         self.latent_dim = latent_dim
         self.image_shape = tuple(image_shape)
 
+    @property
+    def latent_dims(self) -> tuple[int, int]:
+        """The size of each latent layer, z1 first."""
+        return (self.latent_dim, self.latent_dim)
+
     def encode(self, x_BxD: jax.Array) -> tuple[jax.Array, jax.Array]:
         """q(z2 | x): mean and log-variance of the top latent, each B x Z."""
         return self.q_z2(x_BxD)
@@ -54,7 +59,8 @@ class HierarchicalVAE(nnx.Module):
         return self.q_z1.head(self.q_z1.body.join(x_features, z2))
 
     def elbo_terms(self, x_BxD: jax.Array, key: jax.Array) -> dict[str, jax.Array]:
-        """rec, kl (B); kl_per_dim (B x 2Z: z1's units then z2's, factorised priors); mean (B x 2Z)."""
+        """rec, kl (B); kl_per_layer (B x 2: z1's KL, z2's); kl_per_dim (B x 2Z: z1's units then z2's,
+        factorised priors); mean (B x 2Z)."""
         key_z2, key_z1 = jax.random.split(key)
         mean2, log_var2 = self.encode(x_BxD)
         z2 = kl.sample_gaussian(key_z2, mean2, log_var2)
@@ -64,9 +70,11 @@ class HierarchicalVAE(nnx.Module):
         prior_mean1, prior_log_var1 = self.p_z1(z2)
         kl1_per_dim = kl.gaussian_kl_per_dim(mean1, log_var1, prior_mean1, prior_log_var1)
         kl2_B, kl2_per_dim = self.prior.kl(mean2, log_var2, z2, self.encode)
+        kl1_B = jnp.sum(kl1_per_dim, axis=-1)
         terms = {
             "rec": -self.likelihood.log_prob(self.decode_both(z1, z2), x_BxD),
-            "kl": jnp.sum(kl1_per_dim, axis=-1) + kl2_B,
+            "kl": kl1_B + kl2_B,
+            "kl_per_layer": jnp.stack([kl1_B, kl2_B], axis=-1),  # z1, z2
             # E_q[z1 | x] taken at z2's mean, so the activity of z1 is not inflated by z2's noise.
             "mean": jnp.concatenate([self.q_z1_from_features(x_features, mean2)[0], mean2], axis=-1),
         }

@@ -9,12 +9,14 @@ Every model (this one and `hvae.HierarchicalVAE`) offers the interface the objec
 training step and the analysis use:
 - `elbo_terms(x, key)`: per-example reconstruction NLL and KL for one posterior sample (closed
   forms where they exist), the KL per dimension when the prior factorises, and posterior means;
+  a model of several latent layers also the KL of each layer (`kl_per_layer`, z_1 first);
 - `log_weights(x, key, k)`: log p(x|z) and log p(z) − log q(z|x) for k posterior samples, the
   pieces of the importance-weighted bound;
 - `iwae_log_weights(x, keys_CxB)`: log p(x, z) − log q(z|x) for one draw per key, the IWAE
   evaluation's hot loop;
 - `encode`, `decode`, `sample`, `reconstruct` over the (top) latent code, and `likelihood`, whose
-  `mean` turns a decoder output into a picture.
+  `mean` turns a decoder output into a picture; `latent_dim` (the top layer's size) and
+  `latent_dims` (every layer's, z_1 first).
 """
 
 from collections.abc import Sequence
@@ -36,6 +38,11 @@ class VAE(nnx.Module):
         self.likelihood = likelihood
         self.latent_dim = latent_dim
         self.image_shape = tuple(image_shape)  # (H, W, C) of the flattened inputs
+
+    @property
+    def latent_dims(self) -> tuple[int]:
+        """The size of each latent layer: one."""
+        return (self.latent_dim,)
 
     def encode(self, x_BxD: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Posterior mean and log-variance, each B x Z."""

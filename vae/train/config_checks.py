@@ -87,6 +87,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
         _require(isinstance(dims, tuple | list) and len(dims) >= 1
                  and all(_is_int(h) and h >= 1 for h in dims),
                  f"model.{field} must be a non-empty tuple of positive integers, got {dims!r}")
+    _validate_ladder(m)
 
     t = config.train
     _require(_is_int(t.num_epochs) and t.num_epochs >= 0,
@@ -145,6 +146,33 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     _require(_is_int(split_examples) and (split_examples == 0 or split_examples >= max(2, num_devices)),
              f"eval.kl_split_examples must be 0 (no KL split) or an integer >= 2 and >= the device count "
              f"({num_devices}), got {split_examples!r}")
+
+
+def _validate_ladder(m: ml_collections.ConfigDict) -> None:
+    """The ladders' fields (checked whatever the arch, so a bad value never waits for arch=ladder)."""
+    _require(_is_int(m.num_layers) and m.num_layers >= 1,
+             f"model.num_layers must be an integer >= 1, got {m.num_layers!r}")
+    dims = m.latent_dims
+    _require(isinstance(dims, tuple | list) and (len(dims) == 0 or (
+        len(dims) == m.num_layers and all(_is_int(d) and d >= 1 for d in dims))),
+             f"model.latent_dims must be () (every layer of model.latent_dim units) or one size >= 1 per "
+             f"latent layer (model.num_layers={m.num_layers}), z_1 first; got {dims!r}")
+    _require(m.ladder_merge in build.LADDER_MERGES,
+             f"model.ladder_merge must be one of {build.LADDER_MERGES}, got {m.ladder_merge!r}")
+    _require(_is_number(m.bottleneck) and 0 < m.bottleneck <= 4,
+             f"model.bottleneck must be a number in (0, 4] (a cell's width over the state's), got "
+             f"{m.bottleneck!r}")
+    _require(_is_int(m.latent_channels) and m.latent_channels >= 1,
+             f"model.latent_channels must be an integer >= 1, got {m.latent_channels!r}")
+    if m.arch == "conv_ladder":
+        _require(len(dims) == 0,
+                 f"model.latent_dims sizes the layers of arch=ladder; conv_ladder's layers are maps of "
+                 f"model.latent_channels channels: set model.latent_dims=() (got {dims!r})")
+        stages = len(m.conv_channels)
+        _require(m.num_layers >= stages,
+                 f"model.num_layers={m.num_layers}: conv_ladder puts at least one latent layer at each of "
+                 f"its {stages} resolutions (model.conv_channels): set num_layers >= {stages} or give "
+                 f"fewer conv_channels")
 
 
 def validate_image_shape(config: ml_collections.ConfigDict, image_shape) -> None:

@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from vae.data import pixels
 from vae.data.dataset import Dataset
-from vae.model import kl_split
+from vae.model import build, kl_split
 from vae.train import distributed
 from vae.train.epoch import compile_loop, epoch_loop
 from vae.train.state import TEST_EVAL, VAL_EVAL, root_key
@@ -141,9 +141,10 @@ def make_evaluate(graphdef, config, mesh: Mesh, members: bool = False):
 
 
 def summarize_eval(terms: dict, num_examples: int, num_pixels: int, threshold: float,
-                   prefix: str = "test") -> dict:
+                   prefix: str = "test", layer_sizes: tuple[int, ...] | None = None) -> dict:
     """Means in nats per image, per-dimension KL (factorised priors) and active units (Burda et
-    al., 2015) of one evaluated split."""
+    al., 2015) of one evaluated split; for a model of several latent layers, the KL of each layer
+    and, given the layers' sizes (`build.latent_sizes`, z_1 first), the active units of each."""
     rec = np.asarray(terms["rec"][:num_examples], np.float64)
     kl = np.asarray(terms["kl"][:num_examples], np.float64)
     means = np.asarray(terms["mean"][:num_examples], np.float64)
@@ -159,6 +160,13 @@ def summarize_eval(terms: dict, num_examples: int, num_pixels: int, threshold: f
     if "kl_per_dim" in terms:
         kl_per_dim = np.asarray(terms["kl_per_dim"][:num_examples], np.float64).mean(axis=0)
         summary[f"{prefix}/kl_per_dim"] = [round(float(v), 5) for v in kl_per_dim]
+    if "kl_per_layer" in terms:
+        kl_per_layer = np.asarray(terms["kl_per_layer"][:num_examples], np.float64).mean(axis=0)
+        summary[f"{prefix}/kl_per_layer"] = [round(float(v), 5) for v in kl_per_layer]
+        if layer_sizes is not None and sum(layer_sizes) == activity.shape[0]:
+            ends = np.cumsum(layer_sizes)
+            summary[f"{prefix}/active_units_per_layer"] = [
+                int(np.sum(activity[end - size:end] > threshold)) for size, end in zip(layer_sizes, ends)]
     return summary
 
 
@@ -172,12 +180,13 @@ class Evaluator:
         self.images = distributed.images_on_device(images, mesh, config.eval.batch_size)
         self.num = images.shape[0]
         self.num_pixels = math.prod(images.shape[1:])
+        self.layer_sizes = build.latent_sizes(config.model, images.shape[1:])
         self.key = eval_key(config, split) if keys is None else keys
         self.prefix = split
         self.threshold = config.eval.active_unit_threshold
 
     def _summary(self, terms) -> dict:
-        return summarize_eval(terms, self.num, self.num_pixels, self.threshold, self.prefix)
+        return summarize_eval(terms, self.num, self.num_pixels, self.threshold, self.prefix, self.layer_sizes)
 
     def _split(self, params):
         """The KL split's device outputs, None without one."""
