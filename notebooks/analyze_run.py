@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 
 from vae.analysis import iwae, plotting, sampling  # noqa: E402
 from vae.data import dataset, source  # noqa: E402
+from vae.model import ladder  # noqa: E402
 from vae.train import trained  # noqa: E402
 from vae.workdir import files  # noqa: E402
 
@@ -70,6 +71,37 @@ if any("test/kl_per_dim" in r for r in records):
     fig = plotting.plot_kl_per_dim({run.name: records})
 else:
     print("this prior's KL does not split over dimensions (VampPrior); active units are in the metrics")
+
+# %% [markdown]
+# ## A hierarchy's layers: where the bits go
+#
+# For a model of several latent layers (the ladder, `model.arch=ladder`; the two-level HVAE) the KL
+# term is a sum over layers, each KL(q(z_l | x, z_>l) ‖ p(z_l | z_>l)) at a posterior sample of the
+# layers above. A layer whose KL stays near zero carries nothing about x (it has collapsed onto its
+# prior); its active units say how many of its dimensions vary with x. Then, for the ladder, what
+# each layer draws: row k samples the top k layers from their priors (the same draws in every row)
+# and puts every layer below at its prior mean, so going down the rows adds the detail of one more
+# layer.
+
+# %%
+if any("test/kl_per_layer" in r for r in records):
+    fig = plotting.plot_kl_per_layer({run.name: records})
+    judged = plotting.final_test_record(records)
+    for layer, (kl, size) in enumerate(zip(judged["test/kl_per_layer"], model.latent_dims), start=1):
+        units = judged.get("test/active_units_per_layer")
+        active = f", {units[layer - 1]} of {size} units active" if units else ""
+        print(f"z_{layer}: KL {kl:.2f} nats ({kl / judged['test/kl']:.0%} of the KL term){active}")
+else:
+    print("one latent layer: the KL term has no layers to split into (see the per-dimension KL above)")
+
+# %%
+if isinstance(model, ladder.Ladder):
+    num_layers = model.num_layers
+    rows = [sampling.prior_samples(model, jax.random.key(1), 8,
+                                   temperature=[0.0] * (num_layers - k) + [1.0] * k)
+            for k in range(1, num_layers + 1)]
+    fig = plotting.image_grid_figure(np.concatenate(rows), 8, "the top k layers drawn, the rest at their "
+                                     "prior means", row_labels=[f"top {k}" for k in range(1, num_layers + 1)])
 
 # %% [markdown]
 # ## Samples from the prior and reconstructions of test images

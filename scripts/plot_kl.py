@@ -5,8 +5,9 @@
 
 Writes kl_curves.png (KL, reconstruction and negative ELBO per epoch, runs overlaid),
 kl_split.png (the KL term as the stack of its parts, I_q(x; z) and KL(q(z) ‖ p(z)), one panel per
-run) and kl_per_dim.png (per-dimension KL heat maps and active units) into the first workdir or
---out. A
+run), kl_per_dim.png (per-dimension KL heat maps and active units) and, for models of several
+latent layers (the ladder, the HVAE), kl_per_layer.png (the KL term stacked by layer across epochs,
+and each layer's KL and active units at the judged epoch) into the first workdir or --out. A
 sweep's workdir (scripts/sweep.py) stands for its members, labelled by their names (prefixed by
 its --labels entry where given), and gets rate_distortion.png (into --out where given).
 """
@@ -60,6 +61,8 @@ def main(argv=None) -> int:
                       if any("test/kl_per_dim" in r for r in records)}
         if factorised:
             print(plotting.save_figure(plotting.plot_kl_per_dim(factorised), out / "kl_per_dim.png"))
+        if any("test/kl_per_layer" in r for records in runs.values() for r in records):
+            print(plotting.save_figure(plotting.plot_kl_per_layer(runs), out / "kl_per_layer.png"))
         if len(factorised) < len(runs):
             print(f"no per-dimension KL for {sorted(set(runs) - set(factorised))}: a VampPrior's KL does "
                   "not split over dimensions", file=sys.stderr)

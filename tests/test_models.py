@@ -17,6 +17,7 @@ VARIANTS = [(arch, prior) for arch in build.ARCHS for prior in ("standard_normal
 
 
 def make_model(arch="mlp", prior="standard_normal", **overrides):
+    overrides = {"model__num_layers": 3} | overrides  # the ladders: 3 latent layers
     config = tiny_config(model__arch=arch, model__prior=prior, model__num_pseudo_inputs=7, **overrides)
     return build.build_model(config.model, IMAGE_SHAPE, jax.random.key(0)), config
 
@@ -28,13 +29,15 @@ def binary_images(n, seed=1):
 @pytest.mark.parametrize("arch,prior", VARIANTS)
 def test_every_model_has_the_interface_with_the_right_shapes(arch, prior):
     model, config = make_model(arch, prior)
-    z_dim = config.model.latent_dim
+    z_dim = model.latent_dim  # the top layer's
     x = binary_images(5)
     mean, log_var = model.encode(x)
     assert mean.shape == log_var.shape == (5, z_dim)
     terms = model.elbo_terms(x, jax.random.key(2))
     assert terms["rec"].shape == terms["kl"].shape == (5,)
-    code_units = 2 * z_dim if arch.endswith("hvae") else z_dim  # z1's units, then z2's
+    code_units = sum(build.latent_sizes(config.model, IMAGE_SHAPE))  # z_1's units first, the top's last
+    assert sum(model.latent_dims) == code_units and model.latent_dims[-1] == z_dim
+    assert z_dim == config.model.latent_dim or arch == "conv_ladder"  # its layers are maps
     assert terms["mean"].shape == (5, code_units)
     if prior == "standard_normal":
         assert terms["kl_per_dim"].shape == (5, code_units)
@@ -99,7 +102,7 @@ def test_log_variances_are_clipped():
     np.testing.assert_array_equal(log_var, 2.0)
 
 
-@pytest.mark.parametrize("arch", ["mlp", "hvae", "conv", "conv_hvae"])
+@pytest.mark.parametrize("arch", ["mlp", "hvae", "conv", "conv_hvae", "ladder", "conv_ladder"])
 def test_output_bias_starts_at_the_logits_of_the_pixel_means(arch):
     config = tiny_config(model__arch=arch, model__init_output_bias=True)
     means = np.linspace(0.0, 1.0, 784)
@@ -119,7 +122,7 @@ def test_same_key_same_model_and_samples():
     assert not np.array_equal(a.sample(jax.random.key(9), 4), a.sample(jax.random.key(10), 4))
 
 
-@pytest.mark.parametrize("arch", ["mlp", "hvae"])
+@pytest.mark.parametrize("arch", ["mlp", "hvae", "ladder"])
 def test_temperature_zero_decodes_the_prior_mean(arch):
     model, config = make_model(arch)
     z_cold = model.decode(jnp.zeros((1, config.model.latent_dim)))

@@ -89,11 +89,13 @@ def test_iwae_chunks_with_a_remainder_use_exactly_k_samples(model_and_x):
 
 
 @pytest.mark.parametrize("arch,prior", [("mlp", "standard_normal"), ("hvae", "standard_normal"),
-                                        ("mlp", "vampprior"), ("hvae", "vampprior")])
+                                        ("mlp", "vampprior"), ("hvae", "vampprior"),
+                                        ("ladder", "standard_normal"), ("ladder", "vampprior")])
 def test_iwae_objective_with_one_sample_is_the_elbo(arch, prior):
     """k = 1: the IWAE objective's expectation is the negative ELBO, for every model and prior
     (the ELBO objective uses closed-form KLs where they exist, the IWAE one Monte Carlo)."""
-    config = tiny_config(model__arch=arch, model__prior=prior, model__num_pseudo_inputs=5)
+    config = tiny_config(model__arch=arch, model__prior=prior, model__num_pseudo_inputs=5,
+                         model__num_layers=3)
     model = build.build_model(config.model, (28, 28, 1), jax.random.key(0))
     x = jax.random.bernoulli(jax.random.key(1), 0.3, (2, 784)).astype(jnp.float32)
     graphdef, params = nnx.split(model)

@@ -29,6 +29,11 @@ FIELDS = {
     "eval.batch_size": values,
     "data.folder_test_fraction": st.one_of(st.floats(0, 1), values),
     "data.image_size": st.one_of(st.lists(st.integers(-1, 64), max_size=3).map(tuple), values),
+    "model.num_layers": values,
+    "model.latent_dims": st.one_of(st.lists(st.integers(-1, 50), max_size=9).map(tuple), values),
+    "model.ladder_merge": st.one_of(st.sampled_from(["residual", "precision", "sum"]), values),
+    "model.bottleneck": values,
+    "model.latent_channels": values,
 }
 
 
@@ -59,6 +64,13 @@ def expected_valid(field, value, num_devices):
         "eval.batch_size": lambda v: is_int(v) and v >= 1 and v % num_devices == 0,
         "data.folder_test_fraction": lambda v: is_number(v) and 0 <= v < 1,  # validation's is 0
         "data.image_size": lambda v: v == (),  # a TFDS data set keeps its size
+        "model.num_layers": lambda v: is_int(v) and v >= 1,
+        # () or one size per layer: tiny_config keeps the default's 8 layers
+        "model.latent_dims": lambda v: v == () or (isinstance(v, tuple) and len(v) == 8 and all(
+            is_int(d) and d >= 1 for d in v)),
+        "model.ladder_merge": lambda v: v in ("residual", "precision"),
+        "model.bottleneck": lambda v: is_number(v) and 0 < v <= 4,
+        "model.latent_channels": lambda v: is_int(v) and v >= 1,
     }[field](value)
 
 
