@@ -171,8 +171,10 @@ def test_sampling_shapes_and_per_layer_temperatures():
         model.sample(jax.random.key(1), 2, [1.0, 1.0])
 
 
-@pytest.mark.parametrize("arch", ["ladder", "conv_ladder"])
-@pytest.mark.parametrize("likelihood", ["bernoulli", "logistic_mixture", "categorical"])
+@pytest.mark.parametrize("arch, likelihood", [
+    ("ladder", "bernoulli"), ("ladder", "logistic_mixture"), ("ladder", "categorical"),
+    ("conv_ladder", "logistic_mixture"), pytest.param("conv_ladder", "bernoulli", marks=pytest.mark.slow),
+    pytest.param("conv_ladder", "categorical", marks=pytest.mark.slow)])
 def test_every_likelihood(arch, likelihood):
     model, config = ladder_model(noise=0.02, model__arch=arch, model__likelihood=likelihood,
                                  model__mixture_components=2, model__conv_channels=(4, 4),
@@ -271,7 +273,7 @@ def test_a_short_run_records_where_the_bits_go(ladder_run, tmp_path):
         assert len(units) == 3 and sum(units) == last[f"{split}/active_units"]
         assert all(0 <= u <= size for u, size in zip(units, (4, 3, 2)))
     written = [json.loads(line) for line in (path / files.METRICS_FILE).read_text().splitlines()]
-    assert [r["test/kl_per_layer"] for r in written if r["epoch"] == 2][-1] == per_layer
+    assert [r["test/kl_per_layer"] for r in written if r["epoch"] == 2][-1] == last["test/kl_per_layer"]
     result = run_in_process("plot_kl.py", "--workdir", path, "--out", tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "kl_per_layer.png").stat().st_size > 10_000
@@ -336,3 +338,16 @@ def test_merges_start_q_at_or_near_p():
     np.testing.assert_allclose(log_var, -jnp.log(precision), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(mean, p_mean * jnp.exp(-p_log_var) / precision, rtol=1e-5, atol=1e-6)
     assert float(jnp.max(jnp.abs(mean - p_mean))) < 0.02
+
+
+@pytest.mark.slow  # a minute: a notebook kernel; the per-layer plot it shows is quick-tested above
+def test_the_analysis_notebook_shows_a_ladders_layers(ladder_run):
+    from tests.test_notebooks import execute, images, outputs
+
+    path, _ = ladder_run
+    notebook = execute("analyze_run.ipynb", {"VAE_WORKDIR": str(path), "VAE_IW_SAMPLES": "10",
+                                             "VAE_IW_EXAMPLES": "32", "XLA_FLAGS": "",
+                                             "TF_CPP_MIN_LOG_LEVEL": "3"})
+    text = outputs(notebook)
+    assert all(f"z_{layer}: KL" in text for layer in (1, 2, 3)) and "units active" in text
+    assert images(notebook) >= 7  # the tiny run's five, the per-layer panel, the layers' samples
