@@ -49,12 +49,18 @@ def config_file(command: str) -> str:
 def describe_model(config: dict) -> str:
     m = config["model"]
     layers = "-".join(str(h) for h in m["hidden_dims"])
-    arch = {"mlp": "MLP", "hvae": "HVAE (2 levels)", "conv": "conv"}[m["arch"]]
+    arch = {"mlp": "MLP", "hvae": "HVAE (2 levels)", "conv": "conv",
+            "ladder": f"ladder ({m.get('num_layers')} levels)",
+            "conv_ladder": f"conv ladder ({m.get('num_layers')} levels)"}[m["arch"]]
     prior = {"standard_normal": "N(0, I)", "vampprior": f"VampPrior K={m['num_pseudo_inputs']}"}[m["prior"]]
     t = config["train"]
     objective = "ELBO" if t["objective"] == "elbo" else f"IWAE k={t['num_samples']}"
     z = f"z={m['latent_dim']}"
-    width = z if m["arch"] == "conv" else f"{m['activation']} {layers}, {z}"
+    if m["arch"] == "ladder" and m.get("latent_dims"):
+        z = "z=" + "-".join(str(d) for d in m["latent_dims"])
+    if m["arch"] == "conv_ladder":
+        z = f"{'-'.join(str(c) for c in m['conv_channels'])} channels, z maps of {m.get('latent_channels')}"
+    width = z if m["arch"] in ("conv", "conv_ladder") else f"{m['activation']} {layers}, {z}"
     return f"{arch} {width}, {prior}, {objective}, {describe_pixels(config)}"
 
 
