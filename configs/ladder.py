@@ -9,14 +9,16 @@ for the comparison with the two-level HVAE + VampPrior (226.52 nats here, hvae_v
 
 Batch 500, Adam 3e-3 with a cosine decay, KL warm-up over 20 epochs, the EMA of the parameters,
 the output bias at the pixel-mean logits, gradients clipped at norm 50, early stopping with patience
-50. docs/ladder.md has the short runs that chose the sizes and what an epoch costs.
+50. NUM_EPOCHS trains in about 75 minutes on a quiet 2-core CPU by estimate, not by a timed run:
+two epochs here took 1.8 times as long as two of hvae_long.py's, whose quiet epoch is 5.1 s
+(docs/ladder.md). docs/ladder.md also has the short runs that chose the sizes.
 """
 
 from configs import default
 
 NUM_LAYERS = 4
 LATENT_DIM = 32
-NUM_EPOCHS = 600
+NUM_EPOCHS = 500
 
 
 def get_config():
