@@ -34,6 +34,12 @@ def get_config() -> ml_collections.ConfigDict:
     # folder:PATH only. () keeps the images' size (they must all be one size); (H, W) resizes each,
     # e.g. --config.data.image_size=28,28.
     config.data.image_size = ()
+    # folder:PATH only: keep (every image must have the same channels) | grey | rgb (convert each
+    # image, so a folder that mixes grey and colour photos trains).
+    config.data.channels = "keep"
+    # folder:PATH only: the colour transparent pixels are composited onto (white, black, #rrggbb);
+    # '' refuses an image with transparent pixels.
+    config.data.background = ""
     # folder:PATH only: about these fractions of its images, picked by a hash of each file's path (so
     # adding images moves no other), are its "validation" and "test" splits; the rest is "train".
     config.data.folder_validation_fraction = 0.0

@@ -46,11 +46,15 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
              f"data.validation_split must be a TFDS split string or '', got {d.validation_split!r}")
     try:  # the folder source's own fields, checked by it (their defaults where a config predates them)
         image_size, _, _ = folder.fields(d)
+        channels, background = folder.conversions(d)
     except DataError as e:
         raise ConfigError(str(e)) from None
     _require(not image_size or folder.is_folder(d.name),
              f"data.image_size resizes the images of a folder (data.name=folder:PATH); a TFDS data set "
              f"keeps its own size: leave data.image_size=() for {d.name}")
+    _require((channels, background) == ("keep", "") or folder.is_folder(d.name),
+             f"data.channels and data.background convert the images of a folder (data.name=folder:PATH); "
+             f"a TFDS data set keeps its own: leave data.channels=keep and data.background='' for {d.name}")
 
     m = config.model
     _require(m.arch in build.ARCHS, f"model.arch must be one of {build.ARCHS}, got {m.arch!r}")
