@@ -183,10 +183,12 @@ def _other_model(loaded: Loaded, tag: int, name: str) -> CodingError:
                        f"gives epoch {loaded.epoch}, model tag {loaded.hash[0]:02x}{hint}")
 
 
-def open_file(loaded: Loaded, data: bytes, name: str) -> Opened:
-    """Reads a file's header and names; FileError for what is not a file of this format, CodingError
-    for one from another model."""
+def open_file(workdir: str | Path, data: bytes, name: str, *, epoch: int | None = None,
+              checkpoint: str = "best") -> Opened:
+    """Reads a file's header, then the workdir's model, then the file's names; FileError for what
+    is not a file of this format, CodingError for one from another model."""
     header, words = container.unpack(data, name)
+    loaded = load(workdir, epoch, checkpoint)
     if header.model_tag != loaded.hash[0]:
         raise _other_model(loaded, header.model_tag, name)
     file_names = None
@@ -209,8 +211,9 @@ def _mismatch(opened: Opened) -> CodingError:
     else:
         why = f"it was written with the same software as this machine's ({installed})"
     return CodingError(
-        f"{opened.name} did not decode to what was compressed (its checksum differs): it is damaged, or "
-        f"comes from another model, or this machine computes the model's outputs differently: {why}")
+        f"{opened.name} did not decode to what was compressed (its checksum differs): it is damaged or "
+        f"truncated, or comes from another model, or this machine computes the model's outputs "
+        f"differently: {why}")
 
 
 def decode(opened: Opened, *, progress: bool = True) -> tuple[np.ndarray, dict]:
@@ -227,8 +230,11 @@ def decode(opened: Opened, *, progress: bool = True) -> tuple[np.ndarray, dict]:
     host = host_model(loaded.model, block_size)
     host.warm_up()
     start = time.perf_counter()
-    symbols, left = bbans.decode(host, opened.words, header.count, header.ramp, bins, loaded.family,
-                                 progress=progress)
+    try:
+        symbols, left = bbans.decode(host, opened.words, header.count, header.ramp, bins, loaded.family,
+                                     progress=progress)
+    except KeyError:  # constriction: a symbol the model cannot code, met only in other words than encoding's
+        raise _mismatch(opened) from None
     coding_time = time.perf_counter() - start
     images = pixels.from_symbols(symbols, header.pixel_scale, opened.array_shape)
     name_bytes = names.joined(opened.file_names)
@@ -240,6 +246,12 @@ def decode(opened: Opened, *, progress: bool = True) -> tuple[np.ndarray, dict]:
                     "images_per_sec": header.count / coding_time}
 
 
+def test_split(loaded: Loaded) -> tuple[np.ndarray, str]:
+    """(the run's test split as every evaluation sees it (binarised once), what to call it)."""
+    images, _ = dataset.load_test_set(loaded.config.data)
+    return images, f"the test split {loaded.config.data.test_split!r}"
+
+
 def compress_workdir(workdir: str | Path, images: np.ndarray | None = None, *,
                      max_examples: int | None = None, block_size: int = DEFAULT_BLOCK_SIZE,
                      bins: LatentBins | None = None, epoch: int | None = None, checkpoint: str = "best",
@@ -248,8 +260,7 @@ def compress_workdir(workdir: str | Path, images: np.ndarray | None = None, *,
     evaluated, binarised once)."""
     loaded = load(workdir, epoch, checkpoint)
     if images is None:
-        images, _ = dataset.load_test_set(loaded.config.data)
-        what = f"the test split {loaded.config.data.test_split!r}"
+        images, what = test_split(loaded)
     check_images(images, loaded.image_shape, what)
     if max_examples is not None:
         images = images[:max_examples]
@@ -259,7 +270,7 @@ def compress_workdir(workdir: str | Path, images: np.ndarray | None = None, *,
 def decompress_workdir(workdir: str | Path, data: bytes, name: str, *, epoch: int | None = None,
                        checkpoint: str = "best", progress: bool = True) -> tuple[np.ndarray, dict]:
     """`decode` with the workdir's model, which must be the one that compressed the file."""
-    return decode(open_file(load(workdir, epoch, checkpoint), data, name), progress=progress)
+    return decode(open_file(workdir, data, name, epoch=epoch, checkpoint=checkpoint), progress=progress)
 
 
 def image_code_lengths(workdir: str | Path, *, max_examples: int | None = None,

@@ -2,10 +2,11 @@
 
 Names are relative paths ('shirts/0001.png', '/'-separated, as bytes: `os.fsencode`), in the
 order of the images. Each is coded after the one before it (front coding): the length of the
-prefix it shares with that name (uniform over 0 .. that name's length), then the rest of its
-bytes under a fixed model of file names (lower-case letters and digits likely, other bytes
-less so), ended by an end symbol or by one of the common extensions, one symbol each. A name of
-five letters and '.png' costs about 4 bytes; a folder of numbered files 1-2 bytes a name.
+prefix it shares with that name (uniform over 0 .. that name's length; nothing for the first),
+then the rest of its bytes under a fixed model of file names (lower-case letters and digits
+likely, other bytes less so), ended by an end symbol or by one of the common extensions, one
+symbol each. A name of five letters and '.png' costs about 4 bytes; numbered names in a folder
+1-2 bytes each.
 """
 
 import os
@@ -68,6 +69,11 @@ def _shared_prefix(a: bytes, b: bytes) -> int:
     return next((i for i in range(n) if a[i] != b[i]), n)
 
 
+def _prefix_model(previous: bytes):
+    """The length of the prefix a name shares with the one before it: uniform over 0 .. its length."""
+    return constriction.stream.model.Uniform(len(previous) + 1)
+
+
 def push(coder, file_names: list[str]) -> None:
     """Pushes the names so that `pop` gives them back in order (the last name first on the stack)."""
     raws = [check_name(name) for name in file_names]
@@ -77,15 +83,15 @@ def push(coder, file_names: list[str]) -> None:
         if shared == len(raws[i]):  # a name is never a prefix of the one after it: keep one byte back
             shared -= 1
         coder.encode_reverse(np.array(_symbols(raws[i][shared:]), np.int32), _MODEL)
-        prefix_model = constriction.stream.model.Uniform(len(previous) + 1)
-        coder.encode_reverse(np.array([shared], np.int32), prefix_model)
+        if previous:
+            coder.encode_reverse(np.array([shared], np.int32), _prefix_model(previous))
 
 
 def pop(coder, count: int) -> list[str]:
     """`count` names off the stack; NamesError where they cannot be names (a damaged file)."""
     file_names, previous = [], b""
     for _ in range(count):
-        shared = int(coder.decode(constriction.stream.model.Uniform(len(previous) + 1), 1)[0])
+        shared = int(coder.decode(_prefix_model(previous), 1)[0]) if previous else 0
         rest = bytearray()
         while len(rest) <= MAX_NAME_BYTES:
             symbol = int(coder.decode(_MODEL, 1)[0])
