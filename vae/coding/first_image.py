@@ -27,9 +27,9 @@ import dataclasses
 import constriction
 import numpy as np
 
-BIN_WIDTH = 3.0  # a coded dimension's bins, in its posterior deviations at the mean image ...
-MIN_WIDTH, MAX_WIDTH = 0.05, 3.0  # ... clipped to these many prior deviations
-THRESHOLD = 0.95  # a dimension is coded where q's deviation at the mean image is below this times p's
+BIN_WIDTH = 4.0  # a coded dimension's bins, in its posterior deviations at the mean image ...
+MIN_WIDTH, MAX_WIDTH = 0.05, 4.0  # ... clipped to these many prior deviations
+THRESHOLD = 0.8  # a dimension is coded where q's deviation at the mean image is below this times p's
 HALF_RANGE = 8.0  # the bins cover ± this many prior deviations
 K = int(np.ceil(HALF_RANGE / MIN_WIDTH))  # bin indices run over [−K, K]
 
