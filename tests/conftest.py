@@ -126,9 +126,8 @@ def script_module(name: str):
 
 def run_in_process(name: str, *args) -> subprocess.CompletedProcess:
     """`python scripts/<name> ARGS` without the process: the script's main(argv) here, its exit
-    status and what it printed, as `subprocess.run` gives them. For the argparse scripts (not
-    train.py or sweep.py, whose absl flags are global) in tests where a process of their own
-    proves nothing more; it saves the second or two of imports each start costs. What the
+    status and what it printed, as `subprocess.run` gives them. For tests where a process of its
+    own proves nothing more; it saves the second or two of imports each start costs. What the
     script's start changes in this process (log verbosity, the unraisable hook, warning filters)
     is put back."""
     module = script_module(name)
