@@ -16,7 +16,8 @@ def one_step(config, poison=False):
     tx = state.make_optimizer(config.train, 10)
     graphdef, before = state.init_state(config, (28, 28, 1), tx)
     if poison:  # a non-finite parameter: every gradient is nan
-        before = before._replace(params=jax.tree.map(lambda p: p.at[(0,) * p.ndim].set(jnp.nan), before.params))
+        poisoned = jax.tree.map(lambda p: p.at[(0,) * p.ndim].set(jnp.nan), before.params)
+        before = before._replace(params=poisoned)
     x_u8 = jnp.asarray(np.random.default_rng(0).integers(0, 256, (64, 784), dtype=np.uint8))
     train_step = step.make_train_step(graphdef, config, 10, dynamic=True)
     hyper = state.hyperparameters(config)
