@@ -26,12 +26,12 @@ from vae.coding import codec
 from vae.workdir import files
 
 
-def parse(argv):
+def build_parser() -> cli_flags.ArgumentParser:
     parser = cli_flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--num_images", type=cli_flags.integer(1), default=1000)
     parser.add_argument("--out", required=True, help="OUT.json and OUT.md are written")
-    return parser.parse_args(argv)
+    return parser
 
 
 def markdown(result: dict) -> str:
@@ -48,7 +48,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    args = parse(argv)
+    args = build_parser().parse_args(argv)
     cli.start()
     start = time.perf_counter()
     with cli.user_errors():

@@ -26,7 +26,7 @@ from vae.coding import codec, image_files, latents
 from vae.workdir import files
 
 
-def parse(argv):
+def build_parser() -> cli_flags.ArgumentParser:
     parser = cli_flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--out", required=True, help="the compressed file to write")
@@ -53,14 +53,18 @@ def parse(argv):
                         help="the bins cover [-R, R] in every latent dimension")
     cli_flags.add_checkpoint_arguments(parser)
     cli_flags.add_progress_argument(parser)
-    args = parser.parse_args(argv)
-    if args.image_size is not None and len(args.image_size) != 2:
-        parser.error(f"argument --image_size: takes H,W, got {args.image_size}")
-    return args
+
+    def check(args):
+        if args.image_size is not None and len(args.image_size) != 2:
+            return f"argument --image_size: takes H,W, got {','.join(map(str, args.image_size))}"
+        return None
+
+    parser.add_check(check)
+    return parser
 
 
 def main(argv=None) -> int:
-    args = parse(argv)
+    args = build_parser().parse_args(argv)
     cli.start()
     with cli.user_errors():
         image_files.check_new_file(Path(args.out), args.overwrite)

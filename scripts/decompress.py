@@ -22,7 +22,7 @@ from vae.coding import codec, image_files
 from vae.workdir import files
 
 
-def parse(argv):
+def build_parser() -> cli_flags.ArgumentParser:
     parser = cli_flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("file", help="a file written by scripts/compress.py")
@@ -32,11 +32,11 @@ def parse(argv):
     parser.add_argument("--overwrite", action="store_true", help="replace files that exist")
     cli_flags.add_checkpoint_arguments(parser)
     cli_flags.add_progress_argument(parser)
-    return parser.parse_args(argv)
+    return parser
 
 
 def main(argv=None) -> int:
-    args = parse(argv)
+    args = build_parser().parse_args(argv)
     cli.start()
     with cli.user_errors():
         data = Path(args.file).read_bytes()
