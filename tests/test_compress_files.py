@@ -20,9 +20,9 @@ from vae.workdir import files
 
 @pytest.fixture(scope="module")
 def binary_run(tmp_path_factory, fashion_mnist):
-    """A 1-epoch tiny Bernoulli run on 1,024 Fashion-MNIST images (28 x 28 grey, binarised)."""
+    """A 2-epoch tiny Bernoulli run on 1,024 Fashion-MNIST images (28 x 28 grey, binarised)."""
     path = tmp_path_factory.mktemp("binary_run")
-    loop.train_and_evaluate(tiny_config(train__num_epochs=1), path, progress=False)
+    loop.train_and_evaluate(tiny_config(), path, progress=False)
     return path
 
 
@@ -108,6 +108,26 @@ def test_a_png_folder_round_trips_with_sub_folders_and_grey_from_colour(binary_r
     assert '"images": 6' in figures.stdout
 
 
+def test_a_jpeg_comes_back_as_a_png_of_its_pixels(binary_run, test_images, tmp_path):
+    """A JPEG (here one a Bernoulli model can code: black, which JPEG keeps exactly) comes back as
+    a PNG of its decoded pixels under its name with .png, and the output says so."""
+    source = tmp_path / "in"
+    source.mkdir()
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(source / "dark.jpg", quality=90)
+    Image.fromarray(test_images[0]).save(source / "shirt.png")
+    coded, restored = tmp_path / "in.bbans", tmp_path / "restored"
+    ok(compress(binary_run, coded, "--images", source))
+    result = ok(decompress(binary_run, coded, restored))
+    assert "dark.jpg was a JPEG: written back as PNG (its decoded pixels, exactly), as dark.png" in (
+        result.stderr)
+    assert sorted(p.name for p in restored.iterdir()) == ["dark.png", "shirt.png"]
+    np.testing.assert_array_equal(pixels_of(restored / "dark.png"), pixels_of(source / "dark.jpg"))
+    Image.fromarray(test_images[1]).save(source / "dark.png")  # would come back under dark.jpg's name
+    one_line_error(compress(binary_run, tmp_path / "x.bbans", "--images", source),
+                   "dark.jpg and dark.png would both be decompressed as dark.png")
+
+
+@pytest.mark.slow  # trains an 8-bit model; grey to colour and JPEGs are quick-tested with the others
 def test_an_8_bit_colour_folder_and_a_jpeg(colour_run, tmp_path):
     """A colour PNG back exactly, a grey PNG back as the RGB it was coded as (--channels rgb), a
     JPEG back as a PNG of its decoded pixels, which the output says."""
@@ -226,10 +246,12 @@ def test_a_folder_with_another_file_an_empty_folder_and_a_truncated_png(binary_r
                    "absent.png does not exist")
 
 
-def test_a_file_from_another_model_or_damaged(binary_run, colour_run, test_images, tmp_path):
+def test_a_file_from_another_model_or_damaged(binary_run, test_images, tmp_path):
     coded, out = tmp_path / "x.bbans", tmp_path / "out.npy"
     ok(compress(binary_run, coded, "--images", write_npy(tmp_path / "x.npy", test_images[:30])))
-    one_line_error(decompress(colour_run, coded, out), "was compressed by another model (model tag", out)
+    other = decompress(binary_run, coded, out, "--epoch", 1)  # epoch 1's parameters
+    one_line_error(other, "was compressed by another model (model tag", out)
+    assert "its tag is that of epoch 2 of this run: pass --epoch 2" in other.stderr
     data = coded.read_bytes()
     mismatch = "did not decode to what was compressed (its checksum differs)"
     for position, message in ((0, "is not a file written by scripts/compress.py"), (len(data) // 2, mismatch),

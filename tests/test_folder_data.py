@@ -135,6 +135,7 @@ def test_channels_and_background_convert_each_image(tmp_path):
     assert dataset.image_shape(data_config(tmp_path, channels="grey")) == (6, 5, 1)
 
 
+@pytest.mark.slow  # trains; the conversion itself is quick-tested above
 def test_a_folder_of_grey_and_colour_photos_trains_with_channels_grey(tmp_path):
     from vae.train import loop
 
