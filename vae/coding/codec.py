@@ -13,7 +13,6 @@ images) is checked once the images are decoded, before anything is written.
     decode     an opened file's images
 """
 
-import contextlib
 import dataclasses
 import hashlib
 import math
@@ -167,18 +166,20 @@ class Opened:
 
 
 def _other_model(loaded: Loaded, tag: int, name: str) -> CodingError:
-    """The error for a file whose model tag is not the workdir's model's, with the epoch of this
-    run whose model has that tag, where one of its checkpoints has."""
-    hint = ""
+    """The error for a file whose model tag is not the workdir's model's, naming the checkpoint of
+    this run whose model has that tag, where one has (one of the latest, or the best one)."""
     directory = loaded.workdir / files.CHECKPOINT_DIR
     epochs = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()), reverse=True)
-    for epoch in epochs:
-        if epoch != loaded.epoch:
-            with contextlib.suppress(Exception):
-                config, model, _ = trained.load_trained(loaded.workdir, epoch, "latest")
-                if model_hash(config, model)[0] == tag:
-                    hint = f"; its tag is that of epoch {epoch} of this run: pass --epoch {epoch}"
-                    break
+    hint = ""
+    for epoch, checkpoint, flag in [*((e, "latest", f"--epoch {e}") for e in epochs),
+                                    (None, "best", "--checkpoint best, without --epoch")]:
+        try:
+            config, model, found_epoch = trained.load_trained(loaded.workdir, epoch, checkpoint)
+        except Exception:  # noqa: BLE001 - a checkpoint that does not load gives no hint
+            continue
+        if found_epoch != loaded.epoch and model_hash(config, model)[0] == tag:
+            hint = f"; its tag is that of epoch {found_epoch} of this run: pass {flag}"
+            break
     return CodingError(f"{name} was compressed by another model (model tag {tag:02x}); {loaded.workdir} "
                        f"gives epoch {loaded.epoch}, model tag {loaded.hash[0]:02x}{hint}")
 
