@@ -260,6 +260,13 @@ def test_a_file_from_another_model_or_damaged(binary_run, test_images, tmp_path)
         damaged[position] ^= 0x10
         (tmp_path / "damaged.bbans").write_bytes(bytes(damaged))
         one_line_error(decompress(binary_run, tmp_path / "damaged.bbans", out), message, out)
+    damaged = bytearray(data)
+    damaged[2] = 0  # the writer's software: not listed
+    (tmp_path / "damaged.bbans").write_bytes(bytes(damaged))
+    result = decompress(binary_run, tmp_path / "damaged.bbans", out)
+    one_line_error(result, "it was written with software not listed in vae/coding/container.py; this "
+                   f"machine has {container.installed_versions()}", out)
+    assert container.software_versions(1) == "jax 0.10.2, jaxlib 0.10.2, constriction 0.5.0"
     (tmp_path / "short.bbans").write_bytes(data[:2])
     one_line_error(decompress(binary_run, tmp_path / "short.bbans", out), "is not a file written by", out)
     (tmp_path / "old.bbans").write_bytes(b"VAEBBANS" + data)
