@@ -53,14 +53,14 @@ def build_parser() -> cli_flags.ArgumentParser:
                         help="the bins cover [-R, R] in every latent dimension")
     cli_flags.add_checkpoint_arguments(parser)
     cli_flags.add_progress_argument(parser)
-
-    def check(args):
-        if args.image_size is not None and len(args.image_size) != 2:
-            return f"argument --image_size: takes H,W, got {','.join(map(str, args.image_size))}"
-        return None
-
     parser.add_check(check)
     return parser
+
+
+def check(args) -> str | None:
+    if args.image_size is not None and len(args.image_size) != 2:
+        return f"argument --image_size: takes H,W, got {','.join(map(str, args.image_size))}"
+    return None
 
 
 def main(argv=None) -> int:
