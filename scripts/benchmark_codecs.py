@@ -1,6 +1,6 @@
 """Bits-back compression with a trained VAE against standard lossless codecs, on the same images.
 
-    python scripts/benchmark_codecs.py --workdir runs/default [--out docs/compression] [--max_examples N]
+    python scripts/benchmark_codecs.py --workdir runs/default [--out docs/codecs_binarised] [--max_examples N]
     python scripts/benchmark_codecs.py --eight_bit [--workdir W] [--data fashion_mnist] \
         [--out docs/codecs_8bit] [--max_examples N] [--jpegxl_effort E]
 
@@ -10,7 +10,7 @@ reads the -ELBO and the IWAE NLL from WORKDIR/eval.json (`scripts/evaluate.py --
 on the same images) where there is one; measures PNG 1-bit, WebP lossless, JPEG XL lossless
 (with `imagecodecs` installed) and gzip / bz2 / xz of the packed bits on the same images, for
 the whole set and one file per image (`benchmarks/codecs.py`), and the bits-back code one file
-per image. Writes OUT.json and OUT.md (the table the README shows).
+per image. Writes OUT.json and OUT.md (the table docs/compression.md shows).
 
 With --eight_bit, the table for 8-bit images (`benchmarks/codecs_8bit.py`): PNG, WebP lossless,
 JPEG XL lossless and bz2 / xz / zstd of the raw bytes on the test split as it is (not binarised),
@@ -46,8 +46,8 @@ def parse(argv):
                         help="the trained run (required without --eight_bit; with it, a model trained with "
                              "data.binarize=none, its eval.json giving the model's rows)")
     parser.add_argument("--out", default=None,
-                        help="writes OUT.json and OUT.md (default docs/compression; docs/codecs_8bit with "
-                             "--eight_bit)")
+                        help="writes OUT.json and OUT.md (default docs/codecs_binarised; docs/codecs_8bit "
+                             "with --eight_bit)")
     parser.add_argument("--max_examples", type=cli_flags.integer(1), default=None,
                         help="only the first N test images")
     parser.add_argument("--eight_bit", action="store_true",
@@ -75,7 +75,7 @@ def parse(argv):
             parser.error(f"--{given[0]} goes with --eight_bit")
     elif args.workdir is not None and args.data_dir is not None:
         parser.error("--data_dir goes without --workdir (the workdir's data dir is used)")
-    args.out = args.out or ("docs/codecs_8bit" if args.eight_bit else "docs/compression")
+    args.out = args.out or ("docs/codecs_8bit" if args.eight_bit else "docs/codecs_binarised")
     return args
 
 

@@ -1,6 +1,6 @@
 """The results table of evaluated runs, as Markdown on stdout.
 
-    python scripts/results.py runs/default runs/paper_vae ... > docs/results.md
+    python scripts/results.py runs/default runs/paper_vae ... > docs/results_runs.md
 
 Each workdir needs eval.json (`scripts/evaluate.py --workdir W --iw_samples 5000`); an eval.json
 written elsewhere (`--out W/quick`) can be named instead of its workdir. One row per
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
               f"{args.curve_every}th epoch, with the training wall time to it in brackets.\n")
         print(results.curve_table(curves, args.curve_every))
     if args.earlier:
-        print(f"\nEarlier rounds' runs, whose workdirs are no longer here: [{args.earlier}]({args.earlier}).")
+        print(f"\nRuns whose workdirs are no longer here: [{args.earlier}]({args.earlier}).")
     return 0
 
 

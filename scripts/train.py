@@ -6,7 +6,7 @@
 Over several processes (one per host or per GPU), every process runs the same command plus
 `--coordinator_address host:port --num_processes N --process_id i`, or none of them inside a
 SLURM step, under mpirun or on a Cloud TPU VM (detected); `scripts/launch_local.py` does it on
-one machine. See the README's "Many processes and machines".
+one machine. See docs/distributed.md.
 """
 
 import sys

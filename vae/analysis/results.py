@@ -1,7 +1,7 @@
 """The results table: one row per evaluated workdir, read from its config.json, metrics.jsonl and
 eval.json (written by `scripts/evaluate.py`), beside the published figure for the same model family.
 
-Nothing in the table is typed by hand: `scripts/results.py runs/a runs/b > docs/results.md`. The
+Nothing in the table is typed by hand: `scripts/results.py runs/a runs/b > docs/results_runs.md`. The
 curve table (`curve_table`) says how far each run got per epoch budget: its validation negative
 ELBO, and the wall time it took, every N epochs.
 """
