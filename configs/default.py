@@ -40,7 +40,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.folder_test_fraction = 0.1
 
     config.model = ml_collections.ConfigDict()
-    config.model.arch = "mlp"  # mlp | conv | hvae (two stochastic layers, MLP)
+    # vae/model/build.py's ARCHITECTURES: mlp | conv | hvae (two stochastic layers, MLP) | conv_hvae
+    config.model.arch = "mlp"
     # p(x|z) (vae/model/likelihoods.py): bernoulli (binarised pixels) | logistic_mixture | categorical
     # (8-bit pixels, data.binarize=none; figures in nats per image and bits/dim of the 8-bit image)
     config.model.likelihood = "bernoulli"
@@ -68,6 +69,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.weight_decay = 0.0  # adamw only
     config.train.normalize_grads = False  # divide each parameter tensor's gradient by its L2 norm
     config.train.grad_clip_norm = 0.0  # 0 disables clipping by global norm
+    # Skip an update whose gradient norm (global, before clipping) is above this, as VDVAE does; a
+    # norm that is not finite is always skipped. 0: skip only those. Skips are counted per epoch
+    # (train/skipped_updates beside train/grad_norm); an epoch that skips every update stops the run.
+    config.train.skip_threshold = 0.0
     config.train.ema_decay = 0.998  # evaluate (and select) an exponential moving average of the
     #   parameters with this decay per step, warmed up as min(decay, (1 + step) / (10 + step)) so a
     #   short run's average holds what it learnt; 0 disables

@@ -40,7 +40,7 @@ from vae.workdir import files
 REPO = Path(__file__).resolve().parent.parent
 
 
-def parse(argv):
+def build_parser() -> cli_flags.ArgumentParser:
     parser = cli_flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default=None,
                         help="the trained run (required without --eight_bit; with it, a model trained with "
@@ -64,19 +64,23 @@ def parse(argv):
     parser.add_argument("--codecs_from", default=None,
                         help="--eight_bit: take the codec rows from an earlier OUT.json of the same images "
                              "(their sizes do not change; JPEG XL's take minutes) and measure the model only")
-    args = parser.parse_args(argv)
+    parser.add_check(check)
+    return parser
+
+
+def check(args) -> str | None:
     if args.codecs_from and not args.eight_bit:
-        parser.error("--codecs_from goes with --eight_bit")
+        return "--codecs_from goes with --eight_bit"
     if not args.eight_bit:
         if args.workdir is None:
-            parser.error("--workdir is required (without --eight_bit)")
+            return "--workdir is required (without --eight_bit)"
         given = [f for f in ("data", "data_dir", "jpegxl_effort") if getattr(args, f) is not None]
         if given:
-            parser.error(f"--{given[0]} goes with --eight_bit")
+            return f"--{given[0]} goes with --eight_bit"
     elif args.workdir is not None and args.data_dir is not None:
-        parser.error("--data_dir goes without --workdir (the workdir's data dir is used)")
+        return "--data_dir goes without --workdir (the workdir's data dir is used)"
     args.out = args.out or ("docs/codecs_8bit" if args.eight_bit else "docs/codecs_binarised")
-    return args
+    return None
 
 
 def run_timed(script: str, *args) -> tuple[dict, float]:
@@ -249,7 +253,7 @@ def write(out: Path, result: dict, text: str) -> None:
 
 
 def main(argv=None) -> int:
-    args = parse(argv)
+    args = build_parser().parse_args(argv)
     cli.quiet_logs()
     if args.eight_bit:
         with cli.user_errors():

@@ -21,7 +21,7 @@ from vae.coding import codec, latents
 from vae.workdir import files
 
 
-def parse(argv):
+def build_parser() -> cli_flags.ArgumentParser:
     parser = cli_flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--out", required=True, help="the compressed file to write")
@@ -39,7 +39,7 @@ def parse(argv):
                         help="the bins cover [-R, R] in every latent dimension")
     cli_flags.add_checkpoint_arguments(parser)
     cli_flags.add_progress_argument(parser)
-    return parser.parse_args(argv)
+    return parser
 
 
 def read_images(path: str) -> np.ndarray:
@@ -50,7 +50,7 @@ def read_images(path: str) -> np.ndarray:
 
 
 def main(argv=None) -> int:
-    args = parse(argv)
+    args = build_parser().parse_args(argv)
     cli.start()
     with cli.user_errors():
         bins = latents.LatentBins(args.bin_width, args.latent_range)

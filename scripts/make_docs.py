@@ -78,7 +78,7 @@ PICTURES = (
 )
 
 
-def parse(argv):
+def build_parser() -> cli_flags.ArgumentParser:
     parser = cli_flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs_dir", default="runs/docs", help="where the runs train (default runs/docs)")
     parser.add_argument("--out", default="docs", help="where the pictures and figures.md go")
@@ -90,13 +90,13 @@ def parse(argv):
                         help="train each run for this fraction of its epochs (at least 1), for a quick check")
     parser.add_argument("--train_split", default=None,
                         help="a TFDS split for every run instead of the configs' (train[:2048]: quick)")
-    return parser.parse_args(argv)
+    return parser
 
 
 def run_command(run: Run, workdir: Path, epochs_scale: float, train_split: str | None) -> list[str]:
     """The command line that trains `run` into `workdir`."""
     epochs = max(1, round(run.epochs * epochs_scale))
-    extra = [f"--config.train.num_epochs={epochs}", "--progress=false"]
+    extra = [f"--config.train.num_epochs={epochs}", "--noprogress"]
     if train_split:
         extra.append(f"--config.data.train_split={train_split}")
     return [run.script, *run.args, "--workdir", str(workdir), *extra]
@@ -188,7 +188,7 @@ def figures_page(commands: dict[str, list[str]], records: dict[str, dict[str, li
 
 
 def main(argv=None) -> int:
-    args = parse(argv)
+    args = build_parser().parse_args(argv)
     selected = {r.name for r in RUNS if args.only is None or r.name in args.only}
     runs_dir, out = Path(args.runs_dir), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

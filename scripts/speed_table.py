@@ -22,13 +22,13 @@ from vae.analysis import markdown
 SECTION = "speed-table"  # the README's generated block: <!-- speed-table:begin --> ... :end -->
 
 
-def parse(argv):
+def build_parser() -> cli_flags.ArgumentParser:
     parser = cli_flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json", help="the output of scripts/benchmark.py --out")
     parser.add_argument("--out", default="docs/benchmarks.md", help="the page to write")
     parser.add_argument("--readme", default="README.md",
                         help="the README whose speed table to replace ('' for none)")
-    return parser.parse_args(argv)
+    return parser
 
 
 def ceiling_gflops(result: dict) -> float:
@@ -153,7 +153,7 @@ def readme_section(result: dict, source: str, page_link: str) -> str:
 
 
 def main(argv=None) -> int:
-    args = parse(argv)
+    args = build_parser().parse_args(argv)
     try:
         result = json.loads(Path(args.json).read_text())
     except (OSError, json.JSONDecodeError) as e:

@@ -11,6 +11,7 @@ import math
 import shlex
 from pathlib import Path
 
+from vae.model import build
 from vae.workdir import files
 
 # Test NLL (nats, dynamically binarised Fashion-MNIST, k = 5000 importance samples), Norouzi et
@@ -47,15 +48,19 @@ def config_file(command: str) -> str:
 
 
 def describe_model(config: dict) -> str:
+    """The run's model in a few words: architecture and widths (`build.ARCHITECTURES`), prior,
+    objective, pixels."""
     m = config["model"]
-    layers = "-".join(str(h) for h in m["hidden_dims"])
-    arch = {"mlp": "MLP", "hvae": "HVAE (2 levels)", "conv": "conv"}[m["arch"]]
-    prior = {"standard_normal": "N(0, I)", "vampprior": f"VampPrior K={m['num_pseudo_inputs']}"}[m["prior"]]
+    architecture = build.ARCHITECTURES.get(m["arch"])
+    if architecture is None:  # a workdir of an architecture this version does not have
+        arch = f"model.arch={m['arch']}"
+    else:
+        arch = f"{architecture.title} {architecture.describe(m)}"
+    prior = {"standard_normal": "N(0, I)", "vampprior": f"VampPrior K={m['num_pseudo_inputs']}"}.get(
+        m["prior"], m["prior"])
     t = config["train"]
     objective = "ELBO" if t["objective"] == "elbo" else f"IWAE k={t['num_samples']}"
-    z = f"z={m['latent_dim']}"
-    width = z if m["arch"] == "conv" else f"{m['activation']} {layers}, {z}"
-    return f"{arch} {width}, {prior}, {objective}, {describe_pixels(config)}"
+    return f"{arch}, {prior}, {objective}, {describe_pixels(config)}"
 
 
 def describe_pixels(config: dict) -> str:

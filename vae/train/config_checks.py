@@ -117,8 +117,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     _require(t.early_stopping_patience == 0 or d.validation_split,
              "train.early_stopping_patience needs a validation split: set data.validation_split "
              "(e.g. train_split='train[:50000]', validation_split='train[50000:]')")
-    for field in ("warmup_epochs", "weight_decay", "grad_clip_norm", "beta", "kl_warmup_epochs",
-                  "free_bits"):
+    for field in ("warmup_epochs", "weight_decay", "grad_clip_norm", "skip_threshold", "beta",
+                  "kl_warmup_epochs", "free_bits"):
         _require(_is_number(t[field]) and t[field] >= 0,
                  f"train.{field} must be a finite number >= 0, got {t[field]!r}")
     if t.free_bits > 0:
@@ -149,10 +149,5 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
 
 def validate_image_shape(config: ml_collections.ConfigDict, image_shape) -> None:
     """Checks that the architecture fits the data set's images."""
-    if config.model.arch in build.CONVOLUTIONAL_ARCHS:
-        scale = 2 ** len(config.model.conv_channels)
-        height, width, _ = image_shape
-        _require(height % scale == 0 and width % scale == 0,
-                 f"model.arch={config.model.arch} halves the image {len(config.model.conv_channels)} "
-                 f"times, so height and width must be multiples of {scale}; "
-                 f"{config.data.name} is {height}x{width}")
+    problem = build.image_shape_problem(config.model, image_shape)
+    _require(problem is None, f"{problem} ({config.data.name})")

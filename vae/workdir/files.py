@@ -39,7 +39,7 @@ _VERSIONED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-
 _RESUME_KEYS = ("model", "data.name", "data.binarize", "data.train_split", "seed")
 # Config fields added after workdirs were first written, with the value an older run had without
 # them: an old config.json reads (and resumes) as if it named them.
-_ADDED_FIELDS = {"model.mixture_components": 5}
+_ADDED_FIELDS = {"model.mixture_components": 5, "train.skip_threshold": 0.0}
 # Fields of that kind added later (a folder's image size and split fractions): compared where the
 # workdir's config.json records them, so a workdir that predates them still resumes.
 _RESUME_KEYS_WHERE_RECORDED = ("data.image_size", "data.folder_validation_fraction",
