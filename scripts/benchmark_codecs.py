@@ -34,6 +34,7 @@ import numpy as np
 
 from benchmarks import codecs, codecs_8bit
 from vae import cli, cli_flags
+from vae.analysis import results
 from vae.data import dataset, source
 from vae.workdir import files
 
@@ -122,7 +123,8 @@ def markdown(result: dict) -> str:
     bb = result["bits_back"]
     per_image = result["bits_back_per_image"]
     lines = [f"{n:,} binarised test images of {result['data']}, model `{result['workdir']}` "
-             f"(trained by `{result['trained_by']}`, epoch {bb['compress']['epoch']}); bits/dim = file "
+             f"(trained by `{results.reproducing_command(result['trained_by'])}`, epoch "
+             f"{bb['compress']['epoch']}); bits/dim = file "
              f"bits / ({n:,} x {result['pixels_per_image']}).", "",
              "| codec | whole set: bytes | bits/dim | one file per image: mean bytes | bits/dim |",
              "| --- | ---: | ---: | ---: | ---: |",

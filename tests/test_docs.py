@@ -392,17 +392,18 @@ def test_the_metrics_table_names_every_key_a_training_writes(tiny_run):
 
 def test_the_metrics_table_names_the_keys_of_validation_the_kl_split_and_sweeps():
     """Keys a tiny run does not write: from the names the code builds them of."""
-    from vae.train import evaluate, run
+    from vae.train import evaluate
+    from vae.workdir import files
 
     documented = table_keys(METRICS_PAGE.read_text(), METRICS_HEADING)
-    expected = {run.SELECTION_METRIC, "best/epoch", f"best/{run.SELECTION_METRIC}", "train/iwae",
+    expected = {files.BEST_METRIC, "best/epoch", f"best/{files.BEST_METRIC}", "train/iwae",
                 "train/ema_decay", "compile_time_sec", "sweep/members", "sweep/images_per_sec"}
     for prefix in ("test", "val"):
         expected |= {f"{prefix}/{name}" for name in (*evaluate.KL_SPLIT_FIELDS, "dimwise_kl",
                                                       "dimwise_kl_per_dim", "split_kl", "split_examples")}
     assert expected - documented == set()
-    sweep_source = (ROOT / "vae" / "sweep" / "driver.py").read_text()
-    assert '"sweep/members"' in sweep_source and '"sweep/images_per_sec"' in sweep_source
+    loop_source = (ROOT / "vae" / "train" / "loop.py").read_text()
+    assert '"sweep/members"' in loop_source and '"sweep/images_per_sec"' in loop_source
 
 
 # The checks catch what they should: each on a broken page.
@@ -429,6 +430,17 @@ def test_a_broken_link_or_anchor_is_found(tmp_path):
     assert "nowhere.md does not exist" in problems[0]
     assert "docs/other.md has no heading with the anchor #three" in problems[1]
     assert "gone.png does not exist" in problems[2]
+
+
+def test_recorded_commands_lose_only_their_progress_flag():
+    """The results tables show commands that run with today's scripts (`vae.analysis.results`)."""
+    from vae.analysis.results import reproducing_command
+
+    for flag in ("--progress=false", "--noprogress", "--no-progress", "--no_progress", "--progress"):
+        assert reproducing_command(f"scripts/train.py --config c.py {flag} --workdir w --config.x=1") == (
+            "scripts/train.py --config c.py --workdir w --config.x=1")
+    kept = "scripts/train.py --config.train.progress=1 --progress_bar 'a b'"
+    assert reproducing_command(kept) == kept
 
 
 def test_github_anchors():
