@@ -373,6 +373,23 @@ def test_the_scripts_whose_flags_are_checked():
                     "overrides are checked, not their other flags")
 
 
+def test_every_flag_has_the_dashed_spelling_the_docs_promise():
+    """docs/configs.md: flags are spelt with underscores, and the dashed spelling is accepted too
+    (scripts/launch_local.py's own flags excepted, which the page says)."""
+    assert "the dashed spelling (`--iw-samples`" in (ROOT / "docs" / "configs.md").read_text()
+    for name in sorted(script_names()):
+        parser = parser_of(name)
+        if parser is None:
+            continue
+        options = option_names(parser)
+        missing = [o for o in sorted(options) if o.startswith("--") and "_" in o
+                   and "--" + o[2:].replace("_", "-") not in options]
+        assert missing == [], f"scripts/{name}: no dashed spelling of {missing}"
+    launch_local = (ROOT / "scripts" / "launch_local.py").read_text()
+    assert "--num-processes" not in launch_local and "def build_parser(" not in launch_local, (
+        "scripts/launch_local.py may take dashed flags now: docs/configs.md says it does not")
+
+
 @pytest.mark.parametrize("page", pages(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_page_tells_the_projects_history(page):
     text = page.read_text()
