@@ -1,6 +1,6 @@
 """The results table of evaluated runs, as Markdown on stdout.
 
-    python scripts/results.py runs/default runs/paper_vae ... > docs/results.md
+    python scripts/results.py runs/default runs/paper_vae ... > docs/results_runs.md
 
 Each workdir needs eval.json (`scripts/evaluate.py --workdir W --iw_samples 5000`); an eval.json
 written elsewhere (`--out W/quick`) can be named instead of its workdir. One row per
@@ -24,7 +24,7 @@ def build_parser() -> cli_flags.ArgumentParser:
     parser.add_argument("workdirs", nargs="+", help="workdirs, or eval.json files inside them")
     parser.add_argument("--title", default="Results")
     parser.add_argument("--earlier", default=None,
-                        help="a page of earlier results (workdirs no longer here) to link below the table")
+                        help="a page of more results (from workdirs not at hand) to link below the table")
     parser.add_argument("--curve_every", type=cli_flags.integer(0), default=0,
                         help="add the validation -ELBO every this many epochs (0: no curve table)")
     parser.add_argument("--curves_of", nargs="*", default=[],
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
               f"{args.curve_every}th epoch, with the training wall time to it in brackets.\n")
         print(results.curve_table(curves, args.curve_every))
     if args.earlier:
-        print(f"\nEarlier rounds' runs, whose workdirs are no longer here: [{args.earlier}]({args.earlier}).")
+        print(f"\nMore runs: [{args.earlier}]({args.earlier}).")
     return 0
 
 

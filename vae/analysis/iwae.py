@@ -33,7 +33,7 @@ _IWAE_STREAM = 17
 
 # Rows (samples x images) each device decodes at once. On a CPU the chunk's decoder output (rows x 784
 # floats) should stay in cache between the decoder's last matmul and the likelihood that reads
-# them; an accelerator wants large matmuls. See docs/benchmarks.md.
+# them; an accelerator wants large matmuls. See docs/speed.md (the chunk sizes measured).
 _CHUNK_ROWS = {"cpu": 1024}
 _CHUNK_ROWS_ACCELERATOR = 32768
 _BATCH_PER_DEVICE = {"cpu": 32}

@@ -1,13 +1,14 @@
 """The results table: one row per evaluated workdir, read from its config.json, metrics.jsonl and
 eval.json (written by `scripts/evaluate.py`), beside the published figure for the same model family.
 
-Nothing in the table is typed by hand: `scripts/results.py runs/a runs/b > docs/results.md`. The
+Nothing in the table is typed by hand: `scripts/results.py runs/a runs/b > docs/results_runs.md`. The
 curve table (`curve_table`) says how far each run got per epoch budget: its validation negative
 ELBO, and the wall time it took, every N epochs.
 """
 
 import json
 import math
+import re
 import shlex
 from pathlib import Path
 
@@ -34,6 +35,16 @@ def _read_json(path: Path) -> dict:
     except FileNotFoundError:
         raise files.WorkdirError(
             f"{path.parent} has no {path.name}: run scripts/evaluate.py on it first") from None
+
+
+# A progress flag changes no figure of a run, and its spelling has changed (absl's --progress=false,
+# argparse's --noprogress): the table's command leaves it out, so that it runs with today's scripts.
+_PROGRESS_FLAG = re.compile(r"(?<!\S)--(?:progress|noprogress|no-progress|no_progress)(?:=\S*)?(?!\S)")
+
+
+def reproducing_command(command: str) -> str:
+    """A recorded command without its progress flag, the rest exactly as recorded."""
+    return " ".join(_PROGRESS_FLAG.sub(" ", command).split())
 
 
 def config_file(command: str) -> str:
@@ -127,7 +138,7 @@ def run_row(path: str | Path) -> dict:
         "split_examples": result.get("test/split_examples"),
         "latent_units": len(last.get("test/kl_per_dim", [])) or None,
         "published": published,
-        "command": config["run"]["command"],
+        "command": reproducing_command(config["run"]["command"]),
     }
 
 

@@ -60,11 +60,13 @@ _FLAG_HELP = {
 
 
 def add_arguments(parser) -> None:
-    """Adds the joining flags to a script's parser; read them back with `settings_from(args)`."""
+    """Adds the joining flags to a script's parser, each with its dashed spelling too
+    (`--num-processes`), as the scripts' other flags; read them back with `settings_from(args)`."""
     defaults = Settings()
     group = parser.add_argument_group("multi-process runs (jax.distributed)")
     for name, (kind, help_text) in _FLAG_HELP.items():
-        group.add_argument(f"--{name}", type=kind, default=getattr(defaults, name), help=help_text)
+        group.add_argument(f"--{name}", f"--{name.replace('_', '-')}", type=kind,
+                           default=getattr(defaults, name), help=help_text)
 
 
 def settings_from(values) -> Settings:

@@ -8,7 +8,7 @@ lock-step with one shared step counter, two ways (`member_loop`):
 - 'unrolled': each member's own step in turn, its numbers compiled in as a single run's, on the
   batch drawn once per seed. The carry is (step, [member's (params, opt_state, ema)] ...). A
   single run is this with K = 1: exactly the single step. On CPU the faster for K > 1 too: XLA's
-  batched matmuls there need layout copies of the weights that 2-D ones avoid (docs/benchmarks.md).
+  batched matmuls there need layout copies of the weights that 2-D ones avoid (docs/sweeps.md).
 - 'vmap': one batched step over the members' stacked states (`MEMBER_AXES`), the numbers they
   differ in traced: an accelerator's choice for K > 1.
 
