@@ -37,7 +37,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from vae.analysis import iwae, latents, plotting, sampling  # noqa: E402
-from vae.data import dataset, source  # noqa: E402
+from vae.data import dataset  # noqa: E402
 from vae.train import trained  # noqa: E402
 from vae.workdir import files  # noqa: E402
 
@@ -93,7 +93,7 @@ means, _ = latents.encode_images(model, test_images)
 points, explained = latents.project_2d(means)
 fig, ax = plt.subplots(figsize=(6.5, 5.5))
 scatter = ax.scatter(points[:, 0], points[:, 1], c=test_labels, cmap="tab10", s=4, alpha=0.7)
-names = source.class_names(config.data.name)
+names = dataset.class_names(config.data)
 handles = [plt.Line2D([], [], marker="o", ls="", color=scatter.cmap(scatter.norm(c)),
                       label=names[c] if 0 <= c < len(names) else "no label")
            for c in np.unique(test_labels)]

@@ -183,7 +183,7 @@ def test_subfolders_are_labels(tmp_path):
     (tmp_path / ".trash").mkdir()
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / ".trash" / "x.png")
     config = data_config(tmp_path, folder_test_fraction=0.3)
-    assert source.class_names(config.name) == ["ant", "moth", "zebra"]
+    assert dataset.class_names(config) == ["ant", "moth", "zebra"]
     opened = folder.open_folder(config)
     images, labels = opened.load_split("train+test")
     assert len(images) == 18 and sorted(np.bincount(labels)) == [5, 6, 7]

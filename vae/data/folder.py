@@ -221,11 +221,6 @@ def scan(folder: Folder) -> Listing:
     return Listing(root, files, tuple(s for _, s in found), labels, class_names)
 
 
-def class_names(name: str) -> list[str]:
-    """The names of a folder's class sub-folders, sorted; [] where its images are in none."""
-    return list(scan(Folder(name, folder_path(name))).class_names)
-
-
 # --- the splits ------------------------------------------------------------------------------------
 
 
