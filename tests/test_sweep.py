@@ -151,6 +151,17 @@ def test_every_traced_number_matches_the_single_run(tmp_path, fashion_mnist):
                         single)
 
 
+@pytest.mark.slow  # 3 epochs of 4 members again; the quick suite's host feed test is test_train.py's
+def test_a_sweep_fed_from_the_host_trains_as_one_fed_on_the_device(tmp_path, beta_seed_sweep):
+    """Sweeps take the host feed (a run over several processes), members with seeds of their own
+    included: the same batches, the same numbers as the device feed."""
+    path, histories = beta_seed_sweep
+    fed = driver.train_sweep(tiny_config(train__num_epochs=3, train__batch_source="host"), AXES,
+                             tmp_path / "host", progress=False)
+    for name, history in histories.items():
+        assert_same_run(path / name, history, tmp_path / "host" / name, fed[name])
+
+
 def test_each_member_is_a_single_runs_workdir(beta_seed_sweep):
     path, histories = beta_seed_sweep
     record = json.loads((path / files.SWEEP_FILE).read_text())
