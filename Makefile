@@ -4,7 +4,7 @@
 #   make test-all   the same, with the slow tests: the whole suite (.ci/run: make test, then make test-slow)
 #   make tensorboard   TensorBoard over every run in runs/
 #   make notebook      JupyterLab over notebooks/ (installs it on first use)
-#   make speed / make docs   the generated speed table / README pictures (docs/benchmarks.md, docs/figures.md)
+#   make speed / make docs   the generated speed table / the docs' pictures (docs/benchmarks.md, docs/figures.md)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -47,7 +47,7 @@ train: data
 # suite: every test not marked `slow`, among them the scripts end to end (train.py, sample.py,
 # evaluate.py, ...) on a tiny slice and runs on 4 fake CPU devices. The slow tests (multi-process
 # runs, kills, the TF-free build, long sweeps, the benchmark, the KL notebook, ...) are in
-# `make test-slow`; `make test-all` runs both. The README's "Two commands" gives their times here.
+# `make test-slow`; `make test-all` runs both. docs/getting-started.md gives their times here.
 test: data
 	$(VENV)/bin/lint-imports --no-cache
 	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
@@ -78,7 +78,7 @@ speed: data
 	  $(foreach c,$(SPEED_CONFIGS),--config configs/$(c).py) --iw_samples 1000,5000 --out docs/bench/speed.json
 	$(PY) scripts/speed_table.py docs/bench/speed.json
 
-# Every README picture and the β table, from runs of the current configs (runs/docs/; about 20
+# Every picture of the docs and the β table, from runs of the current configs (runs/docs/; about 20
 # minutes on 2 cores); docs/figures.md says which run made each.
 docs: data
 	$(PY) scripts/make_docs.py

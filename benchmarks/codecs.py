@@ -140,28 +140,18 @@ def measure_codecs(images_NxHxW: np.ndarray, progress=None) -> list[dict]:
 
 
 def bits_back_per_image(workdir, images_u8: np.ndarray, bins=None, progress=None) -> dict:
-    """The VAE's bits-back code with one file per image (`vae.coding`): each image alone, so each
-    pays the first-image two-part code and the header."""
-    from vae.coding import bbans, codec, container, pixels
+    """The VAE's bits-back code with one file per image (`vae.coding`): each image alone, a whole
+    file as compress.py writes it for an array of one image, so each pays the header and the
+    first image's two-part code."""
+    from vae.coding import codec
     from vae.coding.host import host_model
-    from vae.coding.latents import LatentBins
-    from vae.train import trained
 
-    bins = bins or LatentBins()
-    config, model, epoch = trained.load_trained(workdir)
-    family = codec.check_codable(config, model)
-    scale = pixels.pixel_scale(images_u8, family)
-    host = host_model(model, 1)
-    symbols = pixels.to_symbols(images_u8, scale)
-    start, total, model_hash = time.perf_counter(), 0, codec.model_hash(config, model)
-    for i in range(len(symbols)):
-        coded = bbans.encode(host, symbols[i:i + 1], bins, family)
-        header = container.Header(
-            model_hash=model_hash, epoch=epoch,
-            image_shape=tuple(model.image_shape), array_ndim=images_u8.ndim, pixel_scale=scale, count=1,
-            block_size=1, bin_width=bins.width, half_range=bins.half_range, ramp=coded.ramp,
-            images_crc32=container.images_crc32(images_u8[i:i + 1]))
-        total += len(container.pack(header, coded.words))
-    n, pixels_per_image = len(symbols), host.num_pixels
-    return {"per_image_bytes": total / n, "per_image_bits_per_dim": 8 * total / (n * pixels_per_image),
+    loaded = codec.load(workdir)
+    host = host_model(loaded.model, 1)
+    start, sizes = time.perf_counter(), []
+    for i in range(len(images_u8)):
+        data, _ = codec.compress(loaded, images_u8[i:i + 1], bins=bins, progress=False, host=host)
+        sizes.append(len(data))
+    dims = len(images_u8) * host.num_pixels
+    return {"per_image_bytes": float(np.mean(sizes)), "per_image_bits_per_dim": 8 * sum(sizes) / dims,
             "time_sec": time.perf_counter() - start}

@@ -26,8 +26,7 @@ from benchmarks import host, profiling
 from vae.analysis import iwae
 from vae.data import dataset, pixels
 from vae.model import objectives
-from vae.sweep import program
-from vae.train import distributed, epoch, evaluate, state, step
+from vae.train import distributed, epoch, evaluate, feed, state, step
 from vae.workdir import files
 
 
@@ -173,44 +172,42 @@ def percentiles(values, qs=(50, 90, 99)) -> dict:
 
 
 class Trainer:
-    """The compiled programs of one config on one set of devices, as train_and_evaluate builds them;
-    with `members` (configs that differ in `state.Hyper` numbers only), the sweep's one vmapped
-    program over their stacked states, as `vae.sweep.driver` builds it."""
+    """The compiled programs of one config on one set of devices, as the training loop builds
+    them; with `members` (configs that differ in `state.Hyper` numbers only), a sweep's group of
+    them as one program (`loop`: the member loop, see `vae.train.epoch`)."""
 
     def __init__(self, config, train_images, test_images, dynamic: bool, devices=None, members=None,
                  loop: str = "auto"):
         self.config = config
+        self.configs = members or [config]
         self.mesh = distributed.make_mesh(devices)
         self.replicated = NamedSharding(self.mesh, P())
         self.num_train = len(train_images)
         self.steps = self.num_train // config.train.batch_size
         self.tx = state.make_optimizer(config.train, self.steps)
-        self.num_members = len(members) if members else 1
-        states = [state.init_state(c, train_images.shape[1:], self.tx) for c in members or [config]]
+        self.num_members = len(self.configs)
+        self.loop = epoch.member_loop(loop, self.num_members)
+        states = [state.init_state(c, train_images.shape[1:], self.tx) for c in self.configs]
         self.graphdef = states[0][0]
-        if members:
-            self.state = program.stack([s for _, s in states], self.replicated)
-        else:
-            self.state = jax.device_put(states[0][1], self.replicated)
-        self.train_images = distributed.images_on_device(train_images, self.mesh)
+        self.carry = epoch.stack([s for _, s in states], self.loop, self.replicated)
+        self.source = feed.DeviceBatches(self.configs, train_images, self.mesh)
+        self.train_images = self.source.consts
         self.test_images_u8 = test_images
         self.test_images = distributed.images_on_device(test_images, self.mesh, config.eval.batch_size)
         self.dynamic = dynamic
         start = time.perf_counter()
-        if members:
-            self.epoch_fn = program.compile_members_epoch(self.graphdef, members, self.mesh, self.state,
-                                                              self.train_images, dynamic, loop)
-        else:
-            self.epoch_fn = epoch.compile_train_epoch(self.graphdef, config, self.mesh, self.state,
-                                                         self.train_images, dynamic)
+        self.epoch_fn = epoch.compile_epoch(self.graphdef, self.configs, self.mesh, self.carry, self.source,
+                                            self.steps, dynamic, self.loop)
         self.epoch_loop = epoch.epoch_loop(config)
         self.compile_sec = time.perf_counter() - start
         self.evaluate = evaluate.make_evaluate(self.graphdef, config, self.mesh)
         self.eval_key = evaluate.eval_key(config, "test")
         self.epochs_run = 0
 
-    def _epoch(self, epoch: int):
-        return jax.device_put(np.int32(epoch), self.replicated)
+    @property
+    def state(self) -> state.TrainState:
+        """The first member's state."""
+        return epoch.member(self.carry, 0)
 
     def run_epoch(self) -> float:
         """Trains one epoch; returns its wall time in seconds. Also keeps `images_per_cpu_sec`
@@ -218,7 +215,7 @@ class Trainer:
         processes on a shared machine disturb less than the wall clock."""
         self.epochs_run += 1
         start, start_cpu = time.perf_counter(), time.process_time()
-        self.state, metrics = self.epoch_fn(self.state, self.train_images, self._epoch(self.epochs_run))
+        self.carry, metrics = self.epoch_fn(self.carry, self.epochs_run)
         jax.block_until_ready(metrics)
         seconds = time.perf_counter() - start
         self.images_per_cpu_sec = self.images_per_epoch / (time.process_time() - start_cpu)
@@ -249,7 +246,7 @@ class Trainer:
             current, metrics = jitted(current, x)
             jax.block_until_ready(metrics)
             times.append(time.perf_counter() - start)
-        self.state = current
+        self.carry = epoch.stack([current], self.loop)
         return times
 
     def evaluate_once(self):
@@ -273,9 +270,10 @@ class Trainer:
 
     def epoch_hlo(self) -> str:
         """The compiled epoch program (scan loop) as HLO text, for `profiling.profile`."""
-        body = epoch.device_batch_body(self.graphdef, self.config, self.mesh, self.num_train, self.dynamic)
-        order = epoch.compile_epoch_order(self.config, self.num_train, self.mesh)(self._epoch(0))
-        return epoch.compile_loop(body, "scan", self.mesh, self.state, self.train_images, order).as_text()
+        train_step = step.make_train_step(self.graphdef, self.config, self.steps, self.dynamic)
+        body = epoch.members_body(train_step, self.configs, self.source.batch, self.loop)
+        return epoch.compile_loop(body, "scan", self.mesh, self.carry, self.source.consts,
+                                  self.source.abstract()).as_text()
 
 
 def peak_memory() -> dict:

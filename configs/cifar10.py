@@ -6,7 +6,7 @@ published 45k/5k split of the training set for model selection, batch 128, Adam 
 cosine decay, the KL warmed up over 10 epochs, a parameter EMA, 200 epochs. Colour channels are
 modelled independently given z (vae/model/likelihoods.py says why). CIFAR-10 must first be
 prepared where a network is (`python scripts/prepare_data.py --dataset cifar10`, then copy
-~/tensorflow_datasets/cifar10 here); the README gives its cost per epoch measured on this CPU.
+~/tensorflow_datasets/cifar10 here); docs/configs.md gives its cost per epoch measured on a 2-core CPU.
 
     python scripts/train.py --config configs/cifar10.py --workdir runs/cifar10
 """

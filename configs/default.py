@@ -34,14 +34,21 @@ def get_config() -> ml_collections.ConfigDict:
     # folder:PATH only. () keeps the images' size (they must all be one size); (H, W) resizes each,
     # e.g. --config.data.image_size=28,28.
     config.data.image_size = ()
+    # folder:PATH only: keep (every image must have the same channels) | grey | rgb (convert each
+    # image, so a folder that mixes grey and colour photos trains).
+    config.data.channels = "keep"
+    # folder:PATH only: the colour transparent pixels are composited onto (white, black, #rrggbb);
+    # '' refuses an image with transparent pixels.
+    config.data.background = ""
     # folder:PATH only: about these fractions of its images, picked by a hash of each file's path (so
     # adding images moves no other), are its "validation" and "test" splits; the rest is "train".
     config.data.folder_validation_fraction = 0.0
     config.data.folder_test_fraction = 0.1
 
     config.model = ml_collections.ConfigDict()
-    # mlp | conv | hvae | conv_hvae (two stochastic layers) | ladder | conv_ladder (model.num_layers
-    # latent layers over a top-down state, vae/model/ladder.py: gated dense cells or conv cells)
+    # vae/model/build.py's ARCHITECTURES: mlp | conv | hvae (two stochastic layers, MLP) | conv_hvae |
+    # ladder | conv_ladder (model.num_layers latent layers over a top-down state, vae/model/ladder.py:
+    # gated dense cells or conv cells)
     config.model.arch = "mlp"
     # p(x|z) (vae/model/likelihoods.py): bernoulli (binarised pixels) | logistic_mixture | categorical
     # (8-bit pixels, data.binarize=none; figures in nats per image and bits/dim of the 8-bit image)
@@ -84,6 +91,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.weight_decay = 0.0  # adamw only
     config.train.normalize_grads = False  # divide each parameter tensor's gradient by its L2 norm
     config.train.grad_clip_norm = 0.0  # 0 disables clipping by global norm
+    # Skip an update whose gradient norm (global, before clipping) is above this, as VDVAE does; a
+    # norm that is not finite is always skipped. 0: skip only those. Skips are counted per epoch
+    # (train/skipped_updates beside train/grad_norm); an epoch that skips every update stops the run.
+    config.train.skip_threshold = 0.0
     config.train.ema_decay = 0.998  # evaluate (and select) an exponential moving average of the
     #   parameters with this decay per step, warmed up as min(decay, (1 + step) / (10 + step)) so a
     #   short run's average holds what it learnt; 0 disables

@@ -6,7 +6,7 @@ output layer (300 -> 784 x 15) and the mixture's log-probabilities make an epoch
 Bernoulli default's (17 s here), so the schedule is short: 28 epochs, the KL warmed up over 2
 of them, and a latent code of 64 dimensions (an 8-bit image holds about 8x the nats of a
 binarised one).
-Its figures are not comparable with binarised ones (see the README: which likelihood for which data).
+Its figures are not comparable with binarised ones (docs/configs.md: which likelihood for which data).
 
     python scripts/train.py --config configs/fmnist_8bit.py --workdir runs/fmnist_8bit
     python scripts/evaluate.py --workdir runs/fmnist_8bit --iw_samples 1000

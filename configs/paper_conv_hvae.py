@@ -2,7 +2,7 @@
 nats): the two-level HVAE with gated convolutions reading x and refining the decoder's output at
 full resolution (`vae.networks.conv_hvae_networks`), trained exactly as `paper_vae`.
 
-Too slow for a CPU (see docs/results.md for the measured cost per epoch); on a GPU:
+Too slow for a CPU (docs/results.md, the paper protocol); on a GPU:
     python scripts/train.py --config configs/paper_conv_hvae.py --workdir runs/paper_conv_hvae
 """
 

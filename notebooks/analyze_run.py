@@ -36,8 +36,8 @@ import jax  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vae.analysis import iwae, plotting, sampling  # noqa: E402
-from vae.data import dataset, source  # noqa: E402
+from vae.analysis import iwae, latents, plotting, sampling  # noqa: E402
+from vae.data import dataset  # noqa: E402
 from vae.model import ladder  # noqa: E402
 from vae.train import trained  # noqa: E402
 from vae.workdir import files  # noqa: E402
@@ -121,11 +121,11 @@ fig = plotting.image_grid_figure(sampling.reconstructions(model, x), 8, "test im
 # The latent itself when it is 2-D, otherwise its first two principal components.
 
 # %%
-means, _ = iwae.encode_images(model, test_images)
-points, explained = iwae.project_2d(means)
+means, _ = latents.encode_images(model, test_images)
+points, explained = latents.project_2d(means)
 fig, ax = plt.subplots(figsize=(6.5, 5.5))
 scatter = ax.scatter(points[:, 0], points[:, 1], c=test_labels, cmap="tab10", s=4, alpha=0.7)
-names = source.class_names(config.data.name)
+names = dataset.class_names(config.data)
 handles = [plt.Line2D([], [], marker="o", ls="", color=scatter.cmap(scatter.norm(c)),
                       label=names[c] if 0 <= c < len(names) else "no label")
            for c in np.unique(test_labels)]

@@ -18,12 +18,12 @@ import os
 import sys
 import time
 
-from vae import cli_flags
+from vae import cli_flags, config_fields
 
 COMMAND_START = time.perf_counter()
 
 
-def parse(argv):
+def build_parser() -> cli_flags.ArgumentParser:
     parser = cli_flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", action="append", default=None,
                         help="a config file; repeat for several (default configs/mlp_small.py)")
@@ -52,42 +52,42 @@ def parse(argv):
     parser.add_argument("--train_images", type=cli_flags.integer(1), default=None,
                         help="use only the first N")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
-    args = parser.parse_args(argv)
+    parser.add_check(load_configs)
+    return parser
+
+
+def load_configs(args) -> str | None:
+    """args.configs: (path, config) of every --config, each with the --set overrides (typed like
+    their fields, as a sweep's values)."""
     args.config = args.config or ["configs/mlp_small.py"]
+    args.configs = []
     for path in args.config:
-        if not os.path.isfile(path):
-            parser.error(f"argument --config: no config file {path!r}")
-    for item in args.set:
-        if "=" not in item:
-            parser.error(f"argument --set: expected FIELD=VALUE, got {item!r}")
-    return args
+        try:
+            config = config_fields.load_config(path)
+        except config_fields.FieldError as e:
+            return f"argument --config: {e}"
+        for item in args.set:
+            try:
+                config_fields.override(config, item)
+            except config_fields.FieldError as e:
+                field, _, value = item.partition("=")
+                return f"argument --set: cannot set {field} to {value!r} ({e})"
+        args.configs.append((path, config))
+    return None
 
 
 def main(argv=None) -> int:
-    args = parse(argv)
+    args = build_parser().parse_args(argv)
     if args.devices:  # before jax starts
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + f" --xla_force_host_platform_device_count={args.devices}")
-    import runpy
-
     import jax
 
     from benchmarks import harness
     from vae import cli
-    from vae.sweep import spec
     from vae.train import config_checks
 
-    configs = []
-    for path in args.config:
-        config = runpy.run_path(path)["get_config"]()
-        for item in args.set:  # typed like the field, as --sweep's values (`spec.override`)
-            try:
-                spec.override(config, item)
-            except config_checks.ConfigError as e:
-                field, _, value = item.partition("=")
-                print(f"error: argument --set: cannot set {field} to {value!r} ({e})", file=sys.stderr)
-                return 2
-        configs.append((path, config))
+    configs = args.configs
     cli.quiet_logs()  # no compilation cache: compile times are measured
     with cli.user_errors():
         for _, config in configs:

@@ -1,6 +1,6 @@
 """Bits-back compression with a trained VAE against standard lossless codecs, on the same images.
 
-    python scripts/benchmark_codecs.py --workdir runs/default [--out docs/compression] [--max_examples N]
+    python scripts/benchmark_codecs.py --workdir runs/default [--out docs/codecs_binarised] [--max_examples N]
     python scripts/benchmark_codecs.py --eight_bit [--workdir W] [--data fashion_mnist] \
         [--out docs/codecs_8bit] [--max_examples N] [--jpegxl_effort E]
 
@@ -10,14 +10,14 @@ reads the -ELBO and the IWAE NLL from WORKDIR/eval.json (`scripts/evaluate.py --
 on the same images) where there is one; measures PNG 1-bit, WebP lossless, JPEG XL lossless
 (with `imagecodecs` installed) and gzip / bz2 / xz of the packed bits on the same images, for
 the whole set and one file per image (`benchmarks/codecs.py`), and the bits-back code one file
-per image. Writes OUT.json and OUT.md (the table the README shows).
+per image. Writes OUT.json and OUT.md (the table docs/compression.md shows).
 
 With --eight_bit, the table for 8-bit images (`benchmarks/codecs_8bit.py`): PNG, WebP lossless,
 JPEG XL lossless and bz2 / xz / zstd of the raw bytes on the test split as it is (not binarised),
 the whole set and one file per image, in bytes, bits/dim and nats/image; with --workdir (a model
 trained with data.binarize=none) on that run's data set and test split, and with the model's
-IWAE NLL and -ELBO from WORKDIR/eval.json as rows in the same units. No bits-back rows: the
-8-bit bits-back coder is not written yet.
+IWAE NLL and -ELBO from WORKDIR/eval.json as rows in the same units, and its bits-back file
+(scripts/compress.py and scripts/decompress.py, timed and checked as above) as a row.
 """
 
 import json
@@ -34,20 +34,21 @@ import numpy as np
 
 from benchmarks import codecs, codecs_8bit
 from vae import cli, cli_flags
+from vae.analysis import results
 from vae.data import dataset, source
 from vae.workdir import files
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def parse(argv):
+def build_parser() -> cli_flags.ArgumentParser:
     parser = cli_flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default=None,
                         help="the trained run (required without --eight_bit; with it, a model trained with "
                              "data.binarize=none, its eval.json giving the model's rows)")
     parser.add_argument("--out", default=None,
-                        help="writes OUT.json and OUT.md (default docs/compression; docs/codecs_8bit with "
-                             "--eight_bit)")
+                        help="writes OUT.json and OUT.md (default docs/codecs_binarised; docs/codecs_8bit "
+                             "with --eight_bit)")
     parser.add_argument("--max_examples", type=cli_flags.integer(1), default=None,
                         help="only the first N test images")
     parser.add_argument("--eight_bit", action="store_true",
@@ -64,19 +65,23 @@ def parse(argv):
     parser.add_argument("--codecs_from", default=None,
                         help="--eight_bit: take the codec rows from an earlier OUT.json of the same images "
                              "(their sizes do not change; JPEG XL's take minutes) and measure the model only")
-    args = parser.parse_args(argv)
+    parser.add_check(check)
+    return parser
+
+
+def check(args) -> str | None:
     if args.codecs_from and not args.eight_bit:
-        parser.error("--codecs_from goes with --eight_bit")
+        return "--codecs_from goes with --eight_bit"
     if not args.eight_bit:
         if args.workdir is None:
-            parser.error("--workdir is required (without --eight_bit)")
+            return "--workdir is required (without --eight_bit)"
         given = [f for f in ("data", "data_dir", "jpegxl_effort") if getattr(args, f) is not None]
         if given:
-            parser.error(f"--{given[0]} goes with --eight_bit")
+            return f"--{given[0]} goes with --eight_bit"
     elif args.workdir is not None and args.data_dir is not None:
-        parser.error("--data_dir goes without --workdir (the workdir's data dir is used)")
-    args.out = args.out or ("docs/codecs_8bit" if args.eight_bit else "docs/compression")
-    return args
+        return "--data_dir goes without --workdir (the workdir's data dir is used)"
+    args.out = args.out or ("docs/codecs_8bit" if args.eight_bit else "docs/codecs_binarised")
+    return None
 
 
 def run_timed(script: str, *args) -> tuple[dict, float]:
@@ -118,7 +123,8 @@ def markdown(result: dict) -> str:
     bb = result["bits_back"]
     per_image = result["bits_back_per_image"]
     lines = [f"{n:,} binarised test images of {result['data']}, model `{result['workdir']}` "
-             f"(trained by `{result['trained_by']}`, epoch {bb['compress']['epoch']}); bits/dim = file "
+             f"(trained by `{results.reproducing_command(result['trained_by'])}`, epoch "
+             f"{bb['compress']['epoch']}); bits/dim = file "
              f"bits / ({n:,} x {result['pixels_per_image']}).", "",
              "| codec | whole set: bytes | bits/dim | one file per image: mean bytes | bits/dim |",
              "| --- | ---: | ---: | ---: | ---: |",
@@ -249,7 +255,7 @@ def write(out: Path, result: dict, text: str) -> None:
 
 
 def main(argv=None) -> int:
-    args = parse(argv)
+    args = build_parser().parse_args(argv)
     cli.quiet_logs()
     if args.eight_bit:
         with cli.user_errors():

@@ -21,9 +21,9 @@ import sys
 from vae import cli_flags
 
 
-def parse(argv):
+def build_parser() -> cli_flags.ArgumentParser:
     parser = cli_flags.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/mlp_small.py")
+    parser.add_config("configs/mlp_small.py")
     parser.add_argument("--members", type=cli_flags.integer_list(1), default=[2, 4, 8, 16],
                         help="comma-separated sweep sizes K")
     parser.add_argument("--vary", default="train.beta", choices=("train.beta", "seed"))
@@ -33,13 +33,15 @@ def parse(argv):
     parser.add_argument("--train_images", type=cli_flags.integer(1), default=None,
                         help="use only the first N")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
-    args = parser.parse_args(argv)
-    if not os.path.isfile(args.config):
-        parser.error(f"argument --config: no config file {args.config!r}")
+    parser.add_check(check)
+    return parser
+
+
+def check(args) -> str | None:
     loops = args.loops.split(",")
     if not loops or any(loop not in ("vmap", "unrolled") for loop in loops):
-        parser.error(f"argument --loops: must be comma-separated vmap, unrolled; got {args.loops!r}")
-    return args
+        return f"argument --loops: must be comma-separated vmap, unrolled; got {args.loops!r}"
+    return None
 
 
 def member_configs(config, vary: str, num: int) -> list:
@@ -55,16 +57,14 @@ def member_configs(config, vary: str, num: int) -> list:
 
 
 def main(argv=None) -> int:
-    args = parse(argv)
-    import runpy
-
+    args = build_parser().parse_args(argv)
     import jax
 
     from benchmarks import harness
     from vae import cli
     from vae.train import config_checks
 
-    config = runpy.run_path(args.config)["get_config"]()
+    config = args.config
     sizes = args.members
     cli.quiet_logs()  # no compilation cache: compile times are measured
     with cli.user_errors():

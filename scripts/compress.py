@@ -1,32 +1,46 @@
-"""Compresses binarised images losslessly with a trained VAE: bits-back coding with ANS (BB-ANS).
+"""Compresses images losslessly with a trained VAE: bits-back coding with ANS (BB-ANS).
 
     python scripts/compress.py --workdir runs/default --out test.bbans     # the run's test split
+    python scripts/compress.py --workdir runs/default --out shirt.bbans --images shirt.png
+    python scripts/compress.py --workdir runs/default --out photos.bbans --images photos/ [--channels grey]
     python scripts/compress.py --workdir runs/default --out x.bbans --images x.npy [--max_examples N]
 
-Without --images it codes the test split as every evaluation sees it (binarised once); --images
-takes a uint8 .npy array N x H x W (or N x H x W x C) of the model's image shape, with pixels all
-0/1 or all 0/255 for a Bernoulli model (decompression gives back the same array). The file is
-about as long as the images' negative ELBO under the model. Prints the figures as JSON on stdout
-and one line on stderr: size, bits/dim (every byte of the file), the model's -ELBO of the same
-images, coding time and images/s. scripts/decompress.py reads the file with the same workdir.
+--images takes PNG or JPEG files, one folder of them (and its sub-folders; a file in it that is
+not a PNG or JPEG is refused), or a uint8 .npy array N x H x W (or N x H x W x C). Every image
+must have the model's size and channels: --image_size H,W resizes them as they are read,
+--channels grey|rgb converts them, --background COLOUR flattens transparent pixels onto a
+colour (what comes back is the image so converted). A Bernoulli model codes binarised pixels
+(all 0/255, or 0/1 in an array); an 8-bit model any. The file records the images' names
+(decompress.py writes them back under them) and is about as long as their negative ELBO under
+the model. Without --images it codes the test split as every evaluation sees it (binarised
+once). Prints the figures as JSON on stdout and one line on stderr. An --out that exists is
+refused unless --overwrite; nothing is written on an error.
 """
 
 import json
 import sys
-
-import numpy as np
+from pathlib import Path
 
 from vae import cli, cli_flags
-from vae.coding import codec, latents
+from vae.coding import codec, image_files, latents
 from vae.workdir import files
 
 
-def parse(argv):
+def build_parser() -> cli_flags.ArgumentParser:
     parser = cli_flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--out", required=True, help="the compressed file to write")
-    parser.add_argument("--images", default=None,
-                        help="a uint8 .npy array to compress instead of the test split")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--images", nargs="+", default=None,
+                        help="PNG or JPEG files, a folder of them, or a uint8 .npy array (default: the "
+                             "test split)")
+    parser.add_argument("--channels", choices=("keep", "grey", "rgb"), default="keep",
+                        help="convert every image to grey or to colour (RGB) as it is read")
+    parser.add_argument("--background", default="",
+                        help="a colour (white, #rrggbb, ...) transparent pixels are composited onto; "
+                             "'' refuses them")
+    parser.add_argument("--image_size", type=cli_flags.integer_list(1), default=None,
+                        help="H,W: resize every image to this size as it is read")
     parser.add_argument("--max_examples", type=cli_flags.integer(1), default=None,
                         help="only the first N images")
     parser.add_argument("--block_size", type=cli_flags.integer(1, codec.MAX_BLOCK_SIZE),
@@ -39,26 +53,35 @@ def parse(argv):
                         help="the bins cover [-R, R] in every latent dimension")
     cli_flags.add_checkpoint_arguments(parser)
     cli_flags.add_progress_argument(parser)
-    return parser.parse_args(argv)
+    parser.add_check(check)
+    return parser
 
 
-def read_images(path: str) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except ValueError:  # not an .npy file, or an object array
-        raise cli.UsageError(f"{path} is not a .npy file of a numeric array") from None
+def check(args) -> str | None:
+    if args.image_size is not None and len(args.image_size) != 2:
+        return f"argument --image_size: takes H,W, got {','.join(map(str, args.image_size))}"
+    return None
 
 
 def main(argv=None) -> int:
-    args = parse(argv)
+    args = build_parser().parse_args(argv)
     cli.start()
     with cli.user_errors():
+        image_files.check_new_file(Path(args.out), args.overwrite)
+        inputs = image_files.find(args.images) if args.images else None
         bins = latents.LatentBins(args.bin_width, args.latent_range)
-        images = read_images(args.images) if args.images else None
-        data, figures = codec.compress_workdir(
-            args.workdir, images, max_examples=args.max_examples, block_size=args.block_size, bins=bins,
-            epoch=args.epoch, checkpoint=args.checkpoint, what=args.images or "the images",
-            progress=not args.no_progress)
+        loaded = codec.load(args.workdir, args.epoch, args.checkpoint)
+        names = None
+        if inputs is None:
+            images, what = codec.test_split(loaded)
+        else:
+            images = image_files.read_images(inputs, loaded.image_shape, channels=args.channels,
+                                             background=args.background, image_size=args.image_size or ())
+            names, what = list(inputs.names) or None, str(inputs.array or "the images")
+        if args.max_examples is not None:
+            images, names = images[:args.max_examples], names and names[:args.max_examples]
+        data, figures = codec.compress(loaded, images, file_names=names, block_size=args.block_size,
+                                       bins=bins, what=what, progress=not args.no_progress)
         files.atomic_write_bytes(args.out, data)
     print(json.dumps(figures, indent=2))
     print(f"compressed {figures['images']:,} images into {args.out}: {figures['bytes']:,} bytes, "

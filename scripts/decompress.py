@@ -1,46 +1,55 @@
 """Decompresses a file of scripts/compress.py with the workdir whose model wrote it.
 
+    python scripts/decompress.py --workdir runs/default photos.bbans --out restored/
+    python scripts/decompress.py --workdir runs/default shirt.bbans --out shirt.png
     python scripts/decompress.py --workdir runs/default test.bbans --out test.npy
 
-Writes exactly the uint8 array that was compressed (.npy) and prints the figures as JSON on
-stdout and one line on stderr (bits/dim, coding time, images/s). A file from another model, a
-damaged or truncated file, or a workdir without a checkpoint is one line and exit status 2,
-and nothing is written.
+A file of image files writes each image back under its recorded name (and sub-folders) in the
+--out folder, as PNG: a PNG comes back pixel for pixel, a JPEG as a PNG of its decoded pixels
+(its name ending in .png; the output says which). A file of one image can also be written to a
+.png path. A file of an array writes exactly the uint8 array that was compressed (.npy). Prints
+the figures as JSON on stdout and one line on stderr (bits/dim, coding time, images/s). A file
+from another model, a damaged or truncated file, an output that exists (unless --overwrite), or
+a workdir without a checkpoint is one line and exit status 2, and nothing is written.
 """
 
-import io
 import json
 import sys
-
-import numpy as np
+from pathlib import Path
 
 from vae import cli, cli_flags
-from vae.coding import codec
+from vae.coding import codec, image_files
 from vae.workdir import files
 
 
-def parse(argv):
+def build_parser() -> cli_flags.ArgumentParser:
     parser = cli_flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("file", help="a file written by scripts/compress.py")
-    parser.add_argument("--out", required=True, help="the .npy file to write")
+    parser.add_argument("--out", required=True,
+                        help="the folder to write image files into (or a .png path for one image), or "
+                             "the .npy file for an array")
+    parser.add_argument("--overwrite", action="store_true", help="replace files that exist")
     cli_flags.add_checkpoint_arguments(parser)
     cli_flags.add_progress_argument(parser)
-    return parser.parse_args(argv)
+    return parser
 
 
 def main(argv=None) -> int:
-    args = parse(argv)
+    args = build_parser().parse_args(argv)
     cli.start()
     with cli.user_errors():
-        with open(args.file, "rb") as f:
-            data = f.read()
-        images, figures = codec.decompress_workdir(args.workdir, data, args.file, epoch=args.epoch,
-                                                   checkpoint=args.checkpoint, progress=not args.no_progress)
-        buffer = io.BytesIO()
-        np.save(buffer, images, allow_pickle=False)
-        files.atomic_write_bytes(args.out, buffer.getvalue())
+        data = Path(args.file).read_bytes()
+        opened = codec.open_file(args.workdir, data, args.file, epoch=args.epoch, checkpoint=args.checkpoint)
+        targets = image_files.check_outputs(Path(args.out), opened.file_names, args.overwrite)
+        images, figures = codec.decode(opened, progress=not args.no_progress)
+        if opened.file_names is None:
+            files.atomic_write_bytes(targets[0], image_files.npy_bytes(images))
+        else:
+            image_files.write_pngs(targets, images)
     print(json.dumps(figures, indent=2))
+    if note := image_files.jpeg_note(opened.file_names or []):
+        print(note, file=sys.stderr)
     print(f"decompressed {figures['images']:,} images into {args.out}: "
           f"{figures['bits_per_dim']:.5f} bits/dim, "
           f"{figures['coding_time_sec']:.2f} s coding, {figures['images_per_sec']:,.0f} images/s, "

@@ -23,7 +23,7 @@ from vae.workdir import files
 MAX_DRAWS_PER_CALL = iwae.MAX_DRAWS_PER_CALL
 
 
-def parse(argv):
+def build_parser() -> cli_flags.ArgumentParser:
     parser = cli_flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--iw_samples", type=cli_flags.integer(1), default=5000,
@@ -39,18 +39,22 @@ def parse(argv):
     parser.add_argument("--out", default=None, help="output directory (default: the workdir)")
     cli_flags.add_progress_argument(parser)
     distributed.add_arguments(parser)
-    args = parser.parse_args(argv)
+    parser.add_check(check)
+    return parser
+
+
+def check(args) -> str | None:
     sizes = {flag: v for flag, v in (("--batch_size", args.batch_size), ("--chunk_size", args.chunk_size))
              if v is not None}
     if math.prod(sizes.values()) > MAX_DRAWS_PER_CALL:  # checked again once the defaults are known
-        parser.error(f"argument {'/'.join(sizes)}: batch x chunk is the number of images the decoder "
-                     f"holds at once, at most {MAX_DRAWS_PER_CALL:,}; got "
-                     f"{' x '.join(f'{v:,}' for v in sizes.values())}")
-    return args
+        return (f"argument {'/'.join(sizes)}: batch x chunk is the number of images the decoder "
+                f"holds at once, at most {MAX_DRAWS_PER_CALL:,}; got "
+                f"{' x '.join(f'{v:,}' for v in sizes.values())}")
+    return None
 
 
 def main(argv=None) -> int:
-    args = parse(argv)
+    args = build_parser().parse_args(argv)
     cli.start()
     with cli.distributed_run(distributed.settings_from(args)):
         if not Path(args.workdir).is_dir():

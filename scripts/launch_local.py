@@ -12,7 +12,6 @@ SIGTERM) is passed to every process, which stop together after the epoch's check
 Ctrl-C kills them at once.
 """
 
-import argparse
 import ctypes
 import os
 import signal
@@ -22,6 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from vae import cli_flags  # no JAX: the processes start it
 
 REPO = Path(__file__).resolve().parent.parent
 _PR_SET_PDEATHSIG = 1
@@ -123,28 +124,31 @@ def supervise(processes: list[subprocess.Popen], grace_seconds: float) -> tuple[
     return failed, bool(signals)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], usage=(
+def build_parser() -> cli_flags.ArgumentParser:
+    parser = cli_flags.ArgumentParser(description=__doc__.splitlines()[0], usage=(
         "%(prog)s --num_processes N --local_devices D [--script S] -- SCRIPT_FLAGS..."))
-    parser.add_argument("--num_processes", type=int, default=2)
-    parser.add_argument("--local_devices", type=int, default=1, help="fake CPU devices per process")
+    parser.add_argument("--num_processes", type=cli_flags.integer(1), default=2)
+    parser.add_argument("--local_devices", type=cli_flags.integer(1), default=1,
+                        help="fake CPU devices per process")
     parser.add_argument("--script", default=str(REPO / "scripts" / "train.py"))
-    parser.add_argument("--port", type=int, default=0, help="coordinator port (default: a free one)")
-    parser.add_argument("--grace_seconds", type=float, default=5.0,
+    parser.add_argument("--port", type=cli_flags.integer(0, 65535), default=0,
+                        help="coordinator port (default: a free one)")
+    parser.add_argument("--grace_seconds", type=cli_flags.real(0.0), default=5.0,
                         help="after one process fails, how long the others may take to stop on their own "
                              "before they are killed")
     parser.add_argument("--log_dir", default=None,
                         help="where processes 1.. write their output (default: a new temporary directory)")
-    argv = sys.argv[1:] if argv is None else argv
-    split = argv.index("--") if "--" in argv else len(argv)
-    args = parser.parse_args(argv[:split])
-    if args.num_processes < 1 or args.local_devices < 1:
-        parser.error("--num_processes and --local_devices must be >= 1")
+    parser.add_argument("script_flags", nargs="*", metavar="SCRIPT_FLAGS",
+                        help="after --: the flags every process's script gets")
+    return parser
 
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     port = args.port or free_port()
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="launch_local_"))
     log_dir.mkdir(parents=True, exist_ok=True)
-    processes, logs = start(args.script, argv[split + 1:], args.num_processes, args.local_devices, port,
+    processes, logs = start(args.script, args.script_flags, args.num_processes, args.local_devices, port,
                             log_dir)
     print(f"launch_local: {args.num_processes} processes x {args.local_devices} CPU devices on "
           f"localhost:{port}, pids {' '.join(str(p.pid) for p in processes)}; processes 1.. write "

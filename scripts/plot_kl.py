@@ -20,19 +20,23 @@ from vae.analysis import plotting
 from vae.workdir import files
 
 
-def parse(argv):
+def build_parser() -> cli_flags.ArgumentParser:
     parser = cli_flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", nargs="+", required=True)
     parser.add_argument("--labels", nargs="+", default=None, help="one legend label per workdir")
     parser.add_argument("--out", default=None, help="output directory (default: the first workdir)")
-    args = parser.parse_args(argv)
+    parser.add_check(check)
+    return parser
+
+
+def check(args) -> str | None:
     if args.labels is not None and len(args.labels) != len(args.workdir):
-        parser.error(f"--labels needs one label per workdir ({len(args.workdir)}), got {len(args.labels)}")
-    return args
+        return f"--labels needs one label per workdir ({len(args.workdir)}), got {len(args.labels)}"
+    return None
 
 
 def main(argv=None) -> int:
-    args = parse(argv)
+    args = build_parser().parse_args(argv)
     labels = args.labels or [Path(w).name for w in args.workdir]
     cli.start()
     with cli.user_errors():

@@ -18,7 +18,7 @@ from vae import cli, cli_flags
 from vae.data import folder, prepare, source
 
 
-def parse(argv):
+def build_parser() -> cli_flags.ArgumentParser:
     parser = cli_flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="fashion_mnist",
                         help="TFDS name, e.g. mnist, kmnist; or folder:PATH, a folder of images")
@@ -26,18 +26,22 @@ def parse(argv):
                         help="folder:PATH only: H,W to resize its images to (data.image_size)")
     parser.add_argument("--data_dir", default="", help="TFDS data dir (default: TFDS's own)")
     parser.add_argument("--manual_dir", default=None, help="a directory of already-downloaded files")
-    args = parser.parse_args(argv)
+    parser.add_check(check)
+    return parser
+
+
+def check(args) -> str | None:
     if not args.dataset.strip():
-        parser.error("argument --dataset: must name a TFDS data set")
+        return "argument --dataset: must name a TFDS data set"
     if args.image_size is not None and (len(args.image_size) != 2 or not folder.is_folder(args.dataset)):
-        parser.error("argument --image_size: takes H,W, for a --dataset folder:PATH")
+        return "argument --image_size: takes H,W, for a --dataset folder:PATH"
     if args.manual_dir is not None and not os.path.isdir(args.manual_dir):
-        parser.error(f"argument --manual_dir: {args.manual_dir!r} is not a directory")
-    return args
+        return f"argument --manual_dir: {args.manual_dir!r} is not a directory"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
+    args = build_parser().parse_args(argv)
     cli.start()
     try:
         if folder.is_folder(args.dataset):

@@ -1,6 +1,6 @@
 """The results table of evaluated runs, as Markdown on stdout.
 
-    python scripts/results.py runs/default runs/paper_vae ... > docs/results.md
+    python scripts/results.py runs/default runs/paper_vae ... > docs/results_runs.md
 
 Each workdir needs eval.json (`scripts/evaluate.py --workdir W --iw_samples 5000`); an eval.json
 written elsewhere (`--out W/quick`) can be named instead of its workdir. One row per
@@ -19,22 +19,28 @@ from vae import cli, cli_flags
 from vae.analysis import results
 
 
-def main(argv=None) -> int:
+def build_parser() -> cli_flags.ArgumentParser:
     parser = cli_flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workdirs", nargs="+", help="workdirs, or eval.json files inside them")
     parser.add_argument("--title", default="Results")
     parser.add_argument("--earlier", default=None,
-                        help="a page of earlier results (workdirs no longer here) to link below the table")
-    parser.add_argument("--curve_every", type=int, default=0,
+                        help="a page of more results (from workdirs not at hand) to link below the table")
+    parser.add_argument("--curve_every", type=cli_flags.integer(0), default=0,
                         help="add the validation -ELBO every this many epochs (0: no curve table)")
     parser.add_argument("--curves_of", nargs="*", default=[],
                         help="more workdirs for the curve table only (not evaluated, or still training)")
-    args = parser.parse_args(argv)
-    if args.curve_every < 0:
-        parser.error(f"--curve_every must be 0 (no curve table) or a number of epochs, "
-                     f"got {args.curve_every}")
+    parser.add_check(check)
+    return parser
+
+
+def check(args) -> str | None:
     if args.curves_of and not args.curve_every:
-        parser.error("--curves_of adds runs to the curve table: give --curve_every too")
+        return "--curves_of adds runs to the curve table: give --curve_every too"
+    return None
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     with cli.user_errors():
         rows = [results.run_row(path) for path in args.workdirs]
         curves = []
@@ -55,7 +61,7 @@ def main(argv=None) -> int:
               f"{args.curve_every}th epoch, with the training wall time to it in brackets.\n")
         print(results.curve_table(curves, args.curve_every))
     if args.earlier:
-        print(f"\nEarlier rounds' runs, whose workdirs are no longer here: [{args.earlier}]({args.earlier}).")
+        print(f"\nMore runs: [{args.earlier}]({args.earlier}).")
     return 0
 
 

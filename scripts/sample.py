@@ -27,7 +27,7 @@ MAX_IMAGES = 10_000  # one picture: a grid of more is unreadable (and --mode pri
 MAX_STEPS = 100  # --mode manifold decodes steps² images
 
 
-def parse(argv):
+def build_parser() -> cli_flags.ArgumentParser:
     parser = cli_flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--mode", choices=MODES, default="prior")
@@ -42,7 +42,7 @@ def parse(argv):
     parser.add_argument("--seed", type=cli_flags.integer(0, cli_flags.SEED_MAX), default=0)
     cli_flags.add_checkpoint_arguments(parser)
     parser.add_argument("--out", default=None, help="output directory (default: the workdir)")
-    return parser.parse_args(argv)
+    return parser
 
 
 def test_images(config, num: int, seed: int) -> np.ndarray:
@@ -95,7 +95,7 @@ def _kl_per_dim(path, model, x) -> np.ndarray:
 
 
 def main(argv=None) -> int:
-    args = parse(argv)
+    args = build_parser().parse_args(argv)
     cli.start()
     with cli.user_errors():
         config, model, epoch = trained.load_trained(args.workdir, args.epoch, args.checkpoint)

@@ -1,5 +1,5 @@
 """The speed table, written from one `scripts/benchmark.py` JSON: docs/benchmarks.md and the
-README's speed section (between its `speed-table` markers), never typed by hand.
+README's short speed table (between its `speed-table` markers), never typed by hand.
 
     python scripts/benchmark.py --torch --config configs/mlp_small.py --config configs/default.py \
         --config configs/paper_hvae.py --config configs/paper_vampprior.py --config configs/conv.py \
@@ -12,6 +12,7 @@ machine was busy does not flatter the shares. Imports no JAX.
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -21,13 +22,13 @@ from vae.analysis import markdown
 SECTION = "speed-table"  # the README's generated block: <!-- speed-table:begin --> ... :end -->
 
 
-def parse(argv):
+def build_parser() -> cli_flags.ArgumentParser:
     parser = cli_flags.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json", help="the output of scripts/benchmark.py --out")
     parser.add_argument("--out", default="docs/benchmarks.md", help="the page to write")
     parser.add_argument("--readme", default="README.md",
                         help="the README whose speed table to replace ('' for none)")
-    return parser.parse_args(argv)
+    return parser
 
 
 def ceiling_gflops(result: dict) -> float:
@@ -129,12 +130,30 @@ def page(result: dict, source: str) -> str:
     return "\n".join(parts)
 
 
-def readme_section(result: dict, source: str) -> str:
-    return "\n".join([speed_table(result), torch_table(result), provenance(result, source)])
+def readme_section(result: dict, source: str, page_link: str) -> str:
+    """The README's short version: one config's training rate (the first measured against PyTorch,
+    else the first) beside the PyTorch loops, the machine, and a link to the whole page."""
+    table = rows(result)
+    r = next((row for row in table if "torch" in row), table[0])
+    lines = [f"| trainer, `{r['config']}` (batch {r['batch_size']}) | training images/s | JAX is |",
+             "| --- | ---: | ---: |", f"| **this project** | **{_rate(r['train'])}** | |"]
+    if "torch" in r:
+        t = r["torch"]
+        lines += [f"| PyTorch, idiomatic (DataLoader, `torch.bernoulli`, Adam) | "
+                  f"{_rate(t['idiomatic_images_per_sec'])} | {t['jax_over_idiomatic']:.2f}x as fast |",
+                  f"| PyTorch, tuned (one tensor + `randperm`, fused Adam, {t['threads']} threads) | "
+                  f"{_rate(t['tuned_images_per_sec'])} | {t['jax_over_tuned']:.2f}x as fast |"]
+    m = result["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items() if k in ("jax", "torch"))
+    script = result["command"].split()[0]
+    lines += ["", f"From {source}, written by `python {script} ...` on {m['cpu']}, {m['cores']} cores, "
+                  f"{m['backend']} ({versions}); every config, the command and the machine's load: "
+                  f"[{Path(page_link).name}]({page_link})."]
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    args = parse(argv)
+    args = build_parser().parse_args(argv)
     try:
         result = json.loads(Path(args.json).read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -145,8 +164,9 @@ def main(argv=None) -> int:
     if args.readme:
         readme = Path(args.readme)
         try:
-            text = markdown.replace_section(readme.read_text(), SECTION, readme_section(result, args.json),
-                                            args.readme)
+            page_link = os.path.relpath(args.out, readme.parent)
+            text = markdown.replace_section(readme.read_text(), SECTION,
+                                            readme_section(result, args.json, page_link), args.readme)
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -126,9 +126,8 @@ def script_module(name: str):
 
 def run_in_process(name: str, *args) -> subprocess.CompletedProcess:
     """`python scripts/<name> ARGS` without the process: the script's main(argv) here, its exit
-    status and what it printed, as `subprocess.run` gives them. For the argparse scripts (not
-    train.py or sweep.py, whose absl flags are global) in tests where a process of their own
-    proves nothing more; it saves the second or two of imports each start costs. What the
+    status and what it printed, as `subprocess.run` gives them. For tests where a process of its
+    own proves nothing more; it saves the second or two of imports each start costs. What the
     script's start changes in this process (log verbosity, the unraisable hook, warning filters)
     is put back."""
     module = script_module(name)
@@ -145,3 +144,36 @@ def run_in_process(name: str, *args) -> subprocess.CompletedProcess:
             sys.unraisablehook = hook
             absl_logging.set_verbosity(verbosity)
     return subprocess.CompletedProcess([name, *map(str, args)], code, out.getvalue(), err.getvalue())
+
+
+# --- Where the suite's time goes: compile seconds per test (opt-in) -----------------------------
+# VAE_COMPILE_REPORT=DIR writes DIR/compile-<worker>.json: for every test, the seconds XLA spent
+# compiling (or loading from the persistent cache) and how many programs. Run with an empty cache
+# (JAX_COMPILATION_CACHE_DIR=an empty directory) to see what a fresh machine's `make test` compiles.
+_COMPILE_REPORT = os.environ.get("VAE_COMPILE_REPORT")
+_compile_seconds: dict = {}
+_current_test = ["(collection)"]
+
+
+if _COMPILE_REPORT:
+    import jax.monitoring
+
+    def _on_duration(event: str, duration: float, **kwargs) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            seconds, count = _compile_seconds.get(_current_test[0], (0.0, 0))
+            _compile_seconds[_current_test[0]] = (seconds + duration, count + 1)
+
+    jax.monitoring.register_event_duration_secs_listener(_on_duration)
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(item, nextitem):
+        _current_test[0] = item.nodeid
+        yield
+
+    def pytest_sessionfinish(session):
+        import json
+
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        os.makedirs(_COMPILE_REPORT, exist_ok=True)
+        with open(os.path.join(_COMPILE_REPORT, f"compile-{worker}.json"), "w") as f:
+            json.dump(_compile_seconds, f, indent=1)

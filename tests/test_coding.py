@@ -24,6 +24,7 @@ from vae.workdir import files
 from vae.workdir.files import WorkdirError
 
 IMAGE_SHAPE = (28, 28, 1)
+BOTTOM = 0x80000000 | 12345  # a file's checksum word, where encoding starts
 
 
 def random_model(seed=0, **overrides):
@@ -40,9 +41,10 @@ def random_symbols(count, seed=0):
 
 def round_trip(model, symbols, block_size, bins=None):
     bins = bins or LatentBins()
-    coded = bbans.encode(host_model(model, block_size), symbols, bins, "bernoulli")
-    decoded = bbans.decode(host_model(model, block_size), coded.words, len(symbols), coded.ramp, bins,
-                           "bernoulli")
+    coded = bbans.encode(host_model(model, block_size), symbols, bins, "bernoulli", bottom=BOTTOM)
+    decoded, left = bbans.decode(host_model(model, block_size), coded.words, len(symbols), coded.ramp, bins,
+                                 "bernoulli")
+    assert left.tolist() == [BOTTOM]  # the stack ends where it began
     return coded, decoded
 
 
@@ -66,8 +68,10 @@ def test_8_bit_images_round_trip_exactly(likelihood, arch):
     levels = np.random.default_rng(1).integers(0, 256, size=(24, math.prod(IMAGE_SHAPE))).astype(np.int32)
     bins = LatentBins(1 / 32, 8.0)
     coded = bbans.encode(host_model(model, 8), levels, bins, "categorical")
-    decoded = bbans.decode(host_model(model, 8), coded.words, len(levels), coded.ramp, bins, "categorical")
+    decoded, left = bbans.decode(host_model(model, 8), coded.words, len(levels), coded.ramp, bins,
+                                 "categorical")
     np.testing.assert_array_equal(decoded, levels)
+    assert left.size == 0
     assert 32 * len(coded.words) > 0.9 * coded.elbo_bits_N.sum()  # no cheaper than the bound
 
 
@@ -106,17 +110,14 @@ def test_block_sizes_cover_the_images_once():
 
 def test_other_probabilities_do_not_decode_silently():
     """A decoder whose model differs from the encoder's (here: another random model) gets other
-    images or a stack that does not end empty, and the file's image checksum catches the first."""
+    images and a stack that does not end on the bottom word encoding started from."""
     _, model = random_model(seed=0)
     _, other = random_model(seed=1)
     symbols = random_symbols(40)
     bins = LatentBins()
-    coded = bbans.encode(host_model(model, 16), symbols, bins, "bernoulli")
-    try:
-        decoded = bbans.decode(host_model(other, 16), coded.words, 40, coded.ramp, bins, "bernoulli")
-    except bbans.DecodeMismatch:
-        return
-    assert not np.array_equal(decoded, symbols)
+    coded = bbans.encode(host_model(model, 16), symbols, bins, "bernoulli", bottom=BOTTOM)
+    decoded, left = bbans.decode(host_model(other, 16), coded.words, 40, coded.ramp, bins, "bernoulli")
+    assert not np.array_equal(decoded, symbols) and left.tolist() != [BOTTOM]
 
 
 def test_pixel_encodings():
@@ -154,14 +155,26 @@ def test_messages_cost_their_information_content():
     assert dog_bits / 10_000 == pytest.approx(-math.log2(0.3), abs=32 / 10_000 + 1e-4)
 
 
-def test_header_round_trips():
-    header = container.Header(model_hash=bytes(range(16)), epoch=7, image_shape=(28, 28, 1), array_ndim=3,
-                              pixel_scale=255, count=12, block_size=5, bin_width=1 / 64, half_range=10.0,
-                              ramp=(1, 2, 4), images_crc32=123)
-    words = np.arange(9, dtype=np.uint32)
-    got_header, got_words = container.unpack(container.pack(header, words), "f")
-    assert got_header == header and got_header.array_shape() == (12, 28, 28)
+@pytest.mark.parametrize("header", [
+    container.Header(model_tag=0xA1, software=1, count=1, array_ndim=3, pixel_scale=255, has_names=False),
+    container.Header(model_tag=7, software=0, count=12, array_ndim=4, pixel_scale=1, has_names=True,
+                     block_size=5, ramp=(1, 2, 4)),
+    container.Header(model_tag=0, software=3, count=300, array_ndim=3, pixel_scale=1, has_names=False,
+                     block_size=100, bin_width=1 / 32, half_range=8.0, ramp=(1, 2, 4, 8, 16, 32, 64))])
+def test_header_round_trips(header):
+    words = np.array([5, 0xFFFFFFFF, 0x00012345], np.uint32)  # the top word's high zero byte is dropped
+    data = container.pack(header, words)
+    assert len(data) == len(container.header_bytes(header)) + 11
+    got_header, got_words = container.unpack(data, "f")
+    assert got_header == header
     np.testing.assert_array_equal(got_words, words)
+
+
+def test_a_one_image_header_is_three_bytes():
+    header = container.Header(model_tag=0xA1, software=1, count=1, array_ndim=4, pixel_scale=255,
+                              has_names=True)
+    assert container.header_bytes(header) == bytes([0xB0 | container.ARRAY4 | container.SCALE255
+                                                    | container.NAMES, 0xA1, 1])
 
 
 @pytest.fixture(scope="module")
@@ -216,13 +229,16 @@ def test_a_file_from_another_model_is_refused(trained_run):
 
 
 def test_damaged_and_truncated_files_are_refused(trained_run):
+    """Damage anywhere (the header, the words, the last word) or a cut: the header is refused, or
+    the stack decodes to other images than its bottom word's checksum covers."""
     path, _, data, _ = trained_run
-    for position in (30, len(data) // 2, len(data) - 1):  # the header, the words, the last word
+    for position, why in ((0, "not a file written by"), (3, "damaged"),
+                          (len(data) // 2, "did not decode"), (len(data) - 1, "did not decode")):
         damaged = bytearray(data)
         damaged[position] ^= 0x10
-        with pytest.raises(container.FileError, match="damaged"):
+        with pytest.raises(CodingError, match=why):
             codec.decompress_workdir(path, bytes(damaged), "f", progress=False)
-    with pytest.raises(container.FileError, match="truncated"):
+    with pytest.raises(CodingError, match="damaged or truncated"):
         codec.decompress_workdir(path, data[:-4], "f", progress=False)
     with pytest.raises(container.FileError, match="not a file written by"):
         codec.decompress_workdir(path, b"\x93NUMPY" + data[6:], "f", progress=False)

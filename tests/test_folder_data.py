@@ -109,6 +109,50 @@ def test_modes_become_one_or_three_channels(tmp_path):
         np.testing.assert_array_equal(palette, np.asarray(p.convert("RGB")))
 
 
+def test_channels_and_background_convert_each_image(tmp_path):
+    """data.channels=grey or rgb makes a folder that mixes grey and colour one kind; data.background
+    flattens transparent pixels onto a colour (the alpha composite, pixel by pixel)."""
+    rng = np.random.default_rng(3)
+    grey = rng.integers(0, 256, (6, 5), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    alpha = rng.integers(0, 256, (6, 5), dtype=np.uint8)
+    Image.fromarray(grey).save(tmp_path / "a_grey.png")
+    Image.fromarray(rgb).save(tmp_path / "b_rgb.png")
+    Image.fromarray(np.dstack([rgb, alpha])).save(tmp_path / "c_rgba.png")
+    _, as_rgb = all_images(tmp_path, channels="rgb", background="#204080")
+    assert as_rgb.shape == (3, 6, 5, 3)
+    np.testing.assert_array_equal(as_rgb[0], np.repeat(grey[..., None], 3, axis=2))  # the level thrice
+    np.testing.assert_array_equal(as_rgb[1], rgb)
+    under = np.array([0x20, 0x40, 0x80])
+    a = alpha[..., None] / 255.0
+    np.testing.assert_allclose(as_rgb[2], rgb * a + under * (1 - a), atol=1)  # alpha over the background
+    _, as_grey = all_images(tmp_path, channels="grey", background="white")
+    assert as_grey.shape == (3, 6, 5, 1)
+    np.testing.assert_array_equal(as_grey[0, ..., 0], grey)
+    with Image.open(tmp_path / "b_rgb.png") as image:
+        np.testing.assert_array_equal(as_grey[1, ..., 0], np.asarray(image.convert("L")))  # Pillow's luma
+    assert dataset.image_shape(data_config(tmp_path, channels="rgb")) == (6, 5, 3)
+    assert dataset.image_shape(data_config(tmp_path, channels="grey")) == (6, 5, 1)
+
+
+@pytest.mark.slow  # trains; the conversion itself is quick-tested above
+def test_a_folder_of_grey_and_colour_photos_trains_with_channels_grey(tmp_path):
+    from vae.train import loop
+
+    for i in range(24):
+        pixels = np.zeros((8, 8, 3), np.uint8)
+        pixels[:, i % 8] = (255, 255, 255)
+        Image.fromarray(pixels if i % 2 else pixels[..., 0]).save(tmp_path / f"{i:02d}.png")
+    config = tiny_config(train__num_epochs=1, train__batch_size=8, eval__batch_size=8,
+                         eval__kl_split_examples=4)
+    config.data = data_config(tmp_path, folder_test_fraction=0.3)
+    with pytest.raises(source.DataError, match="mix grey and colour"):
+        loop.train_and_evaluate(config, tmp_path / "refused", progress=False)
+    config.data.channels = "grey"
+    history = loop.train_and_evaluate(config, tmp_path / "run", progress=False)
+    assert len(history) == 1 and np.isfinite(history[0]["test/elbo"])
+
+
 def test_mixed_sizes_are_resized_to_image_size(tmp_path):
     small = np.random.default_rng(3).integers(0, 256, (8, 8), dtype=np.uint8)
     Image.fromarray(small).save(tmp_path / "a_small.png")
@@ -139,7 +183,7 @@ def test_subfolders_are_labels(tmp_path):
     (tmp_path / ".trash").mkdir()
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / ".trash" / "x.png")
     config = data_config(tmp_path, folder_test_fraction=0.3)
-    assert source.class_names(config.name) == ["ant", "moth", "zebra"]
+    assert dataset.class_names(config) == ["ant", "moth", "zebra"]
     opened = folder.open_folder(config)
     images, labels = opened.load_split("train+test")
     assert len(images) == 18 and sorted(np.bincount(labels)) == [5, 6, 7]
@@ -312,7 +356,8 @@ def test_mixed_channels_name_two_files(tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "rgb.png")
     one_line_error(data_config(tmp_path, folder_test_fraction=0.5),
                    r"mix grey and colour: 000.png is grey \(1 channel\) and rgb.png is colour "
-                   r"\(3 channels\); convert them all to one kind")
+                   r"\(3 channels\); convert them all to one kind with --config.data.channels=grey or "
+                   r"--config.data.channels=rgb")
 
 
 def test_unreadable_and_transparent_files_are_named(tmp_path):
@@ -327,8 +372,8 @@ def test_unreadable_and_transparent_files_are_named(tmp_path):
     alpha = np.full((8, 8, 2), 255, np.uint8)
     alpha[0, 0, 1] = 0
     Image.fromarray(alpha, "LA").save(tmp_path / "see_through.png")
-    one_line_error(config, r"see_through.png has transparent pixels: flatten it onto a "
-                                          r"background first")
+    one_line_error(config, r"see_through.png has transparent pixels: name a background colour to "
+                           r"flatten it onto \(data.background=white, or compress.py --background white\)")
     (tmp_path / "see_through.png").unlink()
     Image.fromarray(np.zeros((8, 8), np.float32)).save(tmp_path / "float.tiff.png", format="TIFF")
     one_line_error(config, r"float.tiff.png is a F image, which a folder source does not read")
@@ -364,6 +409,8 @@ def test_empty_and_unknown_splits(tmp_path):
      r"0.5 \+ 0.5"),
     ({"image_size": (28,)}, r"data.image_size must be \(\) \(keep the images' size\) or \(height, width\)"),
     ({"image_size": (28, 0)}, r"data.image_size must be \(\)"),
+    ({"channels": "gray"}, r"data.channels must be one of keep, grey, rgb .*got 'gray'"),
+    ({"background": "whiteish"}, r"data.background must be a colour \(white, black, #rrggbb.*got 'whiteish'"),
 ])
 def test_bad_folder_fields(tmp_path, fields, message):
     write_grey_pngs(tmp_path, 2)
@@ -378,6 +425,10 @@ def test_image_size_is_for_folders_only_and_a_path_is_pointed_to_folder():
     config = tiny_config()
     config.data.image_size = (14, 14)
     with pytest.raises(config_checks.ConfigError, match=r"data.image_size resizes the images of a folder"):
+        config_checks.validate_config(config, 1)
+    config.data.image_size, config.data.channels = (), "grey"
+    with pytest.raises(config_checks.ConfigError, match=r"data.channels and data.background convert the "
+                                                         r"images of a folder"):
         config_checks.validate_config(config, 1)
     with pytest.raises(source.DataError, match=r"for a folder of your own images write "
                                                     r"data.name=folder:~/my_images"):

@@ -1,6 +1,7 @@
-"""scripts/make_docs.py: the README's pictures from runs of the current configs, with provenance."""
+"""scripts/make_docs.py: the docs' pictures from runs of the current configs, with provenance."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -33,10 +34,17 @@ def test_the_beta_table_is_in_order_of_beta_from_the_last_records():
 def test_every_picture_comes_from_a_run_that_make_docs_trains():
     names = {run.name for run in make_docs.RUNS}
     assert {p.run for p in make_docs.PICTURES} == names
-    readme = open(os.path.join(REPO, "README.md")).read()
-    for picture in make_docs.PICTURES:  # and every README picture is one of them
-        assert f"docs/{picture.file}" in readme
-    assert readme.count("<!-- beta-table:begin -->") == 1
+    docs = os.path.join(REPO, "docs")
+    pages = [open(os.path.join(REPO, "README.md")).read()] + [
+        open(os.path.join(docs, name)).read() for name in sorted(os.listdir(docs)) if name.endswith(".md")]
+    shown = set()
+    for page in pages:  # a picture is shown as docs/NAME.png (README) or NAME.png (a page in docs/)
+        shown |= set(re.findall(r"\]\((?:docs/)?([\w-]+\.png)\)", page))
+    assert {p.file for p in make_docs.PICTURES} <= shown  # every picture made is shown somewhere
+    pictures = {name for name in os.listdir(docs) if name.endswith(".png")}
+    assert pictures == {p.file for p in make_docs.PICTURES}  # and every picture there is made
+    page = open(os.path.join(REPO, make_docs.build_parser().parse_args([]).readme)).read()
+    assert page.count("<!-- beta-table:begin -->") == 1
 
 
 def test_make_docs_trains_draws_and_says_which_run_made_each_picture(tmp_path, fashion_mnist):

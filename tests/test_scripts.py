@@ -210,7 +210,7 @@ def test_help_lists_the_flags_and_every_config_field(script):
     result = run_script(script, "--help", "--config", "configs/mlp_small.py")
     assert result.returncode == 0 and "Traceback" not in result.stderr
     assert "--workdir" in result.stdout
-    assert "--config: the config file (default: configs/default.py)" in result.stdout
+    assert "the config file (default: configs/default.py)" in result.stdout
     assert "Config fields of configs/mlp_small.py; override any with --config.FIELD=VALUE:" in result.stdout
     beta = next(line for line in result.stdout.splitlines() if line.startswith("  --config.train.beta="))
     assert "--config.train.beta=1.0" in beta and "weight of the KL term" in beta

@@ -26,8 +26,13 @@ def test_a_run_writes_tensorboard_events_of_its_metrics(tmp_path, fashion_mnist)
     history = loop.train_and_evaluate(config, tmp_path, progress=False)
     board = events(tmp_path)
     tags = board.Tags()
-    numeric = {k for r in history for k, v in r.items() if isinstance(v, int | float) and k != "epoch"}
-    assert numeric <= set(tags["scalars"]) and {"val/elbo", "test/elbo", "best/val/elbo"} <= numeric
+    numeric = {k for r in history for k, v in r.items()
+               if isinstance(v, int | float) and k not in ("epoch", "step")}
+    assert {tensorboard.tag(k) for k in numeric} == set(tags["scalars"])
+    assert {"val/elbo", "test/elbo", "val/best_val_elbo", "time/epoch_time_sec", "time/images_per_sec",
+            "train/grad_norm"} <= set(tags["scalars"])
+    # The dashboard's first cards (tags in sorted order) are the test split's, not the timings.
+    assert sorted(tags["scalars"])[0].startswith("test/")
     for key in ("test/elbo", "train/kl", "val/elbo"):
         logged = [(e.step, e.value) for e in board.Scalars(key)]
         assert logged == [(r["epoch"], pytest.approx(r[key], rel=1e-6)) for r in history]

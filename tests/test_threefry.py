@@ -63,21 +63,24 @@ def test_training_is_bit_for_bit_what_it_was(monkeypatch):
     """The train epoch with fused keys and the CPU compile options against jax.random keys and a
     plain compile: the same parameters, optimizer state and metrics, bit for bit."""
     from tests.conftest import tiny_config
-    from vae.train import distributed, epoch, state
+    from vae.train import distributed, epoch, feed, state
 
     config = tiny_config()
     mesh = distributed.make_mesh(jax.devices()[:1])
-    images = jax.device_put(np.random.default_rng(0).integers(0, 256, (256, 784), dtype=np.uint8))
-    tx = state.make_optimizer(config.train, 256 // config.train.batch_size)
+    images = np.random.default_rng(0).integers(0, 256, (256, 784), dtype=np.uint8)
+    steps = 256 // config.train.batch_size
+    tx = state.make_optimizer(config.train, steps)
 
     def two_epochs():
         graphdef, train_state = state.init_state(config, (28, 28, 1), tx)
-        epoch_fn = epoch.compile_train_epoch(graphdef, config, mesh, train_state, images, dynamic=True)
+        carry = epoch.stack([train_state], "unrolled")
+        source = feed.DeviceBatches([config], images, mesh)
+        epoch_fn = epoch.compile_epoch(graphdef, [config], mesh, carry, source, steps, True, "unrolled")
         metrics = []
         for number in (1, 2):
-            train_state, step_metrics = epoch_fn(train_state, images, np.int32(number))
+            carry, step_metrics = epoch_fn(carry, number)
             metrics.append(step_metrics)
-        return state, metrics
+        return carry, metrics
 
     new = two_epochs()
     monkeypatch.setattr(threefry, "key", jax.random.key)

@@ -1,5 +1,13 @@
-"""Command-line flags of the argparse scripts: every value is checked before any work, and a bad
-one is one line on stderr with exit status 2 (no usage block, no traceback).
+"""The scripts' one flag parser: argparse, with an ml_collections config file and its overrides
+(`--config FILE --config.FIELD=VALUE`) where a script trains. Every value is checked while the
+flags are parsed, before any work: a bad one is one line on stderr with exit status 2 (no usage
+block, no traceback).
+
+Why argparse rather than absl's flags with `ml_collections.config_flags`: a parser is an object,
+so every script builds its own (`build_parser()`) and a test or the docs' check can parse any
+script's command line in one process without running it (absl's flags are global: two scripts'
+flags cannot live in one process), and the errors are the scripts' own one-line style. The config
+part is `vae.config_fields`: the same typed overrides as a sweep's `--sweep FIELD=V1,V2`.
 
 Light on purpose (no JAX import): `scripts/benchmark.py` parses its flags before JAX starts.
 """
@@ -8,28 +16,135 @@ import argparse
 import math
 import sys
 
+from vae import config_fields
+
 SEED_MAX = 2**32 - 1  # numpy's and JAX's seeds are unsigned 32-bit
+CONFIG_PREFIX = "--config."
 
 
 def with_dashed_alias(option: str) -> list[str]:
-    """An option in the scripts' one flag style (absl's, as train.py and the config fields spell
-    them: `--iw_samples`), then its dashed spelling (`--iw-samples`), still accepted."""
+    """An option in the scripts' one flag style (underscores, as the config fields spell them:
+    `--iw_samples`), then its dashed spelling (`--iw-samples`), also accepted."""
     if option.startswith("--") and "_" in option[2:]:
         return [option, "--" + option[2:].replace("_", "-")]
     return [option]
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors (`error: argument --num: must be an integer >= 1, got 0`) and
-    the scripts' one flag style: underscores (`--iw_samples`), the dashed spelling an alias."""
+    """argparse with one-line errors (`error: argument --num: must be an integer >= 1, got 0`), the
+    scripts' one flag style (underscores, the dashed spelling an alias), checks of several flags
+    together (`add_check`), and the config file of `add_config`."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)  # a flag is spelled out: --out is not --output
+        super().__init__(*args, **kwargs)
+        self._checks = []
+        self._config_default = None  # the --config default, where the script takes a config
+        self._help_config = None  # the config file --help describes
 
     def add_argument(self, *names, **kwargs):
         names = [spelling for name in names for spelling in with_dashed_alias(name)]
         return super().add_argument(*names, **kwargs)
 
+    def add_check(self, check) -> None:
+        """`check(args)` runs after parsing and returns an error message (or None): for rules that
+        span several flags."""
+        self._checks.append(check)
+
+    def add_config(self, default: str = "configs/default.py") -> None:
+        """`--config FILE` (an ml_collections config file, `default` if not given) and any number of
+        `--config.FIELD=VALUE` (or `--config.FIELD VALUE`) overrides, each typed like the field;
+        `args.config` is then the resulting ConfigDict, locked (a typo cannot add a field), and
+        `args.config_file` its path. --help lists every field with its value and comment."""
+        self._config_default = default
+        super().add_argument("--config", dest="config_file", default=default, metavar="FILE",
+                             help=f"the config file (default: {default}); override any field with "
+                                  "--config.FIELD=VALUE")
+
     def error(self, message: str):
         print(f"error: {' '.join(message.split())}; run with --help for usage", file=sys.stderr)
         sys.exit(2)
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        overrides = []
+        if self._config_default is not None:
+            args, overrides = split_overrides(args, self)
+            self._help_config = config_file_named(args, self._config_default)
+        namespace, rest = super().parse_known_args(args, namespace)
+        if self._config_default is not None:
+            namespace.config = self._load_config(namespace.config_file, overrides)
+        for check in self._checks:
+            message = check(namespace)
+            if message:
+                self.error(message)
+        return namespace, rest
+
+    def _load_config(self, path: str, overrides: list[str]):
+        try:
+            config = config_fields.load_config(path)
+        except config_fields.FieldError as e:
+            self.error(f"argument --config: {e}")
+        for assignment in overrides:
+            try:
+                config_fields.override(config, assignment)
+            except config_fields.FieldError as e:
+                self.error(f"argument --config.{assignment.partition('=')[0]}: {e}")
+        config.lock()
+        return config
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        if self._config_default is None:
+            return text
+        try:
+            fields = config_help(self._help_config)
+        except config_fields.FieldError as e:
+            return f"{text}\n(no config fields to list: {e})\n"
+        return (f"{text}\nConfig fields of {self._help_config}; override any with "
+                f"--config.FIELD=VALUE:\n{fields}\n")
+
+
+def split_overrides(args: list[str], parser) -> tuple[list[str], list[str]]:
+    """(the other arguments, the overrides as 'FIELD=VALUE') of a command line: `--config.a.b=v`
+    and `--config.a.b v`."""
+    rest, overrides = [], []
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg.startswith(CONFIG_PREFIX):
+            field, sep, value = arg[len(CONFIG_PREFIX):].partition("=")
+            if not sep:
+                if index + 1 == len(args):
+                    parser.error(f"argument {arg}: expected a value")
+                value = args[index + 1]
+                index += 1
+            overrides.append(f"{field}={value}")
+        else:
+            rest.append(arg)
+        index += 1
+    return rest, overrides
+
+
+def config_file_named(args: list[str], default: str) -> str:
+    """The config file a command line names (the last --config), else the default."""
+    path = default
+    for index, arg in enumerate(args):
+        if arg == "--config" and index + 1 < len(args):
+            path = args[index + 1]
+        elif arg.startswith("--config="):
+            path = arg.partition("=")[2]
+    return path
+
+
+def config_help(path: str) -> str:
+    """Every field of the config file at `path` with its value and comment, as overrides."""
+    config, comments = config_fields.load_config(path), config_fields.field_comments(path)
+    lines = [(f"--config.{name}={value!r}", comments.get(name, "")) for name, value in
+             config_fields.leaves(config)]
+    width = max(len(flag) for flag, _ in lines)
+    return "\n".join(f"  {flag:<{width}}  {comment}".rstrip() for flag, comment in lines)
 
 
 def _bounds(minimum, maximum) -> str:
@@ -97,6 +212,6 @@ def add_checkpoint_arguments(parser) -> None:
 
 
 def add_progress_argument(parser) -> None:
-    """--noprogress (as train.py's): no progress bar; `args.no_progress`."""
+    """--noprogress (or --no-progress): no progress bar; `args.no_progress`."""
     parser.add_argument("--noprogress", "--no-progress", dest="no_progress", action="store_true",
-                        help="no progress bar")
+                        help="no progress bar (and, for training, no line per epoch)")

@@ -1,16 +1,18 @@
 """The results table: one row per evaluated workdir, read from its config.json, metrics.jsonl and
 eval.json (written by `scripts/evaluate.py`), beside the published figure for the same model family.
 
-Nothing in the table is typed by hand: `scripts/results.py runs/a runs/b > docs/results.md`. The
+Nothing in the table is typed by hand: `scripts/results.py runs/a runs/b > docs/results_runs.md`. The
 curve table (`curve_table`) says how far each run got per epoch budget: its validation negative
 ELBO, and the wall time it took, every N epochs.
 """
 
 import json
 import math
+import re
 import shlex
 from pathlib import Path
 
+from vae.model import build
 from vae.workdir import files
 
 # Test NLL (nats, dynamically binarised Fashion-MNIST, k = 5000 importance samples), Norouzi et
@@ -35,6 +37,16 @@ def _read_json(path: Path) -> dict:
             f"{path.parent} has no {path.name}: run scripts/evaluate.py on it first") from None
 
 
+# A progress flag changes no figure of a run, and its spelling has changed (absl's --progress=false,
+# argparse's --noprogress): the table's command leaves it out, so that it runs with today's scripts.
+_PROGRESS_FLAG = re.compile(r"(?<!\S)--(?:progress|noprogress|no-progress|no_progress)(?:=\S*)?(?!\S)")
+
+
+def reproducing_command(command: str) -> str:
+    """A recorded command without its progress flag, the rest exactly as recorded."""
+    return " ".join(_PROGRESS_FLAG.sub(" ", command).split())
+
+
 def config_file(command: str) -> str:
     """The --config file named in a recorded train.py command ('' if none: the script's default)."""
     words = shlex.split(command)
@@ -47,21 +59,19 @@ def config_file(command: str) -> str:
 
 
 def describe_model(config: dict) -> str:
+    """The run's model in a few words: architecture and widths (`build.ARCHITECTURES`), prior,
+    objective, pixels."""
     m = config["model"]
-    layers = "-".join(str(h) for h in m["hidden_dims"])
-    arch = {"mlp": "MLP", "hvae": "HVAE (2 levels)", "conv": "conv",
-            "ladder": f"ladder ({m.get('num_layers')} levels)",
-            "conv_ladder": f"conv ladder ({m.get('num_layers')} levels)"}[m["arch"]]
-    prior = {"standard_normal": "N(0, I)", "vampprior": f"VampPrior K={m['num_pseudo_inputs']}"}[m["prior"]]
+    architecture = build.ARCHITECTURES.get(m["arch"])
+    if architecture is None:  # a workdir of an architecture this version does not have
+        arch = f"model.arch={m['arch']}"
+    else:
+        arch = f"{architecture.title} {architecture.describe(m)}"
+    prior = {"standard_normal": "N(0, I)", "vampprior": f"VampPrior K={m['num_pseudo_inputs']}"}.get(
+        m["prior"], m["prior"])
     t = config["train"]
     objective = "ELBO" if t["objective"] == "elbo" else f"IWAE k={t['num_samples']}"
-    z = f"z={m['latent_dim']}"
-    if m["arch"] == "ladder" and m.get("latent_dims"):
-        z = "z=" + "-".join(str(d) for d in m["latent_dims"])
-    if m["arch"] == "conv_ladder":
-        z = f"{'-'.join(str(c) for c in m['conv_channels'])} channels, z maps of {m.get('latent_channels')}"
-    width = z if m["arch"] in ("conv", "conv_ladder") else f"{m['activation']} {layers}, {z}"
-    return f"{arch} {width}, {prior}, {objective}, {describe_pixels(config)}"
+    return f"{arch}, {prior}, {objective}, {describe_pixels(config)}"
 
 
 def describe_pixels(config: dict) -> str:
@@ -128,7 +138,7 @@ def run_row(path: str | Path) -> dict:
         "split_examples": result.get("test/split_examples"),
         "latent_units": len(last.get("test/kl_per_dim", [])) or None,
         "published": published,
-        "command": config["run"]["command"],
+        "command": reproducing_command(config["run"]["command"]),
     }
 
 

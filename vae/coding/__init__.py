@@ -8,8 +8,11 @@ model writes is as long as the images' negative ELBO, up to a few hundred bits p
     pixels.py     which uint8 arrays a likelihood codes, their symbols, the pixels' ANS model
     bbans.py      the codec: blocks of images pushed onto and popped off one ANS stack (the
                   latents in layers: one for the VAE, z2 and z1 for the HVAE)
-    container.py  the file: header (model, shapes, settings, checksums) and the coded words
+    first_image.py  the first image of a file, which has no bits to take back: a two-part code
+    names.py      the images' file names, coded on the stack
+    container.py  the file: a 3-byte header (more for several images), the stack, its checksum
     codec.py      compress and decompress with a workdir's model: what the scripts call
+    image_files.py  the user's image files (or array) in, PNG files (or the array) out
     messages.py   i.i.d. symbols of a categorical coded with ANS: entropy, cross-entropy, KL as file sizes
     errors.py     CodingError: what a user can fix, in one line
 

@@ -16,14 +16,13 @@ top first under the prior. The rate is then KL(q(z2|x) ‖ p(z2)) + KL(q(z1|x, z
 one sample each, as in the HVAE's ELBO.
 
 The initial bits. Step 1 of the first block reads bits that must come from somewhere. Here the
-first image is coded without bits back: its latent is the bin of its posterior mean, pushed
-under the prior after the image (a plain two-part code, about Z · log2(1/width) bits more than
-bits back would cost it, measured and reported as `first_image_bits`). The blocks after it
-grow with the stack: each takes at most as many images as are coded already (1, 2, 4, ...),
+first image is coded without bits back, with a two-part code (`first_image.py`): a few latent
+dimensions at a coarse precision, then its pixels under p(x | those latents). The blocks after
+it grow with the stack: each takes at most as many images as are coded already (1, 2, 4, ...),
 halved again while its pop would read the stack dry, until a block of block_size fits; these
 ramp sizes go into the file. What the file pays beyond the images' code lengths is then the
-first image's two-part code, the coder's final state (at most 64 bits, rounded to 32-bit
-words) and the header.
+first image's two-part code (reported as `first_image_bits`), the coder's final state and the
+header.
 """
 
 import dataclasses
@@ -33,8 +32,7 @@ import constriction
 import numpy as np
 from tqdm import tqdm
 
-from vae.coding import pixels
-from vae.coding.errors import CodingError
+from vae.coding import first_image, pixels
 from vae.coding.host import HostModel
 from vae.coding.latents import GaussianCode, LatentBins
 
@@ -42,10 +40,6 @@ from vae.coding.latents import GaussianCode, LatentBins
 # data returns symbols from the far tails, which then cost dearly to push): the block is halved.
 DRY_STACK_BITS = 64
 LOG2E = 1.0 / np.log(2.0)
-
-
-class DecodeMismatch(CodingError):
-    """The stream did not decode back to where encoding started: other probabilities or data."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,16 +72,6 @@ def _kl_bits(mean_bxZ, std_bxZ, prior_mean_bxZ=0.0, prior_std_bxZ=1.0) -> np.nda
     return per_dim.sum(axis=-1) * LOG2E
 
 
-def _rec_bits(symbols_bxD, probabilities) -> np.ndarray:
-    """−log2 p(x|z) per image, from the probabilities the coder used: P(on) per pixel, b x D
-    (Bernoulli), or each sub-pixel's 256 level probabilities, b x D x 256 (categorical)."""
-    if probabilities.ndim == symbols_bxD.ndim + 1:
-        p = np.take_along_axis(probabilities, symbols_bxD[..., None].astype(np.intp), axis=-1)[..., 0]
-    else:
-        p = np.where(symbols_bxD == 1, probabilities, 1.0 - probabilities)
-    return -np.log2(np.maximum(p, 1e-300)).sum(axis=-1)
-
-
 class _Block:
     """The coding steps of one block on a coder (the models built once per file). Latents are
     lists of bin indices, one b x Z array per layer, top first."""
@@ -97,6 +81,7 @@ class _Block:
         self.gaussian, self.prior_model = GaussianCode(bins), bins.prior_model()
         self.conditional = GaussianCode(bins, windowed=False)
         self.family, self.pixel_model = family, pixels.ans_model(family)
+        self.first_code = first_image.plan(host)
 
     def values(self, indices: list) -> list:
         return [self.bins.values(index) for index in indices]
@@ -137,6 +122,27 @@ class _Block:
                 coder.encode_reverse(indices[0].reshape(-1), self.prior_model)
         return between
 
+    def first_probabilities(self, bins: list) -> np.ndarray:
+        return self.host.pixel_probabilities(first_image.latent_values(self.host, bins, self.first_code))
+
+    def push_first_image(self, coder, symbols_1xD) -> int:
+        """Pushes one image with the two-part code of `first_image`, pixels then latents; the
+        stack's size (bits) between the two."""
+        bins = first_image.posterior_bins(self.host, pixels.model_input(symbols_1xD, self.family),
+                                          self.first_code)
+        probabilities = self.first_probabilities(bins)
+        coder.encode_reverse(symbols_1xD.reshape(-1), self.pixel_model,
+                             *pixels.ans_parameters(probabilities, self.family))
+        between = coder.num_valid_bits()
+        first_image.push(coder, bins, self.first_code)
+        return between
+
+    def pop_first_image(self, coder) -> np.ndarray:
+        """Undoes `push_first_image`: the image's symbols, 1 x D."""
+        probabilities = self.first_probabilities(first_image.pop(coder, self.first_code))
+        symbols = coder.decode(self.pixel_model, *pixels.ans_parameters(probabilities, self.family))
+        return symbols.reshape(1, -1).astype(np.int32)
+
     def pop_latents_and_pixels(self, coder, rows: int) -> tuple[list, np.ndarray]:
         indices = []
         for layer in range(self.host.num_layers):
@@ -144,7 +150,7 @@ class _Block:
                 prior = self.host.conditional_prior(layer, self.values(indices))
                 indices.append(self.conditional.pop(coder, *prior))
             else:
-                top = coder.decode(self.prior_model, rows * self.host.latent_dims[0])
+                top = coder.decode(self.prior_model, rows * self.host.latent_dim)
                 indices.append(top.reshape(rows, -1))
         probabilities = self.probabilities(indices)
         symbols = coder.decode(self.pixel_model, *pixels.ans_parameters(probabilities, self.family))
@@ -152,21 +158,21 @@ class _Block:
 
 
 def encode(host: HostModel, symbols_NxD: np.ndarray, bins: LatentBins, family: str,
-           progress: bool = False) -> Coded:
-    """The ANS stack of N images' symbols (N x D int32), in blocks of host.block_size."""
+           progress: bool = False, bottom: int | None = None) -> Coded:
+    """The ANS stack of N images' symbols (N x D int32), in blocks of host.block_size, on an empty
+    stack or on one holding the 32-bit word `bottom` (the file's checksum: `container.checksum`)."""
     count, block_size = symbols_NxD.shape[0], host.block_size
     if count < 1:
         raise ValueError("nothing to compress: no images")
     block = _Block(host, bins, family)
-    coder = constriction.stream.stack.AnsCoder()
+    coder = constriction.stream.stack.AnsCoder(*([np.array([bottom], np.uint32)] if bottom else []))
     elbo_bits, kl_bits = np.zeros(count), np.zeros(count)
     with tqdm(total=count, unit="img", disable=not progress, file=sys.stderr, desc="compress",
               dynamic_ncols=True) as bar:
         first = symbols_NxD[:1]
-        indices, kl_bits[:1] = block.pop_posterior(coder, first, nearest=True)
-        probabilities = block.probabilities(indices)
-        between = block.push_pixels_and_latents(coder, first, indices, probabilities)
-        elbo_bits[:1] = _rec_bits(first, probabilities) + kl_bits[:1]
+        indices, kl_bits[:1] = block.pop_posterior(coder, first, nearest=True)  # for its -ELBO
+        elbo_bits[:1] = first_image.pixel_bits(first, block.probabilities(indices)) + kl_bits[:1]
+        between = block.push_first_image(coder, first)
         first_image_bits = coder.num_valid_bits()
         steps = [(0, between, first_image_bits)]
         bar.update(1)
@@ -184,7 +190,7 @@ def encode(host: HostModel, symbols_NxD: np.ndarray, bins: LatentBins, family: s
             between = block.push_pixels_and_latents(coder, x, indices, probabilities)
             steps.append((popped, between, coder.num_valid_bits()))
             kl_bits[start:start + size] = kl
-            elbo_bits[start:start + size] = _rec_bits(x, probabilities) + kl
+            elbo_bits[start:start + size] = first_image.pixel_bits(x, probabilities) + kl
             if ramping and size == block_size:
                 ramping = False
             elif ramping:
@@ -196,9 +202,10 @@ def encode(host: HostModel, symbols_NxD: np.ndarray, bins: LatentBins, family: s
 
 
 def decode(host: HostModel, words: np.ndarray, count: int, ramp: tuple[int, ...], bins: LatentBins,
-           family: str, progress: bool = False) -> np.ndarray:
-    """The N x D symbols `encode` coded into `words`; DecodeMismatch where the stream does not end
-    where encoding began (other probabilities than encoding's, or damaged words)."""
+           family: str, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(the N x D symbols `encode` coded into `words`, the words left on the stack): what encoding
+    started from (nothing, or its bottom word) where the probabilities are encoding's and the
+    words undamaged, other words where not."""
     sizes = block_sizes(count, host.block_size, ramp)
     ends = np.cumsum(sizes)
     block = _Block(host, bins, family)
@@ -206,13 +213,11 @@ def decode(host: HostModel, words: np.ndarray, count: int, ramp: tuple[int, ...]
     symbols = np.zeros((count, host.num_pixels), np.int32)
     with tqdm(total=count, unit="img", disable=not progress, file=sys.stderr, desc="decompress",
               dynamic_ncols=True) as bar:
-        for size, end in zip(sizes[::-1], ends[::-1]):
+        for size, end in zip(sizes[:0:-1], ends[:0:-1]):
             indices, x = block.pop_latents_and_pixels(coder, size)
             symbols[end - size:end] = x
-            if end > 1:  # the first image was coded without bits back
-                block.push_posterior(coder, x, indices)
+            block.push_posterior(coder, x, indices)
             bar.update(size)
-    if not coder.is_empty():
-        raise DecodeMismatch(f"the stream did not decode back to an empty stack ({coder.num_valid_bits()} "
-                             "bits left)")
-    return symbols
+        symbols[:1] = block.pop_first_image(coder)
+        bar.update(1)
+    return symbols, coder.get_compressed()

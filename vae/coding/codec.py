@@ -1,27 +1,36 @@
 """Compress and decompress images with a trained workdir's model: what scripts/compress.py and
 scripts/decompress.py call.
 
-Every check that can fail comes before any coding: the file's header and checksum, the model
-(the same config and parameters as the file's, a prior and likelihood the codec supports), the
-images' dtype, shape and pixel values. A file records the model that made it as a hash of its
-`config.model` and its parameters (`model_hash`), so a file is decoded only by that model.
+Every check that can fail comes before any coding: the model (a prior and likelihood the codec
+supports), the images' dtype, shape and pixel values; the file's header and its model's tag
+(the first byte of `model_hash`, over the model's config and parameters) before decoding. The
+file's checksum (`container.checksum`: the model's whole hash, the header, the names and the
+images) is checked once the images are decoded, before anything is written.
+
+    load       a workdir's model
+    compress   images (and their file names) -> the file's bytes
+    open_file  a file's header and names, its images not decoded (what a script checks first)
+    decode     an opened file's images
 """
 
+import dataclasses
 import hashlib
 import math
 import time
 from pathlib import Path
 
+import constriction
 import jax
 import numpy as np
 from flax import nnx
 
-from vae.coding import bbans, container, pixels
+from vae.coding import bbans, container, names, pixels
 from vae.coding.errors import CodingError
-from vae.coding.host import host_model
+from vae.coding.host import HostModel, host_model
 from vae.coding.latents import LatentBins
 from vae.data import dataset
 from vae.train import trained
+from vae.workdir import files
 
 DEFAULT_BLOCK_SIZE = 100
 MAX_BLOCK_SIZE = 10_000
@@ -62,87 +71,207 @@ def check_images(images: np.ndarray, image_shape: tuple[int, int, int], what: st
                           "(N >= 1)")
 
 
-def compress_workdir(workdir: str | Path, images: np.ndarray | None = None, *,
-                     max_examples: int | None = None, block_size: int = DEFAULT_BLOCK_SIZE,
-                     bins: LatentBins | None = None,
-                     epoch: int | None = None, checkpoint: str = "best", what: str = "the images",
-                     progress: bool = True) -> tuple[bytes, dict]:
-    """(the file's bytes, figures) of `images` (uint8; default: the run's test split as it is
-    evaluated, binarised once), coded by the workdir's model (the best checkpoint by default)."""
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+    """A workdir's model as the codec uses it."""
+
+    workdir: Path
+    config: object
+    model: object
+    epoch: int
+    family: str  # the likelihood's coding family (`pixels.FAMILIES`)
+    hash: bytes  # `model_hash`
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.model.image_shape)
+
+
+def load(workdir: str | Path, epoch: int | None = None, checkpoint: str = "best") -> Loaded:
+    """The workdir's model (the best checkpoint by default); CodingError for one the codec cannot use."""
+    config, model, restored_epoch = trained.load_trained(workdir, epoch, checkpoint)
+    family = check_codable(config, model)
+    return Loaded(Path(workdir), config, model, restored_epoch, family, model_hash(config, model))
+
+
+def compress(loaded: Loaded, images: np.ndarray, *, file_names: list[str] | None = None,
+             block_size: int = DEFAULT_BLOCK_SIZE, bins: LatentBins | None = None,
+             what: str = "the images", progress: bool = True, host: HostModel | None = None
+             ) -> tuple[bytes, dict]:
+    """(the file's bytes, figures) of uint8 `images` (N x H x W or N x H x W x C of the model's
+    shape) and, where they came from files, their names (relative paths, one per image). `host`:
+    the model's host functions for min(block_size, N) rows, where many files are made with one."""
     bins = bins or LatentBins()
     if not 1 <= block_size <= MAX_BLOCK_SIZE:
         raise CodingError(f"the block size must be in [1, {MAX_BLOCK_SIZE:,}], got {block_size}")
-    config, model, restored_epoch = trained.load_trained(workdir, epoch, checkpoint)
-    family = check_codable(config, model)
-    if images is None:
-        images, _ = dataset.load_test_set(config.data)
-        what = f"the test split {config.data.test_split!r}"
-    check_images(images, model.image_shape, what)
-    if max_examples is not None:
-        images = images[:max_examples]
-    scale = pixels.pixel_scale(images, family)
-    host = host_model(model, block_size)
+    check_images(images, loaded.image_shape, what)
+    if file_names is not None and len(file_names) != images.shape[0]:
+        raise ValueError(f"{len(file_names)} names for {images.shape[0]} images")
+    scale = pixels.pixel_scale(images, loaded.family)
+    count = images.shape[0]
+    block_size = min(block_size, count)  # a short file runs the model on no more rows than it has
+    name_bytes = names.joined(file_names)
+    header = container.Header(
+        model_tag=loaded.hash[0], software=container.software_code(), count=count, array_ndim=images.ndim,
+        pixel_scale=scale, has_names=file_names is not None, block_size=block_size, bin_width=bins.width,
+        half_range=bins.half_range)
+    if host is None or host.block_size != block_size:
+        host = host_model(loaded.model, block_size)
     start = time.perf_counter()
     host.warm_up()  # compiled before the clock starts
     compiled = time.perf_counter()
-    coded = bbans.encode(host, pixels.to_symbols(images, scale), bins, family, progress=progress)
+    bottom = container.checksum(loaded.hash, header, name_bytes, images)
+    coded = bbans.encode(host, pixels.to_symbols(images, scale), bins, loaded.family, progress=progress,
+                         bottom=bottom)
+    header = dataclasses.replace(header, ramp=coded.ramp)
+    coder = constriction.stream.stack.AnsCoder(coded.words)
+    images_bits = coder.num_valid_bits()
+    if file_names is not None:
+        names.push(coder, file_names)
     coding_time = time.perf_counter() - compiled
-    header = container.Header(
-        model_hash=model_hash(config, model), epoch=restored_epoch, image_shape=tuple(model.image_shape),
-        array_ndim=images.ndim, pixel_scale=scale, count=images.shape[0], block_size=block_size,
-        bin_width=bins.width, half_range=bins.half_range, ramp=coded.ramp,
-        images_crc32=container.images_crc32(images))
-    data = container.pack(header, coded.words)
-    dims = images.shape[0] * host.num_pixels
+    data = container.pack(header, coder.get_compressed())
+    dims = count * host.num_pixels
     elbo_bits = float(np.sum(coded.elbo_bits_N))
+    header_bytes = len(container.header_bytes(header))
     figures = {
-        "images": images.shape[0], "bytes": len(data), "header_bytes": len(data) - 4 * coded.words.size,
+        "images": count, "bytes": len(data), "header_bytes": header_bytes,
+        "names_bytes": (coder.num_valid_bits() - images_bits) / 8,
         "bits_per_dim": 8 * len(data) / dims,
         "elbo_bits_per_dim": elbo_bits / dims,
         "overhead_vs_elbo": 8 * len(data) / elbo_bits - 1.0,
         "first_image_bits": coded.first_image_bits,
         "first_image_elbo_bits": float(coded.elbo_bits_N[0]),
         "ramp": list(coded.ramp), "block_size": block_size, "bin_width": bins.width,
-        "half_range": bins.half_range, "epoch": restored_epoch,
+        "half_range": bins.half_range, "epoch": loaded.epoch,
         "compile_time_sec": compiled - start, "coding_time_sec": coding_time,
-        "images_per_sec": images.shape[0] / coding_time,
+        "images_per_sec": count / coding_time,
     }
     return data, figures
 
 
-def decompress_workdir(workdir: str | Path, data: bytes, name: str, *, epoch: int | None = None,
-                       checkpoint: str = "best", progress: bool = True) -> tuple[np.ndarray, dict]:
-    """(the uint8 array that was compressed, figures) of a file's bytes, with the workdir's model,
-    which must be the one that compressed it."""
+@dataclasses.dataclass(frozen=True)
+class Opened:
+    """A compressed file whose header and names are read, its images not yet decoded."""
+
+    loaded: Loaded
+    name: str  # the file's, for messages
+    size: int  # its bytes
+    header: container.Header
+    file_names: list[str] | None
+    words: np.ndarray  # the stack below the names
+
+    @property
+    def array_shape(self) -> tuple[int, ...]:
+        return self.header.array_shape(self.loaded.image_shape)
+
+
+def _other_model(loaded: Loaded, tag: int, name: str) -> CodingError:
+    """The error for a file whose model tag is not the workdir's model's, naming the checkpoint of
+    this run whose model has that tag, where one has (one of the latest, or the best one)."""
+    directory = loaded.workdir / files.CHECKPOINT_DIR
+    epochs = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()), reverse=True)
+    hint = ""
+    for epoch, checkpoint, flag in [*((e, "latest", f"--epoch {e}") for e in epochs),
+                                    (None, "best", "--checkpoint best, without --epoch")]:
+        try:
+            config, model, found_epoch = trained.load_trained(loaded.workdir, epoch, checkpoint)
+        except Exception:  # noqa: BLE001 - a checkpoint that does not load gives no hint
+            continue
+        if found_epoch != loaded.epoch and model_hash(config, model)[0] == tag:
+            hint = f"; its tag is that of epoch {found_epoch} of this run: pass {flag}"
+            break
+    return CodingError(f"{name} was compressed by another model (model tag {tag:02x}); {loaded.workdir} "
+                       f"gives epoch {loaded.epoch}, model tag {loaded.hash[0]:02x}{hint}")
+
+
+def open_file(workdir: str | Path, data: bytes, name: str, *, epoch: int | None = None,
+              checkpoint: str = "best") -> Opened:
+    """Reads a file's header, then the workdir's model, then the file's names; FileError for what
+    is not a file of this format, CodingError for one from another model."""
     header, words = container.unpack(data, name)
+    loaded = load(workdir, epoch, checkpoint)
+    if header.model_tag != loaded.hash[0]:
+        raise _other_model(loaded, header.model_tag, name)
+    file_names = None
+    if header.has_names:
+        coder = constriction.stream.stack.AnsCoder(words)
+        try:
+            file_names = names.pop(coder, header.count)
+        except names.NamesError as e:
+            raise container.FileError(f"{name} is damaged: {e}") from None
+        words = coder.get_compressed()
+    return Opened(loaded, name, len(data), header, file_names, words)
+
+
+def _mismatch(opened: Opened) -> CodingError:
+    written, here = opened.header.software, container.software_code()
+    installed = container.installed_versions()
+    if written != here:
+        writer = container.software_versions(written) or "software not listed in vae/coding/container.py"
+        why = f"it was written with {writer}; this machine has {installed}"
+    else:
+        why = f"it was written with the same software as this machine's ({installed})"
+    return CodingError(
+        f"{opened.name} did not decode to what was compressed (its checksum differs): it is damaged or "
+        f"truncated, or comes from another model, or this machine computes the model's outputs "
+        f"differently: {why}")
+
+
+def decode(opened: Opened, *, progress: bool = True) -> tuple[np.ndarray, dict]:
+    """(the uint8 array that was compressed, figures) of an opened file."""
+    header, loaded = opened.header, opened.loaded
     bins = LatentBins(header.bin_width, header.half_range)
-    config, model, restored_epoch = trained.load_trained(workdir, epoch, checkpoint)
-    family = check_codable(config, model)
-    found = model_hash(config, model)
-    if found != header.model_hash:
-        hint = (f"; if it comes from this run, pass --epoch {header.epoch}" if header.epoch != restored_epoch
-                else "")
-        raise CodingError(
-            f"{name} was compressed by another model (epoch {header.epoch}, model "
-            f"{header.model_hash.hex()[:12]}); {workdir} gives epoch {restored_epoch}, model "
-            f"{found.hex()[:12]}{hint}")
-    host = host_model(model, header.block_size)
+    block_size = min(header.block_size, header.count)
+    if not 1 <= block_size <= MAX_BLOCK_SIZE:
+        raise container.FileError(f"{opened.name} is damaged: its block size is {block_size}")
+    try:
+        bbans.block_sizes(header.count, block_size, header.ramp)
+    except ValueError as e:
+        raise container.FileError(f"{opened.name} is damaged: {e}") from None
+    host = host_model(loaded.model, block_size)
     host.warm_up()
     start = time.perf_counter()
     try:
-        symbols = bbans.decode(host, words, header.count, header.ramp, bins, family, progress=progress)
-    except bbans.DecodeMismatch as e:
-        raise CodingError(f"{name} did not decode with this machine's model outputs: {e}") from None
+        symbols, left = bbans.decode(host, opened.words, header.count, header.ramp, bins, loaded.family,
+                                     progress=progress)
+    except KeyError:  # constriction: a symbol the model cannot code, met only in other words than encoding's
+        raise _mismatch(opened) from None
     coding_time = time.perf_counter() - start
-    images = pixels.from_symbols(symbols, header.pixel_scale, header.array_shape())
-    if container.images_crc32(images) != header.images_crc32:
-        raise CodingError(
-            f"{name} decoded to other images than were compressed (their checksum differs): this machine's "
-            "model outputs differ from those of the machine that compressed it")
-    dims = header.count * math.prod(header.image_shape)
-    return images, {"images": header.count, "bytes": len(data), "bits_per_dim": 8 * len(data) / dims,
-                    "epoch": restored_epoch, "coding_time_sec": coding_time,
+    images = pixels.from_symbols(symbols, header.pixel_scale, opened.array_shape)
+    name_bytes = names.joined(opened.file_names)
+    if left.tolist() != [container.checksum(loaded.hash, header, name_bytes, images)]:
+        raise _mismatch(opened)
+    dims = header.count * math.prod(loaded.image_shape)
+    return images, {"images": header.count, "bytes": opened.size, "bits_per_dim": 8 * opened.size / dims,
+                    "epoch": loaded.epoch, "coding_time_sec": coding_time,
                     "images_per_sec": header.count / coding_time}
+
+
+def test_split(loaded: Loaded) -> tuple[np.ndarray, str]:
+    """(the run's test split as every evaluation sees it (binarised once), what to call it)."""
+    images, _ = dataset.load_test_set(loaded.config.data)
+    return images, f"the test split {loaded.config.data.test_split!r}"
+
+
+def compress_workdir(workdir: str | Path, images: np.ndarray | None = None, *,
+                     max_examples: int | None = None, block_size: int = DEFAULT_BLOCK_SIZE,
+                     bins: LatentBins | None = None, epoch: int | None = None, checkpoint: str = "best",
+                     what: str = "the images", progress: bool = True) -> tuple[bytes, dict]:
+    """`compress` with the workdir's model, of `images` (default: the run's test split as it is
+    evaluated, binarised once)."""
+    loaded = load(workdir, epoch, checkpoint)
+    if images is None:
+        images, what = test_split(loaded)
+    check_images(images, loaded.image_shape, what)
+    if max_examples is not None:
+        images = images[:max_examples]
+    return compress(loaded, images, block_size=block_size, bins=bins, what=what, progress=progress)
+
+
+def decompress_workdir(workdir: str | Path, data: bytes, name: str, *, epoch: int | None = None,
+                       checkpoint: str = "best", progress: bool = True) -> tuple[np.ndarray, dict]:
+    """`decode` with the workdir's model, which must be the one that compressed the file."""
+    return decode(open_file(workdir, data, name, epoch=epoch, checkpoint=checkpoint), progress=progress)
 
 
 def image_code_lengths(workdir: str | Path, *, max_examples: int | None = None,

@@ -39,7 +39,7 @@ class HostModel:
     Every function takes the upper layers' latents (b x Z each, top first) as they were coded."""
 
     num_layers: int
-    latent_dims: tuple[int, ...]  # the size of each layer, top first (a ladder's layers may differ)
+    latent_dim: int  # of the top layer
     num_pixels: int
     block_size: int
     # (layer, x_bxD, upper latents) -> q(z_layer | x, upper)'s (mean, std), b x Z each
@@ -48,11 +48,19 @@ class HostModel:
     conditional_prior: Callable[[int, list], tuple[np.ndarray, np.ndarray]]
     # (every layer's latents) -> the likelihood's coding parameters of p(x | z), b x D
     pixel_probabilities: Callable[[list], np.ndarray]
+    # The size of each layer, top first, where they differ (a ladder's may); () where every layer
+    # has latent_dim units. `layer_sizes` reads it.
+    latent_dims: tuple[int, ...] = ()
+
+    @property
+    def layer_sizes(self) -> tuple[int, ...]:
+        """The size of each layer, top first."""
+        return tuple(self.latent_dims) or (self.latent_dim,) * self.num_layers
 
     def warm_up(self) -> None:
         """Compiles every function (the first call of each shape compiles)."""
         x = np.zeros((1, self.num_pixels))
-        zs = [np.zeros((1, size)) for size in self.latent_dims]
+        zs = [np.zeros((1, size)) for size in self.layer_sizes]
         for layer in range(self.num_layers):
             self.posterior(layer, x, zs[:layer])
             if layer:
@@ -118,7 +126,7 @@ def host_model(model, block_size: int) -> HostModel:
             return jax.tree.map(lambda a: np.asarray(a, np.float64)[:rows], result)
 
     return HostModel(
-        num_layers=len(posteriors), latent_dims=tuple(model.latent_dims[::-1]),
+        num_layers=len(posteriors), latent_dim=model.latent_dim, latent_dims=tuple(model.latent_dims[::-1]),
         num_pixels=int(np.prod(model.image_shape)),
         block_size=block_size,
         posterior=lambda layer, x, upper: padded_call(posteriors[layer], x, *upper),

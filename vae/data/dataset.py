@@ -8,7 +8,6 @@ Imports nothing of the package outside `vae.data`.
 """
 
 import dataclasses
-import functools
 from collections.abc import Callable
 
 import ml_collections
@@ -50,10 +49,7 @@ def load_eval_split(data_config: ml_collections.ConfigDict,
     """The test (or validation) split as every evaluation sees it: binarised once with a fixed
     seed; uint8 images and labels."""
     split = data_config.test_split if which == "test" else data_config.validation_split
-    if folder.is_folder(data_config.name):
-        images, labels = folder.open_folder(data_config).load_split(split)
-    else:
-        images, labels = source.load_split(data_config.name, split, data_config.data_dir)
+    images, labels = open_source(data_config).load_split(split)
     return _encode_eval(images, data_config, which), labels
 
 
@@ -96,30 +92,35 @@ def load_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
     )
 
 
+def open_source(data_config: ml_collections.ConfigDict) -> source.TfdsSource | folder.FolderSource:
+    """Where data.name's images come from, checked (prepared, or a readable folder): a TFDS data
+    set or a folder of images, with one interface (check_split, check_disjoint, load_split,
+    image_shape, class_names). The one place the two are told apart."""
+    if folder.is_folder(data_config.name):
+        return folder.open_folder(data_config)
+    return source.TfdsSource(data_config.name, data_config.data_dir)
+
+
 def _checked_reader(data_config: ml_collections.ConfigDict) -> Callable[[str], tuple[np.ndarray, np.ndarray]]:
     """Checks the data source and every split the config names before any image is read; returns
     split -> (uint8 images, labels). A folder is listed once, and its images decoded (or read
     from the cache) once for all its splits."""
-    if folder.is_folder(data_config.name):
-        images = folder.open_folder(data_config)
-        check_split, check_disjoint, read = images.check_split, images.check_disjoint, images.load_split
-    else:
-        builder = source.check_prepared(data_config.name, data_config.data_dir)
-        check_split = functools.partial(source.check_split, builder)
-        check_disjoint = functools.partial(source.check_disjoint, builder)
-        read = functools.partial(source.load_split, data_config.name, data_dir=data_config.data_dir)
-    check_split(data_config.train_split)
-    check_split(data_config.test_split)
+    opened = open_source(data_config)
+    opened.check_split(data_config.train_split)
+    opened.check_split(data_config.test_split)
     if data_config.validation_split:
-        check_split(data_config.validation_split)
-        check_disjoint(data_config.train_split, data_config.validation_split)
-    return read
+        opened.check_split(data_config.validation_split)
+        opened.check_disjoint(data_config.train_split, data_config.validation_split)
+    return opened.load_split
 
 
 def image_shape(data_config: ml_collections.ConfigDict) -> tuple[int, int, int]:
     """(H, W, C) of the images a run on `data_config` sees, none decoded: from TFDS's metadata,
     or from a folder's first image and data.image_size."""
-    if folder.is_folder(data_config.name):
-        return folder.open_folder(data_config).image_shape()
-    builder = source.check_prepared(data_config.name, data_config.data_dir)
-    return tuple(builder.info.features["image"].shape)
+    return open_source(data_config).image_shape()
+
+
+def class_names(data_config: ml_collections.ConfigDict) -> list[str]:
+    """The label names of the data set (a folder's class sub-folders; [] where its images are in
+    none)."""
+    return open_source(data_config).class_names

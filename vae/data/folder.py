@@ -6,10 +6,14 @@ links to files are followed, links to folders not. Pillow decodes them into uint
 arrays, as the TFDS source gives them:
 
 - **Channels.** Grey images (modes 1, L, and 16-bit I;16, rounded to 8 bits) give one channel,
-  colour ones (RGB, palette, CMYK, YCbCr) three; all images must give the same count. An alpha
-  channel (RGBA, LA, a palette's transparency) is dropped where every pixel is opaque and
-  refused otherwise: what lies under a transparent pixel is arbitrary. Other modes (32-bit and
-  float I, F) are refused. A JPEG's EXIF orientation is applied (the image as a viewer shows it).
+  colour ones (RGB, palette, CMYK, YCbCr) three. With `data.channels=keep` all images must give
+  the same count; `grey` converts colour images to grey (Pillow's ITU-R 601-2 luma), `rgb` grey
+  ones to colour (the level in all three channels), so a folder mixing the two trains. An alpha
+  channel (RGBA, LA, a palette's transparency) is dropped where every pixel is opaque; a
+  transparent pixel is composited onto `data.background` (a colour: white, black, #rrggbb, any
+  name Pillow's ImageColor knows) and refused where it is '' (what lies under a transparent pixel
+  is arbitrary). Other modes (32-bit and float I, F) are refused. A JPEG's EXIF orientation is
+  applied (the image as a viewer shows it).
 - **Size.** All images one size, or every one resized to `data.image_size` (H, W), the aspect
   ratio not kept. Shrinking uses Pillow's BOX filter: each pixel the exact mean of the area it
   covers, so no ringing, and mean intensities (which a Bernoulli likelihood reads as
@@ -25,12 +29,14 @@ arrays, as the TFDS source gives them:
   'test[10%:20%]', parts joined by '+'.
 - **Cache.** Decoded once into `PATH/.vae_decoded/images[-HxW].npz` (or, where the folder cannot
   be written, `$XDG_CACHE_HOME/vae/folders/<hash of PATH>/`), keyed by every file's path, size
-  and modification time, `data.image_size` and the cache's format, and written atomically. A
+  and modification time, `data.image_size`, `data.channels`, `data.background` and the cache's
+  format, and written atomically. A
   changed folder is decoded again; deleting `.vae_decoded/` is always safe.
 
 A folder that cannot give a sound data set stops with one `DataError` line naming the files, and
-every check that needs no pixels runs before anything is decoded. Imports nothing of the package
-outside `vae.data`.
+every check that needs no pixels runs before anything is decoded. scripts/compress.py reads its
+image files with the same listing (`walk`) and decoding (`decode_image`). Imports nothing of the
+package outside `vae.data`.
 """
 
 import concurrent.futures
@@ -49,11 +55,12 @@ from vae.data.source import FOLDER_PREFIX, DataError
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 SPLITS = ("train", "validation", "test")
 CACHE_DIR = ".vae_decoded"
-FORMAT = 1
+FORMAT = 2
 GREY_MODES = ("1", "L", "LA", "I;16", "I;16L", "I;16B", "I;16N")
 COLOUR_MODES = ("RGB", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr")
 _EXIF_ORIENTATION = 0x0112
 DEFAULT_VALIDATION_FRACTION, DEFAULT_TEST_FRACTION = 0.0, 0.1  # configs/default.py's
+CHANNELS = ("keep", "grey", "rgb")  # data.channels
 _NOTED = set()  # folders whose cache could be written nowhere
 
 
@@ -71,11 +78,42 @@ class Folder:
     image_size: tuple[int, ...] = ()  # () keeps the images' size, else (H, W)
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION
     test_fraction: float = DEFAULT_TEST_FRACTION
+    channels: str = "keep"  # keep | grey | rgb
+    background: str = ""  # the colour transparent pixels are composited onto; '' refuses them
 
 
 def from_config(data_config) -> Folder:
     """The folder `data_config.name` names, with the config's folder fields (checked)."""
-    return Folder(data_config.name, folder_path(data_config.name), *fields(data_config))
+    return Folder(data_config.name, folder_path(data_config.name), *fields(data_config),
+                  *conversions(data_config))
+
+
+def conversions(data_config) -> tuple[str, str]:
+    """data.channels and data.background, checked; a config from before these fields gets
+    their defaults (keep, '')."""
+    channels, background = data_config.get("channels", "keep"), data_config.get("background", "")
+    check_channels(channels, "data.channels")
+    check_background(background, "data.background")
+    return channels, background
+
+
+def check_channels(channels, what: str) -> None:
+    if channels not in CHANNELS:
+        raise DataError(f"{what} must be one of {', '.join(CHANNELS)} (keep the images' channels, convert "
+                        f"every image to grey, or to colour), got {channels!r}")
+
+
+def check_background(background, what: str) -> None:
+    """A colour Pillow's ImageColor knows, or '' (transparent pixels refused)."""
+    from PIL import ImageColor
+
+    if background == "":
+        return
+    try:
+        ImageColor.getrgb(background)
+    except (ValueError, AttributeError, TypeError):
+        raise DataError(f"{what} must be a colour (white, black, #rrggbb, rgb(r, g, b), any name Pillow's "
+                        f"ImageColor knows) or '' to refuse transparent pixels, got {background!r}") from None
 
 
 def fields(data_config) -> tuple[tuple[int, ...], float, float]:
@@ -130,6 +168,33 @@ class Listing:
     class_names: tuple[str, ...]
 
 
+def is_image_name(name: str) -> bool:
+    """Whether a file name has an image extension a folder source reads (.png, .jpg, .jpeg)."""
+    return os.path.splitext(name)[1].lower() in EXTENSIONS
+
+
+def walk(root: Path) -> list[tuple[str, tuple[int, int]]]:
+    """Every file in `root` and its sub-folders but hidden ones (names starting with '.'), as
+    (path relative to root, '/'-separated; (size in bytes, modification time in ns)), sorted by
+    path; links to files are followed, links to folders not. DataError for what cannot be read."""
+    def unreadable(error: OSError):
+        raise DataError(f"the folder {root} cannot be read: {error.strerror or error}: {error.filename}")
+
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for filename in filenames:
+            if filename.startswith("."):
+                continue
+            full = os.path.join(dirpath, filename)
+            try:
+                stat = os.stat(full)
+            except OSError as e:  # a broken link, a file removed while listing
+                raise DataError(f"{full} cannot be read: {e.strerror or e}") from None
+            found.append((Path(os.path.relpath(full, root)).as_posix(), (stat.st_size, stat.st_mtime_ns)))
+    return sorted(found)
+
+
 def scan(folder: Folder) -> Listing:
     """The folder's image files, their labels and class names; DataError for a folder that does
     not exist, cannot be read, holds no images or mixes top-level and sub-folder images."""
@@ -139,22 +204,7 @@ def scan(folder: Folder) -> Listing:
     if not root.is_dir():
         raise DataError(f"data.name={folder.name!r} is a file, not a folder of images")
 
-    def unreadable(error: OSError):
-        raise DataError(f"the folder {root} cannot be read: {error.strerror or error}: {error.filename}")
-
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for filename in filenames:
-            if filename.startswith(".") or os.path.splitext(filename)[1].lower() not in EXTENSIONS:
-                continue
-            full = os.path.join(dirpath, filename)
-            try:
-                stat = os.stat(full)
-            except OSError as e:  # a broken link, a file removed while listing
-                raise DataError(f"{full} cannot be read: {e.strerror or e}") from None
-            found.append((Path(os.path.relpath(full, root)).as_posix(), (stat.st_size, stat.st_mtime_ns)))
-    found.sort()
+    found = [(rel, stat) for rel, stat in walk(root) if is_image_name(rel)]
     if not found:
         raise DataError(f"no images in the folder {root}: no .png, .jpg or .jpeg files in it or its "
                         "sub-folders")
@@ -169,11 +219,6 @@ def scan(folder: Folder) -> Listing:
     index = {c: i for i, c in enumerate(class_names)}
     labels = np.array([index[rel.split("/", 1)[0]] if nested else -1 for rel in files], dtype=np.int32)
     return Listing(root, files, tuple(s for _, s in found), labels, class_names)
-
-
-def class_names(name: str) -> list[str]:
-    """The names of a folder's class sub-folders, sorted; [] where its images are in none."""
-    return list(scan(Folder(name, folder_path(name))).class_names)
 
 
 # --- the splits ------------------------------------------------------------------------------------
@@ -296,7 +341,7 @@ class FolderSource:
                 width, height = image.size
                 if image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # turned by 90 degrees
                     width, height = height, width
-                channels = _channels(image.mode, path)
+                channels = {"grey": 1, "rgb": 3}.get(self.folder.channels) or _channels(image.mode, path)
         except DataError:
             raise
         except Exception as e:  # noqa: BLE001 - whatever Pillow raises for a damaged file: one line
@@ -341,32 +386,42 @@ def _unreadable(path, error: Exception) -> DataError:
     return DataError(f"{path} cannot be read as an image: {type(error).__name__}: {first_line}")
 
 
-def _grey_or_rgb(image, path):
-    """`image` as an 8-bit L or RGB Pillow image (see the module's docstring)."""
-    from PIL import Image
+def _grey_or_rgb(image, path, channels: str, background: str, exact: bool):
+    """`image` as an 8-bit L or RGB Pillow image (see the module's docstring); `exact` refuses a
+    16-bit image, which 8 bits cannot give back."""
+    from PIL import Image, ImageColor
 
     mode = image.mode
-    channels = _channels(mode, path)
+    grey = {"keep": _channels(mode, path) == 1, "grey": True, "rgb": False}[channels]
     if mode.startswith("I;16"):  # 16-bit grey: rounded to 8 bits
+        if exact:
+            raise DataError(f"{path} is a 16-bit image; the codec codes 8-bit pixels: save it with 8 bits "
+                            "a channel first")
         wide = np.asarray(image).astype(np.uint32)
-        return Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))
+        image = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))
     if image.has_transparency_data:
-        image = image.convert("LA" if channels == 1 else "RGBA")
+        image = image.convert("RGBA")
         if image.getchannel("A").getextrema()[0] < 255:
-            raise DataError(f"{path} has transparent pixels: flatten it onto a background first (an "
-                            "alpha channel is dropped only where every pixel is opaque)")
-    return image.convert("L" if channels == 1 else "RGB")
+            if not background:
+                raise DataError(f"{path} has transparent pixels: name a background colour to flatten it "
+                                "onto (data.background=white, or compress.py --background white)")
+            under = Image.new("RGBA", image.size, ImageColor.getrgb(background)[:3] + (255,))
+            image = Image.alpha_composite(under, image)
+    return image.convert("L" if grey else "RGB")
 
 
-def decode_image(path: Path, image_size: tuple[int, ...]) -> np.ndarray:
-    """One image file, H x W x C uint8, resized to `image_size` where it is given."""
+def decode_image(path: Path, image_size: tuple[int, ...], channels: str = "keep", background: str = "",
+                 exact: bool = False) -> np.ndarray:
+    """One image file, H x W x C uint8: converted to `channels` (keep | grey | rgb), transparent
+    pixels composited onto `background`, resized to `image_size` where it is given; `exact`
+    refuses what 8-bit pixels cannot give back (a 16-bit image)."""
     from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as image:
             if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
                 image = ImageOps.exif_transpose(image)
-            image = _grey_or_rgb(image, path)
+            image = _grey_or_rgb(image, path, channels, background, exact)
             if image_size and image.size != (image_size[1], image_size[0]):
                 shrinking = image.width >= image_size[1] and image.height >= image_size[0]
                 resample = Image.Resampling.BOX if shrinking else Image.Resampling.LANCZOS
@@ -379,15 +434,17 @@ def decode_image(path: Path, image_size: tuple[int, ...]) -> np.ndarray:
     return pixels[..., None] if pixels.ndim == 2 else pixels
 
 
-def decode_images(listing: Listing, image_size: tuple[int, ...]) -> np.ndarray:
-    """Every image of `listing`, N x H x W x C uint8; DataError naming two files where their sizes
-    (without `image_size`) or channel counts differ. Decoded on a few threads (Pillow's decoders
-    release the GIL)."""
+def decode_images(listing: Listing, folder: Folder) -> np.ndarray:
+    """Every image of `listing`, N x H x W x C uint8, as `folder` converts and sizes them;
+    DataError naming two files where their sizes (without `image_size`) or channel counts differ.
+    Decoded on a few threads (Pillow's decoders release the GIL)."""
     paths = [listing.root / rel for rel in listing.files]
     images = None
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
     try:
-        for i, pixels in enumerate(pool.map(lambda p: decode_image(p, image_size), paths)):
+        decoded = pool.map(lambda p: decode_image(p, folder.image_size, folder.channels, folder.background),
+                           paths)
+        for i, pixels in enumerate(decoded):
             if images is None:
                 images = np.empty((len(paths), *pixels.shape), dtype=np.uint8)
             elif pixels.shape != images.shape[1:]:
@@ -403,7 +460,8 @@ def _refuse_mixed(root: Path, first: Path, first_shape, other: Path, other_shape
     if first_shape[2] != other_shape[2]:
         kind = {1: "grey (1 channel)", 3: "colour (3 channels)"}
         raise DataError(f"the images in {root} mix grey and colour: {a} is {kind[first_shape[2]]} and "
-                        f"{b} is {kind[other_shape[2]]}; convert them all to one kind")
+                        f"{b} is {kind[other_shape[2]]}; convert them all to one kind with "
+                        f"--config.data.channels=grey or --config.data.channels=rgb")
     raise DataError(
         f"the images in {root} are not all one size: {a} is {first_shape[0]}x{first_shape[1]} and "
         f"{b} is {other_shape[0]}x{other_shape[1]} (height x width); resize them all with "
@@ -415,12 +473,12 @@ def _refuse_mixed(root: Path, first: Path, first_shape, other: Path, other_shape
 
 def cache_key(folder: Folder, listing: Listing) -> dict:
     """What a cached file must match: every file's path, size and modification time, the size
-    the images were given and the cache's format."""
+    and channels the images were given, the background and the cache's format."""
     files = hashlib.sha256()
     for rel, (size, mtime_ns) in zip(listing.files, listing.stats):
         files.update(os.fsencode(rel) + f"\0{size}\0{mtime_ns}\n".encode())
-    return {"format": FORMAT, "image_size": list(folder.image_size), "images": len(listing.files),
-            "files_sha256": files.hexdigest()}
+    return {"format": FORMAT, "image_size": list(folder.image_size), "channels": folder.channels,
+            "background": folder.background, "images": len(listing.files), "files_sha256": files.hexdigest()}
 
 
 def cache_files(folder: Folder) -> list[Path]:
@@ -473,7 +531,7 @@ def load_images(folder: Folder, listing: Listing) -> tuple[np.ndarray, Path | No
         cached = _read_cache(path, key)
         if cached is not None:
             return cached, path
-    images = decode_images(listing, folder.image_size)
+    images = decode_images(listing, folder)
     written = next((path for path in paths if _write_cache(path, key, images)), None)
     if written is None and folder.path not in _NOTED:
         _NOTED.add(folder.path)  # once per folder and process

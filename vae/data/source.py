@@ -155,14 +155,30 @@ def _stack_examples(source, image_shape) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def class_names(name: str, data_dir: str | None = None) -> list[str]:
-    """The label names of a prepared data set (e.g. 'T-shirt/top', ...), or the label numbers; of
-    a folder of images, its class sub-folders' names ([] where its images are in none)."""
-    if name.startswith(FOLDER_PREFIX):
-        from vae.data import folder  # which imports this module (DataError)
+class TfdsSource:
+    """A prepared TFDS data set as `dataset.py` reads it (the interface `folder.FolderSource`
+    shares): its splits checked, read, and described."""
 
-        return folder.class_names(name)
-    features = check_prepared(name, data_dir).info.features
-    if "label" in features.keys() and hasattr(features["label"], "names"):
-        return list(features["label"].names)
-    return [str(i) for i in range(1000)]
+    def __init__(self, name: str, data_dir: str | None):
+        self.name, self.data_dir = name, data_dir
+        self.builder = check_prepared(name, data_dir)
+
+    def check_split(self, split: str) -> None:
+        check_split(self.builder, split)
+
+    def check_disjoint(self, split_a: str, split_b: str) -> None:
+        check_disjoint(self.builder, split_a, split_b)
+
+    def load_split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        return load_split(self.name, split, self.data_dir)
+
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.builder.info.features["image"].shape)
+
+    @property
+    def class_names(self) -> list[str]:
+        """The label names (e.g. 'T-shirt/top', ...), or the label numbers."""
+        features = self.builder.info.features
+        if "label" in features.keys() and hasattr(features["label"], "names"):
+            return list(features["label"].names)
+        return [str(i) for i in range(1000)]

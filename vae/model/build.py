@@ -1,11 +1,13 @@
-"""The model a config describes: the one place that maps `config.model` fields to modules (the
-extension point for a new architecture, prior or likelihood: add its name and its branch here).
+"""The model a config describes, and the one registry of architectures (`ARCHITECTURES`) that the
+model builder, the config checks, the epoch loop and the results table read: a new `model.arch`
+is one entry here (its builder, its name in tables, whether it is convolutional).
 
 Imports nothing of the package but `vae.kl` (through the modules it builds).
 """
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import ml_collections
@@ -15,17 +17,38 @@ from vae.model import ladder, ladder_cells, likelihoods, networks, priors
 from vae.model.hvae import HierarchicalVAE
 from vae.model.vae import VAE
 
-ARCHS = ("mlp", "conv", "hvae", "conv_hvae", "ladder", "conv_ladder")
-CONVOLUTIONAL_ARCHS = ("conv", "conv_hvae", "conv_ladder")
-LADDER_ARCHS = ("ladder", "conv_ladder")  # the deep top-down hierarchy: model.num_layers latent layers
-LADDER_MERGES = ladder.MERGES
-LIKELIHOODS = tuple(likelihoods.LIKELIHOODS)
-EIGHT_BIT_LIKELIHOODS = likelihoods.EIGHT_BIT_LIKELIHOODS
-PRIORS = priors.PRIORS
-ACTIVATIONS, KERNEL_INITS = networks.ACTIVATIONS, networks.KERNEL_INITS
+
+def _mlp(m, image_shape, prior, likelihood, kw):
+    clip, hidden, outputs = tuple(m.log_var_clip), tuple(m.hidden_dims), likelihood.outputs_per_pixel
+    encoder = networks.mlp_encoder(image_shape, hidden, m.latent_dim, m.activation, clip, **kw)
+    decoder = networks.mlp_decoder(image_shape, hidden, m.latent_dim, m.activation, outputs, **kw)
+    return VAE(encoder, decoder, prior, likelihood, m.latent_dim, image_shape)
 
 
-def latent_sizes(model_config: ml_collections.ConfigDict, image_shape: Sequence[int]) -> tuple[int, ...]:
+def _conv(m, image_shape, prior, likelihood, kw):
+    channels, outputs = tuple(m.conv_channels), likelihood.outputs_per_pixel
+    clip = tuple(m.log_var_clip)
+    encoder = networks.ConvEncoder(image_shape, channels, m.latent_dim, clip, rngs=kw["rngs"])
+    decoder = networks.ConvDecoder(image_shape, channels, m.latent_dim, outputs, rngs=kw["rngs"])
+    return VAE(encoder, decoder, prior, likelihood, m.latent_dim, image_shape)
+
+
+def _hvae(m, image_shape, prior, likelihood, kw):
+    nets = networks.mlp_hvae_networks(image_shape, tuple(m.hidden_dims), m.latent_dim, m.activation,
+                                      tuple(m.log_var_clip), likelihood.outputs_per_pixel, **kw)
+    return HierarchicalVAE(**nets, prior=prior, likelihood=likelihood, latent_dim=m.latent_dim,
+                           image_shape=image_shape)
+
+
+def _conv_hvae(m, image_shape, prior, likelihood, kw):
+    nets = networks.conv_hvae_networks(image_shape, tuple(m.hidden_dims), m.latent_dim,
+                                       tuple(m.conv_channels), tuple(m.log_var_clip),
+                                       likelihood.outputs_per_pixel, **kw)
+    return HierarchicalVAE(**nets, prior=prior, likelihood=likelihood, latent_dim=m.latent_dim,
+                           image_shape=image_shape)
+
+
+def latent_sizes(model_config, image_shape: Sequence[int]) -> tuple[int, ...]:
     """The size of each latent layer of the model `model_config` describes, z_1 (next to x) first:
     the order of the model's `kl_per_layer` columns and of its `kl_per_dim` and `mean` units."""
     arch = model_config.arch
@@ -38,6 +61,83 @@ def latent_sizes(model_config: ml_collections.ConfigDict, image_shape: Sequence[
     return (model_config.latent_dim,) * (2 if arch in ("hvae", "conv_hvae") else 1)
 
 
+def _ladder(m, image_shape, prior, likelihood, kw):
+    """The ladder with gated dense cells (vae/model/ladder.py)."""
+    parts = ladder_cells.mlp_ladder(image_shape, tuple(m.hidden_dims), latent_sizes(m, image_shape)[::-1],
+                                    m.activation, m.bottleneck, likelihood.outputs_per_pixel, **kw)
+    return ladder.Ladder(**parts, prior=prior, likelihood=likelihood, merge_kind=m.ladder_merge,
+                         log_var_clip=tuple(m.log_var_clip), image_shape=image_shape)
+
+
+def _conv_ladder(m, image_shape, prior, likelihood, kw):
+    """The ladder with convolutional cells (vae/model/ladder.py)."""
+    parts = ladder_cells.conv_ladder(image_shape, tuple(m.conv_channels), m.num_layers, m.latent_channels,
+                                     m.bottleneck, likelihood.outputs_per_pixel, **kw)
+    return ladder.Ladder(**parts, prior=prior, likelihood=likelihood, merge_kind=m.ladder_merge,
+                         log_var_clip=tuple(m.log_var_clip), image_shape=image_shape)
+
+
+def _dims(values) -> str:
+    return "-".join(str(v) for v in values)
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """One `model.arch`: how it is built from `config.model`, how tables name it, and what it needs
+    of the images."""
+
+    title: str  # its name in tables
+    build: Callable  # (model config, image shape, prior, likelihood, {kernel_init, rngs}) -> model
+    describe: Callable[[dict], str]  # its widths and latents, from config.model (a dict or ConfigDict)
+    # Halves H and W once per model.conv_channels entry (they must be multiples of 2^len); on CPU
+    # its epochs run one compiled step per call (`vae.train.epoch.epoch_loop`).
+    convolutional: bool = False
+
+
+def _mlp_widths(m) -> str:
+    return f"{m['activation']} {_dims(m['hidden_dims'])}, z={m['latent_dim']}"
+
+
+def _ladder_widths(m) -> str:
+    sizes = _dims(m["latent_dims"]) if m.get("latent_dims") else f"{m['num_layers']} x {m['latent_dim']}"
+    return f"{m['activation']} {_dims(m['hidden_dims'])}, z={sizes}"
+
+
+ARCHITECTURES = {
+    "mlp": Architecture("MLP", _mlp, _mlp_widths),
+    "conv": Architecture("conv", _conv, lambda m: f"z={m['latent_dim']}", convolutional=True),
+    "hvae": Architecture("HVAE (2 levels)", _hvae, _mlp_widths),
+    "conv_hvae": Architecture(
+        "ConvHVAE (2 levels)", _conv_hvae,
+        lambda m: f"conv {_dims(m['conv_channels'])}, {_dims(m['hidden_dims'])}, z={m['latent_dim']}",
+        convolutional=True),
+    "ladder": Architecture("ladder", _ladder, _ladder_widths),
+    "conv_ladder": Architecture(
+        "conv ladder", _conv_ladder,
+        lambda m: f"conv {_dims(m['conv_channels'])}, {m['num_layers']} x z of {m['latent_channels']} maps",
+        convolutional=True),
+}
+ARCHS = tuple(ARCHITECTURES)
+LADDER_MERGES = ladder.MERGES
+LIKELIHOODS = tuple(likelihoods.LIKELIHOODS)
+EIGHT_BIT_LIKELIHOODS = likelihoods.EIGHT_BIT_LIKELIHOODS
+PRIORS = priors.PRIORS
+ACTIVATIONS, KERNEL_INITS = networks.ACTIVATIONS, networks.KERNEL_INITS
+
+
+def image_shape_problem(model_config, image_shape: Sequence[int]) -> str | None:
+    """Why the architecture cannot take images of this shape (None if it can)."""
+    if not ARCHITECTURES[model_config.arch].convolutional:
+        return None
+    times = len(model_config.conv_channels)
+    scale = 2 ** times
+    height, width, _ = image_shape
+    if height % scale == 0 and width % scale == 0:
+        return None
+    return (f"model.arch={model_config.arch} halves the image {times} times, so height and width must be "
+            f"multiples of {scale}; the images are {height}x{width}")
+
+
 def build_model(model_config: ml_collections.ConfigDict, image_shape: Sequence[int], key: jax.Array,
                 pixel_means=None):
     """The VAE that `model_config` describes, for images of `image_shape` (H, W, C).
@@ -47,51 +147,14 @@ def build_model(model_config: ml_collections.ConfigDict, image_shape: Sequence[i
     average image: a model that has learnt nothing yet already draws the mean picture (a
     convolutional decoder, whose bias is one per output channel, gets each image channel's mean).
     """
-    if model_config.arch not in ARCHS:
+    if model_config.arch not in ARCHITECTURES:
         raise ValueError(f"model.arch must be one of {ARCHS}, got {model_config.arch!r}")
     rngs = nnx.Rngs(params=key)
-    latent_dim, activation = model_config.latent_dim, model_config.activation
-    hidden, channels = tuple(model_config.hidden_dims), tuple(model_config.conv_channels)
-    clip = tuple(model_config.log_var_clip)
     kw = {"kernel_init": getattr(nnx.initializers, model_config.kernel_init)(), "rngs": rngs}
     prior = priors.build_prior(model_config, math.prod(image_shape), rngs)
     likelihood = likelihoods.build_likelihood(model_config.likelihood, model_config.mixture_components)
-    outputs = likelihood.outputs_per_pixel
-    if model_config.arch in LADDER_ARCHS:
-        model = _ladder(model_config, image_shape, prior, likelihood, kw["kernel_init"], rngs)
-    elif model_config.arch in ("hvae", "conv_hvae"):
-        if model_config.arch == "hvae":
-            nets = networks.mlp_hvae_networks(image_shape, hidden, latent_dim, activation, clip, outputs,
-                                              **kw)
-        else:
-            nets = networks.conv_hvae_networks(image_shape, hidden, latent_dim, channels, clip, outputs,
-                                               **kw)
-        model = HierarchicalVAE(**nets, prior=prior, likelihood=likelihood, latent_dim=latent_dim,
-                                image_shape=image_shape)
-    elif model_config.arch == "mlp":
-        encoder = networks.mlp_encoder(image_shape, hidden, latent_dim, activation, clip, **kw)
-        decoder = networks.mlp_decoder(image_shape, hidden, latent_dim, activation, outputs, **kw)
-        model = VAE(encoder, decoder, prior, likelihood, latent_dim, image_shape)
-    else:
-        encoder = networks.ConvEncoder(image_shape, channels, latent_dim, clip, rngs=rngs)
-        decoder = networks.ConvDecoder(image_shape, channels, latent_dim, outputs, rngs=rngs)
-        model = VAE(encoder, decoder, prior, likelihood, latent_dim, image_shape)
+    model = ARCHITECTURES[model_config.arch].build(model_config, tuple(image_shape), prior, likelihood, kw)
     if model_config.init_output_bias and pixel_means is not None:
         bias = model.output_bias
         bias[...] = likelihood.initial_output_bias(pixel_means, bias.shape, image_shape[-1])
     return model
-
-
-def _ladder(m: ml_collections.ConfigDict, image_shape, prior, likelihood, kernel_init, rngs) -> ladder.Ladder:
-    """The ladder `m` describes: gated dense cells (arch ladder) or convolutional ones (conv_ladder)."""
-    outputs = likelihood.outputs_per_pixel
-    kw = {"kernel_init": kernel_init, "rngs": rngs}
-    if m.arch == "ladder":
-        top_first = latent_sizes(m, image_shape)[::-1]
-        parts = ladder_cells.mlp_ladder(image_shape, tuple(m.hidden_dims), top_first, m.activation,
-                                        m.bottleneck, outputs, **kw)
-    else:
-        parts = ladder_cells.conv_ladder(image_shape, tuple(m.conv_channels), m.num_layers, m.latent_channels,
-                                         m.bottleneck, outputs, **kw)
-    return ladder.Ladder(**parts, prior=prior, likelihood=likelihood, merge_kind=m.ladder_merge,
-                         log_var_clip=tuple(m.log_var_clip), image_shape=image_shape)

@@ -11,7 +11,6 @@ size, widths, architecture, epochs, data) needs a program of its own, and so doe
 EMA or gradient clipping off (0): the optimizer's state has another structure.
 """
 
-import ast
 import copy
 import dataclasses
 import datetime
@@ -22,11 +21,10 @@ from pathlib import Path
 
 import ml_collections
 
+from vae import config_fields
 from vae.train import config_checks, state
 from vae.workdir import files
 
-# Hyper fields where 0 switches a transform off, which changes the state's structure.
-_SWITCHES = ("ema_decay", "grad_clip_norm")
 _NAME_UNSAFE = str.maketrans({"/": "_", " ": "", "'": "", '"': ""})
 
 
@@ -41,23 +39,12 @@ class Member:
     config: ml_collections.ConfigDict
 
 
-def _node_and_leaf(config, field: str):
+def _node_and_leaf(record: dict, field: str):
+    """The dict holding a dotted field of a config's JSON record, and the field's last name."""
     *parents, leaf = field.split(".")
-    node = config
     for parent in parents:
-        node = node[parent]
-    return node, leaf
-
-
-def _field_value(config, field: str):
-    try:
-        node, leaf = _node_and_leaf(config, field)
-        value = node[leaf]
-    except (KeyError, AttributeError, TypeError):
-        raise SweepError(f"{field}: unknown config field") from None
-    if isinstance(value, ml_collections.ConfigDict):
-        raise SweepError(f"{field}: a section, not a field; name one of its fields")
-    return value
+        record = record[parent]
+    return record, leaf
 
 
 def _split_values(text: str) -> list[str]:
@@ -76,32 +63,6 @@ def _split_values(text: str) -> list[str]:
     return [item.strip() for item in [*items, current]]
 
 
-def _coerce(field: str, text: str, current):
-    """One value typed like the field's current one: ints widen to floats, lists become tuples."""
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        value = text
-    if isinstance(current, str):
-        return text
-    if isinstance(current, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(current, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(current, float):
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif isinstance(current, tuple | list):
-        ok = isinstance(value, tuple | list)
-        value = tuple(value) if ok else value
-    else:
-        ok = False
-    if not ok:
-        raise SweepError(f"{field}: {text!r} does not fit the field's type "
-                         f"({type(current).__name__}, now {current!r})")
-    return value
-
-
 def parse_axis(spec: str, config: ml_collections.ConfigDict) -> tuple[str, list]:
     """'train.beta=0.5,1,2' -> ('train.beta', [0.5, 1.0, 2.0]), typed like the config's field."""
     field, sep, text = spec.partition("=")
@@ -112,24 +73,13 @@ def parse_axis(spec: str, config: ml_collections.ConfigDict) -> tuple[str, list]
     if "" in texts:
         raise SweepError(f"--sweep {spec!r}: an empty value")
     try:
-        current = _field_value(config, field)
-        values = [_coerce(field, t, current) for t in texts]
-    except SweepError as e:
+        current = config_fields.get_field(config, field)
+        values = [config_fields.parse_value(field, t, current) for t in texts]
+    except config_fields.FieldError as e:
         raise SweepError(f"--sweep {e}") from None
     if len(set(map(repr, values))) < len(values):
         raise SweepError(f"--sweep {spec!r}: a value is repeated")
     return field, values
-
-
-def override(config: ml_collections.ConfigDict, assignment: str) -> None:
-    """Sets one field from 'FIELD=VALUE', the value typed like the field's (`_coerce`)."""
-    field, sep, text = assignment.partition("=")
-    if not sep or not field.strip():
-        raise SweepError(f"{assignment!r}: expected FIELD=VALUE, e.g. train.beta=2")
-    field = field.strip()
-    current = _field_value(config, field)
-    node, leaf = _node_and_leaf(config, field)
-    node[leaf] = _coerce(field, text.strip(), current)
 
 
 def _format(value) -> str:
@@ -161,31 +111,12 @@ def make_members(config: ml_collections.ConfigDict, axes: list[tuple[str, list]]
         values = dict(zip(fields, combination))
         member_config = copy.deepcopy(config)
         for field, value in values.items():
-            node, leaf = _node_and_leaf(member_config, field)
-            node[leaf] = value
+            config_fields.set_field(member_config, field, value)
         members.append(Member(member_name(values), values, member_config))
     names = [m.name for m in members]
     if len(set(names)) < len(names):
         raise SweepError(f"two members get the same name among {names}; give distinct values")
     return members
-
-
-def program_key(config: ml_collections.ConfigDict) -> str:
-    """What a compiled program fixes: the whole config but the numbers of `state.Hyper` (of which
-    only whether the EMA and clipping are on counts)."""
-    record = json.loads(config.to_json_best_effort())
-    for name, field in state.HYPER_FIELDS.items():
-        node, leaf = _node_and_leaf(record, field)
-        node[leaf] = node[leaf] > 0 if name in _SWITCHES else None
-    return json.dumps(record, sort_keys=True)
-
-
-def group_members(members: list[Member]) -> list[list[Member]]:
-    """Members that can train as one vmapped program, in sweep order."""
-    groups: dict[str, list[Member]] = {}
-    for member in members:
-        groups.setdefault(program_key(member.config), []).append(member)
-    return list(groups.values())
 
 
 def axes_of(members: list[Member]) -> dict[str, list]:
@@ -199,12 +130,13 @@ def axes_of(members: list[Member]) -> dict[str, list]:
 
 
 def plan(groups: list[list[Member]], loop: str = "vmap") -> str:
-    """One line on how the members are trained (`loop`: the member loop, see `program.py`)."""
+    """One line on how the members are trained (`loop`: the member loop, see `vae.train.epoch`)."""
     count = sum(len(g) for g in groups)
-    how = f"the step {'vmapped' if loop == 'vmap' else 'unrolled'} over the members' stacked states"
+    how = ("the step vmapped over the members' stacked states" if loop == "vmap"
+           else "each member's step in turn")
     if len(groups) == 1:
         return f"{count} member{'s' * (count > 1)} train together as one compiled program, {how}"
-    keys = [json.loads(program_key(g[0].config)) for g in groups]
+    keys = [json.loads(state.program_key(g[0].config)) for g in groups]
 
     def in_key(key, field):
         node, leaf = _node_and_leaf(key, field)

@@ -46,11 +46,15 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
              f"data.validation_split must be a TFDS split string or '', got {d.validation_split!r}")
     try:  # the folder source's own fields, checked by it (their defaults where a config predates them)
         image_size, _, _ = folder.fields(d)
+        channels, background = folder.conversions(d)
     except DataError as e:
         raise ConfigError(str(e)) from None
     _require(not image_size or folder.is_folder(d.name),
              f"data.image_size resizes the images of a folder (data.name=folder:PATH); a TFDS data set "
              f"keeps its own size: leave data.image_size=() for {d.name}")
+    _require((channels, background) == ("keep", "") or folder.is_folder(d.name),
+             f"data.channels and data.background convert the images of a folder (data.name=folder:PATH); "
+             f"a TFDS data set keeps its own: leave data.channels=keep and data.background='' for {d.name}")
 
     m = config.model
     _require(m.arch in build.ARCHS, f"model.arch must be one of {build.ARCHS}, got {m.arch!r}")
@@ -118,8 +122,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     _require(t.early_stopping_patience == 0 or d.validation_split,
              "train.early_stopping_patience needs a validation split: set data.validation_split "
              "(e.g. train_split='train[:50000]', validation_split='train[50000:]')")
-    for field in ("warmup_epochs", "weight_decay", "grad_clip_norm", "beta", "kl_warmup_epochs",
-                  "free_bits"):
+    for field in ("warmup_epochs", "weight_decay", "grad_clip_norm", "skip_threshold", "beta",
+                  "kl_warmup_epochs", "free_bits"):
         _require(_is_number(t[field]) and t[field] >= 0,
                  f"train.{field} must be a finite number >= 0, got {t[field]!r}")
     if t.free_bits > 0:
@@ -177,10 +181,5 @@ def _validate_ladder(m: ml_collections.ConfigDict) -> None:
 
 def validate_image_shape(config: ml_collections.ConfigDict, image_shape) -> None:
     """Checks that the architecture fits the data set's images."""
-    if config.model.arch in build.CONVOLUTIONAL_ARCHS:
-        scale = 2 ** len(config.model.conv_channels)
-        height, width, _ = image_shape
-        _require(height % scale == 0 and width % scale == 0,
-                 f"model.arch={config.model.arch} halves the image {len(config.model.conv_channels)} "
-                 f"times, so height and width must be multiples of {scale}; "
-                 f"{config.data.name} is {height}x{width}")
+    problem = build.image_shape_problem(config.model, image_shape)
+    _require(problem is None, f"{problem} ({config.data.name})")

@@ -46,7 +46,7 @@ class Settings:
     shutdown_timeout_seconds: int = 60
 
 
-# name -> (type, help); the same flags for absl (train.py) and argparse (evaluate.py) scripts.
+# name -> (type, help) of the joining flags (`add_arguments`).
 _FLAG_HELP = {
     "coordinator_address": (str, "host:port of process 0's coordinator, the same for every process "
                                  "(multi-process runs; default: detected from SLURM, Open MPI or TPU)."),
@@ -59,27 +59,18 @@ _FLAG_HELP = {
 }
 
 
-def define_absl_flags():
-    """Defines the joining flags for an absl script; returns a function giving its `Settings`."""
-    from absl import flags
-
-    defaults = Settings()
-    for name, (kind, help_text) in _FLAG_HELP.items():
-        define = flags.DEFINE_string if kind is str else flags.DEFINE_integer
-        define(name, getattr(defaults, name), help_text)
-    return lambda: settings_from(flags.FLAGS)
-
-
 def add_arguments(parser) -> None:
-    """Adds the joining flags to an argparse parser; read them back with `settings_from(args)`."""
+    """Adds the joining flags to a script's parser, each with its dashed spelling too
+    (`--num-processes`), as the scripts' other flags; read them back with `settings_from(args)`."""
     defaults = Settings()
     group = parser.add_argument_group("multi-process runs (jax.distributed)")
     for name, (kind, help_text) in _FLAG_HELP.items():
-        group.add_argument(f"--{name}", type=kind, default=getattr(defaults, name), help=help_text)
+        group.add_argument(f"--{name}", f"--{name.replace('_', '-')}", type=kind,
+                           default=getattr(defaults, name), help=help_text)
 
 
 def settings_from(values) -> Settings:
-    """`Settings` from parsed flags (absl's FLAGS or an argparse namespace)."""
+    """`Settings` from parsed flags."""
     return Settings(**{name: getattr(values, name) for name in _FLAG_HELP})
 
 

@@ -15,7 +15,6 @@ own, so the ELBO's figures are unchanged.
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
@@ -53,14 +52,13 @@ def kl_split_examples(config) -> int:
     return int(config.eval.get("kl_split_examples", 0))
 
 
-def make_kl_split(graphdef, config, mesh: Mesh, num_examples: int, members: bool = False):
+def make_kl_split(graphdef, config, mesh: Mesh, num_examples: int):
     """A (params, images_u8 N' x D on the device as `make_evaluate` takes them, key) -> the KL split
     of the first `num_examples` images (`vae.model.kl_split`), means and standard errors on the
     device: mutual_info, mutual_info_upper, marginal_kl, total_correlation, kl (their whole,
     mutual_info + marginal_kl), each with its standard error, and dimwise_kl (Z values) where the
     prior factorises (`log_prob_per_dim`). One draw per image; the rows compared with all
-    posteriors are split over the devices. members=True: stacked params and keys of a sweep's
-    members, outputs K x ...."""
+    posteriors are split over the devices."""
     batch_size = config.eval.batch_size
     num_batches = -(-num_examples // batch_size)
     batch_sharding = NamedSharding(mesh, P("data"))
@@ -84,8 +82,7 @@ def make_kl_split(graphdef, config, mesh: Mesh, num_examples: int, members: bool
             constrain_rows=lambda rows: jax.lax.with_sharding_constraint(rows, batch_sharding))
         return kl_split.summarize(terms)
 
-    return jax.jit(jax.vmap(split_of, in_axes=(0, None, 0)) if members else split_of,
-                   out_shardings=NamedSharding(mesh, P()))
+    return jax.jit(split_of, out_shardings=NamedSharding(mesh, P()))
 
 
 def summarize_kl_split(split: dict, num_examples: int, prefix: str) -> dict:
@@ -103,19 +100,16 @@ def summarize_kl_split(split: dict, num_examples: int, prefix: str) -> dict:
     return summary
 
 
-def make_evaluate(graphdef, config, mesh: Mesh, members: bool = False):
+def make_evaluate(graphdef, config, mesh: Mesh):
     """A (params, images_u8 N x D with N padded to the eval batch, key) -> per-example ELBO terms
     (rec, kl, kl_per_dim where the prior factorises, posterior mean), one sample each, compiled on
-    its first call. members=True: params and keys of a sweep's members stacked, terms K x N x ...."""
+    its first call for each shape of images."""
     batch_size = config.eval.batch_size
     batch_sharding = NamedSharding(mesh, P("data"))
     replicated = NamedSharding(mesh, P())
 
     def terms_of(params, x_BxD, key, index):
         return nnx.merge(graphdef, params).elbo_terms(x_BxD, jax.random.fold_in(key, index))
-
-    if members:
-        terms_of = jax.vmap(terms_of, in_axes=(0, None, 0, None))
 
     def body(_, consts, index):
         params, images_u8, key = consts
@@ -133,8 +127,6 @@ def make_evaluate(graphdef, config, mesh: Mesh, members: bool = False):
             compiled[images_u8.shape] = compile_loop(body, epoch_loop(config), mesh, None, consts, indices,
                                                      donate_carry=False)
         _, terms = compiled[images_u8.shape](None, consts, indices)
-        if members:  # batches x K x B x ... -> K x N x ...
-            return jax.tree.map(lambda t: jnp.moveaxis(t, 0, 1).reshape(t.shape[1], -1, *t.shape[3:]), terms)
         return jax.tree.map(lambda t: t.reshape(-1, *t.shape[2:]), terms)
 
     return evaluate
@@ -171,57 +163,44 @@ def summarize_eval(terms: dict, num_examples: int, num_pixels: int, threshold: f
 
 
 class Evaluator:
-    """Evaluates parameters on one split every evaluation epoch: one run's, or with `keys` (one per
-    member) the stacked parameters of a sweep's members."""
+    """Evaluates parameters on one split every evaluation epoch, each run with its own key
+    (`eval_key`: the same every epoch)."""
 
-    def __init__(self, evaluate, config, mesh, images: np.ndarray, split: str, keys=None, kl_split=None):
+    def __init__(self, evaluate, config, mesh, images: np.ndarray, split: str, kl_split=None):
         self.evaluate = evaluate
         self.kl_split = kl_split  # (make_kl_split's function, N) or None
         self.images = distributed.images_on_device(images, mesh, config.eval.batch_size)
         self.num = images.shape[0]
         self.num_pixels = math.prod(images.shape[1:])
         self.layer_sizes = build.latent_sizes(config.model, images.shape[1:])
-        self.key = eval_key(config, split) if keys is None else keys
-        self.prefix = split
+        self.split = split
         self.threshold = config.eval.active_unit_threshold
 
-    def _summary(self, terms) -> dict:
-        return summarize_eval(terms, self.num, self.num_pixels, self.threshold, self.prefix, self.layer_sizes)
-
-    def _split(self, params):
-        """The KL split's device outputs, None without one."""
-        if self.kl_split is None:
-            return None
-        return jax.device_get(self.kl_split[0](params, self.images, self.key))
-
-    def _split_summary(self, split) -> dict:
-        return {} if split is None else summarize_kl_split(split, self.kl_split[1], self.prefix)
-
-    def __call__(self, params) -> dict:
-        summary = self._summary(jax.device_get(self.evaluate(params, self.images, self.key)))
-        return summary | self._split_summary(self._split(params))
-
-    def per_member(self, params) -> list[dict]:
-        terms = jax.device_get(self.evaluate(params, self.images, self.key))
-        split = self._split(params)
-        return [self._summary(jax.tree.map(lambda t, k=k: t[k], terms))
-                | self._split_summary(None if split is None else jax.tree.map(lambda t, k=k: t[k], split))
-                for k in range(len(self.key))]
+    def __call__(self, params, config) -> dict:
+        """The split's summary of the parameters of the run with this config (its seed keys it)."""
+        key = eval_key(config, self.split)
+        terms = jax.device_get(self.evaluate(params, self.images, key))
+        summary = summarize_eval(terms, self.num, self.num_pixels, self.threshold, self.split,
+                                 self.layer_sizes)
+        if self.kl_split is not None:
+            split_fn, num_examples = self.kl_split
+            summary |= summarize_kl_split(jax.device_get(split_fn(params, self.images, key)), num_examples,
+                                          self.split)
+        return summary
 
 
-def make_evaluators(evaluate, config, mesh, dataset: Dataset, keys_of=None, graphdef=None) -> list[Evaluator]:
-    """The validation (where the data set has one) and test evaluators; `keys_of(split)` gives a
-    sweep's per-member keys. With `graphdef` and `eval.kl_split_examples`, the first of them
+def make_evaluators(graphdef, config, mesh, data: Dataset) -> list[Evaluator]:
+    """The validation (where the data set has one) and test evaluators of the runs `config` stands
+    for (they may differ in Hyper numbers only). With `eval.kl_split_examples`, the first of them
     (validation, else test) also splits the KL term on that many of its images."""
-    splits = [("val", dataset.val_images)] if dataset.val_images is not None else []
-    splits.append(("test", dataset.test_images))
+    evaluate = make_evaluate(graphdef, config, mesh)
+    splits = [("val", data.val_images)] if data.val_images is not None else []
+    splits.append(("test", data.test_images))
     evaluators = []
     for index, (split, images) in enumerate(splits):
         num_split = (min(kl_split_examples(config), images.shape[0]) // mesh.devices.size) * mesh.devices.size
         split_fn = None
-        if graphdef is not None and index == 0 and num_split >= 2:
-            split_fn = (make_kl_split(graphdef, config, mesh, num_split, members=keys_of is not None),
-                        num_split)
-        evaluators.append(Evaluator(evaluate, config, mesh, images, split,
-                                    keys_of(split) if keys_of else None, split_fn))
+        if index == 0 and num_split >= 2:
+            split_fn = (make_kl_split(graphdef, config, mesh, num_split), num_split)
+        evaluators.append(Evaluator(evaluate, config, mesh, images, split, split_fn))
     return evaluators

@@ -22,16 +22,18 @@ from vae.train import distributed
 from vae.train.state import TrainState, eval_params
 from vae.workdir import checkpoints, files, tensorboard
 
-SELECTION_METRIC = files.BEST_METRIC
-
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
 
 
+class UpdatesSkippedError(NonFiniteLossError):
+    """Every update of an epoch was skipped (`vae.train.step`); the last good checkpoint is kept."""
+
+
 def best_epoch(history: list[dict]) -> tuple[int, float]:
     """(epoch, value) of the lowest validation negative ELBO so far; (0, inf) if none."""
-    scored = [(r[SELECTION_METRIC], r["epoch"]) for r in history if SELECTION_METRIC in r]
+    scored = [(r[files.BEST_METRIC], r["epoch"]) for r in history if files.BEST_METRIC in r]
     if not scored:
         return 0, math.inf
     value, epoch = min(scored)  # ties go to the earlier epoch
@@ -85,6 +87,36 @@ def check_finite(per_step_loss: np.ndarray, epoch: int, first_step: int, last_go
         raise NonFiniteLossError(
             f"the loss became {per_step_loss[bad[0]]} at epoch {epoch}, step {first_step + int(bad[0]) + 1}"
             f"; {kept(last_good)}. Lower train.learning_rate or set train.grad_clip_norm.")
+
+
+def _norms_text(grad_norm: np.ndarray) -> str:
+    finite = grad_norm[np.isfinite(grad_norm)]
+    if not finite.size:
+        return "every gradient norm was not finite"
+    bad = grad_norm.size - finite.size
+    return (f"the gradient norms were {finite.min():.4g} to {finite.max():.4g}"
+            + (f", {bad} not finite" if bad else ""))
+
+
+def check_updates(step_metrics: dict, epoch: int, threshold: float, last_good: int) -> None:
+    """UpdatesSkippedError when every update of the epoch was skipped: the run cannot move."""
+    skipped = np.asarray(step_metrics["skipped"]) > 0
+    if skipped.size and skipped.all():
+        limit = f"above train.skip_threshold={threshold:g} or not finite" if threshold > 0 else "not finite"
+        raise UpdatesSkippedError(
+            f"every update of epoch {epoch} was skipped ({skipped.size} of {skipped.size}: the gradient "
+            f"norm {limit}; {_norms_text(np.asarray(step_metrics['grad_norm']))}), so training cannot "
+            f"go on; {kept(last_good)}. Raise train.skip_threshold (0 skips only non-finite updates), "
+            "lower train.learning_rate or set train.grad_clip_norm.")
+
+
+def skip_line(record: dict, threshold: float) -> str:
+    """The epoch's line about the updates it skipped."""
+    limit = f"above train.skip_threshold={threshold:g} or not finite" if threshold > 0 else "not finite"
+    largest = record.get("train/grad_norm_max")
+    return (f"epoch {record['epoch']}: skipped {record['train/skipped_updates']} of the epoch's updates "
+            f"(gradient norm {limit}"
+            + (f"; the largest finite norm was {largest:.4g})" if largest is not None else ")"))
 
 
 class RunDir:
@@ -142,12 +174,24 @@ class RunDir:
         return epoch % self.config.eval.every_epochs == 0 or epoch == self.config.train.num_epochs
 
     def train_record(self, step_metrics: dict, train_time: float, compile_time: float | None) -> dict:
-        """The next epoch's training metrics; NonFiniteLossError on a non-finite loss."""
+        """The next epoch's training metrics: the means of the steps whose update was applied, the
+        gradient norm's mean and largest finite value over every step, the number of updates
+        skipped; UpdatesSkippedError if every update was, NonFiniteLossError on a non-finite loss
+        of an applied update."""
         epoch, steps = self.epoch + 1, self.steps_per_epoch
         first_step = (epoch - 1) * steps  # no device round trip
-        check_finite(step_metrics["loss"], epoch, first_step, self.last_good)
+        check_updates(step_metrics, epoch, self.config.train.skip_threshold, self.last_good)
+        applied = np.asarray(step_metrics["skipped"]) == 0
+        check_finite(np.where(applied, step_metrics["loss"], 0.0), epoch, first_step, self.last_good)
         record = {"epoch": epoch, "step": first_step + steps}
-        record |= {f"train/{k}": float(np.mean(v)) for k, v in step_metrics.items()}
+        record |= {f"train/{k}": float(np.mean(np.asarray(v)[applied])) for k, v in step_metrics.items()
+                   if k not in ("grad_norm", "skipped")}
+        norms = np.asarray(step_metrics["grad_norm"], np.float64)
+        finite = norms[np.isfinite(norms)]
+        if finite.size:
+            record["train/grad_norm"] = float(finite.mean())
+            record["train/grad_norm_max"] = float(finite.max())
+        record["train/skipped_updates"] = int(steps - applied.sum())
         if self.num_dims and "train/elbo" in record:
             record["train/bits_per_dim"] = record["train/elbo"] / (self.num_dims * math.log(2.0))
         record["images_per_sec"] = steps * self.config.train.batch_size / train_time
@@ -162,7 +206,7 @@ class RunDir:
         # Which parameters the figures are of: the moving average (train.ema_decay > 0) or the latest.
         record["eval_params"] = "ema" if self.config.train.ema_decay > 0 else "latest"
         record["eval_time_sec"] = eval_time
-        for key in ("test/elbo", SELECTION_METRIC):
+        for key in ("test/elbo", files.BEST_METRIC):
             if not math.isfinite(record.get(key, 0.0)):
                 raise NonFiniteLossError(
                     f"the {key} is {record[key]} after epoch {record['epoch']}; {kept(self.last_good)}")
@@ -170,9 +214,9 @@ class RunDir:
     def end_epoch(self, record: dict, state: TrainState, stop_requested: bool, session_start: float) -> bool:
         """Writes the epoch's metrics and checkpoints; returns whether early stopping is now due."""
         epoch = record["epoch"]
-        improved = SELECTION_METRIC in record and record[SELECTION_METRIC] < best_epoch(self.history)[1]
-        if SELECTION_METRIC in record:
-            record["best/epoch"], record[f"best/{SELECTION_METRIC}"] = best_epoch([*self.history, record])
+        improved = files.BEST_METRIC in record and record[files.BEST_METRIC] < best_epoch(self.history)[1]
+        if files.BEST_METRIC in record:
+            record["best/epoch"], record[f"best/{files.BEST_METRIC}"] = best_epoch([*self.history, record])
         record["wall_time_sec"] = self.wall_offset + time.perf_counter() - session_start
         # Metrics first, then the checkpoints: a resume drops lines newer than its checkpoint.
         if self.writer:
@@ -187,7 +231,7 @@ class RunDir:
             self.board.log(record, eval_params(state))
         if improved:  # finished before the latest is written, so a kill cannot reorder them
             checkpoints.save_checkpoint(self.best_manager, epoch, state._asdict(),
-                               {SELECTION_METRIC: record[SELECTION_METRIC]})
+                               {files.BEST_METRIC: record[files.BEST_METRIC]})
             self.best_manager.wait_until_finished()
         stopping = early_stop_due(self.history, self.config.train)
         if (epoch % self.config.train.checkpoint_every_epochs == 0 or epoch == self.config.train.num_epochs
@@ -211,5 +255,5 @@ def _reconcile_best(best_manager, history: list[dict], restored_epoch: int, stat
             best_manager.delete(step)
     epoch, value = best_epoch(history)
     if epoch and epoch == restored_epoch and epoch not in best_manager.all_steps():
-        checkpoints.save_checkpoint(best_manager, epoch, state._asdict(), {SELECTION_METRIC: value})
+        checkpoints.save_checkpoint(best_manager, epoch, state._asdict(), {files.BEST_METRIC: value})
         best_manager.wait_until_finished()

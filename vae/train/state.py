@@ -1,12 +1,14 @@
 """A run's train state and optimizer, its keys, and the numbers that change no shape.
 
 `TrainState` is what a checkpoint holds; `Hyper` the numbers (β, warm-up, free bits, learning
-rate, EMA decay, weight decay, clipping norm, seed) that reach the step as an explicit input. A
-single run compiles them in as constants; a sweep's program (`vae.sweep.program`) traces the ones
-its members differ in, one value per member. Every random draw is a pure function of (seed,
+rate, EMA decay, weight decay, clipping norm, skipping threshold, seed) that reach the step as an
+explicit input. A run compiles them in as constants; a sweep's members that share one program
+(`program_key`) may trace the ones they differ in, one value per member (`vae.train.epoch`).
+Every random draw is a pure function of (seed,
 stream, epoch, step), so a resumed run repeats an uninterrupted one exactly.
 """
 
+import json
 from typing import NamedTuple
 
 import jax
@@ -42,15 +44,31 @@ class Hyper(NamedTuple):
     ema_decay: float | jax.Array
     weight_decay: float | jax.Array
     grad_clip_norm: float | jax.Array
+    skip_threshold: float | jax.Array
 
 
 # The config field of each Hyper field: what a sweep may vary inside one compiled program.
 HYPER_FIELDS = {name: name if name == "seed" else f"train.{name}" for name in Hyper._fields}
+# Hyper fields where 0 switches a transform off, which changes the optimizer state's structure.
+_SWITCHES = ("ema_decay", "grad_clip_norm")
 
 
 def hyperparameters(config: ml_collections.ConfigDict) -> Hyper:
     """The config's numbers as Python constants."""
     return Hyper(config.seed, *(config.train[name] for name in Hyper._fields[1:]))
+
+
+def program_key(config: ml_collections.ConfigDict) -> str:
+    """What a compiled program fixes: the whole config but the numbers of `Hyper` (of which only
+    whether the EMA and clipping are on counts). Runs with the same key can train as one program."""
+    record = json.loads(config.to_json_best_effort())
+    for name, field in HYPER_FIELDS.items():
+        *parents, leaf = field.split(".")
+        node = record
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = node[leaf] > 0 if name in _SWITCHES else None
+    return json.dumps(record, sort_keys=True)
 
 
 def ema_decay_at(decay, step):

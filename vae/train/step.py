@@ -4,17 +4,23 @@
 
 The batch is uint8 pixels; the step encodes them (a fresh binarisation where the data set asks
 for one), takes the gradient of the objective the config names, applies the optimizer and the
-parameter average, and returns the batch means of the loss and its parts. The key is
-`step_key(seed, step)`: a pure function of the run's seed and the step counter, so a resumed run
-repeats an uninterrupted one. What is compiled in (the model's graph, the objective, the
-optimizer's transforms, the steps per epoch) is bound by `make_train_step`; the numbers come
-from `hyper` (constants in a single run, traced in a sweep). The step is jitted in one place,
-the epoch built from it (`vae.train.epoch.compile_loop`), for training, the host feed and sweeps.
+parameter average, and returns the batch means of the loss and its parts, the gradient's global
+norm and whether the update was skipped. The key is `step_key(seed, step)`: a pure function of the
+run's seed and the step counter, so a resumed run repeats an uninterrupted one. What is compiled in
+(the model's graph, the objective, the optimizer's transforms, the steps per epoch) is bound by
+`make_train_step`; the numbers come from `hyper` (constants, or traced for a sweep's members). The
+step is jitted in one place, the epoch built from it (`vae.train.epoch`).
+
+Update skipping (as in VDVAE): an update whose gradient norm is not finite, or above
+`train.skip_threshold` where that is > 0, is not applied: the parameters, the optimizer's state and
+the parameter average stay as they were, and the step counter still advances (the next batch gets
+its own key and learning rate). The epoch counts them (`train/skipped_updates`).
 """
 
 import functools
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import nnx
@@ -29,10 +35,17 @@ def step_key(seed, step) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(root_key(seed), STEP), step)
 
 
+def skip_update(grad_norm: jax.Array, threshold) -> jax.Array:
+    """Whether an update with this gradient norm is skipped: a norm that is not finite, or above a
+    threshold > 0."""
+    return ~jnp.isfinite(grad_norm) | ((threshold > 0) & (grad_norm > threshold))
+
+
 def train_step(state: TrainState, x_u8_BxD: jax.Array, key: jax.Array, hyper: Hyper, *,
                graphdef: nnx.GraphDef, config: ml_collections.ConfigDict, steps_per_epoch: int,
                dynamic: bool) -> tuple[TrainState, dict]:
-    """One optimiser step on one batch; metrics: loss, rec, kl, elbo (and iwae) batch means, beta."""
+    """One optimiser step on one batch; metrics: loss, rec, kl, elbo (and iwae) batch means, beta,
+    grad_norm (global, before any clipping) and skipped (1.0 where the update was skipped)."""
     t = config.train
     binarize_key, sample_key = jax.random.split(key)
     x_BxD = pixels.to_model_input(x_u8_BxD, binarize_key if dynamic else None)
@@ -44,6 +57,8 @@ def train_step(state: TrainState, x_u8_BxD: jax.Array, key: jax.Array, hyper: Hy
                                         num_samples=t.num_samples)
 
     grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
+    grad_norm = optax.tree.norm(grads)
+    skipped = skip_update(grad_norm, hyper.skip_threshold)
     tx = make_optimizer(t, steps_per_epoch, hyper)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -52,7 +67,11 @@ def train_step(state: TrainState, x_u8_BxD: jax.Array, key: jax.Array, hyper: Hy
         decay = ema_decay_at(hyper.ema_decay, state.step)
         ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
         metrics = metrics | {"ema_decay": decay}
-    return TrainState(state.step + 1, params, opt_state, ema), metrics | {"beta": beta_t}
+    new = TrainState(state.step + 1, params, opt_state, ema)
+    kept = jax.tree.map(lambda old, update: jnp.where(skipped, old, update), tuple(state)[1:],
+                        tuple(new)[1:])
+    return (TrainState(state.step + 1, *kept),
+            metrics | {"beta": beta_t, "grad_norm": grad_norm, "skipped": skipped.astype(jnp.float32)})
 
 
 def make_train_step(graphdef, config: ml_collections.ConfigDict, steps_per_epoch: int, dynamic: bool):

@@ -39,12 +39,13 @@ _VERSIONED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-
 _RESUME_KEYS = ("model", "data.name", "data.binarize", "data.train_split", "seed")
 # Config fields added after workdirs were first written, with the value an older run had without
 # them: an old config.json reads (and resumes) as if it named them.
-_ADDED_FIELDS = {"model.mixture_components": 5, "model.num_layers": 8, "model.latent_dims": [],
+_ADDED_FIELDS = {"model.mixture_components": 5, "train.skip_threshold": 0.0, "data.channels": "keep",
+                 "data.background": "", "model.num_layers": 8, "model.latent_dims": [],
                  "model.latent_channels": 8, "model.ladder_merge": "residual", "model.bottleneck": 0.5}
-# Fields of that kind added later (a folder's image size and split fractions): compared where the
-# workdir's config.json records them, so a workdir that predates them still resumes.
+# Fields of that kind added later (a folder's image size, split fractions and conversions): compared
+# where the workdir's config.json records them, so a workdir that predates them still resumes.
 _RESUME_KEYS_WHERE_RECORDED = ("data.image_size", "data.folder_validation_fraction",
-                               "data.folder_test_fraction")
+                               "data.folder_test_fraction", "data.channels", "data.background")
 
 
 class WorkdirError(Exception):

@@ -1,11 +1,12 @@
 """TensorBoard event files of a run, in WORKDIR/tensorboard/ (`tensorboard --logdir runs`).
 
 Written with tensorboardX, which needs no TensorFlow. Per epoch: every number of the epoch's
-metrics record as a scalar, and every list (the per-dimension KL of factorised priors) as a
-histogram; every `IMAGES_EVERY` epochs, and at the first and last, a grid of prior samples and
-of test images beside their reconstructions. The x axis is the epoch. `metrics.jsonl` stays the
-record of truth: these files are a view of it, and a resumed run first hides the events of the
-epochs it will train again (tensorboardX's `purge_step`).
+metrics record as a scalar (`tag`: the timings under time/, the best epoch under val/, so the
+dashboard opens on the test split's figures), and every list (the per-dimension KL of factorised
+priors) as a histogram; every `IMAGES_EVERY` epochs, and at the first and last, a grid of prior
+samples and of test images beside their reconstructions. The x axis is the epoch.
+`metrics.jsonl` stays the record of truth: these files are a view of it, and a resumed run first
+hides the events of the epochs it will train again (tensorboardX's `purge_step`).
 
 TensorBoard is a view: a failure to write its files (a full disk, a removed directory) is
 reported once and the run goes on; `metrics.jsonl` and the checkpoints fail loudly instead.
@@ -76,12 +77,12 @@ class Board:
 
     def _metrics(self, record: dict, epoch: int) -> None:
         for key, value in record.items():
-            if isinstance(value, bool) or key == "epoch":
+            if isinstance(value, bool) or key in ("epoch", "step"):  # the x axis, and what it implies
                 continue
             if isinstance(value, int | float) and math.isfinite(value):
-                self.writer.add_scalar(key, value, epoch)
+                self.writer.add_scalar(tag(key), value, epoch)
             elif isinstance(value, list) and value:
-                self.writer.add_histogram(key, np.asarray(value, np.float64), epoch)
+                self.writer.add_histogram(tag(key), np.asarray(value, np.float64), epoch)
 
     def _images(self, params, epoch: int) -> None:
         flat = self.test_images.reshape(len(self.test_images), -1)
@@ -99,6 +100,17 @@ class Board:
             self._guard("close", self.writer.close)
 
 
+def tag(key: str) -> str:
+    """The TensorBoard tag of a metrics key: timings and throughputs under time/ (they would sort
+    first ungrouped), the best epoch's figures under val/ (where they belong); the rest as in
+    metrics.jsonl."""
+    if key.endswith("_time_sec") or key.endswith("images_per_sec"):
+        return "time/" + key.replace("/", "_")
+    if key.startswith("best/"):
+        return "val/best_" + key.removeprefix("best/").replace("/", "_")
+    return key
+
+
 def _formats(grid: np.ndarray) -> str:
     return "HW" if grid.ndim == 2 else "HWC"
 
@@ -108,18 +120,27 @@ def _grid(means: np.ndarray, ncols: int) -> np.ndarray:
     return np.round(images.image_grid(np.clip(means, 0.0, 1.0), ncols) * 255.0).astype(np.uint8)
 
 
+class _Closed:
+    """Stands in for the event writer of a file that can no longer be written: tensorboardX closes
+    every writer again at exit (an atexit hook), which would print a traceback per failed flush."""
+
+    def add_event(self, *args, **kwargs) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _abandon(writer) -> None:
-    """Closes a writer whose files can no longer be written, for good: tensorboardX flushes every
-    writer again at exit (an atexit hook) and would print a traceback per failed flush, so its
-    event files are marked closed even where closing them fails (no public call does this)."""
+    """Closes a writer whose files can no longer be written, for good (its file writers' event
+    writers replaced by `_Closed`, so nothing flushes them again at exit)."""
     if writer is None:
         return
     file_writers = list((getattr(writer, "all_writers", None) or {}).values())  # close() drops them
     with contextlib.suppress(Exception):
         writer.close()
     for file_writer in file_writers:
-        event_writer = getattr(file_writer, "event_writer", None)
-        if event_writer is not None:
-            with contextlib.suppress(Exception):
-                event_writer._worker.stop()  # noqa: SLF001
-            event_writer._closed = True  # noqa: SLF001
+        file_writer.event_writer = _Closed()

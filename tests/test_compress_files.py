@@ -1,0 +1,304 @@
+"""Image files through scripts/compress.py and scripts/decompress.py: PNG folders (sub-folders,
+grey and colour with conversion) back pixel for pixel under their names, a JPEG back as a PNG of
+its pixels, the size of one image's file, and every bad input as one line, exit status 2 and
+nothing written."""
+
+import math
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import run_in_process, tiny_config
+from vae.coding import codec, container, first_image, names
+from vae.coding.host import host_model
+from vae.data import dataset
+from vae.train import loop
+from vae.workdir import files
+
+
+@pytest.fixture(scope="module")
+def binary_run(tmp_path_factory, fashion_mnist):
+    """A 2-epoch tiny Bernoulli run on 1,024 Fashion-MNIST images (28 x 28 grey, binarised)."""
+    path = tmp_path_factory.mktemp("binary_run")
+    loop.train_and_evaluate(tiny_config(), path, progress=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def test_images(binary_run):
+    images, _ = dataset.load_test_set(files.read_config(binary_run).data)
+    return images[..., 0]  # 0/255, 28 x 28
+
+
+def smooth_colour_images(count, seed=0):
+    """8 x 8 colour images a JPEG keeps close: ramps of random slopes and offsets."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:8, 0:8]
+    slopes, offsets = rng.uniform(-12, 12, (count, 3, 2)), rng.uniform(40, 200, (count, 3))
+    ramps = offsets[:, :, None, None] + slopes[:, :, 0, None, None] * y + slopes[:, :, 1, None, None] * x
+    return np.clip(ramps, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+@pytest.fixture(scope="module")
+def colour_run(tmp_path_factory):
+    """A 1-epoch tiny 8-bit run (2-component logistic mixture) on a folder that mixes grey and
+    colour 8 x 8 images, trained with data.channels=rgb."""
+    root = tmp_path_factory.mktemp("colour_images")
+    for i, image in enumerate(smooth_colour_images(48)):
+        Image.fromarray(image if i % 3 else image[..., 0]).save(root / f"{i:02d}.png")
+    config = tiny_config(data__binarize="none", model__likelihood="logistic_mixture",
+                         model__mixture_components=2, train__num_epochs=1, train__batch_size=8,
+                         eval__batch_size=8, eval__kl_split_examples=4)
+    config.data.name, config.data.channels = f"folder:{root}", "rgb"
+    config.data.folder_test_fraction, config.data.train_split, config.data.test_split = 0.25, "train", "test"
+    path = tmp_path_factory.mktemp("colour_run")
+    loop.train_and_evaluate(config, path, progress=False)
+    return path
+
+
+def ok(result):
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
+def one_line_error(result, match, *unwritten):
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert match in lines[0], lines[0]
+    for path in unwritten:
+        assert not os.path.exists(path), path
+
+
+def compress(workdir, out, *args):
+    return run_in_process("compress.py", "--workdir", workdir, "--out", out, "--noprogress", *args)
+
+
+def decompress(workdir, file, out, *args):
+    return run_in_process("decompress.py", "--workdir", workdir, file, "--out", out, "--noprogress", *args)
+
+
+def pixels_of(path, mode=None):
+    with Image.open(path) as image:
+        return np.asarray(image.convert(mode) if mode else image)
+
+
+def test_a_png_folder_round_trips_with_sub_folders_and_grey_from_colour(binary_run, test_images, tmp_path):
+    """Grey PNGs at the top and in sub-folders, and a colour PNG coded by the grey model with
+    --channels grey: each comes back under its relative path, pixel for pixel (the colour one
+    as the grey it was coded as)."""
+    source = tmp_path / "photos"
+    (source / "shirts" / "long").mkdir(parents=True)
+    paths = ["a.png", "b.png", "shirts/0001.png", "shirts/0002.png", "shirts/long/x y.png"]
+    for path, image in zip(paths, test_images):
+        Image.fromarray(image).save(source / path)
+    Image.fromarray(np.repeat(test_images[5][..., None], 3, axis=2)).save(source / "shirts" / "colour.png")
+    coded, restored = tmp_path / "photos.bbans", tmp_path / "restored"
+    one_line_error(compress(binary_run, coded, "--images", source), "--channels grey converts", coded)
+    figures = ok(compress(binary_run, coded, "--images", source, "--channels", "grey"))
+    ok(decompress(binary_run, coded, restored))
+    written = sorted(str(p.relative_to(restored)) for p in restored.rglob("*.png"))
+    assert written == sorted([*paths, "shirts/colour.png"])
+    for path, image in zip(paths, test_images):
+        np.testing.assert_array_equal(pixels_of(restored / path), pixels_of(source / path))
+        np.testing.assert_array_equal(pixels_of(restored / path), image)
+    np.testing.assert_array_equal(pixels_of(restored / "shirts" / "colour.png"), test_images[5])
+    assert '"images": 6' in figures.stdout
+
+
+def test_a_jpeg_comes_back_as_a_png_of_its_pixels(binary_run, test_images, tmp_path):
+    """A JPEG (here one a Bernoulli model can code: black, which JPEG keeps exactly) comes back as
+    a PNG of its decoded pixels under its name with .png, and the output says so."""
+    source = tmp_path / "in"
+    source.mkdir()
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(source / "dark.jpg", quality=90)
+    Image.fromarray(test_images[0]).save(source / "shirt.png")
+    coded, restored = tmp_path / "in.bbans", tmp_path / "restored"
+    ok(compress(binary_run, coded, "--images", source))
+    result = ok(decompress(binary_run, coded, restored))
+    assert "dark.jpg was a JPEG: written back as PNG (its decoded pixels, exactly), as dark.png" in (
+        result.stderr)
+    assert sorted(p.name for p in restored.iterdir()) == ["dark.png", "shirt.png"]
+    np.testing.assert_array_equal(pixels_of(restored / "dark.png"), pixels_of(source / "dark.jpg"))
+    Image.fromarray(test_images[1]).save(source / "dark.png")  # would come back under dark.jpg's name
+    one_line_error(compress(binary_run, tmp_path / "x.bbans", "--images", source),
+                   "dark.jpg and dark.png would both be decompressed as dark.png")
+
+
+@pytest.mark.slow  # trains an 8-bit model; grey to colour and JPEGs are quick-tested with the others
+def test_an_8_bit_colour_folder_and_a_jpeg(colour_run, tmp_path):
+    """A colour PNG back exactly, a grey PNG back as the RGB it was coded as (--channels rgb), a
+    JPEG back as a PNG of its decoded pixels, which the output says."""
+    source = tmp_path / "mixed"
+    source.mkdir()
+    colour, grey, photo = smooth_colour_images(3, seed=5)
+    Image.fromarray(colour).save(source / "colour.png")
+    Image.fromarray(grey[..., 0]).save(source / "grey.png")
+    Image.fromarray(photo).save(source / "photo.jpg", quality=90)
+    coded, restored = tmp_path / "mixed.bbans", tmp_path / "restored"
+    ok(compress(colour_run, coded, "--images", source, "--channels", "rgb"))
+    result = ok(decompress(colour_run, coded, restored))
+    assert "photo.jpg was a JPEG: written back as PNG" in result.stderr
+    assert sorted(p.name for p in restored.iterdir()) == ["colour.png", "grey.png", "photo.png"]
+    np.testing.assert_array_equal(pixels_of(restored / "colour.png"), colour)
+    np.testing.assert_array_equal(pixels_of(restored / "grey.png"), pixels_of(source / "grey.png", "RGB"))
+    np.testing.assert_array_equal(pixels_of(restored / "photo.png"), pixels_of(source / "photo.jpg"))
+    assert not np.array_equal(pixels_of(source / "photo.jpg"), photo)  # the JPEG's pixels, not the original's
+
+
+def test_one_image_costs_three_header_bytes_and_about_its_elbo(binary_run, test_images, tmp_path):
+    """One binarised image alone: the file is the 3-byte header, then a stack about as long as its
+    two-part code plus the 32-bit checksum (the first image pays no bits-back start-up)."""
+    loaded = codec.load(binary_run)
+    host = host_model(loaded.model, 1)
+    sizes, elbo_bits = [], []
+    for image in test_images[:10]:
+        data, figures = codec.compress(loaded, image[None], progress=False, host=host)
+        assert figures["header_bytes"] == 3 and figures["ramp"] == []
+        sizes.append(len(data))
+        elbo_bits.append(figures["first_image_elbo_bits"])
+        decoded, _ = codec.decode(codec.open_file(binary_run, data, "f"), progress=False)
+        np.testing.assert_array_equal(decoded[0], image)
+    excess_bits = 8 * np.mean(sizes) - np.mean(elbo_bits)
+    # The header (24 bits), the checksum (32), the two-part code's excess over the -ELBO and
+    # the last word's rounding: 76 bits over the -ELBO at the posterior mean with this run.
+    assert 24 + 32 < excess_bits < 24 + 32 + 40, excess_bits
+    png = tmp_path / "shirt.png"
+    Image.fromarray(test_images[0]).save(png)
+    ok(compress(binary_run, tmp_path / "shirt.bbans", "--images", png))
+    named = (tmp_path / "shirt.bbans").stat().st_size
+    assert sizes[0] < named <= sizes[0] + 6  # its name, 'shirt.png', costs a few bytes
+    ok(decompress(binary_run, tmp_path / "shirt.bbans", tmp_path / "back.png"))
+    np.testing.assert_array_equal(pixels_of(tmp_path / "back.png"), test_images[0])
+
+
+def test_names_round_trip_on_the_stack():
+    import constriction
+
+    file_names = ["a.png", "a.png.png", "b/c.JPG", "b/c2.jpeg", "b/d", "ü/é é.png", "z" * 300]
+    coder = constriction.stream.stack.AnsCoder()
+    names.push(coder, file_names)
+    bits = coder.num_valid_bits()
+    popped = names.pop(constriction.stream.stack.AnsCoder(coder.get_compressed()), len(file_names))
+    assert popped == file_names
+    coder = constriction.stream.stack.AnsCoder()
+    numbered = [f"shirts/{i:04d}.png" for i in range(200)]
+    names.push(coder, numbered)
+    assert coder.num_valid_bits() / 200 < 16 and bits > 0  # front coding: under 2 bytes a numbered name
+    for bad in ("/abs.png", "../up.png", "a//b.png", "a/./b.png", ""):
+        with pytest.raises(names.NamesError, match="relative path"):
+            names.check_name(bad)
+
+
+def test_the_first_image_code_codes_only_used_dimensions():
+    """A model whose encoder ignores x for some dimensions (q = p there) leaves them out."""
+    from vae.coding.host import HostModel
+
+    used = np.array([True, False, True, False])
+    std = np.where(used, 0.1, 1.0)[None]
+    host = HostModel(
+        num_layers=1, latent_dim=4, num_pixels=3, block_size=1,
+        posterior=lambda layer, x, upper: (np.zeros((len(x), 4)), std.repeat(len(x), 0)),
+        conditional_prior=None, pixel_probabilities=lambda zs: np.full((len(zs[0]), 3), 0.5))
+    plan = first_image.plan(host)
+    np.testing.assert_array_equal(plan.masks[0], used)
+    np.testing.assert_allclose(plan.widths[0][used], first_image.BIN_WIDTH * 0.1)
+
+
+# --- bad input: one line, exit status 2, nothing written ------------------------------------------
+
+
+def test_images_of_another_size_or_channel_count(binary_run, test_images, tmp_path):
+    Image.fromarray(np.zeros((32, 30), np.uint8)).save(tmp_path / "big.png")
+    out = tmp_path / "x.bbans"
+    one_line_error(compress(binary_run, out, "--images", tmp_path / "big.png"),
+                   "big.png is 32x30 grey (1 channel); the model codes 28x28 grey images: --image_size 28,28 "
+                   "resizes every image as it is read", out)
+    Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(tmp_path / "rgb.png")
+    one_line_error(compress(binary_run, out, "--images", tmp_path / "rgb.png"),
+                   "rgb.png is 28x28 colour (3 channels); the model codes 28x28 grey images: --channels grey",
+                   out)
+    Image.fromarray(np.where(np.zeros((32, 30)) == 0, 255, 0).astype(np.uint8)).save(tmp_path / "big.png")
+    ok(compress(binary_run, out, "--images", tmp_path / "big.png", "--image_size", "28,28"))
+
+
+def test_a_folder_with_another_file_an_empty_folder_and_a_truncated_png(binary_run, test_images, tmp_path):
+    folder, out = tmp_path / "photos", tmp_path / "x.bbans"
+    (folder / "sub").mkdir(parents=True)
+    one_line_error(compress(binary_run, out, "--images", folder), "no images in the folder", out)
+    Image.fromarray(test_images[0]).save(folder / "sub" / "a.png")
+    (folder / "sub" / "notes.txt").write_text("not an image")
+    one_line_error(compress(binary_run, out, "--images", folder),
+                   f"{folder}/sub/notes.txt is not a PNG or JPEG file: compress.py codes the .png", out)
+    (folder / "sub" / "notes.txt").unlink()
+    good = (folder / "sub" / "a.png").read_bytes()
+    (folder / "sub" / "a.png").write_bytes(good[:len(good) // 2])
+    one_line_error(compress(binary_run, out, "--images", folder), "a.png cannot be read as an image", out)
+    (folder / "sub" / "a.png").write_bytes(good)
+    alpha = np.dstack([test_images[0], np.full((28, 28), 128, np.uint8)])
+    Image.fromarray(alpha, "LA").save(folder / "sub" / "b.png")
+    one_line_error(compress(binary_run, out, "--images", folder), "b.png has transparent pixels: name a "
+                   "background colour", out)
+    (folder / "sub" / "b.png").unlink()
+    one_line_error(compress(binary_run, out, "--images", tmp_path / "absent.png"),
+                   "absent.png does not exist")
+
+
+def test_a_file_from_another_model_or_damaged(binary_run, test_images, tmp_path):
+    coded, out = tmp_path / "x.bbans", tmp_path / "out.npy"
+    ok(compress(binary_run, coded, "--images", write_npy(tmp_path / "x.npy", test_images[:30])))
+    other = decompress(binary_run, coded, out, "--epoch", 1)  # epoch 1's parameters
+    one_line_error(other, "was compressed by another model (model tag", out)
+    assert "its tag is that of epoch 2 of this run: pass --epoch 2" in other.stderr
+    data = coded.read_bytes()
+    mismatch = "did not decode to what was compressed (its checksum differs)"
+    for position, message in ((0, "is not a file written by scripts/compress.py"), (len(data) // 2, mismatch),
+                              (len(data) - 1, mismatch)):
+        damaged = bytearray(data)
+        damaged[position] ^= 0x10
+        (tmp_path / "damaged.bbans").write_bytes(bytes(damaged))
+        one_line_error(decompress(binary_run, tmp_path / "damaged.bbans", out), message, out)
+    damaged = bytearray(data)
+    damaged[2] = 0  # the writer's software: not listed
+    (tmp_path / "damaged.bbans").write_bytes(bytes(damaged))
+    result = decompress(binary_run, tmp_path / "damaged.bbans", out)
+    one_line_error(result, "it was written with software not listed in vae/coding/container.py; this "
+                   f"machine has {container.installed_versions()}", out)
+    assert container.software_versions(1) == "jax 0.10.2, jaxlib 0.10.2, constriction 0.5.0"
+    (tmp_path / "short.bbans").write_bytes(data[:2])
+    one_line_error(decompress(binary_run, tmp_path / "short.bbans", out), "is not a file written by", out)
+    (tmp_path / "old.bbans").write_bytes(b"VAEBBANS" + data)
+    one_line_error(decompress(binary_run, tmp_path / "old.bbans", out), "format of an earlier compress.py",
+                   out)
+
+
+def write_npy(path, array):
+    np.save(path, array)
+    return path
+
+
+def test_outputs_that_exist_are_refused_unless_overwrite(binary_run, test_images, tmp_path):
+    png = tmp_path / "a.png"
+    Image.fromarray(test_images[0]).save(png)
+    coded = tmp_path / "a.bbans"
+    coded.write_bytes(b"keep me")
+    one_line_error(compress(binary_run, coded, "--images", png), "a.bbans exists: pass --overwrite")
+    assert coded.read_bytes() == b"keep me"
+    ok(compress(binary_run, coded, "--images", png, "--overwrite"))
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    (restored / "a.png").write_bytes(b"keep me too")
+    one_line_error(decompress(binary_run, coded, restored), "a.png exists: pass --overwrite")
+    assert (restored / "a.png").read_bytes() == b"keep me too"
+    ok(decompress(binary_run, coded, restored, "--overwrite"))
+    np.testing.assert_array_equal(pixels_of(restored / "a.png"), test_images[0])
+
+
+def test_the_whole_set_header_records_count_block_size_and_ramp(binary_run, test_images):
+    data, figures = codec.compress(codec.load(binary_run), test_images[:250], progress=False)
+    header, _ = container.unpack(data, "f")
+    assert header.count == 250 and header.block_size == 100 and header.ramp == tuple(figures["ramp"])
+    assert figures["header_bytes"] == 3 + 2 + 1 + 1 + 1 + len(header.ramp)
+    assert math.isclose(figures["bits_per_dim"], 8 * len(data) / (250 * 784))

@@ -1,0 +1,540 @@
+"""The docs (README.md and docs/**/*.md) against the code: every relative link and anchor
+resolves, every configs/*.py named exists, every `scripts/X.py --flag` named is a flag that script
+accepts (every --config.FIELD a field of its config), every command in a fenced `sh` block parses
+through its script's parser (nothing runs), `make` targets exist, the README stays within 200
+lines, no page tells the project's history, and the workdir's metrics table names every key a
+training writes.
+
+The checks are pure functions of a page's text that return the problems they find, so the tests
+below can show each one failing on a broken page as well as passing on the real ones. Flags are
+checked through each script's `build_parser()`; a script without one yet is reported as skipped.
+"""
+
+import contextlib
+import functools
+import importlib.util
+import io
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from conftest import REPO, script_module
+
+ROOT = Path(REPO)
+README_MAX_LINES = 200
+HISTORY = re.compile(r"last round|this round|previous round|when I ", re.IGNORECASE)
+FENCE = re.compile(r"^(```|~~~)[ \t]*([\w+-]*)[^\n]*\n(.*?)^\1[ \t]*$", re.M | re.S)
+INLINE_CODE = re.compile(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)", re.S)
+LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\[\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+HTML_LINK = re.compile(r"\b(?:src|href)=\"([^\"]+)\"")
+HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t]*#*[ \t]*$", re.M)
+EXPLICIT_ANCHOR = re.compile(r"<a\s+(?:id|name)=\"([^\"]+)\"")
+CONFIG_FILE = re.compile(r"(?<![\w/.-])configs/([\w-]+)\.py\b")
+SCRIPT_FILE = re.compile(r"(?<![\w/.-])scripts/([\w-]+)\.py\b")
+FIELD = re.compile(r"^(?:seed|(?:data|model|train|eval)(?:\.\w+)+)(?==|$)")
+NOT_FIELDS = (".py", ".json", ".jsonl", ".md", ".png", ".npy", ".npz")
+SHELL_SEPARATORS = ("&&", "||", ";", "|")
+REDIRECTIONS = (">", ">>", "<", "2>", "2>&1", "&>")
+CONFIG_SCRIPTS = ("train.py", "sweep.py")  # take --config FILE and --config.FIELD=VALUE
+DEFAULT_CONFIG = "configs/default.py"
+
+
+def pages(root: Path = ROOT) -> list[Path]:
+    """README.md and every Markdown page under docs/."""
+    return [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+
+
+def without_fences(text: str) -> str:
+    """The text with its fenced code blocks blanked (line numbers kept)."""
+    return FENCE.sub(lambda m: "\n" * m.group(0).count("\n"), text)
+
+
+def prose(text: str) -> str:
+    """The text outside code: fenced blocks and inline code blanked."""
+    return INLINE_CODE.sub(lambda m: " " * len(m.group(0)), without_fences(text))
+
+
+def sh_blocks(text: str) -> list[str]:
+    """The bodies of the fenced blocks marked `sh` (or `bash`, `shell`)."""
+    return [m.group(3) for m in FENCE.finditer(text) if m.group(2) in ("sh", "bash", "shell")]
+
+
+def inline_code(text: str) -> list[str]:
+    """The inline code spans outside the fenced blocks, on one line each."""
+    return [" ".join(m.group(2).split()) for m in INLINE_CODE.finditer(without_fences(text))]
+
+
+# Links and anchors
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading: its text, lower case, without punctuation, spaces as hyphens."""
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # a link's text
+    text = re.sub(r"<[^>]+>", "", text).replace("`", "").replace("*", "")
+    return re.sub(r"[^\w\- ]", "", text.strip().lower()).replace(" ", "-")
+
+
+def anchors(text: str) -> set[str]:
+    """The anchors a page defines: one per heading (duplicates get -1, -2, ...), and <a id=...>."""
+    found, seen = set(EXPLICIT_ANCHOR.findall(text)), {}
+    for match in HEADING.finditer(without_fences(text)):
+        base = slug(match.group(2))
+        count = seen.get(base, 0)
+        seen[base] = count + 1
+        found.add(base if count == 0 else f"{base}-{count}")
+    return found
+
+
+def link_problems(page: Path, text: str, root: Path = ROOT) -> list[str]:
+    """Relative links (and images) of `text` whose file or anchor does not exist."""
+    problems = []
+    body = prose(text)
+    for target in [*LINK.findall(body), *HTML_LINK.findall(body)]:
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.I):  # http:, https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        file = (page.parent / path).resolve() if path else page
+        if not file.exists():
+            problems.append(f"{page.relative_to(root)}: link {target}: {path} does not exist")
+        elif anchor and file.suffix == ".md" and anchor not in anchors(file.read_text()):
+            problems.append(f"{page.relative_to(root)}: link {target}: {file.relative_to(root)} has no "
+                            f"heading with the anchor #{anchor}")
+    return problems
+
+
+# Configs and their fields
+
+
+@functools.cache
+def load_config(relative: str):
+    """The ConfigDict of a config file, by its path from the repository root."""
+    spec = importlib.util.spec_from_file_location(f"docs_config_{Path(relative).stem}", ROOT / relative)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def has_field(config, dotted: str) -> bool:
+    node = config
+    for part in dotted.split("."):
+        if not hasattr(node, "keys") or part not in node.keys():
+            return False
+        node = node[part]
+    return True
+
+
+def any_config_has(dotted: str, root: Path = ROOT) -> bool:
+    return any(has_field(load_config(str(p.relative_to(root))), dotted)
+               for p in sorted((root / "configs").glob("*.py")) if p.name != "__init__.py")
+
+
+def config_problems(page: Path, text: str, root: Path = ROOT) -> list[str]:
+    """configs/*.py files named that do not exist, and `data.x`-style fields named in inline code
+    that no config has."""
+    problems = [f"{page.relative_to(root)}: configs/{name}.py does not exist"
+                for name in sorted(set(CONFIG_FILE.findall(text)))
+                if not (root / "configs" / f"{name}.py").is_file()]
+    for span in inline_code(text):
+        match = FIELD.match(span)
+        if match and not match.group(0).endswith(NOT_FIELDS) and not any_config_has(match.group(0), root):
+            problems.append(f"{page.relative_to(root)}: `{span}`: no config has the field {match.group(0)}")
+    return problems
+
+
+# Scripts and their flags
+
+
+def script_names(root: Path = ROOT) -> set[str]:
+    return {p.name for p in (root / "scripts").glob("*.py")}
+
+
+def script_problems(page: Path, text: str, root: Path = ROOT) -> list[str]:
+    """scripts/*.py files named that do not exist."""
+    return [f"{page.relative_to(root)}: scripts/{name}.py does not exist"
+            for name in sorted(set(SCRIPT_FILE.findall(text)))
+            if not (root / "scripts" / f"{name}.py").is_file()]
+
+
+def script_of(word: str, names: set[str]) -> str | None:
+    """The script a command word names (`scripts/train.py`, `./scripts/train.py`, `train.py`)."""
+    name = word.removeprefix("./").removeprefix("scripts/")
+    return name if name in names and "/" not in name else None
+
+
+def parser_of(name: str, root: Path = ROOT):
+    """scripts/<name>'s build_parser(), or None where the script has none yet."""
+    if "def build_parser(" not in (root / "scripts" / name).read_text():
+        return None
+    return script_module(name).build_parser()
+
+
+def option_names(parser) -> set[str]:
+    return set(parser._option_string_actions)  # every spelling of every option
+
+
+def config_path_of(args: list[str]) -> str:
+    """The --config FILE among `args` (the scripts' default where none is given)."""
+    for i, arg in enumerate(args):
+        if arg == "--config" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return DEFAULT_CONFIG
+
+
+def flag_name_problems(name: str, args: list[str], parsers, where: str) -> list[str]:
+    """The flags among `args` (words of a command, placeholders allowed) that script `name` does
+    not accept, and --config.FIELD overrides that its config lacks."""
+    if name == "launch_local.py" and "--" in args:  # the rest goes to scripts/train.py
+        split = args.index("--")
+        return (flag_name_problems(name, args[:split], parsers, where)
+                + flag_name_problems("train.py", args[split + 1:], parsers, where))
+    problems = []
+    for word in args:
+        word = word.strip("[]()|,;")
+        if not word.startswith("--") or word == "--":
+            continue
+        flag = word.split("=", 1)[0]
+        if flag.startswith("--config.") and name in CONFIG_SCRIPTS:
+            config = config_path_of(args)
+            if (ROOT / config).is_file() and not has_field(load_config(config), flag[len("--config."):]):
+                problems.append(f"{where}: {name} {flag}: {config} has no field {flag[len('--config.'):]}")
+            continue
+        parser = parsers(name)
+        if parser is not None and flag not in option_names(parser):
+            problems.append(f"{where}: {name} has no flag {flag}")
+    return problems
+
+
+def parse_problem(name: str, args: list[str], parsers, where: str) -> list[str]:
+    """What `build_parser().parse_args(args)` of script `name` says against `args`, if anything."""
+    if name == "launch_local.py" and "--" in args:
+        split = args.index("--")
+        return (parse_problem(name, args[:split], parsers, where)
+                + parse_problem("train.py", args[split + 1:], parsers, where))
+    parser = parsers(name)
+    if parser is None:
+        return flag_name_problems(name, args, parsers, where)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            parser.parse_args(args)
+        except SystemExit as e:
+            if e.code not in (0, None):  # --help exits 0
+                message = err.getvalue().strip().splitlines() or [f"exit status {e.code}"]
+                return [f"{where}: python scripts/{name} {shlex.join(args)}: {message[-1]}"]
+    return []
+
+
+def commands(block: str) -> list[list[str]]:
+    """The commands of an sh block: continuation lines joined, comments dropped, split at ;, &&,
+    || and |; quoted arguments that are commands themselves (ssh --command "...") added."""
+    found = []
+    for line in block.replace("\\\n", " ").splitlines():
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError:
+            words = line.split()
+        command = []
+        for word in [*words, ";"]:
+            if word in SHELL_SEPARATORS:
+                if command:
+                    found.append(command)
+                command = []
+            else:
+                command.append(word)
+            if " " in word and "scripts/" in word:
+                found.extend(commands(word))
+    return found
+
+
+def command_problems(words: list[str], parsers, makefile_targets: set[str], where: str,
+                     names: set[str]) -> list[str]:
+    """A shell command's problems: its script's parser refuses its arguments, or `make TARGET`
+    names no target of the Makefile."""
+    while words and re.match(r"^[A-Za-z_]\w*=", words[0]):  # VAR=value before the command
+        words = words[1:]
+    if not words:
+        return []
+    if words[0] == "make":
+        return [f"{where}: make {t}: no such target in the Makefile"
+                for t in words[1:] if "=" not in t and not t.startswith("-") and t not in makefile_targets]
+    for i, word in enumerate(words):
+        name = script_of(word, names)
+        if name is None:
+            continue
+        args = []
+        for arg in words[i + 1:]:
+            if arg in REDIRECTIONS or arg.startswith((">", "2>")):
+                break
+            args.append(arg)
+        # Exact names first: argparse would take an abbreviation (--iw_sample) for the flag.
+        return flag_name_problems(name, args, parsers, where) or parse_problem(name, args, parsers, where)
+    return []
+
+
+def makefile_targets(root: Path = ROOT) -> set[str]:
+    return set(re.findall(r"^([\w.-]+)\s*:(?!=)", (root / "Makefile").read_text(), re.M))
+
+
+def flag_problems(page: Path, text: str, parsers, root: Path = ROOT) -> list[str]:
+    """Every command of the page's sh blocks parsed by its script's parser, and every flag named
+    in inline code after a script's name accepted by that script."""
+    names, targets, where = script_names(root), makefile_targets(root), str(page.relative_to(root))
+    problems = []
+    for block in sh_blocks(text):
+        for words in commands(block):
+            problems += command_problems(words, parsers, targets, where, names)
+    for span in inline_code(text):
+        try:
+            words = shlex.split(span)
+        except ValueError:
+            words = span.split()
+        for i, word in enumerate(words):
+            name = script_of(word, names)
+            if name is not None:
+                problems += flag_name_problems(name, words[i + 1:], parsers, where)
+                break
+    return problems
+
+
+# The metrics table of docs/training.md
+
+
+def table_keys(text: str, heading: str) -> set[str]:
+    """The names in backticks in the first column of the table under `heading`."""
+    section = text.split(heading, 1)[1]
+    section = re.split(r"^#{1,6} ", section, maxsplit=1, flags=re.M)[0]
+    keys = set()
+    for line in section.splitlines():
+        if line.startswith("|") and not line.startswith("| ---"):
+            first = re.split(r"(?<!\\)\|", line)[1]
+            keys.update(re.findall(r"`([^`]+)`", first))
+    return keys
+
+
+METRICS_PAGE = ROOT / "docs" / "training.md"
+METRICS_HEADING = "## metrics.jsonl: one line per epoch"
+
+
+# The tests
+
+
+def _script_parsers():
+    cache = {}
+
+    def parsers(name):
+        if name not in cache:
+            cache[name] = parser_of(name)
+        return cache[name]
+
+    return parsers
+
+
+def test_the_readme_is_short():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines; at most {README_MAX_LINES}"
+
+
+def test_the_readme_reaches_every_topic_page_in_one_click():
+    readme = (ROOT / "README.md").read_text()
+    index = (ROOT / "docs" / "README.md").read_text()
+    topics_section = re.split(r"^## ", index.split("## Topics", 1)[1], maxsplit=1, flags=re.M)[0]
+    topics = {t for t in LINK.findall(prose(topics_section)) if t.endswith(".md") and "/" not in t}
+    assert topics, "docs/README.md lists no pages"
+    for name in sorted(topics):
+        assert f"(docs/{name}" in readme, f"README.md does not link docs/{name}, which docs/README.md lists"
+
+
+@pytest.mark.parametrize("page", pages(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_and_anchor_resolves(page):
+    assert link_problems(page, page.read_text()) == []
+
+
+@pytest.mark.parametrize("page", pages(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_config_and_config_field_named_exists(page):
+    assert config_problems(page, page.read_text()) == []
+
+
+@pytest.mark.parametrize("page", pages(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_script_flag_named_is_accepted_and_every_sh_command_parses(page):
+    text = page.read_text()
+    assert script_problems(page, text) == []
+    assert flag_problems(page, text, _script_parsers()) == []
+
+
+def test_every_script_has_a_parser_the_docs_check():
+    """Every script's flags are checked through its build_parser()."""
+    missing = sorted(name for name in script_names()
+                     if "def build_parser(" not in (ROOT / "scripts" / name).read_text())
+    assert missing == []
+
+
+def test_every_flag_has_the_dashed_spelling_the_docs_promise():
+    """docs/configs.md: flags are spelt with underscores, and the dashed spelling is accepted too."""
+    assert "the dashed spelling (`--iw-samples`" in (ROOT / "docs" / "configs.md").read_text()
+    for name in sorted(script_names()):
+        parser = parser_of(name)
+        if parser is None:
+            continue
+        options = option_names(parser)
+        missing = [o for o in sorted(options) if o.startswith("--") and "_" in o
+                   and "--" + o[2:].replace("_", "-") not in options]
+        assert missing == [], f"scripts/{name}: no dashed spelling of {missing}"
+
+
+@pytest.mark.parametrize("page", pages(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_page_tells_the_projects_history(page):
+    text = page.read_text()
+    found = [f"line {text[:m.start()].count(chr(10)) + 1}: {m.group(0)!r}" for m in HISTORY.finditer(text)]
+    assert found == []
+
+
+def test_the_metrics_table_names_every_key_a_training_writes(tiny_run):
+    from vae.workdir import files
+
+    documented = table_keys(METRICS_PAGE.read_text(), METRICS_HEADING)
+    written = {key for record in files.read_metrics(tiny_run) for key in record}
+    assert {"epoch", "train/elbo", "test/elbo", "test/kl_per_dim"} <= written
+    missing = sorted(written - documented)
+    assert missing == [], f"docs/training.md's metrics table lacks {missing}"
+
+
+def test_the_metrics_table_names_the_keys_of_validation_the_kl_split_and_sweeps():
+    """Keys a tiny run does not write: from the names the code builds them of."""
+    from vae.train import evaluate
+    from vae.workdir import files
+
+    documented = table_keys(METRICS_PAGE.read_text(), METRICS_HEADING)
+    expected = {files.BEST_METRIC, "best/epoch", f"best/{files.BEST_METRIC}", "train/iwae",
+                "train/ema_decay", "compile_time_sec", "sweep/members", "sweep/images_per_sec"}
+    for prefix in ("test", "val"):
+        expected |= {f"{prefix}/{name}" for name in (*evaluate.KL_SPLIT_FIELDS, "dimwise_kl",
+                                                      "dimwise_kl_per_dim", "split_kl", "split_examples")}
+    assert expected - documented == set()
+    loop_source = (ROOT / "vae" / "train" / "loop.py").read_text()
+    assert '"sweep/members"' in loop_source and '"sweep/images_per_sec"' in loop_source
+
+
+# The checks catch what they should: each on a broken page.
+
+
+def _page(tmp_path, text, name="page.md"):
+    (tmp_path / "docs").mkdir(exist_ok=True)
+    (tmp_path / "configs").mkdir(exist_ok=True)
+    (tmp_path / "scripts").mkdir(exist_ok=True)
+    (tmp_path / "Makefile").write_text("train: data\n\tpython x\ntest:\n")
+    page = tmp_path / "docs" / name
+    page.write_text(text)
+    return page
+
+
+def test_a_broken_link_or_anchor_is_found(tmp_path):
+    page = _page(tmp_path, "# Title\n\n## A section: with `code`\n\n"
+                           "[ok](#a-section-with-code) [ok](other.md#two)\n"
+                           "[missing](nowhere.md) [bad anchor](other.md#three) ![pic](gone.png)\n"
+                           "`[in code](nowhere.md)`\n\n```sh\n# [in a block](nowhere.md)\n```\n")
+    (tmp_path / "docs" / "other.md").write_text("# One\n\n## Two\n")
+    problems = link_problems(page, page.read_text(), tmp_path)
+    assert len(problems) == 3, problems
+    assert "nowhere.md does not exist" in problems[0]
+    assert "docs/other.md has no heading with the anchor #three" in problems[1]
+    assert "gone.png does not exist" in problems[2]
+
+
+def test_recorded_commands_lose_only_their_progress_flag():
+    """The results tables show commands that run with today's scripts (`vae.analysis.results`)."""
+    from vae.analysis.results import reproducing_command
+
+    for flag in ("--progress=false", "--noprogress", "--no-progress", "--no_progress", "--progress"):
+        assert reproducing_command(f"scripts/train.py --config c.py {flag} --workdir w --config.x=1") == (
+            "scripts/train.py --config c.py --workdir w --config.x=1")
+    kept = "scripts/train.py --config.train.progress=1 --progress_bar 'a b'"
+    assert reproducing_command(kept) == kept
+
+
+def test_github_anchors():
+    assert slug("Compression: the KL term in real bits") == "compression-the-kl-term-in-real-bits"
+    assert slug("metrics.jsonl: one line per epoch") == "metricsjsonl-one-line-per-epoch"
+    assert slug("Sweeps: K VAEs at once, and the rate–distortion picture") == (
+        "sweeps-k-vaes-at-once-and-the-ratedistortion-picture")
+    assert slug("`make train` and **β**") == "make-train-and-β"
+    assert anchors("# A\n## A\n```sh\n# not a heading\n```\n") == {"a", "a-1"}
+
+
+def test_a_missing_config_or_field_is_found(tmp_path):
+    page = _page(tmp_path, "`configs/default.py`, `configs/nonesuch.py`; `train.beta=4`, `train.betta`, "
+                           "`eval.json`, `train.py`\n")
+    (tmp_path / "configs" / "default.py").write_text((ROOT / "configs" / "default.py").read_text())
+    problems = config_problems(page, page.read_text(), tmp_path)
+    assert problems == ["docs/page.md: configs/nonesuch.py does not exist",
+                        "docs/page.md: `train.betta`: no config has the field train.betta"]
+
+
+class _Parsers:
+    """Parsers of two made-up scripts: `tool.py --workdir W [--iw_samples K]` and `train.py`."""
+
+    def __call__(self, name):
+        from vae import cli_flags
+
+        parser = cli_flags.ArgumentParser(prog=name)
+        parser.add_argument("--workdir", required=True)
+        if name == "tool.py":
+            parser.add_argument("--iw_samples", type=cli_flags.integer(1), default=5)
+        return parser
+
+
+def test_an_unknown_flag_a_bad_value_or_a_missing_target_is_found(tmp_path):
+    page = _page(tmp_path, "Run `scripts/tool.py --workdir W --iw_sample K` or `tool.py --iw-samples 3`.\n\n"
+                           "```sh\npython scripts/tool.py --workdir runs/x --iw_samples 0   # out of range\n"
+                           "python scripts/tool.py --iw_samples 3 && make train WORKDIR=x\n"
+                           "python scripts/tool.py --workdir runs/x \\\n    --iw-samples 7 > out.json\n"
+                           "make tests\n"
+                           "ssh host --command \"cd x && python scripts/tool.py --workdir y --bad\"\n```\n")
+    for name in ("tool.py", "train.py"):
+        (tmp_path / "scripts" / name).write_text("")
+    problems = flag_problems(page, page.read_text(), _Parsers(), tmp_path)
+    assert [p.split(": ", 1)[1] for p in problems] == [
+        "python scripts/tool.py --workdir runs/x --iw_samples 0: error: argument --iw_samples/--iw-samples: "
+        "must be an integer >= 1, got '0'; run with --help for usage",
+        "python scripts/tool.py --iw_samples 3: error: the following arguments are required: --workdir; "
+        "run with --help for usage",
+        "make tests: no such target in the Makefile",
+        "tool.py has no flag --bad",
+        "tool.py has no flag --iw_sample"], problems
+
+
+def test_config_overrides_are_checked_against_the_config_named(tmp_path):
+    page = _page(tmp_path, "`scripts/train.py --config configs/mlp_small.py --config.train.beta=2 "
+                           "--config.train.betta=2`\n")
+    (tmp_path / "scripts" / "train.py").write_text("")
+    problems = flag_problems(page, page.read_text(), lambda name: None, tmp_path)
+    assert problems == [
+        "docs/page.md: train.py --config.train.betta: configs/mlp_small.py has no field train.betta"]
+
+
+def test_the_metrics_table_is_read_from_its_first_column():
+    text = ("## metrics.jsonl: one line per epoch\n\n| key | in | what |\n| --- | --- | --- |\n"
+            "| `epoch` | all | the `step` is not a key here |\n"
+            "| `test/rec`, `val/rec` | x | −log p(x \\| z) |\n"
+            "\n## Next\n\n| `not/this` | x | y |\n")
+    assert table_keys(text, "## metrics.jsonl: one line per epoch") == {"epoch", "test/rec", "val/rec"}
+
+
+def _defaults(module, argv):
+    """A script's parsed flags for `argv`: through build_parser() where it has one, else parse()."""
+    if hasattr(module, "build_parser"):
+        return module.build_parser().parse_args(argv)
+    return module.parse(argv)
+
+
+def test_the_generators_write_into_pages_that_have_their_markers():
+    """make_docs.py's β table and speed_table.py's README table land between their markers."""
+    make_docs = script_module("make_docs.py")
+    speed_table = script_module("speed_table.py")
+    beta_page = ROOT / _defaults(make_docs, []).readme
+    assert beta_page.read_text().count(f"<!-- {make_docs.BETA_TABLE}:begin -->") == 1
+    speed = _defaults(speed_table, ["docs/bench/speed.json"])
+    assert (ROOT / speed.readme).read_text().count(f"<!-- {speed_table.SECTION}:begin -->") == 1
+    assert (ROOT / speed.out).is_file()
