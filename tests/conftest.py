@@ -1,17 +1,31 @@
 """Test set-up: 4 fake CPU devices (set before jax starts) and shared small runs."""
 
 import contextlib
+import fcntl
 import importlib.util
 import io
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
 import warnings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
+# The suite's time is mostly XLA compiling small programs that then run for milliseconds: LLVM's
+# optimisation passes are most of a CPU compile, so the suite compiles without them (-O0). That
+# halved the compile seconds of the same tests here, and made a few tests' compute slower; the
+# numbers agree with an optimised compile within float rounding (tests/test_pinned.py: rel 1e-5).
+# The scripts the tests start inherit it; `xla_flags` gives it to those that set their own device count.
+COMPILE_FLAGS = "--xla_backend_optimization_level=0"
+
+
+def xla_flags(num_devices: int) -> str:
+    """XLA_FLAGS for a process of the suite on `num_devices` fake CPU devices."""
+    return f"{COMPILE_FLAGS} --xla_force_host_platform_device_count={num_devices}"
+
+
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {xla_flags(4)}".strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # One persistent JAX compilation cache for the whole suite, its xdist workers, the scripts it
 # launches and the scripts a user runs: many tests compile the same small programs in fresh
@@ -84,19 +98,33 @@ def config_flags(cfg) -> list[str]:
     return [f"--config.{key}={value}" for key, value in leaves(cfg) if defaults[key] != value]
 
 
+def shared_temp_dir(tmp_path_factory) -> pathlib.Path:
+    """A directory every xdist worker of this session sees (the workers' base temp dirs' parent),
+    or this process's base temp dir without xdist."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, fashion_mnist):
     """A 2-epoch tiny run with a 2-D latent space (so every sample mode applies), trained by
-    scripts/train.py as a user trains one. Shared by the tests that read a trained run; a test
-    that changes one works on `copy_run(tiny_run, ...)`."""
-    path = tmp_path_factory.mktemp("tiny_run")
-    command = [sys.executable, os.path.join(REPO, "scripts", "train.py"), "--config",
-               os.path.join(REPO, "configs", "mlp_small.py"), "--workdir", str(path), "--noprogress",
-               *config_flags(tiny_config(model__latent_dim=2))]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300,
-                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "done: epoch 2" in result.stderr
+    scripts/train.py as a user trains one. Trained once per session, by the first xdist worker to
+    ask (the others wait on a lock): the tests only read it; a test that changes one works on
+    `copy_run(tiny_run, ...)`."""
+    shared = shared_temp_dir(tmp_path_factory)
+    path = shared / "tiny_run"
+    with open(shared / "tiny_run.lock", "w") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        if not (shared / "tiny_run.done").exists():
+            shutil.rmtree(path, ignore_errors=True)  # what a failed try by another worker left
+            command = [sys.executable, os.path.join(REPO, "scripts", "train.py"), "--config",
+                       os.path.join(REPO, "configs", "mlp_small.py"), "--workdir", str(path), "--noprogress",
+                       *config_flags(tiny_config(model__latent_dim=2))]
+            result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300,
+                                    env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+            assert result.returncode == 0, result.stderr[-2000:]
+            assert "done: epoch 2" in result.stderr
+            (shared / "tiny_run.done").touch()
     return path
 
 
@@ -147,28 +175,35 @@ def run_in_process(name: str, *args) -> subprocess.CompletedProcess:
 
 
 # --- Where the suite's time goes: compile seconds per test (opt-in) -----------------------------
-# VAE_COMPILE_REPORT=DIR writes DIR/compile-<worker>.json: for every test, the seconds XLA spent
-# compiling (or loading from the persistent cache) and how many programs. Run with an empty cache
-# (JAX_COMPILATION_CACHE_DIR=an empty directory) to see what a fresh machine's `make test` compiles.
+# VAE_COMPILE_REPORT=DIR writes DIR/compile-<worker>.json: for every test that ran on that worker,
+# [seconds XLA spent compiling (or loading from the persistent cache) in this process, programs
+# compiled, the test's own seconds (setup, call and teardown)]. Run with an empty cache
+# (JAX_COMPILATION_CACHE_DIR=an empty directory) to see what a fresh machine's `make test`
+# compiles; the per-worker totals show how `--dist loadfile` balanced the files.
 _COMPILE_REPORT = os.environ.get("VAE_COMPILE_REPORT")
-_compile_seconds: dict = {}
+_report: dict = {}
 _current_test = ["(collection)"]
 
 
 if _COMPILE_REPORT:
+    import time
+
     import jax.monitoring
 
     def _on_duration(event: str, duration: float, **kwargs) -> None:
         if event == "/jax/core/compile/backend_compile_duration":
-            seconds, count = _compile_seconds.get(_current_test[0], (0.0, 0))
-            _compile_seconds[_current_test[0]] = (seconds + duration, count + 1)
+            seconds, count, wall = _report.get(_current_test[0], (0.0, 0, 0.0))
+            _report[_current_test[0]] = (seconds + duration, count + 1, wall)
 
     jax.monitoring.register_event_duration_secs_listener(_on_duration)
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_protocol(item, nextitem):
         _current_test[0] = item.nodeid
+        start = time.perf_counter()
         yield
+        seconds, count, _ = _report.get(item.nodeid, (0.0, 0, 0.0))
+        _report[item.nodeid] = (seconds, count, time.perf_counter() - start)
 
     def pytest_sessionfinish(session):
         import json
@@ -176,4 +211,4 @@ if _COMPILE_REPORT:
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         os.makedirs(_COMPILE_REPORT, exist_ok=True)
         with open(os.path.join(_COMPILE_REPORT, f"compile-{worker}.json"), "w") as f:
-            json.dump(_compile_seconds, f, indent=1)
+            json.dump(_report, f, indent=1)

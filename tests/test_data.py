@@ -190,11 +190,11 @@ def test_preparing_and_training_never_import_tensorflow(tmp_path, fashion_mnist)
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.conftest import REPO, xla_flags
 
     if not prepare.DEBIAN_FASHION_MNIST_DIR.is_dir():
         pytest.skip("dataset-fashion-mnist is not installed")
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(1))
     result = subprocess.run([sys.executable, "-c", PREPARE_AND_TRAIN, str(tmp_path / "tfds"),
                              str(tmp_path / "run")], capture_output=True, text=True, cwd=REPO, env=env,
                             timeout=600)

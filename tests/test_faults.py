@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.conftest import REPO, copy_run, run_in_process, tiny_config, tiny_run_config
+from tests.conftest import REPO, copy_run, run_in_process, tiny_config, tiny_run_config, xla_flags
 from vae.train import loop, trained
 from vae.workdir import checkpoints, faults, files, lock
 
@@ -30,7 +30,7 @@ SMALL_RUN = ["--noprogress", "--config=configs/mlp_small.py", "--config.data.tra
 
 
 def run_train(path, *args, timeout=300):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS=xla_flags(1))
     return subprocess.run([sys.executable, os.path.join(REPO, "scripts", "train.py"), "--workdir", str(path),
                            *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout)
 
@@ -203,7 +203,7 @@ def test_a_failed_metrics_write_is_one_error_and_the_run_resumes_exactly(tmp_pat
 
 def test_a_workdir_removed_mid_run_stops_it_in_one_line(tmp_path, fashion_mnist):
     run = tmp_path / "run"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS=xla_flags(1))
     args = [a.replace("num_epochs=6", "num_epochs=50") for a in SMALL_RUN]
     process = subprocess.Popen([sys.executable, "scripts/train.py", "--workdir", str(run), *args], cwd=REPO,
                                env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)

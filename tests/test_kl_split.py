@@ -56,6 +56,12 @@ def split_summary(key, mean_NxZ, log_var_NxZ):
         key, mean_NxZ, log_var_NxZ, PRIOR.log_prob, num_samples=2, log_prior_per_dim=PRIOR.log_prob_per_dim))
 
 
+def split_terms(key, mean_NxZ, log_var_NxZ, log_prior=PRIOR.log_prob, **options):
+    """`kl_split.kl_split_terms` as one compiled program (op by op it compiles dozens)."""
+    return jax.jit(lambda k, m, v: kl_split.kl_split_terms(k, m, v, log_prior, **options))(
+        key, mean_NxZ, log_var_NxZ)
+
+
 def test_linear_gaussian_estimates_converge_to_closed_form():
     """The mean absolute error over 4 draws of the images shrinks as N grows (the images' own
     sampling error, about sqrt(Var / N), dominates the estimators' bias here)."""
@@ -87,8 +93,8 @@ def test_mutual_info_estimates_bracket_the_true_information_and_stay_below_log_n
 
 def test_parts_add_up_exactly_on_the_same_draws():
     mean_NxZ, log_var_NxZ = LinearGaussian().posteriors(jax.random.key(3), 300)
-    terms = kl_split.kl_split_terms(jax.random.key(4), mean_NxZ, log_var_NxZ, PRIOR.log_prob,
-                                    log_prior_per_dim=PRIOR.log_prob_per_dim, chunk_rows=7)
+    terms = split_terms(jax.random.key(4), mean_NxZ, log_var_NxZ, log_prior_per_dim=PRIOR.log_prob_per_dim,
+                        chunk_rows=7)
     np.testing.assert_allclose(terms["mutual_info_R"] + terms["marginal_kl_R"], terms["kl_R"], atol=1e-4)
     np.testing.assert_allclose(terms["total_correlation_R"] + terms["dimwise_kl_RxZ"].sum(-1),
                                terms["marginal_kl_R"], atol=1e-4)
@@ -97,7 +103,7 @@ def test_parts_add_up_exactly_on_the_same_draws():
 def test_identical_posteriors_carry_no_information():
     mean_NxZ = jnp.tile(jnp.array([[0.5, -1.0]]), (50, 1))
     log_var_NxZ = jnp.full((50, 2), -1.0)
-    s = kl_split.summarize(kl_split.kl_split_terms(jax.random.key(0), mean_NxZ, log_var_NxZ, PRIOR.log_prob))
+    s = kl_split.summarize(split_terms(jax.random.key(0), mean_NxZ, log_var_NxZ))
     assert float(s["mutual_info"]) == pytest.approx(0.0, abs=1e-5)
     assert float(s["mutual_info_upper"]) == pytest.approx(0.0, abs=1e-5)
     assert float(s["total_correlation"]) == pytest.approx(0.0, abs=1e-5)
@@ -106,8 +112,7 @@ def test_identical_posteriors_carry_no_information():
 
 def test_separated_posteriors_reach_log_n():
     mean_NxZ = jnp.arange(40.0)[:, None] * jnp.array([[10.0, 0.0]])
-    s = kl_split.summarize(kl_split.kl_split_terms(jax.random.key(0), mean_NxZ, jnp.full((40, 2), -2.0),
-                                                   PRIOR.log_prob))
+    s = kl_split.summarize(split_terms(jax.random.key(0), mean_NxZ, jnp.full((40, 2), -2.0)))
     assert float(s["mutual_info"]) == pytest.approx(math.log(40), abs=1e-4)
     assert float(s["mutual_info"]) <= math.log(40) + 1e-6
 
@@ -133,8 +138,8 @@ def test_chunked_log_sum_exp_equals_the_direct_sum():
 
 def independent_parts(mean_NxZ, log_var_NxZ, log_prior, num_samples=8):
     """I from one set of draws, KL(q(z) ‖ p(z)) from another: neither is the other's remainder."""
-    first, second = (kl_split.summarize(kl_split.kl_split_terms(
-        jax.random.key(seed), mean_NxZ, log_var_NxZ, log_prior, num_samples=num_samples)) for seed in (1, 2))
+    first, second = (kl_split.summarize(split_terms(jax.random.key(seed), mean_NxZ, log_var_NxZ, log_prior,
+                                                    num_samples=num_samples)) for seed in (1, 2))
     total = float(first["mutual_info"] + second["marginal_kl"])
     std_error = math.hypot(float(first["mutual_info_std_error"]), float(second["marginal_kl_std_error"]))
     return float(first["mutual_info"]), float(second["marginal_kl"]), total, std_error
@@ -166,8 +171,8 @@ def test_vampprior_parts_add_up_to_its_kl_term():
         return model.prior.log_prob(z, model.encode)
 
     _, _, total, std_error = independent_parts(mean_NxZ, log_var_NxZ, log_prior)
-    kl_term = kl_split.summarize(kl_split.kl_split_terms(jax.random.key(3), mean_NxZ, log_var_NxZ, log_prior,
-                                                         num_samples=32))
+    kl_term = kl_split.summarize(split_terms(jax.random.key(3), mean_NxZ, log_var_NxZ, log_prior,
+                                             num_samples=32))
     combined = math.hypot(std_error, float(kl_term["kl_std_error"]))
     assert abs(total - float(kl_term["kl"])) < 3 * combined
 

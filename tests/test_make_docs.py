@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, script_module
+from conftest import REPO, run_in_process, script_module
 
 from vae.analysis import markdown
 
@@ -47,21 +47,50 @@ def test_every_picture_comes_from_a_run_that_make_docs_trains():
     assert page.count("<!-- beta-table:begin -->") == 1
 
 
-def test_make_docs_trains_draws_and_says_which_run_made_each_picture(tmp_path, fashion_mnist):
+def make_docs_z2(tmp_path) -> list[str]:
+    """make_docs.py's arguments for the z2 run alone, 1 epoch on 512 images, into tmp_path."""
     readme = tmp_path / "README.md"
     readme.write_text("x\n<!-- beta-table:begin -->\n<!-- beta-table:end -->\n")
-    command = [sys.executable, "scripts/make_docs.py", "--only", "z2", "--epochs_scale", "0.05",
-               "--train_split", "train[:512]", "--runs_dir", str(tmp_path / "runs"),
-               "--out", str(tmp_path / "docs"), "--readme", str(readme)]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300,
-                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    assert result.returncode == 0, result.stderr[-3000:]
+    return ["--only", "z2", "--epochs_scale", "0.05", "--train_split", "train[:512]", "--runs_dir",
+            str(tmp_path / "runs"), "--out", str(tmp_path / "docs"), "--readme", str(readme)]
+
+
+def assert_z2_page(tmp_path):
     assert (tmp_path / "docs" / "manifold.png").stat().st_size > 1000
     page = (tmp_path / "docs" / "figures.md").read_text()
     assert "[manifold.png](manifold.png) | z2 |" in page
     assert "scripts/train.py --config configs/default.py --config.model.latent_dim=2" in page
     assert "1 epochs" in page and "test −ELBO" in page
-    assert readme.read_text().count("| β |") == 0  # the β run was not made: its table is left alone
+    assert (tmp_path / "README.md").read_text().count("| β |") == 0  # no β run made: its table is left alone
+
+
+def test_make_docs_trains_draws_and_says_which_run_made_each_picture(tmp_path, fashion_mnist, monkeypatch):
+    """Every step make_docs.py runs as a process (train.py, sample.py), run in this one instead:
+    the slow test below runs them as processes."""
+    calls = []
+
+    def call_here(words):
+        calls.append(words[0])
+        result = run_in_process(os.path.basename(words[0]), *words[1:])
+        assert result.returncode == 0, result.stderr[-2000:]
+        return 1.0
+
+    monkeypatch.setattr(make_docs, "_call", call_here)
+    assert make_docs.main(make_docs_z2(tmp_path)) == 0
+    assert calls == ["scripts/train.py", "scripts/sample.py"]
+    assert_z2_page(tmp_path)
+    # A second call trains nothing more (the run is finished) and draws again.
+    assert make_docs.main(make_docs_z2(tmp_path)) == 0
+    assert "1 epochs" in (tmp_path / "docs" / "figures.md").read_text()
+
+
+@pytest.mark.slow  # make_docs.py and the scripts it runs, each a process; the same in process is quick above
+def test_make_docs_as_processes(tmp_path, fashion_mnist):
+    command = [sys.executable, "scripts/make_docs.py", *make_docs_z2(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_z2_page(tmp_path)
     # A second call trains nothing more (the run is finished) and draws again.
     again = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert again.returncode == 0 and "1 epochs" in (tmp_path / "docs" / "figures.md").read_text()

@@ -22,8 +22,37 @@ def make_model(arch="mlp", prior="standard_normal", **overrides):
     return build.build_model(config.model, IMAGE_SHAPE, jax.random.key(0)), config
 
 
+def model_shapes(model_config, **fields):
+    """The model `model_config` (with `fields` changed) describes, its parameters' shapes only:
+    traced, never initialised (initialising runs every initialiser as a program of its own)."""
+    model_config = model_config.copy_and_resolve_references()
+    for name, value in fields.items():
+        model_config[name] = value
+    return nnx.eval_shape(lambda: build.build_model(model_config, IMAGE_SHAPE, jax.random.key(0)))
+
+
+def parameter_count(model) -> int:
+    return sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
 def binary_images(n, seed=1):
     return jax.random.bernoulli(jax.random.key(seed), 0.3, (n, 784)).astype(jnp.float32)
+
+
+def interface_outputs(model, x):
+    """What every method of the model's interface returns for x, computed in one compiled
+    program (called op by op, they compile a hundred small programs)."""
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def outputs(state, x):
+        m = nnx.merge(graphdef, state)
+        return {"encode": m.encode(x), "terms": m.elbo_terms(x, jax.random.key(2)),
+                "log_weights": m.log_weights(x, jax.random.key(3), 6), "decode": m.decode(m.encode(x)[0]),
+                "reconstruct": m.reconstruct(x), "reconstruct_drawn": m.reconstruct(x, jax.random.key(4)),
+                "sample": m.sample(jax.random.key(5), 7)}
+
+    return outputs(state, x)
 
 
 @pytest.mark.parametrize("arch,prior", VARIANTS)
@@ -31,9 +60,10 @@ def test_every_model_has_the_interface_with_the_right_shapes(arch, prior):
     model, config = make_model(arch, prior)
     z_dim = model.latent_dim  # the top layer's
     x = binary_images(5)
-    mean, log_var = model.encode(x)
+    out = interface_outputs(model, x)
+    mean, log_var = out["encode"]
     assert mean.shape == log_var.shape == (5, z_dim)
-    terms = model.elbo_terms(x, jax.random.key(2))
+    terms = out["terms"]
     assert terms["rec"].shape == terms["kl"].shape == (5,)
     code_units = sum(build.latent_sizes(config.model, IMAGE_SHAPE))  # z_1's units first, the top's last
     assert sum(model.latent_dims) == code_units and model.latent_dims[-1] == z_dim
@@ -45,12 +75,12 @@ def test_every_model_has_the_interface_with_the_right_shapes(arch, prior):
         assert bool(jnp.all(terms["kl"] >= 0))
     else:
         assert "kl_per_dim" not in terms  # the mixture prior does not factorise
-    w = model.log_weights(x, jax.random.key(3), 6)
+    w = out["log_weights"]
     assert w["log_lik"].shape == w["log_ratio"].shape == (6, 5)
     assert bool(jnp.all(w["log_lik"] <= 0))  # a Bernoulli log-likelihood
-    assert model.decode(mean).shape == (5, 784)
-    assert model.reconstruct(x).shape == model.reconstruct(x, jax.random.key(4)).shape == (5, 784)
-    assert model.sample(jax.random.key(5), 7).shape == (7, 784)
+    assert out["decode"].shape == (5, 784)
+    assert out["reconstruct"].shape == out["reconstruct_drawn"].shape == (5, 784)
+    assert out["sample"].shape == (7, 784)
     assert model.image_shape == IMAGE_SHAPE
     for array in (*terms.values(), *w.values()):
         assert bool(jnp.all(jnp.isfinite(array)))
@@ -130,31 +160,25 @@ def test_temperature_zero_decodes_the_prior_mean(arch):
 
 
 def test_parameter_counts_match_the_architectures():
-    config = tiny_config()
-    config.model.hidden_dims, config.model.latent_dim = (400,), 20
-    model = build.build_model(config.model, IMAGE_SHAPE, jax.random.key(0))
-    count = sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    assert count == (784 * 400 + 400) + (400 * 40 + 40) + (20 * 400 + 400) + (400 * 784 + 784)
+    config = tiny_config().model
+    mlp = model_shapes(config, hidden_dims=(400,), latent_dim=20)
+    assert parameter_count(mlp) == (784 * 400 + 400) + (400 * 40 + 40) + (20 * 400 + 400) + (400 * 784 + 784)
 
     # The published gated VAE: 784-300-300-40 and mirrored, each gated layer two linear maps.
-    config.model.hidden_dims, config.model.latent_dim, config.model.activation = (300, 300), 40, "gated"
-    model = build.build_model(config.model, IMAGE_SHAPE, jax.random.key(0))
-    count = sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    gated_vae = dict(hidden_dims=(300, 300), latent_dim=40, activation="gated")
     gated = lambda a, b: 2 * (a * b + b)
     expected = (gated(784, 300) + gated(300, 300) + (300 * 80 + 80)
                 + gated(40, 300) + gated(300, 300) + (300 * 784 + 784))
-    assert count == expected
+    assert parameter_count(model_shapes(config, **gated_vae)) == expected
 
     # With a VampPrior the pseudo-inputs add K x D parameters.
-    config.model.prior, config.model.num_pseudo_inputs = "vampprior", 500
-    model = build.build_model(config.model, IMAGE_SHAPE, jax.random.key(0))
-    assert sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param))) == expected + 500 * 784
+    vampprior = model_shapes(config, **gated_vae, prior="vampprior", num_pseudo_inputs=500)
+    assert parameter_count(vampprior) == expected + 500 * 784
 
 
 def test_hvae_has_the_published_structure():
-    config = tiny_config(model__arch="hvae", model__activation="gated")
-    config.model.hidden_dims, config.model.latent_dim = (300, 300), 40
-    model = build.build_model(config.model, IMAGE_SHAPE, jax.random.key(0))
+    model = model_shapes(tiny_config().model, arch="hvae", activation="gated", hidden_dims=(300, 300),
+                         latent_dim=40)
     kernel = lambda layer: layer.linear.kernel.shape
     assert kernel(model.q_z1.body.a) == (784, 600) and kernel(model.q_z1.body.b) == (40, 600)
     assert [kernel(layer) for layer in model.q_z1.body.joint.layers] == [(600, 600)]
@@ -167,9 +191,9 @@ def test_conv_hvae_has_the_published_structure():
     """Gated convolutions 1-32 (7x7), 32-32 (3x3, stride 2), 32-64 (5x5), 64-64 (3x3, stride 2),
     64-6 (3x3) read x into 6 x 7 x 7 = 294 features; the decoder ends in four gated 3x3
     convolutions of 64 channels and a 1x1 convolution at 28 x 28."""
-    config = tiny_config(model__arch="conv_hvae", model__conv_channels=(32, 64), model__latent_dim=40)
-    config.model.hidden_dims = (300, 300)
-    model = build.build_model(config.model, IMAGE_SHAPE, jax.random.key(0))
+    config = tiny_config(model__arch="conv_hvae", model__conv_channels=(32, 64), model__latent_dim=40,
+                         model__hidden_dims=(300, 300)).model
+    model = model_shapes(config)
     kernels = [layer.conv.kernel.shape for layer in model.q_z2.body.layers]
     assert kernels == [(7, 7, 1, 64), (3, 3, 32, 64), (5, 5, 32, 128), (3, 3, 64, 128), (3, 3, 64, 12)]
     assert model.q_z2.body.out_dim == 294 and model.q_z2.head.linear.kernel.shape == (294, 80)
@@ -177,7 +201,9 @@ def test_conv_hvae_has_the_published_structure():
     assert [layer.conv.kernel.shape for layer in model.p_x.head.layers] == [(3, 3, 1, 128)] + [
         (3, 3, 64, 128)] * 3
     assert model.p_x.head.out.kernel.shape == (1, 1, 64, 1)
-    logits = model.decode(jnp.zeros((2, 40)))
+    # Built for real and decoding, in one compiled program.
+    logits = jax.jit(lambda key: build.build_model(config, IMAGE_SHAPE, key).decode(jnp.zeros((2, 40))))(
+        jax.random.key(0))
     assert logits.shape == (2, 784) and bool(jnp.all(jnp.isfinite(logits)))
 
 

@@ -5,7 +5,7 @@ import os
 import nbformat
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, xla_flags
 
 NOTEBOOKS = os.path.join(REPO, "notebooks")
 
@@ -43,7 +43,7 @@ def images(notebook) -> int:
 
 @pytest.mark.slow  # under a minute, its ANS sections most of it; analyze_run.ipynb runs in the quick suite
 def test_kl_divergence_notebook_runs_and_states_computed_numbers(fashion_mnist):
-    notebook = execute("kl_divergence.ipynb", {"XLA_FLAGS": "", "TF_CPP_MIN_LOG_LEVEL": "3"})
+    notebook = execute("kl_divergence.ipynb", {"XLA_FLAGS": xla_flags(1), "TF_CPP_MIN_LOG_LEVEL": "3"})
     text = outputs(notebook)
     assert "KL(P‖Q_poor) = 1.737 bits" in text
     assert "KL(P‖Q_good) = 0.152 bits" in text
@@ -60,7 +60,7 @@ def test_kl_divergence_notebook_runs_and_states_computed_numbers(fashion_mnist):
 
 def test_analyze_run_notebook_on_a_tiny_run(tiny_run):
     notebook = execute("analyze_run.ipynb", {"VAE_WORKDIR": str(tiny_run), "VAE_IW_SAMPLES": "10",
-                                             "VAE_IW_EXAMPLES": "64", "XLA_FLAGS": "",
+                                             "VAE_IW_EXAMPLES": "64", "XLA_FLAGS": xla_flags(1),
                                              "TF_CPP_MIN_LOG_LEVEL": "3"})
     text = outputs(notebook)
     assert "checkpoint of epoch 2" in text and "IWAE NLL (k=10)" in text

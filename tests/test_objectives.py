@@ -41,10 +41,15 @@ def model_and_x():
 def test_training_loss_is_rec_plus_beta_kl(model_and_x):
     model, x = model_and_x
     key = jax.random.key(2)
-    out, mean, log_var, _ = model(x, key)
-    rec = -model.likelihood.log_prob(out, x)
-    kl_sum = kl.standard_normal_kl_per_dim(mean, log_var).sum(-1)
-    loss, aux = objectives.training_loss(model, x, key, jnp.float32(3.0))
+
+    @nnx.jit  # one compiled program, not one per operation
+    def direct_and_loss(model):
+        out, mean, log_var, _ = model(x, key)
+        rec = -model.likelihood.log_prob(out, x)
+        kl_sum = kl.standard_normal_kl_per_dim(mean, log_var).sum(-1)
+        return rec, kl_sum, objectives.training_loss(model, x, key, jnp.float32(3.0))
+
+    rec, kl_sum, (loss, aux) = direct_and_loss(model)
     assert float(aux["rec"]) == pytest.approx(float(rec.mean()), rel=1e-6)
     assert float(aux["kl"]) == pytest.approx(float(kl_sum.mean()), rel=1e-6)
     assert float(aux["elbo"]) == pytest.approx(float((rec + kl_sum).mean()), rel=1e-6)
@@ -80,11 +85,16 @@ def test_iwae_tightens_with_more_samples(model_and_x):
 def test_iwae_chunks_with_a_remainder_use_exactly_k_samples(model_and_x):
     model, x = model_and_x
     key = jax.random.key(7)
-    # k = 15 in chunks of 10: samples 15 ... 19 of the second chunk are drawn and left out.
-    keys = objectives.sample_keys(key, jnp.arange(x.shape[0]), jnp.arange(15))
-    log_w = objectives.log_weights_by_key(model, x, keys)
-    direct = jax.nn.logsumexp(log_w, axis=0) - math.log(15)
-    estimate = objectives.iwae_log_likelihood(model, x, key, 15, chunk_size=10)
+
+    @nnx.jit
+    def direct_and_estimate(model):
+        # k = 15 in chunks of 10: samples 15 ... 19 of the second chunk are drawn and left out.
+        keys = objectives.sample_keys(key, jnp.arange(x.shape[0]), jnp.arange(15))
+        log_w = objectives.log_weights_by_key(model, x, keys)
+        return (jax.nn.logsumexp(log_w, axis=0) - math.log(15),
+                objectives.iwae_log_likelihood(model, x, key, 15, chunk_size=10))
+
+    direct, estimate = direct_and_estimate(model)
     np.testing.assert_allclose(estimate, direct, rtol=1e-5)
 
 
@@ -116,8 +126,9 @@ def test_iwae_objective_with_one_sample_is_the_elbo(arch, prior):
 def test_iwae_objective_is_the_negative_bound_and_tighter_than_the_elbo(model_and_x):
     model, x = model_and_x
     key = jax.random.key(8)
-    loss, aux = objectives.training_loss(model, x, key, jnp.float32(1.0), objective="iwae", num_samples=50)
-    w = model.log_weights(x, key, 50)
+    loss, aux = nnx.jit(lambda m: objectives.training_loss(m, x, key, jnp.float32(1.0), objective="iwae",
+                                                           num_samples=50))(model)
+    w = nnx.jit(lambda m: m.log_weights(x, key, 50))(model)
     log_w = w["log_lik"] + w["log_ratio"]
     expected = -jnp.mean(jax.nn.logsumexp(log_w, axis=0) - math.log(50))
     assert float(loss) == pytest.approx(float(expected), rel=1e-6)
@@ -128,7 +139,8 @@ def test_iwae_objective_is_the_negative_bound_and_tighter_than_the_elbo(model_an
 def test_iwae_objective_weights_the_kl_part_by_beta(model_and_x):
     model, x = model_and_x
     key = jax.random.key(9)
-    loss, _ = objectives.training_loss(model, x, key, jnp.float32(0.25), objective="iwae", num_samples=7)
-    w = model.log_weights(x, key, 7)
+    loss, _ = nnx.jit(lambda m: objectives.training_loss(m, x, key, jnp.float32(0.25), objective="iwae",
+                                                         num_samples=7))(model)
+    w = nnx.jit(lambda m: m.log_weights(x, key, 7))(model)
     log_w = w["log_lik"] + 0.25 * w["log_ratio"]
     assert float(loss) == pytest.approx(float(-jnp.mean(jax.nn.logsumexp(log_w, 0) - math.log(7))), rel=1e-6)

@@ -51,12 +51,18 @@ def test_vampprior_kl_estimate_is_unbiased_for_one_component():
     encode = toy_encoder(0.5)
     mean, log_var = jnp.array([[0.3, -0.2, 0.8]]), jnp.array([[-0.5, 0.1, -1.0]])
     n = 200_000
-    z = kl.sample_gaussian(jax.random.key(2), mean, log_var, n)[:, 0]
-    means, log_vars = jnp.broadcast_to(mean, (n, 3)), jnp.broadcast_to(log_var, (n, 3))
-    estimates, per_dim = prior.kl(means, log_vars, z, encode)
+
+    @nnx.jit
+    def estimates_and_exact(prior):
+        z = kl.sample_gaussian(jax.random.key(2), mean, log_var, n)[:, 0]
+        means, log_vars = jnp.broadcast_to(mean, (n, 3)), jnp.broadcast_to(log_var, (n, 3))
+        estimates, per_dim = prior.kl(means, log_vars, z, encode)
+        prior_mean, prior_log_var = prior.components(encode)
+        return estimates, per_dim, kl.gaussian_kl(mean, log_var, prior_mean, prior_log_var)[0]
+
+    estimates, per_dim, exact = estimates_and_exact(prior)
     assert per_dim is None
-    prior_mean, prior_log_var = prior.components(encode)
-    exact = float(kl.gaussian_kl(mean, log_var, prior_mean, prior_log_var)[0])
+    exact = float(exact)
     std_error = float(jnp.std(estimates)) / math.sqrt(n)
     assert abs(float(jnp.mean(estimates)) - exact) < 4 * std_error
 
@@ -93,10 +99,13 @@ def test_hvae_kl_matches_monte_carlo(hvae):
     E_q[log q(z1|x,z2) + log q(z2|x) − log p(z1|z2) − log p(z2)] of the whole KL."""
     model, x = hvae
     n = 100_000
-    xs = jnp.broadcast_to(x, (n, 784))
-    closed = model.elbo_terms(xs, jax.random.key(3))["kl"]
-    w = model.log_weights(x, jax.random.key(4), n)
-    monte_carlo = -w["log_ratio"][:, 0]
+
+    @nnx.jit
+    def both(model):
+        closed = model.elbo_terms(jnp.broadcast_to(x, (n, 784)), jax.random.key(3))["kl"]
+        return closed, -model.log_weights(x, jax.random.key(4), n)["log_ratio"][:, 0]
+
+    closed, monte_carlo = both(model)
     se = math.sqrt(float(jnp.var(closed)) / n + float(jnp.var(monte_carlo)) / n)
     assert abs(float(jnp.mean(closed)) - float(jnp.mean(monte_carlo))) < 4 * se
     # The closed form given z2 has the lower variance: that is why it is used for training.
@@ -107,13 +116,18 @@ def test_hvae_log_weights_are_the_joint_over_the_posterior(hvae):
     """log_ratio = log p(z1|z2) + log p(z2) − log q(z1|x,z2) − log q(z2|x), from scratch."""
     model, x = hvae
     key = jax.random.key(5)
-    w = model.log_weights(x, key, 2)
-    key_z2, key_z1 = jax.random.split(key)
-    mean2, log_var2 = model.encode(x)
-    z2 = kl.sample_gaussian(key_z2, mean2, log_var2, 2).reshape(2, -1)
-    mean1, log_var1 = model.q_z1(jnp.broadcast_to(x, (2, 784)), z2)
-    z1 = kl.sample_gaussian(key_z1, mean1, log_var1)
-    p_mean1, p_log_var1 = model.p_z1(z2)
+
+    @nnx.jit
+    def weights_and_parts(model):  # one compiled program, not one per operation
+        key_z2, key_z1 = jax.random.split(key)
+        mean2, log_var2 = model.encode(x)
+        z2 = kl.sample_gaussian(key_z2, mean2, log_var2, 2).reshape(2, -1)
+        mean1, log_var1 = model.q_z1(jnp.broadcast_to(x, (2, 784)), z2)
+        z1 = kl.sample_gaussian(key_z1, mean1, log_var1)
+        return (model.log_weights(x, key, 2), (mean2, log_var2, z2, mean1, log_var1, z1, *model.p_z1(z2)),
+                model.decode_both(z1, z2))
+
+    w, (mean2, log_var2, z2, mean1, log_var1, z1, p_mean1, p_log_var1), logits = weights_and_parts(model)
 
     def logpdf(z, m, lv):
         return stats.norm.logpdf(np.asarray(z), np.asarray(m), np.exp(0.5 * np.asarray(lv))).sum(-1)
@@ -121,7 +135,6 @@ def test_hvae_log_weights_are_the_joint_over_the_posterior(hvae):
     expected = (logpdf(z1, p_mean1, p_log_var1) + logpdf(z2, 0.0, 0.0)
                 - logpdf(z1, mean1, log_var1) - logpdf(z2, mean2, log_var2))
     np.testing.assert_allclose(w["log_ratio"][:, 0], expected, rtol=1e-4, atol=1e-3)
-    logits = model.decode_both(z1, z2)
     p = np.asarray(jax.nn.sigmoid(logits), np.float64)
     x64 = np.asarray(x, np.float64)
     log_lik = np.sum(x64 * np.log(p) + (1 - x64) * np.log1p(-p), axis=-1)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.conftest import REPO
+from tests.conftest import REPO, xla_flags
 from vae.train import trained
 from vae.workdir import files
 
@@ -30,7 +30,7 @@ TIMING = {"images_per_sec", "epoch_time_sec", "eval_time_sec", "wall_time_sec", 
 
 
 def start(path: Path) -> subprocess.Popen:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS=xla_flags(1))
     return subprocess.Popen(
         [sys.executable, os.path.join(REPO, "scripts", "train.py"), "--workdir", str(path),
          "--noprogress", *OVERRIDES],

@@ -125,21 +125,29 @@ def test_the_best_checkpoint_holds_the_evaluated_parameters(stopped):
     assert summary["val/elbo"] == pytest.approx(history[epoch - 1]["val/elbo"], rel=1e-5)
 
 
+@pytest.fixture(scope="module")
+def five_epochs(tmp_path_factory, fashion_mnist):
+    """The run of `stopped` stopped after epoch 5, for the resume tests to copy."""
+    path = tmp_path_factory.mktemp("five_epochs")
+    first = loop.train_and_evaluate(selection_config(train__num_epochs=5), path, progress=False)
+    assert run.best_epoch(first)[0] == 5  # still improving: epoch 5 is in both managers
+    return path
+
+
 @pytest.mark.parametrize("damage", ["none", "best_not_saved", "latest_not_saved"])
-def test_resume_through_selection_is_exact(tmp_path, stopped, damage):
+def test_resume_through_selection_is_exact(tmp_path, stopped, five_epochs, damage):
     """A run stopped after epoch 5 (and, worse, killed between its two saves) resumes to the same
     metrics, latest and best checkpoints as the uninterrupted run."""
     path, history = stopped
-    first = loop.train_and_evaluate(selection_config(train__num_epochs=5), tmp_path, progress=False)
-    assert run.best_epoch(first)[0] == 5  # still improving: epoch 5 is in both managers
+    workdir = shutil.copytree(five_epochs, tmp_path / "run")
     if damage == "best_not_saved":  # killed after the latest save, before the best one
-        shutil.rmtree(tmp_path / files.BEST_DIR / "5")
+        shutil.rmtree(workdir / files.BEST_DIR / "5")
     if damage == "latest_not_saved":  # killed after the best save, before the latest one
-        shutil.rmtree(tmp_path / files.CHECKPOINT_DIR / "5")
-    resumed = loop.train_and_evaluate(selection_config(), tmp_path, progress=False)
+        shutil.rmtree(workdir / files.CHECKPOINT_DIR / "5")
+    resumed = loop.train_and_evaluate(selection_config(), workdir, progress=False)
     assert without_timing(resumed) == without_timing(history)
     for which in ("best", "latest"):
-        (epoch_a, params_a), (epoch_b, params_b) = params_of(tmp_path, which), params_of(path, which)
+        (epoch_a, params_a), (epoch_b, params_b) = params_of(workdir, which), params_of(path, which)
         assert epoch_a == epoch_b
         for a, b in zip(params_a, params_b):
             np.testing.assert_array_equal(a, b)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.conftest import REPO, copy_run, tiny_config, tiny_run_config
+from tests.conftest import REPO, copy_run, tiny_config, tiny_run_config, xla_flags
 from vae.train import loop, run, trained
 from vae.workdir import files
 
@@ -126,7 +126,7 @@ def test_a_run_trained_on_4_devices_loads_and_resumes_on_1(tmp_path, tiny_run):
               "_, model, epoch = trained.load_trained(sys.argv[1]); assert epoch == 2; "
               "h = loop.train_and_evaluate(tiny_run_config(train__num_epochs=3), sys.argv[1], "
               "progress=False); assert [r['epoch'] for r in h] == [1, 2, 3]; print('ok')")
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(1), TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True,
                             cwd=REPO, env=env, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
