@@ -155,7 +155,7 @@ def bits_back_per_image(workdir, images_u8: np.ndarray, bins=None, progress=None
     symbols = pixels.to_symbols(images_u8, scale)
     start, total, model_hash = time.perf_counter(), 0, codec.model_hash(config, model)
     for i in range(len(symbols)):
-        coded = bbans.encode(host, symbols[i:i + 1], bins, family)
+        coded = bbans.encode(host, symbols[i:i + 1], bins)
         header = container.Header(
             model_hash=model_hash, epoch=epoch,
             image_shape=tuple(model.image_shape), array_ndim=images_u8.ndim, pixel_scale=scale, count=1,

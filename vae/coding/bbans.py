@@ -42,6 +42,9 @@ from vae.coding.latents import GaussianCode, LatentBins
 # data returns symbols from the far tails, which then cost dearly to push): the block is halved.
 DRY_STACK_BITS = 64
 LOG2E = 1.0 / np.log(2.0)
+# What constriction raises when asked to code a symbol its model gives no probability (or a
+# model with invalid parameters): while decoding, the sign of other probabilities than encoding's.
+_CODER_ERRORS = (KeyError, ValueError, RuntimeError, OverflowError)
 
 
 class DecodeMismatch(CodingError):
@@ -54,6 +57,10 @@ class Coded:
     ramp: tuple[int, ...]  # the sizes of the blocks between the first image and the first full block
     first_image_bits: int  # the stack's size after the first image (coded without bits back)
     elbo_bits_N: np.ndarray  # per image: −log2 p(x|z) at the coded latents + KL(q ‖ p) in bits
+    # per image: the pixels' bits under the coder's fixed-point counts (`fixed_point`), the ideal
+    # code length of what the coder pushed; minus the −log2 p(x|z) in elbo_bits_N, the cost of
+    # rounding the model to integers
+    pixel_bits_N: np.ndarray
     kl_bits_N: np.ndarray  # per image: KL(q ‖ p) in bits, closed form, summed over the layers
     # The stack's size (bits) after each block's three steps: the pop under q (the first image
     # has none), the pixels pushed, the latents pushed. Per image where blocks hold one image.
@@ -78,25 +85,16 @@ def _kl_bits(mean_bxZ, std_bxZ, prior_mean_bxZ=0.0, prior_std_bxZ=1.0) -> np.nda
     return per_dim.sum(axis=-1) * LOG2E
 
 
-def _rec_bits(symbols_bxD, probabilities) -> np.ndarray:
-    """−log2 p(x|z) per image, from the probabilities the coder used: P(on) per pixel, b x D
-    (Bernoulli), or each sub-pixel's 256 level probabilities, b x D x 256 (categorical)."""
-    if probabilities.ndim == symbols_bxD.ndim + 1:
-        p = np.take_along_axis(probabilities, symbols_bxD[..., None].astype(np.intp), axis=-1)[..., 0]
-    else:
-        p = np.where(symbols_bxD == 1, probabilities, 1.0 - probabilities)
-    return -np.log2(np.maximum(p, 1e-300)).sum(axis=-1)
-
-
 class _Block:
     """The coding steps of one block on a coder (the models built once per file). Latents are
     lists of bin indices, one b x Z array per layer, top first."""
 
-    def __init__(self, host: HostModel, bins: LatentBins, family: str):
+    def __init__(self, host: HostModel, bins: LatentBins):
         self.host, self.bins = host, bins
         self.gaussian, self.prior_model = GaussianCode(bins), bins.prior_model()
         self.conditional = GaussianCode(bins, windowed=False)
-        self.family, self.pixel_model = family, pixels.ans_model(family)
+        self.family = host.family
+        self.pixels = pixels.PixelCode(host.family, host.num_pixels, host.block_size)
 
     def values(self, indices: list) -> list:
         return [self.bins.values(index) for index in indices]
@@ -120,14 +118,13 @@ class _Block:
         for layer in reversed(range(self.host.num_layers)):
             self.gaussian.push(coder, indices[layer], *self.posterior(layer, symbols_bxD, indices[:layer]))
 
-    def probabilities(self, indices: list) -> np.ndarray:
-        return self.host.pixel_probabilities(self.values(indices))
-
-    def push_pixels_and_latents(self, coder, symbols_bxD, indices: list, probabilities_bxD) -> int:
-        """Pushes the pixels, then the latents bottom first under their priors; the stack's size
-        (bits) between the two."""
-        coder.encode_reverse(symbols_bxD.reshape(-1), self.pixel_model,
-                             *pixels.ans_parameters(probabilities_bxD, self.family))
+    def push_pixels_and_latents(self, coder, symbols_bxD, indices: list) -> tuple[int, np.ndarray, ...]:
+        """Pushes the pixels, then the latents bottom first under their priors: (the stack's size
+        (bits) between the two, −log2 p(x|z) per image under the model, the pixels' bits under
+        the coder's counts)."""
+        parameters, log_prob = self.host.pixel_parameters_and_log_prob(
+            self.values(indices), pixels.model_input(symbols_bxD, self.family))
+        pixel_bits = self.pixels.push(coder, symbols_bxD, parameters)
         between = coder.num_valid_bits()
         for layer in reversed(range(self.host.num_layers)):
             if layer:
@@ -135,7 +132,7 @@ class _Block:
                 self.conditional.push(coder, indices[layer], *prior)
             else:
                 coder.encode_reverse(indices[0].reshape(-1), self.prior_model)
-        return between
+        return between, -log_prob * LOG2E, pixel_bits
 
     def pop_latents_and_pixels(self, coder, rows: int) -> tuple[list, np.ndarray]:
         indices = []
@@ -145,27 +142,23 @@ class _Block:
                 indices.append(self.conditional.pop(coder, *prior))
             else:
                 indices.append(coder.decode(self.prior_model, rows * self.host.latent_dim).reshape(rows, -1))
-        probabilities = self.probabilities(indices)
-        symbols = coder.decode(self.pixel_model, *pixels.ans_parameters(probabilities, self.family))
-        return indices, symbols.reshape(rows, -1).astype(np.int32)
+        return indices, self.pixels.pop(coder, rows, self.host.pixel_parameters(self.values(indices)))
 
 
-def encode(host: HostModel, symbols_NxD: np.ndarray, bins: LatentBins, family: str,
-           progress: bool = False) -> Coded:
+def encode(host: HostModel, symbols_NxD: np.ndarray, bins: LatentBins, progress: bool = False) -> Coded:
     """The ANS stack of N images' symbols (N x D int32), in blocks of host.block_size."""
     count, block_size = symbols_NxD.shape[0], host.block_size
     if count < 1:
         raise ValueError("nothing to compress: no images")
-    block = _Block(host, bins, family)
+    block = _Block(host, bins)
     coder = constriction.stream.stack.AnsCoder()
-    elbo_bits, kl_bits = np.zeros(count), np.zeros(count)
+    elbo_bits, kl_bits, pixel_bits = np.zeros(count), np.zeros(count), np.zeros(count)
     with tqdm(total=count, unit="img", disable=not progress, file=sys.stderr, desc="compress",
               dynamic_ncols=True) as bar:
         first = symbols_NxD[:1]
         indices, kl_bits[:1] = block.pop_posterior(coder, first, nearest=True)
-        probabilities = block.probabilities(indices)
-        between = block.push_pixels_and_latents(coder, first, indices, probabilities)
-        elbo_bits[:1] = _rec_bits(first, probabilities) + kl_bits[:1]
+        between, rec_bits, pixel_bits[:1] = block.push_pixels_and_latents(coder, first, indices)
+        elbo_bits[:1] = rec_bits + kl_bits[:1]
         first_image_bits = coder.num_valid_bits()
         steps = [(0, between, first_image_bits)]
         bar.update(1)
@@ -179,11 +172,11 @@ def encode(host: HostModel, symbols_NxD: np.ndarray, bins: LatentBins, family: s
                 indices, kl = block.pop_posterior(coder, symbols_NxD[start:start + size])
             x = symbols_NxD[start:start + size]
             popped = coder.num_valid_bits()
-            probabilities = block.probabilities(indices)
-            between = block.push_pixels_and_latents(coder, x, indices, probabilities)
+            between, rec_bits, pixel_bits[start:start + size] = block.push_pixels_and_latents(
+                coder, x, indices)
             steps.append((popped, between, coder.num_valid_bits()))
             kl_bits[start:start + size] = kl
-            elbo_bits[start:start + size] = _rec_bits(x, probabilities) + kl
+            elbo_bits[start:start + size] = rec_bits + kl
             if ramping and size == block_size:
                 ramping = False
             elif ramping:
@@ -191,25 +184,31 @@ def encode(host: HostModel, symbols_NxD: np.ndarray, bins: LatentBins, family: s
             start += size
             bar.update(size)
     return Coded(words=coder.get_compressed(), ramp=tuple(ramp), first_image_bits=first_image_bits,
-                 elbo_bits_N=elbo_bits, kl_bits_N=kl_bits, steps_bits_Bx3=np.asarray(steps, np.int64))
+                 elbo_bits_N=elbo_bits, kl_bits_N=kl_bits, pixel_bits_N=pixel_bits,
+                 steps_bits_Bx3=np.asarray(steps, np.int64))
 
 
 def decode(host: HostModel, words: np.ndarray, count: int, ramp: tuple[int, ...], bins: LatentBins,
-           family: str, progress: bool = False) -> np.ndarray:
+           progress: bool = False) -> np.ndarray:
     """The N x D symbols `encode` coded into `words`; DecodeMismatch where the stream does not end
-    where encoding began (other probabilities than encoding's, or damaged words)."""
+    where encoding began, or where the coder meets a symbol its model cannot code (other
+    probabilities than encoding's, or damaged words)."""
     sizes = block_sizes(count, host.block_size, ramp)
     ends = np.cumsum(sizes)
-    block = _Block(host, bins, family)
+    block = _Block(host, bins)
     coder = constriction.stream.stack.AnsCoder(np.ascontiguousarray(words, np.uint32))
     symbols = np.zeros((count, host.num_pixels), np.int32)
     with tqdm(total=count, unit="img", disable=not progress, file=sys.stderr, desc="decompress",
               dynamic_ncols=True) as bar:
         for size, end in zip(sizes[::-1], ends[::-1]):
-            indices, x = block.pop_latents_and_pixels(coder, size)
-            symbols[end - size:end] = x
-            if end > 1:  # the first image was coded without bits back
-                block.push_posterior(coder, x, indices)
+            try:
+                indices, x = block.pop_latents_and_pixels(coder, size)
+                symbols[end - size:end] = x
+                if end > 1:  # the first image was coded without bits back
+                    block.push_posterior(coder, x, indices)
+            except _CODER_ERRORS as e:
+                raise DecodeMismatch(f"the coder failed at images {end - size}-{end - 1}: "
+                                     f"{str(e).strip() or type(e).__name__}") from None
             bar.update(size)
     if not coder.is_empty():
         raise DecodeMismatch(f"the stream did not decode back to an empty stack ({coder.num_valid_bits()} "

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from vae.coding import bbans, container, pixels
+from vae.coding import bbans, container, pixels, versions
 from vae.coding.errors import CodingError
 from vae.coding.host import host_model
 from vae.coding.latents import LatentBins
@@ -62,6 +62,12 @@ def check_images(images: np.ndarray, image_shape: tuple[int, int, int], what: st
                           "(N >= 1)")
 
 
+def warm_up(host) -> None:
+    """Compiles the model's functions and the pixel code's at the host's block size."""
+    host.warm_up()
+    pixels.PixelCode(host.family, host.num_pixels, host.block_size).warm_up(host)
+
+
 def compress_workdir(workdir: str | Path, images: np.ndarray | None = None, *,
                      max_examples: int | None = None, block_size: int = DEFAULT_BLOCK_SIZE,
                      bins: LatentBins | None = None,
@@ -83,9 +89,9 @@ def compress_workdir(workdir: str | Path, images: np.ndarray | None = None, *,
     scale = pixels.pixel_scale(images, family)
     host = host_model(model, block_size)
     start = time.perf_counter()
-    host.warm_up()  # compiled before the clock starts
+    warm_up(host)  # compiled before the clock starts
     compiled = time.perf_counter()
-    coded = bbans.encode(host, pixels.to_symbols(images, scale), bins, family, progress=progress)
+    coded = bbans.encode(host, pixels.to_symbols(images, scale), bins, progress=progress)
     coding_time = time.perf_counter() - compiled
     header = container.Header(
         model_hash=model_hash(config, model), epoch=restored_epoch, image_shape=tuple(model.image_shape),
@@ -100,6 +106,10 @@ def compress_workdir(workdir: str | Path, images: np.ndarray | None = None, *,
         "bits_per_dim": 8 * len(data) / dims,
         "elbo_bits_per_dim": elbo_bits / dims,
         "overhead_vs_elbo": 8 * len(data) / elbo_bits - 1.0,
+        # what the pixels cost under the coder's integer counts beyond −log2 p(x|z) under the model,
+        # relative to the -ELBO: the price of decoding identically on every machine (`fixed_point`)
+        "fixed_point_cost": float(np.sum(coded.pixel_bits_N) - np.sum(coded.elbo_bits_N - coded.kl_bits_N))
+        / elbo_bits,
         "first_image_bits": coded.first_image_bits,
         "first_image_elbo_bits": float(coded.elbo_bits_N[0]),
         "ramp": list(coded.ramp), "block_size": block_size, "bin_width": bins.width,
@@ -117,7 +127,7 @@ def decompress_workdir(workdir: str | Path, data: bytes, name: str, *, epoch: in
     header, words = container.unpack(data, name)
     bins = LatentBins(header.bin_width, header.half_range)
     config, model, restored_epoch = trained.load_trained(workdir, epoch, checkpoint)
-    family = check_codable(config, model)
+    check_codable(config, model)
     found = model_hash(config, model)
     if found != header.model_hash:
         hint = (f"; if it comes from this run, pass --epoch {header.epoch}" if header.epoch != restored_epoch
@@ -127,18 +137,17 @@ def decompress_workdir(workdir: str | Path, data: bytes, name: str, *, epoch: in
             f"{header.model_hash.hex()[:12]}); {workdir} gives epoch {restored_epoch}, model "
             f"{found.hex()[:12]}{hint}")
     host = host_model(model, header.block_size)
-    host.warm_up()
+    warm_up(host)
     start = time.perf_counter()
+    writer = None  # the writer's library versions: the header does not record them (yet)
     try:
-        symbols = bbans.decode(host, words, header.count, header.ramp, bins, family, progress=progress)
+        symbols = bbans.decode(host, words, header.count, header.ramp, bins, progress=progress)
     except bbans.DecodeMismatch as e:
-        raise CodingError(f"{name} did not decode with this machine's model outputs: {e}") from None
+        raise versions.decode_failure(name, str(e), writer) from None
     coding_time = time.perf_counter() - start
     images = pixels.from_symbols(symbols, header.pixel_scale, header.array_shape())
     if container.images_crc32(images) != header.images_crc32:
-        raise CodingError(
-            f"{name} decoded to other images than were compressed (their checksum differs): this machine's "
-            "model outputs differ from those of the machine that compressed it")
+        raise versions.decode_failure(name, "the decoded images' checksum differs from the file's", writer)
     dims = header.count * math.prod(header.image_shape)
     return images, {"images": header.count, "bytes": len(data), "bits_per_dim": 8 * len(data) / dims,
                     "epoch": restored_epoch, "coding_time_sec": coding_time,
@@ -166,7 +175,7 @@ def image_code_lengths(workdir: str | Path, *, max_examples: int | None = None,
     images = images[:max_examples] if max_examples else images
     scale = pixels.pixel_scale(images, family)
     symbols = pixels.to_symbols(images, scale)
-    coded = bbans.encode(host_model(model, 1), symbols, bins, family)
+    coded = bbans.encode(host_model(model, 1), symbols, bins)
     popped, between, end = coded.steps_bits_Bx3.T
     start = np.concatenate([[0], end[:-1]])
     bits_back = np.where(np.arange(len(end)) == 0, 0, start - popped)

@@ -1,21 +1,23 @@
-"""The model's two functions the coder reads, computed so that decoding sees exactly the
-numbers encoding saw.
+"""The model's functions the coder reads, computed so that decoding sees exactly the numbers
+encoding saw.
 
 Bits-back decoding recomputes every probability from what it has decoded so far: q(z|x) from
 the decoded images, p(x|z) from the decoded latents. One bit of difference in one probability
-and the rest of the stream decodes to garbage. Both sides therefore run the same compiled
-program on the same inputs:
+and the rest of the stream decodes to garbage. So:
 
-- in float64 (`jax.enable_x64` around every call), on the host CPU whatever accelerator the
-  process has, with the parameters cast to float64 once;
+- the model runs in float64 (`jax.enable_x64` around every call), on the host CPU whatever
+  accelerator the process has, with the parameters cast to float64 once;
 - always on one batch shape: every call is padded to `block_size` rows, the padding rows zero
   on both sides, so a block of 3 images runs the same program as a block of 100;
 - the inputs are exact: images are 0/1 (or 0..255) and latents integer bin indices times the
-  bin width, the same float64 numbers on both sides.
-
-On one machine and one software stack that makes the two sides bit-identical (tested). Across
-machines, float64 makes a difference rare but not impossible (another CPU's vector width can
-reorder a sum); the file's checksum of the images then catches it (`codec.decompress_workdir`).
+  bin width, the same float64 numbers on both sides;
+- what the coder reads of p(x|z) is integers (`fixed_point`): the likelihood's float64
+  parameters rounded to coarse grids inside the same compiled program, so another CPU, thread
+  count or vector width, whose float64 outputs differ in the last bits, gives the same integers
+  but for a rare value within that difference of a grid boundary. q(z|x) and the HVAE's p(z1|z2)
+  are rounded likewise where they are coded (`latents.GaussianCode`).
+A file that still meets such a difference fails its checksum or its stack's end, in one line
+(`codec.decompress_workdir`).
 """
 
 import dataclasses
@@ -26,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vae.coding import fixed_point
 from vae.model.hvae import HierarchicalVAE
 
 
@@ -44,8 +47,13 @@ class HostModel:
     posterior: Callable[[int, np.ndarray, list], tuple[np.ndarray, np.ndarray]]
     # (layer >= 1, upper latents) -> p(z_layer | upper)'s (mean, std); the top layer's prior is N(0, I)
     conditional_prior: Callable[[int, list], tuple[np.ndarray, np.ndarray]]
-    # (every layer's latents) -> the likelihood's coding parameters of p(x | z), b x D
-    pixel_probabilities: Callable[[list], np.ndarray]
+    family: str  # the likelihood's coding family (`fixed_point.ROUNDING`)
+    # (every layer's latents) -> p(x | z)'s fixed-point parameters (`fixed_point`), integer arrays
+    # over the block_size · D sub-pixels of the padded call (padding rows included), on the CPU
+    pixel_parameters: Callable[[list], tuple]
+    # (every layer's latents, x_bxD) -> (the same parameters, log p(x | z) in float64 per image,
+    # b): the model's own likelihood of the coded images, for the file's figures
+    pixel_parameters_and_log_prob: Callable[[list, np.ndarray], tuple]
 
     def warm_up(self) -> None:
         """Compiles every function (the first call of each shape compiles)."""
@@ -55,7 +63,8 @@ class HostModel:
             self.posterior(layer, x, zs[:layer])
             if layer:
                 self.conditional_prior(layer, zs[:layer])
-        self.pixel_probabilities(zs)
+        self.pixel_parameters(zs)
+        self.pixel_parameters_and_log_prob(zs, x)
 
 
 def _float64(leaf):
@@ -69,20 +78,34 @@ def _gaussian(mean_and_log_var):
 
 
 def _layer_functions(model):
-    """(posterior per layer, conditional prior per layer (None at the top), pixel parameters) as
-    functions of the merged model: what each architecture's layers are."""
+    """(posterior per layer, conditional prior per layer (None at the top), decoder output from
+    every layer's latents) as functions of the merged model: what each architecture's layers are."""
     if isinstance(model, HierarchicalVAE):
         posteriors = [lambda m, x: _gaussian(m.encode(x)), lambda m, x, z2: _gaussian(m.q_z1(x, z2))]
         priors = [None, lambda m, z2: _gaussian(m.p_z1(z2))]
-        return posteriors, priors, lambda m, z2, z1: m.likelihood.coding_probabilities(m.decode_both(z1, z2))
-    return ([lambda m, x: _gaussian(m.encode(x))], [None],
-            lambda m, z: m.likelihood.coding_probabilities(m.decode(z)))
+        return posteriors, priors, lambda m, z2, z1: m.decode_both(z1, z2)
+    return [lambda m, x: _gaussian(m.encode(x))], [None], lambda m, z: m.decode(z)
+
+
+def _pixel_functions(decode, family: str):
+    """(latents -> fixed-point parameters, (latents, x) -> (parameters, log p(x|z))) of the merged
+    model, `decode` giving the decoder output from every layer's latents."""
+    rounding = fixed_point.ROUNDING[family]
+
+    def parameters(m, *zs):
+        return rounding(*m.likelihood.coding_parameters(decode(m, *zs)))
+
+    def parameters_and_log_prob(m, x, *zs):
+        out = decode(m, *zs)
+        return rounding(*m.likelihood.coding_parameters(out)), m.likelihood.log_prob(out, x)
+
+    return parameters, parameters_and_log_prob
 
 
 def host_model(model, block_size: int) -> HostModel:
-    """q(z|x) per layer (mean and standard deviation), the HVAE's p(z1|z2), and the likelihood's
-    coding parameters of p(x|z) (`likelihood.coding_probabilities`), each jitted once, float64 on
-    the CPU."""
+    """q(z|x) per layer (mean and standard deviation), the HVAE's p(z1|z2), and p(x|z)'s
+    fixed-point parameters (`likelihood.coding_parameters` rounded by `fixed_point`), each jitted
+    once, float64 on the CPU."""
     cpu = jax.devices("cpu")[0]
     graphdef, state = nnx.split(model)
     with jax.enable_x64(True):
@@ -91,27 +114,41 @@ def host_model(model, block_size: int) -> HostModel:
     def compiled(function):
         return jax.jit(lambda state, *rows: function(nnx.merge(graphdef, state), *rows))
 
-    posteriors, priors, pixels = _layer_functions(model)
+    family = model.likelihood.coding_family
+    posteriors, priors, decode = _layer_functions(model)
     posteriors = [compiled(f) for f in posteriors]
     priors = [f and compiled(f) for f in priors]
-    pixels = compiled(pixels)
+    parameters, parameters_and_log_prob = (compiled(f) for f in _pixel_functions(decode, family))
 
-    def padded_call(function, *rows_bxK: np.ndarray):
+    def padded(rows_bxK: tuple[np.ndarray, ...]) -> list:
         rows = rows_bxK[0].shape[0]
         if not 1 <= rows <= block_size:
             raise ValueError(f"a call codes 1 to {block_size} rows, got {rows}")
-        padded = []
+        arrays = []
         for array in rows_bxK:
             full = np.zeros((block_size, array.shape[1]), np.float64)
             full[:rows] = array
-            padded.append(jax.device_put(full, cpu))
+            arrays.append(jax.device_put(full, cpu))
+        return arrays
+
+    def padded_call(function, *rows_bxK: np.ndarray):
+        rows = rows_bxK[0].shape[0]
         with jax.enable_x64(True):
-            result = function(state64, *padded)
+            result = function(state64, *padded(rows_bxK))
             return jax.tree.map(lambda a: np.asarray(a, np.float64)[:rows], result)
+
+    def pixel_parameters(zs):
+        with jax.enable_x64(True):
+            return parameters(state64, *padded(zs))
+
+    def pixel_parameters_and_log_prob(zs, x):
+        with jax.enable_x64(True):
+            integers, log_prob = parameters_and_log_prob(state64, *padded([x, *zs]))
+            return integers, np.asarray(log_prob, np.float64)[:x.shape[0]]
 
     return HostModel(
         num_layers=len(posteriors), latent_dim=model.latent_dim, num_pixels=int(np.prod(model.image_shape)),
-        block_size=block_size,
+        block_size=block_size, family=family,
         posterior=lambda layer, x, upper: padded_call(posteriors[layer], x, *upper),
         conditional_prior=lambda layer, upper: padded_call(priors[layer], *upper),
-        pixel_probabilities=lambda zs: padded_call(pixels, *zs))
+        pixel_parameters=pixel_parameters, pixel_parameters_and_log_prob=pixel_parameters_and_log_prob)

@@ -1,4 +1,5 @@
-"""Which uint8 arrays a likelihood codes, the symbols its pixels become, and their ANS model.
+"""Which uint8 arrays a likelihood codes, the symbols its pixels become, and how they are pushed
+onto and popped off the ANS stack.
 
 A likelihood names the discrete family it codes a pixel with (`likelihood.coding_family`):
 
@@ -7,16 +8,27 @@ A likelihood names the discrete family it codes a pixel with (`likelihood.coding
   the file records which of 1 and 255 stands for "on", so decompression returns the same array.
   An array of zeros only is taken as 0/1.
 
-- "categorical" (8-bit pixels): any uint8 array; each sub-pixel is the symbol 0..255, its value
-  itself (the pixel scale is 1), coded with its B x D x 256 level probabilities.
+- "logistic_mixture" and "categorical" (8-bit pixels): any uint8 array; each sub-pixel is the
+  symbol 0..255, its value itself (the pixel scale is 1).
+
+`PixelCode` codes a block's symbols with the integer counts of `fixed_point`: round by round
+(the search over a sub-pixel's levels), each round one constriction call for the whole block
+(a Bernoulli where a round has two parts, a categorical over the parts otherwise). The counts of
+every round come from one compiled call when encoding (the symbols are known) and from one call
+per round when decoding (each round's parts depend on the one before).
 """
 
+import functools
+
 import constriction
+import jax
 import numpy as np
 
+from vae.coding import fixed_point
 from vae.coding.errors import CodingError
 
-FAMILIES = ("bernoulli", "categorical")
+FAMILIES = tuple(fixed_point.ROUNDING)
+EIGHT_BIT_FAMILIES = ("logistic_mixture", "categorical")  # 256 levels per sub-pixel
 
 
 class PixelError(CodingError):
@@ -34,7 +46,7 @@ def pixel_scale(images: np.ndarray, family: str) -> int:
     check_family(family)
     if images.dtype != np.uint8:
         raise PixelError(f"the images must be uint8, got {images.dtype}")
-    if family == "categorical":
+    if family in EIGHT_BIT_FAMILIES:
         return 1
     values = np.unique(images)
     if set(values.tolist()) <= {0, 1}:
@@ -60,21 +72,90 @@ def from_symbols(symbols_NxD: np.ndarray, scale: int, shape: tuple[int, ...]) ->
 def model_input(symbols_bxD: np.ndarray, family: str) -> np.ndarray:
     """The model's input x in [0, 1] (float64): a Bernoulli symbol as 0 or 1, a level as v / 255."""
     x = symbols_bxD.astype(np.float64)
-    return x / 255.0 if family == "categorical" else x
+    return x / 255.0 if family in EIGHT_BIT_FAMILIES else x
 
 
-def ans_model(family: str):
-    """The constriction model family for the pixels, its parameters given at each call."""
-    check_family(family)
-    if family == "categorical":
-        return constriction.stream.model.Categorical(perfect=False)
-    return constriction.stream.model.Bernoulli(perfect=False)
+def _probabilities(counts_NxP: np.ndarray):
+    """(constriction model, its per-symbol parameters) for rounds of `counts` (exact integers
+    below 2^53, so the float64 division is the same number everywhere)."""
+    counts = np.asarray(counts_NxP)
+    if counts.shape[1] == 2:
+        return _BERNOULLI, counts[:, 1] / (counts[:, 0] + counts[:, 1])
+    return _CATEGORICAL, counts / counts.sum(axis=1, keepdims=True)
 
 
-def ans_parameters(probabilities: np.ndarray, family: str) -> tuple[np.ndarray, ...]:
-    """The per-symbol parameters constriction reads, float64: P(on), flat (Bernoulli); or each
-    symbol's 256 level probabilities, one row per symbol (categorical)."""
-    probabilities = np.ascontiguousarray(probabilities, np.float64)
-    if family == "categorical":
-        return (probabilities.reshape(-1, probabilities.shape[-1]),)
-    return (probabilities.reshape(-1),)
+_BERNOULLI = constriction.stream.model.Bernoulli(perfect=False)
+_CATEGORICAL = constriction.stream.model.Categorical(perfect=False)
+
+
+class PixelCode:
+    """Pushes and pops a block's pixels under p(x|z)'s fixed-point parameters (from
+    `HostModel.pixel_parameters`, over the host's padded block of block_size · D sub-pixels)."""
+
+    def __init__(self, family: str, num_pixels: int, block_size: int):
+        check_family(family)
+        self.family, self.num_pixels, self.block_size = family, num_pixels, block_size
+        self.schedule = fixed_point.rounds(fixed_point.CDF[family][2])
+        self._level_counts, self._round = _compiled(family)
+
+    def _padded(self, symbols_bxD: np.ndarray) -> np.ndarray:
+        full = np.zeros(self.block_size * self.num_pixels, np.int64)
+        full[:symbols_bxD.size] = symbols_bxD.reshape(-1)
+        return full
+
+    def push(self, coder, symbols_bxD: np.ndarray, parameters) -> np.ndarray:
+        """Pushes the b x D symbols; the bits each image costs under the fixed-point counts
+        (b, float64: what an ideal coder would pay)."""
+        used = symbols_bxD.size
+        with jax.enable_x64(True):
+            rounds, bits_N = self._level_counts(parameters, self._padded(symbols_bxD))
+            rounds = jax.device_get(rounds)
+            bits = np.asarray(bits_N)[:used].reshape(symbols_bxD.shape).sum(axis=1)
+        for counts, part in reversed(rounds):  # the first round goes on last: it is popped first
+            model, parameters_N = _probabilities(counts[:used])
+            coder.encode_reverse(part[:used].astype(np.int32), model, parameters_N)
+        return bits
+
+    def pop(self, coder, rows: int, parameters) -> np.ndarray:
+        """The rows x D symbols on top of the stack (int32)."""
+        used = rows * self.num_pixels
+        with jax.enable_x64(True):
+            high = np.asarray(fixed_point.CDF[self.family][1](parameters))
+        low, count_low = np.zeros_like(high), np.zeros_like(high)
+        part = np.zeros_like(high)
+        for step, parts in self.schedule:
+            with jax.enable_x64(True):
+                counts, edges = jax.device_get(self._round(parameters, low, count_low, high, step, parts))
+            model, parameters_N = _probabilities(counts[:used])
+            part[:used] = coder.decode(model, parameters_N)
+            low = low + part * step
+            count_low = np.take_along_axis(edges, part[:, None], axis=1)[:, 0]
+            high = np.take_along_axis(edges, part[:, None] + 1, axis=1)[:, 0]
+        return low[:used].reshape(rows, self.num_pixels).astype(np.int32)
+
+
+    def warm_up(self, host) -> None:
+        """Compiles the counts of every round at the block's shape (a push and a pop of one
+        image on a scratch coder)."""
+        zeros = [np.zeros((1, host.latent_dim))] * host.num_layers
+        parameters = host.pixel_parameters(zeros)
+        coder = constriction.stream.stack.AnsCoder()
+        self.push(coder, np.zeros((1, self.num_pixels), np.int32), parameters)
+        self.pop(coder, 1, parameters)
+
+
+@functools.cache
+def _compiled(family: str):
+    """(every round's counts and bits for known symbols, one round's counts), jitted once per
+    family: compiled programs outlive a PixelCode."""
+    return (jax.jit(functools.partial(_level_counts_and_bits, family)),
+            jax.jit(functools.partial(fixed_point.round_counts, family), static_argnums=(4, 5)))
+
+
+def _level_counts_and_bits(family, parameters, symbols_N):
+    """`fixed_point.level_counts` and each sub-pixel's bits under them, −log2(its level's counts /
+    the total)."""
+    rounds = fixed_point.level_counts(family, parameters, symbols_N)
+    bits_N = sum(jax.numpy.log2(counts.sum(axis=1)) - jax.numpy.log2(
+        jax.numpy.take_along_axis(counts, part[:, None], axis=1)[:, 0]) for counts, part in rounds)
+    return rounds, bits_N
