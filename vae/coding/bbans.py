@@ -122,9 +122,8 @@ class _Block:
         """Pushes the pixels, then the latents bottom first under their priors: (the stack's size
         (bits) between the two, −log2 p(x|z) per image under the model, the pixels' bits under
         the coder's counts)."""
-        parameters, log_prob = self.host.pixel_parameters_and_log_prob(
-            self.values(indices), pixels.model_input(symbols_bxD, self.family))
-        pixel_bits = self.pixels.push(coder, symbols_bxD, parameters)
+        rounds, pixel_bits, log_prob = self.host.pixel_counts(self.values(indices), symbols_bxD)
+        self.pixels.push(coder, rounds)
         between = coder.num_valid_bits()
         for layer in reversed(range(self.host.num_layers)):
             if layer:

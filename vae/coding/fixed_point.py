@@ -187,6 +187,7 @@ def categorical_parameters(logits: jax.Array) -> tuple[jax.Array]:
     return (jnp.concatenate([jnp.zeros_like(counts[:, :1]), jnp.cumsum(counts, axis=-1)], axis=-1),)
 
 
+EIGHT_BIT = ("logistic_mixture", "categorical")  # the families of 256 levels per sub-pixel
 ROUNDING = {"bernoulli": bernoulli_parameters, "logistic_mixture": mixture_parameters,
             "categorical": categorical_parameters}
 
@@ -271,3 +272,14 @@ def level_counts(family: str, parameters, symbols_N: jax.Array):
         count_low = jnp.take_along_axis(edges, part[:, None], axis=-1)[:, 0]
         high = jnp.take_along_axis(edges, part[:, None] + 1, axis=-1)[:, 0]
     return result
+
+
+def level_counts_and_bits(family: str, parameters, symbols_N: jax.Array):
+    """`level_counts` and each symbol's bits under them, −log2(its level's counts / the total)
+    (the rounds' shares multiply to it): the code length an ideal coder would give it."""
+    rounds = level_counts(family, parameters, symbols_N)
+    bits_N = 0.0
+    for counts, part in rounds:
+        bits_N = bits_N + jnp.log2(counts.sum(axis=1)) - jnp.log2(
+            jnp.take_along_axis(counts, part[:, None], axis=1)[:, 0])
+    return rounds, bits_N

@@ -51,9 +51,10 @@ class HostModel:
     # (every layer's latents) -> p(x | z)'s fixed-point parameters (`fixed_point`), integer arrays
     # over the block_size · D sub-pixels of the padded call (padding rows included), on the CPU
     pixel_parameters: Callable[[list], tuple]
-    # (every layer's latents, x_bxD) -> (the same parameters, log p(x | z) in float64 per image,
-    # b): the model's own likelihood of the coded images, for the file's figures
-    pixel_parameters_and_log_prob: Callable[[list, np.ndarray], tuple]
+    # (every layer's latents, symbols_bxD) -> what encoding pushes: (every round's (counts, part)
+    # of the b · D symbols (`fixed_point.level_counts`), their bits under the counts per image (b),
+    # log p(x | z) under the float64 model per image (b): the coded images' own likelihood)
+    pixel_counts: Callable[[list, np.ndarray], tuple]
 
     def warm_up(self) -> None:
         """Compiles every function (the first call of each shape compiles)."""
@@ -64,7 +65,7 @@ class HostModel:
             if layer:
                 self.conditional_prior(layer, zs[:layer])
         self.pixel_parameters(zs)
-        self.pixel_parameters_and_log_prob(zs, x)
+        self.pixel_counts(zs, x.astype(np.int32))
 
 
 def _float64(leaf):
@@ -88,18 +89,22 @@ def _layer_functions(model):
 
 
 def _pixel_functions(decode, family: str):
-    """(latents -> fixed-point parameters, (latents, x) -> (parameters, log p(x|z))) of the merged
-    model, `decode` giving the decoder output from every layer's latents."""
+    """(latents -> fixed-point parameters, (symbols, latents) -> (every round's counts and parts,
+    bits per image, log p(x|z) per image)) of the merged model, `decode` giving the decoder output
+    from every layer's latents."""
     rounding = fixed_point.ROUNDING[family]
 
     def parameters(m, *zs):
         return rounding(*m.likelihood.coding_parameters(decode(m, *zs)))
 
-    def parameters_and_log_prob(m, x, *zs):
+    def counts(m, symbols_bxD, *zs):
         out = decode(m, *zs)
-        return rounding(*m.likelihood.coding_parameters(out)), m.likelihood.log_prob(out, x)
+        rounds, bits_N = fixed_point.level_counts_and_bits(
+            family, rounding(*m.likelihood.coding_parameters(out)), symbols_bxD.reshape(-1))
+        x = symbols_bxD.astype(out.dtype) * (1.0 / 255.0 if family in fixed_point.EIGHT_BIT else 1.0)
+        return rounds, bits_N.reshape(symbols_bxD.shape).sum(axis=1), m.likelihood.log_prob(out, x)
 
-    return parameters, parameters_and_log_prob
+    return parameters, counts
 
 
 def host_model(model, block_size: int) -> HostModel:
@@ -118,7 +123,7 @@ def host_model(model, block_size: int) -> HostModel:
     posteriors, priors, decode = _layer_functions(model)
     posteriors = [compiled(f) for f in posteriors]
     priors = [f and compiled(f) for f in priors]
-    parameters, parameters_and_log_prob = (compiled(f) for f in _pixel_functions(decode, family))
+    parameters, counts = (compiled(f) for f in _pixel_functions(decode, family))
 
     def padded(rows_bxK: tuple[np.ndarray, ...]) -> list:
         rows = rows_bxK[0].shape[0]
@@ -126,7 +131,8 @@ def host_model(model, block_size: int) -> HostModel:
             raise ValueError(f"a call codes 1 to {block_size} rows, got {rows}")
         arrays = []
         for array in rows_bxK:
-            full = np.zeros((block_size, array.shape[1]), np.float64)
+            integers = np.issubdtype(array.dtype, np.integer)
+            full = np.zeros((block_size, array.shape[1]), np.int32 if integers else np.float64)
             full[:rows] = array
             arrays.append(jax.device_put(full, cpu))
         return arrays
@@ -141,14 +147,15 @@ def host_model(model, block_size: int) -> HostModel:
         with jax.enable_x64(True):
             return parameters(state64, *padded(zs))
 
-    def pixel_parameters_and_log_prob(zs, x):
+    def pixel_counts(zs, symbols_bxD):
+        rows, used = symbols_bxD.shape[0], symbols_bxD.size
         with jax.enable_x64(True):
-            integers, log_prob = parameters_and_log_prob(state64, *padded([x, *zs]))
-            return integers, np.asarray(log_prob, np.float64)[:x.shape[0]]
+            rounds, bits, log_prob = jax.device_get(counts(state64, *padded([symbols_bxD, *zs])))
+        return [(c[:used], p[:used]) for c, p in rounds], bits[:rows], log_prob[:rows]
 
     return HostModel(
         num_layers=len(posteriors), latent_dim=model.latent_dim, num_pixels=int(np.prod(model.image_shape)),
         block_size=block_size, family=family,
         posterior=lambda layer, x, upper: padded_call(posteriors[layer], x, *upper),
         conditional_prior=lambda layer, upper: padded_call(priors[layer], *upper),
-        pixel_parameters=pixel_parameters, pixel_parameters_and_log_prob=pixel_parameters_and_log_prob)
+        pixel_parameters=pixel_parameters, pixel_counts=pixel_counts)

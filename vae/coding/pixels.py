@@ -28,7 +28,7 @@ from vae.coding import fixed_point
 from vae.coding.errors import CodingError
 
 FAMILIES = tuple(fixed_point.ROUNDING)
-EIGHT_BIT_FAMILIES = ("logistic_mixture", "categorical")  # 256 levels per sub-pixel
+EIGHT_BIT_FAMILIES = fixed_point.EIGHT_BIT  # 256 levels per sub-pixel
 
 
 class PixelError(CodingError):
@@ -89,40 +89,30 @@ _CATEGORICAL = constriction.stream.model.Categorical(perfect=False)
 
 
 class PixelCode:
-    """Pushes and pops a block's pixels under p(x|z)'s fixed-point parameters (from
-    `HostModel.pixel_parameters`, over the host's padded block of block_size · D sub-pixels)."""
+    """Pushes a block's pixels with the counts `HostModel.pixel_counts` gives, and pops them with
+    p(x|z)'s fixed-point parameters (`HostModel.pixel_parameters`, over the host's padded block of
+    block_size · D sub-pixels)."""
 
     def __init__(self, family: str, num_pixels: int, block_size: int):
         check_family(family)
         self.family, self.num_pixels, self.block_size = family, num_pixels, block_size
         self.schedule = fixed_point.rounds(fixed_point.CDF[family][2])
-        self._level_counts, self._round = _compiled(family)
+        self._total, self._round = _compiled(family)
 
-    def _padded(self, symbols_bxD: np.ndarray) -> np.ndarray:
-        full = np.zeros(self.block_size * self.num_pixels, np.int64)
-        full[:symbols_bxD.size] = symbols_bxD.reshape(-1)
-        return full
-
-    def push(self, coder, symbols_bxD: np.ndarray, parameters) -> np.ndarray:
-        """Pushes the b x D symbols; the bits each image costs under the fixed-point counts
-        (b, float64: what an ideal coder would pay)."""
-        used = symbols_bxD.size
-        with jax.enable_x64(True):
-            rounds, bits_N = self._level_counts(parameters, self._padded(symbols_bxD))
-            rounds = jax.device_get(rounds)
-            bits = np.asarray(bits_N)[:used].reshape(symbols_bxD.shape).sum(axis=1)
-        for counts, part in reversed(rounds):  # the first round goes on last: it is popped first
-            model, parameters_N = _probabilities(counts[:used])
-            coder.encode_reverse(part[:used].astype(np.int32), model, parameters_N)
-        return bits
+    @staticmethod
+    def push(coder, rounds: list) -> None:
+        """Pushes symbols given every round's (counts, part): the last round first, so that the
+        first is popped first."""
+        for counts, part in reversed(rounds):
+            model, parameters_N = _probabilities(counts)
+            coder.encode_reverse(part.astype(np.int32), model, parameters_N)
 
     def pop(self, coder, rows: int, parameters) -> np.ndarray:
         """The rows x D symbols on top of the stack (int32)."""
         used = rows * self.num_pixels
         with jax.enable_x64(True):
-            high = np.asarray(fixed_point.CDF[self.family][1](parameters))
-        low, count_low = np.zeros_like(high), np.zeros_like(high)
-        part = np.zeros_like(high)
+            high = np.asarray(self._total(parameters))
+        low, count_low, part = np.zeros_like(high), np.zeros_like(high), np.zeros_like(high)
         for step, parts in self.schedule:
             with jax.enable_x64(True):
                 counts, edges = jax.device_get(self._round(parameters, low, count_low, high, step, parts))
@@ -133,29 +123,18 @@ class PixelCode:
             high = np.take_along_axis(edges, part[:, None] + 1, axis=1)[:, 0]
         return low[:used].reshape(rows, self.num_pixels).astype(np.int32)
 
-
     def warm_up(self, host) -> None:
         """Compiles the counts of every round at the block's shape (a push and a pop of one
         image on a scratch coder)."""
         zeros = [np.zeros((1, host.latent_dim))] * host.num_layers
-        parameters = host.pixel_parameters(zeros)
         coder = constriction.stream.stack.AnsCoder()
-        self.push(coder, np.zeros((1, self.num_pixels), np.int32), parameters)
-        self.pop(coder, 1, parameters)
+        self.push(coder, host.pixel_counts(zeros, np.zeros((1, self.num_pixels), np.int32))[0])
+        self.pop(coder, 1, host.pixel_parameters(zeros))
 
 
 @functools.cache
 def _compiled(family: str):
-    """(every round's counts and bits for known symbols, one round's counts), jitted once per
-    family: compiled programs outlive a PixelCode."""
-    return (jax.jit(functools.partial(_level_counts_and_bits, family)),
+    """(the total counts of each sub-pixel, one round's counts), jitted once per family: compiled
+    programs outlive a PixelCode."""
+    return (jax.jit(fixed_point.CDF[family][1]),
             jax.jit(functools.partial(fixed_point.round_counts, family), static_argnums=(4, 5)))
-
-
-def _level_counts_and_bits(family, parameters, symbols_N):
-    """`fixed_point.level_counts` and each sub-pixel's bits under them, −log2(its level's counts /
-    the total)."""
-    rounds = fixed_point.level_counts(family, parameters, symbols_N)
-    bits_N = sum(jax.numpy.log2(counts.sum(axis=1)) - jax.numpy.log2(
-        jax.numpy.take_along_axis(counts, part[:, None], axis=1)[:, 0]) for counts, part in rounds)
-    return rounds, bits_N
