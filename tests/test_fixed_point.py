@@ -85,8 +85,9 @@ def test_categorical_and_bernoulli_counts_follow_their_distributions():
 
 @pytest.mark.parametrize("round_bits", [1, 3, 8])
 def test_the_rounds_multiply_to_each_levels_mass(monkeypatch, round_bits):
-    """Coding a level round by round costs exactly its counts' share of the total (ideal code
-    lengths add up), whatever the bits per round; the parts are the level's digits."""
+    """Coding a level round by round costs exactly its counts' share of the total (the rounds'
+    probabilities of its parts multiply to it), whatever the bits per round; the parts are the
+    level's digits."""
     monkeypatch.setattr(fixed_point, "ROUND_BITS", round_bits)
     rng = np.random.default_rng(3)
     logits, means, log_scales = _mixture(rng, n=400)
@@ -94,16 +95,17 @@ def test_the_rounds_multiply_to_each_levels_mass(monkeypatch, round_bits):
     cdf = _integer_cdf("logistic_mixture", parameters, 400)
     symbols = rng.integers(0, 256, 400)
     symbols[:2] = [0, 255]
-    rounds = fixed_point.level_counts("logistic_mixture", parameters, jnp.asarray(symbols))
-    bits = 0.0
-    for counts, part in rounds:
-        counts, part = np.asarray(counts), np.asarray(part)
-        bits = bits + np.log2(counts.sum(1)) - np.log2(np.take_along_axis(counts, part[:, None], 1)[:, 0])
+    rounds, bits = fixed_point.level_probabilities("logistic_mixture", parameters, jnp.asarray(symbols))
+    parts = fixed_point.parts_of(symbols, 256)
+    ideal = 0.0
+    for probabilities, part in zip(rounds, parts):
+        ideal = ideal - np.log2(np.take_along_axis(np.asarray(probabilities), part[:, None], 1)[:, 0])
     mass = np.take_along_axis(cdf, symbols[:, None] + 1, 1) - np.take_along_axis(cdf, symbols[:, None], 1)
-    np.testing.assert_allclose(bits, np.log2(cdf[:, -1]) - np.log2(mass[:, 0]), atol=1e-9)
+    direct = np.log2(cdf[:, -1]) - np.log2(mass[:, 0])
+    np.testing.assert_allclose(ideal, direct, atol=1e-9)
+    np.testing.assert_allclose(bits, direct, atol=1e-12)
     steps = [step for step, _ in fixed_point.rounds(256)]
-    digits = sum(np.asarray(p) * step for (_, p), step in zip(rounds, steps))
-    np.testing.assert_array_equal(digits, symbols)
+    np.testing.assert_array_equal(sum(part * step for part, step in zip(parts, steps)), symbols)
 
 
 def test_last_bit_differences_in_the_model_outputs_change_no_integer():

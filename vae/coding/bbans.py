@@ -122,8 +122,8 @@ class _Block:
         """Pushes the pixels, then the latents bottom first under their priors: (the stack's size
         (bits) between the two, −log2 p(x|z) per image under the model, the pixels' bits under
         the coder's counts)."""
-        rounds, pixel_bits, log_prob = self.host.pixel_counts(self.values(indices), symbols_bxD)
-        self.pixels.push(coder, rounds)
+        rounds, pixel_bits, log_prob = self.host.pixel_probabilities(self.values(indices), symbols_bxD)
+        self.pixels.push(coder, symbols_bxD, rounds)
         between = coder.num_valid_bits()
         for layer in reversed(range(self.host.num_layers)):
             if layer:

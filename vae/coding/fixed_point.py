@@ -58,7 +58,11 @@ CATEGORICAL_LOGIT_BITS = 10  # a categorical logit (below the largest) to 2^-10
 # probability), so no level has probability zero.
 MIXTURE_FLOOR = 1 << WEIGHT_BITS  # of about 2^40
 CATEGORICAL_FLOOR = 1  # of at least 2^24
-ROUND_BITS = 1  # bits of a level coded per round
+# Bits of a level coded per round. Measured here (2 cores, docs/compression.md): constriction's
+# categorical over 4 parts costs 16 ns to encode and 32 to decode a symbol, over 2 parts 12 and
+# 27, over 16 parts 26 and 48, and a round's CDF point 2 ns per mixture component: 2 bits a
+# round (4 rounds, 3 points each) costs least per 8-bit sub-pixel.
+ROUND_BITS = 2
 
 _ARGUMENT_BITS = math.log2(TABLE_STEPS) + FRACTION_BITS  # fixed-point bits of a table argument
 _ARGUMENT_SCALE = 1 << int(_ARGUMENT_BITS)  # 2^16: an argument u is the integer u · 2^16
@@ -247,39 +251,61 @@ def rounds(levels: int) -> list[tuple[int, int]]:
     return schedule
 
 
-def round_counts(family: str, parameters, low, count_low, count_high, step: int, parts: int):
-    """One round of the search: the counts of the `parts` parts of [low, low + parts · step),
-    N x parts (int64), and the CDF at their edges, N x (parts + 1)."""
-    cdf = CDF[family][0]
+def _probabilities(counts):
+    """A round's counts (N x parts) as the probabilities constriction reads: each part's share,
+    exact integers below 2^53 divided in float64, exactly rounded (IEEE), so the same numbers
+    everywhere."""
+    counts = counts.astype(jnp.float64)
+    return counts / jnp.sum(counts, axis=-1, keepdims=True)
+
+
+def _round(family: str, parameters, low, count_low, count_high, step: int, parts: int):
+    """One round of the search: the probabilities of the `parts` parts of [low, low + parts ·
+    step) and the CDF at their edges, N x (parts + 1)."""
     inner = low[:, None] + step * jnp.arange(1, parts, dtype=jnp.int64)
-    edges = jnp.concatenate([count_low[:, None], cdf(parameters, inner), count_high[:, None]], axis=-1)
-    return jnp.diff(edges, axis=-1), edges
+    edges = jnp.concatenate([count_low[:, None], CDF[family][0](parameters, inner), count_high[:, None]],
+                            axis=-1)
+    return _probabilities(jnp.diff(edges, axis=-1)), edges
 
 
-def level_counts(family: str, parameters, symbols_N: jax.Array):
-    """Every round's counts for the given symbols at once, as the decoder will see them round by
-    round: a list (one per round) of (counts N x parts, the part each symbol is in, N)."""
-    _, total, levels = CDF[family]
-    high = total(parameters)
-    low, count_low = jnp.zeros_like(high), jnp.zeros_like(high)
+def first_round(family: str, parameters, step: int, parts: int):
+    """(the first round's probabilities, the search's state): the state is (low, edges), what
+    `next_round` reads with the part the coder decoded."""
+    high = CDF[family][1](parameters)
+    zeros = jnp.zeros_like(high)
+    probabilities, edges = _round(family, parameters, zeros, zeros, high, step, parts)
+    return probabilities, (zeros, edges)
+
+
+def next_round(family: str, parameters, state, part, last_step: int, step: int, parts: int):
+    """The next round's probabilities and state, after the part (N, int) of the last round."""
+    low, edges = state
+    part = part.astype(jnp.int64)[:, None]
+    low = low + part[:, 0] * last_step
+    count_low = jnp.take_along_axis(edges, part, axis=-1)[:, 0]
+    count_high = jnp.take_along_axis(edges, part + 1, axis=-1)[:, 0]
+    probabilities, edges = _round(family, parameters, low, count_low, count_high, step, parts)
+    return probabilities, (low, edges)
+
+
+def parts_of(symbols, levels: int) -> list:
+    """The part each symbol is in, round by round: its digits in the rounds' bases."""
+    return [(symbols // step) % parts for step, parts in rounds(levels)]
+
+
+def level_probabilities(family: str, parameters, symbols_N: jax.Array):
+    """What the decoder will see round by round, for known symbols, at once: (each round's
+    probabilities, each symbol's bits under the counts: −log2(its level's counts / the total),
+    the code length an ideal coder would give it)."""
+    levels = CDF[family][2]
+    schedule = rounds(levels)
     symbols_N = symbols_N.astype(jnp.int64)
-    result = []
-    for step, parts in rounds(levels):
-        part_counts, edges = round_counts(family, parameters, low, count_low, high, step, parts)
-        part = (symbols_N - low) // step
-        result.append((part_counts, part))
-        low = low + part * step
-        count_low = jnp.take_along_axis(edges, part[:, None], axis=-1)[:, 0]
-        high = jnp.take_along_axis(edges, part[:, None] + 1, axis=-1)[:, 0]
-    return result
-
-
-def level_counts_and_bits(family: str, parameters, symbols_N: jax.Array):
-    """`level_counts` and each symbol's bits under them, −log2(its level's counts / the total)
-    (the rounds' shares multiply to it): the code length an ideal coder would give it."""
-    rounds = level_counts(family, parameters, symbols_N)
-    bits_N = 0.0
-    for counts, part in rounds:
-        bits_N = bits_N + jnp.log2(counts.sum(axis=1)) - jnp.log2(
-            jnp.take_along_axis(counts, part[:, None], axis=1)[:, 0])
-    return rounds, bits_N
+    total = CDF[family][1](parameters)
+    probabilities, state = first_round(family, parameters, *schedule[0])
+    result = [probabilities]
+    for (last_step, _), (step, parts), part in zip(schedule, schedule[1:], parts_of(symbols_N, levels)):
+        probabilities, state = next_round(family, parameters, state, part, last_step, step, parts)
+        result.append(probabilities)
+    edges, last = state[1], parts_of(symbols_N, levels)[-1][:, None]
+    mass = jnp.take_along_axis(edges, last + 1, axis=-1) - jnp.take_along_axis(edges, last, axis=-1)
+    return result, jnp.log2(total.astype(jnp.float64)) - jnp.log2(mass[:, 0].astype(jnp.float64))

@@ -51,10 +51,10 @@ class HostModel:
     # (every layer's latents) -> p(x | z)'s fixed-point parameters (`fixed_point`), integer arrays
     # over the block_size · D sub-pixels of the padded call (padding rows included), on the CPU
     pixel_parameters: Callable[[list], tuple]
-    # (every layer's latents, symbols_bxD) -> what encoding pushes: (every round's (counts, part)
-    # of the b · D symbols (`fixed_point.level_counts`), their bits under the counts per image (b),
-    # log p(x | z) under the float64 model per image (b): the coded images' own likelihood)
-    pixel_counts: Callable[[list, np.ndarray], tuple]
+    # (every layer's latents, symbols_bxD) -> what encoding pushes: (every round's probabilities
+    # of the b · D symbols' parts (`fixed_point.level_probabilities`), their bits under the counts
+    # per image (b), log p(x | z) under the float64 model per image (b): the images' likelihood)
+    pixel_probabilities: Callable[[list, np.ndarray], tuple]
 
     def warm_up(self) -> None:
         """Compiles every function (the first call of each shape compiles)."""
@@ -65,7 +65,7 @@ class HostModel:
             if layer:
                 self.conditional_prior(layer, zs[:layer])
         self.pixel_parameters(zs)
-        self.pixel_counts(zs, x.astype(np.int32))
+        self.pixel_probabilities(zs, x.astype(np.int32))
 
 
 def _float64(leaf):
@@ -89,22 +89,24 @@ def _layer_functions(model):
 
 
 def _pixel_functions(decode, family: str):
-    """(latents -> fixed-point parameters, (symbols, latents) -> (every round's counts and parts,
-    bits per image, log p(x|z) per image)) of the merged model, `decode` giving the decoder output
-    from every layer's latents."""
+    """(latents -> fixed-point parameters, (symbols, latents) -> (every round's probabilities, bits
+    per image, log p(x|z) per image)) of the merged model, `decode` giving the decoder output from
+    every layer's latents."""
     rounding = fixed_point.ROUNDING[family]
 
     def parameters(m, *zs):
         return rounding(*m.likelihood.coding_parameters(decode(m, *zs)))
 
-    def counts(m, symbols_bxD, *zs):
+    def probabilities(m, symbols_bxD, *zs):
         out = decode(m, *zs)
-        rounds, bits_N = fixed_point.level_counts_and_bits(
+        rounds, bits_N = fixed_point.level_probabilities(
             family, rounding(*m.likelihood.coding_parameters(out)), symbols_bxD.reshape(-1))
-        x = symbols_bxD.astype(out.dtype) * (1.0 / 255.0 if family in fixed_point.EIGHT_BIT else 1.0)
-        return rounds, bits_N.reshape(symbols_bxD.shape).sum(axis=1), m.likelihood.log_prob(out, x)
+        # log p(x|z) for the figures only: in float32, to about 1e-6 of its value
+        x = symbols_bxD.astype(jnp.float32) * (1.0 / 255.0 if family in fixed_point.EIGHT_BIT else 1.0)
+        log_prob = m.likelihood.log_prob_grouped(out.astype(jnp.float32), x)
+        return rounds, bits_N.reshape(symbols_bxD.shape).sum(axis=1), log_prob
 
-    return parameters, counts
+    return parameters, probabilities
 
 
 def host_model(model, block_size: int) -> HostModel:
@@ -123,7 +125,7 @@ def host_model(model, block_size: int) -> HostModel:
     posteriors, priors, decode = _layer_functions(model)
     posteriors = [compiled(f) for f in posteriors]
     priors = [f and compiled(f) for f in priors]
-    parameters, counts = (compiled(f) for f in _pixel_functions(decode, family))
+    parameters, probabilities = (compiled(f) for f in _pixel_functions(decode, family))
 
     def padded(rows_bxK: tuple[np.ndarray, ...]) -> list:
         rows = rows_bxK[0].shape[0]
@@ -147,15 +149,15 @@ def host_model(model, block_size: int) -> HostModel:
         with jax.enable_x64(True):
             return parameters(state64, *padded(zs))
 
-    def pixel_counts(zs, symbols_bxD):
+    def pixel_probabilities(zs, symbols_bxD):
         rows, used = symbols_bxD.shape[0], symbols_bxD.size
         with jax.enable_x64(True):
-            rounds, bits, log_prob = jax.device_get(counts(state64, *padded([symbols_bxD, *zs])))
-        return [(c[:used], p[:used]) for c, p in rounds], bits[:rows], log_prob[:rows]
+            rounds, bits, log_prob = jax.device_get(probabilities(state64, *padded([symbols_bxD, *zs])))
+        return [p[:used] for p in rounds], bits[:rows], log_prob[:rows]
 
     return HostModel(
         num_layers=len(posteriors), latent_dim=model.latent_dim, num_pixels=int(np.prod(model.image_shape)),
         block_size=block_size, family=family,
         posterior=lambda layer, x, upper: padded_call(posteriors[layer], x, *upper),
         conditional_prior=lambda layer, upper: padded_call(priors[layer], *upper),
-        pixel_parameters=pixel_parameters, pixel_counts=pixel_counts)
+        pixel_parameters=pixel_parameters, pixel_probabilities=pixel_probabilities)

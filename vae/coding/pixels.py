@@ -12,10 +12,10 @@ A likelihood names the discrete family it codes a pixel with (`likelihood.coding
   symbol 0..255, its value itself (the pixel scale is 1).
 
 `PixelCode` codes a block's symbols with the integer counts of `fixed_point`: round by round
-(the search over a sub-pixel's levels), each round one constriction call for the whole block
-(a Bernoulli where a round has two parts, a categorical over the parts otherwise). The counts of
-every round come from one compiled call when encoding (the symbols are known) and from one call
-per round when decoding (each round's parts depend on the one before).
+(the search over a sub-pixel's levels), each round one constriction call (a categorical over
+the round's parts) for the whole block. The probabilities of every round come from one compiled
+call when encoding (the symbols are known) and from one call per round when decoding (each
+round's parts depend on the one before).
 """
 
 import functools
@@ -75,66 +75,62 @@ def model_input(symbols_bxD: np.ndarray, family: str) -> np.ndarray:
     return x / 255.0 if family in EIGHT_BIT_FAMILIES else x
 
 
-def _probabilities(counts_NxP: np.ndarray):
-    """(constriction model, its per-symbol parameters) for rounds of `counts` (exact integers
-    below 2^53, so the float64 division is the same number everywhere)."""
-    counts = np.asarray(counts_NxP)
-    if counts.shape[1] == 2:
-        return _BERNOULLI, counts[:, 1] / (counts[:, 0] + counts[:, 1])
-    return _CATEGORICAL, counts / counts.sum(axis=1, keepdims=True)
-
-
-_BERNOULLI = constriction.stream.model.Bernoulli(perfect=False)
-_CATEGORICAL = constriction.stream.model.Categorical(perfect=False)
+# A round's parts (its probabilities given per symbol, N x parts); also for two parts, where it
+# encodes a symbol in half the time of constriction's Bernoulli (12 ns against 25, measured here).
+_PARTS = constriction.stream.model.Categorical(perfect=False)
 
 
 class PixelCode:
-    """Pushes a block's pixels with the counts `HostModel.pixel_counts` gives, and pops them with
-    p(x|z)'s fixed-point parameters (`HostModel.pixel_parameters`, over the host's padded block of
-    block_size · D sub-pixels)."""
+    """Pushes a block's pixels with the probabilities `HostModel.pixel_probabilities` gives, and
+    pops them with p(x|z)'s fixed-point parameters (`HostModel.pixel_parameters`, over the host's
+    padded block of block_size · D sub-pixels)."""
 
     def __init__(self, family: str, num_pixels: int, block_size: int):
         check_family(family)
         self.family, self.num_pixels, self.block_size = family, num_pixels, block_size
-        self.schedule = fixed_point.rounds(fixed_point.CDF[family][2])
-        self._total, self._round = _compiled(family)
+        self.levels = fixed_point.CDF[family][2]
+        self.schedule = fixed_point.rounds(self.levels)
+        self._first_round, self._next_round = _compiled(family)
 
-    @staticmethod
-    def push(coder, rounds: list) -> None:
-        """Pushes symbols given every round's (counts, part): the last round first, so that the
+    def push(self, coder, symbols_bxD: np.ndarray, rounds: list) -> None:
+        """Pushes the symbols given every round's probabilities: the last round first, so that the
         first is popped first."""
-        for counts, part in reversed(rounds):
-            model, parameters_N = _probabilities(counts)
-            coder.encode_reverse(part.astype(np.int32), model, parameters_N)
+        parts = fixed_point.parts_of(symbols_bxD.reshape(-1), self.levels)
+        for probabilities, part in zip(reversed(rounds), reversed(parts)):
+            coder.encode_reverse(part.astype(np.int32), _PARTS, probabilities)
 
     def pop(self, coder, rows: int, parameters) -> np.ndarray:
-        """The rows x D symbols on top of the stack (int32)."""
+        """The rows x D symbols on top of the stack (int32). The search's state stays with the
+        compiled program between rounds; only each round's probabilities and parts travel."""
         used = rows * self.num_pixels
-        with jax.enable_x64(True):
-            high = np.asarray(self._total(parameters))
-        low, count_low, part = np.zeros_like(high), np.zeros_like(high), np.zeros_like(high)
+        symbols = np.zeros(used, np.int64)
+        part = np.zeros(self.block_size * self.num_pixels, np.int32)
+        last_step = None
         for step, parts in self.schedule:
             with jax.enable_x64(True):
-                counts, edges = jax.device_get(self._round(parameters, low, count_low, high, step, parts))
-            model, parameters_N = _probabilities(counts[:used])
-            part[:used] = coder.decode(model, parameters_N)
-            low = low + part * step
-            count_low = np.take_along_axis(edges, part[:, None], axis=1)[:, 0]
-            high = np.take_along_axis(edges, part[:, None] + 1, axis=1)[:, 0]
-        return low[:used].reshape(rows, self.num_pixels).astype(np.int32)
+                if last_step is None:
+                    probabilities, state = self._first_round(parameters, step, parts)
+                else:
+                    probabilities, state = self._next_round(parameters, state, part, last_step, step, parts)
+                probabilities = np.asarray(probabilities)[:used]
+            part[:used] = coder.decode(_PARTS, probabilities)
+            symbols += part[:used].astype(np.int64) * step
+            last_step = step
+        return symbols.reshape(rows, self.num_pixels).astype(np.int32)
 
     def warm_up(self, host) -> None:
-        """Compiles the counts of every round at the block's shape (a push and a pop of one
-        image on a scratch coder)."""
+        """Compiles the rounds at the block's shape (a push and a pop of one image on a scratch
+        coder)."""
         zeros = [np.zeros((1, host.latent_dim))] * host.num_layers
+        symbols = np.zeros((1, self.num_pixels), np.int32)
         coder = constriction.stream.stack.AnsCoder()
-        self.push(coder, host.pixel_counts(zeros, np.zeros((1, self.num_pixels), np.int32))[0])
+        self.push(coder, symbols, host.pixel_probabilities(zeros, symbols)[0])
         self.pop(coder, 1, host.pixel_parameters(zeros))
 
 
 @functools.cache
 def _compiled(family: str):
-    """(the total counts of each sub-pixel, one round's counts), jitted once per family: compiled
-    programs outlive a PixelCode."""
-    return (jax.jit(fixed_point.CDF[family][1]),
-            jax.jit(functools.partial(fixed_point.round_counts, family), static_argnums=(4, 5)))
+    """(the first round, any next round: `fixed_point.first_round`, `next_round`), jitted once per
+    family: compiled programs outlive a PixelCode."""
+    return (jax.jit(functools.partial(fixed_point.first_round, family), static_argnums=(1, 2)),
+            jax.jit(functools.partial(fixed_point.next_round, family), static_argnums=(3, 4, 5)))
