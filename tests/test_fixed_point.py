@@ -81,6 +81,8 @@ def test_categorical_and_bernoulli_counts_follow_their_distributions():
     bernoulli_logits = rng.normal(scale=6.0, size=2000)
     (on,) = fixed_point.bernoulli_parameters(jnp.asarray(bernoulli_logits))
     np.testing.assert_allclose(np.asarray(on) / 2**24, scipy.special.expit(bernoulli_logits), atol=3e-6)
+    (extreme,) = fixed_point.bernoulli_parameters(jnp.asarray([-100.0, 100.0]))
+    assert np.asarray(extreme).tolist() == [1, 2**24 - 1]  # both values keep a count
 
 
 @pytest.mark.parametrize("round_bits", [1, 3, 8])

@@ -220,3 +220,27 @@ def test_the_grouped_mixture_is_the_direct_numpy_computation(x64, k):
     single = likelihoods.LogisticMixture(1)
     np.testing.assert_allclose(single.log_prob_grouped(tail, x_tail), single.log_prob(tail, x_tail),
                                rtol=1e-6)
+
+
+def test_the_grouped_mixtures_fast_tiles_are_the_direct_computation(x64):
+    """Where no sub-pixel of a tile is below 1e-30 (the usual case: levels near the components),
+    the tile's mixture is computed as a probability; against the float64 textbook form, and the
+    tile does take that path."""
+    k, rng = 3, np.random.default_rng(7)
+    out = _random_output(rng, 40, 30, 3 * k, 0.5)
+    out.reshape(40, 30, 3 * k)[:, :, 2 * k:] -= 1.5  # log-scales about −1.5: levels near the means
+    levels = rng.integers(0, 256, size=(40, 30))
+    levels[0, :2] = [0, 255]
+    log_w, mu, log_s = _mixture_params_NumPy(out, k)
+    expected = scipy.special.logsumexp(
+        log_w + _discretized_logistic_NumPy(levels[..., None], mu, log_s), axis=-1).sum(-1)
+    components = np.swapaxes(out.reshape(40, 30, 3 * k), -1, -2)
+    parts = [jnp.asarray(components[:, i * k:(i + 1) * k]) for i in range(3)]  # logits, means, log-scales
+    probability = likelihoods._mixture_probability(jnp.asarray(levels), *parts)
+    assert float(jnp.min(probability)) >= likelihoods._SMALLEST_FAST_PROBABILITY
+    np.testing.assert_allclose(np.log(np.asarray(probability)).sum(-1), expected, rtol=1e-12)
+    lik = likelihoods.LogisticMixture(k)
+    np.testing.assert_allclose(lik.log_prob_grouped(jnp.asarray(out), jnp.asarray(levels / 255.0)), expected,
+                               rtol=1e-12)
+    got32 = lik.log_prob_grouped(jnp.asarray(out, jnp.float32), jnp.asarray(levels / 255.0, jnp.float32))
+    np.testing.assert_allclose(got32, expected, rtol=2e-6)

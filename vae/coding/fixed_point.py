@@ -15,7 +15,7 @@ goes wrong for good. So every probability is made in two steps:
    float64 value lies near a rounding boundary is recomputed exactly with `decimal`).
 
 The grids, by family (`likelihood.coding_family`):
-- "bernoulli": the logit l to 2^-16; P(on) = sigmoid(l), 24 bits.
+- "bernoulli": the logit l to 2^-16; P(on) = sigmoid(l), 24 bits, in [2^-24, 1 − 2^-24].
 - "logistic_mixture": per component, the weight softmax(logits) to 2^-16, the mean to 1/256
   of a level, the log-scale to 1/256 (clipped to [MIN_LOG_SCALE, MAX_LOG_SCALE]); the CDF at a
   level's edges is the weights times the sigmoid of (edge − mean) / scale, 24 bits, each level
@@ -163,9 +163,11 @@ def _fixed(x: jax.Array, bits: int) -> jax.Array:
 
 
 def bernoulli_parameters(logits: jax.Array) -> tuple[jax.Array]:
-    """(2^24 · P(on),) per pixel: the rounded logit through the sigmoid table."""
+    """(2^24 · P(on),) per pixel: the rounded logit through the sigmoid table, clipped to
+    [1, 2^24 − 1] so that both values keep a count."""
     limit = float(TABLE_RANGE + 1)
-    return (sigmoid(_fixed(jnp.clip(logits, -limit, limit), LOGIT_BITS)).reshape(-1),)
+    on = sigmoid(_fixed(jnp.clip(logits, -limit, limit), LOGIT_BITS))
+    return (jnp.clip(on, 1, (1 << PROB_BITS) - 1).reshape(-1),)
 
 
 def mixture_parameters(logits: jax.Array, means: jax.Array, log_scales: jax.Array):
