@@ -93,14 +93,13 @@ class _Block:
         self.host, self.bins = host, bins
         self.gaussian, self.prior_model = GaussianCode(bins), bins.prior_model()
         self.conditional = GaussianCode(bins, windowed=False)
-        self.family = host.family
         self.pixels = pixels.PixelCode(host.family, host.num_pixels, host.block_size)
 
     def values(self, indices: list) -> list:
         return [self.bins.values(index) for index in indices]
 
     def posterior(self, layer, symbols_bxD, upper: list):
-        return self.host.posterior(layer, pixels.model_input(symbols_bxD, self.family), self.values(upper))
+        return self.host.posterior(layer, symbols_bxD, self.values(upper))
 
     def pop_posterior(self, coder, symbols_bxD, *, nearest: bool = False):
         """Every layer's indices popped under q (or, with `nearest`, the bins of q's means, nothing
@@ -141,7 +140,7 @@ class _Block:
                 indices.append(self.conditional.pop(coder, *prior))
             else:
                 indices.append(coder.decode(self.prior_model, rows * self.host.latent_dim).reshape(rows, -1))
-        return indices, self.pixels.pop(coder, rows, self.host.pixel_parameters(self.values(indices)))
+        return indices, self.pixels.pop(coder, rows, self.host.pixel_search(self.values(indices)))
 
 
 def encode(host: HostModel, symbols_NxD: np.ndarray, bins: LatentBins, progress: bool = False) -> Coded:

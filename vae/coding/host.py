@@ -43,14 +43,16 @@ class HostModel:
     latent_dim: int  # of each layer
     num_pixels: int
     block_size: int
-    # (layer, x_bxD, upper latents) -> q(z_layer | x, upper)'s (mean, std), b x Z each
+    # (layer, symbols_bxD, upper latents) -> q(z_layer | x, upper)'s (mean, std), b x Z each; the
+    # images as their symbols (uint8: 0/1, or the levels 0..255), the model input made inside
     posterior: Callable[[int, np.ndarray, list], tuple[np.ndarray, np.ndarray]]
     # (layer >= 1, upper latents) -> p(z_layer | upper)'s (mean, std); the top layer's prior is N(0, I)
     conditional_prior: Callable[[int, list], tuple[np.ndarray, np.ndarray]]
     family: str  # the likelihood's coding family (`fixed_point.ROUNDING`)
-    # (every layer's latents) -> p(x | z)'s fixed-point parameters (`fixed_point`), integer arrays
-    # over the block_size · D sub-pixels of the padded call (padding rows included), on the CPU
-    pixel_parameters: Callable[[list], tuple]
+    # (every layer's latents) -> where decoding p(x | z) starts: (its fixed-point parameters
+    # (`fixed_point`), the first round's probabilities, the search's state), arrays over the
+    # block_size · D sub-pixels of the padded call (padding rows included), on the CPU
+    pixel_search: Callable[[list], tuple]
     # (every layer's latents, symbols_bxD) -> what encoding pushes: (every round's probabilities
     # of the b · D symbols' parts (`fixed_point.level_probabilities`), their bits under the counts
     # per image (b), log p(x | z) under the float64 model per image (b): the images' likelihood)
@@ -58,14 +60,14 @@ class HostModel:
 
     def warm_up(self) -> None:
         """Compiles every function (the first call of each shape compiles)."""
-        x = np.zeros((1, self.num_pixels))
+        symbols = np.zeros((1, self.num_pixels), np.uint8)
         zs = [np.zeros((1, self.latent_dim))] * self.num_layers
         for layer in range(self.num_layers):
-            self.posterior(layer, x, zs[:layer])
+            self.posterior(layer, symbols, zs[:layer])
             if layer:
                 self.conditional_prior(layer, zs[:layer])
-        self.pixel_parameters(zs)
-        self.pixel_probabilities(zs, x.astype(np.int32))
+        self.pixel_search(zs)
+        self.pixel_probabilities(zs, symbols)
 
 
 def _float64(leaf):
@@ -78,35 +80,48 @@ def _gaussian(mean_and_log_var):
     return mean, jnp.exp(0.5 * log_var)
 
 
-def _layer_functions(model):
-    """(posterior per layer, conditional prior per layer (None at the top), decoder output from
-    every layer's latents) as functions of the merged model: what each architecture's layers are."""
+def _model_input(symbols_bxD, family: str):
+    """The model input x in [0, 1] (float64) of symbols: a level as v / 255, a bit as itself."""
+    return symbols_bxD.astype(jnp.float64) * (1.0 / 255.0 if family in fixed_point.EIGHT_BIT else 1.0)
+
+
+def _layer_functions(model, family: str):
+    """(posterior per layer (of the images' symbols), conditional prior per layer (None at the
+    top), decoder output from every layer's latents) as functions of the merged model: what each
+    architecture's layers are."""
     if isinstance(model, HierarchicalVAE):
-        posteriors = [lambda m, x: _gaussian(m.encode(x)), lambda m, x, z2: _gaussian(m.q_z1(x, z2))]
+        posteriors = [lambda m, s: _gaussian(m.encode(_model_input(s, family))),
+                      lambda m, s, z2: _gaussian(m.q_z1(_model_input(s, family), z2))]
         priors = [None, lambda m, z2: _gaussian(m.p_z1(z2))]
         return posteriors, priors, lambda m, z2, z1: m.decode_both(z1, z2)
-    return [lambda m, x: _gaussian(m.encode(x))], [None], lambda m, z: m.decode(z)
+    return ([lambda m, s: _gaussian(m.encode(_model_input(s, family)))], [None],
+            lambda m, z: m.decode(z))
 
 
 def _pixel_functions(decode, family: str):
-    """(latents -> fixed-point parameters, (symbols, latents) -> (every round's probabilities, bits
-    per image, log p(x|z) per image)) of the merged model, `decode` giving the decoder output from
-    every layer's latents."""
+    """(latents -> (fixed-point parameters, the first round of the search), (symbols, latents) ->
+    (every round's probabilities, bits per image, log p(x|z) per image)) of the merged model,
+    `decode` giving the decoder output from every layer's latents."""
     rounding = fixed_point.ROUNDING[family]
+    schedule = fixed_point.rounds(fixed_point.CDF[family][2])
 
-    def parameters(m, *zs):
-        return rounding(*m.likelihood.coding_parameters(decode(m, *zs)))
+    def search(m, *zs):
+        parameters = rounding(*m.likelihood.coding_parameters(decode(m, *zs)))
+        probabilities, state = fixed_point.first_round(family, parameters, *schedule[0])
+        if len(schedule) == 1:  # (a binarised pixel) nothing left to search: neither is needed
+            return None, probabilities, None
+        return parameters, probabilities, state
 
     def probabilities(m, symbols_bxD, *zs):
         out = decode(m, *zs)
         rounds, bits_N = fixed_point.level_probabilities(
             family, rounding(*m.likelihood.coding_parameters(out)), symbols_bxD.reshape(-1))
         # log p(x|z) for the figures only: in float32, to about 1e-6 of its value
-        x = symbols_bxD.astype(jnp.float32) * (1.0 / 255.0 if family in fixed_point.EIGHT_BIT else 1.0)
+        x = _model_input(symbols_bxD, family).astype(jnp.float32)
         log_prob = m.likelihood.log_prob_grouped(out.astype(jnp.float32), x)
-        return rounds, bits_N.reshape(symbols_bxD.shape).sum(axis=1), log_prob
+        return rounds, bits_N.reshape(symbols_bxD.shape).astype(jnp.float64).sum(axis=1), log_prob
 
-    return parameters, probabilities
+    return search, probabilities
 
 
 def host_model(model, block_size: int) -> HostModel:
@@ -116,16 +131,20 @@ def host_model(model, block_size: int) -> HostModel:
     cpu = jax.devices("cpu")[0]
     graphdef, state = nnx.split(model)
     with jax.enable_x64(True):
-        state64 = jax.device_put(jax.tree.map(_float64, state), cpu)
+        # a flat list of arrays: a call flattens it in C++, where the module's state would take
+        # Python (about 2 ms a call, a sixth of a block's time for a binarised model)
+        leaves64, treedef = jax.tree.flatten(jax.device_put(jax.tree.map(_float64, state), cpu))
 
     def compiled(function):
-        return jax.jit(lambda state, *rows: function(nnx.merge(graphdef, state), *rows))
+        def call(leaves, *rows):
+            return function(nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves)), *rows)
+        return jax.jit(call)
 
     family = model.likelihood.coding_family
-    posteriors, priors, decode = _layer_functions(model)
+    posteriors, priors, decode = _layer_functions(model, family)
     posteriors = [compiled(f) for f in posteriors]
     priors = [f and compiled(f) for f in priors]
-    parameters, probabilities = (compiled(f) for f in _pixel_functions(decode, family))
+    search, probabilities = (compiled(f) for f in _pixel_functions(decode, family))
 
     def padded(rows_bxK: tuple[np.ndarray, ...]) -> list:
         rows = rows_bxK[0].shape[0]
@@ -133,26 +152,29 @@ def host_model(model, block_size: int) -> HostModel:
             raise ValueError(f"a call codes 1 to {block_size} rows, got {rows}")
         arrays = []
         for array in rows_bxK:
-            integers = np.issubdtype(array.dtype, np.integer)
-            full = np.zeros((block_size, array.shape[1]), np.int32 if integers else np.float64)
-            full[:rows] = array
+            dtype = np.uint8 if np.issubdtype(array.dtype, np.integer) else np.float64  # symbols, latents
+            if rows == block_size:
+                full = np.asarray(array, dtype)
+            else:
+                full = np.zeros((block_size, array.shape[1]), dtype)
+                full[:rows] = array
             arrays.append(jax.device_put(full, cpu))
         return arrays
 
     def padded_call(function, *rows_bxK: np.ndarray):
         rows = rows_bxK[0].shape[0]
         with jax.enable_x64(True):
-            result = function(state64, *padded(rows_bxK))
+            result = function(leaves64, *padded(rows_bxK))
             return jax.tree.map(lambda a: np.asarray(a, np.float64)[:rows], result)
 
-    def pixel_parameters(zs):
+    def pixel_search(zs):
         with jax.enable_x64(True):
-            return parameters(state64, *padded(zs))
+            return search(leaves64, *padded(zs))
 
     def pixel_probabilities(zs, symbols_bxD):
         rows, used = symbols_bxD.shape[0], symbols_bxD.size
         with jax.enable_x64(True):
-            rounds, bits, log_prob = jax.device_get(probabilities(state64, *padded([symbols_bxD, *zs])))
+            rounds, bits, log_prob = jax.device_get(probabilities(leaves64, *padded([symbols_bxD, *zs])))
         return [p[:used] for p in rounds], bits[:rows], log_prob[:rows]
 
     return HostModel(
@@ -160,4 +182,4 @@ def host_model(model, block_size: int) -> HostModel:
         block_size=block_size, family=family,
         posterior=lambda layer, x, upper: padded_call(posteriors[layer], x, *upper),
         conditional_prior=lambda layer, upper: padded_call(priors[layer], *upper),
-        pixel_parameters=pixel_parameters, pixel_probabilities=pixel_probabilities)
+        pixel_search=pixel_search, pixel_probabilities=pixel_probabilities)

@@ -82,15 +82,15 @@ _PARTS = constriction.stream.model.Categorical(perfect=False)
 
 class PixelCode:
     """Pushes a block's pixels with the probabilities `HostModel.pixel_probabilities` gives, and
-    pops them with p(x|z)'s fixed-point parameters (`HostModel.pixel_parameters`, over the host's
-    padded block of block_size · D sub-pixels)."""
+    pops them from where `HostModel.pixel_search` starts the search (p(x|z)'s fixed-point
+    parameters and the first round, over the host's padded block of block_size · D sub-pixels)."""
 
     def __init__(self, family: str, num_pixels: int, block_size: int):
         check_family(family)
         self.family, self.num_pixels, self.block_size = family, num_pixels, block_size
         self.levels = fixed_point.CDF[family][2]
         self.schedule = fixed_point.rounds(self.levels)
-        self._first_round, self._next_round = _compiled(family)
+        self._next_round = _compiled(family)
 
     def push(self, coder, symbols_bxD: np.ndarray, rounds: list) -> None:
         """Pushes the symbols given every round's probabilities: the last round first, so that the
@@ -99,23 +99,21 @@ class PixelCode:
         for probabilities, part in zip(reversed(rounds), reversed(parts)):
             coder.encode_reverse(part.astype(np.int32), _PARTS, probabilities)
 
-    def pop(self, coder, rows: int, parameters) -> np.ndarray:
-        """The rows x D symbols on top of the stack (int32). The search's state stays with the
+    def pop(self, coder, rows: int, search) -> np.ndarray:
+        """The rows x D symbols on top of the stack (int32), from `HostModel.pixel_search`'s
+        (parameters, first round's probabilities, state). The search's state stays with the
         compiled program between rounds; only each round's probabilities and parts travel."""
+        parameters, probabilities, state = search
         used = rows * self.num_pixels
         symbols = np.zeros(used, np.int64)
         part = np.zeros(self.block_size * self.num_pixels, np.int32)
-        last_step = None
-        for step, parts in self.schedule:
-            with jax.enable_x64(True):
-                if last_step is None:
-                    probabilities, state = self._first_round(parameters, step, parts)
-                else:
-                    probabilities, state = self._next_round(parameters, state, part, last_step, step, parts)
-                probabilities = np.asarray(probabilities)[:used]
-            part[:used] = coder.decode(_PARTS, probabilities)
+        for r, (step, parts) in enumerate(self.schedule):
+            if r:
+                with jax.enable_x64(True):
+                    probabilities, state = self._next_round(parameters, state, part, self.schedule[r - 1][0],
+                                                            step, parts)
+            part[:used] = coder.decode(_PARTS, np.asarray(probabilities)[:used])
             symbols += part[:used].astype(np.int64) * step
-            last_step = step
         return symbols.reshape(rows, self.num_pixels).astype(np.int32)
 
     def warm_up(self, host) -> None:
@@ -125,12 +123,10 @@ class PixelCode:
         symbols = np.zeros((1, self.num_pixels), np.int32)
         coder = constriction.stream.stack.AnsCoder()
         self.push(coder, symbols, host.pixel_probabilities(zeros, symbols)[0])
-        self.pop(coder, 1, host.pixel_parameters(zeros))
+        self.pop(coder, 1, host.pixel_search(zeros))
 
 
 @functools.cache
 def _compiled(family: str):
-    """(the first round, any next round: `fixed_point.first_round`, `next_round`), jitted once per
-    family: compiled programs outlive a PixelCode."""
-    return (jax.jit(functools.partial(fixed_point.first_round, family), static_argnums=(1, 2)),
-            jax.jit(functools.partial(fixed_point.next_round, family), static_argnums=(3, 4, 5)))
+    """`fixed_point.next_round`, jitted once per family: compiled programs outlive a PixelCode."""
+    return jax.jit(functools.partial(fixed_point.next_round, family), static_argnums=(3, 4, 5))
