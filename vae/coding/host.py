@@ -73,11 +73,14 @@ class HostModel:
         return tuple(self.latent_dims) or (self.latent_dim,) * self.num_layers
 
     def warm_up(self) -> None:
-        """Compiles every function (the first call of each shape compiles)."""
+        """Compiles every function (the first call of each shape and dtype compiles): the posterior
+        of symbols and of a float64 image (`pixel_mean`'s, which the first image's plan reads)."""
         symbols = np.zeros((1, self.num_pixels), np.uint8)
         zs = [np.zeros((1, size)) for size in self.layer_sizes]
+        mean = self.pixel_mean(zs)
         for layer in range(self.num_layers):
             self.posterior(layer, symbols, zs[:layer])
+            self.posterior(layer, mean, zs[:layer])
             if layer:
                 self.conditional_prior(layer, zs[:layer])
         self.pixel_search(zs)
