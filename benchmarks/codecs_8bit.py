@@ -288,8 +288,14 @@ def markdown(result: dict) -> str:
     if bits_back:
         c = bits_back["compress"]
         nats = 8 * c["bytes"] * math.log(2) / n
+        each = ""
+        if bits_back.get("per_image"):  # each image compressed alone (`codecs.bits_back_per_image`)
+            p = bits_back["per_image"]
+            each = (f" {p['per_image_bytes']:,.1f} | {p['per_image_bits_per_dim']:.4f} | "
+                    f"{8 * p['per_image_bytes'] * math.log(2):,.1f} | {secs(p['time_sec'])} |")
         lines.append(f"| **bits-back ANS with the VAE** (`scripts/compress.py`, a file) | {c['bytes']:,} | "
-                     f"**{c['bits_per_dim']:.4f}** | {nats:,.1f} | {secs(c['coding_time_sec'])} | | | | |")
+                     f"**{c['bits_per_dim']:.4f}** | {nats:,.1f} | {secs(c['coding_time_sec'])} |"
+                     + (each or " | | | |"))
     evaluation = result.get("evaluation")
     model = result.get("model") or []
     if evaluation:
@@ -320,7 +326,11 @@ def markdown(result: dict) -> str:
                      f"latents ({c['elbo_bits_per_dim']:.4f} bits/dim); decompressed exactly: "
                      f"{bits_back['round_trip_exact']}; compress.py {bits_back['compress_wall_sec']:.0f} s, "
                      f"decompress.py {bits_back['decompress_wall_sec']:.0f} s from start to exit "
-                     f"({d['images_per_sec']:,.0f} images/s decoding).")
+                     f"({c['images_per_sec']:,.0f} images/s encoding, {d['images_per_sec']:,.0f} decoding, "
+                     "in the process, compilation not counted)"
+                     + ("; one file per image: each image alone, a whole file as compress.py writes it "
+                        "for an array of one image (its encode s: model calls included)."
+                        if bits_back.get("per_image") else "."))
     if result.get("workdir"):
         if evaluation:
             lines.append(f"The model's rows: `{result['workdir']}/eval.json` (`scripts/evaluate.py`, "

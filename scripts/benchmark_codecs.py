@@ -15,9 +15,9 @@ per image. Writes OUT.json and OUT.md (the table docs/compression.md shows).
 With --eight_bit, the table for 8-bit images (`benchmarks/codecs_8bit.py`): PNG, WebP lossless,
 JPEG XL lossless and bz2 / xz / zstd of the raw bytes on the test split as it is (not binarised),
 the whole set and one file per image, in bytes, bits/dim and nats/image; with --workdir (a model
-trained with data.binarize=none) on that run's data set and test split, and with the model's
-IWAE NLL and -ELBO from WORKDIR/eval.json as rows in the same units, and its bits-back file
-(scripts/compress.py and scripts/decompress.py, timed and checked as above) as a row.
+trained with data.binarize=none) on that run's data set and test split, the bits-back code of the
+whole set (scripts/compress.py and scripts/decompress.py, timed and checked as above) and one file
+per image, and the model's IWAE NLL and -ELBO from WORKDIR/eval.json as rows in the same units.
 """
 
 import json
@@ -234,6 +234,9 @@ def eight_bit(args, argv) -> dict:
             bits_back = bits_back_commands(args.workdir, images, args.max_examples)
             bits = bits_back["compress"]["bits_per_dim"]
             print(f"bits-back: {bits:.4f} bits/dim", file=sys.stderr)
+            bits_back["per_image"] = codecs.bits_back_per_image(args.workdir, images)
+            print(f"bits-back, one file per image: {bits_back['per_image']['per_image_bits_per_dim']:.4f} "
+                  f"bits/dim ({bits_back['per_image']['time_sec']:.0f} s)", file=sys.stderr)
         rows = reused or codecs_8bit.measure(pixels, jpegxl_effort=effort, progress=progress)
     result = {**where, "eight_bit": True, "bits_back": bits_back, "num_images": len(images),
               "image_shape": list(images.shape[1:]),

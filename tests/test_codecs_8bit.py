@@ -209,9 +209,12 @@ def test_the_8bit_table_end_to_end(tmp_path, fashion_mnist):
     assert [r["figure"] for r in record["model"]] == ["iwae_nll", "neg_elbo"]
     bits_back = record["bits_back"]
     assert bits_back["round_trip_exact"] and bits_back["compress"]["images"] == 8
+    per_image = bits_back["per_image"]  # each image alone: a header and no bits back in every file
+    assert per_image["per_image_bytes"] > bits_back["compress"]["bytes"] / 8
     text = out.with_suffix(".md").read_text()
     assert "IWAE NLL, k = 10" in text and "bits-back ANS with the VAE" in text
     assert f"{bits_back['compress']['bits_per_dim']:.4f}" in text
+    assert f"{per_image['per_image_bits_per_dim']:.4f}" in text
     assert "--eight_bit --workdir" in text and text == done.stdout.rstrip("\n") + "\n"
 
 

@@ -199,12 +199,14 @@ def test_the_first_image_code_codes_only_used_dimensions():
     used = np.array([True, False, True, False])
     std = np.where(used, 0.1, 1.0)[None]
     host = HostModel(
-        num_layers=1, latent_dim=4, num_pixels=3, block_size=1,
+        num_layers=1, latent_dim=4, num_pixels=3, block_size=1, family="bernoulli",
         posterior=lambda layer, x, upper: (np.zeros((len(x), 4)), std.repeat(len(x), 0)),
-        conditional_prior=None, pixel_probabilities=lambda zs: np.full((len(zs[0]), 3), 0.5))
+        conditional_prior=None, pixel_search=None, pixel_probabilities=None,
+        pixel_mean=lambda zs: np.full((len(zs[0]), 3), 0.5))
     plan = first_image.plan(host)
     np.testing.assert_array_equal(plan.masks[0], used)
-    np.testing.assert_allclose(plan.widths[0][used], first_image.BIN_WIDTH * 0.1)
+    # the ratio 0.1 rounded to 1/RATIO_STEPS (102/1024), times BIN_WIDTH
+    np.testing.assert_allclose(plan.widths[0][used], first_image.BIN_WIDTH * 102 / first_image.RATIO_STEPS)
 
 
 # --- bad input: one line, exit status 2, nothing written ------------------------------------------

@@ -193,3 +193,54 @@ def test_8bit_initial_output_bias_draws_near_the_pixel_means(name):
     np.testing.assert_allclose(lik.mean(per_channel[None])[0], np.tile([0.2, 0.5, 0.8], 4), atol=0.02)
     with pytest.raises(ValueError, match="fits neither"):
         lik.initial_output_bias(means, (4 * lik.outputs_per_pixel + 1,))
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_the_grouped_mixture_is_the_direct_numpy_computation(x64, k):
+    """The IWAE's form of the mixture (exponent and bounded factor, components on the minor
+    axis) against the textbook float64 computation: edge bins, bins far in a tail, scales at the
+    floor and huge; in float64 to float64 rounding, in float32 as the evaluation runs it."""
+    rng = np.random.default_rng(10 + k)
+    out = _random_output(rng, 3, 40, 3 * k, 3.0)
+    out.reshape(3, 40, 3 * k)[0, :4, 2 * k:] = [[-30.0], [10.0], [-7.0], [4.0]]  # log-scales
+    out.reshape(3, 40, 3 * k)[0, 4:8, k:2 * k] = [[-1.0], [1.0], [-3.0], [3.0]]  # means
+    levels = rng.integers(0, 256, size=(3, 40))
+    levels[0, :8] = [0, 255, 200, 0, 255, 0, 128, 1]
+    log_w, mu, log_s = _mixture_params_NumPy(out, k)
+    expected = scipy.special.logsumexp(
+        log_w + _discretized_logistic_NumPy(levels[..., None], mu, log_s), axis=-1).sum(-1)
+    lik = likelihoods.LogisticMixture(k)
+    x = levels / 255.0
+    np.testing.assert_allclose(lik.log_prob_grouped(jnp.asarray(out), jnp.asarray(x)), expected, rtol=1e-12)
+    got32 = lik.log_prob_grouped(jnp.asarray(out, jnp.float32), jnp.asarray(x, jnp.float32))
+    np.testing.assert_allclose(got32, expected, rtol=2e-6)
+    # the far tail: level 200 under a narrow logistic at black keeps its log-mass of about −631
+    tail = jnp.asarray([[0.0, -1.0, -6.0] * 4], jnp.float32)
+    x_tail = jnp.asarray([[0, 1, 200, 255]], jnp.float32) / 255.0
+    single = likelihoods.LogisticMixture(1)
+    np.testing.assert_allclose(single.log_prob_grouped(tail, x_tail), single.log_prob(tail, x_tail),
+                               rtol=1e-6)
+
+
+def test_the_grouped_mixtures_fast_tiles_are_the_direct_computation(x64):
+    """Where no sub-pixel of a tile is below 1e-30 (the usual case: levels near the components),
+    the tile's mixture is computed as a probability; against the float64 textbook form, and the
+    tile does take that path."""
+    k, rng = 3, np.random.default_rng(7)
+    out = _random_output(rng, 40, 30, 3 * k, 0.5)
+    out.reshape(40, 30, 3 * k)[:, :, 2 * k:] -= 1.5  # log-scales about −1.5: levels near the means
+    levels = rng.integers(0, 256, size=(40, 30))
+    levels[0, :2] = [0, 255]
+    log_w, mu, log_s = _mixture_params_NumPy(out, k)
+    expected = scipy.special.logsumexp(
+        log_w + _discretized_logistic_NumPy(levels[..., None], mu, log_s), axis=-1).sum(-1)
+    components = np.swapaxes(out.reshape(40, 30, 3 * k), -1, -2)
+    parts = [jnp.asarray(components[:, i * k:(i + 1) * k]) for i in range(3)]  # logits, means, log-scales
+    probability = likelihoods._mixture_probability(jnp.asarray(levels), *parts)
+    assert float(jnp.min(probability)) >= likelihoods._SMALLEST_FAST_PROBABILITY
+    np.testing.assert_allclose(np.log(np.asarray(probability)).sum(-1), expected, rtol=1e-12)
+    lik = likelihoods.LogisticMixture(k)
+    np.testing.assert_allclose(lik.log_prob_grouped(jnp.asarray(out), jnp.asarray(levels / 255.0)), expected,
+                               rtol=1e-12)
+    got32 = lik.log_prob_grouped(jnp.asarray(out, jnp.float32), jnp.asarray(levels / 255.0, jnp.float32))
+    np.testing.assert_allclose(got32, expected, rtol=2e-6)

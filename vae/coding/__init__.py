@@ -2,10 +2,13 @@
 (BB-ANS, Townsend, Bird and Barber, ICLR 2019) on `constriction`'s ANS stack coder. The file a
 model writes is as long as the images' negative ELBO, up to a few hundred bits per file.
 
-    host.py       the model's two functions the coder reads, in float64 on the host CPU, one
-                  batch shape: why decoding sees exactly the probabilities encoding saw
+    host.py       the model's functions the coder reads, in float64 on the host CPU, one
+                  batch shape: why decoding sees exactly the numbers encoding saw
+    fixed_point.py  the model's outputs rounded to coarse grids and the integer counts of each
+                  sub-pixel's levels: the same integers on every CPU, thread count and vector width
     latents.py    the discretised latent code: bins, quantised Gaussians under q(z|x) and p(z)
-    pixels.py     which uint8 arrays a likelihood codes, their symbols, the pixels' ANS model
+    pixels.py     which uint8 arrays a likelihood codes, their symbols, pushing and popping them
+                  round by round with the integer counts
     bbans.py      the codec: blocks of images pushed onto and popped off one ANS stack (the
                   latents in layers: one for the VAE, z2 and z1 for the HVAE)
     first_image.py  the first image of a file, which has no bits to take back: a two-part code
@@ -14,7 +17,7 @@ model writes is as long as the images' negative ELBO, up to a few hundred bits p
     codec.py      compress and decompress with a workdir's model: what the scripts call
     image_files.py  the user's image files (or array) in, PNG files (or the array) out
     messages.py   i.i.d. symbols of a categorical coded with ANS: entropy, cross-entropy, KL as file sizes
-    errors.py     CodingError: what a user can fix, in one line
+    errors.py     CodingError: what a user can fix, in one line; DecodeMismatch: a file that does not decode
 
 May import vae.train, vae.workdir, vae.data, vae.model and vae.kl; nothing of vae.analysis,
 vae.sweep or vae.cli (an independent sibling of vae.analysis).

@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vae.coding import first_image, pixels
+from vae.coding.errors import DecodeMismatch
 from vae.coding.host import HostModel
 from vae.coding.latents import GaussianCode, LatentBins
 
@@ -40,6 +41,9 @@ from vae.coding.latents import GaussianCode, LatentBins
 # data returns symbols from the far tails, which then cost dearly to push): the block is halved.
 DRY_STACK_BITS = 64
 LOG2E = 1.0 / np.log(2.0)
+# What constriction raises when asked to code a symbol its model gives no probability (or a
+# model with invalid parameters): while decoding, the sign of other probabilities than encoding's.
+_CODER_ERRORS = (KeyError, ValueError, RuntimeError, OverflowError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +52,10 @@ class Coded:
     ramp: tuple[int, ...]  # the sizes of the blocks between the first image and the first full block
     first_image_bits: int  # the stack's size after the first image (coded without bits back)
     elbo_bits_N: np.ndarray  # per image: −log2 p(x|z) at the coded latents + KL(q ‖ p) in bits
+    # per image: the pixels' bits under the coder's fixed-point counts (`fixed_point`), the ideal
+    # code length of what the coder pushed; minus the −log2 p(x|z) in elbo_bits_N, the cost of
+    # rounding the model to integers
+    pixel_bits_N: np.ndarray
     kl_bits_N: np.ndarray  # per image: KL(q ‖ p) in bits, closed form, summed over the layers
     # The stack's size (bits) after each block's three steps: the pop under q (the first image
     # has none), the pixels pushed, the latents pushed. Per image where blocks hold one image.
@@ -72,22 +80,28 @@ def _kl_bits(mean_bxZ, std_bxZ, prior_mean_bxZ=0.0, prior_std_bxZ=1.0) -> np.nda
     return per_dim.sum(axis=-1) * LOG2E
 
 
+def _failure(first: int, last: int, error: Exception) -> DecodeMismatch:
+    """What constriction raised decoding images first..last, as one line."""
+    return DecodeMismatch(f"the coder failed at images {first}-{last}: "
+                          f"{str(error).strip() or type(error).__name__}")
+
+
 class _Block:
     """The coding steps of one block on a coder (the models built once per file). Latents are
     lists of bin indices, one b x Z array per layer, top first."""
 
-    def __init__(self, host: HostModel, bins: LatentBins, family: str):
+    def __init__(self, host: HostModel, bins: LatentBins):
         self.host, self.bins = host, bins
         self.gaussian, self.prior_model = GaussianCode(bins), bins.prior_model()
         self.conditional = GaussianCode(bins, windowed=False)
-        self.family, self.pixel_model = family, pixels.ans_model(family)
+        self.pixels = pixels.PixelCode(host.family, host.num_pixels, host.block_size)
         self.first_code = first_image.plan(host)
 
     def values(self, indices: list) -> list:
         return [self.bins.values(index) for index in indices]
 
     def posterior(self, layer, symbols_bxD, upper: list):
-        return self.host.posterior(layer, pixels.model_input(symbols_bxD, self.family), self.values(upper))
+        return self.host.posterior(layer, symbols_bxD, self.values(upper))
 
     def pop_posterior(self, coder, symbols_bxD, *, nearest: bool = False):
         """Every layer's indices popped under q (or, with `nearest`, the bins of q's means, nothing
@@ -105,14 +119,12 @@ class _Block:
         for layer in reversed(range(self.host.num_layers)):
             self.gaussian.push(coder, indices[layer], *self.posterior(layer, symbols_bxD, indices[:layer]))
 
-    def probabilities(self, indices: list) -> np.ndarray:
-        return self.host.pixel_probabilities(self.values(indices))
-
-    def push_pixels_and_latents(self, coder, symbols_bxD, indices: list, probabilities_bxD) -> int:
-        """Pushes the pixels, then the latents bottom first under their priors; the stack's size
-        (bits) between the two."""
-        coder.encode_reverse(symbols_bxD.reshape(-1), self.pixel_model,
-                             *pixels.ans_parameters(probabilities_bxD, self.family))
+    def push_pixels_and_latents(self, coder, symbols_bxD, indices: list) -> tuple[int, np.ndarray, ...]:
+        """Pushes the pixels, then the latents bottom first under their priors: (the stack's size
+        (bits) between the two, −log2 p(x|z) per image under the model, the pixels' bits under
+        the coder's counts)."""
+        rounds, pixel_bits, log_prob = self.host.pixel_probabilities(self.values(indices), symbols_bxD)
+        self.pixels.push(coder, symbols_bxD, rounds)
         between = coder.num_valid_bits()
         for layer in reversed(range(self.host.num_layers)):
             if layer:
@@ -120,28 +132,23 @@ class _Block:
                 self.conditional.push(coder, indices[layer], *prior)
             else:
                 coder.encode_reverse(indices[0].reshape(-1), self.prior_model)
-        return between
-
-    def first_probabilities(self, bins: list) -> np.ndarray:
-        return self.host.pixel_probabilities(first_image.latent_values(self.host, bins, self.first_code))
+        return between, -log_prob * LOG2E, pixel_bits
 
     def push_first_image(self, coder, symbols_1xD) -> int:
         """Pushes one image with the two-part code of `first_image`, pixels then latents; the
         stack's size (bits) between the two."""
-        bins = first_image.posterior_bins(self.host, pixels.model_input(symbols_1xD, self.family),
-                                          self.first_code)
-        probabilities = self.first_probabilities(bins)
-        coder.encode_reverse(symbols_1xD.reshape(-1), self.pixel_model,
-                             *pixels.ans_parameters(probabilities, self.family))
+        bins = first_image.posterior_bins(self.host, symbols_1xD, self.first_code)
+        values = first_image.latent_values(self.host, bins, self.first_code)
+        self.pixels.push(coder, symbols_1xD, self.host.pixel_probabilities(values, symbols_1xD)[0])
         between = coder.num_valid_bits()
         first_image.push(coder, bins, self.first_code)
         return between
 
     def pop_first_image(self, coder) -> np.ndarray:
         """Undoes `push_first_image`: the image's symbols, 1 x D."""
-        probabilities = self.first_probabilities(first_image.pop(coder, self.first_code))
-        symbols = coder.decode(self.pixel_model, *pixels.ans_parameters(probabilities, self.family))
-        return symbols.reshape(1, -1).astype(np.int32)
+        bins = first_image.pop(coder, self.first_code)
+        values = first_image.latent_values(self.host, bins, self.first_code)
+        return self.pixels.pop(coder, 1, self.host.pixel_search(values))
 
     def pop_latents_and_pixels(self, coder, rows: int) -> tuple[list, np.ndarray]:
         indices = []
@@ -152,26 +159,27 @@ class _Block:
             else:
                 top = coder.decode(self.prior_model, rows * self.host.latent_dim)
                 indices.append(top.reshape(rows, -1))
-        probabilities = self.probabilities(indices)
-        symbols = coder.decode(self.pixel_model, *pixels.ans_parameters(probabilities, self.family))
-        return indices, symbols.reshape(rows, -1).astype(np.int32)
+        return indices, self.pixels.pop(coder, rows, self.host.pixel_search(self.values(indices)))
 
 
-def encode(host: HostModel, symbols_NxD: np.ndarray, bins: LatentBins, family: str,
-           progress: bool = False, bottom: int | None = None) -> Coded:
+def encode(host: HostModel, symbols_NxD: np.ndarray, bins: LatentBins, progress: bool = False,
+           bottom: int | None = None) -> Coded:
     """The ANS stack of N images' symbols (N x D int32), in blocks of host.block_size, on an empty
     stack or on one holding the 32-bit word `bottom` (the file's checksum: `container.checksum`)."""
     count, block_size = symbols_NxD.shape[0], host.block_size
     if count < 1:
         raise ValueError("nothing to compress: no images")
-    block = _Block(host, bins, family)
+    block = _Block(host, bins)
     coder = constriction.stream.stack.AnsCoder(*([np.array([bottom], np.uint32)] if bottom else []))
-    elbo_bits, kl_bits = np.zeros(count), np.zeros(count)
+    elbo_bits, kl_bits, pixel_bits = np.zeros(count), np.zeros(count), np.zeros(count)
     with tqdm(total=count, unit="img", disable=not progress, file=sys.stderr, desc="compress",
               dynamic_ncols=True) as bar:
         first = symbols_NxD[:1]
-        indices, kl_bits[:1] = block.pop_posterior(coder, first, nearest=True)  # for its -ELBO
-        elbo_bits[:1] = first_image.pixel_bits(first, block.probabilities(indices)) + kl_bits[:1]
+        # its -ELBO and its pixels' bits under the counts at the bins of q's means, as for the
+        # other images (the two-part code itself is measured by first_image_bits)
+        indices, kl_bits[:1] = block.pop_posterior(coder, first, nearest=True)
+        _, pixel_bits[:1], log_prob = block.host.pixel_probabilities(block.values(indices), first)
+        elbo_bits[:1] = -log_prob * LOG2E + kl_bits[:1]
         between = block.push_first_image(coder, first)
         first_image_bits = coder.num_valid_bits()
         steps = [(0, between, first_image_bits)]
@@ -186,11 +194,11 @@ def encode(host: HostModel, symbols_NxD: np.ndarray, bins: LatentBins, family: s
                 indices, kl = block.pop_posterior(coder, symbols_NxD[start:start + size])
             x = symbols_NxD[start:start + size]
             popped = coder.num_valid_bits()
-            probabilities = block.probabilities(indices)
-            between = block.push_pixels_and_latents(coder, x, indices, probabilities)
+            between, rec_bits, pixel_bits[start:start + size] = block.push_pixels_and_latents(
+                coder, x, indices)
             steps.append((popped, between, coder.num_valid_bits()))
             kl_bits[start:start + size] = kl
-            elbo_bits[start:start + size] = first_image.pixel_bits(x, probabilities) + kl
+            elbo_bits[start:start + size] = rec_bits + kl
             if ramping and size == block_size:
                 ramping = False
             elif ramping:
@@ -198,26 +206,34 @@ def encode(host: HostModel, symbols_NxD: np.ndarray, bins: LatentBins, family: s
             start += size
             bar.update(size)
     return Coded(words=coder.get_compressed(), ramp=tuple(ramp), first_image_bits=first_image_bits,
-                 elbo_bits_N=elbo_bits, kl_bits_N=kl_bits, steps_bits_Bx3=np.asarray(steps, np.int64))
+                 elbo_bits_N=elbo_bits, kl_bits_N=kl_bits, pixel_bits_N=pixel_bits,
+                 steps_bits_Bx3=np.asarray(steps, np.int64))
 
 
 def decode(host: HostModel, words: np.ndarray, count: int, ramp: tuple[int, ...], bins: LatentBins,
-           family: str, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+           progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(the N x D symbols `encode` coded into `words`, the words left on the stack): what encoding
     started from (nothing, or its bottom word) where the probabilities are encoding's and the
-    words undamaged, other words where not."""
+    words undamaged, other words where not. DecodeMismatch where the coder meets a symbol its
+    model cannot code (other probabilities than encoding's, or damaged words)."""
     sizes = block_sizes(count, host.block_size, ramp)
     ends = np.cumsum(sizes)
-    block = _Block(host, bins, family)
+    block = _Block(host, bins)
     coder = constriction.stream.stack.AnsCoder(np.ascontiguousarray(words, np.uint32))
     symbols = np.zeros((count, host.num_pixels), np.int32)
     with tqdm(total=count, unit="img", disable=not progress, file=sys.stderr, desc="decompress",
               dynamic_ncols=True) as bar:
         for size, end in zip(sizes[:0:-1], ends[:0:-1]):
-            indices, x = block.pop_latents_and_pixels(coder, size)
-            symbols[end - size:end] = x
-            block.push_posterior(coder, x, indices)
+            try:
+                indices, x = block.pop_latents_and_pixels(coder, size)
+                symbols[end - size:end] = x
+                block.push_posterior(coder, x, indices)
+            except _CODER_ERRORS as e:
+                raise _failure(end - size, end - 1, e) from None
             bar.update(size)
-        symbols[:1] = block.pop_first_image(coder)
+        try:
+            symbols[:1] = block.pop_first_image(coder)
+        except _CODER_ERRORS as e:
+            raise _failure(0, 0, e) from None
         bar.update(1)
     return symbols, coder.get_compressed()

@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 
 from vae.coding import bbans, container, names, pixels
-from vae.coding.errors import CodingError
+from vae.coding.errors import CodingError, DecodeMismatch
 from vae.coding.host import HostModel, host_model
 from vae.coding.latents import LatentBins
 from vae.data import dataset
@@ -69,6 +69,12 @@ def check_images(images: np.ndarray, image_shape: tuple[int, int, int], what: st
         wanted = " or ".join("N x " + " x ".join(map(str, s)) for s in shapes)
         raise CodingError(f"{what} has shape {tuple(images.shape)}; this model codes {wanted} arrays "
                           "(N >= 1)")
+
+
+def warm_up(host: HostModel) -> None:
+    """Compiles the model's functions and the pixel code's at the host's block size."""
+    host.warm_up()
+    pixels.PixelCode(host.family, host.num_pixels, host.block_size).warm_up(host)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,11 +124,10 @@ def compress(loaded: Loaded, images: np.ndarray, *, file_names: list[str] | None
     if host is None or host.block_size != block_size:
         host = host_model(loaded.model, block_size)
     start = time.perf_counter()
-    host.warm_up()  # compiled before the clock starts
+    warm_up(host)  # compiled before the clock starts
     compiled = time.perf_counter()
     bottom = container.checksum(loaded.hash, header, name_bytes, images)
-    coded = bbans.encode(host, pixels.to_symbols(images, scale), bins, loaded.family, progress=progress,
-                         bottom=bottom)
+    coded = bbans.encode(host, pixels.to_symbols(images, scale), bins, progress=progress, bottom=bottom)
     header = dataclasses.replace(header, ramp=coded.ramp)
     coder = constriction.stream.stack.AnsCoder(coded.words)
     images_bits = coder.num_valid_bits()
@@ -139,6 +144,10 @@ def compress(loaded: Loaded, images: np.ndarray, *, file_names: list[str] | None
         "bits_per_dim": 8 * len(data) / dims,
         "elbo_bits_per_dim": elbo_bits / dims,
         "overhead_vs_elbo": 8 * len(data) / elbo_bits - 1.0,
+        # what the pixels cost under the coder's integer counts beyond −log2 p(x|z) under the model,
+        # relative to the -ELBO: the price of decoding identically on every machine (`fixed_point`)
+        "fixed_point_cost": float(np.sum(coded.pixel_bits_N) - np.sum(coded.elbo_bits_N - coded.kl_bits_N))
+        / elbo_bits,
         "first_image_bits": coded.first_image_bits,
         "first_image_elbo_bits": float(coded.elbo_bits_N[0]),
         "ramp": list(coded.ramp), "block_size": block_size, "bin_width": bins.width,
@@ -203,7 +212,9 @@ def open_file(workdir: str | Path, data: bytes, name: str, *, epoch: int | None 
     return Opened(loaded, name, len(data), header, file_names, words)
 
 
-def _mismatch(opened: Opened) -> CodingError:
+def _mismatch(opened: Opened, problem: str) -> CodingError:
+    """The one line of a file that did not decode (`problem`: what went wrong), naming the writer's
+    software (the header's byte) and this machine's."""
     written, here = opened.header.software, container.software_code()
     installed = container.installed_versions()
     if written != here:
@@ -212,7 +223,7 @@ def _mismatch(opened: Opened) -> CodingError:
     else:
         why = f"it was written with the same software as this machine's ({installed})"
     return CodingError(
-        f"{opened.name} did not decode to what was compressed (its checksum differs): it is damaged or "
+        f"{opened.name} did not decode to what was compressed ({problem}): it is damaged or "
         f"truncated, or comes from another model, or this machine computes the model's outputs "
         f"differently: {why}")
 
@@ -229,18 +240,17 @@ def decode(opened: Opened, *, progress: bool = True) -> tuple[np.ndarray, dict]:
     except ValueError as e:
         raise container.FileError(f"{opened.name} is damaged: {e}") from None
     host = host_model(loaded.model, block_size)
-    host.warm_up()
+    warm_up(host)
     start = time.perf_counter()
     try:
-        symbols, left = bbans.decode(host, opened.words, header.count, header.ramp, bins, loaded.family,
-                                     progress=progress)
-    except KeyError:  # constriction: a symbol the model cannot code, met only in other words than encoding's
-        raise _mismatch(opened) from None
+        symbols, left = bbans.decode(host, opened.words, header.count, header.ramp, bins, progress=progress)
+    except DecodeMismatch as e:  # a symbol the model cannot code: met only in other words than encoding's
+        raise _mismatch(opened, str(e)) from None
     coding_time = time.perf_counter() - start
     images = pixels.from_symbols(symbols, header.pixel_scale, opened.array_shape)
     name_bytes = names.joined(opened.file_names)
     if left.tolist() != [container.checksum(loaded.hash, header, name_bytes, images)]:
-        raise _mismatch(opened)
+        raise _mismatch(opened, "its checksum differs")
     dims = header.count * math.prod(loaded.image_shape)
     return images, {"images": header.count, "bytes": opened.size, "bits_per_dim": 8 * opened.size / dims,
                     "epoch": loaded.epoch, "coding_time_sec": coding_time,
@@ -295,7 +305,7 @@ def image_code_lengths(workdir: str | Path, *, max_examples: int | None = None,
     images = images[:max_examples] if max_examples else images
     scale = pixels.pixel_scale(images, family)
     symbols = pixels.to_symbols(images, scale)
-    coded = bbans.encode(host_model(model, 1), symbols, bins, family)
+    coded = bbans.encode(host_model(model, 1), symbols, bins)
     popped, between, end = coded.steps_bits_Bx3.T
     start = np.concatenate([[0], end[:-1]])
     bits_back = np.where(np.arange(len(end)) == 0, 0, start - popped)

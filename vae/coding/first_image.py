@@ -35,6 +35,10 @@ BIN_WIDTH = 4.0  # a coded dimension's bins, in its posterior deviations at the 
 MIN_WIDTH, MAX_WIDTH = 0.05, 4.0  # ... clipped to these many prior deviations
 THRESHOLD = 0.8  # a dimension is coded where q's deviation at the mean image is below this times p's
 HALF_RANGE = 8.0  # the bins cover ± this many prior deviations
+# q's deviation relative to p's is rounded to 1/RATIO_STEPS before the two rules above read it: the
+# float64 model's outputs differ between machines in their last bits, the rounded ratio almost
+# never does (`fixed_point`), so encoder and decoder plan alike
+RATIO_STEPS = 1024
 K = int(np.ceil(HALF_RANGE / MIN_WIDTH))  # bin indices run over [−K, K]
 
 
@@ -62,16 +66,6 @@ def latent_model():
     return constriction.stream.model.QuantizedGaussian(-K, K)
 
 
-def pixel_bits(symbols_bxD: np.ndarray, probabilities) -> np.ndarray:
-    """−log2 p(x|z) per image from the probabilities the coder uses: P(on) per pixel, b x D
-    (Bernoulli), or each sub-pixel's 256 level probabilities, b x D x 256 (categorical)."""
-    if probabilities.ndim == symbols_bxD.ndim + 1:
-        p = np.take_along_axis(probabilities, symbols_bxD[..., None].astype(np.intp), axis=-1)[..., 0]
-    else:
-        p = np.where(symbols_bxD == 1, probabilities, 1.0 - probabilities)
-    return -np.log2(np.maximum(p, 1e-300)).sum(axis=-1)
-
-
 def _prior(host, layer: int, upper: list):
     """(mean, std) of a layer's prior given the layers above, 1 x Z each."""
     if layer == 0:
@@ -79,21 +73,16 @@ def _prior(host, layer: int, upper: list):
     return host.conditional_prior(layer, upper)
 
 
-def _mean_image(probabilities) -> np.ndarray:
-    """The model input of E[x|z]: P(on) per pixel, or the mean level / 255."""
-    return probabilities @ np.arange(256.0) / 255.0 if probabilities.ndim == 3 else probabilities
-
-
 def plan(host) -> Plan:
     """Which dimensions the first image codes, and how coarsely (see the module's docstring)."""
     upper = []
     for layer in range(host.num_layers):
         upper.append(_prior(host, layer, upper)[0])
-    x = _mean_image(host.pixel_probabilities(upper))
+    x = host.pixel_mean(upper)
     widths = []
     for layer in range(host.num_layers):
         _, std = host.posterior(layer, x, upper[:layer])
-        relative = std[0] / _prior(host, layer, upper[:layer])[1][0]
+        relative = np.rint(std[0] / _prior(host, layer, upper[:layer])[1][0] * RATIO_STEPS) / RATIO_STEPS
         width = np.clip(BIN_WIDTH * relative, MIN_WIDTH, MAX_WIDTH)
         widths.append(np.where(relative < THRESHOLD, width, 0.0))
     return Plan(widths)
@@ -109,12 +98,12 @@ def latent_values(host, bins: list, code: Plan) -> list:
     return values
 
 
-def posterior_bins(host, x_1xD, code: Plan) -> list:
+def posterior_bins(host, symbols_1xD, code: Plan) -> list:
     """Each layer's bins (1 x Z) of the image's posterior means, the layers above as coded."""
     bins, values = [], []
     for layer, widths_Z in enumerate(code.widths):
         mean, std = _prior(host, layer, values)
-        q_mean, _ = host.posterior(layer, x_1xD, values)
+        q_mean, _ = host.posterior(layer, symbols_1xD, values)
         steps = np.where(widths_Z > 0, (q_mean - mean) / (np.maximum(widths_Z, MIN_WIDTH) * std), 0.0)
         bins.append(np.clip(np.rint(steps), -K, K).astype(np.int64))
         values.append(mean + bins[-1] * widths_Z * std)

@@ -1,21 +1,23 @@
-"""The model's two functions the coder reads, computed so that decoding sees exactly the
-numbers encoding saw.
+"""The model's functions the coder reads, computed so that decoding sees exactly the numbers
+encoding saw.
 
 Bits-back decoding recomputes every probability from what it has decoded so far: q(z|x) from
 the decoded images, p(x|z) from the decoded latents. One bit of difference in one probability
-and the rest of the stream decodes to garbage. Both sides therefore run the same compiled
-program on the same inputs:
+and the rest of the stream decodes to garbage. So:
 
-- in float64 (`jax.enable_x64` around every call), on the host CPU whatever accelerator the
-  process has, with the parameters cast to float64 once;
+- the model runs in float64 (`jax.enable_x64` around every call), on the host CPU whatever
+  accelerator the process has, with the parameters cast to float64 once;
 - always on one batch shape: every call is padded to `block_size` rows, the padding rows zero
   on both sides, so a block of 3 images runs the same program as a block of 100;
 - the inputs are exact: images are 0/1 (or 0..255) and latents integer bin indices times the
-  bin width, the same float64 numbers on both sides.
-
-On one machine and one software stack that makes the two sides bit-identical (tested). Across
-machines, float64 makes a difference rare but not impossible (another CPU's vector width can
-reorder a sum); the file's checksum of the images then catches it (`codec.decompress_workdir`).
+  bin width, the same float64 numbers on both sides;
+- what the coder reads of p(x|z) is integers (`fixed_point`): the likelihood's float64
+  parameters rounded to coarse grids inside the same compiled program, so another CPU, thread
+  count or vector width, whose float64 outputs differ in the last bits, gives the same integers
+  but for a rare value within that difference of a grid boundary. q(z|x) and the HVAE's p(z1|z2)
+  are rounded likewise where they are coded (`latents.GaussianCode`).
+A file that still meets such a difference fails its checksum (the stack's bottom word) or meets a
+symbol the coder cannot code, in one line (`codec.decode`).
 """
 
 import dataclasses
@@ -26,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vae.coding import fixed_point
 from vae.model.hvae import HierarchicalVAE
 from vae.model.ladder import Ladder
 
@@ -42,12 +45,24 @@ class HostModel:
     latent_dim: int  # of the top layer
     num_pixels: int
     block_size: int
-    # (layer, x_bxD, upper latents) -> q(z_layer | x, upper)'s (mean, std), b x Z each
+    # (layer, symbols_bxD, upper latents) -> q(z_layer | x, upper)'s (mean, std), b x Z each; the
+    # images as their symbols (uint8: 0/1, or the levels 0..255; float64 for an image between
+    # them, such as `pixel_mean`'s), the model input made inside
     posterior: Callable[[int, np.ndarray, list], tuple[np.ndarray, np.ndarray]]
     # (layer >= 1, upper latents) -> p(z_layer | upper)'s (mean, std); the top layer's prior is N(0, I)
     conditional_prior: Callable[[int, list], tuple[np.ndarray, np.ndarray]]
-    # (every layer's latents) -> the likelihood's coding parameters of p(x | z), b x D
-    pixel_probabilities: Callable[[list], np.ndarray]
+    family: str  # the likelihood's coding family (`fixed_point.ROUNDING`)
+    # (every layer's latents) -> where decoding p(x | z) starts: (its fixed-point parameters
+    # (`fixed_point`), the first round's probabilities, the search's state), arrays over the
+    # block_size · D sub-pixels of the padded call (padding rows included), on the CPU
+    pixel_search: Callable[[list], tuple]
+    # (every layer's latents, symbols_bxD) -> what encoding pushes: (every round's probabilities
+    # of the b · D symbols' parts (`fixed_point.level_probabilities`), their bits under the counts
+    # per image (b), log p(x | z) under the float64 model per image (b): the images' likelihood)
+    pixel_probabilities: Callable[[list, np.ndarray], tuple]
+    # (every layer's latents) -> E[x | z] in the symbols' units (P(on), or the mean level), b x D
+    # float64: an image `posterior` takes, for the first image's plan (`first_image.plan`)
+    pixel_mean: Callable[[list], np.ndarray]
     # The size of each layer, top first, where they differ (a ladder's may); () where every layer
     # has latent_dim units. `layer_sizes` reads it.
     latent_dims: tuple[int, ...] = ()
@@ -58,14 +73,18 @@ class HostModel:
         return tuple(self.latent_dims) or (self.latent_dim,) * self.num_layers
 
     def warm_up(self) -> None:
-        """Compiles every function (the first call of each shape compiles)."""
-        x = np.zeros((1, self.num_pixels))
+        """Compiles every function (the first call of each shape and dtype compiles): the posterior
+        of symbols and of a float64 image (`pixel_mean`'s, which the first image's plan reads)."""
+        symbols = np.zeros((1, self.num_pixels), np.uint8)
         zs = [np.zeros((1, size)) for size in self.layer_sizes]
+        mean = self.pixel_mean(zs)
         for layer in range(self.num_layers):
-            self.posterior(layer, x, zs[:layer])
+            self.posterior(layer, symbols, zs[:layer])
+            self.posterior(layer, mean, zs[:layer])
             if layer:
                 self.conditional_prior(layer, zs[:layer])
-        self.pixel_probabilities(zs)
+        self.pixel_search(zs)
+        self.pixel_probabilities(zs, symbols)
 
 
 def _float64(leaf):
@@ -78,57 +97,117 @@ def _gaussian(mean_and_log_var):
     return mean, jnp.exp(0.5 * log_var)
 
 
-def _layer_functions(model):
-    """(posterior per layer, conditional prior per layer (None at the top), pixel parameters) as
-    functions of the merged model: what each architecture's layers are."""
+def _model_input(symbols_bxD, family: str):
+    """The model input x in [0, 1] (float64) of symbols: a level as v / 255, a bit as itself."""
+    return symbols_bxD.astype(jnp.float64) * (1.0 / 255.0 if family in fixed_point.EIGHT_BIT else 1.0)
+
+
+def _layer_functions(model, family: str):
+    """(posterior per layer (of the images' symbols), conditional prior per layer (None at the
+    top), decoder output from every layer's latents) as functions of the merged model: what each
+    architecture's layers are."""
     if isinstance(model, Ladder):  # each layer's function is told the layer by how many are above it
         below = model.num_layers - 1
-        return ([lambda m, x, *upper: _gaussian(m.posterior_below(x, upper))] * model.num_layers,
+        return ([lambda m, s, *upper: _gaussian(m.posterior_below(_model_input(s, family), upper))]
+                * model.num_layers,
                 [None] + [lambda m, *upper: _gaussian(m.prior_below(upper))] * below,
-                lambda m, *zs: m.likelihood.coding_probabilities(m.decode_layers(zs)))
+                lambda m, *zs: m.decode_layers(zs))
     if isinstance(model, HierarchicalVAE):
-        posteriors = [lambda m, x: _gaussian(m.encode(x)), lambda m, x, z2: _gaussian(m.q_z1(x, z2))]
+        posteriors = [lambda m, s: _gaussian(m.encode(_model_input(s, family))),
+                      lambda m, s, z2: _gaussian(m.q_z1(_model_input(s, family), z2))]
         priors = [None, lambda m, z2: _gaussian(m.p_z1(z2))]
-        return posteriors, priors, lambda m, z2, z1: m.likelihood.coding_probabilities(m.decode_both(z1, z2))
-    return ([lambda m, x: _gaussian(m.encode(x))], [None],
-            lambda m, z: m.likelihood.coding_probabilities(m.decode(z)))
+        return posteriors, priors, lambda m, z2, z1: m.decode_both(z1, z2)
+    return ([lambda m, s: _gaussian(m.encode(_model_input(s, family)))], [None],
+            lambda m, z: m.decode(z))
+
+
+def _pixel_functions(decode, family: str):
+    """(latents -> (fixed-point parameters, the first round of the search), (symbols, latents) ->
+    (every round's probabilities, bits per image, log p(x|z) per image), latents -> E[x|z] in
+    symbol units) of the merged model, `decode` giving the decoder output from every layer's
+    latents."""
+    rounding = fixed_point.ROUNDING[family]
+    schedule = fixed_point.rounds(fixed_point.CDF[family][2])
+
+    def search(m, *zs):
+        parameters = rounding(*m.likelihood.coding_parameters(decode(m, *zs)))
+        probabilities, state = fixed_point.first_round(family, parameters, *schedule[0])
+        if len(schedule) == 1:  # (a binarised pixel) nothing left to search: neither is needed
+            return None, probabilities, None
+        return parameters, probabilities, state
+
+    def probabilities(m, symbols_bxD, *zs):
+        out = decode(m, *zs)
+        rounds, bits_N = fixed_point.level_probabilities(
+            family, rounding(*m.likelihood.coding_parameters(out)), symbols_bxD.reshape(-1))
+        # log p(x|z) for the figures only: in float32, to about 1e-6 of its value
+        x = _model_input(symbols_bxD, family).astype(jnp.float32)
+        log_prob = m.likelihood.log_prob_grouped(out.astype(jnp.float32), x)
+        return rounds, bits_N.reshape(symbols_bxD.shape).astype(jnp.float64).sum(axis=1), log_prob
+
+    def mean(m, *zs):
+        return m.likelihood.mean(decode(m, *zs)) * (255.0 if family in fixed_point.EIGHT_BIT else 1.0)
+
+    return search, probabilities, mean
 
 
 def host_model(model, block_size: int) -> HostModel:
     """q(z|x) per layer (mean and standard deviation), the conditional priors of the layers below the
-    top (the HVAE's p(z1|z2), the ladder's p(z_l|z_>l)), and the likelihood's
-    coding parameters of p(x|z) (`likelihood.coding_probabilities`), each jitted once, float64 on
-    the CPU."""
+    top (the HVAE's p(z1|z2), the ladder's p(z_l|z_>l)), and p(x|z)'s fixed-point parameters
+    (`likelihood.coding_parameters` rounded by `fixed_point`), each jitted once, float64 on the CPU."""
     cpu = jax.devices("cpu")[0]
     graphdef, state = nnx.split(model)
     with jax.enable_x64(True):
-        state64 = jax.device_put(jax.tree.map(_float64, state), cpu)
+        # a flat list of arrays: a call flattens it in C++, where the module's state would take
+        # Python (about 2 ms a call, a sixth of a block's time for a binarised model)
+        leaves64, treedef = jax.tree.flatten(jax.device_put(jax.tree.map(_float64, state), cpu))
 
     def compiled(function):
-        return jax.jit(lambda state, *rows: function(nnx.merge(graphdef, state), *rows))
+        def call(leaves, *rows):
+            return function(nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves)), *rows)
+        return jax.jit(call)
 
-    posteriors, priors, pixels = _layer_functions(model)
+    family = model.likelihood.coding_family
+    posteriors, priors, decode = _layer_functions(model, family)
     posteriors = [compiled(f) for f in posteriors]
     priors = [f and compiled(f) for f in priors]
-    pixels = compiled(pixels)
+    search, probabilities, mean = (compiled(f) for f in _pixel_functions(decode, family))
 
-    def padded_call(function, *rows_bxK: np.ndarray):
+    def padded(rows_bxK: tuple[np.ndarray, ...]) -> list:
         rows = rows_bxK[0].shape[0]
         if not 1 <= rows <= block_size:
             raise ValueError(f"a call codes 1 to {block_size} rows, got {rows}")
-        padded = []
+        arrays = []
         for array in rows_bxK:
-            full = np.zeros((block_size, array.shape[1]), np.float64)
-            full[:rows] = array
-            padded.append(jax.device_put(full, cpu))
+            dtype = np.uint8 if np.issubdtype(array.dtype, np.integer) else np.float64  # symbols, latents
+            if rows == block_size:
+                full = np.asarray(array, dtype)
+            else:
+                full = np.zeros((block_size, array.shape[1]), dtype)
+                full[:rows] = array
+            arrays.append(jax.device_put(full, cpu))
+        return arrays
+
+    def padded_call(function, *rows_bxK: np.ndarray):
+        rows = rows_bxK[0].shape[0]
         with jax.enable_x64(True):
-            result = function(state64, *padded)
+            result = function(leaves64, *padded(rows_bxK))
             return jax.tree.map(lambda a: np.asarray(a, np.float64)[:rows], result)
+
+    def pixel_search(zs):
+        with jax.enable_x64(True):
+            return search(leaves64, *padded(zs))
+
+    def pixel_probabilities(zs, symbols_bxD):
+        rows, used = symbols_bxD.shape[0], symbols_bxD.size
+        with jax.enable_x64(True):
+            rounds, bits, log_prob = jax.device_get(probabilities(leaves64, *padded([symbols_bxD, *zs])))
+        return [p[:used] for p in rounds], bits[:rows], log_prob[:rows]
 
     return HostModel(
         num_layers=len(posteriors), latent_dim=model.latent_dim, latent_dims=tuple(model.latent_dims[::-1]),
-        num_pixels=int(np.prod(model.image_shape)),
-        block_size=block_size,
+        num_pixels=int(np.prod(model.image_shape)), block_size=block_size, family=family,
         posterior=lambda layer, x, upper: padded_call(posteriors[layer], x, *upper),
         conditional_prior=lambda layer, upper: padded_call(priors[layer], *upper),
-        pixel_probabilities=lambda zs: padded_call(pixels, *zs))
+        pixel_search=pixel_search, pixel_probabilities=pixel_probabilities,
+        pixel_mean=lambda zs: padded_call(mean, *zs))

@@ -16,6 +16,10 @@ its mass (1e-4 per dimension at the default) on bins far in its tails; a bits-ba
 a bin now and then, and that image's pixels and prior then cost dearly. The window is a function
 of (mean, std), which encoder and decoder both know when they code under q.
 
+Every Gaussian is coded with its mean and standard deviation in bins rounded to 1/256 of a bin
+(`GRID_STEPS`): the float64 encoder's outputs differ between machines in their last bits, and
+the rounded values, which are what constriction reads, almost never do (`fixed_point`).
+
 The default: bins of 1/64 over ±10 (1,281 indices per dimension).
 """
 
@@ -29,8 +33,8 @@ from vae.coding.errors import CodingError
 DEFAULT_BIN_WIDTH = 1.0 / 64
 DEFAULT_HALF_RANGE = 10.0
 MAX_INDEX = 1 << 20  # bins per side, at most
-MIN_STD_IN_BINS = 1e-3  # a posterior standard deviation below a thousandth of a bin is coded as that
 WINDOW_STDS = 8.0  # q(z|x)'s window covers this many of its standard deviations each side
+GRID_STEPS = 256  # a coded Gaussian's mean and standard deviation, in bins, are rounded to 1/256
 SMALLEST_WINDOW, WINDOW_GROWTH = 8, 4
 
 
@@ -78,6 +82,11 @@ class LatentBins:
         return constriction.stream.model.QuantizedGaussian(-k, k, 0.0, 1.0 / self.width)
 
 
+def _rounded(values: np.ndarray) -> np.ndarray:
+    """To the nearest 1/GRID_STEPS (clipped to ±2^40 bins, so the result stays exact)."""
+    return np.rint(np.clip(np.nan_to_num(values), -2.0**40, 2.0**40) * GRID_STEPS) / GRID_STEPS
+
+
 class GaussianCode:
     """Pops and pushes bin indices under a diagonal Gaussian N(mean, std²) given per index, each
     within its window (`windowed`, for q(z|x), whose pops must not reach its far tails) or over
@@ -94,8 +103,9 @@ class GaussianCode:
         """Per window in use: (the flat positions it codes, their centre bins, mean and std
         relative to the centre, in bins)."""
         k = self.bins.max_index
-        mean = np.asarray(mean_bxZ, np.float64).reshape(-1) / self.bins.width
-        std = np.maximum(np.asarray(std_bxZ, np.float64).reshape(-1) / self.bins.width, MIN_STD_IN_BINS)
+        mean = _rounded(np.asarray(mean_bxZ, np.float64).reshape(-1) / self.bins.width)
+        std = np.maximum(_rounded(np.asarray(std_bxZ, np.float64).reshape(-1) / self.bins.width),
+                         1.0 / GRID_STEPS)
         needed = WINDOW_STDS * std + 1.0
         choice = np.minimum(np.searchsorted(np.asarray(self.windows, np.float64), needed),
                             len(self.windows) - 1)
