@@ -18,6 +18,7 @@ from configs import default
 
 def get_config():
     config = default.get_config()
+    config.model.arch = "mlp"
     config.data.binarize = "none"
     config.model.likelihood = "logistic_mixture"
     config.model.mixture_components = 5

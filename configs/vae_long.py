@@ -10,6 +10,7 @@ from configs import default
 
 def get_config():
     config = default.get_config()
+    config.model.arch = "mlp"
     config.data.train_split = "train[:50000]"
     config.data.validation_split = "train[50000:]"
     config.train.num_epochs = 600

@@ -40,11 +40,15 @@ class Run:
 
 
 RUNS = (
-    Run("default", "scripts/train.py", ("--config", "configs/default.py"), 180,
-        "the default model: samples, reconstructions, interpolations, traversal, the KL term and its split"),
-    Run("z2", "scripts/train.py", ("--config", "configs/default.py", "--config.model.latent_dim=2"), 20,
+    Run("default", "scripts/train.py", ("--config", "configs/default.py"), 100,
+        "the default model (the two-level HVAE): samples, reconstructions, interpolations, traversal, "
+        "the KL term by layer"),
+    Run("vae", "scripts/train.py", ("--config", "configs/vae.py"), 180,
+        "the one-level VAE, whose KL term is one closed form over its dimensions: the KL term across "
+        "epochs, per dimension and its split"),
+    Run("z2", "scripts/train.py", ("--config", "configs/vae.py", "--config.model.latent_dim=2"), 20,
         "a 2-d latent space, for the manifold"),
-    Run("prior", "scripts/sweep.py", ("--config", "configs/default.py", "--sweep",
+    Run("prior", "scripts/sweep.py", ("--config", "configs/vae.py", "--sweep",
                                       "model.prior=standard_normal,vampprior",
                                       "--config.train.kl_warmup_epochs=2"), 10,
         "the KL split with the standard normal and with the VampPrior"),
@@ -68,9 +72,10 @@ PICTURES = (
     Picture("reconstruct.png", "default", "scripts/sample.py", ("--mode", "reconstruct"), "reconstruct.png"),
     Picture("interpolate.png", "default", "scripts/sample.py", ("--mode", "interpolate"), "interpolate.png"),
     Picture("traverse.png", "default", "scripts/sample.py", ("--mode", "traverse"), "traverse.png"),
-    Picture("kl_curves.png", "default", "scripts/plot_kl.py", (), "kl_curves.png"),
-    Picture("kl_per_dim.png", "default", "scripts/plot_kl.py", (), "kl_per_dim.png"),
-    Picture("kl_split.png", "default", "scripts/plot_kl.py", (), "kl_split.png"),
+    Picture("kl_per_layer.png", "default", "scripts/plot_kl.py", (), "kl_per_layer.png"),
+    Picture("kl_curves.png", "vae", "scripts/plot_kl.py", (), "kl_curves.png"),
+    Picture("kl_per_dim.png", "vae", "scripts/plot_kl.py", (), "kl_per_dim.png"),
+    Picture("kl_split.png", "vae", "scripts/plot_kl.py", (), "kl_split.png"),
     Picture("manifold.png", "z2", "scripts/sample.py", ("--mode", "manifold", "--steps", "15"),
             "manifold.png"),
     Picture("kl_split_prior.png", "prior", "scripts/plot_kl.py", (), "kl_split.png"),

@@ -315,7 +315,10 @@ def test_the_per_layer_plot_stacks_the_layers():
         plotting.plot_kl_per_layer({"one layer": [{"epoch": 1, "test/kl": 2.0}]})
 
 
-@pytest.mark.parametrize("num_layers", [3, pytest.param(cifar10_ladder.NUM_LAYERS, marks=pytest.mark.slow)])
+# Slow, both: the conv ladder's training with a logistic mixture is quick-tested in test_every_likelihood,
+# colour folders in tests/test_eight_bit.py; here the config file itself (a 40-second compile at 3 layers).
+@pytest.mark.slow
+@pytest.mark.parametrize("num_layers", [3, cifar10_ladder.NUM_LAYERS])
 def test_the_cifar10_config_trains_a_step_on_a_folder_of_32x32_colour_images(tmp_path, num_layers):
     rng = np.random.default_rng(0)
     images = tmp_path / "images"

@@ -59,7 +59,7 @@ def assert_z2_page(tmp_path):
     assert (tmp_path / "docs" / "manifold.png").stat().st_size > 1000
     page = (tmp_path / "docs" / "figures.md").read_text()
     assert "[manifold.png](manifold.png) | z2 |" in page
-    assert "scripts/train.py --config configs/default.py --config.model.latent_dim=2" in page
+    assert "scripts/train.py --config configs/vae.py --config.model.latent_dim=2" in page
     assert "1 epochs" in page and "test −ELBO" in page
     assert (tmp_path / "README.md").read_text().count("| β |") == 0  # no β run made: its table is left alone
 

@@ -108,7 +108,7 @@ def test_every_config_is_valid():
 
     names = sorted(p.stem for p in (pathlib.Path(__file__).parents[1] / "configs").glob("*.py")
                    if p.stem != "__init__")
-    assert {"default", "hvae", "hvae_long", "paper_conv_hvae", "fmnist_8bit"} <= set(names)
+    assert {"default", "vae", "hvae_long", "paper_conv_hvae", "fmnist_8bit"} <= set(names)
     for name in names:
         module = importlib.import_module(f"configs.{name}")
         config_checks.validate_config(module.get_config(), 1)
