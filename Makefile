@@ -72,7 +72,7 @@ lint: install
 
 # The speed table: one benchmark run over the five configs (with the PyTorch loops where torch is
 # importable: `pip install -e '.[bench]'`), then docs/benchmarks.md and the README's table from it.
-SPEED_CONFIGS := mlp_small default paper_hvae paper_vampprior conv
+SPEED_CONFIGS := mlp_small vae paper_hvae paper_vampprior conv
 speed: data
 	$(PY) scripts/benchmark.py $$($(PY) -c 'import torch' 2>/dev/null && echo --torch) \
 	  $(foreach c,$(SPEED_CONFIGS),--config configs/$(c).py) --iw_samples 1000,5000 --out docs/bench/speed.json

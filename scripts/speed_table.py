@@ -1,7 +1,7 @@
 """The speed table, written from one `scripts/benchmark.py` JSON: docs/benchmarks.md and the
 README's short speed table (between its `speed-table` markers), never typed by hand.
 
-    python scripts/benchmark.py --torch --config configs/mlp_small.py --config configs/default.py \
+    python scripts/benchmark.py --torch --config configs/mlp_small.py --config configs/vae.py \
         --config configs/paper_hvae.py --config configs/paper_vampprior.py --config configs/conv.py \
         --out docs/bench/speed.json
     python scripts/speed_table.py docs/bench/speed.json [--readme README.md] [--out docs/benchmarks.md]
