@@ -324,7 +324,25 @@ def eight_bit_run(tmp_path_factory, fashion_mnist):
     return path
 
 
-@pytest.mark.slow  # 4 decoding processes; quick sibling: tests/test_fixed_point.py's last-bit test
+def test_an_8_bit_file_decodes_in_a_process_with_one_thread_and_sse4_2(eight_bit_run, tmp_path):
+    """Files that decode elsewhere, in the quick suite: an 8-bit file (the likelihood whose float
+    arithmetic differs most between vector widths) decoded by decompress.py in a process of its own
+    with one XLA thread and SSE4.2 at once. The slow test below takes each change alone, and a
+    binarised file too."""
+    expected, _ = dataset.load_test_set(files.read_config(eight_bit_run).data)
+    data, _ = codec.compress_workdir(eight_bit_run, max_examples=40, progress=False)
+    coded, out = tmp_path / "test.bbans", tmp_path / "test.npy"
+    coded.write_bytes(data)
+    flags = " ".join(xla_flags for _, xla_flags in OTHER_DECODERS.values())
+    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip())
+    command = [*OTHER_DECODERS["one thread"][0], sys.executable, f"{REPO}/scripts/decompress.py",
+               "--workdir", eight_bit_run, coded, "--out", out, "--no-progress"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    np.testing.assert_array_equal(np.load(out), expected[:40])
+
+
+@pytest.mark.slow  # 4 decoding processes; quick sibling: the test above
 def test_files_decode_with_one_thread_and_narrower_vectors(trained_run, eight_bit_run, tmp_path):
     for run in (trained_run[0], eight_bit_run):
         expected, _ = dataset.load_test_set(files.read_config(run).data)
