@@ -63,6 +63,7 @@ def test_the_iwae_bound_of_an_8_bit_run(eight_bit_run):
     assert "bits/dim" in cells[6] and "bits/dim" in cells[7] and "logistic mixture K=3" in cells[2]
 
 
+@pytest.mark.slow  # quick: 8-bit means and draws (test_likelihoods.py), sample.py on a binarised run
 def test_8_bit_pictures_are_levels_and_sample_py_draws_them(eight_bit_run, tmp_path):
     path, _ = eight_bit_run
     _, model, _ = trained.load_trained(path)
@@ -110,6 +111,7 @@ def test_every_architecture_takes_an_8_bit_likelihood(arch):
 
 
 
+@pytest.mark.slow  # quick: folders train (tests/test_folder_data.py), 8-bit runs evaluate in bits/dim (above)
 def test_a_folder_of_colour_images_trains_samples_and_evaluates_in_bits_per_dim(tmp_path):
     """A user's own colour pictures: 80 8x8 RGB PNGs of coloured blobs, trained with the
     logistic mixture, drawn as colour pictures, evaluated per sub-pixel (8·8·3 of them)."""

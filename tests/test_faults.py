@@ -201,6 +201,7 @@ def test_a_failed_metrics_write_is_one_error_and_the_run_resumes_exactly(tmp_pat
     assert without_timing(resumed) == without_timing(straight)
 
 
+@pytest.mark.slow  # a process killed mid-run; quick: the other faults in this file
 def test_a_workdir_removed_mid_run_stops_it_in_one_line(tmp_path, fashion_mnist):
     run = tmp_path / "run"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS=xla_flags(1))

@@ -62,6 +62,7 @@ def split_terms(key, mean_NxZ, log_var_NxZ, log_prior=PRIOR.log_prob, **options)
         key, mean_NxZ, log_var_NxZ)
 
 
+@pytest.mark.slow  # 6,400^2 pairs 4 times; quick: the estimates' bounds and limits below
 def test_linear_gaussian_estimates_converge_to_closed_form():
     """The mean absolute error over 4 draws of the images shrinks as N grows (the images' own
     sampling error, about sqrt(Var / N), dominates the estimators' bias here)."""

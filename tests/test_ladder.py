@@ -174,8 +174,9 @@ def test_sampling_shapes_and_per_layer_temperatures():
 
 @pytest.mark.parametrize("arch, likelihood", [
     ("ladder", "bernoulli"), ("ladder", "logistic_mixture"), ("ladder", "categorical"),
-    ("conv_ladder", "logistic_mixture"), pytest.param("conv_ladder", "bernoulli", marks=pytest.mark.slow),
-    pytest.param("conv_ladder", "categorical", marks=pytest.mark.slow)])
+    # the conv ladder slow (quick: its interface and shapes in tests/test_models.py)
+    *(pytest.param("conv_ladder", likelihood, marks=pytest.mark.slow)
+      for likelihood in ("logistic_mixture", "bernoulli", "categorical"))])
 def test_every_likelihood(arch, likelihood):
     model, config = ladder_model(noise=0.02, model__arch=arch, model__likelihood=likelihood,
                                  model__mixture_components=2, model__conv_channels=(4, 4),

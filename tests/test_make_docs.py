@@ -64,6 +64,7 @@ def assert_z2_page(tmp_path):
     assert (tmp_path / "README.md").read_text().count("| β |") == 0  # no β run made: its table is left alone
 
 
+@pytest.mark.slow  # quick: each picture's run and page (test_every_picture_comes_from_a_run_...)
 def test_make_docs_trains_draws_and_says_which_run_made_each_picture(tmp_path, fashion_mnist, monkeypatch):
     """Every step make_docs.py runs as a process (train.py, sample.py), run in this one instead:
     the slow test below runs them as processes."""

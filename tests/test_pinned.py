@@ -55,8 +55,8 @@ def figures(name: str, workdir: Path) -> dict:
     return result | {f"eval/{key}": evaluated[key] for key in EVAL_KEYS}
 
 
-# The default and the smallest model in the quick suite, every config in the slow one (about 20 s each).
-QUICK = ("mlp_small", "default")
+# The default in the quick suite, every config in the slow one (about 20 s each).
+QUICK = ("default",)
 
 
 @pytest.mark.parametrize("name", [name if name in QUICK else pytest.param(name, marks=pytest.mark.slow)

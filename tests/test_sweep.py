@@ -115,9 +115,10 @@ def beta_seed_sweep(tmp_path_factory, fashion_mnist):
     return path, driver.train_sweep(tiny_config(train__num_epochs=3), AXES, path, progress=False)
 
 
-# The vmapped member loop trains the 4 members again: slow. Members equal to their single runs
-# through the vmapped step are quick-tested by test_every_traced_number_matches_the_single_run.
-@pytest.mark.parametrize("member_loop", ["unrolled", pytest.param("vmap", marks=pytest.mark.slow)])
+# Slow: members equal to their single runs are quick-tested number by number by
+# test_every_traced_number_matches_the_single_run; here 4 members of 3 epochs, unrolled and vmapped.
+@pytest.mark.slow  # with the other test on beta_seed_sweep, the quick suite's heaviest training
+@pytest.mark.parametrize("member_loop", ["unrolled", "vmap"])
 def test_member_k_equals_the_single_run(tmp_path, beta_seed_sweep, member_loop):
     path, histories = beta_seed_sweep
     if member_loop == "vmap":  # the fixture ran the default loop (unrolled on CPU); the other one here
@@ -183,6 +184,7 @@ def test_each_member_is_a_single_runs_workdir(beta_seed_sweep):
     assert (path / driver.RATE_DISTORTION_FILE).stat().st_size > 10_000
 
 
+@pytest.mark.slow  # a sweep's resume is quick-tested in test_the_sweep_script_and_the_tools_on_its_members
 def test_a_sweep_resumes_after_a_kill_between_two_members_checkpoints(tmp_path, beta_seed_sweep):
     """Killed after epoch 2 was written for three members but not the fourth: the resumed sweep
     trains that member's epoch 2 alone (the others wait, frozen), then all of them, and ends where

@@ -116,6 +116,7 @@ def test_conv_model_trains(tmp_path, fashion_mnist):
     assert np.isfinite(history[0]["test/elbo"])
 
 
+@pytest.mark.slow  # quick: 4 devices match 1 (test_four_devices_match_one), exact resume
 def test_a_run_trained_on_4_devices_loads_and_resumes_on_1(tmp_path, tiny_run):
     path = copy_run(tiny_run, tmp_path / "run")  # 2 epochs on 4 devices
     assert json.loads((path / "config.json").read_text())["run"]["num_devices"] == 4
