@@ -111,7 +111,6 @@ def test_every_architecture_takes_an_8_bit_likelihood(arch):
 
 
 
-@pytest.mark.slow  # quick: folders train (tests/test_folder_data.py), 8-bit runs evaluate in bits/dim (above)
 def test_a_folder_of_colour_images_trains_samples_and_evaluates_in_bits_per_dim(tmp_path):
     """A user's own colour pictures: 80 8x8 RGB PNGs of coloured blobs, trained with the
     logistic mixture, drawn as colour pictures, evaluated per sub-pixel (8·8·3 of them)."""
