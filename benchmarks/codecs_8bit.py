@@ -256,8 +256,9 @@ def _best(rows, key):
 
 
 def markdown(result: dict) -> str:
-    """OUT.md: the codec table (the best of each column in bold), the model's rows where there is
-    an evaluation, the command that made it, the date and the machine."""
+    """OUT.md: the codec table (the best standard codec of each column in bold, and the bits-back
+    row where it beats them all), the model's rows where there is an evaluation, the command that
+    made it, the date and the machine."""
     n, dims, shape = result["num_images"], result["dims_per_image"], result["image_shape"]
     rows = result["codecs"]
     best_whole, best_per_image = _best(rows, "whole_bytes"), _best(rows, "per_image_total_bytes")
@@ -288,14 +289,18 @@ def markdown(result: dict) -> str:
     if bits_back:
         c = bits_back["compress"]
         nats = 8 * c["bytes"] * math.log(2) / n
+        # In bold where it beats every standard codec of the column.
+        beats_whole = all(c["bits_per_dim"] < r["whole_bits_per_dim"] for r in rows)
         each = ""
         if bits_back.get("per_image"):  # each image compressed alone (`codecs.bits_back_per_image`)
             p = bits_back["per_image"]
-            each = (f" {p['per_image_bytes']:,.1f} | {p['per_image_bits_per_dim']:.4f} | "
+            beats_each = all(p["per_image_bits_per_dim"] < r["per_image_bits_per_dim"] for r in rows)
+            each_bpd = bold(f"{p['per_image_bits_per_dim']:.4f}", beats_each)
+            each = (f" {p['per_image_bytes']:,.1f} | {each_bpd} | "
                     f"{8 * p['per_image_bytes'] * math.log(2):,.1f} | {secs(p['time_sec'])} |")
+        whole_bpd = bold(f"{c['bits_per_dim']:.4f}", beats_whole)
         lines.append(f"| **bits-back ANS with the VAE** (`scripts/compress.py`, a file) | {c['bytes']:,} | "
-                     f"**{c['bits_per_dim']:.4f}** | {nats:,.1f} | {secs(c['coding_time_sec'])} |"
-                     + (each or " | | | |"))
+                     f"{whole_bpd} | {nats:,.1f} | {secs(c['coding_time_sec'])} |" + (each or " | | | |"))
     evaluation = result.get("evaluation")
     model = result.get("model") or []
     if evaluation:
@@ -309,7 +314,9 @@ def markdown(result: dict) -> str:
     best = (f"{best_whole}, for the whole set and one file per image" if best_whole == best_per_image
             else f"{best_whole} for the whole set, {best_per_image} one file per image")
     mosaic = " x ".join(f"{d:,}" for d in result["mosaic_shape"])
-    lines += ["", f"Best (in bold): {best}. Whole set: one {mosaic} mosaic ({result['mosaic_columns']} "
+    beaten = "; the bits-back row in bold where it beats them all" if bits_back else ""
+    lines += ["", f"Best of the standard codecs (in bold): {best}{beaten}. Whole set: one {mosaic} "
+              f"mosaic ({result['mosaic_columns']} "
               "images a row, zero-padded to a full last row) for the image codecs, one stream of the raw "
               "bytes (image after image) for the others; one file per image: each codec's complete file "
               "(header included) for each image alone. encode s: seconds encoding, the lossless checks "
