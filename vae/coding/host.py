@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vae.coding import fixed_point
+from vae.coding import fixed_point, pixels
 from vae.model.hvae import HierarchicalVAE
 from vae.model.ladder import Ladder
 
@@ -97,27 +97,22 @@ def _gaussian(mean_and_log_var):
     return mean, jnp.exp(0.5 * log_var)
 
 
-def _model_input(symbols_bxD, family: str):
-    """The model input x in [0, 1] (float64) of symbols: a level as v / 255, a bit as itself."""
-    return symbols_bxD.astype(jnp.float64) * (1.0 / 255.0 if family in fixed_point.EIGHT_BIT else 1.0)
-
-
 def _layer_functions(model, family: str):
     """(posterior per layer (of the images' symbols), conditional prior per layer (None at the
     top), decoder output from every layer's latents) as functions of the merged model: what each
     architecture's layers are."""
     if isinstance(model, Ladder):  # each layer's function is told the layer by how many are above it
         below = model.num_layers - 1
-        return ([lambda m, s, *upper: _gaussian(m.posterior_below(_model_input(s, family), upper))]
+        return ([lambda m, s, *upper: _gaussian(m.posterior_below(pixels.model_input(s, family), upper))]
                 * model.num_layers,
                 [None] + [lambda m, *upper: _gaussian(m.prior_below(upper))] * below,
                 lambda m, *zs: m.decode_layers(zs))
     if isinstance(model, HierarchicalVAE):
-        posteriors = [lambda m, s: _gaussian(m.encode(_model_input(s, family))),
-                      lambda m, s, z2: _gaussian(m.q_z1(_model_input(s, family), z2))]
+        posteriors = [lambda m, s: _gaussian(m.encode(pixels.model_input(s, family))),
+                      lambda m, s, z2: _gaussian(m.q_z1(pixels.model_input(s, family), z2))]
         priors = [None, lambda m, z2: _gaussian(m.p_z1(z2))]
         return posteriors, priors, lambda m, z2, z1: m.decode_both(z1, z2)
-    return ([lambda m, s: _gaussian(m.encode(_model_input(s, family)))], [None],
+    return ([lambda m, s: _gaussian(m.encode(pixels.model_input(s, family)))], [None],
             lambda m, z: m.decode(z))
 
 
@@ -141,7 +136,7 @@ def _pixel_functions(decode, family: str):
         rounds, bits_N = fixed_point.level_probabilities(
             family, rounding(*m.likelihood.coding_parameters(out)), symbols_bxD.reshape(-1))
         # log p(x|z) for the figures only: in float32, to about 1e-6 of its value
-        x = _model_input(symbols_bxD, family).astype(jnp.float32)
+        x = pixels.model_input(symbols_bxD, family).astype(jnp.float32)
         log_prob = m.likelihood.log_prob_grouped(out.astype(jnp.float32), x)
         return rounds, bits_N.reshape(symbols_bxD.shape).astype(jnp.float64).sum(axis=1), log_prob
 

@@ -69,10 +69,10 @@ def from_symbols(symbols_NxD: np.ndarray, scale: int, shape: tuple[int, ...]) ->
     return (symbols_NxD.astype(np.uint8) * np.uint8(scale)).reshape(shape)
 
 
-def model_input(symbols_bxD: np.ndarray, family: str) -> np.ndarray:
-    """The model's input x in [0, 1] (float64): a Bernoulli symbol as 0 or 1, a level as v / 255."""
-    x = symbols_bxD.astype(np.float64)
-    return x / 255.0 if family in EIGHT_BIT_FAMILIES else x
+def model_input(symbols_bxD, family: str):
+    """The model's input x in [0, 1] (float64) of a NumPy or JAX array of symbols: a Bernoulli
+    symbol as 0 or 1, a level as v / 255 (the host model calls it inside its compiled functions)."""
+    return symbols_bxD.astype(np.float64) * (1.0 / 255.0 if family in EIGHT_BIT_FAMILIES else 1.0)
 
 
 # A round's parts (its probabilities given per symbol, N x parts); also for two parts, where it
