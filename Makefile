@@ -17,8 +17,9 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 
 # Two workers, each test file on one of them: a file's module-scoped fixtures (trained runs) are
 # built once. (--dist loadgroup's xdist_group marks do nothing under pytest 9.2 with xdist 3.8:
-# pytest-xdist issue #1386.)
-PYTEST := VAE_REQUIRE_REAL_DATA=1 $(PY) -m pytest -n 2 --dist loadfile
+# pytest-xdist issue #1386.) Files start heaviest first (tests/conftest.py's HEAVIEST_FILES),
+# not xdist's default of the files with most tests first.
+PYTEST := VAE_REQUIRE_REAL_DATA=1 $(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 .PHONY: install data train test test-slow test-all tensorboard notebook lint speed docs clean
 

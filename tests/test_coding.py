@@ -241,6 +241,9 @@ def test_damaged_and_truncated_files_are_refused(trained_run):
         damaged[position] ^= 0x10
         with pytest.raises(CodingError, match=why):
             codec.decompress_workdir(path, bytes(damaged), "f", progress=False)
+    # A top word of zero, which no coder writes: constriction refuses the words at once.
+    with pytest.raises(CodingError, match="did not decode .*the coder refused the words"):
+        codec.decompress_workdir(path, data[:-4] + bytes(4), "f", progress=False)
     with pytest.raises(CodingError, match="damaged or truncated"):
         codec.decompress_workdir(path, data[:-4], "f", progress=False)
     with pytest.raises(container.FileError, match="not a file written by"):

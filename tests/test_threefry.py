@@ -1,5 +1,9 @@
 """The fused threefry keys draw exactly the bits of jax.random's default keys, everywhere a run uses them."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,9 +63,10 @@ def test_what_a_run_draws_is_jaxs_under_jit_and_vmap():
     assert_same(per_image(theirs, jnp.arange(10)), per_image(ours, jnp.arange(10)))
 
 
-def test_training_is_bit_for_bit_what_it_was(monkeypatch):
+def training_bits_agree():
     """The train epoch with fused keys and the CPU compile options against jax.random keys and a
-    plain compile: the same parameters, optimizer state and metrics, bit for bit."""
+    plain compile: the same parameters, optimizer state and metrics, bit for bit. Changes this
+    process's keys and options: for a process of its own."""
     from tests.conftest import tiny_config
     from vae.train import distributed, epoch, feed, state
 
@@ -83,8 +88,19 @@ def test_training_is_bit_for_bit_what_it_was(monkeypatch):
         return carry, metrics
 
     new = two_epochs()
-    monkeypatch.setattr(threefry, "key", jax.random.key)
-    monkeypatch.setattr(epoch, "_CPU_COMPILER_OPTIONS", {})
+    threefry.key, epoch._CPU_COMPILER_OPTIONS = jax.random.key, {}
     old = two_epochs()
     for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_training_is_bit_for_bit_what_it_was():
+    """`training_bits_agree` as a user's run compiles: in a process with XLA's default flags. (The
+    suite's compile-speed flags, tests/conftest.py, round the two programs differently.)"""
+    from tests.conftest import REPO
+
+    script = ("import jax; jax.devices(); "  # the backend starts on these flags before tests.conftest
+              "from tests.test_threefry import training_bits_agree; training_bits_agree(); print('ok')")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
+                            env=dict(os.environ, XLA_FLAGS="", TF_CPP_MIN_LOG_LEVEL="3"), timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

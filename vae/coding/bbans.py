@@ -219,7 +219,10 @@ def decode(host: HostModel, words: np.ndarray, count: int, ramp: tuple[int, ...]
     sizes = block_sizes(count, host.block_size, ramp)
     ends = np.cumsum(sizes)
     block = _Block(host, bins)
-    coder = constriction.stream.stack.AnsCoder(np.ascontiguousarray(words, np.uint32))
+    try:  # a damaged top word (zero) is refused before any image
+        coder = constriction.stream.stack.AnsCoder(np.ascontiguousarray(words, np.uint32))
+    except _CODER_ERRORS as e:
+        raise DecodeMismatch(f"the coder refused the words: {str(e).strip() or type(e).__name__}") from None
     symbols = np.zeros((count, host.num_pixels), np.int32)
     with tqdm(total=count, unit="img", disable=not progress, file=sys.stderr, desc="decompress",
               dynamic_ncols=True) as bar:
