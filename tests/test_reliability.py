@@ -2,10 +2,10 @@
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.conftest import REPO, xla_flags
-from vae.train import trained
+from tests.conftest import REPO, copy_run, tiny_run_config, xla_flags
+from vae.train import loop, trained
 from vae.workdir import files
 
 NUM_EPOCHS = 4
@@ -68,9 +68,9 @@ def saving_now(path: Path) -> bool:
     return ckpt.is_dir() and any("tmp" in p.name for p in ckpt.iterdir())
 
 
-def final_params(path: Path):
+def final_params(path: Path, num_epochs: int = NUM_EPOCHS):
     _, model, epoch = trained.load_trained(path)
-    assert epoch == NUM_EPOCHS
+    assert epoch == num_epochs
     return jax.tree.leaves(nnx.state(model, nnx.Param))
 
 
@@ -91,9 +91,40 @@ def assert_same_run(path: Path, reference: Path) -> None:
         np.testing.assert_array_equal(a, b)  # bit for bit on CPU
 
 
-# The SIGINT test is quick (Ctrl-C: how a run is usually stopped); SIGTERM takes the same path, and
-# the SIGKILL tests are slow: a resume after a kill is also the quick in-process resume tests of
-# test_train.py, test_selection.py (killed between two saves) and test_faults.py (damaged checkpoints).
+# Quick: Ctrl-C in this process (how a run is usually stopped) and a damaged checkpoint. Slow: the
+# same signals sent to a training process of its own (its exit status and last line), and SIGKILL;
+# a resume after a kill is also the quick in-process resume tests of test_train.py,
+# test_selection.py (killed between two saves) and test_faults.py (damaged checkpoints).
+def test_sigint_stops_after_the_epochs_checkpoint_and_the_run_resumes_exactly(tmp_path, tiny_run,
+                                                                               monkeypatch):
+    """SIGINT while epoch 1 trains (sent to this process): the epoch ends, is checkpointed, and the
+    run stops with Interrupted (exit status 130); run again, it ends where the uninterrupted run did."""
+    assert threading.current_thread() is threading.main_thread()  # where the handler is installed
+    train_epoch = loop._Group._train_epoch
+    sent = []
+
+    def with_sigint(self, number, active):
+        if not sent:
+            sent.append(number)
+            os.kill(os.getpid(), signal.SIGINT)
+        return train_epoch(self, number, active)
+
+    monkeypatch.setattr(loop._Group, "_train_epoch", with_sigint)
+    stopped = "stopped by SIGINT after epoch 1, which is checkpointed"
+    with pytest.raises(loop.Interrupted, match=stopped) as stop:
+        loop.train_and_evaluate(tiny_run_config(), tmp_path, progress=False)
+    assert stop.value.exit_code == 128 + signal.SIGINT and sent == [1]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    assert completed_epochs(tmp_path) == 1
+    assert sorted(int(p.name) for p in (tmp_path / files.CHECKPOINT_DIR).iterdir() if p.name.isdigit()) == [1]
+    monkeypatch.undo()
+    loop.train_and_evaluate(tiny_run_config(), tmp_path, progress=False)
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in TIMING} for r in rs]  # noqa: E731
+    assert strip(files.read_metrics(tmp_path)) == strip(files.read_metrics(tiny_run))
+    for a, b in zip(final_params(tmp_path, 2), final_params(tiny_run, 2)):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, reference):
     process = start(tmp_path)
@@ -117,7 +148,8 @@ def test_sigkill_while_a_checkpoint_is_written_then_resume(tmp_path, reference):
     assert_same_run(tmp_path, reference)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_sigint_and_sigterm_stop_gracefully_with_a_checkpoint(tmp_path, reference, signum):
     process = start(tmp_path)
     assert wait_for(lambda: completed_epochs(tmp_path) >= 1)
@@ -134,9 +166,9 @@ def test_sigint_and_sigterm_stop_gracefully_with_a_checkpoint(tmp_path, referenc
     assert_same_run(tmp_path, reference)
 
 
-def test_a_corrupted_checkpoint_falls_back_to_the_previous_one(tmp_path, reference, capfd):
-    run = shutil.copytree(reference, tmp_path / "run")
-    latest = run / files.CHECKPOINT_DIR / str(NUM_EPOCHS)
+def test_a_corrupted_checkpoint_falls_back_to_the_previous_one(tmp_path, tiny_run, capfd):
+    run = copy_run(tiny_run, tmp_path / "run")  # 2 epochs
+    latest = run / files.CHECKPOINT_DIR / "2"
     data_files = [p for p in latest.rglob("*") if p.is_file() and p.stat().st_size > 1000]
     assert data_files
     for path in data_files:  # overwrite bytes in the middle of every array file
@@ -145,5 +177,5 @@ def test_a_corrupted_checkpoint_falls_back_to_the_previous_one(tmp_path, referen
         raw[middle:middle + 64] = os.urandom(64)
         path.write_bytes(bytes(raw))
     _, _, epoch = trained.load_trained(run)
-    assert epoch == NUM_EPOCHS - 1
-    assert f"checkpoint {NUM_EPOCHS} cannot be restored" in capfd.readouterr().err
+    assert epoch == 1
+    assert "checkpoint 2 cannot be restored" in capfd.readouterr().err
