@@ -65,7 +65,10 @@ def test_pinned_numbers(name, tmp_path, fashion_mnist):
     expected = json.loads(PINNED.read_text())[name]
     got = figures(name, tmp_path)
     assert got.pop("test/active_units") == expected.pop("test/active_units")
-    assert got == pytest.approx(expected, rel=1e-5, abs=2e-3)
+    # Half of the hundredth of a nat that results reproduce to: other compile flags (the suite's,
+    # tests/conftest.py, against a user's) round differently, and two epochs of training carry that
+    # to a few thousandths of a nat in the KL term.
+    assert got == pytest.approx(expected, rel=1e-5, abs=5e-3)
 
 
 def write(names: list[str]) -> None:
