@@ -14,11 +14,11 @@ import warnings
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The suite's time is mostly XLA compiling small programs that then run for milliseconds, so it
 # compiles for compile speed: without LLVM's optimisation passes (-O0: half the compile seconds of
-# the same tests here) and with XLA's older loop emitters for fusions (the MLIR fusion emitters cost
-# a quarter more seconds on the suite's small programs). Some compute is slower, and float rounding
-# differs: the pinned numbers, written with -O0 alone, hold within 0.005 nats (tests/test_pinned.py).
-# The scripts the tests start inherit the flags; `xla_flags` gives them to those that set their own
-# device count.
+# the same tests here) and with XLA's older loop emitters for fusions (with the MLIR fusion emitters
+# some of the suite's files took a third longer from an empty cache). Some compute is slower, and
+# float rounding differs: the pinned numbers, written with -O0 alone, hold within 0.005 nats
+# (tests/test_pinned.py). The scripts the tests start inherit the flags; `xla_flags` gives them to
+# those that set their own device count.
 COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 
 
