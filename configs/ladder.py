@@ -14,9 +14,10 @@ of this config (2026-12-06) diverged at epoch 110 (a training KL of 12,480 nats,
 to 2.1e9; 4.5e5 and 1.8e11 in the next two epochs), after one spike of 5e6 in epoch 87 that it
 survived. Its healthy epochs' largest norms were 7,947 in epoch 1 and at most 180 after it (median
 40), so the threshold sits above the start (a threshold of 1,000 skips every update of the first
-epoch: the run cannot move) and far below the spikes. An epoch took 7.6 s of training and 1.3 s
-of evaluation on a quiet 2-core CPU here, so NUM_EPOCHS take about 75 minutes. docs/ladder.md has
-the short runs that chose the sizes.
+epoch: the run cannot move) and far below the spikes. With it the run stopped at epoch 101 (every
+update skipped), keeping epoch 100: this config does not yet train its NUM_EPOCHS (docs/ladder.md).
+An epoch took 7.6 s of training and 1.3 s of evaluation on a quiet 2-core CPU here, so NUM_EPOCHS
+would take about 75 minutes. docs/ladder.md has the short runs that chose the sizes.
 """
 
 from configs import default
