@@ -23,6 +23,8 @@ def get_config():
     config.model.likelihood = "logistic_mixture"
     config.model.mixture_components = 5
     config.train.kl_warmup_epochs = 10.0
+    config.train.learning_rate = 3e-3  # what its runs here used; the binarised ladder's 1e-3 is
+    #   untried on 8 bits
     config.train.skip_threshold = 200_000.0  # above every norm of its first 56 epochs here (the
     #   largest 169,721 in epoch 1; 1,100-2,100 an epoch after it); the binarised ladder's 20,000
     #   would skip part of its start
