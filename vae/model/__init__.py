@@ -2,7 +2,8 @@
 two-level HVAE and the deep ladder, and the objectives they are trained with.
 
     networks.py     dense, gated and convolutional building blocks, encoders and decoders
-    likelihoods.py  p(x|z) from the decoder's output
+    likelihoods.py  p(x|z) from the decoder's output; mixture_kernel.py (and .cc) the logistic
+                    mixture's IWAE loop as a compiled CPU kernel, built on first use
     priors.py       p(z): the standard normal, the VampPrior
     vae.py          the one-level VAE; hvae.py the two-level HVAE (same interface)
     ladder.py       the ladder: L latent layers over one top-down state (same interface);

@@ -38,6 +38,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from vae.model import mixture_kernel
+
 
 class Bernoulli(nnx.Module):
     """p(x|z) = Π_d Bernoulli(x_d | sigmoid(l_d)): one logit l_d per pixel, for binarised pixels.
@@ -225,17 +227,34 @@ class LogisticMixture(nnx.Module):
 
     def log_prob_grouped(self, out_BxP: jax.Array, x_BxD: jax.Array) -> jax.Array:
         """`log_prob` for speed, where the IWAE evaluation's decoder output is the hot loop (equal
-        up to float rounding, tested): with each image's pixels on the minor axis (so it
-        vectorises), over tiles of TILE_ROWS images at a time (so its intermediates stay in cache),
-        each tile's mixture as a probability (`_mixture_probability`, a fifth of `log_prob`'s
-        transcendental work) unless one of its sub-pixels is under 1e-30, whose tile takes the
-        exact log-space form (`discretized_logistic_mixture_log_prob`). docs/evaluation.md has
-        what each step saves. `x_BxD` broadcasts against the leading axes of `out_BxP`."""
-        k, lead = self.num_components, out_BxP.shape[:-1]
-        levels = jnp.broadcast_to(levels_of(x_BxD), lead + x_BxD.shape[-1:]).reshape(-1, x_BxD.shape[-1])
-        out = out_BxP.reshape(-1, out_BxP.shape[-1])
-        pad = -out.shape[0] % TILE_ROWS
-        out, levels = jnp.pad(out, ((0, pad), (0, 0))), jnp.pad(levels, ((0, pad), (0, 0)))
+        up to float rounding, tested): on CPU the compiled kernel of `mixture_kernel`, one pass
+        per row; elsewhere, or without a C++ compiler, `_tiled_log_prob`. docs/evaluation.md has
+        what each step saves. `x_BxD` broadcasts against the leading axes of `out_BxP`; where it
+        holds one image per row of their last axes (x_BxD[None] against C x B rows), each is read
+        once rather than copied per row."""
+        lead, d = out_BxP.shape[:-1], x_BxD.shape[-1]
+        levels = levels_of(x_BxD)
+        image_lead = levels.shape[:-1]
+        while image_lead and image_lead[0] == 1:
+            image_lead = image_lead[1:]
+        if lead[len(lead) - len(image_lead):] != image_lead:  # not one image per row of the last axes
+            levels = jnp.broadcast_to(levels, lead + (d,))
+        out_NxP = out_BxP.reshape(-1, out_BxP.shape[-1])
+        log_p = mixture_kernel.log_prob(out_NxP, levels.reshape(-1, d), self.num_components,
+                                        self._tiled_log_prob)
+        return log_p.reshape(lead)
+
+    def _tiled_log_prob(self, out_NxP: jax.Array, levels_BxD: jax.Array) -> jax.Array:
+        """`log_prob_grouped` in XLA, row r of `out_NxP` against the levels of image r mod B: with
+        each image's pixels on the minor axis (so it vectorises), over tiles of TILE_ROWS rows at a
+        time (so its intermediates stay in cache), each tile's mixture as a probability
+        (`_mixture_probability`, a fifth of `log_prob`'s transcendental work) unless one of its
+        sub-pixels is under 1e-30, whose tile takes the exact log-space form
+        (`discretized_logistic_mixture_log_prob`)."""
+        k, (images, d), rows = self.num_components, levels_BxD.shape, out_NxP.shape[0]
+        levels = jnp.broadcast_to(levels_BxD, (rows // images, images, d)).reshape(rows, d)
+        pad = -rows % TILE_ROWS
+        out, levels = jnp.pad(out_NxP, ((0, pad), (0, 0))), jnp.pad(levels, ((0, pad), (0, 0)))
 
         def tile(out_and_levels):
             out_TxP, level_TxD = out_and_levels
@@ -246,9 +265,8 @@ class LogisticMixture(nnx.Module):
                                 lambda: jnp.sum(jnp.log(probability), axis=-1),
                                 lambda: jnp.sum(discretized_logistic_mixture_log_prob(*parameters), axis=-1))
 
-        tiles = (out.reshape(-1, TILE_ROWS, out.shape[-1]), levels.reshape(-1, TILE_ROWS, levels.shape[-1]))
-        log_p = jax.lax.map(tile, tiles).reshape(-1)
-        return log_p[:log_p.shape[0] - pad].reshape(lead)
+        tiles = (out.reshape(-1, TILE_ROWS, out.shape[-1]), levels.reshape(-1, TILE_ROWS, d))
+        return jax.lax.map(tile, tiles).reshape(-1)[:rows]
 
     def level_log_probs(self, out_BxP: jax.Array) -> jax.Array:
         """log P(level) of all 256 levels, ... x D x 256."""
