@@ -231,7 +231,8 @@ class LogisticMixture(nnx.Module):
         per row; elsewhere, or without a C++ compiler, `_tiled_log_prob`. docs/evaluation.md has
         what each step saves. `x_BxD` broadcasts against the leading axes of `out_BxP`; where it
         holds one image per row of their last axes (x_BxD[None] against C x B rows), each is read
-        once rather than copied per row."""
+        once rather than copied per row. For evaluation: the kernel has no gradient (training
+        differentiates `log_prob`)."""
         lead, d = out_BxP.shape[:-1], x_BxD.shape[-1]
         levels = levels_of(x_BxD)
         image_lead = levels.shape[:-1]
