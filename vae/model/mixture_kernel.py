@@ -54,10 +54,10 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vae" / "native"
 
 
-def _build(compiler: str) -> Path:
+def _build(compiler_path: str) -> Path:
     """The shared library, compiled unless this source, compiler and CPU already have one; written
     to a temporary name and renamed, so concurrent first uses never load a half-written file."""
-    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(FLAGS).encode(), compiler.encode(),
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(FLAGS).encode(), compiler_path.encode(),
                                      jax.lib.__version__.encode(), _cpu_identity().encode()]))
     library = _cache_dir() / key.hexdigest()[:20] / "libvae_mixture.so"
     if library.exists():
@@ -66,7 +66,7 @@ def _build(compiler: str) -> Path:
     with tempfile.NamedTemporaryFile(dir=library.parent, suffix=".so", delete=False) as tmp:
         partial = Path(tmp.name)
     try:
-        subprocess.run([compiler, *FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(partial)],
+        subprocess.run([compiler_path, *FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(partial)],
                        check=True, capture_output=True, text=True)
         os.replace(partial, library)
     finally:
@@ -74,17 +74,22 @@ def _build(compiler: str) -> Path:
     return library
 
 
+def compiler() -> str | None:
+    """The C++ compiler that builds the kernel: `$CXX`, else g++, where it is on the PATH."""
+    return shutil.which(os.environ.get("CXX", "g++"))
+
+
 @functools.cache
 def compiled() -> bool:
     """Whether the kernel is built, loaded and registered with XLA for the CPU (once per process)."""
     if os.environ.get("VAE_NATIVE", "1") == "0":
         return False
-    compiler = shutil.which(os.environ.get("CXX", "g++"))
-    if compiler is None:
+    found = compiler()
+    if found is None:
         log.info("mixture kernel: no C++ compiler found; the XLA path computes the mixture")
         return False
     try:
-        library = ctypes.cdll.LoadLibrary(str(_build(compiler)))
+        library = ctypes.cdll.LoadLibrary(str(_build(found)))
     except (OSError, subprocess.CalledProcessError) as error:
         detail = getattr(error, "stderr", "") or str(error)
         log.warning("mixture kernel not built (%s); the XLA path computes the mixture",
