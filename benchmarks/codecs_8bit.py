@@ -337,7 +337,8 @@ def markdown(result: dict) -> str:
                      "in the process, compilation not counted)"
                      + ("; one file per image: each image alone, a whole file as compress.py writes it "
                         "for an array of one image (its encode s: model calls included)."
-                        if bits_back.get("per_image") else "."))
+                        if bits_back.get("per_image") else "; one file per image: not measured for the model "
+                        "(`--whole_set_only`)."))
     if result.get("workdir"):
         if evaluation:
             lines.append(f"The model's rows: `{result['workdir']}/eval.json` (`scripts/evaluate.py`, "

@@ -17,7 +17,8 @@ JPEG XL lossless and bz2 / xz / zstd of the raw bytes on the test split as it is
 the whole set and one file per image, in bytes, bits/dim and nats/image; with --workdir (a model
 trained with data.binarize=none) on that run's data set and test split, the bits-back code of the
 whole set (scripts/compress.py and scripts/decompress.py, timed and checked as above) and one file
-per image, and the model's IWAE NLL and -ELBO from WORKDIR/eval.json as rows in the same units.
+per image (not with --whole_set_only), and the model's IWAE NLL and -ELBO from WORKDIR/eval.json
+as rows in the same units.
 """
 
 import json
@@ -65,6 +66,9 @@ def build_parser() -> cli_flags.ArgumentParser:
     parser.add_argument("--codecs_from", default=None,
                         help="--eight_bit: take the codec rows from an earlier OUT.json of the same images "
                              "(their sizes do not change; JPEG XL's take minutes) and measure the model only")
+    parser.add_argument("--whole_set_only", action="store_true",
+                        help="--eight_bit with --workdir: the model's bits-back code of the whole set only, "
+                             "not of each image alone (deep models code a few images a second alone)")
     parser.add_check(check)
     return parser
 
@@ -72,6 +76,8 @@ def build_parser() -> cli_flags.ArgumentParser:
 def check(args) -> str | None:
     if args.codecs_from and not args.eight_bit:
         return "--codecs_from goes with --eight_bit"
+    if args.whole_set_only and not (args.eight_bit and args.workdir):
+        return "--whole_set_only goes with --eight_bit and --workdir (it skips the model's one file per image)"
     if not args.eight_bit:
         if args.workdir is None:
             return "--workdir is required (without --eight_bit)"
@@ -234,9 +240,10 @@ def eight_bit(args, argv) -> dict:
             bits_back = bits_back_commands(args.workdir, images, args.max_examples)
             bits = bits_back["compress"]["bits_per_dim"]
             print(f"bits-back: {bits:.4f} bits/dim", file=sys.stderr)
-            bits_back["per_image"] = codecs.bits_back_per_image(args.workdir, images)
-            print(f"bits-back, one file per image: {bits_back['per_image']['per_image_bits_per_dim']:.4f} "
-                  f"bits/dim ({bits_back['per_image']['time_sec']:.0f} s)", file=sys.stderr)
+            if not args.whole_set_only:
+                bits_back["per_image"] = codecs.bits_back_per_image(args.workdir, images)
+                print(f"bits-back, one file per image: {bits_back['per_image']['per_image_bits_per_dim']:.4f} "
+                      f"bits/dim ({bits_back['per_image']['time_sec']:.0f} s)", file=sys.stderr)
         rows = reused or codecs_8bit.measure(pixels, jpegxl_effort=effort, progress=progress)
     result = {**where, "eight_bit": True, "bits_back": bits_back, "num_images": len(images),
               "image_shape": list(images.shape[1:]),

@@ -154,6 +154,22 @@ def test_the_markdown_has_the_model_rows_when_given_an_eval_json():
     assert len([line for line in bare.splitlines() if line.startswith("| ")]) == 2 + 6
 
 
+def test_the_bits_back_row_without_one_file_per_image_says_so():
+    """--whole_set_only: the model's row has its whole-set cells, empty per-image cells, and the
+    page says the per-image code was not measured."""
+    images = CASES["colour structured"]  # 6 images of 10 x 9 x 3 = 270 values
+    compress = {"bytes": 900, "bits_per_dim": 7200 / (6 * 270), "coding_time_sec": 0.5,
+                "overhead_vs_elbo": 0.001, "elbo_bits_per_dim": 4.4, "images_per_sec": 12.0}
+    bits_back = {"compress": compress, "decompress": {"images_per_sec": 11.0}, "round_trip_exact": True,
+                 "compress_wall_sec": 3.0, "decompress_wall_sec": 3.0}
+    text = codecs_8bit.markdown(result(images, EVAL, workdir="runs/w") | {"bits_back": bits_back})
+    row = next(line for line in text.splitlines() if "bits-back ANS" in line).replace("**", "")
+    nats = 7200 * math.log(2) / 6
+    assert row.endswith(f"| 900 | {7200 / (6 * 270):.4f} | {nats:,.1f} | 0.50 | | | | |")
+    assert "one file per image: not measured for the model (`--whole_set_only`)." in text
+    assert "decompressed exactly: True" in text
+
+
 def test_the_1bit_codecs_on_a_few_images():
     images = RNG.random((5, 28, 28)) < 0.3
     rows = codecs.measure_codecs(images)
@@ -237,7 +253,9 @@ def test_the_8bit_table_refuses_with_one_line(tmp_path, capsys):
         assert not (tmp_path / name / "out.md").exists()
     for args, says in ((["--max_examples", "3"], "--workdir is required (without --eight_bit)"),
                        (["--workdir", "w", "--data", "mnist"], "--data goes with --eight_bit"),
-                       (["--eight_bit", "--jpegxl_effort", "11"], "must be an integer in [1, 10]")):
+                       (["--eight_bit", "--jpegxl_effort", "11"], "must be an integer in [1, 10]"),
+                       (["--eight_bit", "--whole_set_only"], "--whole_set_only goes with --eight_bit and "
+                                                               "--workdir")):
         with pytest.raises(SystemExit) as exit:
             script.main(args)
         assert exit.value.code == 2 and says in capsys.readouterr().err
