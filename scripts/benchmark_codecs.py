@@ -77,7 +77,7 @@ def check(args) -> str | None:
     if args.codecs_from and not args.eight_bit:
         return "--codecs_from goes with --eight_bit"
     if args.whole_set_only and not (args.eight_bit and args.workdir):
-        return "--whole_set_only goes with --eight_bit and --workdir (it skips the model's one file per image)"
+        return "--whole_set_only goes with --eight_bit and --workdir (it skips the model's file per image)"
     if not args.eight_bit:
         if args.workdir is None:
             return "--workdir is required (without --eight_bit)"
@@ -241,9 +241,9 @@ def eight_bit(args, argv) -> dict:
             bits = bits_back["compress"]["bits_per_dim"]
             print(f"bits-back: {bits:.4f} bits/dim", file=sys.stderr)
             if not args.whole_set_only:
-                bits_back["per_image"] = codecs.bits_back_per_image(args.workdir, images)
-                print(f"bits-back, one file per image: {bits_back['per_image']['per_image_bits_per_dim']:.4f} "
-                      f"bits/dim ({bits_back['per_image']['time_sec']:.0f} s)", file=sys.stderr)
+                per_image = bits_back["per_image"] = codecs.bits_back_per_image(args.workdir, images)
+                print(f"bits-back, one file per image: {per_image['per_image_bits_per_dim']:.4f} bits/dim "
+                      f"({per_image['time_sec']:.0f} s)", file=sys.stderr)
         rows = reused or codecs_8bit.measure(pixels, jpegxl_effort=effort, progress=progress)
     result = {**where, "eight_bit": True, "bits_back": bits_back, "num_images": len(images),
               "image_shape": list(images.shape[1:]),
