@@ -78,8 +78,10 @@ test: data
 	$(VENV)/bin/lint-imports --no-cache
 	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
 
+# The slow tests, and the property tests again under hypothesis's `explore` profile: the same
+# derandomized search as in `make test`, with 20 times the examples (tests/conftest.py).
 test-slow: data
-	$(PYTEST) -m slow $(PYTEST_ARGS)
+	VAE_HYPOTHESIS_PROFILE=explore $(PYTEST) -m "slow or property" $(PYTEST_ARGS)
 
 test-all: data
 	$(VENV)/bin/lint-imports --no-cache

@@ -38,7 +38,7 @@ def build_parser() -> cli_flags.ArgumentParser:
                         help="only the first N test images")
     parser.add_argument("--out", default=None, help="output directory (default: the workdir)")
     cli_flags.add_progress_argument(parser)
-    distributed.add_arguments(parser)
+    cli_flags.add_settings_arguments(parser, distributed.Settings, distributed.FLAGS_TITLE)
     parser.add_check(check)
     return parser
 
@@ -56,7 +56,7 @@ def check(args) -> str | None:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     cli.start()
-    with cli.distributed_run(distributed.settings_from(args)):
+    with cli.distributed_run(cli_flags.settings_from(args, distributed.Settings)):
         if not Path(args.workdir).is_dir():
             raise files.WorkdirError(f"workdir {args.workdir} does not exist")
         writer = distributed.is_writer()

@@ -23,14 +23,14 @@ def build_parser() -> cli_flags.ArgumentParser:
     parser.add_argument("--restart", action="store_true",
                         help="delete the workdir's checkpoints and metrics first")
     cli_flags.add_progress_argument(parser)
-    distributed.add_arguments(parser)
+    cli_flags.add_settings_arguments(parser, distributed.Settings, distributed.FLAGS_TITLE)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     cli.start()
-    with cli.distributed_run(distributed.settings_from(args)):
+    with cli.distributed_run(cli_flags.settings_from(args, distributed.Settings)):
         history = loop.train_and_evaluate(args.config, args.workdir, restart=args.restart,
                                           progress=not args.no_progress)
         writer = distributed.is_writer()

@@ -43,6 +43,25 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+# --- The property tests' profiles ----------------------------------------------------------------
+# `suite` (make test): derandomized, with no example database, so every clean clone explores the
+# same examples and gives the same verdict; `explore` (VAE_HYPOTHESIS_PROFILE=explore, what `make
+# test-slow` runs them under): the same determinism with EXPLORE_FACTOR times the examples. A
+# property test asks for its examples through `property_examples(n)`.
+EXPLORE_FACTOR = 20
+settings.register_profile(
+    "suite", derandomize=True, database=None, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.register_profile("explore", parent=settings.get_profile("suite"))
+HYPOTHESIS_PROFILE = os.environ.get("VAE_HYPOTHESIS_PROFILE", "suite")
+settings.load_profile(HYPOTHESIS_PROFILE)
+
+
+def property_examples(n: int) -> int:
+    """The examples a property test draws: n under `suite`, EXPLORE_FACTOR * n under `explore`."""
+    return n * EXPLORE_FACTOR if HYPOTHESIS_PROFILE == "explore" else n
 
 from configs import mlp_small  # noqa: E402
 from vae.data import source  # noqa: E402

@@ -1,14 +1,15 @@
 """Bad input: every config value is either accepted or refused with one clear line, before compute."""
 
 import os
+import pathlib
 import subprocess
 import sys
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO, property_examples, tiny_config
 from vae.train import config_checks
 
 values = st.one_of(st.integers(-5, 10_000), st.floats(allow_nan=True, allow_infinity=True),
@@ -83,7 +84,8 @@ def with_value(field, value):
     return config
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.property
+@settings(max_examples=property_examples(400))
 @given(data=st.data(), num_devices=st.sampled_from([1, 2, 4]))
 def test_each_value_is_accepted_or_refused_with_a_config_error(data, num_devices):
     field = data.draw(st.sampled_from(sorted(FIELDS)))
@@ -220,26 +222,82 @@ def int_list_at_least(lo):
     return lambda t: all(int_in(lo)(part) for part in t.split(","))
 
 
-# script -> (arguments every call needs, {flag: oracle of its text value}); oracles written
-# independently of vae.cli_flags.
+def one_of(*choices):
+    return lambda t: t in choices
+
+
+def two_ints_at_least(lo):
+    return lambda t: len(t.split(",")) == 2 and int_list_at_least(lo)(t)
+
+
+def member_loops(t):
+    return all(part in ("vmap", "unrolled") for part in t.split(","))
+
+
+CHECKPOINT = {"--checkpoint": one_of("best", "latest"), "--epoch": int_in(1)}
+JOINING = {"--num_processes": int_in(1), "--process_id": int_in(0), "--initialization_timeout": int_in(1),
+           "--heartbeat_timeout_seconds": int_in(1), "--shutdown_timeout_seconds": int_in(1)}
+# config fields of each type, as --config.FIELD=TEXT: the text must parse as the field's type (the
+# value's range is validate_config's, the property test above)
+CONFIG_OVERRIDES = {"--config.train.batch_size": lambda t: as_int(t.strip()) is not None,
+                    "--config.train.learning_rate": lambda t: as_float(t.strip()) is not None,
+                    "--config.train.normalize_grads": lambda t: t.strip().lower() in (
+                        "true", "false", "1", "0", "yes", "no"),
+                    "--config.data.name": lambda t: True,
+                    "--config.model.hidden_dims": None}  # a tuple: any outcome, in one line
+# script -> (arguments every call needs, {flag: oracle of its text value, or None where either
+# outcome is right}); oracles written independently of vae.cli_flags. Every script of scripts/,
+# and every flag of each that takes a typed value or a choice (test_the_flags_test_covers_every_flag).
 SCRIPT_FLAGS = {
     "sample": (["--workdir", "w"], {
         "--num": int_in(1, 10_000), "--temperature": finite_at_least(0), "--steps": int_in(2, 100),
-        "--seed": int_in(0, 2**32 - 1), "--epoch": int_in(1)}),
+        "--seed": int_in(0, 2**32 - 1), "--mode": one_of("prior", "reconstruct", "interpolate", "traverse",
+                                                         "manifold"),
+        "--pixels": one_of("mean", "draw"), **CHECKPOINT}),
     "evaluate": (["--workdir", "w"], {
-        "--iw_samples": int_in(1), "--epoch": int_in(1), "--max_examples": int_in(1),
+        "--iw_samples": int_in(1), "--max_examples": int_in(1),
         # the decoder holds batch x chunk images at once: at most 2,000,000 (each alone here; the
         # product with the other's default is checked once the device count is known)
-        "--batch_size": int_in(1, 2_000_000), "--chunk_size": int_in(1, 2_000_000)}),
+        "--batch_size": int_in(1, 2_000_000), "--chunk_size": int_in(1, 2_000_000), **CHECKPOINT, **JOINING}),
+    "train": (["--workdir", "w"], {**JOINING, **CONFIG_OVERRIDES}),
+    "sweep": (["--workdir", "w", "--sweep", "train.beta=1,2"], {
+        "--member_loop": one_of("auto", "vmap", "unrolled"), **CONFIG_OVERRIDES}),
     "benchmark": ([], {
         "--epochs": int_in(2), "--devices": int_in(1, 4096), "--step_samples": int_in(1),
-        "--iw_samples": int_list_at_least(1), "--iw_images": int_in(1), "--train_images": int_in(1),
+        "--eval_repeats": int_in(1), "--iw_samples": int_list_at_least(1), "--iw_images": int_in(1),
+        "--iw_seconds": finite_at_least(0), "--iw_repeats": int_in(1), "--train_images": int_in(1),
         "--batch_sizes": int_list_at_least(1)}),
+    "benchmark_sweep": ([], {
+        "--members": int_list_at_least(1), "--vary": one_of("train.beta", "seed"), "--loops": member_loops,
+        "--rounds": int_in(2), "--train_images": int_in(1), **CONFIG_OVERRIDES}),
+    "benchmark_codecs": (["--eight_bit"], {"--max_examples": int_in(1), "--jpegxl_effort": int_in(1, 10)}),
+    "benchmark_single_image": (["--workdir", "w", "--out", "o"], {"--num_images": int_in(1)}),
+    "compress": (["--workdir", "w", "--out", "o"], {
+        "--channels": one_of("keep", "grey", "rgb"), "--image_size": two_ints_at_least(1),
+        "--max_examples": int_in(1), "--block_size": int_in(1, 10_000),
+        "--bin_width": lambda t: (v := as_finite(t)) is not None and 1e-6 <= v <= 1,
+        "--latent_range": lambda t: (v := as_finite(t)) is not None and 1 <= v <= 1000, **CHECKPOINT}),
+    "decompress": (["--workdir", "w", "file", "--out", "o"], CHECKPOINT),
+    "launch_local": ([], {"--num_processes": int_in(1), "--local_devices": int_in(1),
+                          "--port": int_in(0, 65535), "--grace_seconds": finite_at_least(0)}),
+    "make_docs": ([], {"--epochs_scale": finite_at_least(0), "--only": None}),
+    "plot_kl": (["--workdir", "w"], {}),
+    "prepare_data": (["--dataset", "folder:images"], {"--image_size": two_ints_at_least(1)}),
+    "results": (["w"], {"--curve_every": int_in(0)}),
+    "speed_table": (["speed.json"], {}),
 }
 flag_texts = st.one_of(
     st.integers(-10, 10**7).map(str), st.floats(allow_nan=True, allow_infinity=True).map(repr),
-    st.sampled_from(["nan", "inf", "-inf", "1e400", "0x10", "1.5", "", " ", "128,512", "4,-1", "7,"]),
+    st.sampled_from(["nan", "inf", "-inf", "1e400", "0x10", "1.5", "", " ", "128,512", "4,-1", "7,", "--",
+                     "-", "-1", "best", "vmap", "true", "()", "(1,", "[[[[", "1_000"]),
     st.text(max_size=6))
+
+
+def as_float(text):
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 @pytest.fixture(scope="module")
@@ -247,25 +305,52 @@ def scripts():
     return {name: load_script(name) for name in SCRIPT_FLAGS}
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                   HealthCheck.function_scoped_fixture])
+def test_the_flags_test_covers_every_flag(scripts):
+    """Every script of scripts/ is in SCRIPT_FLAGS, and so is each of its flags that takes a typed
+    value or a choice: a new flag joins the property test below."""
+    on_disk = {p.stem for p in pathlib.Path(REPO, "scripts").glob("*.py")}
+    assert on_disk == set(SCRIPT_FLAGS)
+    for name, (_, oracles) in SCRIPT_FLAGS.items():
+        typed = {action.option_strings[0] for action in scripts[name].build_parser()._actions
+                 if action.option_strings and (action.type not in (None, str) or action.choices)}
+        assert typed <= set(oracles), f"{name}: {sorted(typed - set(oracles))} not in SCRIPT_FLAGS"
+
+
+@pytest.mark.property
+@settings(max_examples=property_examples(600))
 @given(data=st.data())
 def test_each_script_flag_is_accepted_or_refused_in_one_line(scripts, capsys, data):
     name = data.draw(st.sampled_from(sorted(SCRIPT_FLAGS)))
     required, oracles = SCRIPT_FLAGS[name]
+    if not oracles:
+        return
     flag = data.draw(st.sampled_from(sorted(oracles)))
     text = data.draw(flag_texts)
-    valid = oracles[flag](text)
+    oracle = oracles[flag]
     capsys.readouterr()
     try:
         scripts[name].build_parser().parse_args([*required, f"{flag}={text}"])
     except SystemExit as e:
         err = capsys.readouterr().err.strip()
-        assert not valid, f"{name} {flag}={text!r} is valid but was refused: {err}"
+        assert oracle is None or not oracle(text), f"{name} {flag}={text!r} is valid but was refused: {err}"
         assert e.code == 2 and len(err.splitlines()) == 1 and err.startswith("error: argument --"), err
         assert flag in err, err
         return
-    assert valid, f"{name} {flag}={text!r} was accepted"
+    assert oracle is None or oracle(text), f"{name} {flag}={text!r} was accepted"
+
+
+@pytest.mark.parametrize("name, argv, flag", [
+    ("evaluate", ["--workdir", "w", "--batch_size=--"], "--batch_size"),
+    ("benchmark", ["--batch_sizes=--"], "--batch_sizes"),
+    ("train", ["--workdir", "w", "--num_processes=0"], "--num_processes"),
+    ("evaluate", ["--workdir", "w", "--heartbeat_timeout_seconds=-5"], "--heartbeat_timeout_seconds"),
+])
+def test_what_the_property_test_found_is_refused_in_one_line(scripts, capsys, name, argv, flag):
+    with pytest.raises(SystemExit) as exit_info:
+        scripts[name].build_parser().parse_args(argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: argument {flag}"), err
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -13,6 +13,7 @@ Light on purpose (no JAX import): `scripts/benchmark.py` parses its flags before
 """
 
 import argparse
+import dataclasses
 import math
 import sys
 
@@ -73,6 +74,7 @@ class ArgumentParser(argparse.ArgumentParser):
             args, overrides = split_overrides(args, self)
             self._help_config = config_file_named(args, self._config_default)
         namespace, rest = super().parse_known_args(args, namespace)
+        self._refuse_dashes_as_values(namespace)
         if self._config_default is not None:
             namespace.config = self._load_config(namespace.config_file, overrides)
         for check in self._checks:
@@ -80,6 +82,13 @@ class ArgumentParser(argparse.ArgumentParser):
             if message:
                 self.error(message)
         return namespace, rest
+
+    def _refuse_dashes_as_values(self, namespace) -> None:
+        """argparse drops a value of `--` (`--batch_size=--`, its end-of-options marker) and stores
+        an empty list without calling the flag's type: refused here as the type would refuse it."""
+        for action in self._actions:
+            if action.option_strings and action.nargs is None and getattr(namespace, action.dest, None) == []:
+                self.error(f"argument {action.option_strings[0]}: expected a value, got '--'")
 
     def _load_config(self, path: str, overrides: list[str]):
         try:
@@ -200,6 +209,23 @@ def integer_list(minimum: int = 1):
         return values
 
     return parse
+
+
+def add_settings_arguments(parser, settings_class, title: str) -> None:
+    """One flag per field of a dataclass of settings (`--name` and `--name-with-dashes`), in a group
+    of its own: each field's `metadata` gives its `help` and, for an integer, its `minimum`; the
+    field's default is the flag's. Read them back with `settings_from(args, settings_class)`."""
+    group = parser.add_argument_group(title)
+    for field in dataclasses.fields(settings_class):
+        names = [f"--{field.name}"] + ([f"--{field.name.replace('_', '-')}"] if "_" in field.name else [])
+        kind = integer(field.metadata["minimum"]) if "minimum" in field.metadata else str
+        group.add_argument(*names, type=kind, default=field.default, help=field.metadata.get("help"))
+
+
+def settings_from(args, settings_class):
+    """The dataclass of `add_settings_arguments` from parsed flags."""
+    names = [field.name for field in dataclasses.fields(settings_class)]
+    return settings_class(**{name: getattr(args, name) for name in names})
 
 
 def add_checkpoint_arguments(parser) -> None:

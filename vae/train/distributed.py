@@ -33,45 +33,32 @@ class JoinError(ValueError):
     """Joining flags that cannot start a run; the message says which to give."""
 
 
+def _flag(default, help_text: str, minimum: int | None = None):
+    """A field of `Settings`, which is also a script flag (`vae.cli_flags.add_settings_arguments`)."""
+    metadata = {"help": help_text} | ({} if minimum is None else {"minimum": minimum})
+    return dataclasses.field(default=default, metadata=metadata)
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """How this process joins a run (all None: a detected cluster, else a single process)."""
+    """How this process joins a run (all None: a detected cluster, else a single process); each
+    field is a flag of the scripts that join runs."""
 
-    coordinator_address: str | None = None
-    num_processes: int | None = None
-    process_id: int | None = None
+    coordinator_address: str | None = _flag(
+        None, "host:port of process 0's coordinator, the same for every process (multi-process runs; "
+              "default: detected from SLURM, Open MPI or TPU).")
+    num_processes: int | None = _flag(None, "How many processes the run has (default: detected, else 1).", 1)
+    process_id: int | None = _flag(
+        None, "This process's index, 0 .. num_processes - 1; 0 writes the workdir.", 0)
     # Seconds. JAX's defaults are 300 / 100 / 300: a dead peer would stall a run for minutes.
-    initialization_timeout: int = 120
-    heartbeat_timeout_seconds: int = 30
-    shutdown_timeout_seconds: int = 60
+    initialization_timeout: int = _flag(120, "Seconds to wait for every process to join the run.", 1)
+    heartbeat_timeout_seconds: int = _flag(
+        30, "Seconds without a heartbeat after which a process counts as dead and the others stop.", 1)
+    shutdown_timeout_seconds: int = _flag(
+        60, "Seconds a finishing process waits for the others to finish.", 1)
 
 
-# name -> (type, help) of the joining flags (`add_arguments`).
-_FLAG_HELP = {
-    "coordinator_address": (str, "host:port of process 0's coordinator, the same for every process "
-                                 "(multi-process runs; default: detected from SLURM, Open MPI or TPU)."),
-    "num_processes": (int, "How many processes the run has (default: detected, else 1)."),
-    "process_id": (int, "This process's index, 0 .. num_processes - 1; 0 writes the workdir."),
-    "initialization_timeout": (int, "Seconds to wait for every process to join the run."),
-    "heartbeat_timeout_seconds": (int, "Seconds without a heartbeat after which a process counts "
-                                       "as dead and the others stop."),
-    "shutdown_timeout_seconds": (int, "Seconds a finishing process waits for the others to finish."),
-}
-
-
-def add_arguments(parser) -> None:
-    """Adds the joining flags to a script's parser, each with its dashed spelling too
-    (`--num-processes`), as the scripts' other flags; read them back with `settings_from(args)`."""
-    defaults = Settings()
-    group = parser.add_argument_group("multi-process runs (jax.distributed)")
-    for name, (kind, help_text) in _FLAG_HELP.items():
-        group.add_argument(f"--{name}", f"--{name.replace('_', '-')}", type=kind,
-                           default=getattr(defaults, name), help=help_text)
-
-
-def settings_from(values) -> Settings:
-    """`Settings` from parsed flags."""
-    return Settings(**{name: getattr(values, name) for name in _FLAG_HELP})
+FLAGS_TITLE = "multi-process runs (jax.distributed)"
 
 
 def detect_cluster(environ: Mapping[str, str] = os.environ) -> str | None:
