@@ -7,7 +7,9 @@
 A file of image files writes each image back under its recorded name (and sub-folders) in the
 --out folder, as PNG: a PNG comes back pixel for pixel, a JPEG as a PNG of its decoded pixels
 (its name ending in .png; the output says which). A file of one image can also be written to a
-.png path. A file of an array writes exactly the uint8 array that was compressed (.npy). Prints
+.png path. A file of an array writes exactly the uint8 array that was compressed, to an --out
+ending in .npy. An --out whose suffix says another kind of file (an array to x.png, images to
+x.npy, several images to x.png) is refused. Each file is written whole or not at all. Prints
 the figures as JSON on stdout and one line on stderr (bits/dim, coding time, images/s). A file
 from another model, a damaged or truncated file, an output that exists (unless --overwrite), or
 a workdir without a checkpoint is one line and exit status 2, and nothing is written.
@@ -28,7 +30,7 @@ def build_parser() -> cli_flags.ArgumentParser:
     parser.add_argument("file", help="a file written by scripts/compress.py")
     parser.add_argument("--out", required=True,
                         help="the folder to write image files into (or a .png path for one image), or "
-                             "the .npy file for an array")
+                             "the .npy file for an array (its name ending in .npy)")
     parser.add_argument("--overwrite", action="store_true", help="replace files that exist")
     cli_flags.add_checkpoint_arguments(parser)
     cli_flags.add_progress_argument(parser)

@@ -3,10 +3,12 @@ labels, splits, the cache, every bad folder's one line, and a run trained on one
 
 import os
 import re
+import struct
+import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from configs import default
 from tests.conftest import tiny_config
@@ -32,6 +34,22 @@ def write_grey_pngs(root, count, size=(8, 8), seed=0, prefix=""):
         Image.fromarray(pixels).save(root / f"{prefix}{i:03d}.png")
         written[f"{prefix}{i:03d}.png"] = pixels
     return written
+
+
+def write_16_bit_png(path, pixels):
+    """H x W x C uint16 pixels as a 16-bit PNG (C = 1, 2, 3, 4: grey, grey and alpha, RGB, RGBA),
+    which Pillow cannot write."""
+    height, width, channels = pixels.shape
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in pixels)  # filter 0 on every row
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+    return path
 
 
 def all_images(path, **fields):
@@ -85,12 +103,10 @@ def test_modes_become_one_or_three_channels(tmp_path):
     grey = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4
     Image.fromarray(grey).save(tmp_path / "l.png")
     Image.fromarray(grey > 100).save(tmp_path / "bilevel.png")  # mode 1
-    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "sixteen.png")  # I;16
     Image.fromarray(np.dstack([grey, np.full_like(grey, 255)]), "LA").save(tmp_path / "opaque_la.png")
     _, images = all_images(tmp_path)
-    by_name = dict(zip(["bilevel", "l", "opaque_la", "sixteen"], images[..., 0]))
+    by_name = dict(zip(["bilevel", "l", "opaque_la"], images[..., 0]))
     np.testing.assert_array_equal(by_name["l"], grey)
-    np.testing.assert_array_equal(by_name["sixteen"], grey)  # 16 bits rounded back to 8
     np.testing.assert_array_equal(by_name["opaque_la"], grey)  # an opaque alpha is dropped
     np.testing.assert_array_equal(by_name["bilevel"], np.where(grey > 100, 255, 0))
 
@@ -375,8 +391,63 @@ def test_unreadable_and_transparent_files_are_named(tmp_path):
     one_line_error(config, r"see_through.png has transparent pixels: name a background colour to "
                            r"flatten it onto \(data.background=white, or compress.py --background white\)")
     (tmp_path / "see_through.png").unlink()
-    Image.fromarray(np.zeros((8, 8), np.float32)).save(tmp_path / "float.tiff.png", format="TIFF")
-    one_line_error(config, r"float.tiff.png is a F image, which a folder source does not read")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "tiff.png", format="TIFF")
+    one_line_error(config, r"tiff.png is a TIFF file, not a PNG or JPEG: save it as PNG \(or JPEG\) under "
+                           r"that name")
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_a_16_bit_png_is_refused(tmp_path, channels):
+    """Grey, grey and alpha, RGB and RGBA with 16 bits a sample: Pillow reads all but grey as 8-bit
+    images without a word (their top bytes), so the PNG's header says what the file holds."""
+    write_grey_pngs(tmp_path, 8)
+    levels = np.random.default_rng(channels).integers(0, 2 ** 16, (8, 8, channels), dtype=np.uint16)
+    if channels in (2, 4):
+        levels[..., -1] = 65535  # opaque: nothing else to refuse
+    write_16_bit_png(tmp_path / "deep.png", levels)
+    with Image.open(tmp_path / "deep.png") as image:  # 16 bits but for grey: its mode does not tell
+        assert (np.asarray(image).dtype == np.uint16) == (channels == 1)
+    one_line_error(data_config(tmp_path, folder_test_fraction=0.5, channels="grey"),
+                   r"deep.png is a 16-bit PNG, and the models read and code 8-bit pixels: save it with 8 "
+                   r"bits a channel first")
+
+
+def test_an_exif_orientation_is_applied_as_pillow_does(tmp_path):
+    """Each of the 8 orientations: the pixels ImageOps.exif_transpose gives, and image_shape turned
+    with them."""
+    pixels = np.random.default_rng(4).integers(0, 256, (6, 9), dtype=np.uint8)
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        path = tmp_path / f"{orientation}" / "turned.png"
+        path.parent.mkdir()
+        Image.fromarray(pixels).save(path, exif=exif.tobytes())
+        with Image.open(path) as image:
+            expected = np.asarray(ImageOps.exif_transpose(image))
+        np.testing.assert_array_equal(folder.decode_image(path, ())[..., 0], expected)
+        shape = folder.FolderSource(folder.Folder("folder:x", path.parent, test_fraction=0.0)).image_shape()
+        assert shape == (*expected.shape, 1) and shape[:2] == ((9, 6) if orientation >= 5 else (6, 9))
+
+
+def test_our_own_errors_are_not_reported_as_bad_files(tmp_path, monkeypatch):
+    """A file Pillow cannot decode is one line naming it; an error of the decoding code (a
+    TypeError here) raises as it is, for decoding and for reading the first image's header."""
+    write_grey_pngs(tmp_path, 8)
+    (tmp_path / "003.png").write_bytes(b"not a png at all")
+    opened = folder.open_folder(data_config(tmp_path, folder_test_fraction=0.5))
+    with pytest.raises(source.DataError, match=r"003.png cannot be read as an image: UnidentifiedImageError"):
+        opened.images()
+
+    def broken(*args):
+        raise TypeError("a bug of ours")
+
+    (tmp_path / "003.png").unlink()
+    monkeypatch.setattr(folder, "_grey_or_rgb", broken)
+    with pytest.raises(TypeError, match="a bug of ours"):
+        folder.open_folder(data_config(tmp_path, folder_test_fraction=0.5)).images()
+    monkeypatch.setattr(folder, "_channels", broken)
+    with pytest.raises(TypeError, match="a bug of ours"):
+        folder.open_folder(data_config(tmp_path, folder_test_fraction=0.5)).image_shape()
 
 
 def test_images_both_at_the_top_and_in_subfolders(tmp_path):

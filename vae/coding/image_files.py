@@ -3,28 +3,35 @@
 In: image files (.png, .jpg, .jpeg), a folder of them (every file in it and its sub-folders but
 hidden ones, `folder.walk`), or a uint8 .npy array. Files are decoded as a folder source decodes
 them (`folder.decode_image`: the EXIF orientation applied, channels and transparency converted
-as asked, resized where asked), and each is named by its path relative to the folder (a file
-given alone: its name), which the compressed file records. Everything is checked before any
-coding: a file that is not an image, an image of another size or channel count than the
-model's, an output that exists.
+as asked, resized where asked; a 16-bit PNG refused), and each is named by its path relative to
+the folder (a file given alone: its name), which the compressed file records. Everything is
+checked before any coding: a file that is not an image, an image of another size or channel
+count than the model's, an output that exists; an array's header (a .npy file of N x H x W or
+N x H x W x C uint8 values, N >= 1) before the model is loaded. Nothing of a file is unpickled.
 
 Out: each image as a PNG under the output folder at its recorded name; a JPEG's name ends in
 .png instead (its decoded pixels, which PNG keeps exactly). PNG is lossless: a PNG that was
 compressed comes back pixel for pixel (grey as 8-bit grey, colour as 8-bit RGB). Or the array,
-as a .npy file.
+as a .npy file. Each file is written whole or not at all (a temporary file, then renamed).
 """
 
 import dataclasses
 import io
 import os
+import tokenize
 from pathlib import Path
 
 import numpy as np
 
 from vae.coding.errors import CodingError
 from vae.data import folder
+from vae.workdir import files
 
 JPEG_SUFFIXES = (".jpg", ".jpeg")
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # what np.load opens as an .npz archive
+# What np.load raises for a damaged .npy file (its header is parsed as a Python literal).
+NPY_ERRORS = (ValueError, EOFError, OverflowError, SyntaxError, tokenize.TokenError)
 
 
 class InputError(CodingError):
@@ -49,6 +56,7 @@ def find(paths: list[str]) -> Inputs:
         if not path.exists():
             raise InputError(f"{path} does not exist")
     if len(found) == 1 and found[0].suffix.lower() == ".npy" and found[0].is_file():
+        open_array(found[0])  # its header checked before the model loads
         return Inputs((), (), found[0])
     if len(found) == 1 and found[0].is_dir():
         return _folder(found[0])
@@ -121,20 +129,49 @@ def read_images(inputs: Inputs, image_shape: tuple[int, int, int], *, channels: 
         if (channels, background, tuple(image_size)) != ("keep", "", ()):
             raise InputError(f"--channels, --background and --image_size convert image files; {inputs.array} "
                              "is an array, compressed as it is")
-        try:
-            return np.load(inputs.array, allow_pickle=False)
-        except ValueError:  # not an .npy file, or an object array
-            raise InputError(f"{inputs.array} is not a .npy file of a numeric array") from None
+        return np.array(open_array(inputs.array))
     folder.check_channels(channels, "--channels")
     folder.check_background(background, "--background")
     check_output_names(inputs.names)
     images = np.empty((len(inputs.paths), *image_shape), np.uint8)
     for i, path in enumerate(inputs.paths):
-        pixels = folder.decode_image(path, tuple(image_size), channels, background, exact=True)
+        pixels = folder.decode_image(path, tuple(image_size), channels, background)
         if pixels.shape != tuple(image_shape):
             raise InputError(_wrong_shape(path, pixels.shape, image_shape, channels))
         images[i] = pixels
     return images
+
+
+def open_array(path: Path) -> np.ndarray:
+    """The array of the .npy file `path`, memory-mapped (its header read, its data not yet):
+    N x H x W or N x H x W x C uint8 with N >= 1; InputError for any other file (empty, an .npz
+    archive, damaged or truncated, object or other dtypes, another number of axes, no images).
+    Never unpickles: a file of Python objects is refused."""
+    with open(path, "rb") as f:
+        head = f.read(len(NPY_MAGIC))
+    if not head:
+        raise InputError(f"{path} is empty: compress.py takes a uint8 array saved with np.save")
+    if head.startswith(ZIP_MAGICS):
+        raise InputError(f"{path} is a zip file (an .npz archive of arrays?), not a .npy array: save the one "
+                         "array to compress with np.save")
+    if head != NPY_MAGIC:
+        raise InputError(f"{path} is not a .npy file (it does not start as np.save writes one)")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except NPY_ERRORS as e:
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        raise InputError(f"{path} cannot be read as a .npy array: it is damaged or truncated, or holds "
+                         f"Python objects ({type(e).__name__}: {first_line})") from None
+    if array.dtype != np.uint8:
+        raise InputError(f"{path} holds {array.dtype} values; compress.py codes uint8 arrays (0..255; a "
+                         "Bernoulli model's all 0/1 or all 0/255): convert it with .astype(np.uint8) first")
+    if array.ndim not in (3, 4):
+        one = " (one image: save x[None], an array of one)" if array.ndim == 2 else ""
+        raise InputError(f"{path} holds an array of shape {array.shape}; compress.py codes N x H x W or "
+                         f"N x H x W x C arrays of images{one}")
+    if array.shape[0] == 0:
+        raise InputError(f"{path} holds no images (shape {array.shape})")
+    return array
 
 
 def _wrong_shape(path: Path, shape, image_shape, channels: str) -> str:
@@ -160,11 +197,21 @@ def check_new_file(path: Path, overwrite: bool) -> None:
 def check_outputs(out: Path, names: list[str] | None, overwrite: bool) -> list[Path]:
     """The paths an opened file's images are written to: the .npy file `out` (an array), the
     one image `out` (a .png path, one image), or each name under the folder `out`; InputError
-    for one that exists, unless `overwrite`."""
+    for one that exists, unless `overwrite`, and for an `out` whose suffix says another kind of
+    file than it would get (.npy bytes in x.png, PNG files in a folder x.npy)."""
+    suffix = out.suffix.lower()
     if names is None:
+        if suffix != ".npy":
+            raise InputError(f"{out}: the compressed file holds an array, which decompress.py writes as the "
+                             ".npy file it was: give --out a path ending in .npy")
         targets = [out]
-    elif out.suffix.lower() == ".png" and len(names) == 1:
+    elif suffix == ".png" and len(names) == 1:
         targets = [out]
+    elif suffix in (".npy", ".png", *JPEG_SUFFIXES) and not out.is_dir():
+        many = f"{len(names)} images" if len(names) > 1 else "an image"
+        raise InputError(f"{out}: the compressed file holds {many} from image files, which decompress.py "
+                         "writes as PNG files: give --out a folder to write them into"
+                         f"{' (or a .png path)' if len(names) == 1 else ''}")
     else:
         if out.exists() and not out.is_dir():
             raise InputError(f"{out} is a file; the compressed file holds {len(names)} named image"
@@ -176,12 +223,16 @@ def check_outputs(out: Path, names: list[str] | None, overwrite: bool) -> list[P
 
 
 def write_pngs(targets: list[Path], images: np.ndarray) -> None:
-    """Each H x W x C uint8 image as a PNG at its path (folders made): 8-bit grey (C = 1) or RGB."""
+    """Each H x W x C uint8 image as a PNG at its path (folders made): 8-bit grey (C = 1) or RGB.
+    Each is encoded in memory and then written whole or not at all: a failed write (a full disk)
+    leaves the file that was there."""
     from PIL import Image
 
     for target, image in zip(targets, images):
         target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(target, format="PNG")
+        encoded = io.BytesIO()
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(encoded, format="PNG")
+        files.atomic_write_bytes(target, encoded.getvalue())
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

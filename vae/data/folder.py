@@ -3,17 +3,19 @@
 What is read: every .png, .jpg and .jpeg file (any case) in the folder and its sub-folders, in
 the order of their paths; names starting with '.' (hidden files, `.vae_decoded/`) are skipped,
 links to files are followed, links to folders not. Pillow decodes them into uint8 N x H x W x C
-arrays, as the TFDS source gives them:
+arrays, as the TFDS source gives them. A file must hold what its name says, a PNG or a JPEG
+(another format under such a name is refused), of 8 bits a channel at most: a 16-bit PNG is
+refused (Pillow would read a colour one as its top 8 bits without a word, and the models read and
+code 8-bit pixels).
 
-- **Channels.** Grey images (modes 1, L, and 16-bit I;16, rounded to 8 bits) give one channel,
+- **Channels.** Grey images (modes 1 and L) give one channel,
   colour ones (RGB, palette, CMYK, YCbCr) three. With `data.channels=keep` all images must give
   the same count; `grey` converts colour images to grey (Pillow's ITU-R 601-2 luma), `rgb` grey
   ones to colour (the level in all three channels), so a folder mixing the two trains. An alpha
   channel (RGBA, LA, a palette's transparency) is dropped where every pixel is opaque; a
   transparent pixel is composited onto `data.background` (a colour: white, black, #rrggbb, any
   name Pillow's ImageColor knows) and refused where it is '' (what lies under a transparent pixel
-  is arbitrary). Other modes (32-bit and float I, F) are refused. A JPEG's EXIF orientation is
-  applied (the image as a viewer shows it).
+  is arbitrary). The EXIF orientation is applied (the image as a viewer shows it).
 - **Size.** All images one size, or every one resized to `data.image_size` (H, W), the aspect
   ratio not kept. Shrinking uses Pillow's BOX filter: each pixel the exact mean of the area it
   covers, so no ringing, and mean intensities (which a Bernoulli likelihood reads as
@@ -34,7 +36,8 @@ arrays, as the TFDS source gives them:
   changed folder is decoded again; deleting `.vae_decoded/` is always safe.
 
 A folder that cannot give a sound data set stops with one `DataError` line naming the files, and
-every check that needs no pixels runs before anything is decoded. scripts/compress.py reads its
+every check that needs no pixels runs before anything is decoded. A file Pillow cannot decode is
+such a line; an error of this code is not (it raises as it is). scripts/compress.py reads its
 image files with the same listing (`walk`) and decoding (`decode_image`). Imports nothing of the
 package outside `vae.data`.
 """
@@ -45,6 +48,7 @@ import hashlib
 import json
 import os
 import re
+import struct
 import sys
 from pathlib import Path
 
@@ -55,9 +59,11 @@ from vae.data.source import FOLDER_PREFIX, DataError
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 SPLITS = ("train", "validation", "test")
 CACHE_DIR = ".vae_decoded"
-FORMAT = 2
-GREY_MODES = ("1", "L", "LA", "I;16", "I;16L", "I;16B", "I;16N")
+FORMAT = 3  # the cache's version, raised when decoding changes: an older cache is decoded again
+GREY_MODES = ("1", "L", "LA")
 COLOUR_MODES = ("RGB", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr")
+FORMATS = ("PNG", "JPEG", "MPO")  # Pillow's names; MPO: a camera's JPEG with more pictures after the first
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _EXIF_ORIENTATION = 0x0112
 DEFAULT_VALIDATION_FRACTION, DEFAULT_TEST_FRACTION = 0.0, 0.1  # configs/default.py's
 CHANNELS = ("keep", "grey", "rgb")  # data.channels
@@ -338,14 +344,13 @@ class FolderSource:
         path = self.listing.root / self.listing.files[0]
         try:
             with Image.open(path) as image:
-                width, height = image.size
-                if image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # turned by 90 degrees
-                    width, height = height, width
-                channels = {"grey": 1, "rgb": 3}.get(self.folder.channels) or _channels(image.mode, path)
-        except DataError:
-            raise
-        except Exception as e:  # noqa: BLE001 - whatever Pillow raises for a damaged file: one line
+                (width, height), mode = image.size, image.mode
+                orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+        except file_errors() as e:
             raise _unreadable(path, e) from None
+        if orientation in (5, 6, 7, 8):  # turned by 90 degrees
+            width, height = height, width
+        channels = {"grey": 1, "rgb": 3}.get(self.folder.channels) or _channels(mode, path)
         if self.folder.image_size:
             height, width = self.folder.image_size
         return height, width, channels
@@ -372,6 +377,14 @@ def open_folder(data_config) -> FolderSource:
 # --- decoding ----------------------------------------------------------------------------------
 
 
+def file_errors() -> tuple[type[Exception], ...]:
+    """What Pillow raises for a file it cannot decode (damaged, truncated, not an image, a
+    decompression bomb): such a file is one line naming it. Anything else raises as it is."""
+    from PIL import Image
+
+    return OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError
+
+
 def _channels(mode: str, path) -> int:
     if mode in GREY_MODES:
         return 1
@@ -386,19 +399,57 @@ def _unreadable(path, error: Exception) -> DataError:
     return DataError(f"{path} cannot be read as an image: {type(error).__name__}: {first_line}")
 
 
-def _grey_or_rgb(image, path, channels: str, background: str, exact: bool):
-    """`image` as an 8-bit L or RGB Pillow image (see the module's docstring); `exact` refuses a
-    16-bit image, which 8 bits cannot give back."""
+def _png_bit_depth(path) -> int | None:
+    """A PNG file's bits per sample, from its header (IHDR); None for a file that is not a PNG.
+    Pillow reads a 16-bit colour PNG as 8-bit RGB, so its mode does not tell."""
+    with open(path, "rb") as f:
+        head = f.read(25)
+    if len(head) < 25 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
+        return None
+    return head[24]
+
+
+def _check_format(image, path) -> None:
+    """DataError for a file that is not a PNG or JPEG (whatever its name), or a 16-bit PNG."""
+    if image.format not in FORMATS:
+        raise DataError(f"{path} is a {image.format} file, not a PNG or JPEG: save it as PNG (or JPEG) "
+                        "under that name")
+    if image.format == "PNG" and (_png_bit_depth(path) or 8) > 8:
+        raise DataError(f"{path} is a 16-bit PNG, and the models read and code 8-bit pixels: save it with 8 "
+                        "bits a channel first (e.g. ImageMagick's `magick IN -depth 8 OUT`)")
+
+
+def _upright_turns() -> dict:
+    """Each EXIF orientation's turn to the image as a viewer shows it: ImageOps.exif_transpose's
+    table. That function also rewrites the EXIF block, which raises TypeError or AttributeError on
+    damaged metadata; only the pixels are wanted here."""
+    from PIL import Image
+
+    t = Image.Transpose
+    return {2: t.FLIP_LEFT_RIGHT, 3: t.ROTATE_180, 4: t.FLIP_TOP_BOTTOM, 5: t.TRANSPOSE, 6: t.ROTATE_270,
+            7: t.TRANSVERSE, 8: t.ROTATE_90}
+
+
+def read_upright(path: Path):
+    """One PNG or JPEG file decoded into a Pillow image (its pixels in memory), its EXIF orientation
+    applied; DataError for a file Pillow cannot decode, another format, or a 16-bit PNG."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            _check_format(image, path)
+            turn = _upright_turns().get(image.getexif().get(_EXIF_ORIENTATION, 1))
+            image.load()
+            return image.transpose(turn) if turn is not None else image
+    except file_errors() as e:
+        raise _unreadable(path, e) from None
+
+
+def _grey_or_rgb(image, path, channels: str, background: str):
+    """`image` as an 8-bit L or RGB Pillow image (see the module's docstring)."""
     from PIL import Image, ImageColor
 
-    mode = image.mode
-    grey = {"keep": _channels(mode, path) == 1, "grey": True, "rgb": False}[channels]
-    if mode.startswith("I;16"):  # 16-bit grey: rounded to 8 bits
-        if exact:
-            raise DataError(f"{path} is a 16-bit image; the codec codes 8-bit pixels: save it with 8 bits "
-                            "a channel first")
-        wide = np.asarray(image).astype(np.uint32)
-        image = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))
+    grey = {"keep": _channels(image.mode, path) == 1, "grey": True, "rgb": False}[channels]
     if image.has_transparency_data:
         image = image.convert("RGBA")
         if image.getchannel("A").getextrema()[0] < 255:
@@ -410,27 +461,18 @@ def _grey_or_rgb(image, path, channels: str, background: str, exact: bool):
     return image.convert("L" if grey else "RGB")
 
 
-def decode_image(path: Path, image_size: tuple[int, ...], channels: str = "keep", background: str = "",
-                 exact: bool = False) -> np.ndarray:
+def decode_image(path: Path, image_size: tuple[int, ...], channels: str = "keep", background: str = ""
+                 ) -> np.ndarray:
     """One image file, H x W x C uint8: converted to `channels` (keep | grey | rgb), transparent
-    pixels composited onto `background`, resized to `image_size` where it is given; `exact`
-    refuses what 8-bit pixels cannot give back (a 16-bit image)."""
-    from PIL import Image, ImageOps
+    pixels composited onto `background`, resized to `image_size` where it is given."""
+    from PIL import Image
 
-    try:
-        with Image.open(path) as image:
-            if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
-                image = ImageOps.exif_transpose(image)
-            image = _grey_or_rgb(image, path, channels, background, exact)
-            if image_size and image.size != (image_size[1], image_size[0]):
-                shrinking = image.width >= image_size[1] and image.height >= image_size[0]
-                resample = Image.Resampling.BOX if shrinking else Image.Resampling.LANCZOS
-                image = image.resize((image_size[1], image_size[0]), resample)
-            pixels = np.asarray(image, dtype=np.uint8)
-    except DataError:
-        raise
-    except Exception as e:  # noqa: BLE001 - whatever Pillow raises for a damaged file: one line
-        raise _unreadable(path, e) from None
+    image = _grey_or_rgb(read_upright(path), path, channels, background)
+    if image_size and image.size != (image_size[1], image_size[0]):
+        shrinking = image.width >= image_size[1] and image.height >= image_size[0]
+        resample = Image.Resampling.BOX if shrinking else Image.Resampling.LANCZOS
+        image = image.resize((image_size[1], image_size[0]), resample)
+    pixels = np.asarray(image, dtype=np.uint8)
     return pixels[..., None] if pixels.ndim == 2 else pixels
 
 
