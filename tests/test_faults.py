@@ -14,11 +14,13 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
 from tests.conftest import REPO, copy_run, run_in_process, tiny_config, tiny_run_config, xla_flags
 from vae.train import loop, trained
+from vae.train import state as train_state
 from vae.workdir import checkpoints, faults, files, lock
 
 TIMING = {"images_per_sec", "epoch_time_sec", "eval_time_sec", "wall_time_sec", "compile_time_sec"}
@@ -267,28 +269,103 @@ def test_damaged_metrics_lines_are_skipped_with_one_warning_and_rewritten(two_ep
 
 
 def damage_checkpoint(directory: Path, how: str) -> None:
-    for file in (p for p in directory.rglob("*") if p.is_file()):
+    """Damages a checkpoint as a crash or a bad disk does: every file cut to a third ("truncated"),
+    64 bytes in the middle of every large file replaced ("overwritten"), its largest data file
+    removed ("missing"), or the metadata of its arrays cut short ("bad_metadata")."""
+    data = sorted((p for p in directory.rglob("*") if p.is_file()), key=lambda p: (-p.stat().st_size, str(p)))
+    if how == "missing":
+        data[0].unlink()
+        return
+    if how == "bad_metadata":
+        metadata = directory / "default" / "_METADATA"
+        metadata.write_bytes(metadata.read_bytes()[: metadata.stat().st_size // 2])
+        return
+    rng = np.random.default_rng(0)
+    for file in data:
         if how == "truncated":
             file.write_bytes(file.read_bytes()[: file.stat().st_size // 3])
         elif file.stat().st_size > 1000:
             raw = bytearray(file.read_bytes())
-            raw[len(raw) // 2: len(raw) // 2 + 64] = os.urandom(64)
+            raw[len(raw) // 2: len(raw) // 2 + 64] = rng.integers(0, 256, 64, dtype=np.uint8).tobytes()
             file.write_bytes(bytes(raw))
 
 
-@pytest.mark.parametrize("how", ["truncated", "overwritten"])
+@pytest.mark.parametrize("how", ["truncated", "overwritten", "missing", "bad_metadata"])
 def test_damaged_checkpoints(two_epochs, how, capfd):
     path, config, history = two_epochs
     damage_checkpoint(path / files.CHECKPOINT_DIR / "2", how)
     config.train.num_epochs = 3  # the newest is skipped for the one before, which resumes
     resumed = loop.train_and_evaluate(config, path, progress=False)
     assert [r["epoch"] for r in resumed] == [1, 2, 3]
-    assert "checkpoint 2 cannot be restored" in capfd.readouterr().err
+    assert "warning: checkpoint 2 is damaged (" in capfd.readouterr().err
     for epoch in checkpoints.checkpoint_manager(path, read_only=True).all_steps():
         damage_checkpoint(path / files.CHECKPOINT_DIR / str(epoch), how)
     config.train.num_epochs = 4  # none restores: refused rather than starting over on top of the run
-    with pytest.raises(files.WorkdirError, match="none of the checkpoints.*pass --restart"):
+    with pytest.raises(files.WorkdirError, match="every checkpoint in .* is damaged.*pass --restart"):
         loop.train_and_evaluate(config, path, progress=False)
+
+
+@pytest.fixture(scope="module")
+def run_with_best(tmp_path_factory, fashion_mnist):
+    """A 2-epoch run with a validation split, so that it has a best checkpoint: (workdir, config)."""
+    config = tiny_config(train__num_epochs=2)
+    config.data.train_split, config.data.validation_split = "train[:1024]", "train[1024:1280]"
+    path = tmp_path_factory.mktemp("with_best") / "run"
+    loop.train_and_evaluate(config, path, progress=False)
+    return path, config
+
+
+def workdir_snapshot(path: Path) -> dict:
+    """Every file of a workdir with its bytes, but its lock, TensorBoard events and config.json (which
+    each training start writes, with the time it started)."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
+            if p.is_file() and p.name not in (".train.lock", files.CONFIG_FILE)
+            and "tensorboard" not in p.parts}
+
+
+@pytest.mark.parametrize("failure", [
+    OSError(errno.EIO, "Input/output error"), MemoryError(),
+    ValueError("UNKNOWN: Error reading local file \"x\": Input/output error [os_error_code='5']"),
+    ValueError("NOT_FOUND: Error reading local file \"x\" [os_error_code='116']")])  # a stale NFS handle
+def test_a_failure_to_read_the_newest_checkpoint_that_is_not_damage_changes_nothing(
+        tmp_path, run_with_best, monkeypatch, failure):
+    path = copy_run(run_with_best[0], tmp_path / "run")
+    config = run_with_best[1].copy_and_resolve_references()
+    assert checkpoints.latest_checkpoint(path, files.BEST_DIR) == 2  # a best newer than the older checkpoint
+    before = workdir_snapshot(path)
+    real_restore = ocp.CheckpointManager.restore
+
+    def newest_fails(self, step, *args, **kwargs):
+        if step == 2:
+            raise failure
+        return real_restore(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "restore", newest_fails)
+    config.train.num_epochs = 3
+    with pytest.raises(checkpoints.CheckpointReadError) as error:
+        loop.train_and_evaluate(config, path, progress=False)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("checkpoint 2 in ")
+    assert message.endswith("could not be read (" + checkpoints._reason(failure) + "); nothing in the "
+                            "workdir was changed: run the same command again")
+    assert workdir_snapshot(path) == before  # metrics.jsonl, the best and latest checkpoints as they were
+    monkeypatch.setattr(ocp.CheckpointManager, "restore", real_restore)
+    assert [r["epoch"] for r in loop.train_and_evaluate(config, path, progress=False)] == [1, 2, 3]
+
+
+def test_a_checkpoint_of_another_train_state_is_refused_without_changing_anything(tmp_path, run_with_best):
+    path = copy_run(run_with_best[0], tmp_path / "run")
+    before = workdir_snapshot(path)
+    config = run_with_best[1].copy_and_resolve_references()
+    config.train.ema_decay = 0.99
+    tx = train_state.make_optimizer(config.train, 16)
+    _, abstract = train_state.abstract_state(config, (28, 28, 1), tx)
+    manager = checkpoints.checkpoint_manager(path, read_only=True)
+    refused = "checkpoint 2 in .* does not restore into this config's train state .*pass --restart"
+    with pytest.raises(files.WorkdirError, match=refused):
+        checkpoints.restore_latest(manager, abstract._asdict())
+    manager.close()
+    assert workdir_snapshot(path) == before
 
 
 def test_a_damaged_best_checkpoint_falls_back_to_the_latest(tmp_path, fashion_mnist, capfd):

@@ -24,7 +24,7 @@ from vae.coding.host import host_model
 from vae.coding.latents import LatentBins
 from vae.data import dataset
 from vae.model import build, ladder, objectives
-from vae.train import config_checks, loop
+from vae.train import config_checks, evaluate, loop
 from vae.workdir import files
 
 IMAGE_SHAPE = (28, 28, 1)
@@ -185,6 +185,29 @@ def test_sampling_shapes_and_per_layer_temperatures():
     assert not np.allclose(top_only, bottom_only)
     with pytest.raises(ValueError, match="3 latent layers"):
         model.sample(jax.random.key(1), 2, [1.0, 1.0])
+
+
+def test_a_layer_whose_posterior_is_its_prior_has_no_active_units():
+    model, config = ladder_model(noise=0.1)
+    bottom = model.blocks[-1].posterior_head.out  # z_1's head: a = b = 0, so q(z_1 | x, z_>1) = p(z_1 | z_>1)
+    bottom.kernel[...] = jnp.zeros_like(bottom.kernel[...])
+    bottom.bias[...] = jnp.zeros_like(bottom.bias[...])
+    prior = model.blocks[-1].prior_head.out  # p(z_1 | z_>1)'s mean: 5 times as sensitive to the layers above
+    prior.kernel[...] = prior.kernel[...].at[:, :4].multiply(5.0)
+    x = binary_images(256)
+    terms = jitted(model.elbo_terms)(x, jax.random.key(3))
+    sizes = build.latent_sizes(config.model, IMAGE_SHAPE)
+    summary = evaluate.summarize_eval(terms, 256, 784, 0.01, layer_sizes=sizes)
+    np.testing.assert_array_equal(terms["kl_per_layer"][:, 0], 0.0)  # q = p exactly: no KL
+    assert summary["test/active_units_per_layer"] == [0, 4, 4]
+    np.testing.assert_array_equal(terms["mean"][:, :sizes[0]], 0.0)
+    # The posterior mean itself (what was measured before) moves with x through the prior: by
+    # Burda et al.'s Cov_x(E_q[z_1 | x, z_>1]) every unit of z_1 would count as active.
+    posterior_mean_1 = jitted(lambda x: model.posterior_below(x, [model.encode(x)[0], model.posterior_below(
+        x, [model.encode(x)[0]])[0]])[0])(x)
+    assert int(np.sum(np.var(np.asarray(posterior_mean_1, np.float64), axis=0) > 0.01)) == sizes[0]
+    # The top layer's measure is Burda et al.'s: its posterior mean (its prior is N(0, I)).
+    np.testing.assert_allclose(terms["mean"][:, -sizes[-1]:], model.encode(x)[0], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("arch, likelihood", [

@@ -4,6 +4,7 @@ norm is above `train.skip_threshold` (or not finite) skipped, counted and report
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from tests.conftest import tiny_config
@@ -112,3 +113,39 @@ def test_every_run_records_its_gradient_norm_and_skips(tiny_run):
     for record in files.read_metrics(tiny_run):
         assert record["train/grad_norm"] > 0 and record["train/grad_norm_max"] >= record["train/grad_norm"]
         assert record["train/skipped_updates"] == 0
+
+
+def steps_with_skips(config, steps_per_epoch: int, skip_at: set[int]):
+    """The state after `steps_per_epoch` train steps on one batch, those in `skip_at` skipped (a tiny
+    threshold for that step alone), and each step's skipped flag."""
+    tx = state.make_optimizer(config.train, steps_per_epoch)
+    graphdef, current = state.init_state(config, (28, 28, 1), tx)
+    x_u8 = jnp.asarray(np.random.default_rng(0).integers(0, 256, (64, 784), dtype=np.uint8))
+    train_step = jax.jit(step.make_train_step(graphdef, config, steps_per_epoch, dynamic=True))
+    hyper = state.hyperparameters(config)
+    skipped = []
+    for n in range(steps_per_epoch):
+        numbers = hyper._replace(skip_threshold=1e-6) if n in skip_at else hyper
+        current, metrics = train_step(current, x_u8, step.step_key(hyper.seed, current.step), numbers)
+        skipped.append(float(metrics["skipped"]))
+    return current, skipped
+
+
+def schedule_counts(opt_state) -> list[int]:
+    is_schedule = lambda node: isinstance(node, optax.ScaleByScheduleState)  # noqa: E731
+    return [int(node.count) for node in jax.tree.leaves(opt_state, is_leaf=is_schedule) if is_schedule(node)]
+
+
+def test_skipped_updates_do_not_hold_the_learning_rate_schedule_back():
+    config = tiny_config(train__lr_schedule="cosine", train__num_epochs=2)
+    schedule = state.learning_rate(config.train, 4)  # 8 steps of cosine decay
+    plain, plain_skips = steps_with_skips(config, 4, set())
+    skipping, skips = steps_with_skips(config, 4, {1, 2})
+    assert plain_skips == [0.0] * 4 and skips == [0.0, 1.0, 1.0, 0.0]
+    assert int(skipping.step) == int(plain.step) == 4
+    # The rate of the next step is the schedule's at step 4 in both runs, not at step 2.
+    assert schedule_counts(skipping.opt_state) == schedule_counts(plain.opt_state) == [4]
+    assert float(schedule(schedule_counts(skipping.opt_state)[0])) == pytest.approx(float(schedule(4)))
+    assert float(schedule(4)) < 0.9 * float(schedule(2))  # the two differ: the check can fail
+    # Adam's moments saw two updates, and its bias correction counts those.
+    assert int(skipping.opt_state[0].count) == 2 and int(plain.opt_state[0].count) == 4

@@ -166,21 +166,37 @@ class Ladder(nnx.Module):
         return self.output(h)
 
     def elbo_terms(self, x_BxD: jax.Array, key: jax.Array) -> dict[str, jax.Array]:
-        """rec, kl (B); kl_per_layer (B x L); kl_per_dim (B x ΣZ, factorised priors); mean (B x ΣZ):
-        z_1's units first. One posterior sample of every layer; `mean` is E_q[z_l | x, z_>l] along the
-        pass with every layer at its posterior mean (so no layer's activity is another's noise)."""
+        """rec, kl (B); kl_per_layer (B x L); kl_per_dim (B x ΣZ, factorised priors); mean (B x ΣZ,
+        `activity_means`): z_1's units first. One posterior sample of every layer."""
         batch = x_BxD.shape[0]
         features = self.bottom_up(x_BxD)
         h, records = self._descend(batch, features, self._noise(key, (batch,)))
         kls, per_dims = self._layer_kls(records)
-        _, mean_records = self._descend(batch, features)
         terms = {"rec": -self.likelihood.log_prob(self.output(h), x_BxD),
                  "kl": sum(kls),
                  "kl_per_layer": jnp.stack(kls[::-1], axis=-1),
-                 "mean": jnp.concatenate([r["q"][0] for r in mean_records[::-1]], axis=-1)}
+                 "mean": self.activity_means(features)}
         if per_dims is not None:
             terms["kl_per_dim"] = jnp.concatenate(per_dims[::-1], axis=-1)
         return terms
+
+    def activity_means(self, features) -> jax.Array:
+        """What each unit's activity (Burda et al.'s Cov_x(E_q[u | x]) > threshold) is measured on,
+        B x ΣZ, z_1's units first, along the pass with every layer at its posterior mean (so no
+        layer's activity is another's noise): the top layer's posterior mean, and below it each
+        layer's posterior mean less its prior mean given the same layers above, in the prior's
+        standard deviations, (E_q[z_l | x, z_>l] − E_p[z_l | z_>l]) / σ_p(z_l | z_>l).
+
+        Below the top, E_q[z_l | x, z_>l] varies with x through p(z_l | z_>l) alone even where q = p:
+        such a unit carries nothing about x beyond the layers above, yet its posterior mean moves.
+        Measured from the prior's mean it is exactly 0 there, and it varies with x only as far as
+        the layer's own posterior departs from its prior; the prior's spread is the scale Burda et
+        al.'s threshold is set against (their prior is N(0, I), where the two measures agree, as
+        they do for the top layer, whose prior does not depend on x)."""
+        _, records = self._descend(features[0].shape[0], features)
+        top = records[0]["q"][0]
+        below = [(r["q"][0] - r["p"][0]) * jnp.exp(-0.5 * r["p"][1]) for r in records[1:]]
+        return jnp.concatenate([*below[::-1], top], axis=-1)
 
     def _log_weights(self, x_BxD: jax.Array, copies: int, noise: list) -> tuple[jax.Array, jax.Array]:
         """(log p(x|z), log p(z) − log q(z|x)) for `copies` x B rows (copy-major) with the given noise."""

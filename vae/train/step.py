@@ -12,9 +12,11 @@ run's seed and the step counter, so a resumed run repeats an uninterrupted one. 
 step is jitted in one place, the epoch built from it (`vae.train.epoch`).
 
 Update skipping (as in VDVAE): an update whose gradient norm is not finite, or above
-`train.skip_threshold` where that is > 0, is not applied: the parameters, the optimizer's state and
-the parameter average stay as they were, and the step counter still advances (the next batch gets
-its own key and learning rate). The epoch counts them (`train/skipped_updates`).
+`train.skip_threshold` where that is > 0, is not applied: the parameters, the optimizer's moments
+and the parameter average stay as they were, and the step counter still advances (the next batch
+gets its own key and learning rate). The learning-rate schedule is a function of that counter: its
+count in the optimizer's state is set to the step before each update (`schedule_at`), so skipped
+updates do not hold it back. The epoch counts them (`train/skipped_updates`).
 """
 
 import functools
@@ -41,6 +43,18 @@ def skip_update(grad_norm: jax.Array, threshold) -> jax.Array:
     return ~jnp.isfinite(grad_norm) | ((threshold > 0) & (grad_norm > threshold))
 
 
+def _is_schedule(node) -> bool:
+    return isinstance(node, optax.ScaleByScheduleState)
+
+
+def schedule_at(opt_state: optax.OptState, step) -> optax.OptState:
+    """`opt_state` with every learning-rate schedule's count set to optimiser step `step`: the rate
+    follows the run's steps, not the updates applied (Adam's own count, of its moment updates, is
+    left alone)."""
+    return jax.tree.map(lambda node: node._replace(count=jnp.asarray(step, node.count.dtype))
+                        if _is_schedule(node) else node, opt_state, is_leaf=_is_schedule)
+
+
 def train_step(state: TrainState, x_u8_BxD: jax.Array, key: jax.Array, hyper: Hyper, *,
                graphdef: nnx.GraphDef, config: ml_collections.ConfigDict, steps_per_epoch: int,
                dynamic: bool) -> tuple[TrainState, dict]:
@@ -60,7 +74,7 @@ def train_step(state: TrainState, x_u8_BxD: jax.Array, key: jax.Array, hyper: Hy
     grad_norm = optax.tree.norm(grads)
     skipped = skip_update(grad_norm, hyper.skip_threshold)
     tx = make_optimizer(t, steps_per_epoch, hyper)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    updates, opt_state = tx.update(grads, schedule_at(state.opt_state, state.step), state.params)
     params = optax.apply_updates(state.params, updates)
     ema = state.ema_params
     if ema is not None:
@@ -70,7 +84,8 @@ def train_step(state: TrainState, x_u8_BxD: jax.Array, key: jax.Array, hyper: Hy
     new = TrainState(state.step + 1, params, opt_state, ema)
     kept = jax.tree.map(lambda old, update: jnp.where(skipped, old, update), tuple(state)[1:],
                         tuple(new)[1:])
-    return (TrainState(state.step + 1, *kept),
+    params, opt_state, ema = kept
+    return (TrainState(state.step + 1, params, schedule_at(opt_state, state.step + 1), ema),
             metrics | {"beta": beta_t, "grad_norm": grad_norm, "skipped": skipped.astype(jnp.float32)})
 
 

@@ -3,8 +3,10 @@ atomically, restored for resuming (read-write) or for reading (read-only, also f
 that cannot be written)."""
 
 import contextlib
+import errno
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -95,12 +97,67 @@ def save_checkpoint(manager: ocp.CheckpointManager, epoch: int, state: dict,
     manager.save(epoch, args=ocp.args.StandardSave(state), metrics=metrics)
 
 
+class CheckpointReadError(WorkdirError):
+    """A checkpoint could not be read for a reason that does not show it is damaged (an I/O or
+    memory error, say): nothing was changed, and the same command may succeed."""
+
+
+# How tensorstore (through Orbax) reports a checkpoint whose files are cut short, missing or
+# overwritten: the status code that starts its ValueError. An error of the operating system
+# carries os_error_code='N' as well; those are not damage unless N is ENOENT (a missing file).
+_DAMAGE_CODES = ("DATA_LOSS:", "OUT_OF_RANGE:", "NOT_FOUND:", "FAILED_PRECONDITION:")
+# How Orbax reports a checkpoint that is whole but of another train state (another optimizer,
+# parameter average or model size).
+_MISMATCH = ("Structure mismatch", "tree structures do not match", "is not compatible with the stored shape")
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    chain = []
+    while error is not None and all(error is not seen for seen in chain):
+        chain.append(error)
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    return chain
+
+
+def restore_failure(error: BaseException, step_dir: Path) -> str:
+    """Why a checkpoint in `step_dir` did not restore: "damaged" only where the error shows its files
+    are (metadata that is not JSON or not text, a file missing from a checkpoint that is there,
+    tensorstore's data-loss, out-of-range, not-found or failed-precondition status without an OS
+    error behind it), "mismatch" where it is whole but of another train state, else "unknown"
+    (an I/O or memory error, or anything else: the checkpoint may well be fine)."""
+    chain = _chain(error)
+    if any(isinstance(e, MemoryError) or (isinstance(e, OSError) and not isinstance(e, FileNotFoundError))
+           for e in chain):
+        return "unknown"
+    os_codes = {int(code) for e in chain for code in re.findall(r"os_error_code='?(\d+)", str(e))}
+    if os_codes - {errno.ENOENT}:
+        return "unknown"
+    for e in chain:
+        text = str(e)
+        if isinstance(e, ValueError) and any(marker in text for marker in _MISMATCH):
+            return "mismatch"
+        if isinstance(e, json.JSONDecodeError | UnicodeDecodeError):
+            return "damaged"
+        if isinstance(e, FileNotFoundError) and step_dir.is_dir():
+            return "damaged"
+        if isinstance(e, ValueError) and text.startswith(_DAMAGE_CODES):
+            return "damaged"
+    return "unknown"
+
+
+def _reason(error: BaseException) -> str:
+    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:200]}"
+
+
 def restore_latest(manager: ocp.CheckpointManager, abstract_state, step: int | None = None):
     """(epoch, state) of the newest checkpoint that restores (or of `step`), or (0, None) if there
     is none.
 
-    A corrupted or truncated checkpoint is reported on stderr and skipped for the one before it;
-    if none restores, WorkdirError (training on would overwrite the run).
+    A checkpoint whose files are damaged (`restore_failure`) is reported on stderr and skipped for
+    the one before it; if none restores, WorkdirError (training on would overwrite the run). Any
+    other failure to read one (an I/O or memory error, say) is CheckpointReadError at once, with
+    nothing skipped: the caller has changed nothing and the same command may succeed. A checkpoint
+    of another train state is WorkdirError at once.
     """
     steps = sorted(manager.all_steps(), reverse=True)
     if step is not None:
@@ -111,20 +168,30 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, step: int | N
     for candidate in steps:
         try:
             state = manager.restore(candidate, args=ocp.args.StandardRestore(abstract_state))
-        except Exception as e:  # noqa: BLE001 - any failure to read means this one is unusable
-            reason = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+        except Exception as e:  # noqa: BLE001 - sorted below: damaged, of another state, or unknown
+            reason = _reason(e)
+            failure = restore_failure(e, Path(manager.directory) / str(candidate))
+            if failure == "unknown":
+                raise CheckpointReadError(
+                    f"checkpoint {candidate} in {manager.directory} could not be read ({reason}); nothing "
+                    "in the workdir was changed: run the same command again") from e
+            if failure == "mismatch":
+                raise WorkdirError(
+                    f"checkpoint {candidate} in {manager.directory} does not restore into this config's "
+                    f"train state ({reason}): train.optimizer, train.lr_schedule, train.ema_decay, "
+                    "train.grad_clip_norm or the model differ from the run's; pass --restart to start "
+                    "over") from None
             first_error = first_error or reason
             if step is not None:
-                raise WorkdirError(f"checkpoint {candidate} cannot be restored ({reason})") from None
-            print(f"warning: checkpoint {candidate} cannot be restored ({reason}); trying an older one",
+                raise WorkdirError(f"checkpoint {candidate} is damaged ({reason})") from None
+            print(f"warning: checkpoint {candidate} is damaged ({reason}); trying an older one",
                   file=sys.stderr)
             continue
         return candidate, state
     if steps:
         raise WorkdirError(
-            f"none of the checkpoints in {manager.directory} (epochs {sorted(steps)}) restores into "
-            f"this config's train state ({first_error}): they are damaged, or train.optimizer or "
-            "train.ema_decay differ from the run's; pass --restart to start over")
+            f"every checkpoint in {manager.directory} (epochs {sorted(steps)}) is damaged ({first_error}); "
+            "pass --restart to start over")
     return 0, None
 
 
@@ -134,6 +201,8 @@ def restore_for_reading(workdir: Path, abstract_state, epoch: int | None, best: 
     if best:
         try:
             return _restore_read_only(workdir, abstract_state, None, BEST_DIR)
+        except CheckpointReadError:
+            raise
         except WorkdirError as e:
             print(f"warning: the best checkpoint cannot be used ({e}); using the latest", file=sys.stderr)
     return _restore_read_only(workdir, abstract_state, epoch, None)
