@@ -11,6 +11,7 @@ from flax import nnx
 
 from tests.conftest import tiny_config
 from vae.model import build, networks
+from vae.train import evaluate
 
 IMAGE_SHAPE = (28, 28, 1)
 VARIANTS = [(arch, prior) for arch in build.ARCHS for prior in ("standard_normal", "vampprior")]
@@ -220,3 +221,24 @@ def test_depth_to_space_places_channel_groups_in_2x2_blocks():
     assert out.shape == (1, 2, 2, 2)
     np.testing.assert_array_equal(out[0, :, :, 0], [[0, 2], [4, 6]])
     np.testing.assert_array_equal(out[0, :, :, 1], [[1, 3], [5, 7]])
+
+
+def test_an_hvae_z1_whose_posterior_is_its_prior_has_no_active_units():
+    """q(z1 | x, z2) = p(z1 | z2): z1 carries nothing about x beyond z2, so none of its units is
+    active, though its posterior mean moves with x through z2 (Burda et al.'s measure on
+    E_q[z1 | x] alone would count every unit)."""
+    model, config = make_model("hvae")
+    model.q_z1_from_features = lambda features, z2: model.p_z1(z2)  # q = p for z1
+    size = config.model.latent_dim
+    prior = model.p_z1.head.linear  # p(z1 | z2)'s mean: 5 times as sensitive to z2
+    prior.kernel[...] = prior.kernel[...].at[:, :size].multiply(5.0)
+    x = binary_images(256)
+    terms = model.elbo_terms(x, jax.random.key(3))
+    summary = evaluate.summarize_eval(terms, 256, 784, 0.01, layer_sizes=(size, size))
+    np.testing.assert_allclose(terms["kl_per_layer"][:, 0], 0.0, atol=1e-5)  # q = p: no KL
+    np.testing.assert_array_equal(terms["mean"][:, :size], 0.0)
+    assert summary["test/active_units_per_layer"][0] == 0
+    mean2 = model.encode(x)[0]
+    posterior_mean1 = np.asarray(model.p_z1(mean2)[0], np.float64)
+    assert int(np.sum(np.var(posterior_mean1, axis=0) > 0.01)) == size  # the old measure: all active
+    np.testing.assert_allclose(terms["mean"][:, size:], mean2, rtol=1e-5, atol=1e-6)  # z2: Burda's

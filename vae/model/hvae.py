@@ -58,9 +58,20 @@ class HierarchicalVAE(nnx.Module):
         repeated across samples of z2): mean and log-variance."""
         return self.q_z1.head(self.q_z1.body.join(x_features, z2))
 
+    def activity_of_z1(self, x_features, mean2):
+        """What z1's active units are measured on (Burda et al.'s Cov_x(E_q[u | x]) > threshold),
+        with z2 at its posterior mean (so z1's activity is not z2's noise): z1's posterior mean
+        less its prior mean given the same z2, in the prior's standard deviations. E_q[z1 | x, z2]
+        moves with x through p(z1 | z2) even where q(z1 | x, z2) = p(z1 | z2), carrying nothing
+        about x beyond z2; measured from the prior's mean it is 0 there. The top layer keeps
+        Burda et al.'s measure, its posterior mean (its prior does not depend on x)."""
+        prior_mean1, prior_log_var1 = self.p_z1(mean2)
+        return (self.q_z1_from_features(x_features, mean2)[0] - prior_mean1) * jnp.exp(-0.5 * prior_log_var1)
+
     def elbo_terms(self, x_BxD: jax.Array, key: jax.Array) -> dict[str, jax.Array]:
         """rec, kl (B); kl_per_layer (B x 2: z1's KL, z2's); kl_per_dim (B x 2Z: z1's units then z2's,
-        factorised priors); mean (B x 2Z)."""
+        factorised priors); mean (B x 2Z: what active units are measured on, `activity_of_z1` then
+        z2's posterior mean)."""
         key_z2, key_z1 = jax.random.split(key)
         mean2, log_var2 = self.encode(x_BxD)
         z2 = kl.sample_gaussian(key_z2, mean2, log_var2)
@@ -75,8 +86,7 @@ class HierarchicalVAE(nnx.Module):
             "rec": -self.likelihood.log_prob(self.decode_both(z1, z2), x_BxD),
             "kl": kl1_B + kl2_B,
             "kl_per_layer": jnp.stack([kl1_B, kl2_B], axis=-1),  # z1, z2
-            # E_q[z1 | x] taken at z2's mean, so the activity of z1 is not inflated by z2's noise.
-            "mean": jnp.concatenate([self.q_z1_from_features(x_features, mean2)[0], mean2], axis=-1),
+            "mean": jnp.concatenate([self.activity_of_z1(x_features, mean2), mean2], axis=-1),
         }
         if kl2_per_dim is not None:
             terms["kl_per_dim"] = jnp.concatenate([kl1_per_dim, kl2_per_dim], axis=-1)
