@@ -1,7 +1,7 @@
 // log p(x|z) of a discretised logistic mixture (vae/model/likelihoods.py, LogisticMixture) for
 // many decoder outputs: the 8-bit IWAE evaluation's hot loop, as an XLA FFI custom call on CPU.
-// Built and loaded by vae/model/mixture_kernel.py; the same numbers as
-// `LogisticMixture.log_prob_grouped`'s XLA path up to float rounding (tests/test_mixture_kernel.py).
+// Built by vae/native/build.py and called through vae/native/mixture.py; the same numbers as the
+// XLA path (`likelihoods.tiled_mixture_log_prob`) up to float rounding (tests/test_mixture_kernel.py).
 //
 // One pass over each row (an image's D x 3K decoder outputs, pixel-major): W pixels at a time in
 // vector registers, each component's mass σ(a)·σ(−b)·(1 − e^−w) as a probability (four exps, as
