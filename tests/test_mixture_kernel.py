@@ -71,6 +71,26 @@ def test_the_kernel_is_the_textbook_mixture(k, pixels):
 
 
 @needs_kernel
+def test_nan_in_any_output_gives_nan_as_the_xla_path_does():
+    """A diverged decoder's NaN logit, mean or log-scale makes its row's log p(x|z) NaN, as on the
+    XLA path (a NaN must not become a finite NLL on CPU only); the other rows keep their numbers."""
+    k, pixels = 3, 20
+    out, levels = _case(np.random.default_rng(11), 8, pixels, k)
+    out = out.reshape(8, pixels, 3 * k)
+    out[1, 4, 0] = np.nan           # a logit
+    out[2, 19, k + 2] = np.nan      # a mean, in the last partial vector of pixels
+    out[3, 0, 2 * k + 1] = np.nan   # a log-scale (the floor at -7 must not hide it)
+    out[4, 7, :k] = np.nan          # every logit of a pixel
+    out[5, 0, 2 * k] = np.nan       # a log-scale in the row of far tails' neighbour
+    levels[5, 0] = 0                # an edge bin
+    kernel, xla = map(np.asarray, _kernel_and_xla(jnp.asarray(out.reshape(8, -1), jnp.float32),
+                                                  jnp.asarray(levels, jnp.int32), k))
+    assert np.isnan(xla[1:6]).all() and np.isfinite(xla[[0, 6, 7]]).all()
+    np.testing.assert_array_equal(np.isnan(kernel), np.isnan(xla))
+    np.testing.assert_allclose(kernel[[0, 6, 7]], xla[[0, 6, 7]], rtol=2e-6, atol=1e-4)
+
+
+@needs_kernel
 def test_rows_read_their_image_modulo_the_images():
     """The IWAE's C draws x B images against x_BxD[None] (each image read once), the plain B x P
     against B x D, and a broadcast the kernel does not take (one image per draw) all agree with
