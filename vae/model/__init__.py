@@ -2,8 +2,8 @@
 two-level HVAE and the deep ladder, and the objectives they are trained with.
 
     networks.py     dense, gated and convolutional building blocks, encoders and decoders
-    likelihoods.py  p(x|z) from the decoder's output; mixture_kernel.py (and .cc) the logistic
-                    mixture's IWAE loop as a compiled CPU kernel, built on first use
+    likelihoods.py  p(x|z) from the decoder's output (the logistic mixture's IWAE loop runs on
+                    CPU as a compiled kernel: `vae.native.mixture`)
     priors.py       p(z): the standard normal, the VampPrior
     vae.py          the one-level VAE; hvae.py the two-level HVAE (same interface)
     ladder.py       the ladder: L latent layers over one top-down state (same interface);
@@ -14,5 +14,5 @@ two-level HVAE and the deep ladder, and the objectives they are trained with.
     build.py        the model a config describes
 
 Everything here is a pure function of arrays or a Flax module holding parameters; keys are
-passed in. Imports nothing of the package but `vae.kl`.
+passed in. Imports nothing of the package but `vae.kl` and `vae.native` (one operation of arrays).
 """

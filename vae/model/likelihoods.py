@@ -29,16 +29,17 @@ Two kinds of data, two kinds of likelihood; their numbers are not comparable:
 An 8-bit sub-pixel's level v becomes the model input v / 255, as a binarised one's 0/1 does.
 
 A likelihood is a Flax module so that one with parameters of its own fits the same slot.
-Imports nothing of the package.
+Imports nothing of the package but `vae.native` (the logistic mixture's CPU kernel).
 """
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vae.model import mixture_kernel
+from vae.native import mixture
 
 
 class Bernoulli(nnx.Module):
@@ -191,6 +192,38 @@ def _mixture_probability(level, logits, means, log_scales):
     return jnp.sum(weights * mass, axis=-2) / jnp.sum(weights, axis=-2)
 
 
+def tiled_mixture_log_prob(out_NxP: jax.Array, levels_BxD: jax.Array, components: int) -> jax.Array:
+    """`LogisticMixture.log_prob_grouped` in XLA, row r of `out_NxP` against the levels of image
+    r mod B: with each image's pixels on the minor axis (so it vectorises), over tiles of TILE_ROWS
+    rows at a time (so its intermediates stay in cache), each tile's mixture as a probability
+    (`_mixture_probability`, a fifth of `log_prob`'s transcendental work) unless one of its
+    sub-pixels is under 1e-30 (or NaN), whose tile takes the exact log-space form
+    (`discretized_logistic_mixture_log_prob`)."""
+    k, (images, d), rows = components, levels_BxD.shape, out_NxP.shape[0]
+    levels = jnp.broadcast_to(levels_BxD, (rows // images, images, d)).reshape(rows, d)
+    pad = -rows % TILE_ROWS
+    out, levels = jnp.pad(out_NxP, ((0, pad), (0, 0))), jnp.pad(levels, ((0, pad), (0, 0)))
+
+    def tile(out_and_levels):
+        out_TxP, level_TxD = out_and_levels
+        components = jnp.swapaxes(out_TxP.reshape(TILE_ROWS, -1, 3 * k), -1, -2)  # T x 3K x D
+        parameters = (level_TxD, components[:, :k], components[:, k:2 * k], components[:, 2 * k:])
+        probability = _mixture_probability(*parameters)
+        return jax.lax.cond(jnp.all(probability >= _SMALLEST_FAST_PROBABILITY),
+                            lambda: jnp.sum(jnp.log(probability), axis=-1),
+                            lambda: jnp.sum(discretized_logistic_mixture_log_prob(*parameters), axis=-1))
+
+    tiles = (out.reshape(-1, TILE_ROWS, out.shape[-1]), levels.reshape(-1, TILE_ROWS, d))
+    return jax.lax.map(tile, tiles).reshape(-1)[:rows]
+
+
+@functools.cache
+def _tiled_mixture_log_prob_of(components: int):
+    """`tiled_mixture_log_prob` of K components as a function of (out_NxP, levels_BxD): one object
+    per K, as `vae.native.mixture.log_prob` takes it into the operation it builds."""
+    return functools.partial(tiled_mixture_log_prob, components=components)
+
+
 class LogisticMixture(nnx.Module):
     """p(x|z) = Π_d Σ_k π_dk · DiscretizedLogistic(x_d | μ_dk, s_dk): a mixture of K logistics per
     8-bit sub-pixel (Salimans et al., 2017, PixelCNN++), its 256 levels the bins of [-1, 1].
@@ -227,47 +260,24 @@ class LogisticMixture(nnx.Module):
 
     def log_prob_grouped(self, out_BxP: jax.Array, x_BxD: jax.Array) -> jax.Array:
         """`log_prob` for speed, where the IWAE evaluation's decoder output is the hot loop (equal
-        up to float rounding, tested): on CPU the compiled kernel of `mixture_kernel`, one pass
-        per row; elsewhere, or without a C++ compiler, `_tiled_log_prob`. docs/evaluation.md has
-        what each step saves. `x_BxD` broadcasts against the leading axes of `out_BxP`; where it
-        holds one image per row of their last axes (x_BxD[None] against C x B rows), each is read
-        once rather than copied per row. For evaluation: the kernel has no gradient (training
-        differentiates `log_prob`)."""
+        up to float rounding, tested): `vae.native.mixture`'s operation, on CPU a compiled kernel
+        that makes one pass per row, elsewhere (or where the kernel is not built)
+        `tiled_mixture_log_prob`. docs/evaluation.md has what each step saves. `x_BxD` broadcasts
+        against the leading axes of `out_BxP`; where it holds one image per row of their last axes
+        (x_BxD[None] against C x B rows), each is read once rather than copied per row. For
+        evaluation: the kernel has no gradient (training differentiates `log_prob`)."""
         lead, d = out_BxP.shape[:-1], x_BxD.shape[-1]
         levels = levels_of(x_BxD)
         image_lead = levels.shape[:-1]
         while image_lead and image_lead[0] == 1:
             image_lead = image_lead[1:]
         if lead[len(lead) - len(image_lead):] != image_lead:  # not one image per row of the last axes
-            levels = jnp.broadcast_to(levels, lead + (d,))
-        out_NxP = out_BxP.reshape(-1, out_BxP.shape[-1])
-        log_p = mixture_kernel.log_prob(out_NxP, levels.reshape(-1, d), self.num_components,
-                                        self._tiled_log_prob)
+            levels, image_lead = jnp.broadcast_to(levels, lead + (d,)), lead
+        images = math.prod(image_lead)
+        out_GxBxP = out_BxP.reshape(-1, images, out_BxP.shape[-1])
+        log_p = mixture.log_prob(out_GxBxP, levels.reshape(images, d), self.num_components,
+                                 _tiled_mixture_log_prob_of(self.num_components))
         return log_p.reshape(lead)
-
-    def _tiled_log_prob(self, out_NxP: jax.Array, levels_BxD: jax.Array) -> jax.Array:
-        """`log_prob_grouped` in XLA, row r of `out_NxP` against the levels of image r mod B: with
-        each image's pixels on the minor axis (so it vectorises), over tiles of TILE_ROWS rows at a
-        time (so its intermediates stay in cache), each tile's mixture as a probability
-        (`_mixture_probability`, a fifth of `log_prob`'s transcendental work) unless one of its
-        sub-pixels is under 1e-30, whose tile takes the exact log-space form
-        (`discretized_logistic_mixture_log_prob`)."""
-        k, (images, d), rows = self.num_components, levels_BxD.shape, out_NxP.shape[0]
-        levels = jnp.broadcast_to(levels_BxD, (rows // images, images, d)).reshape(rows, d)
-        pad = -rows % TILE_ROWS
-        out, levels = jnp.pad(out_NxP, ((0, pad), (0, 0))), jnp.pad(levels, ((0, pad), (0, 0)))
-
-        def tile(out_and_levels):
-            out_TxP, level_TxD = out_and_levels
-            components = jnp.swapaxes(out_TxP.reshape(TILE_ROWS, -1, 3 * k), -1, -2)  # T x 3K x D
-            parameters = (level_TxD, components[:, :k], components[:, k:2 * k], components[:, 2 * k:])
-            probability = _mixture_probability(*parameters)
-            return jax.lax.cond(jnp.all(probability >= _SMALLEST_FAST_PROBABILITY),
-                                lambda: jnp.sum(jnp.log(probability), axis=-1),
-                                lambda: jnp.sum(discretized_logistic_mixture_log_prob(*parameters), axis=-1))
-
-        tiles = (out.reshape(-1, TILE_ROWS, out.shape[-1]), levels.reshape(-1, TILE_ROWS, d))
-        return jax.lax.map(tile, tiles).reshape(-1)[:rows]
 
     def level_log_probs(self, out_BxP: jax.Array) -> jax.Array:
         """log P(level) of all 256 levels, ... x D x 256."""

@@ -1,7 +1,8 @@
 // log p(x|z) of a discretised logistic mixture (vae/model/likelihoods.py, LogisticMixture) for
 // many decoder outputs: the 8-bit IWAE evaluation's hot loop, as an XLA FFI custom call on CPU.
-// Built and loaded by vae/model/mixture_kernel.py; the same numbers as
-// `LogisticMixture.log_prob_grouped`'s XLA path up to float rounding (tests/test_mixture_kernel.py).
+// Built by vae/native/build.py and called through vae/native/mixture.py; the same numbers as the
+// XLA path (`likelihoods.tiled_mixture_log_prob`) up to float rounding, and NaN wherever an output
+// of the row is NaN, as there (tests/test_mixture_kernel.py).
 //
 // One pass over each row (an image's D x 3K decoder outputs, pixel-major): W pixels at a time in
 // vector registers, each component's mass σ(a)·σ(−b)·(1 − e^−w) as a probability (four exps, as
@@ -30,17 +31,25 @@ constexpr int kMaxComponents = 10;
 
 typedef float vf __attribute__((vector_size(4 * W)));
 typedef int32_t vi __attribute__((vector_size(4 * W)));
+typedef uint32_t vu __attribute__((vector_size(4 * W)));
 
-inline vf vmax(vf a, vf b) { return a > b ? a : b; }
-inline vf vmin(vf a, vf b) { return a < b ? a : b; }
+// NaN in, NaN out, as XLA's max does: a NaN decoder output must reach its row's log p(x|z) (a
+// diverged model's NLL is NaN, not a number). `vmax` is NaN where either operand is; the bounds
+// keep a NaN x (a comparison with NaN is false), at the cost of a plain one.
+inline vf vmax(vf a, vf b) { return (a > b) | (a != a) ? a : b; }
+inline vf at_least(vf x, float low) { return x < low ? vf{} + low : x; }
+inline vf at_most(vf x, float high) { return x > high ? vf{} + high : x; }
 
 // e^x on W lanes (Cephes' expf: a degree-6 polynomial on [−ln2/2, ln2/2] times 2^n, within 2 ulp),
 // x clamped to [−87, 88] so 2^n stays a normal float: a mass it makes finite instead of 0 or inf
-// is far under 1e-30 and takes the exact form.
+// is far under 1e-30 and takes the exact form. n = round(x/ln2) by adding 1.5·2^23 (the float's
+// integer bits then hold it), so no lane is converted to an integer: a NaN lane stays NaN.
 inline vf vexp(vf x) {
-  x = vmin(vmax(x, vf{} - 87.0f), vf{} + 88.0f);
-  const vi n = __builtin_convertvector(x * 1.44269504088896341f + 128.5f, vi) - 128;  // round(x/ln2)
-  const vf nf = __builtin_convertvector(n, vf);
+  x = at_most(at_least(x, -87.0f), 88.0f);
+  constexpr float kRound = 12582912.0f;  // 1.5·2^23
+  const vf shifted = x * 1.44269504088896341f + kRound;
+  const vf nf = shifted - kRound;
+  const vu n = (vu)shifted - (vu)(vf{} + kRound);
   const vf r = x - nf * 0.693359375f + nf * 2.12194440e-4f;  // ln 2 in two parts
   vf p = r * 1.9875691500e-4f + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
@@ -76,7 +85,7 @@ inline vf mixture_probability(const float* __restrict px, const int32_t* __restr
   for (int i = 1; i < K; ++i) logit_max = vmax(logit_max, v[i]);
   vf probability = {}, weight_sum = {};
   for (int i = 0; i < K; ++i) {
-    const vf inv_scale = vexp(-vmax(v[2 * K + i], vf{} + kMinLogScale));
+    const vf inv_scale = vexp(-at_least(v[2 * K + i], kMinLogScale));
     const vf b = inv_scale * (centre - v[K + i]);
     const vf em1 = vexpm1_negative(inv_scale * (-2.0f / 255));  // e^−w − 1
     const vf exp_b = vexp(b);
