@@ -79,5 +79,24 @@ def test_scripts_keep_compiled_programs_in_a_persistent_cache(tmp_path):
         assert cli.compilation_cache({"XDG_CACHE_HOME": str(tmp_path)}) == expected
         assert jax.config.jax_compilation_cache_dir == expected
         assert cli.compilation_cache({"JAX_COMPILATION_CACHE_DIR": "/elsewhere"}) == "/elsewhere"
+        home = os.path.join(tmp_path, ".cache", "vae", "jax")
+        assert cli.compilation_cache({"HOME": str(tmp_path)}) == home
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_a_user_without_a_home_directory_runs_without_the_compilation_cache(monkeypatch, tmp_path):
+    """No HOME and no password entry (an arbitrary container user id): no cache, rather than one in
+    a folder named '~' under the current directory."""
+    import pwd
+
+    from vae import cli
+
+    def no_entry(uid):
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    monkeypatch.chdir(tmp_path)
+    assert cli.user_cache_root({}) is None
+    assert cli.compilation_cache({}) is None
+    assert not (tmp_path / "~").exists()

@@ -54,6 +54,22 @@ def quiet_logs() -> None:
     warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
 
 
+def user_cache_root(environ=os.environ) -> str | None:
+    """$XDG_CACHE_HOME, else ~/.cache from $HOME or the password database; None for a user with
+    no home directory at all (no HOME and no password entry)."""
+    if environ.get("XDG_CACHE_HOME"):
+        return environ["XDG_CACHE_HOME"]
+    home = environ.get("HOME")
+    if not home:
+        try:
+            import pwd
+
+            home = pwd.getpwuid(os.getuid()).pw_dir
+        except (ImportError, KeyError):  # no password database (Windows), or no entry for this user
+            return None
+    return os.path.join(home, ".cache")
+
+
 def compilation_cache(environ=os.environ) -> str | None:
     """JAX's persistent compilation cache for the scripts, in $XDG_CACHE_HOME/vae/jax (or
     ~/.cache/vae/jax): a second run of the same program loads its compiled code instead of
@@ -62,8 +78,12 @@ def compilation_cache(environ=os.environ) -> str | None:
     (a script that never uses it starts without it): JAX reads the settings when it starts."""
     if environ.get("VAE_COMPILATION_CACHE") == "0":
         return None
-    directory = environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
-        environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vae", "jax")
+    directory = environ.get("JAX_COMPILATION_CACHE_DIR")
+    if not directory:
+        root = user_cache_root(environ)
+        if root is None:  # no home directory (an arbitrary container user): compile every time
+            return None
+        directory = os.path.join(root, "vae", "jax")
     if "jax" in sys.modules:
         jax = sys.modules["jax"]
         jax.config.update("jax_compilation_cache_dir", directory)
