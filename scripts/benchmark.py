@@ -20,6 +20,9 @@ import time
 
 from vae import cli_flags, config_fields
 
+# benchmarks/ is the repository's, beside scripts/ (the package installs only vae)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 COMMAND_START = time.perf_counter()
 
 

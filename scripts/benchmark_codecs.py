@@ -31,13 +31,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+# benchmarks/ is the repository's, beside scripts/ (the package installs only vae)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import codecs, codecs_8bit
-from vae import cli, cli_flags
-from vae.analysis import results
-from vae.data import dataset, source
-from vae.workdir import files
+import numpy as np  # noqa: E402
+
+from benchmarks import codecs, codecs_8bit  # noqa: E402
+from vae import cli, cli_flags  # noqa: E402
+from vae.analysis import results  # noqa: E402
+from vae.data import dataset, source  # noqa: E402
+from vae.workdir import files  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -13,17 +13,21 @@ date, the machine, the other processes' share of the CPU while it ran) and OUT.m
 """
 
 import json
+import os
 import shlex
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
+# benchmarks/ is the repository's, beside scripts/ (the package installs only vae)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import codecs_8bit, harness, single_image
-from vae import cli, cli_flags
-from vae.coding import codec
-from vae.workdir import files
+import numpy as np  # noqa: E402
+
+from benchmarks import codecs_8bit, harness, single_image  # noqa: E402
+from vae import cli, cli_flags  # noqa: E402
+from vae.coding import codec  # noqa: E402
+from vae.workdir import files  # noqa: E402
 
 
 def build_parser() -> cli_flags.ArgumentParser:

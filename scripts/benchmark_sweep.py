@@ -20,6 +20,9 @@ import sys
 
 from vae import cli_flags
 
+# benchmarks/ is the repository's, beside scripts/ (the package installs only vae)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 
 def build_parser() -> cli_flags.ArgumentParser:
     parser = cli_flags.ArgumentParser(description=__doc__.splitlines()[0])

@@ -11,6 +11,7 @@ import ast
 import difflib
 import importlib.util
 import io
+import sys
 import tokenize
 from pathlib import Path
 
@@ -23,6 +24,14 @@ class FieldError(ValueError):
     """A config file or field that cannot be used as asked; the message says what to change."""
 
 
+def _config_roots(path: Path) -> list[Path]:
+    """Where `import configs` finds the repository's config files while a config file loads (a
+    variant imports the file it changes: `from configs import default`; the package installs no
+    `configs`): the folder above the file's own `configs/`, and the checkout this package runs from."""
+    candidates = [path.resolve().parent.parent, Path(__file__).resolve().parents[1]]
+    return [root for root in candidates if (root / "configs" / "__init__.py").is_file()]
+
+
 def load_config(path: str | Path) -> ml_collections.ConfigDict:
     """`get_config()` of the config file at `path`."""
     path = Path(path)
@@ -30,10 +39,15 @@ def load_config(path: str | Path) -> ml_collections.ConfigDict:
         raise FieldError(f"no config file {str(path)!r}")
     spec = importlib.util.spec_from_file_location(f"config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
+    added = [str(root) for root in _config_roots(path) if str(root) not in sys.path]
+    sys.path[:0] = added
     try:
         spec.loader.exec_module(module)
     except (SyntaxError, ImportError, NameError, AttributeError, TypeError, ValueError) as e:
         raise FieldError(f"the config file {path} does not load: {type(e).__name__}: {e}") from None
+    finally:
+        for root in added:
+            sys.path.remove(root)
     if not callable(getattr(module, "get_config", None)):
         raise FieldError(f"the config file {path} defines no get_config()")
     config = module.get_config()

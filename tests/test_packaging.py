@@ -1,0 +1,46 @@
+"""What pip installs: the library alone (no top-level `configs` or `benchmarks` in site-packages),
+its license, and the kernels' sources; the repository's configs load from anywhere."""
+
+import os
+import subprocess
+import sys
+import zipfile
+
+from tests.conftest import REPO
+from vae import config_fields
+
+
+def test_the_wheel_holds_the_vae_package_its_license_and_the_kernel_source(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--wheel-dir", str(tmp_path), REPO], check=True, capture_output=True, timeout=300)
+    (wheel,) = tmp_path.glob("vae-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")} == {"vae"}
+    assert "vae/native/mixture.cc" in names
+    metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
+    text = zipfile.ZipFile(wheel).read(metadata).decode()
+    assert "License-Expression: Apache-2.0" in text
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+
+
+def test_a_config_variant_finds_the_file_it_changes_from_any_folder(tmp_path, monkeypatch):
+    """configs/ladder_8bit.py imports configs.ladder, which imports configs.cifar10 ...: found in the
+    repository, from another working directory, with no `configs` installed."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if os.path.abspath(p or ".") != REPO])
+    for name in [n for n in list(sys.modules) if n == "configs" or n.startswith("configs.")]:
+        monkeypatch.delitem(sys.modules, name)
+    config = config_fields.load_config(os.path.join(REPO, "configs", "ladder_8bit.py"))
+    assert config.model.arch == "ladder" and config.model.likelihood == "logistic_mixture"
+    assert os.path.abspath(REPO) not in [os.path.abspath(p or ".") for p in sys.path]  # put back
+
+
+def test_the_citation_file_agrees_with_pyproject():
+    import tomllib
+
+    import yaml
+
+    project = tomllib.loads(open(os.path.join(REPO, "pyproject.toml")).read())["project"]
+    citation = yaml.safe_load(open(os.path.join(REPO, "CITATION.cff")))
+    assert citation["cff-version"] == "1.2.0" and citation["title"].startswith(project["name"])
+    assert (citation["version"], citation["license"]) == (project["version"], project["license"])
