@@ -16,10 +16,12 @@
 # %% [markdown]
 # # Analysing one trained run
 #
-# Point `WORKDIR` at a training workdir (`scripts/train.py --workdir ...`). Everything below reads
-# that directory through `vae.*`: the metrics, the best checkpoint (lowest validation negative ELBO;
-# the latest where the run has no validation split; set `CHECKPOINT = "latest"` for the newest) and
-# the test set it was evaluated on. The test suite runs this notebook on a tiny run (`VAE_WORKDIR`).
+# Point `WORKDIR` at a training workdir (`scripts/train.py --workdir ...`; the default is `make
+# train`'s, and a relative path is taken from the repository's root, wherever Jupyter started).
+# Everything below reads that directory through `vae.*`: the metrics, the best checkpoint (lowest
+# validation negative ELBO; the latest where the run has no validation split; set `CHECKPOINT =
+# "latest"` for the newest) and the test set it was evaluated on. The test suite runs this notebook
+# on a tiny run (`VAE_WORKDIR`).
 
 # %% tags=["parameters"]
 import os
@@ -42,7 +44,12 @@ from vae.model import ladder  # noqa: E402
 from vae.train import trained  # noqa: E402
 from vae.workdir import files  # noqa: E402
 
-run = Path(WORKDIR)
+# The repository's root: the notebook's folder's parent under JupyterLab (`make notebook`), or the
+# working directory itself. An absolute WORKDIR stays as it is.
+root = next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "configs").is_dir() and (p / "vae").is_dir())
+run = root / WORKDIR
+if not (run / files.METRICS_FILE).is_file():
+    raise SystemExit(f"no trained run in {run}: run `make train` first, or set WORKDIR to a workdir")
 records = files.read_metrics(run)
 config, model, epoch = trained.load_trained(run, checkpoint=CHECKPOINT)
 used = trained.checkpoint_used(run, None, CHECKPOINT)

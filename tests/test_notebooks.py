@@ -10,7 +10,7 @@ from tests.conftest import REPO, xla_flags
 NOTEBOOKS = os.path.join(REPO, "notebooks")
 
 
-def execute(name: str, env: dict[str, str]) -> nbformat.NotebookNode:
+def execute(name: str, env: dict[str, str], cwd: str = REPO) -> nbformat.NotebookNode:
     from nbclient import NotebookClient  # a second of imports (jupyter_client, zmq): only to run one
 
     notebook = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
@@ -18,7 +18,7 @@ def execute(name: str, env: dict[str, str]) -> nbformat.NotebookNode:
     os.environ.update(env)  # the kernel inherits the environment
     try:
         client = NotebookClient(notebook, timeout=600, kernel_name="python3",
-                                resources={"metadata": {"path": REPO}})
+                                resources={"metadata": {"path": cwd}})
         client.execute()
     finally:
         for k, v in old.items():
@@ -59,9 +59,10 @@ def test_kl_divergence_notebook_runs_and_states_computed_numbers(fashion_mnist):
 
 
 def test_analyze_run_notebook_on_a_tiny_run(tiny_run):
+    """From notebooks/, where `make notebook`'s JupyterLab starts its kernels."""
     notebook = execute("analyze_run.ipynb", {"VAE_WORKDIR": str(tiny_run), "VAE_IW_SAMPLES": "10",
                                              "VAE_IW_EXAMPLES": "64", "XLA_FLAGS": xla_flags(1),
-                                             "TF_CPP_MIN_LOG_LEVEL": "3"})
+                                             "TF_CPP_MIN_LOG_LEVEL": "3"}, cwd=NOTEBOOKS)
     text = outputs(notebook)
     assert "checkpoint of epoch 2" in text and "IWAE NLL (k=10)" in text
     assert images(notebook) >= 5
@@ -72,3 +73,17 @@ def test_notebooks_are_committed_without_outputs_and_paired(name):
     notebook = nbformat.read(os.path.join(NOTEBOOKS, f"{name}.ipynb"), as_version=4)
     assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")
     assert os.path.exists(os.path.join(NOTEBOOKS, f"{name}.py"))  # jupytext pair, for diffs
+
+
+def test_analyze_run_takes_a_relative_workdir_from_the_repository_and_names_a_missing_one():
+    """Started in notebooks/ (as JupyterLab starts it) with a relative WORKDIR such as its default
+    runs/default: the run is looked for in the repository, and a missing one is one line saying
+    what to run."""
+    from nbclient.exceptions import CellExecutionError
+
+    missing = "runs/no_such_run_for_the_test"
+    with pytest.raises(CellExecutionError) as error:
+        execute("analyze_run.ipynb", {"VAE_WORKDIR": missing, "TF_CPP_MIN_LOG_LEVEL": "3"}, cwd=NOTEBOOKS)
+    assert error.value.ename == "SystemExit"
+    assert error.value.evalue == (f"no trained run in {os.path.join(REPO, missing)}: run `make train` first, "
+                                  "or set WORKDIR to a workdir")
