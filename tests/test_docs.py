@@ -538,3 +538,35 @@ def test_the_generators_write_into_pages_that_have_their_markers():
     speed = _defaults(speed_table, ["docs/bench/speed.json"])
     assert (ROOT / speed.readme).read_text().count(f"<!-- {speed_table.SECTION}:begin -->") == 1
     assert (ROOT / speed.out).is_file()
+
+
+# --- docs/api.md runs -------------------------------------------------------------------------
+
+
+def python_blocks(text: str) -> list[str]:
+    """The bodies of the fenced blocks marked `python`, in order."""
+    return [m.group(3) for m in FENCE.finditer(text) if m.group(2) == "python"]
+
+
+def test_the_api_page_runs_as_written(tmp_path, tiny_run, monkeypatch):
+    """Every python block of docs/api.md, in order, in one namespace, from a folder laid out as
+    the repository after `make train` (runs/default: a small trained run; configs/)."""
+    import shutil
+
+    import numpy as np
+
+    shutil.copytree(tiny_run, tmp_path / "runs" / "default")
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    monkeypatch.chdir(tmp_path)
+    blocks = python_blocks((ROOT / "docs" / "api.md").read_text())
+    assert len(blocks) >= 6
+    namespace = {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        for block in blocks:
+            exec(compile(block, "docs/api.md", "exec"), namespace)
+    ns = namespace
+    assert ns["mean"].shape == (8, ns["m"].model.latent_dim) and ns["pixels"].shape == (8, 28, 28, 1)
+    assert np.array_equal(ns["back"], ns["x"])  # compress, decompress: exact
+    assert len(ns["data"]) < 8 * 784 / 8  # below a bit per pixel
+    assert np.all(ns["elbo"] < 0) and ns["elbo"].mean() <= ns["log_p"].mean()
+    assert ns["records"][-1]["epoch"] == 1 and (tmp_path / "runs" / "api_example" / "metrics.jsonl").is_file()

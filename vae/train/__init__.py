@@ -13,4 +13,28 @@
     distributed.py    many processes (jax.distributed), the mesh and global arrays
 
 May import vae.workdir, vae.data, vae.model and vae.kl; nothing above (analysis, sweep, cli).
+
+The package is also the API's training call, `vae.train(config, workdir)` (`_Train.__call__`).
 """
+
+import sys
+import types
+
+
+class _Train(types.ModuleType):
+    """This package's module type: the package, callable as `vae.train(config, workdir)`."""
+
+    def __call__(self, config, workdir, *, restart: bool = False, progress: bool = True) -> list[dict]:
+        """Trains `config` (an ml_collections ConfigDict, or the path of a config file) into `workdir`,
+        resuming it where it has checkpoints (`restart`: start afresh), as scripts/train.py does;
+        returns the metrics, one record per epoch. The config is checked first: a bad field is a
+        `vae.train.config_checks.ConfigError` before any compute."""
+        from vae import config_fields
+        from vae.train import loop
+
+        if isinstance(config, str) or hasattr(config, "__fspath__"):
+            config = config_fields.load_config(config)
+        return loop.train_and_evaluate(config, workdir, restart=restart, progress=progress)
+
+
+sys.modules[__name__].__class__ = _Train
