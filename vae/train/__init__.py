@@ -6,6 +6,7 @@
                       (one scan or one program per step, `compile_loop`; a single run is K = 1)
     feed.py           where an epoch's batches come from (the device, or the host per process)
     evaluate.py       the ELBO and its parts on the validation and test splits, and the KL split
+    pictures.py       the prior samples and reconstructions TensorBoard shows, one compiled program
     run.py            one run's workdir while it trains: metrics, checkpoints, model selection
     loop.py           THE loop over epochs, for a single run (`train_and_evaluate`) and a sweep
     trained.py        a trained run read back from its workdir

@@ -37,7 +37,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from vae.data import dataset
-from vae.train import config_checks, distributed, epoch, feed, state
+from vae.train import config_checks, distributed, epoch, feed, pictures, state
 from vae.train.evaluate import make_evaluators
 from vae.train.run import NonFiniteLossError, RunDir, skip_line
 from vae.workdir import faults, files, lock
@@ -236,8 +236,9 @@ class _Group:
                                                runs[0].steps_per_epoch, data.dynamic, self.loop)
         self.compile_time = time.perf_counter() - t0
         self.evaluators = make_evaluators(graphdef, self.config, session.mesh, data)
+        shown = pictures.make_pictures(graphdef, data.test_images)  # compiled once for the group
         for run in runs:
-            run.open_board(graphdef, data.test_images)
+            run.open_board(shown)
 
     def _waiting(self) -> list[int]:
         return [k for k, run in enumerate(self.runs) if not (self.failed[k] or run.finished())]

@@ -12,11 +12,13 @@ only the writer (process 0) clears the workdir, writes config.json, metrics.json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import ml_collections
 import numpy as np
+from flax import nnx
 
 from vae.train import distributed
 from vae.train.state import TrainState, eval_params
@@ -119,6 +121,18 @@ def skip_line(record: dict, threshold: float) -> str:
             + (f"; the largest finite norm was {largest:.4g})" if largest is not None else ")"))
 
 
+def repeated_keys(train_config: ml_collections.ConfigDict) -> frozenset[str]:
+    """The training record's keys that TensorBoard leaves out because the config makes them repeat
+    another curve or a constant: β where no warm-up changes it, and the loss where it is the bound
+    itself (β = 1 throughout, no free bits: the negative ELBO, or `train/iwae` with the IWAE
+    objective). metrics.jsonl keeps them."""
+    if train_config.kl_warmup_epochs > 0:
+        return frozenset()
+    if train_config.beta == 1.0 and train_config.free_bits == 0:
+        return frozenset({"train/beta", "train/loss"})
+    return frozenset({"train/beta"})
+
+
 class RunDir:
     """One run's workdir while it trains: its config, metrics and the latest and best checkpoint
     managers, written in the order that keeps them consistent through a kill (metrics, then the
@@ -137,7 +151,7 @@ class RunDir:
             self.workdir.mkdir(parents=True, exist_ok=True)
             files.write_config(self.workdir, config, image_shape)
         distributed.barrier("workdir ready")  # no process looks at checkpoints before a restart cleared them
-        self.board = None
+        self.board = self.pictures = None
         self.manager = checkpoints.checkpoint_manager(self.workdir, config.train.keep_checkpoints)
         self.best_manager = checkpoints.checkpoint_manager(self.workdir, 1, subdir=files.BEST_DIR)
         self.epoch = self.last_good = 0  # the last finished epoch, the last checkpointed one
@@ -159,10 +173,12 @@ class RunDir:
         self.wall_offset = self.history[-1].get("wall_time_sec", 0.0) if self.history else 0.0
         return state
 
-    def open_board(self, graphdef, test_images: np.ndarray) -> None:
-        """TensorBoard events of the epochs trained from now on (`vae.workdir.tensorboard`), by the writer."""
-        self.board = tensorboard.Board(self.workdir, graphdef, test_images, self.epoch,
-                                       self.config.train.num_epochs, enabled=self.writer)
+    def open_board(self, pictures: Callable[[nnx.State], tensorboard.Pictures]) -> None:
+        """TensorBoard events of the epochs trained from now on (`vae.workdir.tensorboard`), by the
+        writer; `pictures` (`vae.train.pictures.make_pictures`) draws its images from the parameters."""
+        self.pictures = pictures
+        self.board = tensorboard.Board(self.workdir, self.epoch, self.config.train.num_epochs,
+                                       left_out=repeated_keys(self.config.train), enabled=self.writer)
 
     def finished(self) -> bool:
         """All epochs trained, or early stopping is due."""
@@ -228,7 +244,8 @@ class RunDir:
             print(f"warning: {self.workdir}: {warning}", file=sys.stderr, flush=True)
         self.warned_divergence = self.warned_divergence or warning is not None
         if self.board is not None:
-            self.board.log(record, eval_params(state))
+            shown = self.pictures(eval_params(state)) if self.board.shows_pictures(epoch) else None
+            self.board.log(record, shown)
         if improved:  # finished before the latest is written, so a kill cannot reorder them
             checkpoints.save_checkpoint(self.best_manager, epoch, state._asdict(),
                                {files.BEST_METRIC: record[files.BEST_METRIC]})

@@ -29,7 +29,8 @@ CHECKPOINT_DIR = "checkpoints"  # the names of the layout: `checkpoints` and `lo
 BEST_DIR = "best"
 BEST_METRIC = "val/elbo"  # lower is better
 LOCK_FILE = ".train.lock"
-TENSORBOARD_DIR = "tensorboard"
+EVENTS_GLOB = "events.out.tfevents.*"  # TensorBoard's event files, in the workdir itself
+TENSORBOARD_DIR = "tensorboard"  # where earlier versions wrote them
 EVAL_FILE = "eval.json"  # the headline evaluation: the strongest of those in EVALS_DIR
 EVALS_DIR = "evals"  # every evaluation, one file each, named by k, checkpoint, epoch and images
 SWEEP_FILE = "sweep.json"  # a sweep's directory: its members, each a workdir (`vae.sweep.spec`)
@@ -181,6 +182,8 @@ def clear_run(workdir: Path) -> None:
     shutil.rmtree(workdir / CHECKPOINT_DIR, ignore_errors=True)
     shutil.rmtree(workdir / BEST_DIR, ignore_errors=True)
     shutil.rmtree(workdir / TENSORBOARD_DIR, ignore_errors=True)
+    for events in workdir.glob(EVENTS_GLOB):
+        events.unlink(missing_ok=True)
     (workdir / METRICS_FILE).unlink(missing_ok=True)
 
 

@@ -1,12 +1,27 @@
-"""TensorBoard event files of a run, in WORKDIR/tensorboard/ (`tensorboard --logdir runs`).
+"""TensorBoard event files of a run, written into the workdir itself, so that `tensorboard --logdir
+runs` names each run after its workdir. Only writes: the numbers come from the epoch's metrics
+record, the pictures from the training (`vae.train.pictures`) as numpy arrays; no JAX here.
 
-Written with tensorboardX, which needs no TensorFlow. Per epoch: every number of the epoch's
-metrics record as a scalar (`tag`: the timings under time/, the best epoch under val/, so the
-dashboard opens on the test split's figures), and every list (the per-dimension KL of factorised
-priors) as a histogram; every `IMAGES_EVERY` epochs, and at the first and last, a grid of prior
-samples and of test images beside their reconstructions. The x axis is the epoch.
+Written with tensorboardX, which needs no TensorFlow. TensorBoard orders its groups (a tag's part
+before the first /) by name, so each group's name starts with its place (`tag`):
+
+    1_kl      the KL term of each split (`1_kl/test`, ...) and its split into I(x; z) and the
+              prior's mismatch (`1_kl/test/mutual_info`, `1_kl/test/marginal_kl`)
+    2_elbo    the negative ELBO of each split and its reconstruction term (`2_elbo/test/rec`),
+              the training loss where it is not the bound itself, the IWAE bound
+    3_images  prior samples; test images and their reconstructions, in the same places of two grids
+    4_test, 5_train, 6_val   every other number of the split (the best epoch under 6_val), and
+              every list (the per-dimension KL) as a histogram
+    7_time    timings and throughputs
+
+Left out, as they repeat a curve or never change: the KL split's own KL term (`split_kl`, the KL
+term again on N of the images) and its N (`split_examples`), and the keys the training names
+(`left_out`: the loss where it equals the negative ELBO, β where it is constant). The x axis is the
+epoch. Images at epoch 1, every `IMAGES_EVERY` epochs and the last.
+
 `metrics.jsonl` stays the record of truth: these files are a view of it, and a resumed run first
-hides the events of the epochs it will train again (tensorboardX's `purge_step`).
+hides the events of the epochs it will train again (tensorboardX's `purge_step`). A workdir that
+already has a `tensorboard/` folder (the earlier layout) goes on writing there.
 
 TensorBoard is a view: a failure to write its files (a full disk, a removed directory) is
 reported once and the run goes on; `metrics.jsonl` and the checkpoints fail loudly instead.
@@ -16,38 +31,38 @@ import contextlib
 import math
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
-import jax
 import numpy as np
-from flax import nnx
 
 from vae.workdir import files, images
 
 IMAGES_EVERY = 5
-NUM_SAMPLES = 64
-NUM_RECONSTRUCTIONS = 16
-_SAMPLE_SEED = 0  # the same prior draws every epoch, so the grids show the model change
+
+KL, ELBO, IMAGES, TIME = "1_kl", "2_elbo", "3_images", "7_time"
+SPLIT_GROUPS = {"test": "4_test", "train": "5_train", "val": "6_val"}
+_KL_PARTS = ("mutual_info", "marginal_kl")
+_ELBO_PARTS = ("rec", "loss", "iwae")
+_LEFT_OUT = ("split_kl", "split_examples")
+
+
+class Pictures(NamedTuple):
+    """The board's images: likelihood means N x H x W x C in [0, 1], computed by the training."""
+    prior_samples: np.ndarray
+    test_inputs: np.ndarray
+    test_reconstructions: np.ndarray  # of test_inputs, in the same order
 
 
 class Board:
-    """The run's TensorBoard writer: `log(record, params)` after each epoch's metrics line."""
+    """The run's TensorBoard writer: `log(record, pictures)` after each epoch's metrics line, with
+    pictures where `shows_pictures(epoch)`."""
 
-    def __init__(self, workdir: Path, graphdef, test_images_u8: np.ndarray, start_epoch: int,
-                 num_epochs: int, enabled: bool = True):
-        self.num_epochs = num_epochs
-        self.test_images = test_images_u8[:NUM_RECONSTRUCTIONS].astype(np.float32) / 255.0
-
-        def pictures(params, flat_BxD):
-            """Prior samples' and the test images' reconstructions' likelihood means: one compiled
-            program (cached), where running the model op by op cost a third of a second per grid."""
-            model = nnx.merge(graphdef, params)
-            samples = model.likelihood.mean(model.sample(jax.random.key(_SAMPLE_SEED), NUM_SAMPLES))
-            return samples, model.likelihood.mean(model.reconstruct(flat_BxD))
-
-        self._pictures = jax.jit(pictures)
+    def __init__(self, workdir: Path, start_epoch: int, num_epochs: int,
+                 left_out: frozenset[str] = frozenset(), enabled: bool = True):
+        self.num_epochs, self.left_out = num_epochs, frozenset(left_out)
         self.writer = None
         if enabled:  # one writer: process 0 of a multi-process run
-            self._guard("open", lambda: self._open(Path(workdir) / files.TENSORBOARD_DIR, start_epoch))
+            self._guard("open", lambda: self._open(event_dir(Path(workdir)), start_epoch))
 
     def _open(self, logdir: Path, start_epoch: int) -> None:
         from tensorboardX import SummaryWriter
@@ -65,50 +80,70 @@ class Board:
             _abandon(self.writer)
             self.writer = None
 
-    def log(self, record: dict, params) -> None:
+    def shows_pictures(self, epoch: int) -> bool:
+        """Whether `log` of this epoch writes pictures (so the training computes them only then)."""
+        return self.writer is not None and (epoch % IMAGES_EVERY == 0 or epoch in (1, self.num_epochs))
+
+    def log(self, record: dict, pictures: Pictures | None = None) -> None:
         if self.writer is None:
             return
         epoch = record["epoch"]
         self._guard("metrics", lambda: self._metrics(record, epoch))
-        if self.writer is not None and (epoch % IMAGES_EVERY == 0 or epoch in (1, self.num_epochs)):
-            self._guard("images", lambda: self._images(params, epoch))
+        if self.writer is not None and pictures is not None:
+            self._guard("images", lambda: self._images(pictures, epoch))
         if self.writer is not None:
             self._guard("flush", self.writer.flush)
 
     def _metrics(self, record: dict, epoch: int) -> None:
         for key, value in record.items():
-            if isinstance(value, bool) or key in ("epoch", "step"):  # the x axis, and what it implies
+            name = None if key in self.left_out else tag(key)
+            if name is None or isinstance(value, bool):
                 continue
             if isinstance(value, int | float) and math.isfinite(value):
-                self.writer.add_scalar(tag(key), value, epoch)
+                self.writer.add_scalar(name, value, epoch)
             elif isinstance(value, list) and value:
-                self.writer.add_histogram(tag(key), np.asarray(value, np.float64), epoch)
+                self.writer.add_histogram(name, np.asarray(value, np.float64), epoch)
 
-    def _images(self, params, epoch: int) -> None:
-        flat = self.test_images.reshape(len(self.test_images), -1)
-        samples, recon = jax.device_get(self._pictures(jax.device_get(params), flat))
-        shape = self.test_images.shape[1:]
-        grid = _grid(samples.reshape(-1, *shape), 8)
-        self.writer.add_image("samples/prior", grid, epoch, dataformats=_formats(grid))
-        pairs = np.stack([self.test_images, recon.reshape(-1, *shape)], axis=1)
-        pairs = pairs.reshape(-1, *self.test_images.shape[1:])
-        grid = _grid(pairs, 8)
-        self.writer.add_image("samples/reconstructions", grid, epoch, dataformats=_formats(grid))
+    def _images(self, pictures: Pictures, epoch: int) -> None:
+        for name, means in pictures._asdict().items():
+            grid = _grid(means, 8)
+            self.writer.add_image(f"{IMAGES}/{name}", grid, epoch, dataformats=_formats(grid))
 
     def close(self) -> None:
         if self.writer is not None:
             self._guard("close", self.writer.close)
 
 
-def tag(key: str) -> str:
-    """The TensorBoard tag of a metrics key: timings and throughputs under time/ (they would sort
-    first ungrouped), the best epoch's figures under val/ (where they belong); the rest as in
-    metrics.jsonl."""
-    if key.endswith("_time_sec") or key.endswith("images_per_sec"):
-        return "time/" + key.replace("/", "_")
-    if key.startswith("best/"):
-        return "val/best_" + key.removeprefix("best/").replace("/", "_")
-    return key
+def event_dir(workdir: Path) -> Path:
+    """Where a run's events go: the workdir (TensorBoard's run name is the folder's path under its
+    --logdir), or its `tensorboard/` folder where an earlier version wrote them, so that a resumed
+    run stays one run and still hides the events of the epochs it trains again."""
+    earlier = workdir / files.TENSORBOARD_DIR
+    return earlier if earlier.is_dir() else workdir
+
+
+def tag(key: str) -> str | None:
+    """The TensorBoard tag of a metrics key (module docstring), None for one left out."""
+    if key in ("epoch", "step"):  # the x axis, and what it implies
+        return None
+    if key.endswith("_time_sec") or key.endswith("images_per_sec") or key.startswith("sweep/"):
+        return f"{TIME}/" + key.replace("/", "_")
+    if key.startswith("best/"):  # best/epoch, best/val/elbo: the validation split's
+        return f"{SPLIT_GROUPS['val']}/best_" + key.removeprefix("best/val/").removeprefix("best/")
+    split, _, name = key.partition("/")
+    if split not in SPLIT_GROUPS or not name:
+        return key
+    if name in _LEFT_OUT:
+        return None
+    if name == "kl":
+        return f"{KL}/{split}"
+    if name in _KL_PARTS:
+        return f"{KL}/{split}/{name}"
+    if name == "elbo":
+        return f"{ELBO}/{split}"
+    if name in _ELBO_PARTS:
+        return f"{ELBO}/{split}/{name}"
+    return f"{SPLIT_GROUPS[split]}/{name}"
 
 
 def _formats(grid: np.ndarray) -> str:
