@@ -117,7 +117,7 @@ speed: data
 	  $(foreach c,$(SPEED_CONFIGS),--config configs/$(c).py) --iw_samples 1000,5000 --out docs/bench/speed.json
 	$(PY) scripts/speed_table.py docs/bench/speed.json
 
-# Every picture of the docs and the β table, from runs of the current configs (runs/docs/; about 20
+# Every picture of the docs and the β table, from runs of the current configs (runs/docs/; about 45
 # minutes on 2 cores); docs/figures.md says which run made each.
 docs: data
 	$(PY) scripts/make_docs.py

@@ -40,6 +40,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks import codecs, host
+from vae.analysis.markdown import shown_command, shown_path
 
 JPEGXL_EFFORT = 10
 ZSTD_LEVEL = 22
@@ -341,17 +342,19 @@ def markdown(result: dict) -> str:
                         "(`--whole_set_only`)."))
     if result.get("workdir"):
         if evaluation:
-            lines.append(f"The model's rows: `{result['workdir']}/eval.json` (`scripts/evaluate.py`, "
+            lines.append(f"The model's rows: `{shown_path(result['workdir'])}/eval.json` "
+                         "(`scripts/evaluate.py`, "
                          f"epoch {evaluation.get('epoch', '?')}), nats/image as it has them, bits/dim = "
                          f"nats / ({dims:,} x ln 2).")
         else:
-            lines.append(f"`{result['workdir']}` has no eval.json: no model rows.")
+            lines.append(f"`{shown_path(result['workdir'])}` has no eval.json: no model rows.")
     run = result["run"]
     m = run["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
     others = (f"; other processes used {100 * run['others_cpu']:.0f}% of the CPUs meanwhile"
               if run.get("others_cpu") is not None else "")
-    lines.append(f"Made by `{run['command']}` on {run['date']} in {run['wall_sec']:.0f} s, on {m['cpu']} "
+    lines.append(f"Made by `{shown_command(run['command'])}` on {run['date']} in {run['wall_sec']:.0f} s, "
+                 f"on {m['cpu']} "
                  f"({m['cores']} cores{others}); {versions}.")
     return "\n".join(lines) + "\n"
 

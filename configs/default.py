@@ -1,4 +1,4 @@
-"""Default: the best Fashion-MNIST VAE that `make train` finishes in 10 minutes on a 2-core CPU.
+"""Default: the best Fashion-MNIST VAE that `make train` finishes in 10 minutes on a quiet 2-core CPU.
 
 The two-level HVAE (z2 on top, z1 below, 40 units each; p(z1|z2) and q(z1|x, z2) Gaussian) on the
 published gated MLPs (300-300, mirrored; He-normal weights; log-variances clipped to [-6, 2]), with

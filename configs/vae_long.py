@@ -2,7 +2,8 @@
 the published Gaussian-prior VAE (228.70 nats), whose runs take several hundred to 1,000 epochs.
 
 The first 50,000 training images train, the other 10,000 validate (binarised once); the best
-validation epoch is evaluated. 600 epochs of batch 500: about 25 minutes on a 2-core CPU.
+validation epoch is evaluated. 600 epochs of batch 500: about an hour on a 2-core CPU (docs/results.md
+has its runs' times).
 """
 
 from configs import default

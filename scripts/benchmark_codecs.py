@@ -19,6 +19,12 @@ trained with data.binarize=none) on that run's data set and test split, the bits
 whole set (scripts/compress.py and scripts/decompress.py, timed and checked as above) and one file
 per image (not with --whole_set_only), and the model's IWAE NLL and -ELBO from WORKDIR/eval.json
 as rows in the same units.
+
+    python scripts/benchmark_codecs.py --render_only --out docs/codecs_8bit_model
+
+writes OUT.md again from OUT.json, measuring nothing: after a change to the page's text. The pages
+show a workdir as given, or relative to the current directory (`markdown.shown_path`), never as an
+absolute path of the machine that measured.
 """
 
 import json
@@ -39,6 +45,8 @@ import numpy as np  # noqa: E402
 from benchmarks import codecs, codecs_8bit  # noqa: E402
 from vae import cli, cli_flags  # noqa: E402
 from vae.analysis import results  # noqa: E402
+from vae.analysis.markdown import shown_command, shown_path  # noqa: E402
+from vae.coding import container  # noqa: E402
 from vae.data import dataset, source  # noqa: E402
 from vae.workdir import files  # noqa: E402
 
@@ -72,16 +80,24 @@ def build_parser() -> cli_flags.ArgumentParser:
     parser.add_argument("--whole_set_only", action="store_true",
                         help="--eight_bit with --workdir: the model's bits-back code of the whole set only, "
                              "not of each image alone (10,000 images alone take 5 to 10 minutes here)")
+    parser.add_argument("--render_only", action="store_true",
+                        help="write OUT.md again from OUT.json, measuring nothing (the figures of the run "
+                             "that wrote the JSON)")
     parser.add_check(check)
     return parser
 
 
 def check(args) -> str | None:
+    if args.render_only:
+        given = [f for f in ("workdir", "max_examples", "data", "data_dir", "jpegxl_effort", "codecs_from")
+                 if getattr(args, f) is not None] + (["whole_set_only"] if args.whole_set_only else [])
+        if given:
+            return f"--{given[0]} goes without --render_only (it renders OUT.json, measuring nothing)"
     if args.codecs_from and not args.eight_bit:
         return "--codecs_from goes with --eight_bit"
     if args.whole_set_only and not (args.eight_bit and args.workdir):
         return "--whole_set_only goes with --eight_bit and --workdir (it skips the model's file per image)"
-    if not args.eight_bit:
+    if not args.eight_bit and not args.render_only:
         if args.workdir is None:
             return "--workdir is required (without --eight_bit)"
         given = [f for f in ("data", "data_dir", "jpegxl_effort") if getattr(args, f) is not None]
@@ -127,11 +143,18 @@ def evaluation(workdir: str, num_images: int) -> dict | None:
     return record if record.get("num_examples") == num_images else None
 
 
+def one_image_header_bytes() -> int:
+    """The header of a file of one image, as `codecs.bits_back_per_image` writes each: the format's
+    fixed bytes (a file of several images adds its count, blocks and bins)."""
+    return len(container.header_bytes(container.Header(model_tag=0, software=0, count=1, array_ndim=4,
+                                                       pixel_scale=255, has_names=False)))
+
+
 def markdown(result: dict) -> str:
     n, dims = result["num_images"], result["num_images"] * result["pixels_per_image"]
     bb = result["bits_back"]
     per_image = result["bits_back_per_image"]
-    lines = [f"{n:,} binarised test images of {result['data']}, model `{result['workdir']}` "
+    lines = [f"{n:,} binarised test images of {result['data']}, model `{shown_path(result['workdir'])}` "
              f"(trained by `{results.reproducing_command(result['trained_by'])}`, epoch "
              f"{bb['compress']['epoch']}); bits/dim = file "
              f"bits / ({n:,} x {result['pixels_per_image']}).", "",
@@ -162,7 +185,8 @@ def markdown(result: dict) -> str:
               f"{d['coding_time_sec']:.2f} s coding ({d['images_per_sec']:,.0f} images/s), "
               f"{bb['decompress_wall_sec']:.1f} s for the command.",
               "One file per image: each codec's complete file for each image alone; the bits-back one "
-              f"pays its {c['header_bytes']}-byte header and a first image without bits back in every file."]
+              f"pays the {one_image_header_bytes()}-byte header of a file of one image and a first image "
+              "without bits back in every file."]
     return "\n".join(lines) + "\n"
 
 
@@ -194,7 +218,8 @@ def eight_bit_images(args) -> tuple[dict, np.ndarray, dict | None]:
         evaluation = {k: record[k] for k in _EVALUATION_KEYS if k in record}
     images, _ = source.load_split(name, split, data_dir)
     images = images[:args.max_examples] if args.max_examples else images
-    return {"data": name, "split": split, "workdir": args.workdir}, images, evaluation
+    workdir = shown_path(args.workdir) if args.workdir else None
+    return {"data": name, "split": split, "workdir": workdir}, images, evaluation
 
 
 def earlier_codecs(path: str, where: dict, images: np.ndarray, effort: int) -> list[dict]:
@@ -255,7 +280,8 @@ def eight_bit(args, argv) -> dict:
               "jpegxl_effort": effort, "images_sha256": codecs_8bit.images_digest(images), "codecs": rows,
               "evaluation": evaluation,
               "model": codecs_8bit.model_rows(evaluation, dims) if evaluation else []}
-    command = shlex.join(["python", "scripts/benchmark_codecs.py", *(sys.argv[1:] if argv is None else argv)])
+    command = shown_command(shlex.join(["python", "scripts/benchmark_codecs.py",
+                                        *(sys.argv[1:] if argv is None else argv)]))
     result["run"] = {"command": command, "date": codecs_8bit.now(), "wall_sec": time.perf_counter() - start,
                      "others_cpu": others.share, "machine": codecs_8bit.machine()}
     return result
@@ -267,9 +293,26 @@ def write(out: Path, result: dict, text: str) -> None:
     files.atomic_write_text(out.with_suffix(".md"), text)
 
 
+def rendered(out: Path) -> str:
+    """OUT.md's text from OUT.json (an 8-bit table's or a binarised one's)."""
+    path = out.with_suffix(".json")
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise cli.UsageError(f"--render_only: {path} is not a table's JSON ({e}): run without --render_only "
+                             "to measure") from None
+    return codecs_8bit.markdown(result) if result.get("eight_bit") else markdown(result)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     cli.quiet_logs()
+    if args.render_only:
+        with cli.user_errors():
+            text = rendered(Path(args.out))
+            files.atomic_write_text(Path(args.out).with_suffix(".md"), text)
+        print(text)
+        return 0
     if args.eight_bit:
         with cli.user_errors():
             result = eight_bit(args, argv)
@@ -282,7 +325,7 @@ def main(argv=None) -> int:
         images, _ = dataset.load_test_set(config.data)
         images = images[:args.max_examples] if args.max_examples else images
         run = json.loads((Path(args.workdir) / "config.json").read_text()).get("run", {})
-        result = {"workdir": args.workdir, "trained_by": run.get("command", ""),
+        result = {"workdir": shown_path(args.workdir), "trained_by": shown_command(run.get("command", "")),
                   "data": config.data.name, "num_images": len(images),
                   "pixels_per_image": math.prod(images.shape[1:])}
         result["bits_back"] = bits_back_commands(args.workdir, images, args.max_examples)

@@ -1,12 +1,14 @@
 """Regenerates every picture of the docs and the β table from runs of the current configs, and writes
 docs/figures.md: which run made each picture, with its command, epochs, wall time and final figures.
 
-    python scripts/make_docs.py                      # or: make docs (about 20 minutes on 2 cores)
+    python scripts/make_docs.py                      # or: make docs (about 45 minutes on 2 cores)
     python scripts/make_docs.py --only z2 beta       # some runs and their pictures
     python scripts/make_docs.py --epochs_scale 0.1   # a quick check of the whole pipeline
 
 Each run trains into RUNS_DIR/<name> with the exact user command (scripts/train.py or
 scripts/sweep.py); a finished run is not trained again (both resume), so a second call only redraws.
+docs/figures.md shows each command with RUNS_DIR as given, or relative to the current directory
+(`markdown.shown_path`): never an absolute path of the machine that made it.
 The pictures are drawn by scripts/sample.py and scripts/plot_kl.py, as a user would, into --out
 (default docs/); the β table goes into docs/sweeps.md (--readme). docs/results_runs.md is not made
 here: its runs train for hours (scripts/results.py).
@@ -105,6 +107,15 @@ def run_command(run: Run, workdir: Path, epochs_scale: float, train_split: str |
     if train_split:
         extra.append(f"--config.data.train_split={train_split}")
     return [run.script, *run.args, "--workdir", str(workdir), *extra]
+
+
+def shown_commands(names, runs_dir: Path, epochs_scale: float,
+                   train_split: str | None) -> dict[str, list[str]]:
+    """The commands of the runs `names` as docs/figures.md shows them: RUNS_DIR as given, or
+    relative to the current directory (`markdown.shown_path`), never a machine's absolute path."""
+    shown_dir = Path(markdown.shown_path(str(runs_dir)))
+    return {r.name: run_command(r, shown_dir / r.name, epochs_scale, train_split)
+            for r in RUNS if r.name in names}
 
 
 def _call(words: list[str]) -> float:
@@ -207,7 +218,7 @@ def main(argv=None) -> int:
             print(out / p.file)
     # The page lists every run trained so far, by this call or an earlier one.
     records = {name: _records(runs_dir / name) for name in commands if (runs_dir / name).is_dir()}
-    commands = {name: command for name, command in commands.items() if name in records}
+    commands = shown_commands(records, runs_dir, args.epochs_scale, args.train_split)
     pictures = [p for p in PICTURES if p.run in records]
     beta = beta_table(records["beta"]) if "beta" in records else None
     if beta and args.readme and "beta" in selected:

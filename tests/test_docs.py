@@ -2,8 +2,10 @@
 resolves, every configs/*.py named exists, every `scripts/X.py --flag` named is a flag that script
 accepts (every --config.FIELD a field of its config), every command in a fenced `sh` block parses
 through its script's parser (nothing runs), `make` targets exist, the README stays within 200
-lines, no page tells the project's history, and the workdir's metrics table names every key a
-training writes.
+lines, no page tells the project's history or names an absolute path of a machine (a reader has
+none of them), the workdir's metrics table names every key a training writes, the README's results
+figures agree with the JSON they come from, and the generated tables are what their generators
+write from the committed JSON.
 
 The checks are pure functions of a page's text that return the problems they find, so the tests
 below can show each one failing on a broken page as well as passing on the real ones. Flags are
@@ -14,6 +16,7 @@ import contextlib
 import functools
 import importlib.util
 import io
+import json
 import re
 import shlex
 from pathlib import Path
@@ -21,9 +24,26 @@ from pathlib import Path
 import pytest
 from conftest import REPO, script_module
 
+from vae.analysis import markdown
+
 ROOT = Path(REPO)
 README_MAX_LINES = 200
-HISTORY = re.compile(r"last round|this round|previous round|when I ", re.IGNORECASE)
+# What the project did rather than what is true now: rounds, a coder that was replaced, a goal
+# missed, a measurement still to come. ("the earlier format" of a file a user may hold is a fact.)
+HISTORY = re.compile(
+    r"last round|this round|previous round|when I "
+    r"|\b(?:the|an?) (?:earlier|merged|previous|former|old|current|new) coder\b"
+    r"|\b(?:is|are|was|were) missed\b"
+    r"|\b(?:meant|built|designed) to reach\b"
+    r"|\b(?:has|have) (?:not )?(?:been )?(?:measured|run|tested|trained|timed|evaluated|tried)\b"
+    r"[^.\n]{0,20}\byet\b"
+    r"|\bto be filled in\b",
+    re.IGNORECASE)
+# A folder of one machine: a Unix home, root's, /work, /tmp or a macOS user folder (not inside a URL
+# or a relative path: runs/tmp/ is fine), or a drive letter. (A mount every host of a distributed
+# run shares, /mnt/shared, is the reader's own.)
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~/-])/(?:work|home|root|tmp|Users)/[^\s`'\")|]*"
+                           r"|(?<![\w/])[A-Za-z]:[\\/][^\s`'\")|]*")
 FENCE = re.compile(r"^(```|~~~)[ \t]*([\w+-]*)[^\n]*\n(.*?)^\1[ \t]*$", re.M | re.S)
 INLINE_CODE = re.compile(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)", re.S)
 LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\[\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
@@ -299,6 +319,103 @@ def flag_problems(page: Path, text: str, parsers, root: Path = ROOT) -> list[str
     return problems
 
 
+# Absolute paths
+
+
+def absolute_path_problems(page: str, text: str) -> list[str]:
+    """Every absolute path of a machine in `text`, prose and code blocks alike, with its line."""
+    return [f"{page}: line {text[:m.start()].count(chr(10)) + 1}: {m.group(0)}"
+            for m in ABSOLUTE_PATH.finditer(text)]
+
+
+# The README's results figures against the JSON they come from
+
+
+def json_value(record, path: tuple):
+    """The value at `path` in a JSON record: each step a key, a list index, or {field: value} for
+    the one item of a list that has it."""
+    for step in path:
+        if isinstance(step, dict):
+            (field, value), = step.items()
+            matches = [item for item in record if item.get(field) == value]
+            if len(matches) != 1:
+                raise KeyError(f"{len(matches)} items with {field} = {value!r}")
+            record = matches[0]
+        else:
+            record = record[step]
+    return record
+
+
+def _codec(name: str) -> tuple:
+    return ("codecs", {"codec": name}, "whole_bits_per_dim")
+
+
+_SPEED_RUN = ("configs", {"config_file": "configs/mlp_small.py"}, "runs", 0)
+# Each figure of a README results row (the row by its first cell, exactly) that a committed JSON
+# holds: the JSON and the path to each of the row's figures, in the order the row shows them.
+# The binarised table's rows come from the results pages (scripts/results.py, workdirs not kept);
+# the 8-bit -ELBO of configs/fmnist_8bit.py and the cjxl row were measured at the commit the README
+# names, not by a JSON-writing command.
+README_FIGURES = {
+    "the same with imagecodecs (effort 10)": (
+        "docs/codecs_8bit.json", [_codec("JPEG XL lossless (effort 10)")]),
+    "the same model's IWAE bound (k = 1000, the 10,000 test images)": (
+        "docs/codecs_8bit_model.json", [("model", {"figure": "iwae_nll"}, "bits_per_dim")]),
+    "its bits-back file of the 10,000 test images (`scripts/compress.py`)": (
+        "docs/codecs_8bit_model.json", [("bits_back", "compress", "bits_per_dim")]),
+    "`configs/ladder_8bit.py` (4 latent layers, 158 epochs, 65.5 min): test negative ELBO": (
+        "docs/codecs_8bit_ladder.json", [("model", {"figure": "neg_elbo"}, "bits_per_dim")]),
+    "its bits-back file of the 10,000 test images": (
+        "docs/codecs_8bit_ladder.json", [("bits_back", "compress", "bits_per_dim")]),
+    "xz -9e / WebP lossless / PNG of the 10,000 test images": (
+        "docs/codecs_8bit.json", [_codec("xz -9e (raw bytes)"), _codec("WebP lossless (method 6)"),
+                                  _codec("PNG (optimize, level 9)")]),
+    "**this project**": ("docs/bench/speed.json", [(*_SPEED_RUN, "train", "images_per_sec")]),
+    "PyTorch, idiomatic (DataLoader, `torch.bernoulli`, Adam)": (
+        "docs/bench/speed.json", [(*_SPEED_RUN, "torch", "idiomatic_images_per_sec"),
+                                  (*_SPEED_RUN, "torch", "jax_over_idiomatic")]),
+    "PyTorch, tuned (one tensor + `randperm`, fused Adam, 2 threads)": (
+        "docs/bench/speed.json", [(*_SPEED_RUN, "torch", "tuned_images_per_sec"),
+                                  (*_SPEED_RUN, "torch", "jax_over_tuned")]),
+}
+NUMBER = re.compile(r"(?<![\w.])\d{1,3}(?:,\d{3})+(?:\.\d+)?|(?<![\w.])\d+(?:\.\d+)?")
+
+
+def table_rows(text: str) -> dict[str, list[list[str]]]:
+    """The rows of the page's tables outside code, by their first cell: the other cells of each."""
+    rows = {}
+    for line in without_fences(text).splitlines():
+        if line.startswith("|") and not re.match(r"^\|[\s:|-]*$", line):
+            cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+            rows.setdefault(cells[0], []).append(cells[1:])
+    return rows
+
+
+def figure_problems(text: str, figures: dict, read_json) -> list[str]:
+    """Each mapped row's figures against its JSON's, to the digits the row shows."""
+    rows, problems = table_rows(text), []
+    for label, (source, paths) in figures.items():
+        found = rows.get(label, [])
+        if len(found) != 1:
+            problems.append(f"{len(found)} rows labelled {label!r}: one expected")
+            continue
+        shown = NUMBER.findall(" ".join(found[0]))
+        if len(shown) != len(paths):
+            problems.append(f"{label!r}: {len(shown)} figures {shown}, {len(paths)} in the mapping")
+            continue
+        record = read_json(source)
+        for written, path in zip(shown, paths):
+            value = json_value(record, path)
+            digits = len(written.partition(".")[2])
+            if abs(float(written.replace(",", "")) - value) > 0.5 * 10 ** -digits + 1e-12:
+                problems.append(f"{label!r}: {written}, but {source} has {value:.{digits + 2}f}")
+    return problems
+
+
+def read_repo_json(relative: str) -> dict:
+    return json.loads((ROOT / relative).read_text())
+
+
 # The metrics table of docs/training.md
 
 
@@ -391,6 +508,86 @@ def test_no_page_tells_the_projects_history(page):
     assert found == []
 
 
+@pytest.mark.parametrize("page", pages(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_page_names_an_absolute_path_of_a_machine(page):
+    assert absolute_path_problems(str(page.relative_to(ROOT)), page.read_text()) == []
+
+
+def test_every_readme_results_figure_agrees_with_its_json():
+    assert figure_problems((ROOT / "README.md").read_text(), README_FIGURES, read_repo_json) == []
+
+
+CODEC_TABLES = sorted(p.stem for p in (ROOT / "docs").glob("codecs_*.json"))
+
+
+@pytest.mark.parametrize("name", CODEC_TABLES)
+def test_each_codec_table_is_what_its_generator_writes_from_its_json(name):
+    """docs/codecs_*.md as `scripts/benchmark_codecs.py --render_only` writes it from the JSON
+    beside it: no figure typed by hand, the template's text current."""
+    benchmark_codecs = script_module("benchmark_codecs.py")
+    assert benchmark_codecs.rendered(ROOT / "docs" / name) == (ROOT / "docs" / f"{name}.md").read_text()
+
+
+def test_the_speed_tables_are_what_speed_table_writes_from_its_json():
+    speed_table = script_module("speed_table.py")
+    source = "docs/bench/speed.json"
+    result = read_repo_json(source)
+    assert speed_table.page(result, source) == (ROOT / "docs" / "benchmarks.md").read_text()
+    begin, end = markdown.markers(speed_table.SECTION)
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index(begin) + len(begin):readme.index(end)].strip()
+    assert section == speed_table.readme_section(result, source, "docs/benchmarks.md")
+
+
+def test_the_speed_ratio_says_it_is_a_median_of_epoch_ratios():
+    """The "JAX is" column is a median of per-epoch ratios, not the ratio of the rates beside it:
+    the README's table says so, and gives that ratio too."""
+    readme = (ROOT / "README.md").read_text()
+    run = json_value(read_repo_json("docs/bench/speed.json"), _SPEED_RUN)
+    ratio = run["train"]["images_per_sec"] / run["torch"]["tuned_images_per_sec"]
+    assert abs(ratio - run["torch"]["jax_over_tuned"]) > 0.005  # the two differ here
+    assert "is the median, over the alternated epochs" in readme and f"{ratio:.2f}x" in readme
+
+
+def test_one_file_per_image_pays_the_header_of_a_file_of_one_image():
+    """codecs_binarised.md: each image's own file has the 3 bytes a file of one image starts with,
+    not the whole set's header (which adds the count, blocks, bins and ramp)."""
+    from vae.coding import container
+
+    one = len(container.header_bytes(container.Header(model_tag=7, software=1, count=1, array_ndim=4,
+                                                      pixel_scale=255, has_names=False)))
+    whole = read_repo_json("docs/codecs_binarised.json")["bits_back"]["compress"]["header_bytes"]
+    page = (ROOT / "docs" / "codecs_binarised.md").read_text()
+    assert one == 3 and whole > one
+    assert f"pays the {one}-byte header of a file of one image" in page and f"its {whole}-byte" not in page
+
+
+def test_the_generators_show_a_workdir_without_this_machines_folders(tmp_path, monkeypatch):
+    """The commands and workdirs the generators write, given absolute paths outside the current
+    directory: relative ones, runs/NAME (or from the path's runs/ folder on)."""
+    from benchmarks import codecs_8bit
+    from vae.analysis.results import reproducing_command
+
+    monkeypatch.chdir(tmp_path)
+    elsewhere = "/work/elsewhere/runs/fmnist_8bit"
+    assert markdown.shown_path(str(tmp_path / "runs" / "x")) == "runs/x"  # under the current directory
+    assert markdown.shown_path("runs/x") == "runs/x" and markdown.shown_path("/data/r21/x") == "runs/x"
+    assert reproducing_command(f"scripts/train.py --workdir={elsewhere} --noprogress") == (
+        "scripts/train.py --workdir=runs/fmnist_8bit")
+    eight_bit = read_repo_json("docs/codecs_8bit_model.json")
+    eight_bit = eight_bit | {"workdir": elsewhere, "run": eight_bit["run"] | {
+        "command": f"python scripts/benchmark_codecs.py --eight_bit --workdir {elsewhere}"}}
+    binarised = read_repo_json("docs/codecs_binarised.json")
+    binarised |= {"workdir": elsewhere, "trained_by": f"scripts/train.py --workdir {elsewhere}"}
+    pages = {"8-bit": codecs_8bit.markdown(eight_bit),
+             "binarised": script_module("benchmark_codecs.py").markdown(binarised)}
+    for name, text in pages.items():
+        assert absolute_path_problems(name, text) == [] and "`runs/fmnist_8bit" in text, name
+    make_docs = script_module("make_docs.py")
+    commands = make_docs.shown_commands({"z2"}, Path("/work/elsewhere/runs/docs"), 1.0, None)
+    assert commands["z2"][commands["z2"].index("--workdir") + 1] == "runs/docs/z2"
+
+
 def test_the_metrics_table_names_every_key_a_training_writes(tiny_run):
     from vae.workdir import files
 
@@ -441,6 +638,52 @@ def test_a_broken_link_or_anchor_is_found(tmp_path):
     assert "nowhere.md does not exist" in problems[0]
     assert "docs/other.md has no heading with the anchor #three" in problems[1]
     assert "gone.png does not exist" in problems[2]
+
+
+def test_a_history_phrase_is_found():
+    told = ["the earlier coder 27 ms", "[the merged coder's speed](#speed)", "the goal of 3.10 is missed",
+            "No GPU has measured it yet.", "the 226.0 this config was meant to reach",
+            "1.0 above the 226.0 it was built to reach", "seed 1 to be filled in", "The current coder (c)"]
+    for phrase in told:
+        assert HISTORY.search(phrase), phrase
+    true_now = ["a file of the earlier format (96-byte header)", "a split no longer fits in one host",
+                "the float64 coder 27 ms", "what has never been run", "its speed on a GPU is not measured",
+                "the run has not validated yet", "the coder's counts"]
+    for sentence in true_now:
+        assert not HISTORY.search(sentence), sentence
+
+
+def test_an_absolute_path_is_found():
+    text = ("Run in `/work/runs/vae` or /home/me/runs/x.\n\n```sh\npython scripts/train.py --workdir=/tmp/r\n"
+            "cd /root/vae && ls /Users/me\n```\n| C:\\runs\\x | D:/data |\n")
+    problems = absolute_path_problems("page.md", text)
+    assert [p.split(": ", 2)[2] for p in problems] == [
+        "/work/runs/vae", "/home/me/runs/x.", "/tmp/r", "/root/vae", "/Users/me", "C:\\runs\\x", "D:/data"]
+    lines = ["line 1", "line 1", "line 4", "line 5", "line 5", "line 7", "line 7"]
+    assert [p.split(": ")[1] for p in problems] == lines
+    fine = ("runs/tmp/x, ~/runs/x, ../work/x, https://example.com/home/x, `--workdir runs/vae`, "
+            "(docs/README.md), https://pypi.org/project/x/, a:b, log_var/work/")
+    assert absolute_path_problems("page.md", fine) == []
+
+
+def test_a_readme_figure_that_disagrees_with_its_json_is_found():
+    record = {"codecs": [{"codec": "xz", "bits": 3.85449}, {"codec": "png", "bits": 4.15881}],
+              "run": {"rate": 39021.7, "ratio": 1.6920}}
+    figures = {"xz / png": ("r.json", [("codecs", {"codec": "xz"}, "bits"),
+                                       ("codecs", {"codec": "png"}, "bits")]),
+               "**rate**": ("r.json", [("run", "rate"), ("run", "ratio")]),
+               "missing row": ("r.json", [("run", "rate")])}
+    good = ("| row | bits |\n| --- | ---: |\n| xz / png | 3.8545 / 4.1588 |\n"
+            "| **rate** | **39,022** | 1.69x |\n")
+    assert figure_problems(good, {k: v for k, v in figures.items() if k != "missing row"},
+                           lambda _: record) == []
+    bad = good.replace("3.8545", "3.8546").replace("1.69x", "2.03x")
+    assert figure_problems(bad, figures, lambda _: record) == [
+        "'xz / png': 3.8546, but r.json has 3.854490",
+        "'**rate**': 2.03, but r.json has 1.6920",
+        "0 rows labelled 'missing row': one expected"]
+    assert figure_problems(good.replace(" / 4.1588", ""), figures, lambda _: record)[0] == (
+        "'xz / png': 1 figures ['3.8545'], 2 in the mapping")
 
 
 def test_recorded_commands_lose_only_their_progress_flag():
