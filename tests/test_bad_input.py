@@ -12,21 +12,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import run_in_process
+from tests.test_compress_files import ok, one_line_error
 from tests.test_folder_data import write_16_bit_png
-
-
-def one_line_error(result, match, *unwritten):
-    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert match in lines[0], lines[0]
-    for path in unwritten:
-        assert not path.exists(), path
-
-
-def ok(result):
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result
 
 
 def compress(workdir, out, *args):
