@@ -60,6 +60,9 @@ class Coded:
     # The stack's size (bits) after each block's three steps: the pop under q (the first image
     # has none), the pixels pushed, the latents pushed. Per image where blocks hold one image.
     steps_bits_Bx3: np.ndarray
+    # the fewest valid bits the stack held after a pop under q (or at the start, where fewer): a
+    # decoder whose stack holds fewer after the same pops has run out of words
+    least_bits: int = 0
 
 
 def block_sizes(count: int, block_size: int, ramp: tuple[int, ...]) -> list[int]:
@@ -163,14 +166,17 @@ class _Block:
 
 
 def encode(host: HostModel, symbols_NxD: np.ndarray, bins: LatentBins, progress: bool = False,
-           bottom: int | None = None) -> Coded:
+           bottom=None) -> Coded:
     """The ANS stack of N images' symbols (N x D int32), in blocks of host.block_size, on an empty
-    stack or on one holding the 32-bit word `bottom` (the file's checksum: `container.checksum`)."""
+    stack or on one holding the 32-bit words `bottom` (the file's checksum and any padding:
+    `container.bottom_words`; the last one nonzero)."""
     count, block_size = symbols_NxD.shape[0], host.block_size
     if count < 1:
         raise ValueError("nothing to compress: no images")
     block = _Block(host, bins)
-    coder = constriction.stream.stack.AnsCoder(*([np.array([bottom], np.uint32)] if bottom else []))
+    start_words = [] if bottom is None else [np.atleast_1d(np.asarray(bottom, np.uint32))]
+    coder = constriction.stream.stack.AnsCoder(*start_words)
+    start_bits = coder.num_valid_bits()
     elbo_bits, kl_bits, pixel_bits = np.zeros(count), np.zeros(count), np.zeros(count)
     with tqdm(total=count, unit="img", disable=not progress, file=sys.stderr, desc="compress",
               dynamic_ncols=True) as bar:
@@ -205,17 +211,27 @@ def encode(host: HostModel, symbols_NxD: np.ndarray, bins: LatentBins, progress:
                 ramp.append(size)
             start += size
             bar.update(size)
+    steps = np.asarray(steps, np.int64)
+    least_bits = int(min(steps[1:, 0].min(initial=start_bits), start_bits))
     return Coded(words=coder.get_compressed(), ramp=tuple(ramp), first_image_bits=first_image_bits,
                  elbo_bits_N=elbo_bits, kl_bits_N=kl_bits, pixel_bits_N=pixel_bits,
-                 steps_bits_Bx3=np.asarray(steps, np.int64))
+                 steps_bits_Bx3=steps, least_bits=least_bits)
+
+
+def _check_left(coder, least_bits: int, first: int, last: int, count: int) -> None:
+    """DecodeMismatch where the stack holds fewer bits than encoding's stack ever held after a
+    pop: the words ran out (a damaged or truncated file, which would decode garbage to the end)."""
+    if coder.num_valid_bits() < least_bits:
+        raise DecodeMismatch(f"the stack ran out at images {first}-{last} of {count}")
 
 
 def decode(host: HostModel, words: np.ndarray, count: int, ramp: tuple[int, ...], bins: LatentBins,
-           progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+           progress: bool = False, least_bits: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(the N x D symbols `encode` coded into `words`, the words left on the stack): what encoding
-    started from (nothing, or its bottom word) where the probabilities are encoding's and the
+    started from (nothing, or its bottom words) where the probabilities are encoding's and the
     words undamaged, other words where not. DecodeMismatch where the coder meets a symbol its
-    model cannot code (other probabilities than encoding's, or damaged words)."""
+    model cannot code (other probabilities than encoding's, or damaged words), or where a block's
+    pops leave fewer than `least_bits` valid bits (what the encoder guaranteed: `Coded.least_bits`)."""
     sizes = block_sizes(count, host.block_size, ramp)
     ends = np.cumsum(sizes)
     block = _Block(host, bins)
@@ -229,6 +245,7 @@ def decode(host: HostModel, words: np.ndarray, count: int, ramp: tuple[int, ...]
         for size, end in zip(sizes[:0:-1], ends[:0:-1]):
             try:
                 indices, x = block.pop_latents_and_pixels(coder, size)
+                _check_left(coder, least_bits, end - size, end - 1, count)
                 symbols[end - size:end] = x
                 block.push_posterior(coder, x, indices)
             except _CODER_ERRORS as e:
@@ -238,5 +255,6 @@ def decode(host: HostModel, words: np.ndarray, count: int, ramp: tuple[int, ...]
             symbols[:1] = block.pop_first_image(coder)
         except _CODER_ERRORS as e:
             raise _failure(0, 0, e) from None
+        _check_left(coder, least_bits, 0, 0, count)
         bar.update(1)
     return symbols, coder.get_compressed()

@@ -41,6 +41,13 @@ OLD_MAGIC = b"VAEBBANS"  # format 1 (until issue 32): a 96-byte header
 SOFTWARE_PACKAGES = ("jax", "jaxlib", "constriction")
 SOFTWARE = (("0.10.2", "0.10.2", "0.5.0"),)
 _F64 = struct.Struct("<dd")
+# Every file's stack holds at least this many bits per image (`padded_bottom`), so a header that
+# claims more images than its stack can hold is refused before any decoding or allocation.
+MIN_BITS_PER_IMAGE = 32
+PAD_WORD = 0xFFFFFFFF  # the words above the checksum that make up a stack too short for its count
+# The valid bits of the checksum word alone (its top bit set): a file's coder never pops below it
+# (`codec.compress` pads where a pop would), so a decoder whose stack holds fewer has run out of words.
+CHECKSUM_BITS = 31
 
 
 class FileError(CodingError):
@@ -134,6 +141,29 @@ def checksum(model_hash: bytes, header: Header, names: bytes, images: np.ndarray
     return crc | 0x80000000
 
 
+def bottom_words(checksum_word: int, pad_words: int = 0) -> np.ndarray:
+    """The words the coder starts from: the checksum, then `pad_words` PAD_WORDs above it."""
+    return np.array([checksum_word] + [PAD_WORD] * pad_words, np.uint32)
+
+
+def is_bottom(words: np.ndarray, checksum_word: int) -> bool:
+    """Whether what decoding left on the stack is what encoding started from: `bottom_words`."""
+    words = np.asarray(words).tolist()
+    return bool(words) and words[0] == checksum_word and all(w == PAD_WORD for w in words[1:])
+
+
+def pad_words_needed(count: int, stack_bytes: int) -> int:
+    """How many PAD_WORDs a stack of `stack_bytes` must gain to hold MIN_BITS_PER_IMAGE bits for
+    each of `count` images (0 for any real image: they cost far more)."""
+    missing = MIN_BITS_PER_IMAGE * count - 8 * stack_bytes
+    return 0 if missing <= 0 else -(-missing // 32) + 1
+
+
+def stack_bytes(words: np.ndarray) -> int:
+    """The length of the words as a file holds them (`pack`)."""
+    return len(np.ascontiguousarray(words, "<u4").tobytes().rstrip(b"\0"))
+
+
 def pack(header: Header, words: np.ndarray) -> bytes:
     """The file's bytes: the header, then the words with the top word's high zero bytes dropped."""
     stack = np.ascontiguousarray(words, "<u4").tobytes()
@@ -171,8 +201,15 @@ def unpack(data: bytes, name: str) -> tuple[Header, np.ndarray]:
     except (ValueError, struct.error) as e:
         raise FileError(f"{name} is damaged or truncated: {e}") from None
     stack = data[offset:]
-    # Every image costs at least a bit: a larger count is a damaged header, not a long decode.
-    if not stack or fields["count"] > 8 * len(data):
-        raise FileError(f"{name} is damaged or truncated: its header does not match its length")
+    if not stack:
+        raise FileError(f"{name} is damaged or truncated: it ends after its header")
+    if stack[-1] == 0:  # the top word is never zero, and its high zero bytes are not written
+        raise FileError(f"{name} is damaged: its last byte is zero, which no file of compress.py ends with")
+    # A stack holds MIN_BITS_PER_IMAGE bits an image (`pad_words_needed`): a larger count is a
+    # damaged header, not a long decode.
+    if fields["count"] * MIN_BITS_PER_IMAGE > 8 * len(stack):
+        raise FileError(f"{name} is damaged or truncated: its header claims {fields['count']:,} images, "
+                        f"more than its {len(stack):,} bytes of stack can hold ({MIN_BITS_PER_IMAGE} bits "
+                        "an image at least)")
     stack += b"\0" * (-len(stack) % 4)
     return Header(**fields), np.frombuffer(stack, "<u4").astype(np.uint32)
