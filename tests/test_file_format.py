@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_in_process, tiny_config
-from vae.coding import codec, container
+from vae.coding import bbans, codec, container, first_image, fixed_point, latents, names
 from vae.data import dataset
 from vae.model.build import build_model
 from vae.workdir import files
@@ -75,10 +75,10 @@ def certain_model():
     black with probability 1 - 2e-9 whatever z. A black image then costs next to nothing."""
     config = tiny_config()
     model = build_model(config.model, (28, 28, 1), jax.random.key(0))
-    head = model.encoder.head.linear
-    head.kernel.value, head.bias.value = jnp.zeros_like(head.kernel.value), jnp.zeros_like(head.bias.value)
-    out = model.decoder.head
-    out.kernel.value, out.bias.value = jnp.zeros_like(out.kernel.value), jnp.full_like(out.bias.value, -20.0)
+    head, out = model.encoder.head.linear, model.decoder.head
+    for layer, bias in ((head, 0.0), (out, -20.0)):
+        layer.kernel[...] = jnp.zeros_like(layer.kernel[...])
+        layer.bias[...] = jnp.full_like(layer.bias[...], bias)
     return codec.Loaded(Path("nowhere"), config, model, 0, "bernoulli", codec.model_hash(config, model))
 
 
@@ -110,3 +110,63 @@ def test_a_stack_that_runs_out_stops_decoding_at_once(tiny_run, coded, tmp_path)
     one_line_error(result, "the stack ran out at images ")
     first = int(result.stderr.split("the stack ran out at images ")[1].split("-")[0])
     assert 0 < first < header.count  # the blocks above the cut decoded, the rest never started
+
+
+FORMAT_2_FILE = Path(__file__).parent / "data" / "format2_three_images.bbans"
+
+
+def test_a_format_2_file_is_refused_in_one_line_naming_its_format(tiny_run, tmp_path):
+    """A file of three named images that compress.py wrote in format 2 (before this coder, the
+    header 0xB_): refused before any model runs, in one line naming its format and the commit
+    whose decompress.py reads it."""
+    data = FORMAT_2_FILE.read_bytes()
+    assert data[0] == 0xBD and len(data) == 186
+    result = decompress(tiny_run, data, tmp_path)
+    one_line_error(result, "is in format 2 (its first byte is 0xBD), which an earlier compress.py wrote")
+    commit = container.LAST_FORMAT_2_COMMIT
+    assert f"decompress it with scripts/decompress.py of commit {commit}" in result.stderr
+    with pytest.raises(container.FileError, match="format 4, written by a later compress.py"):
+        container.unpack(bytes([4]) + data[1:], "f")
+
+
+def test_the_header_check_refuses_a_damaged_header_or_a_cut_file(coded):
+    """Any bit of the header after its version byte flipped, the file cut or grown by a byte or a
+    word: refused when the header is read (its check covers the header and the file's length)."""
+    data, named = coded
+    header, _ = container.unpack(data, "f")
+    length = len(container.header_bytes(header)) + container.CHECK_BYTES
+    assert header.count == 60 and length == 6 + 1 + 1 + 1 + 1 + len(header.ramp) + 2
+    for position in range(1, length):
+        for bit in range(8):
+            damaged = bytearray(data)
+            damaged[position] ^= 1 << bit
+            with pytest.raises(container.FileError, match="damaged or truncated"):
+                container.unpack(bytes(damaged), "f")
+    for cut in (data[:-1], data[:-4], data + b"\x01", named[:-1], named + bytes([7, 7, 7, 7])):
+        with pytest.raises(container.FileError, match="damaged or truncated: its header's check fails"):
+            container.unpack(cut, "f")
+
+
+def test_a_file_of_a_coder_with_other_constants_is_refused_saying_so(tiny_run, test_images, tmp_path,
+                                                                    monkeypatch):
+    """A file written with another ROUND_BITS (the same format, the same model): refused in one
+    line that says the coder's constants differ, naming both coder tags. Every constant and table
+    the coder depends on moves the tag."""
+    loaded = codec.load(tiny_run)
+    here = container.coder_tag()
+    with monkeypatch.context() as patched:
+        patched.setattr(fixed_point, "ROUND_BITS", 1)
+        other = container.coder_tag()
+        data, _ = codec.compress(loaded, test_images[:5], progress=False)
+    assert other != here and container.coder_tag() == here
+    result = decompress(tiny_run, data, tmp_path)
+    one_line_error(result, f"was written by a coder with other constants (coder tag {other:04x}, this one's "
+                           f"{here:04x})")
+    one_entry_more = fixed_point.PHI_TABLE + (np.arange(len(fixed_point.PHI_TABLE)) == 9)
+    changes = [(latents, "GRID_STEPS", 128), (latents, "ROUND_BITS", 2), (first_image, "THRESHOLD", 0.7),
+               (first_image, "RATIO_STEPS", 512), (bbans, "VARIANTS", 7), (names, "MAX_NAME_BYTES", 100),
+               (fixed_point, "PHI_TABLE", one_entry_more), (container, "MIN_BITS_PER_IMAGE", 16)]
+    for module, name, value in changes:
+        with monkeypatch.context() as patched:
+            patched.setattr(module, name, value)
+            assert container.coder_tag() != here, name

@@ -123,7 +123,8 @@ def compress(loaded: Loaded, images: np.ndarray, *, file_names: list[str] | None
     block_size = min(block_size, count)  # a short file runs the model on no more rows than it has
     name_bytes = names.joined(file_names)
     header = container.Header(
-        model_tag=loaded.hash[0], software=container.software_code(), count=count, array_ndim=images.ndim,
+        model_tag=loaded.hash[0], software=container.software_code(), coder_tag=container.coder_tag(),
+        count=count, array_ndim=images.ndim,
         pixel_scale=scale, has_names=file_names is not None, block_size=block_size, bin_width=bins.width,
         half_range=bins.half_range)
     if host is None or host.block_size != block_size:
@@ -153,7 +154,7 @@ def compress(loaded: Loaded, images: np.ndarray, *, file_names: list[str] | None
     data = container.pack(header, words)
     dims = count * host.num_pixels
     elbo_bits = float(np.sum(coded.elbo_bits_N))
-    header_bytes = len(container.header_bytes(header))
+    header_bytes = len(container.header_bytes(header)) + container.CHECK_BYTES
     figures = {
         "images": count, "bytes": len(data), "header_bytes": header_bytes,
         "names_bytes": (coder.num_valid_bits() - images_bits) / 8,
