@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, run_in_process, tiny_config
-from vae.coding import bbans, codec, container, messages, pixels
+from vae.coding import bbans, codec, container, fixed_point, messages, pixels
 from vae.coding.errors import CodingError, DecodeMismatch
 from vae.coding.host import host_model
 from vae.coding.latents import GaussianCode, LatentBins, PriorCode
@@ -153,18 +153,20 @@ def test_a_decoder_whose_floats_differ_within_the_guard_band_decodes_exactly():
     assert coded.other_variants == len(bbans.block_sizes(30, 8, coded.ramp)) - 1  # every block but the first
 
 
-def test_the_encoder_and_the_decoder_read_p_x_given_z_from_one_compiled_program(monkeypatch):
-    """p(x|z)'s parameters are traced into one program (`HostModel.pixel_parameters`), which both
-    sides call: no second compilation of the float model whose last bits could differ."""
+def test_the_encoder_and_the_decoder_code_p_x_given_z_with_integers_from_one_program(monkeypatch):
+    """The integers p(x|z) is coded with are made from the model's floats in one compiled program
+    (`HostModel.pixel_parameters`), which both sides call: the Bernoulli's table look-up of its
+    rounded logits is traced once, so no second compilation of the float model, whose last bits
+    could differ, makes integers."""
     _, model = random_model()
     traced = []
-    original = type(model.likelihood).coding_parameters
+    original = fixed_point.sigmoid
 
-    def spy(self, out):
-        traced.append(out.shape)
-        return original(self, out)
+    def spy(argument):
+        traced.append(argument.shape)
+        return original(argument)
 
-    monkeypatch.setattr(type(model.likelihood), "coding_parameters", spy)
+    monkeypatch.setattr(fixed_point, "sigmoid", spy)
     host = host_model(model, 8)
     symbols = random_symbols(20)
     coded = bbans.encode(host, symbols, LatentBins(), bottom=BOTTOM)

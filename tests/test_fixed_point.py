@@ -62,7 +62,7 @@ def test_mixture_counts_follow_the_float64_distribution():
     """Every level gets at least the floor; the counts' distribution is the mixture's to a KL of
     about 1e-6 nats per sub-pixel (what rounding the model to integers costs)."""
     logits, means, log_scales = _mixture(np.random.default_rng(1))
-    parameters, _ = fixed_point.mixture_parameters(*map(jnp.asarray, (logits, means, log_scales)))
+    parameters, _ = fixed_point.ROUNDING["logistic_mixture"](*map(jnp.asarray, (logits, means, log_scales)))
     counts = np.diff(_integer_cdf("logistic_mixture", parameters, len(logits)), axis=1)
     assert counts.min() >= fixed_point.MIXTURE_FLOOR and counts.sum(1).max() < 2**53
     p = _float64_level_masses(logits, means, log_scales)
@@ -74,14 +74,14 @@ def test_mixture_counts_follow_the_float64_distribution():
 def test_categorical_and_bernoulli_counts_follow_their_distributions():
     rng = np.random.default_rng(2)
     logits = rng.normal(scale=3.0, size=(500, 256))
-    (cumulative,), _ = fixed_point.categorical_parameters(jnp.asarray(logits))
+    (cumulative,), _ = fixed_point.ROUNDING["categorical"](jnp.asarray(logits))
     counts = np.diff(np.asarray(cumulative), axis=1)
     p, q = scipy.special.softmax(logits, -1), counts / counts.sum(1, keepdims=True)
     assert counts.min() >= 1 and np.sum(p * np.log(p / q), axis=1).max() < 1e-5
     bernoulli_logits = rng.normal(scale=6.0, size=2000)
-    (on,), _ = fixed_point.bernoulli_parameters(jnp.asarray(bernoulli_logits))
+    (on,), _ = fixed_point.ROUNDING["bernoulli"](jnp.asarray(bernoulli_logits))
     np.testing.assert_allclose(np.asarray(on) / 2**24, scipy.special.expit(bernoulli_logits), atol=3e-6)
-    (extreme,), _ = fixed_point.bernoulli_parameters(jnp.asarray([-100.0, 100.0]))
+    (extreme,), _ = fixed_point.ROUNDING["bernoulli"](jnp.asarray([-100.0, 100.0]))
     assert np.asarray(extreme).tolist() == [1, 2**24 - 1]  # both values keep a count
 
 
@@ -93,7 +93,7 @@ def test_the_rounds_multiply_to_each_levels_mass(monkeypatch, round_bits):
     monkeypatch.setattr(fixed_point, "ROUND_BITS", round_bits)
     rng = np.random.default_rng(3)
     logits, means, log_scales = _mixture(rng, n=400)
-    parameters, _ = fixed_point.mixture_parameters(*map(jnp.asarray, (logits, means, log_scales)))
+    parameters, _ = fixed_point.ROUNDING["logistic_mixture"](*map(jnp.asarray, (logits, means, log_scales)))
     cdf = _integer_cdf("logistic_mixture", parameters, 400)
     symbols = rng.integers(0, 256, 400)
     symbols[:2] = [0, 255]

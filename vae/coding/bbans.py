@@ -45,7 +45,7 @@ from tqdm import tqdm
 from vae.coding import first_image, pixels
 from vae.coding.errors import CodingError, DecodeMismatch
 from vae.coding.fixed_point import GUARD_STEPS
-from vae.coding.host import HostModel, PixelParameters
+from vae.coding.host import HostModel
 from vae.coding.latents import GaussianCode, LatentBins, PriorCode
 
 # A pop that leaves fewer valid bits than this read the stack dry (an ANS coder popped past its
@@ -120,7 +120,7 @@ class _Draw:
     indices: list  # per layer, top first: b x Z bin indices
     posteriors: list  # per layer: q's Steps they were popped under
     priors: list  # per layer below the top: the conditional prior's Steps
-    pixels: PixelParameters
+    pixels: tuple  # what `HostModel.pixel_probabilities` gave: rounds, bits, log p(x|z), margins
     kl_bits: np.ndarray  # per image, the closed-form KL of q to the prior, summed over the layers
     margin: float  # the smallest margin of all the block's roundings, in steps
 
@@ -157,8 +157,9 @@ class _Block:
             posteriors.append(self.bins.steps(mean, std, offset(variant)))
             indices.append(self.gaussian.pop(coder, posteriors[-1]))
         given = self.host.pixel_parameters(self.values(indices), offset(variant))
-        margin = min([margin, *(g.margin for g in posteriors + priors), float(given.margin_b.min())])
-        return _Draw(variant, indices, posteriors, priors, given, kl_bits, margin)
+        probabilities = self.host.pixel_probabilities(given, symbols_bxD)
+        margin = min([margin, *(g.margin for g in posteriors + priors), float(probabilities[3].min())])
+        return _Draw(variant, indices, posteriors, priors, probabilities, kl_bits, margin)
 
     def undo(self, coder, draw: _Draw) -> None:
         """Pushes a draw's indices back under q, bottom first: the stack as before `draw`."""
@@ -180,7 +181,7 @@ class _Block:
         """Pushes the pixels, then the latents bottom first under their priors, then the variant:
         (the stack's size (bits) between the pixels and the latents, −log2 p(x|z) per image under
         the model, the pixels' bits under the coder's counts)."""
-        rounds, pixel_bits, log_prob = self.host.pixel_probabilities(draw.pixels, symbols_bxD)
+        rounds, pixel_bits, log_prob, _ = draw.pixels
         self.pixels.push(coder, symbols_bxD, rounds)
         between = coder.num_valid_bits()
         for layer in reversed(range(self.host.num_layers)):
@@ -220,7 +221,7 @@ class _Block:
             kl_bits = kl_bits + _kl_bits(mean, std, *prior)
             indices.append(self.bins.nearest(mean))
         given = self.host.pixel_parameters(self.values(indices), 0.0)
-        _, pixel_bits, log_prob = self.host.pixel_probabilities(given, symbols_1xD)
+        _, pixel_bits, log_prob, _ = self.host.pixel_probabilities(given, symbols_1xD)
         return kl_bits, -log_prob * LOG2E + kl_bits, pixel_bits
 
     def push_first_image(self, coder, symbols_1xD) -> int:
@@ -230,13 +231,14 @@ class _Block:
             code = self.plan(variant)
             bins = first_image.posterior_bins(self.host, symbols_1xD, code)
             values = first_image.latent_values(self.host, bins, code)
-            given = self.host.pixel_parameters(values, offset(variant))
-            if min(code.margin, float(given.margin_b.min())) >= GUARD_STEPS:
+            rounds, *_, margins = self.host.pixel_probabilities(
+                self.host.pixel_parameters(values, offset(variant)), symbols_1xD)
+            if min(code.margin, float(margins.min())) >= GUARD_STEPS:
                 break
         else:
             raise CodingError(f"image 0: each of the {VARIANTS} rounding grids puts one of the model's "
                               "outputs on a rounding boundary; compress it in a file with other images")
-        self.pixels.push(coder, symbols_1xD, self.host.pixel_probabilities(given, symbols_1xD)[0])
+        self.pixels.push(coder, symbols_1xD, rounds)
         between = coder.num_valid_bits()
         first_image.push(coder, bins, code)
         coder.encode_reverse(np.array([variant], np.int32), _VARIANT_MODEL)

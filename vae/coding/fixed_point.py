@@ -39,6 +39,7 @@ need 64-bit integers (`jax.enable_x64`); the callers jit them. Imports nothing o
 """
 
 import decimal
+import functools
 import math
 
 import jax
@@ -215,64 +216,98 @@ def exp_minus(argument: jax.Array) -> jax.Array:
     return _interpolate(EXP_TABLE, argument, 0)
 
 
-def margin(steps: jax.Array) -> jax.Array:
-    """How far values (in steps of their grid, the offset added) lie from the rounding boundary
-    between two steps, in steps: 0 on a boundary, 1/2 on a step."""
-    return jnp.abs(steps - jnp.floor(steps) - 0.5)
+def _steps(x: jax.Array, scale: float, offset) -> jax.Array:
+    """x · scale + offset: a float64 value in steps of its grid, shifted by the block's offset; NaN as 0."""
+    return jnp.nan_to_num(x) * scale + offset
 
 
-def _fixed(x: jax.Array, scale: float, offset) -> tuple[jax.Array, jax.Array]:
-    """(round(x · scale + offset) as int64, its margin), for float64 x; NaN as 0."""
-    steps = jnp.nan_to_num(x) * scale + offset
-    return jnp.round(steps).astype(jnp.int64), margin(steps)
+def _nearest(steps: jax.Array) -> jax.Array:
+    """The step a value in steps rounds to, int64 (half to even)."""
+    return jnp.round(steps).astype(jnp.int64)
+
+
+def margins(family: str, steps: tuple) -> jax.Array:
+    """Each sub-pixel's smallest margin (N): how far its values in steps (`STEPS`) lie from the
+    rounding boundary between two steps, in steps (0 on a boundary, 1/2 on a step)."""
+    smallest = functools.reduce(jnp.minimum, [0.5 - jnp.abs(s - jnp.round(s)) for s in steps])
+    if family == "bernoulli":  # one value per pixel; the others have theirs on the last axis
+        return smallest.reshape(-1)
+    return smallest.reshape(-1, smallest.shape[-1]).min(axis=-1)
 
 
 # --- Rounding: the model's float64 outputs to the integer parameters of each family ---------------
 #
-# Each takes the likelihood's `coding_parameters` (float64, sub-pixels on the last axes) and the
-# offset of the block's grids (a float in [0, 1), in steps), and gives (a tuple of integer arrays
-# with the sub-pixels flattened to one axis N: what `cdf` reads; the margin of each sub-pixel's
-# roundings, its smallest, N).
+# STEPS[family] takes the likelihood's `coding_parameters` (float64, sub-pixels on the last axes)
+# and the offset of the block's grids (a float in [0, 1), in steps) and gives the values to round,
+# in steps of their grids; INTEGERS[family] rounds them and makes a tuple of integer arrays with
+# the sub-pixels flattened to one axis N: what `cdf` reads. ROUNDING[family] does both and gives
+# the margins too (`margins`).
 
 
-def bernoulli_parameters(logits: jax.Array, offset=0.0):
+def bernoulli_steps(logits: jax.Array, offset=0.0):
+    """The logit in 2^-16, clipped to ±25."""
+    limit = float(TABLE_RANGE + 1)
+    return (_steps(jnp.clip(logits, -limit, limit), float(1 << LOGIT_BITS), offset),)
+
+
+def bernoulli_integers(logit_steps: jax.Array) -> tuple[jax.Array]:
     """(2^24 · P(on),) per pixel: the rounded logit through the sigmoid table, clipped to
     [1, 2^24 − 1] so that both values keep a count."""
-    limit = float(TABLE_RANGE + 1)
-    steps, margins = _fixed(jnp.clip(logits, -limit, limit), float(1 << LOGIT_BITS), offset)
-    on = sigmoid(steps)
-    return (jnp.clip(on, 1, (1 << PROB_BITS) - 1).reshape(-1),), margins.reshape(-1)
+    on = sigmoid(_nearest(logit_steps))
+    return (jnp.clip(on, 1, (1 << PROB_BITS) - 1).reshape(-1),)
 
 
-def mixture_parameters(logits: jax.Array, means: jax.Array, log_scales: jax.Array, offset=0.0):
-    """(weights, means in 1/256 levels, inverse scales · 2^30), each N x K (int64)."""
-    k = logits.shape[-1]
-    weights, weight_margins = _fixed(jax.nn.softmax(logits, axis=-1), float(1 << WEIGHT_BITS), offset)
+def mixture_steps(logits: jax.Array, means: jax.Array, log_scales: jax.Array, offset=0.0):
+    """Per component, the weight softmax(logits) in 2^-16, the mean in 1/256 of a level (clipped
+    to MEAN_MARGIN levels beyond the range), the log-scale above MIN_LOG_SCALE in 1/256 (clipped
+    to [MIN_LOG_SCALE, MAX_LOG_SCALE])."""
     level_means = jnp.clip((means + 1.0) * ((LEVELS - 1) / 2), -MEAN_MARGIN, LEVELS - 1 + MEAN_MARGIN)
     log_scales = jnp.clip(jnp.nan_to_num(log_scales), MIN_LOG_SCALE, MAX_LOG_SCALE)
-    scale_steps, scale_margins = _fixed(log_scales - MIN_LOG_SCALE, float(LOG_SCALE_STEPS), offset)
-    inverse_scales = jnp.asarray(INVERSE_SCALE_TABLE)[jnp.minimum(scale_steps, len(INVERSE_SCALE_TABLE) - 1)]
-    mean_steps, mean_margins = _fixed(level_means, float(MEAN_STEPS), offset)
-    margins = jnp.minimum(jnp.minimum(weight_margins, mean_margins), scale_margins)
-    return ((weights.reshape(-1, k), mean_steps.reshape(-1, k), inverse_scales.reshape(-1, k)),
-            margins.reshape(-1, k).min(axis=-1))
+    return (_steps(jax.nn.softmax(logits, axis=-1), float(1 << WEIGHT_BITS), offset),
+            _steps(level_means, float(MEAN_STEPS), offset),
+            _steps(log_scales - MIN_LOG_SCALE, float(LOG_SCALE_STEPS), offset))
 
 
-def categorical_parameters(logits: jax.Array, offset=0.0):
+def mixture_integers(weight_steps, mean_steps, scale_steps):
+    """(weights, means in 1/256 levels, inverse scales · 2^30), each N x K (int64)."""
+    k = weight_steps.shape[-1]
+    scales = jnp.minimum(_nearest(scale_steps), len(INVERSE_SCALE_TABLE) - 1)
+    inverse_scales = jnp.asarray(INVERSE_SCALE_TABLE)[scales]
+    return (_nearest(weight_steps).reshape(-1, k), _nearest(mean_steps).reshape(-1, k),
+            inverse_scales.reshape(-1, k))
+
+
+def categorical_steps(logits: jax.Array, offset=0.0):
+    """Each logit below the sub-pixel's largest, in 2^-10, clipped to 25."""
+    below = jnp.max(logits, axis=-1, keepdims=True) - logits
+    return (_steps(jnp.clip(below, 0.0, float(TABLE_RANGE + 1)), float(1 << CATEGORICAL_LOGIT_BITS), offset),)
+
+
+def categorical_integers(below_steps: jax.Array) -> tuple[jax.Array]:
     """(cumulative counts, N x 257,) from 256 logits per sub-pixel: exp of each rounded logit
     below the largest, + CATEGORICAL_FLOOR."""
-    below = jnp.max(logits, axis=-1, keepdims=True) - logits
-    limit = float(TABLE_RANGE + 1)
-    steps, margins = _fixed(jnp.clip(below, 0.0, limit), float(1 << CATEGORICAL_LOGIT_BITS), offset)
-    counts = exp_minus(steps << (int(_ARGUMENT_BITS) - CATEGORICAL_LOGIT_BITS)) + CATEGORICAL_FLOOR
+    shift = int(_ARGUMENT_BITS) - CATEGORICAL_LOGIT_BITS
+    counts = exp_minus(_nearest(below_steps) << shift) + CATEGORICAL_FLOOR
     counts = counts.reshape(-1, LEVELS)
-    return ((jnp.concatenate([jnp.zeros_like(counts[:, :1]), jnp.cumsum(counts, axis=-1)], axis=-1),),
-            margins.reshape(-1, LEVELS).min(axis=-1))
+    return (jnp.concatenate([jnp.zeros_like(counts[:, :1]), jnp.cumsum(counts, axis=-1)], axis=-1),)
+
+
+STEPS = {"bernoulli": bernoulli_steps, "logistic_mixture": mixture_steps, "categorical": categorical_steps}
+INTEGERS = {"bernoulli": bernoulli_integers, "logistic_mixture": mixture_integers,
+            "categorical": categorical_integers}
+
+
+def _rounding(family: str):
+    def rounding(*outputs, offset=0.0):
+        """(the family's integer parameters, each sub-pixel's smallest margin) of its outputs."""
+        steps = STEPS[family](*outputs, offset=offset)
+        return INTEGERS[family](*steps), margins(family, steps)
+
+    return rounding
 
 
 EIGHT_BIT = ("logistic_mixture", "categorical")  # the families of 256 levels per sub-pixel
-ROUNDING = {"bernoulli": bernoulli_parameters, "logistic_mixture": mixture_parameters,
-            "categorical": categorical_parameters}
+ROUNDING = {family: _rounding(family) for family in STEPS}
 
 
 # --- Cumulative counts ---------------------------------------------------------------------------

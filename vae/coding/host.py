@@ -13,10 +13,11 @@ and the rest of the stream decodes to garbage. So:
   bin width, the same float64 numbers on both sides;
 - what the coder reads of p(x|z) is integers (`fixed_point`): the likelihood's float64
   parameters rounded to coarse grids by one compiled program (`pixel_parameters`), which both
-  the encoder and the decoder call; everything after it is integer arithmetic. Each rounding
-  also gives its margin to the nearest rounding boundary, and the encoder codes no block where a
-  margin is below `fixed_point.GUARD_STEPS` (`bbans.VARIANTS`), so another CPU, thread count or
-  vector width, whose float64 outputs differ in the last bits, gives the same integers. q(z|x)
+  the encoder and the decoder call; everything after it is integer arithmetic. From the decoder
+  output that program gives, the encoder reads each rounded value's margin to its rounding
+  boundary, and codes no block where a margin is below `fixed_point.GUARD_STEPS`
+  (`bbans.VARIANTS`), so another CPU, thread count or vector width, whose float64 outputs differ
+  in the last bits, gives the same integers. q(z|x)
   and the priors below the top layer are rounded likewise where they are coded (`latents.steps`).
 A file that still meets a larger difference fails its checksum (the stack's bottom word) or meets
 a symbol the coder cannot code, in one line (`codec.decode`).
@@ -61,9 +62,10 @@ class HostModel:
     # round's probabilities, the search's state), arrays over the block_size · D sub-pixels of the
     # padded call (padding rows included), on the CPU: integer arithmetic only
     pixel_search: Callable[["PixelParameters"], tuple]
-    # (PixelParameters, symbols_bxD) -> what encoding pushes: (every round's probabilities of the
-    # b · D symbols' parts (`fixed_point.level_probabilities`), their bits under the counts per
-    # image (b), log p(x | z) under the float64 model per image (b): the images' likelihood)
+    # (PixelParameters, symbols_bxD) -> what encoding pushes and checks: (every round's
+    # probabilities of the b · D symbols' parts (`fixed_point.level_probabilities`), their bits
+    # under the counts per image (b), log p(x | z) under the float64 model per image (b): the
+    # images' likelihood, each image's smallest margin of the values rounded (b, in steps))
     pixel_probabilities: Callable[["PixelParameters", np.ndarray], tuple]
     # (every layer's latents) -> E[x | z] in the symbols' units (P(on), or the mean level), b x D
     # float64: an image `posterior` takes, for the first image's plan (`first_image.plan`)
@@ -95,11 +97,12 @@ class HostModel:
 
 @dataclasses.dataclass(frozen=True)
 class PixelParameters:
-    """p(x | z) of a padded block as the coder reads it, from `HostModel.pixel_parameters`."""
+    """p(x | z) of a padded block as the coder reads it, from `HostModel.pixel_parameters` (arrays
+    on the CPU)."""
 
-    integers: tuple  # the fixed-point parameters (`fixed_point.ROUNDING`), on the CPU
-    margin_b: np.ndarray  # per row: its roundings' smallest margin to a rounding boundary, in steps
-    output: object  # the decoder's float64 output, for the encoder's figures only
+    integers: tuple  # the fixed-point parameters (`fixed_point.INTEGERS`)
+    output: object  # the decoder's float64 output, for the encoder's margins and figures only
+    offset: float  # the grids' offset, in steps
 
 
 def _float64(leaf):
@@ -132,19 +135,21 @@ def _layer_functions(model, family: str):
 
 
 def _pixel_functions(decode, family: str):
-    """(latents -> p(x|z)'s fixed-point parameters, their margins per row and the decoder output;
-    fixed-point parameters -> the first round of the search; (fixed-point parameters, decoder
-    output, symbols) -> every round's probabilities, bits per image, log p(x|z) per image;
-    latents -> E[x|z] in symbol units) of the merged model, `decode` giving the decoder output
-    from every layer's latents. Only the first reads the model's floats to make integers: the
-    one program both the encoder and the decoder call."""
-    rounding = fixed_point.ROUNDING[family]
+    """(latents -> p(x|z)'s fixed-point parameters and the decoder output; fixed-point parameters
+    -> the first round of the search; (fixed-point parameters, decoder output, offset, symbols)
+    -> every round's probabilities, bits per image, log p(x|z) per image, the smallest margin
+    of the values rounded per image; latents -> E[x|z] in symbol units) of the merged model,
+    `decode` giving the decoder output from every layer's latents. Only the first makes
+    integers of the model's floats: the one program both the encoder and the decoder call (the
+    third reads the margins of the same floats again, to decide, not to code)."""
     schedule = fixed_point.rounds(fixed_point.CDF[family][2])
+
+    def coding_steps(m, out, offset):
+        return fixed_point.STEPS[family](*m.likelihood.coding_parameters(out), offset=offset)
 
     def parameters(m, offset, *zs):
         out = decode(m, *zs)
-        integers, margins = rounding(*m.likelihood.coding_parameters(out), offset=offset)
-        return integers, margins.reshape(zs[0].shape[0], -1).min(axis=1), out
+        return fixed_point.INTEGERS[family](*coding_steps(m, out, offset)), out
 
     def search(m, integers):
         probabilities, state = fixed_point.first_round(family, integers, *schedule[0])
@@ -152,12 +157,14 @@ def _pixel_functions(decode, family: str):
             return None, probabilities, None
         return integers, probabilities, state
 
-    def probabilities(m, integers, out, symbols_bxD):
+    def probabilities(m, integers, out, offset, symbols_bxD):
         rounds, bits_N = fixed_point.level_probabilities(family, integers, symbols_bxD.reshape(-1))
         # log p(x|z) for the figures only: in float32, to about 1e-6 of its value
         x = pixels.model_input(symbols_bxD, family).astype(jnp.float32)
         log_prob = m.likelihood.log_prob_grouped(out.astype(jnp.float32), x)
-        return rounds, bits_N.reshape(symbols_bxD.shape).astype(jnp.float64).sum(axis=1), log_prob
+        margins = fixed_point.margins(family, coding_steps(m, out, offset))
+        margins = margins.reshape(symbols_bxD.shape[0], -1).min(axis=1)
+        return rounds, bits_N.reshape(symbols_bxD.shape).astype(jnp.float64).sum(axis=1), log_prob, margins
 
     def mean(m, *zs):
         return m.likelihood.mean(decode(m, *zs)) * (255.0 if family in fixed_point.EIGHT_BIT else 1.0)
@@ -210,8 +217,7 @@ def host_model(model, block_size: int) -> HostModel:
 
     def pixel_parameters(zs, offset: float) -> PixelParameters:
         with jax.enable_x64(True):
-            integers, margins, out = parameters(leaves64, np.float64(offset), *padded(zs))
-            return PixelParameters(integers, np.asarray(margins)[:zs[0].shape[0]], out)
+            return PixelParameters(*parameters(leaves64, np.float64(offset), *padded(zs)), offset)
 
     def pixel_search(given: PixelParameters):
         with jax.enable_x64(True):
@@ -220,9 +226,10 @@ def host_model(model, block_size: int) -> HostModel:
     def pixel_probabilities(given: PixelParameters, symbols_bxD):
         rows, used = symbols_bxD.shape[0], symbols_bxD.size
         with jax.enable_x64(True):
-            rounds, bits, log_prob = jax.device_get(
-                probabilities(leaves64, given.integers, given.output, *padded([symbols_bxD])))
-        return [p[:used] for p in rounds], bits[:rows], log_prob[:rows]
+            rounds, bits, log_prob, margins = jax.device_get(
+                probabilities(leaves64, given.integers, given.output, np.float64(given.offset),
+                              *padded([symbols_bxD])))
+        return [p[:used] for p in rounds], bits[:rows], log_prob[:rows], margins[:rows]
 
     return HostModel(
         num_layers=len(posteriors), latent_dim=model.latent_dim, latent_dims=tuple(model.latent_dims[::-1]),
