@@ -102,8 +102,8 @@ def coder_constants() -> dict:
         return {name: getattr(module, name) for name in constants}
 
     return {
-        "container": of(__import__(__name__, fromlist=["FORMAT"]), "FORMAT", "MIN_BITS_PER_IMAGE", "PAD_WORD",
-                        "CHECKSUM_BITS"),
+        "container": {"FORMAT": FORMAT, "MIN_BITS_PER_IMAGE": MIN_BITS_PER_IMAGE, "PAD_WORD": PAD_WORD,
+                      "CHECKSUM_BITS": CHECKSUM_BITS},
         "fixed_point": of(fixed_point, "LEVELS", "MIN_LOG_SCALE", "MAX_LOG_SCALE", "PROB_BITS", "WEIGHT_BITS",
                           "MEAN_STEPS", "LOG_SCALE_STEPS", "MEAN_MARGIN", "TABLE_STEPS", "FRACTION_BITS",
                           "TABLE_RANGE", "INV_SCALE_BITS", "LOGIT_BITS", "CATEGORICAL_LOGIT_BITS",
