@@ -189,7 +189,8 @@ class Model:
 
     def _loaded(self) -> codec.Loaded:
         if self._codec is None:
-            family = codec.check_codable(self.config, self.model)
-            self._codec = codec.Loaded(self.workdir, self.config, self.model, self.epoch, family,
-                                       codec.model_hash(self.config, self.model))
+            try:
+                self._codec = codec.as_loaded(self.workdir, self.config, self.model, self.epoch)
+            except CodingError as e:  # a model the codec cannot use (its prior or likelihood)
+                raise InputError(str(e)) from None
         return self._codec

@@ -3,17 +3,21 @@
 model writes is as long as the images' negative ELBO, up to a few hundred bits per file.
 
     host.py       the model's functions the coder reads, in float64 on the host CPU, one
-                  batch shape: why decoding sees exactly the numbers encoding saw
-    fixed_point.py  the model's outputs rounded to coarse grids and the integer counts of each
-                  sub-pixel's levels: the same integers on every CPU, thread count and vector width
-    latents.py    the discretised latent code: bins, quantised Gaussians under q(z|x) and p(z)
+                  batch shape, p(x|z)'s integers from one program both sides call
+    fixed_point.py  the model's outputs rounded to coarse grids (with their margins to a rounding
+                  boundary: the guard band) and the integer counts of each sub-pixel's levels; the
+                  integer tables (sigmoid, exp, the normal CDF): the same integers on every machine
+    latents.py    the discretised latent code: bins, Gaussians under q(z|x) and p(z) from
+                  integer counts, coded in rounds
     pixels.py     which uint8 arrays a likelihood codes, their symbols, pushing and popping them
                   round by round with the integer counts
     bbans.py      the codec: blocks of images pushed onto and popped off one ANS stack (the
-                  latents in layers: one for the VAE, z2 and z1 for the HVAE)
+                  latents in layers: one for the VAE, z2 and z1 for the HVAE), each block on the
+                  first rounding grids (its variant) that keep every value out of the guard band
     first_image.py  the first image of a file, which has no bits to take back: a two-part code
     names.py      the images' file names, coded on the stack
-    container.py  the file: a 3-byte header (more for several images), the stack, its checksum
+    container.py  the file, format 3: an 8-byte header (more for several images) with the
+                  format's version, the coder's tag and a check, the stack, its checksum
     codec.py      compress and decompress with a workdir's model: what the scripts call
     image_files.py  the user's image files (or array) in, PNG files (or the array) out
     messages.py   i.i.d. symbols of a categorical coded with ANS: entropy, cross-entropy, KL as file sizes

@@ -9,6 +9,16 @@ negative ELBO at the discretised latents. Decoding runs it backwards, last block
 latents under the prior, pop the pixels under p(x|z), push the latents under q(z|x) of the
 decoded images. One constriction call codes each of those steps for the whole block.
 
+Where the block's floats are rounded (q's and the priors' means and standard deviations, p(x|z)'s
+parameters: `latents.steps`, `fixed_point.STEPS`), every grid is shifted by the block's
+variant v, v / VARIANTS of a step; v is pushed last (decoding pops it first, so it rounds on the
+same grids). The encoder takes v = 0 but where a value of the block lies within
+`fixed_point.GUARD_STEPS` of a rounding boundary on that grid (a value another machine's floats
+could round the other way): then it undoes the pop and takes the next v. So a decoder whose
+floats differ from the encoder's by less than the guard band rounds every value alike. The
+first image has a variant too (`first_image.plan`). v = 0 costs 2e-5 bits a block, another about
+20 bits.
+
 A model with layers of latents (the HVAE: z2 on top, z1 below) pops them top first, each under
 q given the layers above it (q(z2|x), then q(z1|x, z2)), pushes x, then pushes them bottom
 first, each under its prior given the layers above (p(z1|z2), then p(z2)); decoding pops the
@@ -33,14 +43,21 @@ import numpy as np
 from tqdm import tqdm
 
 from vae.coding import first_image, pixels
-from vae.coding.errors import DecodeMismatch
+from vae.coding.errors import CodingError, DecodeMismatch
+from vae.coding.fixed_point import GUARD_STEPS
 from vae.coding.host import HostModel
-from vae.coding.latents import GaussianCode, LatentBins
+from vae.coding.latents import GaussianCode, LatentBins, PriorCode
 
 # A pop that leaves fewer valid bits than this read the stack dry (an ANS coder popped past its
 # data returns symbols from the far tails, which then cost dearly to push): the block is halved.
 DRY_STACK_BITS = 64
 LOG2E = 1.0 / np.log(2.0)
+# The rounding grids a block can be coded on: variant v shifts each by v / VARIANTS of a step (an
+# odd count: no variant puts a clipped value, a whole number of steps, on a boundary). The variant
+# is coded under these probabilities: 0 nearly always.
+VARIANTS = 15
+VARIANT_PROBABILITIES = np.array([1.0 - (VARIANTS - 1) * 2.0**-20] + [2.0**-20] * (VARIANTS - 1))
+_VARIANT_MODEL = constriction.stream.model.Categorical(VARIANT_PROBABILITIES, perfect=False)
 # What constriction raises when asked to code a symbol its model gives no probability (or a
 # model with invalid parameters): while decoding, the sign of other probabilities than encoding's.
 _CODER_ERRORS = (KeyError, ValueError, RuntimeError, OverflowError)
@@ -60,6 +77,10 @@ class Coded:
     # The stack's size (bits) after each block's three steps: the pop under q (the first image
     # has none), the pixels pushed, the latents pushed. Per image where blocks hold one image.
     steps_bits_Bx3: np.ndarray
+    # the fewest valid bits the stack held after a pop under q (or at the start, where fewer): a
+    # decoder whose stack holds fewer after the same pops has run out of words
+    least_bits: int = 0
+    other_variants: int = 0  # the blocks (the first image not counted) coded on a variant other than 0
 
 
 def block_sizes(count: int, block_size: int, ramp: tuple[int, ...]) -> list[int]:
@@ -86,100 +107,173 @@ def _failure(first: int, last: int, error: Exception) -> DecodeMismatch:
                           f"{str(error).strip() or type(error).__name__}")
 
 
+def offset(variant: int) -> float:
+    """The variant's shift of every rounding grid, in steps."""
+    return variant / VARIANTS
+
+
+@dataclasses.dataclass(frozen=True)
+class _Draw:
+    """A block's latents popped under q on one variant's grids, and what its pushes read."""
+
+    variant: int
+    indices: list  # per layer, top first: b x Z bin indices
+    posteriors: list  # per layer: q's Steps they were popped under
+    priors: list  # per layer below the top: the conditional prior's Steps
+    pixels: tuple  # what `HostModel.pixel_probabilities` gave: rounds, bits, log p(x|z), margins
+    kl_bits: np.ndarray  # per image, the closed-form KL of q to the prior, summed over the layers
+    margin: float  # the smallest margin of all the block's roundings, in steps
+
+
 class _Block:
     """The coding steps of one block on a coder (the models built once per file). Latents are
     lists of bin indices, one b x Z array per layer, top first."""
 
     def __init__(self, host: HostModel, bins: LatentBins):
         self.host, self.bins = host, bins
-        self.gaussian, self.prior_model = GaussianCode(bins), bins.prior_model()
-        self.conditional = GaussianCode(bins, windowed=False)
+        self.gaussian, self.prior = GaussianCode(bins.max_index), PriorCode(bins)
         self.pixels = pixels.PixelCode(host.family, host.num_pixels, host.block_size)
-        self.first_code = first_image.plan(host)
+        self._plans = {}
 
     def values(self, indices: list) -> list:
         return [self.bins.values(index) for index in indices]
 
-    def posterior(self, layer, symbols_bxD, upper: list):
-        return self.host.posterior(layer, symbols_bxD, self.values(upper))
+    def plan(self, variant: int) -> first_image.Plan:
+        if variant not in self._plans:
+            self._plans[variant] = first_image.plan(self.host, offset(variant))
+        return self._plans[variant]
 
-    def pop_posterior(self, coder, symbols_bxD, *, nearest: bool = False):
-        """Every layer's indices popped under q (or, with `nearest`, the bins of q's means, nothing
-        popped), and the closed-form KL of each layer's q to its prior, bits per image."""
-        indices, kl_bits = [], 0.0
+    def draw(self, coder, symbols_bxD, variant: int) -> _Draw:
+        """Pops every layer's indices under q with the variant's grids, top first, and rounds
+        what the pushes will read."""
+        indices, posteriors, priors, kl_bits, margin = [], [], [], 0.0, 0.5
         for layer in range(self.host.num_layers):
-            mean, std = self.posterior(layer, symbols_bxD, indices)
-            prior = self.host.conditional_prior(layer, self.values(indices)) if layer else (0.0, 1.0)
+            upper = self.values(indices)
+            mean, std = self.host.posterior(layer, symbols_bxD, upper)
+            prior = self.host.conditional_prior(layer, upper) if layer else (0.0, 1.0)
             kl_bits = kl_bits + _kl_bits(mean, std, *prior)
-            indices.append(self.bins.nearest(mean) if nearest else self.gaussian.pop(coder, mean, std))
-        return indices, kl_bits
+            if layer:
+                priors.append(self.bins.steps(*prior, offset(variant)))
+            posteriors.append(self.bins.steps(mean, std, offset(variant)))
+            indices.append(self.gaussian.pop(coder, posteriors[-1]))
+        given = self.host.pixel_parameters(self.values(indices), offset(variant))
+        probabilities = self.host.pixel_probabilities(given, symbols_bxD)
+        margin = min([margin, *(g.margin for g in posteriors + priors), float(probabilities[3].min())])
+        return _Draw(variant, indices, posteriors, priors, probabilities, kl_bits, margin)
 
-    def push_posterior(self, coder, symbols_bxD, indices: list) -> None:
-        """Pushes every layer's indices under q, bottom first: undoes `pop_posterior`."""
+    def undo(self, coder, draw: _Draw) -> None:
+        """Pushes a draw's indices back under q, bottom first: the stack as before `draw`."""
         for layer in reversed(range(self.host.num_layers)):
-            self.gaussian.push(coder, indices[layer], *self.posterior(layer, symbols_bxD, indices[:layer]))
+            self.gaussian.push(coder, draw.indices[layer], draw.posteriors[layer])
 
-    def push_pixels_and_latents(self, coder, symbols_bxD, indices: list) -> tuple[int, np.ndarray, ...]:
-        """Pushes the pixels, then the latents bottom first under their priors: (the stack's size
-        (bits) between the two, −log2 p(x|z) per image under the model, the pixels' bits under
-        the coder's counts)."""
-        rounds, pixel_bits, log_prob = self.host.pixel_probabilities(self.values(indices), symbols_bxD)
+    def clean_draw(self, coder, symbols_bxD, first: int) -> _Draw:
+        """The draw of the first variant whose roundings all keep out of the guard band."""
+        for variant in range(VARIANTS):
+            draw = self.draw(coder, symbols_bxD, variant)
+            if draw.margin >= GUARD_STEPS:
+                return draw
+            self.undo(coder, draw)
+        raise CodingError(f"images {first}-{first + len(symbols_bxD) - 1}: each of the {VARIANTS} rounding "
+                          "grids puts one of the model's outputs on a rounding boundary; compress them with "
+                          "another --block_size")
+
+    def push_draw(self, coder, symbols_bxD, draw: _Draw) -> tuple[int, np.ndarray, np.ndarray]:
+        """Pushes the pixels, then the latents bottom first under their priors, then the variant:
+        (the stack's size (bits) between the pixels and the latents, −log2 p(x|z) per image under
+        the model, the pixels' bits under the coder's counts)."""
+        rounds, pixel_bits, log_prob, _ = draw.pixels
         self.pixels.push(coder, symbols_bxD, rounds)
         between = coder.num_valid_bits()
         for layer in reversed(range(self.host.num_layers)):
             if layer:
-                prior = self.host.conditional_prior(layer, self.values(indices[:layer]))
-                self.conditional.push(coder, indices[layer], *prior)
+                self.gaussian.push(coder, draw.indices[layer], draw.priors[layer - 1])
             else:
-                coder.encode_reverse(indices[0].reshape(-1), self.prior_model)
+                self.prior.push(coder, draw.indices[0])
+        coder.encode_reverse(np.array([draw.variant], np.int32), _VARIANT_MODEL)
         return between, -log_prob * LOG2E, pixel_bits
 
-    def push_first_image(self, coder, symbols_1xD) -> int:
-        """Pushes one image with the two-part code of `first_image`, pixels then latents; the
-        stack's size (bits) between the two."""
-        bins = first_image.posterior_bins(self.host, symbols_1xD, self.first_code)
-        values = first_image.latent_values(self.host, bins, self.first_code)
-        self.pixels.push(coder, symbols_1xD, self.host.pixel_probabilities(values, symbols_1xD)[0])
-        between = coder.num_valid_bits()
-        first_image.push(coder, bins, self.first_code)
-        return between
-
-    def pop_first_image(self, coder) -> np.ndarray:
-        """Undoes `push_first_image`: the image's symbols, 1 x D."""
-        bins = first_image.pop(coder, self.first_code)
-        values = first_image.latent_values(self.host, bins, self.first_code)
-        return self.pixels.pop(coder, 1, self.host.pixel_search(values))
-
-    def pop_latents_and_pixels(self, coder, rows: int) -> tuple[list, np.ndarray]:
+    def pop_block(self, coder, rows: int) -> tuple[int, list, np.ndarray]:
+        """Undoes `push_draw`: (the variant, every layer's indices, the rows x D symbols)."""
+        variant = int(coder.decode(_VARIANT_MODEL, 1)[0])
         indices = []
         for layer in range(self.host.num_layers):
             if layer:
                 prior = self.host.conditional_prior(layer, self.values(indices))
-                indices.append(self.conditional.pop(coder, *prior))
+                indices.append(self.gaussian.pop(coder, self.bins.steps(*prior, offset(variant))))
             else:
-                top = coder.decode(self.prior_model, rows * self.host.latent_dim)
-                indices.append(top.reshape(rows, -1))
-        return indices, self.pixels.pop(coder, rows, self.host.pixel_search(self.values(indices)))
+                indices.append(self.prior.pop(coder, rows * self.host.latent_dim).reshape(rows, -1))
+        given = self.host.pixel_parameters(self.values(indices), offset(variant))
+        return variant, indices, self.pixels.pop(coder, rows, self.host.pixel_search(given))
+
+    def push_posterior(self, coder, symbols_bxD, indices: list, variant: int) -> None:
+        """Pushes every layer's indices under q, bottom first: undoes `draw`."""
+        for layer in reversed(range(self.host.num_layers)):
+            mean, std = self.host.posterior(layer, symbols_bxD, self.values(indices[:layer]))
+            self.gaussian.push(coder, indices[layer], self.bins.steps(mean, std, offset(variant)))
+
+    def first_figures(self, symbols_1xD) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The first image's (closed-form KL, −ELBO, pixels' bits under the counts) at the bins of
+        q's means, as the other images' figures are at theirs."""
+        indices, kl_bits = [], 0.0
+        for layer in range(self.host.num_layers):
+            mean, std = self.host.posterior(layer, symbols_1xD, self.values(indices))
+            prior = self.host.conditional_prior(layer, self.values(indices)) if layer else (0.0, 1.0)
+            kl_bits = kl_bits + _kl_bits(mean, std, *prior)
+            indices.append(self.bins.nearest(mean))
+        given = self.host.pixel_parameters(self.values(indices), 0.0)
+        _, pixel_bits, log_prob, _ = self.host.pixel_probabilities(given, symbols_1xD)
+        return kl_bits, -log_prob * LOG2E + kl_bits, pixel_bits
+
+    def push_first_image(self, coder, symbols_1xD) -> int:
+        """Pushes one image with the two-part code of `first_image`, pixels then latents, then its
+        variant; the stack's size (bits) between the pixels and the latents."""
+        for variant in range(VARIANTS):
+            code = self.plan(variant)
+            bins = first_image.posterior_bins(self.host, symbols_1xD, code)
+            values = first_image.latent_values(self.host, bins, code)
+            rounds, *_, margins = self.host.pixel_probabilities(
+                self.host.pixel_parameters(values, offset(variant)), symbols_1xD)
+            if min(code.margin, float(margins.min())) >= GUARD_STEPS:
+                break
+        else:
+            raise CodingError(f"image 0: each of the {VARIANTS} rounding grids puts one of the model's "
+                              "outputs on a rounding boundary; compress it in a file with other images")
+        self.pixels.push(coder, symbols_1xD, rounds)
+        between = coder.num_valid_bits()
+        first_image.push(coder, bins, code)
+        coder.encode_reverse(np.array([variant], np.int32), _VARIANT_MODEL)
+        return between
+
+    def pop_first_image(self, coder) -> np.ndarray:
+        """Undoes `push_first_image`: the image's symbols, 1 x D."""
+        variant = int(coder.decode(_VARIANT_MODEL, 1)[0])
+        code = self.plan(variant)
+        bins = first_image.pop(coder, code)
+        values = first_image.latent_values(self.host, bins, code)
+        given = self.host.pixel_parameters(values, offset(variant))
+        return self.pixels.pop(coder, 1, self.host.pixel_search(given))
 
 
 def encode(host: HostModel, symbols_NxD: np.ndarray, bins: LatentBins, progress: bool = False,
-           bottom: int | None = None) -> Coded:
+           bottom=None) -> Coded:
     """The ANS stack of N images' symbols (N x D int32), in blocks of host.block_size, on an empty
-    stack or on one holding the 32-bit word `bottom` (the file's checksum: `container.checksum`)."""
+    stack or on one holding the 32-bit words `bottom` (the file's checksum and any padding:
+    `container.bottom_words`; the last one nonzero)."""
     count, block_size = symbols_NxD.shape[0], host.block_size
     if count < 1:
         raise ValueError("nothing to compress: no images")
     block = _Block(host, bins)
-    coder = constriction.stream.stack.AnsCoder(*([np.array([bottom], np.uint32)] if bottom else []))
+    start_words = [] if bottom is None else [np.atleast_1d(np.asarray(bottom, np.uint32))]
+    coder = constriction.stream.stack.AnsCoder(*start_words)
+    start_bits = coder.num_valid_bits()
     elbo_bits, kl_bits, pixel_bits = np.zeros(count), np.zeros(count), np.zeros(count)
+    variants = 0
     with tqdm(total=count, unit="img", disable=not progress, file=sys.stderr, desc="compress",
               dynamic_ncols=True) as bar:
         first = symbols_NxD[:1]
-        # its -ELBO and its pixels' bits under the counts at the bins of q's means, as for the
-        # other images (the two-part code itself is measured by first_image_bits)
-        indices, kl_bits[:1] = block.pop_posterior(coder, first, nearest=True)
-        _, pixel_bits[:1], log_prob = block.host.pixel_probabilities(block.values(indices), first)
-        elbo_bits[:1] = -log_prob * LOG2E + kl_bits[:1]
+        # its -ELBO and its pixels' bits at the bins of q's means, as for the other images (the
+        # two-part code itself is measured by first_image_bits)
+        kl_bits[:1], elbo_bits[:1], pixel_bits[:1] = block.first_figures(first)
         between = block.push_first_image(coder, first)
         first_image_bits = coder.num_valid_bits()
         steps = [(0, between, first_image_bits)]
@@ -187,35 +281,45 @@ def encode(host: HostModel, symbols_NxD: np.ndarray, bins: LatentBins, progress:
         start, ramp, ramping = 1, [], True
         while start < count:
             size = min(block_size, count - start, start) if ramping else min(block_size, count - start)
-            saved = coder.clone() if ramping else None
-            indices, kl = block.pop_posterior(coder, symbols_NxD[start:start + size])
+            draw = block.clean_draw(coder, symbols_NxD[start:start + size], start)
             while ramping and size > 1 and coder.num_valid_bits() < DRY_STACK_BITS:  # read dry: halve
-                coder, size = saved.clone(), size // 2
-                indices, kl = block.pop_posterior(coder, symbols_NxD[start:start + size])
+                block.undo(coder, draw)
+                size //= 2
+                draw = block.clean_draw(coder, symbols_NxD[start:start + size], start)
             x = symbols_NxD[start:start + size]
             popped = coder.num_valid_bits()
-            between, rec_bits, pixel_bits[start:start + size] = block.push_pixels_and_latents(
-                coder, x, indices)
+            between, rec_bits, pixel_bits[start:start + size] = block.push_draw(coder, x, draw)
             steps.append((popped, between, coder.num_valid_bits()))
-            kl_bits[start:start + size] = kl
-            elbo_bits[start:start + size] = rec_bits + kl
+            kl_bits[start:start + size] = draw.kl_bits
+            elbo_bits[start:start + size] = rec_bits + draw.kl_bits
+            variants += draw.variant > 0
             if ramping and size == block_size:
                 ramping = False
             elif ramping:
                 ramp.append(size)
             start += size
             bar.update(size)
+    steps = np.asarray(steps, np.int64)
+    least_bits = int(min(steps[1:, 0].min(initial=start_bits), start_bits))
     return Coded(words=coder.get_compressed(), ramp=tuple(ramp), first_image_bits=first_image_bits,
                  elbo_bits_N=elbo_bits, kl_bits_N=kl_bits, pixel_bits_N=pixel_bits,
-                 steps_bits_Bx3=np.asarray(steps, np.int64))
+                 steps_bits_Bx3=steps, least_bits=least_bits, other_variants=variants)
+
+
+def _check_left(coder, least_bits: int, first: int, last: int, count: int) -> None:
+    """DecodeMismatch where the stack holds fewer bits than encoding's stack ever held after a
+    pop: the words ran out (a damaged or truncated file, which would decode garbage to the end)."""
+    if coder.num_valid_bits() < least_bits:
+        raise DecodeMismatch(f"the stack ran out at images {first}-{last} of {count}")
 
 
 def decode(host: HostModel, words: np.ndarray, count: int, ramp: tuple[int, ...], bins: LatentBins,
-           progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+           progress: bool = False, least_bits: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(the N x D symbols `encode` coded into `words`, the words left on the stack): what encoding
-    started from (nothing, or its bottom word) where the probabilities are encoding's and the
+    started from (nothing, or its bottom words) where the probabilities are encoding's and the
     words undamaged, other words where not. DecodeMismatch where the coder meets a symbol its
-    model cannot code (other probabilities than encoding's, or damaged words)."""
+    model cannot code (other probabilities than encoding's, or damaged words), or where a block's
+    pops leave fewer than `least_bits` valid bits (what the encoder guaranteed: `Coded.least_bits`)."""
     sizes = block_sizes(count, host.block_size, ramp)
     ends = np.cumsum(sizes)
     block = _Block(host, bins)
@@ -228,9 +332,10 @@ def decode(host: HostModel, words: np.ndarray, count: int, ramp: tuple[int, ...]
               dynamic_ncols=True) as bar:
         for size, end in zip(sizes[:0:-1], ends[:0:-1]):
             try:
-                indices, x = block.pop_latents_and_pixels(coder, size)
+                variant, indices, x = block.pop_block(coder, size)
+                _check_left(coder, least_bits, end - size, end - 1, count)
                 symbols[end - size:end] = x
-                block.push_posterior(coder, x, indices)
+                block.push_posterior(coder, x, indices, variant)
             except _CODER_ERRORS as e:
                 raise _failure(end - size, end - 1, e) from None
             bar.update(size)
@@ -238,5 +343,6 @@ def decode(host: HostModel, words: np.ndarray, count: int, ramp: tuple[int, ...]
             symbols[:1] = block.pop_first_image(coder)
         except _CODER_ERRORS as e:
             raise _failure(0, 0, e) from None
+        _check_left(coder, least_bits, 0, 0, count)
         bar.update(1)
     return symbols, coder.get_compressed()

@@ -95,9 +95,18 @@ class Loaded:
 
 def load(workdir: str | Path, epoch: int | None = None, checkpoint: str = "best") -> Loaded:
     """The workdir's model (the best checkpoint by default); CodingError for one the codec cannot use."""
-    config, model, restored_epoch = trained.load_trained(workdir, epoch, checkpoint)
+    return as_loaded(workdir, *trained.load_trained(workdir, epoch, checkpoint))
+
+
+def as_loaded(workdir: str | Path, config, model, epoch: int) -> Loaded:
+    """A model read back from its workdir, as the codec uses it; CodingError for one it cannot use."""
     family = check_codable(config, model)
-    return Loaded(Path(workdir), config, model, restored_epoch, family, model_hash(config, model))
+    return Loaded(Path(workdir), config, model, epoch, family, model_hash(config, model))
+
+
+def _ratio(a: float, b: float) -> float:
+    """a / b, NaN where b is not positive (images a model is certain of have a -ELBO of 0 bits)."""
+    return a / b if b > 0 else float("nan")
 
 
 def compress(loaded: Loaded, images: np.ndarray, *, file_names: list[str] | None = None,
@@ -118,7 +127,8 @@ def compress(loaded: Loaded, images: np.ndarray, *, file_names: list[str] | None
     block_size = min(block_size, count)  # a short file runs the model on no more rows than it has
     name_bytes = names.joined(file_names)
     header = container.Header(
-        model_tag=loaded.hash[0], software=container.software_code(), count=count, array_ndim=images.ndim,
+        model_tag=loaded.hash[0], software=container.software_code(), coder_tag=container.coder_tag(),
+        count=count, array_ndim=images.ndim,
         pixel_scale=scale, has_names=file_names is not None, block_size=block_size, bin_width=bins.width,
         half_range=bins.half_range)
     if host is None or host.block_size != block_size:
@@ -126,38 +136,49 @@ def compress(loaded: Loaded, images: np.ndarray, *, file_names: list[str] | None
     start = time.perf_counter()
     warm_up(host)  # compiled before the clock starts
     compiled = time.perf_counter()
-    bottom = container.checksum(loaded.hash, header, name_bytes, images)
-    coded = bbans.encode(host, pixels.to_symbols(images, scale), bins, progress=progress, bottom=bottom)
+    checksum = container.checksum(loaded.hash, header, name_bytes, images)
+    symbols = pixels.to_symbols(images, scale)
+    pad_words = 0
+    while True:  # once, but for images that cost fewer bits than the stack's guarantees ask
+        coded = bbans.encode(host, symbols, bins, progress=progress,
+                             bottom=container.bottom_words(checksum, pad_words))
+        coder = constriction.stream.stack.AnsCoder(coded.words)
+        images_bits = coder.num_valid_bits()
+        if file_names is not None:
+            names.push(coder, file_names)
+        words = coder.get_compressed()
+        missing = container.pad_words_needed(count, container.stack_bytes(words))
+        if coded.least_bits < container.CHECKSUM_BITS:  # a pop read into the checksum: more below it
+            missing = max(missing, 1 + (container.CHECKSUM_BITS - coded.least_bits) // 32)
+        if not missing:
+            break
+        pad_words += missing
     header = dataclasses.replace(header, ramp=coded.ramp)
-    coder = constriction.stream.stack.AnsCoder(coded.words)
-    images_bits = coder.num_valid_bits()
-    if file_names is not None:
-        names.push(coder, file_names)
     coding_time = time.perf_counter() - compiled
-    data = container.pack(header, coder.get_compressed())
+    data = container.pack(header, words)
     dims = count * host.num_pixels
     elbo_bits = float(np.sum(coded.elbo_bits_N))
     # The -ELBO of the model as coded, one sample as the file draws it: each sub-pixel's bits under
     # the coder's counts and each block's latents' bits on the stack (pushed under the prior less
-    # popped under q; the first image's KL): both codes give every symbol at least 2^-24, so a
-    # sub-pixel or a latent far in the model's tails costs at most about 24 bits in the file.
+    # popped under q; the first image's KL): both codes give every symbol at least about 2^-24, so
+    # a sub-pixel or a latent far in the model's tails costs at most about 24 bits in the file.
     popped, between, end = coded.steps_bits_Bx3.T
     latent_bits = np.sum((end - between)[1:]) - np.sum(end[:-1] - popped[1:])
     coded_elbo_bits = float(np.sum(coded.pixel_bits_N) + coded.kl_bits_N[0] + latent_bits)
-    header_bytes = len(container.header_bytes(header))
+    header_bytes = len(container.header_bytes(header)) + container.CHECK_BYTES
     figures = {
         "images": count, "bytes": len(data), "header_bytes": header_bytes,
         "names_bytes": (coder.num_valid_bits() - images_bits) / 8,
         "bits_per_dim": 8 * len(data) / dims,
         "elbo_bits_per_dim": elbo_bits / dims,
-        "overhead_vs_elbo": 8 * len(data) / elbo_bits - 1.0,
+        "overhead_vs_elbo": _ratio(8 * len(data), elbo_bits) - 1.0,
         "coded_elbo_bits_per_dim": coded_elbo_bits / dims,
-        "overhead_vs_coded_elbo": 8 * len(data) / coded_elbo_bits - 1.0,
+        "overhead_vs_coded_elbo": _ratio(8 * len(data), coded_elbo_bits) - 1.0,
         # what the pixels cost under the coder's integer counts beyond −log2 p(x|z) under the model,
         # relative to the -ELBO: the price of decoding identically on every machine (`fixed_point`),
         # less what the counts' floor saves on sub-pixels the model gives under 2^-24
-        "fixed_point_cost": float(np.sum(coded.pixel_bits_N) - np.sum(coded.elbo_bits_N - coded.kl_bits_N))
-        / elbo_bits,
+        "fixed_point_cost": _ratio(
+            float(np.sum(coded.pixel_bits_N) - np.sum(coded.elbo_bits_N - coded.kl_bits_N)), elbo_bits),
         "first_image_bits": coded.first_image_bits,
         "first_image_elbo_bits": float(coded.elbo_bits_N[0]),
         "ramp": list(coded.ramp), "block_size": block_size, "bin_width": bins.width,
@@ -207,17 +228,24 @@ def open_file(workdir: str | Path, data: bytes, name: str, *, epoch: int | None 
               checkpoint: str = "best") -> Opened:
     """Reads a file's header, then the workdir's model, then the file's names; FileError for what
     is not a file of this format, CodingError for one from another model."""
+    container.unpack(data, name)  # the header checked before the model is loaded
+    return open_loaded(load(workdir, epoch, checkpoint), data, name)
+
+
+def open_loaded(loaded: Loaded, data: bytes, name: str) -> Opened:
+    """`open_file` with a model already loaded (the Python API's)."""
     header, words = container.unpack(data, name)
-    loaded = load(workdir, epoch, checkpoint)
     if header.model_tag != loaded.hash[0]:
         raise _other_model(loaded, header.model_tag, name)
     file_names = None
     if header.has_names:
-        coder = constriction.stream.stack.AnsCoder(words)
         try:
+            coder = constriction.stream.stack.AnsCoder(words)
             file_names = names.pop(coder, header.count)
         except names.NamesError as e:
             raise container.FileError(f"{name} is damaged: {e}") from None
+        except ValueError as e:  # constriction refuses the words (e.g. a top word of zero)
+            raise container.FileError(f"{name} is damaged: the coder refused its words ({e})") from None
         words = coder.get_compressed()
     return Opened(loaded, name, len(data), header, file_names, words)
 
@@ -253,13 +281,14 @@ def decode(opened: Opened, *, progress: bool = True) -> tuple[np.ndarray, dict]:
     warm_up(host)
     start = time.perf_counter()
     try:
-        symbols, left = bbans.decode(host, opened.words, header.count, header.ramp, bins, progress=progress)
+        symbols, left = bbans.decode(host, opened.words, header.count, header.ramp, bins, progress=progress,
+                                     least_bits=container.CHECKSUM_BITS)
     except DecodeMismatch as e:  # a symbol the model cannot code: met only in other words than encoding's
         raise _mismatch(opened, str(e)) from None
     coding_time = time.perf_counter() - start
     images = pixels.from_symbols(symbols, header.pixel_scale, opened.array_shape)
     name_bytes = names.joined(opened.file_names)
-    if left.tolist() != [container.checksum(loaded.hash, header, name_bytes, images)]:
+    if not container.is_bottom(left, container.checksum(loaded.hash, header, name_bytes, images)):
         raise _mismatch(opened, "its checksum differs")
     dims = header.count * math.prod(loaded.image_shape)
     return images, {"images": header.count, "bytes": opened.size, "bits_per_dim": 8 * opened.size / dims,

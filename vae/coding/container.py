@@ -1,16 +1,23 @@
-"""The compressed file: a header of three bytes (more where it holds several images), then the
-ANS stack. A file of one image pays for its header three bytes.
+"""The compressed file, format 3: a header of eight bytes (more where it holds several images),
+then the ANS stack.
 
-    byte 0    0xB0 | flags: the high four bits 0xB mark this format, the low four are
+    byte 0    FORMAT (3): the format's version. Format 2 began with a byte 0xB0-0xBF, format 1
+              with "VAEBBANS"; both are refused in one line that says so (`unpack`).
+    byte 1    flags, the high four bits zero:
                 MANY      (1) several images: the fields below follow
                 ARRAY4    (2) the array was N x H x W x C (else N x H x W)
                 SCALE255  (4) the pixel value 255 stands for symbol 1 (else 1; `pixels.pixel_scale`)
                 NAMES     (8) the images came from files; their names are on the stack (`names.py`)
-    byte 1    the model's tag: the first byte of its hash (`codec.model_hash`)
-    byte 2    the writer's software: its index in SOFTWARE (0: a stack not listed there)
+    byte 2    the model's tag: the first byte of its hash (`codec.model_hash`)
+    byte 3    the writer's software: its index in SOFTWARE (0: a stack not listed there)
+    bytes 4-5 the coder's tag: the first two bytes of `coder_hash`, a SHA-256 of every constant
+              and table the coder's numbers depend on; a file of a coder with others is refused
     MANY only, unsigned LEB128 varints:
               count, block_size, then a byte 0 for the default latent bins or 1 and two
               little-endian f64 (bin width, half range), then the ramp's length and sizes
+    2 bytes   the header's check: the low 16 bits (little-endian) of a CRC-32 of the bytes above
+              and of the file's length (a varint): a damaged header, or a file cut short or
+              grown, is refused before any model is loaded
     the rest  the ANS stack's 32-bit words, little-endian, the top word's high zero bytes dropped
 
 The image shape is the model's; an 8-bit or binarised image is the model's likelihood's.
@@ -18,29 +25,50 @@ The image shape is the model's; an 8-bit or binarised image is the model's likel
 The checksum: the stack's bottom word (the coder starts from it, so it costs about 12 bits
 more than the coder's own start would) is a CRC-32 of the model's whole hash, the header, the
 names and the images' bytes, top bit set (`checksum`). After decoding, the decoder must be left
-with exactly that word: it catches a file from another model whose tag happens to match, a
-damaged file, and a decoder whose model outputs differ from the encoder's, all at once.
+with exactly that word (and any PAD_WORDs above it): it catches a file from another model whose
+tag happens to match, a damaged file, and a decoder whose model outputs differ from the
+encoder's beyond the guard band (`fixed_point.GUARD_STEPS`), all at once.
+
+The stack holds MIN_BITS_PER_IMAGE bits an image at least, and no pop of its encoder read into
+the checksum word (`codec.compress` puts PAD_WORDs above it where images cost less), so a
+header that claims more images than its stack holds is refused when read, and decoding stops
+where a stack runs out (`bbans.decode`).
 """
 
 import dataclasses
+import hashlib
+import json
 import struct
 import zlib
 from importlib import metadata
 
 import numpy as np
 
+from vae.coding import bbans, first_image, fixed_point, latents, names
 from vae.coding.errors import CodingError
 from vae.coding.latents import DEFAULT_BIN_WIDTH, DEFAULT_HALF_RANGE
 
-SIGNATURE = 0xB0  # the high nibble of byte 0: this format
+FORMAT = 3  # byte 0
+FORMAT_2 = 0xB0  # the high nibble of format 2's byte 0
 MANY, ARRAY4, SCALE255, NAMES = 1, 2, 4, 8
 OLD_MAGIC = b"VAEBBANS"  # format 1 (until issue 32): a 96-byte header
-# The software stacks a file can name in its byte 2, 1-based: the versions that decide the
+# The software stacks a file can name in its byte 3, 1-based: the versions that decide the
 # numbers the coder sees (jax and jaxlib compile the model, constriction quantises and codes).
 # A stack that is not listed is written as 0; add a row when the versions change.
 SOFTWARE_PACKAGES = ("jax", "jaxlib", "constriction")
 SOFTWARE = (("0.10.2", "0.10.2", "0.5.0"),)
 _F64 = struct.Struct("<dd")
+_CHECK = struct.Struct("<H")
+CHECK_BYTES = _CHECK.size  # the header's check, after its other bytes
+# Every file's stack holds at least this many bits per image (`pad_words_needed`), so a header
+# that claims more images than its stack can hold is refused before any decoding or allocation.
+MIN_BITS_PER_IMAGE = 32
+PAD_WORD = 0xFFFFFFFF  # the words above the checksum that make up a stack too short for its count
+# The valid bits of the checksum word alone (its top bit set): a file's coder never pops below it
+# (`codec.compress` pads where a pop would), so a decoder whose stack holds fewer has run out of words.
+CHECKSUM_BITS = 31
+# A commit whose compress.py and decompress.py read and write format 2 (the one format 3 grew from)
+LAST_FORMAT_2_COMMIT = "1408a62"
 
 
 class FileError(CodingError):
@@ -59,10 +87,55 @@ class Header:
     bin_width: float = DEFAULT_BIN_WIDTH
     half_range: float = DEFAULT_HALF_RANGE
     ramp: tuple[int, ...] = ()
+    coder_tag: int | None = None  # the writer's coder's (`coder_tag`); None: this process's
 
     def array_shape(self, image_shape: tuple[int, int, int]) -> tuple[int, ...]:
         h, w, c = image_shape
         return (self.count, h, w) if self.array_ndim == 3 else (self.count, h, w, c)
+
+
+def coder_constants() -> dict:
+    """Every constant the coder's numbers depend on, by module: what `coder_hash` covers (with the
+    tables of `_coder_tables`). A change to one of them turns a file into other images, so a
+    file records their hash."""
+    def of(module, *constants):
+        return {name: getattr(module, name) for name in constants}
+
+    return {
+        "container": {"FORMAT": FORMAT, "MIN_BITS_PER_IMAGE": MIN_BITS_PER_IMAGE, "PAD_WORD": PAD_WORD,
+                      "CHECKSUM_BITS": CHECKSUM_BITS},
+        "fixed_point": of(fixed_point, "LEVELS", "MIN_LOG_SCALE", "MAX_LOG_SCALE", "PROB_BITS", "WEIGHT_BITS",
+                          "MEAN_STEPS", "LOG_SCALE_STEPS", "MEAN_MARGIN", "TABLE_STEPS", "FRACTION_BITS",
+                          "TABLE_RANGE", "INV_SCALE_BITS", "LOGIT_BITS", "CATEGORICAL_LOGIT_BITS",
+                          "MIXTURE_FLOOR", "CATEGORICAL_FLOOR", "ROUND_BITS", "PHI_BITS", "PHI_STEPS",
+                          "PHI_RANGE"),
+        "latents": of(latents, "DEFAULT_BIN_WIDTH", "DEFAULT_HALF_RANGE", "MAX_INDEX", "GRID_STEPS",
+                      "LATENT_FLOOR", "ROUND_BITS", "MAX_BINS"),
+        "first_image": of(first_image, "BIN_WIDTH", "MIN_WIDTH", "MAX_WIDTH", "THRESHOLD", "HALF_RANGE",
+                          "RATIO_STEPS", "K"),
+        "bbans": {"VARIANTS": bbans.VARIANTS, "VARIANT_PROBABILITIES": bbans.VARIANT_PROBABILITIES.tolist()},
+        "names": {"MAX_NAME_BYTES": names.MAX_NAME_BYTES, "END": names.END,
+                  "ENDINGS": [ending.decode() for ending in names.ENDINGS]},
+    }
+
+
+def _coder_tables() -> list[np.ndarray]:
+    return [fixed_point.SIGMOID_TABLE, fixed_point.EXP_TABLE, fixed_point.INVERSE_SCALE_TABLE,
+            fixed_point.PHI_TABLE, names.weights()]
+
+
+def coder_hash() -> bytes:
+    """SHA-256 of the coder's constants (JSON, sorted keys) and of its tables' bytes."""
+    digest = hashlib.sha256(json.dumps(coder_constants(), sort_keys=True).encode())
+    for table in _coder_tables():
+        array = np.ascontiguousarray(table)
+        digest.update(f"{array.dtype.str}|{array.shape}|".encode() + array.tobytes())
+    return digest.digest()
+
+
+def coder_tag() -> int:
+    """This coder's tag, as a file's bytes 4-5 record it: the first two bytes of `coder_hash`."""
+    return int.from_bytes(coder_hash()[:2], "little")
 
 
 def _described(versions: tuple[str, ...]) -> str:
@@ -111,16 +184,22 @@ def _read_varint(data: bytes, offset: int) -> tuple[int, int]:
 
 
 def header_bytes(header: Header) -> bytes:
-    """The header's bytes (everything before the stack)."""
+    """The header's bytes before its check (`pack` adds it)."""
     flags = ((MANY if header.count > 1 else 0) | (ARRAY4 if header.array_ndim == 4 else 0)
              | (SCALE255 if header.pixel_scale == 255 else 0) | (NAMES if header.has_names else 0))
-    out = bytes([SIGNATURE | flags, header.model_tag, header.software])
+    tag = coder_tag() if header.coder_tag is None else header.coder_tag
+    out = bytes([FORMAT, flags, header.model_tag, header.software]) + tag.to_bytes(2, "little")
     if header.count > 1:
         out += _varint(header.count) + _varint(header.block_size)
         default_bins = (header.bin_width, header.half_range) == (DEFAULT_BIN_WIDTH, DEFAULT_HALF_RANGE)
         out += b"\0" if default_bins else b"\1" + _F64.pack(header.bin_width, header.half_range)
         out += _varint(len(header.ramp)) + b"".join(_varint(size) for size in header.ramp)
     return out
+
+
+def _check(head: bytes, file_length: int) -> bytes:
+    """The header's check: CRC-32 of its bytes and of the file's length, low 16 bits."""
+    return _CHECK.pack(zlib.crc32(head + _varint(file_length)) & 0xFFFF)
 
 
 def checksum(model_hash: bytes, header: Header, names: bytes, images: np.ndarray) -> int:
@@ -134,23 +213,65 @@ def checksum(model_hash: bytes, header: Header, names: bytes, images: np.ndarray
     return crc | 0x80000000
 
 
+def bottom_words(checksum_word: int, pad_words: int = 0) -> np.ndarray:
+    """The words the coder starts from: the checksum, then `pad_words` PAD_WORDs above it."""
+    return np.array([checksum_word] + [PAD_WORD] * pad_words, np.uint32)
+
+
+def is_bottom(words: np.ndarray, checksum_word: int) -> bool:
+    """Whether what decoding left on the stack is what encoding started from: `bottom_words`."""
+    words = np.asarray(words).tolist()
+    return bool(words) and words[0] == checksum_word and all(w == PAD_WORD for w in words[1:])
+
+
+def pad_words_needed(count: int, stack_bytes: int) -> int:
+    """How many PAD_WORDs a stack of `stack_bytes` must gain to hold MIN_BITS_PER_IMAGE bits for
+    each of `count` images (0 for any real image: they cost far more)."""
+    missing = MIN_BITS_PER_IMAGE * count - 8 * stack_bytes
+    return 0 if missing <= 0 else -(-missing // 32) + 1
+
+
+def stack_bytes(words: np.ndarray) -> int:
+    """The length of the words as a file holds them (`pack`)."""
+    return len(np.ascontiguousarray(words, "<u4").tobytes().rstrip(b"\0"))
+
+
 def pack(header: Header, words: np.ndarray) -> bytes:
-    """The file's bytes: the header, then the words with the top word's high zero bytes dropped."""
+    """The file's bytes: the header and its check, then the words with the top word's high zero
+    bytes dropped."""
     stack = np.ascontiguousarray(words, "<u4").tobytes()
-    return header_bytes(header) + stack[:len(stack.rstrip(b"\0"))]
+    stack = stack[:len(stack.rstrip(b"\0"))]
+    head = header_bytes(header)
+    return head + _check(head, len(head) + _CHECK.size + len(stack)) + stack
 
 
-def unpack(data: bytes, name: str) -> tuple[Header, np.ndarray]:
-    """(header, words) of a file's bytes; FileError, naming the file, for what is not one."""
+def _refuse_other_formats(data: bytes, name: str) -> None:
+    """FileError for bytes that are not format 3: an earlier format (saying which), a later one,
+    or no file of compress.py."""
     if data.startswith(OLD_MAGIC):
         raise FileError(f"{name} is in the format of an earlier compress.py (format 1, before issue 32); "
                         "decompress it with that version's scripts/decompress.py")
-    if len(data) < 3 or data[0] & 0xF0 != SIGNATURE:
+    if data and data[0] & 0xF0 == FORMAT_2:
+        raise FileError(f"{name} is in format 2 (its first byte is 0x{data[0]:02X}), which an earlier "
+                        f"compress.py wrote with another coder; this one reads format {FORMAT}: decompress "
+                        f"it with scripts/decompress.py of commit {LAST_FORMAT_2_COMMIT} (git checkout "
+                        f"{LAST_FORMAT_2_COMMIT})")
+    if data and FORMAT < data[0] < 16:
+        raise FileError(f"{name} is in format {data[0]}, written by a later compress.py; this one reads "
+                        f"format {FORMAT}")
+    if len(data) < 8 or data[0] != FORMAT:
         raise FileError(f"{name} is not a file written by scripts/compress.py (its first byte is not "
-                        f"0x{SIGNATURE >> 4:X}_)")
-    flags, offset = data[0] & 0x0F, 3
-    fields = {"model_tag": data[1], "software": data[2], "count": 1, "has_names": bool(flags & NAMES),
-              "array_ndim": 4 if flags & ARRAY4 else 3, "pixel_scale": 255 if flags & SCALE255 else 1}
+                        f"{FORMAT}, 0xB_ or the start of VAEBBANS)")
+
+
+def unpack(data: bytes, name: str) -> tuple[Header, np.ndarray]:
+    """(header, words) of a file's bytes; FileError, naming the file, for what is not one, is
+    damaged or truncated, or was written by a coder with other constants (`coder_tag`)."""
+    _refuse_other_formats(data, name)
+    flags, offset = data[1], 6
+    fields = {"model_tag": data[2], "software": data[3], "coder_tag": int.from_bytes(data[4:6], "little"),
+              "count": 1, "has_names": bool(flags & NAMES), "array_ndim": 4 if flags & ARRAY4 else 3,
+              "pixel_scale": 255 if flags & SCALE255 else 1}
     try:
         if flags & MANY:
             fields["count"], offset = _read_varint(data, offset)
@@ -166,13 +287,34 @@ def unpack(data: bytes, name: str) -> tuple[Header, np.ndarray]:
                 size, offset = _read_varint(data, offset)
                 ramp.append(size)
             fields["ramp"] = tuple(ramp)
-            if fields["count"] < 2 or fields["block_size"] < 1 or ramp_length != len(ramp):
-                raise ValueError("inconsistent header")
+            if ramp_length != len(ramp):
+                raise ValueError("its ramp runs past the file")
+        if data[offset:offset + _CHECK.size] != _check(data[:offset], len(data)):
+            raise ValueError("its header's check fails")
+        if flags & 0xF0:
+            raise ValueError(f"its flags 0x{flags:02X} hold bits no compress.py sets")
+        if fields["count"] < 1 or (flags & MANY and (fields["count"] < 2 or fields["block_size"] < 1)):
+            raise ValueError("its header is inconsistent")
     except (ValueError, struct.error) as e:
         raise FileError(f"{name} is damaged or truncated: {e}") from None
-    stack = data[offset:]
-    # Every image costs at least a bit: a larger count is a damaged header, not a long decode.
-    if not stack or fields["count"] > 8 * len(data):
-        raise FileError(f"{name} is damaged or truncated: its header does not match its length")
+    here = coder_tag()
+    if fields["coder_tag"] != here:
+        raise FileError(
+            f"{name} was written by a coder with other constants (coder tag {fields['coder_tag']:04x}, this "
+            f"one's {here:04x}): its rounding grids, tables or first-image code (vae/coding: ROUND_BITS, "
+            "GRID_STEPS, the first image's constants, the latent and pixel tables) differ from this "
+            "compress.py's, so this one would decode other images; decompress it with the version that "
+            "wrote it")
+    stack = data[offset + _CHECK.size:]
+    if not stack:
+        raise FileError(f"{name} is damaged or truncated: it ends after its header")
+    if stack[-1] == 0:  # the top word is never zero, and its high zero bytes are not written
+        raise FileError(f"{name} is damaged: its last byte is zero, which no file of compress.py ends with")
+    # A stack holds MIN_BITS_PER_IMAGE bits an image (`pad_words_needed`): a larger count is a
+    # damaged header, not a long decode.
+    if fields["count"] * MIN_BITS_PER_IMAGE > 8 * len(stack):
+        raise FileError(f"{name} is damaged or truncated: its header claims {fields['count']:,} images, "
+                        f"more than its {len(stack):,} bytes of stack can hold ({MIN_BITS_PER_IMAGE} bits "
+                        "an image at least)")
     stack += b"\0" * (-len(stack) % 4)
     return Header(**fields), np.frombuffer(stack, "<u4").astype(np.uint32)

@@ -14,8 +14,11 @@ sides by the same host program (`host.py`), so encoder and decoder agree bit for
   least when a dimension's bins are a few of its posterior deviations wide.
 - The bins: those of the posterior means; bin s ∈ [−K, K] stands for m + s · width · σ (m, σ:
   the prior's mean and deviation: N(0, 1) at the top layer, the HVAE's p(z1|z2) below it, given
-  the layers above as coded), and costs the prior's mass of the bin (constriction's
-  QuantizedGaussian, N(0, 1) in units of the width).
+  the layers above as coded), and costs the prior's mass of the bin (N(0, 1) in units of the
+  width, from the integer tables of `latents.GaussianCode`).
+- The plan's ratios are rounded on a grid shifted by the image's offset (`bbans.VARIANTS`), and
+  the encoder takes another offset where one lies within the guard band of a rounding boundary
+  (`Plan.margin`), as it does for p(x|z)'s parameters.
 
 Measured on the `make train` model (docs/compression.md): a binarised Fashion-MNIST test image
 costs about 11 bits more than its -ELBO this way (22 of the 40 dimensions coded); moving single
@@ -23,13 +26,14 @@ bins to lower the two parts' total (a greedy search) saved under a tenth of a by
 keeps the posterior means. The constants below are part of the file format: other values decode
 a file to other images, so changing one needs a new format in `container.py`.
 
-Imports nothing of the package (it is handed a `host.HostModel`).
+Imports only `latents` of the package (it is handed a `host.HostModel`).
 """
 
 import dataclasses
 
-import constriction
 import numpy as np
+
+from vae.coding import latents
 
 BIN_WIDTH = 4.0  # a coded dimension's bins, in its posterior deviations at the mean image ...
 MIN_WIDTH, MAX_WIDTH = 0.05, 4.0  # ... clipped to these many prior deviations
@@ -48,6 +52,7 @@ class Plan:
     not coded."""
 
     widths: list
+    margin: float = 0.5  # the ratios' smallest distance to a rounding boundary, in 1/RATIO_STEPS
 
     @property
     def masks(self) -> list:
@@ -60,10 +65,14 @@ class Plan:
         return np.concatenate([w[w > 0] for w in self.widths])
 
 
-def latent_model():
-    """The coder's model of a coded bin index: N(0, 1) over bins of the dimension's width (its
-    standard deviation in bins, 1 / width, given per symbol), within [−K, K]."""
-    return constriction.stream.model.QuantizedGaussian(-K, K)
+_CODE = latents.GaussianCode(K)
+
+
+def _gaussians(code: Plan) -> latents.Steps:
+    """N(0, 1) over each coded dimension's bins: standard deviation 1 / width bins (constants,
+    the same on both sides)."""
+    widths = code.flat_widths()
+    return latents.exact_steps(np.zeros(widths.size), 1.0 / widths)
 
 
 def _prior(host, layer: int, upper: list):
@@ -73,19 +82,22 @@ def _prior(host, layer: int, upper: list):
     return host.conditional_prior(layer, upper)
 
 
-def plan(host) -> Plan:
-    """Which dimensions the first image codes, and how coarsely (see the module's docstring)."""
+def plan(host, offset: float = 0.0) -> Plan:
+    """Which dimensions the first image codes, and how coarsely (see the module's docstring), the
+    ratios rounded on the grid shifted by `offset` of a step."""
     upper = []
     for layer in range(host.num_layers):
         upper.append(_prior(host, layer, upper)[0])
     x = host.pixel_mean(upper)
-    widths = []
+    widths, margin = [], 0.5
     for layer in range(host.num_layers):
         _, std = host.posterior(layer, x, upper[:layer])
-        relative = np.rint(std[0] / _prior(host, layer, upper[:layer])[1][0] * RATIO_STEPS) / RATIO_STEPS
+        steps = np.nan_to_num(std[0] / _prior(host, layer, upper[:layer])[1][0] * RATIO_STEPS) + offset
+        margin = min(margin, float(np.abs(steps - np.floor(steps) - 0.5).min()))
+        relative = np.rint(steps) / RATIO_STEPS
         width = np.clip(BIN_WIDTH * relative, MIN_WIDTH, MAX_WIDTH)
         widths.append(np.where(relative < THRESHOLD, width, 0.0))
-    return Plan(widths)
+    return Plan(widths, margin)
 
 
 def latent_values(host, bins: list, code: Plan) -> list:
@@ -114,13 +126,12 @@ def push(coder, bins: list, code: Plan) -> None:
     """Pushes one image's coded bins (the top layer's first when popped)."""
     flat = np.concatenate([b[0][mask] for b, mask in zip(bins, code.masks)]).astype(np.int32)
     if flat.size:
-        coder.encode_reverse(flat, latent_model(), np.zeros(flat.size), 1.0 / code.flat_widths())
+        _CODE.push(coder, flat, _gaussians(code))
 
 
 def pop(coder, code: Plan) -> list:
     """Undoes `push`: each layer's bins, 1 x Z, 0 where a dimension is not coded."""
-    flat = (coder.decode(latent_model(), np.zeros(code.coded()), 1.0 / code.flat_widths()) if code.coded()
-            else np.zeros(0, np.int64))
+    flat = _CODE.pop(coder, _gaussians(code)) if code.coded() else np.zeros(0, np.int64)
     bins, start = [], 0
     for mask in code.masks:
         layer = np.zeros((1, mask.size), np.int64)

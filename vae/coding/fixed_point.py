@@ -6,10 +6,12 @@ multiply-adds (XLA with `--xla_cpu_max_isa=SSE4_2` gives another float64 exp for
 in 1,000, another tanh for half of them). One such bit in one probability and bits-back decoding
 goes wrong for good. So every probability is made in two steps:
 
-1. Round: each float the coder depends on is rounded to a coarse grid (the steps below). A
-   last-bit difference d changes the rounded value only where the float lies within d of a
-   grid boundary: probability about d / step, around 1e-12 per value for float64 outputs of
-   magnitude 1-100 (`docs/compression.md` has what was measured).
+1. Round: each float the coder depends on is rounded to a coarse grid (the steps below),
+   shifted by the block's offset (a fraction of a step, `bbans.VARIANTS`). A last-bit
+   difference d changes the rounded value only where the float lies within d of a grid
+   boundary; each rounding also gives its margin, the distance to that boundary in steps, and
+   the encoder codes no block where a margin is below GUARD_STEPS (it takes another offset), so
+   a decoder whose floats differ by less than that rounds exactly as the encoder did.
 2. Integers: from the rounded values, each sub-pixel's cumulative counts over its levels are
    integer arithmetic and look-ups in constant integer tables (built here; an entry whose
    float64 value lies near a rounding boundary is recomputed exactly with `decimal`).
@@ -29,12 +31,15 @@ at all 257 edges, and decoding reads them in the same order. The counts are exac
 below 2^53; dividing them by their total in float64 is exactly rounded (IEEE), so the
 probabilities constriction reads are the same numbers everywhere.
 
-These constants are part of the file format: changing one changes what a file decodes to.
-Functions here are pure jax.numpy and need 64-bit integers (`jax.enable_x64`); the callers jit
-them. Imports nothing of the package.
+The standard normal CDF's table (PHI_TABLE) is the latents' (`latents.py`), read with NumPy.
+
+These constants are part of the file format: changing one changes what a file decodes to (the
+file's coder tag, `container.coder_hash`, covers them). Functions here are pure jax.numpy and
+need 64-bit integers (`jax.enable_x64`); the callers jit them. Imports nothing of the package.
 """
 
 import decimal
+import functools
 import math
 
 import jax
@@ -63,6 +68,14 @@ CATEGORICAL_FLOOR = 1  # of at least 2^24
 # 27, over 16 parts 26 and 48, and a round's CDF point 2 ns per mixture component: 2 bits a
 # round (4 rounds, 3 points each) costs least per 8-bit sub-pixel.
 ROUND_BITS = 2
+# The guard band: a rounded value whose float lies closer than this (in steps of its grid) to a
+# rounding boundary is a value another machine may round the other way; the encoder takes
+# another offset for its block. The float64 differences measured between vector widths reach
+# 6e-11 of a step (docs/compression.md); this is 250 times that. Only the encoder reads it.
+GUARD_STEPS = 2.0**-26
+PHI_BITS = 32  # the standard normal CDF table: values in [0, 2^32] ...
+PHI_STEPS = 256  # ... at 256 entries per standard deviation ...
+PHI_RANGE = 8  # ... over ±8 standard deviations (beyond, it rounds to 0 or 2^32)
 
 _ARGUMENT_BITS = math.log2(TABLE_STEPS) + FRACTION_BITS  # fixed-point bits of a table argument
 _ARGUMENT_SCALE = 1 << int(_ARGUMENT_BITS)  # 2^16: an argument u is the integer u · 2^16
@@ -124,9 +137,61 @@ def _inverse_scale_table() -> np.ndarray:
     return _integer_table(floats, exact)
 
 
+def _pi() -> decimal.Decimal:
+    """π to the context's precision (the recipe of Python's `decimal` documentation)."""
+    with decimal.localcontext(_PHI_CONTEXT) as ctx:
+        ctx.prec += 2
+        three = decimal.Decimal(3)
+        last, t, s, n, na, d, da = 0, three, 3, 1, 0, 0, 24
+        while s != last:
+            last = s
+            n, na = n + na, na + 8
+            d, da = d + da, da + 32
+            t = (t * n) / d
+            s += t
+    return +s
+
+
+_PHI_CONTEXT = decimal.Context(prec=60)
+
+
+def normal_cdf_decimal(u: decimal.Decimal) -> decimal.Decimal:
+    """Φ(u) in `decimal` to about 40 digits for |u| <= PHI_RANGE: 1/2 + φ(u) Σ u^(2n+1) / (2n+1)!!,
+    a series of positive terms for u > 0 (the lower tail as 1 − Φ(−u))."""
+    ctx = _PHI_CONTEXT
+    if u < 0:
+        return ctx.subtract(1, normal_cdf_decimal(-u))
+    term = total = u
+    n = 0
+    while term > total * decimal.Decimal(10) ** -45:
+        n += 1
+        term = ctx.divide(ctx.multiply(term, ctx.multiply(u, u)), 2 * n + 1)
+        total = ctx.add(total, term)
+    density = ctx.divide(ctx.exp(ctx.divide(-ctx.multiply(u, u), 2)), ctx.sqrt(ctx.multiply(2, _pi())))
+    return ctx.add(decimal.Decimal("0.5"), ctx.multiply(density, total))
+
+
+def _phi_table() -> np.ndarray:
+    """round(2^32 · Φ(t / 256)) for t = −8·256 ... 8·256 + 1 (one past the end, for the
+    interpolation): the lower half from math.erfc, the upper half its mirror (2^32 minus it: an
+    exact tie, the only case where the two differ, cannot happen for Φ's irrational values), an
+    entry within 1e-4 of a rounding boundary (a thousand times what libm's erfc can be off by)
+    recomputed in `decimal`."""
+    t = np.arange(-PHI_RANGE * PHI_STEPS, 1)
+    floats = np.array([math.ldexp(math.erfc(-float(v) / PHI_STEPS / math.sqrt(2.0)), PHI_BITS - 1)
+                       for v in t])
+    lower = np.rint(floats).astype(np.int64)
+    for i in np.flatnonzero(np.abs(np.abs(floats - np.floor(floats)) - 0.5) < 1e-4):
+        u = _PHI_CONTEXT.divide(decimal.Decimal(int(t[i])), PHI_STEPS)
+        lower[i] = _decimal_round(_PHI_CONTEXT.multiply(1 << PHI_BITS, normal_cdf_decimal(u)))
+    upper = (1 << PHI_BITS) - lower[::-1][1:]  # t = 1 ... 8·256
+    return np.concatenate([lower, upper, [1 << PHI_BITS]])
+
+
 SIGMOID_TABLE = _sigmoid_table()
 EXP_TABLE = _exp_table()
 INVERSE_SCALE_TABLE = _inverse_scale_table()
+PHI_TABLE = _phi_table()
 
 
 def _interpolate(table: np.ndarray, argument: jax.Array, offset: int) -> jax.Array:
@@ -151,51 +216,98 @@ def exp_minus(argument: jax.Array) -> jax.Array:
     return _interpolate(EXP_TABLE, argument, 0)
 
 
-def _fixed(x: jax.Array, bits: int) -> jax.Array:
-    """round(x · 2^bits) as int64, for float64 x; NaN as 0."""
-    return jnp.round(jnp.nan_to_num(x) * float(1 << bits)).astype(jnp.int64)
+def _steps(x: jax.Array, scale: float, offset) -> jax.Array:
+    """x · scale + offset: a float64 value in steps of its grid, shifted by the block's offset; NaN as 0."""
+    return jnp.nan_to_num(x) * scale + offset
+
+
+def _nearest(steps: jax.Array) -> jax.Array:
+    """The step a value in steps rounds to, int64 (half to even)."""
+    return jnp.round(steps).astype(jnp.int64)
+
+
+def margins(family: str, steps: tuple) -> jax.Array:
+    """Each sub-pixel's smallest margin (N): how far its values in steps (`STEPS`) lie from the
+    rounding boundary between two steps, in steps (0 on a boundary, 1/2 on a step)."""
+    smallest = functools.reduce(jnp.minimum, [0.5 - jnp.abs(s - jnp.round(s)) for s in steps])
+    if family == "bernoulli":  # one value per pixel; the others have theirs on the last axis
+        return smallest.reshape(-1)
+    return smallest.reshape(-1, smallest.shape[-1]).min(axis=-1)
 
 
 # --- Rounding: the model's float64 outputs to the integer parameters of each family ---------------
 #
-# Each takes the likelihood's `coding_parameters` (float64, sub-pixels on the last axes) and gives
-# a tuple of integer arrays with the sub-pixels flattened to one axis N: what `cdf` reads.
+# STEPS[family] takes the likelihood's `coding_parameters` (float64, sub-pixels on the last axes)
+# and the offset of the block's grids (a float in [0, 1), in steps) and gives the values to round,
+# in steps of their grids; INTEGERS[family] rounds them and makes a tuple of integer arrays with
+# the sub-pixels flattened to one axis N: what `cdf` reads. ROUNDING[family] does both and gives
+# the margins too (`margins`).
 
 
-def bernoulli_parameters(logits: jax.Array) -> tuple[jax.Array]:
+def bernoulli_steps(logits: jax.Array, offset=0.0):
+    """The logit in 2^-16, clipped to ±25."""
+    limit = float(TABLE_RANGE + 1)
+    return (_steps(jnp.clip(logits, -limit, limit), float(1 << LOGIT_BITS), offset),)
+
+
+def bernoulli_integers(logit_steps: jax.Array) -> tuple[jax.Array]:
     """(2^24 · P(on),) per pixel: the rounded logit through the sigmoid table, clipped to
     [1, 2^24 − 1] so that both values keep a count."""
-    limit = float(TABLE_RANGE + 1)
-    on = sigmoid(_fixed(jnp.clip(logits, -limit, limit), LOGIT_BITS))
+    on = sigmoid(_nearest(logit_steps))
     return (jnp.clip(on, 1, (1 << PROB_BITS) - 1).reshape(-1),)
 
 
-def mixture_parameters(logits: jax.Array, means: jax.Array, log_scales: jax.Array):
-    """(weights, means in 1/256 levels, inverse scales · 2^30), each N x K (int64)."""
-    k = logits.shape[-1]
-    weights = _fixed(jax.nn.softmax(logits, axis=-1), WEIGHT_BITS)
+def mixture_steps(logits: jax.Array, means: jax.Array, log_scales: jax.Array, offset=0.0):
+    """Per component, the weight softmax(logits) in 2^-16, the mean in 1/256 of a level (clipped
+    to MEAN_MARGIN levels beyond the range), the log-scale above MIN_LOG_SCALE in 1/256 (clipped
+    to [MIN_LOG_SCALE, MAX_LOG_SCALE])."""
     level_means = jnp.clip((means + 1.0) * ((LEVELS - 1) / 2), -MEAN_MARGIN, LEVELS - 1 + MEAN_MARGIN)
     log_scales = jnp.clip(jnp.nan_to_num(log_scales), MIN_LOG_SCALE, MAX_LOG_SCALE)
-    scale_steps = jnp.round((log_scales - MIN_LOG_SCALE) * LOG_SCALE_STEPS).astype(jnp.int32)
-    inverse_scales = jnp.asarray(INVERSE_SCALE_TABLE)[scale_steps]
-    mean_steps = _fixed(level_means, int(math.log2(MEAN_STEPS)))
-    return weights.reshape(-1, k), mean_steps.reshape(-1, k), inverse_scales.reshape(-1, k)
+    return (_steps(jax.nn.softmax(logits, axis=-1), float(1 << WEIGHT_BITS), offset),
+            _steps(level_means, float(MEAN_STEPS), offset),
+            _steps(log_scales - MIN_LOG_SCALE, float(LOG_SCALE_STEPS), offset))
 
 
-def categorical_parameters(logits: jax.Array) -> tuple[jax.Array]:
+def mixture_integers(weight_steps, mean_steps, scale_steps):
+    """(weights, means in 1/256 levels, inverse scales · 2^30), each N x K (int64)."""
+    k = weight_steps.shape[-1]
+    scales = jnp.minimum(_nearest(scale_steps), len(INVERSE_SCALE_TABLE) - 1)
+    inverse_scales = jnp.asarray(INVERSE_SCALE_TABLE)[scales]
+    return (_nearest(weight_steps).reshape(-1, k), _nearest(mean_steps).reshape(-1, k),
+            inverse_scales.reshape(-1, k))
+
+
+def categorical_steps(logits: jax.Array, offset=0.0):
+    """Each logit below the sub-pixel's largest, in 2^-10, clipped to 25."""
+    below = jnp.max(logits, axis=-1, keepdims=True) - logits
+    return (_steps(jnp.clip(below, 0.0, float(TABLE_RANGE + 1)), float(1 << CATEGORICAL_LOGIT_BITS), offset),)
+
+
+def categorical_integers(below_steps: jax.Array) -> tuple[jax.Array]:
     """(cumulative counts, N x 257,) from 256 logits per sub-pixel: exp of each rounded logit
     below the largest, + CATEGORICAL_FLOOR."""
-    below = jnp.max(logits, axis=-1, keepdims=True) - logits
-    limit = float(TABLE_RANGE + 1)
-    counts = exp_minus(_fixed(jnp.clip(below, 0.0, limit), CATEGORICAL_LOGIT_BITS)
-                       << (int(_ARGUMENT_BITS) - CATEGORICAL_LOGIT_BITS)) + CATEGORICAL_FLOOR
+    shift = int(_ARGUMENT_BITS) - CATEGORICAL_LOGIT_BITS
+    counts = exp_minus(_nearest(below_steps) << shift) + CATEGORICAL_FLOOR
     counts = counts.reshape(-1, LEVELS)
     return (jnp.concatenate([jnp.zeros_like(counts[:, :1]), jnp.cumsum(counts, axis=-1)], axis=-1),)
 
 
+STEPS = {"bernoulli": bernoulli_steps, "logistic_mixture": mixture_steps, "categorical": categorical_steps}
+INTEGERS = {"bernoulli": bernoulli_integers, "logistic_mixture": mixture_integers,
+            "categorical": categorical_integers}
+
+
+def _rounding(family: str):
+    def rounding(*outputs, offset=0.0):
+        """(the family's integer parameters, each sub-pixel's smallest margin) of its outputs."""
+        steps = STEPS[family](*outputs, offset=offset)
+        return INTEGERS[family](*steps), margins(family, steps)
+
+    return rounding
+
+
 EIGHT_BIT = ("logistic_mixture", "categorical")  # the families of 256 levels per sub-pixel
-ROUNDING = {"bernoulli": bernoulli_parameters, "logistic_mixture": mixture_parameters,
-            "categorical": categorical_parameters}
+ROUNDING = {family: _rounding(family) for family in STEPS}
 
 
 # --- Cumulative counts ---------------------------------------------------------------------------
@@ -241,13 +353,13 @@ CDF = {"bernoulli": (bernoulli_cdf, bernoulli_total, 2),
        "categorical": (categorical_cdf, categorical_total, LEVELS)}
 
 
-def rounds(levels: int) -> list[tuple[int, int]]:
+def rounds(levels: int, round_bits: int | None = None) -> list[tuple[int, int]]:
     """(step, parts) of each round of the search over `levels` (a power of two): the interval of
-    parts · step levels is split into `parts` of `step` levels; ROUND_BITS bits a round, the
-    last round what is left. 256 levels, ROUND_BITS = 1: (128, 2), (64, 2), ..., (1, 2)."""
+    parts · step levels is split into `parts` of `step` levels; ROUND_BITS bits a round (or
+    `round_bits`), the last round what is left. 256 levels, 1 bit: (128, 2), (64, 2), ..., (1, 2)."""
     remaining, schedule = int(math.log2(levels)), []
     while remaining:
-        take = min(ROUND_BITS, remaining)
+        take = min(round_bits or ROUND_BITS, remaining)
         remaining -= take
         schedule.append((1 << remaining, 1 << take))
     return schedule
@@ -296,10 +408,10 @@ def next_round(family: str, parameters, state, part, last_step: int, step: int, 
     return probabilities, (low, edges)
 
 
-def parts_of(symbols, levels: int) -> list:
+def parts_of(symbols, levels: int, round_bits: int | None = None) -> list:
     """The part each symbol is in, round by round: its digits in the rounds' bases (powers of
     two: shifts and masks, which vectorise where integer division does not)."""
-    return [(symbols >> int(math.log2(step))) & (parts - 1) for step, parts in rounds(levels)]
+    return [(symbols >> int(math.log2(step))) & (parts - 1) for step, parts in rounds(levels, round_bits)]
 
 
 def level_probabilities(family: str, parameters, symbols_N: jax.Array):
@@ -312,9 +424,10 @@ def level_probabilities(family: str, parameters, symbols_N: jax.Array):
     total = CDF[family][1](parameters)
     probabilities, state = first_round(family, parameters, *schedule[0])
     result = [probabilities]
-    for (last_step, _), (step, parts), part in zip(schedule, schedule[1:], parts_of(symbols_N, levels)):
-        probabilities, state = next_round(family, parameters, state, part, last_step, step, parts)
+    parts = parts_of(symbols_N, levels)
+    for (last_step, _), (step, parts_count), part in zip(schedule, schedule[1:], parts):
+        probabilities, state = next_round(family, parameters, state, part, last_step, step, parts_count)
         result.append(probabilities)
-    edges, last = state[1], parts_of(symbols_N, levels)[-1]
+    edges, last = state[1], parts[-1]
     mass = _pick(edges, last + 1) - _pick(edges, last)
     return result, jnp.log2(total.astype(jnp.float32)) - jnp.log2(mass.astype(jnp.float32))

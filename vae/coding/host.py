@@ -12,12 +12,15 @@ and the rest of the stream decodes to garbage. So:
 - the inputs are exact: images are 0/1 (or 0..255) and latents integer bin indices times the
   bin width, the same float64 numbers on both sides;
 - what the coder reads of p(x|z) is integers (`fixed_point`): the likelihood's float64
-  parameters rounded to coarse grids inside the same compiled program, so another CPU, thread
-  count or vector width, whose float64 outputs differ in the last bits, gives the same integers
-  but for a rare value within that difference of a grid boundary. q(z|x) and the HVAE's p(z1|z2)
-  are rounded likewise where they are coded (`latents.GaussianCode`).
-A file that still meets such a difference fails its checksum (the stack's bottom word) or meets a
-symbol the coder cannot code, in one line (`codec.decode`).
+  parameters rounded to coarse grids by one compiled program (`pixel_parameters`), which both
+  the encoder and the decoder call; everything after it is integer arithmetic. From the decoder
+  output that program gives, the encoder reads each rounded value's margin to its rounding
+  boundary, and codes no block where a margin is below `fixed_point.GUARD_STEPS`
+  (`bbans.VARIANTS`), so another CPU, thread count or vector width, whose float64 outputs differ
+  in the last bits, gives the same integers. q(z|x)
+  and the priors below the top layer are rounded likewise where they are coded (`latents.steps`).
+A file that still meets a larger difference fails its checksum (the stack's bottom word) or meets
+a symbol the coder cannot code, in one line (`codec.decode`).
 """
 
 import dataclasses
@@ -52,14 +55,18 @@ class HostModel:
     # (layer >= 1, upper latents) -> p(z_layer | upper)'s (mean, std); the top layer's prior is N(0, I)
     conditional_prior: Callable[[int, list], tuple[np.ndarray, np.ndarray]]
     family: str  # the likelihood's coding family (`fixed_point.ROUNDING`)
-    # (every layer's latents) -> where decoding p(x | z) starts: (its fixed-point parameters
-    # (`fixed_point`), the first round's probabilities, the search's state), arrays over the
-    # block_size · D sub-pixels of the padded call (padding rows included), on the CPU
-    pixel_search: Callable[[list], tuple]
-    # (every layer's latents, symbols_bxD) -> what encoding pushes: (every round's probabilities
-    # of the b · D symbols' parts (`fixed_point.level_probabilities`), their bits under the counts
-    # per image (b), log p(x | z) under the float64 model per image (b): the images' likelihood)
-    pixel_probabilities: Callable[[list, np.ndarray], tuple]
+    # (every layer's latents, the grids' offset in steps) -> p(x | z) as the coder reads it, for
+    # both the encoder and the decoder: one compiled program (`PixelParameters`)
+    pixel_parameters: Callable[[list, float], "PixelParameters"]
+    # (PixelParameters) -> where decoding p(x | z) starts: (its fixed-point parameters, the first
+    # round's probabilities, the search's state), arrays over the block_size · D sub-pixels of the
+    # padded call (padding rows included), on the CPU: integer arithmetic only
+    pixel_search: Callable[["PixelParameters"], tuple]
+    # (PixelParameters, symbols_bxD) -> what encoding pushes and checks: (every round's
+    # probabilities of the b · D symbols' parts (`fixed_point.level_probabilities`), their bits
+    # under the counts per image (b), log p(x | z) under the float64 model per image (b): the
+    # images' likelihood, each image's smallest margin of the values rounded (b, in steps))
+    pixel_probabilities: Callable[["PixelParameters", np.ndarray], tuple]
     # (every layer's latents) -> E[x | z] in the symbols' units (P(on), or the mean level), b x D
     # float64: an image `posterior` takes, for the first image's plan (`first_image.plan`)
     pixel_mean: Callable[[list], np.ndarray]
@@ -83,8 +90,19 @@ class HostModel:
             self.posterior(layer, mean, zs[:layer])
             if layer:
                 self.conditional_prior(layer, zs[:layer])
-        self.pixel_search(zs)
-        self.pixel_probabilities(zs, symbols)
+        parameters = self.pixel_parameters(zs, 0.0)
+        self.pixel_search(parameters)
+        self.pixel_probabilities(parameters, symbols)
+
+
+@dataclasses.dataclass(frozen=True)
+class PixelParameters:
+    """p(x | z) of a padded block as the coder reads it, from `HostModel.pixel_parameters` (arrays
+    on the CPU)."""
+
+    integers: tuple  # the fixed-point parameters (`fixed_point.INTEGERS`)
+    output: object  # the decoder's float64 output, for the encoder's margins and figures only
+    offset: float  # the grids' offset, in steps
 
 
 def _float64(leaf):
@@ -117,33 +135,41 @@ def _layer_functions(model, family: str):
 
 
 def _pixel_functions(decode, family: str):
-    """(latents -> (fixed-point parameters, the first round of the search), (symbols, latents) ->
-    (every round's probabilities, bits per image, log p(x|z) per image), latents -> E[x|z] in
-    symbol units) of the merged model, `decode` giving the decoder output from every layer's
-    latents."""
-    rounding = fixed_point.ROUNDING[family]
+    """(latents -> p(x|z)'s fixed-point parameters and the decoder output; fixed-point parameters
+    -> the first round of the search; (fixed-point parameters, decoder output, offset, symbols)
+    -> every round's probabilities, bits per image, log p(x|z) per image, the smallest margin
+    of the values rounded per image; latents -> E[x|z] in symbol units) of the merged model,
+    `decode` giving the decoder output from every layer's latents. Only the first makes
+    integers of the model's floats: the one program both the encoder and the decoder call (the
+    third reads the margins of the same floats again, to decide, not to code)."""
     schedule = fixed_point.rounds(fixed_point.CDF[family][2])
 
-    def search(m, *zs):
-        parameters = rounding(*m.likelihood.coding_parameters(decode(m, *zs)))
-        probabilities, state = fixed_point.first_round(family, parameters, *schedule[0])
+    def coding_steps(m, out, offset):
+        return fixed_point.STEPS[family](*m.likelihood.coding_parameters(out), offset=offset)
+
+    def parameters(m, offset, *zs):
+        out = decode(m, *zs)
+        return fixed_point.INTEGERS[family](*coding_steps(m, out, offset)), out
+
+    def search(m, integers):
+        probabilities, state = fixed_point.first_round(family, integers, *schedule[0])
         if len(schedule) == 1:  # (a binarised pixel) nothing left to search: neither is needed
             return None, probabilities, None
-        return parameters, probabilities, state
+        return integers, probabilities, state
 
-    def probabilities(m, symbols_bxD, *zs):
-        out = decode(m, *zs)
-        rounds, bits_N = fixed_point.level_probabilities(
-            family, rounding(*m.likelihood.coding_parameters(out)), symbols_bxD.reshape(-1))
+    def probabilities(m, integers, out, offset, symbols_bxD):
+        rounds, bits_N = fixed_point.level_probabilities(family, integers, symbols_bxD.reshape(-1))
         # log p(x|z) for the figures only: in float32, to about 1e-6 of its value
         x = pixels.model_input(symbols_bxD, family).astype(jnp.float32)
         log_prob = m.likelihood.log_prob_grouped(out.astype(jnp.float32), x)
-        return rounds, bits_N.reshape(symbols_bxD.shape).astype(jnp.float64).sum(axis=1), log_prob
+        margins = fixed_point.margins(family, coding_steps(m, out, offset))
+        margins = margins.reshape(symbols_bxD.shape[0], -1).min(axis=1)
+        return rounds, bits_N.reshape(symbols_bxD.shape).astype(jnp.float64).sum(axis=1), log_prob, margins
 
     def mean(m, *zs):
         return m.likelihood.mean(decode(m, *zs)) * (255.0 if family in fixed_point.EIGHT_BIT else 1.0)
 
-    return search, probabilities, mean
+    return parameters, search, probabilities, mean
 
 
 def host_model(model, block_size: int) -> HostModel:
@@ -166,7 +192,7 @@ def host_model(model, block_size: int) -> HostModel:
     posteriors, priors, decode = _layer_functions(model, family)
     posteriors = [compiled(f) for f in posteriors]
     priors = [f and compiled(f) for f in priors]
-    search, probabilities, mean = (compiled(f) for f in _pixel_functions(decode, family))
+    parameters, search, probabilities, mean = (compiled(f) for f in _pixel_functions(decode, family))
 
     def padded(rows_bxK: tuple[np.ndarray, ...]) -> list:
         rows = rows_bxK[0].shape[0]
@@ -189,20 +215,26 @@ def host_model(model, block_size: int) -> HostModel:
             result = function(leaves64, *padded(rows_bxK))
             return jax.tree.map(lambda a: np.asarray(a, np.float64)[:rows], result)
 
-    def pixel_search(zs):
+    def pixel_parameters(zs, offset: float) -> PixelParameters:
         with jax.enable_x64(True):
-            return search(leaves64, *padded(zs))
+            return PixelParameters(*parameters(leaves64, np.float64(offset), *padded(zs)), offset)
 
-    def pixel_probabilities(zs, symbols_bxD):
+    def pixel_search(given: PixelParameters):
+        with jax.enable_x64(True):
+            return search(leaves64, given.integers)
+
+    def pixel_probabilities(given: PixelParameters, symbols_bxD):
         rows, used = symbols_bxD.shape[0], symbols_bxD.size
         with jax.enable_x64(True):
-            rounds, bits, log_prob = jax.device_get(probabilities(leaves64, *padded([symbols_bxD, *zs])))
-        return [p[:used] for p in rounds], bits[:rows], log_prob[:rows]
+            rounds, bits, log_prob, margins = jax.device_get(
+                probabilities(leaves64, given.integers, given.output, np.float64(given.offset),
+                              *padded([symbols_bxD])))
+        return [p[:used] for p in rounds], bits[:rows], log_prob[:rows], margins[:rows]
 
     return HostModel(
         num_layers=len(posteriors), latent_dim=model.latent_dim, latent_dims=tuple(model.latent_dims[::-1]),
         num_pixels=int(np.prod(model.image_shape)), block_size=block_size, family=family,
         posterior=lambda layer, x, upper: padded_call(posteriors[layer], x, *upper),
         conditional_prior=lambda layer, upper: padded_call(priors[layer], *upper),
-        pixel_search=pixel_search, pixel_probabilities=pixel_probabilities,
+        pixel_parameters=pixel_parameters, pixel_search=pixel_search, pixel_probabilities=pixel_probabilities,
         pixel_mean=lambda zs: padded_call(mean, *zs))

@@ -22,7 +22,8 @@ ENDINGS = (b".png", b".jpg", b".jpeg", b".PNG", b".JPG", b".JPEG")  # symbols 25
 _ENDING_WEIGHTS = (30.0, 10.0, 3.0, 2.0, 2.0, 1.0)
 
 
-def _weights() -> np.ndarray:
+def weights() -> np.ndarray:
+    """The fixed model of a name's symbols: bytes, END, the ENDINGS (part of the file format)."""
     weights = np.full(END + 1 + len(ENDINGS), 0.5)
     weights[:32] = weights[127] = 0.01  # control bytes
     for chars, weight in ((b"abcdefghijklmnopqrstuvwxyz0123456789", 10.0), (b"_-. /", 5.0),
@@ -33,7 +34,7 @@ def _weights() -> np.ndarray:
     return weights / weights.sum()
 
 
-_MODEL = constriction.stream.model.Categorical(_weights(), perfect=False)
+_MODEL = constriction.stream.model.Categorical(weights(), perfect=False)
 
 
 class NamesError(CodingError):

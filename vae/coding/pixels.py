@@ -15,7 +15,7 @@ A likelihood names the discrete family it codes a pixel with (`likelihood.coding
 (the search over a sub-pixel's levels), each round one constriction call (a categorical over
 the round's parts) for the whole block. The probabilities of every round come from one compiled
 call when encoding (the symbols are known) and from one call per round when decoding (each
-round's parts depend on the one before).
+round's parts depend on the one before), both from the integers of `HostModel.pixel_parameters`.
 """
 
 import functools
@@ -119,11 +119,11 @@ class PixelCode:
     def warm_up(self, host) -> None:
         """Compiles the rounds at the block's shape (a push and a pop of one image on a scratch
         coder)."""
-        zeros = [np.zeros((1, size)) for size in host.layer_sizes]
+        parameters = host.pixel_parameters([np.zeros((1, size)) for size in host.layer_sizes], 0.0)
         symbols = np.zeros((1, self.num_pixels), np.int32)
         coder = constriction.stream.stack.AnsCoder()
-        self.push(coder, symbols, host.pixel_probabilities(zeros, symbols)[0])
-        self.pop(coder, 1, host.pixel_search(zeros))
+        self.push(coder, symbols, host.pixel_probabilities(parameters, symbols)[0])
+        self.pop(coder, 1, host.pixel_search(parameters))
 
 
 @functools.cache
