@@ -96,7 +96,8 @@ HEAVIEST_FILES = ("test_ladder.py", "test_sweep.py", "test_train.py", "test_mode
                   "test_iwae.py", "test_scripts.py", "test_likelihoods.py", "test_eight_bit.py",
                   "test_selection.py", "test_faults.py", "test_objectives.py", "test_fixed_point.py",
                   "test_reliability.py", "test_pinned.py", "test_kl_split.py", "test_compress_files.py",
-                  "test_tensorboard.py", "test_threefry.py", "test_priors.py", "test_validation.py")
+                  "test_tensorboard.py", "test_threefry.py", "test_priors.py", "test_validation.py",
+                  "test_file_format.py", "test_bad_input.py", "test_api.py")
 
 
 def pytest_collection_modifyitems(items):
