@@ -145,9 +145,10 @@ def evaluation(workdir: str, num_images: int) -> dict | None:
 
 def one_image_header_bytes() -> int:
     """The header of a file of one image, as `codecs.bits_back_per_image` writes each: the format's
-    fixed bytes (a file of several images adds its count, blocks and bins)."""
-    return len(container.header_bytes(container.Header(model_tag=0, software=0, count=1, array_ndim=4,
-                                                       pixel_scale=255, has_names=False)))
+    fixed bytes and its check (a file of several images adds its count, blocks and bins)."""
+    header = container.Header(model_tag=0, software=0, count=1, array_ndim=4, pixel_scale=255,
+                              has_names=False)
+    return len(container.header_bytes(header)) + container.CHECK_BYTES
 
 
 def markdown(result: dict) -> str:
@@ -185,8 +186,8 @@ def markdown(result: dict) -> str:
               f"{d['coding_time_sec']:.2f} s coding ({d['images_per_sec']:,.0f} images/s), "
               f"{bb['decompress_wall_sec']:.1f} s for the command.",
               "One file per image: each codec's complete file for each image alone; the bits-back one "
-              f"pays the {one_image_header_bytes()}-byte header of a file of one image and a first image "
-              "without bits back in every file."]
+              f"pays the {per_image['header_bytes']}-byte header of a file of one image (file format "
+              f"{per_image['file_format']}) and a first image without bits back in every file."]
     return "\n".join(lines) + "\n"
 
 
@@ -334,7 +335,8 @@ def main(argv=None) -> int:
         result["codecs"] = codecs.measure_codecs(
             images[..., 0], progress=lambda r: print(f"{r['codec']}: {r['whole_bits_per_dim']:.4f} bits/dim "
                                                       f"({r['time_sec']:.0f} s)", file=sys.stderr))
-        result["bits_back_per_image"] = codecs.bits_back_per_image(args.workdir, images)
+        result["bits_back_per_image"] = codecs.bits_back_per_image(args.workdir, images) | {
+            "header_bytes": one_image_header_bytes(), "file_format": container.FORMAT}
         print(f"bits-back, one file per image: {result['bits_back_per_image']['per_image_bits_per_dim']:.4f} "
               f"bits/dim ({result['bits_back_per_image']['time_sec']:.0f} s)", file=sys.stderr)
         write(Path(args.out), result, markdown(result))

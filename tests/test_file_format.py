@@ -43,7 +43,7 @@ def one_line_error(result, match):
 def decompress(tiny_run, data, tmp_path):
     path = tmp_path / "f.bbans"
     path.write_bytes(data)
-    return run_in_process("decompress.py", "--workdir", tiny_run, path, "--out", tmp_path / "out",
+    return run_in_process("decompress.py", "--workdir", tiny_run, path, "--out", tmp_path / "out.npy",
                           "--noprogress")
 
 
