@@ -261,6 +261,7 @@ def test_the_8bit_table_refuses_with_one_line(tmp_path, capsys):
         assert exit.value.code == 2 and says in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the table's reuse of measured rows; the rows themselves are quick-tested above
 def test_codec_rows_are_reused_only_for_the_same_images(tmp_path, fashion_mnist):
     """--codecs_from takes an earlier table's rows (sizes do not change between runs) when it
     measured the same images, and refuses one of other images in one line."""

@@ -348,6 +348,7 @@ def run_script(name, *args):
                           text=True, cwd=REPO, timeout=120)
 
 
+@pytest.mark.slow  # two processes of their own; the scripts run in process in test_compress_files.py
 def test_compress_and_decompress_scripts(trained_run, tmp_path):
     path = trained_run[0]
     coded, out = tmp_path / "test.bbans", tmp_path / "test.npy"

@@ -111,6 +111,7 @@ def test_every_architecture_takes_an_8_bit_likelihood(arch):
 
 
 
+@pytest.mark.slow  # a colour folder end to end; 8-bit runs and folders are quick-tested apart
 def test_a_folder_of_colour_images_trains_samples_and_evaluates_in_bits_per_dim(tmp_path):
     """A user's own colour pictures: 80 8x8 RGB PNGs of coloured blobs, trained with the
     logistic mixture, drawn as colour pictures, evaluated per sub-pixel (8·8·3 of them)."""

@@ -66,6 +66,7 @@ def posterior_draw(model, x, key):
     return upper, jnp.stack(kls[::-1], axis=-1)
 
 
+@pytest.mark.slow  # a Monte Carlo check of the closed forms, over many draws
 def test_each_layers_kl_is_the_monte_carlo_kl_between_its_q_and_p():
     model, _ = ladder_model(noise=0.1, model__latent_dims=(5, 3, 2))
     x = binary_images(1)
@@ -124,7 +125,8 @@ def test_one_layer_is_a_one_level_vae():
     np.testing.assert_allclose(w["log_lik"] + w["log_ratio"], direct, rtol=1e-5)
 
 
-@pytest.mark.parametrize("arch", ["ladder", pytest.param("conv_ladder", marks=pytest.mark.slow)])
+@pytest.mark.slow  # sixteen layers compile a large program; one to four layers are quick-tested
+@pytest.mark.parametrize("arch", ["ladder", "conv_ladder"])
 def test_sixteen_layers_start_at_their_priors_with_finite_gradients(arch):
     model, _ = ladder_model(model__arch=arch, model__num_layers=16, model__hidden_dims=(64, 64),
                             model__conv_channels=(4, 4), model__latent_channels=1)
@@ -307,6 +309,7 @@ def ladder_run(tmp_path_factory, fashion_mnist):
     return path, history
 
 
+@pytest.mark.slow  # a training of its own; the per-layer records' keys are quick-tested on the HVAE
 def test_a_short_run_records_where_the_bits_go(ladder_run, tmp_path):
     path, history = ladder_run
     last = history[-1]
@@ -327,6 +330,7 @@ def test_a_short_run_records_where_the_bits_go(ladder_run, tmp_path):
     assert evaluation["test/nll"] <= evaluation["test/elbo"] + 1.0
 
 
+@pytest.mark.slow  # the trained ladder's file; its bits-back round trip is quick-tested above
 def test_a_short_run_compresses_and_decompresses_exactly(ladder_run, tmp_path):
     """scripts/compress.py and decompress.py with a ladder's workdir: bits-back over its three layers."""
     path, _ = ladder_run

@@ -75,6 +75,7 @@ def test_notebooks_are_committed_without_outputs_and_paired(name):
     assert os.path.exists(os.path.join(NOTEBOOKS, f"{name}.py"))  # jupytext pair, for diffs
 
 
+@pytest.mark.slow  # a notebook kernel of its own; the notebook runs from notebooks/ in the quick test above
 def test_analyze_run_takes_a_relative_workdir_from_the_repository_and_names_a_missing_one():
     """Started in notebooks/ (as JupyterLab starts it) with a relative WORKDIR such as its default
     runs/default: the run is looked for in the repository, and a missing one is one line saying

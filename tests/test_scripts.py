@@ -132,6 +132,7 @@ def evaluate_in_process(*args):
     return result
 
 
+@pytest.mark.slow  # two evaluations; the curve table below quick-tests results.py
 def test_results_table_reads_the_evaluated_workdirs(tiny_run, tmp_path):
     run = copy_run(tiny_run, tmp_path / "tiny")
     evaluate_in_process("--workdir", run, "--iw-samples", 10, "--max-examples", 32, "--no-progress")

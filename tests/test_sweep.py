@@ -239,6 +239,7 @@ def test_a_diverging_member_stops_alone(tmp_path, fashion_mnist):
     assert not files.read_metrics(tmp_path / "learning_rate=10000")
 
 
+@pytest.mark.slow  # groups of shapes; one group's members are quick-tested
 def test_a_shape_sweep_trains_as_groups_and_says_so(tmp_path, fashion_mnist, capsys):
     axes = [("model.latent_dim", [2, 3]), ("train.beta", [1.0, 2.0])]
     histories = driver.train_sweep(tiny_config(train__num_epochs=1), axes, tmp_path, progress=True)
@@ -255,6 +256,7 @@ def test_a_bad_member_is_refused_before_any_compute(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow  # the script end to end; the sweep's numbers and members are quick-tested in process
 def test_the_sweep_script_and_the_tools_on_its_members(tmp_path, fashion_mnist):
     out = tmp_path / "beta"
     args = ["--config", "configs/mlp_small.py", "--workdir", out, "--sweep", "train.beta=0.5,2",

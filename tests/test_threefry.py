@@ -94,6 +94,7 @@ def training_bits_agree():
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow  # a training of its own; the draws themselves are quick-tested bit for bit
 def test_training_is_bit_for_bit_what_it_was():
     """`training_bits_agree` as a user's run compiles: in a process with XLA's default flags. (The
     suite's compile-speed flags, tests/conftest.py, round the two programs differently.)"""

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import REPO, property_examples, tiny_config
+from tests.conftest import REPO, property_examples, run_in_process, tiny_config
 from vae.train import config_checks
 
 values = st.one_of(st.integers(-5, 10_000), st.floats(allow_nan=True, allow_infinity=True),
@@ -116,34 +116,27 @@ def test_every_config_is_valid():
         config_checks.validate_config(module.get_config(), 1)
 
 
-def slow(*values):
-    return pytest.param(*values, marks=pytest.mark.slow)
-
-
-# One process each, two seconds of start-up: the quick suite runs one of each kind of refusal (a
-# config check, a data check, a data set name that is a path, a config field and a value that do
-# not parse); the others are slow, as their checks run in process in the quick suite too (the
-# property test above for the config values, test_likelihoods.py for the likelihood's name,
-# test_data.py for the data set and split names).
+# Every kind of refusal of scripts/train.py's command line, in this process: a config check, a data
+# check, a data set name that is a path, a config field and a value that do not parse.
 @pytest.mark.parametrize(
     "override, message",
     [
-        slow("--config.train.learning_rate=0", "train.learning_rate must be a finite number > 0"),
-        slow("--config.train.learning_rate=-1e-3", "train.learning_rate must be a finite number > 0"),
-        slow("--config.train.learning_rate=inf", "train.learning_rate must be a finite number > 0"),
-        slow("--config.model.latent_dim=0", "model.latent_dim must be an integer >= 1"),
+        ("--config.train.learning_rate=0", "train.learning_rate must be a finite number > 0"),
+        ("--config.train.learning_rate=-1e-3", "train.learning_rate must be a finite number > 0"),
+        ("--config.train.learning_rate=inf", "train.learning_rate must be a finite number > 0"),
+        ("--config.model.latent_dim=0", "model.latent_dim must be an integer >= 1"),
         ("--config.train.batch_size=6", "divisible by the number of devices (4)"),
-        slow("--config.train.beta=-1", "train.beta must be a finite number >= 0"),
-        slow("--config.model.arch=resnet", "model.arch must be one of"),
-        slow("--config.model.likelihood=gaussian", "model.likelihood must be one of"),
+        ("--config.train.beta=-1", "train.beta must be a finite number >= 0"),
+        ("--config.model.arch=resnet", "model.arch must be one of"),
+        ("--config.model.likelihood=gaussian", "model.likelihood must be one of"),
         ("--config.data.binarize=none", "model.likelihood=bernoulli models binarised pixels"),
-        slow("--config.model.likelihood=logistic_mixture", "binarises them: set data.binarize=none"),
-        slow("--config.data.binarize=8bit", "data.binarize must be one of"),
-        slow("--config.data.name=no_such_dataset", "unknown TFDS data set"),
+        ("--config.model.likelihood=logistic_mixture", "binarises them: set data.binarize=none"),
+        ("--config.data.binarize=8bit", "data.binarize must be one of"),
+        ("--config.data.name=no_such_dataset", "unknown TFDS data set"),
         ("--config.data.name=~/my_images", "is a path, but data.name takes the name of a TFDS"),
         ("--config.data.name=folder:/nonexistent/images", "the folder /nonexistent/images (data.name="),
-        slow("--config.data.folder_test_fraction=1", "data.folder_test_fraction must be a number in [0, 1)"),
-        slow("--config.data.test_split=validation", "split 'validation' is not in fashion_mnist"),
+        ("--config.data.folder_test_fraction=1", "data.folder_test_fraction must be a number in [0, 1)"),
+        ("--config.data.test_split=validation", "split 'validation' is not in fashion_mnist"),
         ("--config.data.data_dir=/nonexistent/tfds", "is not prepared in /nonexistent/tfds"),
         ("--config.train.learning_ratex=1", "unknown config field train.learning_ratex (did you mean "
                                             "train.learning_rate?)"),
@@ -151,10 +144,8 @@ def slow(*values):
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, fashion_mnist, override, message):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run(
-        [sys.executable, "scripts/train.py", "--workdir", str(tmp_path / "run"), override],
-        capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    """scripts/train.py as a user runs it, in this process (its start is test_scripts.py's)."""
+    result = run_in_process("train.py", "--workdir", tmp_path / "run", override)
     assert result.returncode == 2, result.stderr[-1500:]
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-1500:]
