@@ -265,8 +265,9 @@ class Trainer:
         batch_size, chunk_size = iwae.iwae_shapes(k, self.mesh.devices.size, batch_size, chunk_size)
         bound = iwae.make_iwae(self.graphdef, self.mesh, k, chunk_size, loop="scan")
         images = jnp.zeros((batch_size, self.train_images.shape[1]), jnp.uint8)
-        bound(self.state.params, images, jnp.arange(batch_size, dtype=jnp.int32), state.root_key(0))
-        return bound.compiled[images.shape].as_text()
+        key = state.root_key(0)
+        bound(self.state.params, images, jnp.arange(batch_size, dtype=jnp.int32), key)
+        return bound.compiled[images.shape, key.dtype].as_text()
 
     def epoch_hlo(self) -> str:
         """The compiled epoch program (scan loop) as HLO text, for `profiling.profile`."""

@@ -13,7 +13,8 @@ shape. A model of binarised pixels (the Bernoulli likelihood) takes binarised im
 all 0/1 (`Model.binarize` draws them as every evaluation does); an 8-bit model takes any values.
 Likelihood figures are in nats per image, as log-densities (higher is better): `elbo` is the ELBO
 itself, so a run's metrics' `test/elbo` (a loss) is minus its mean. Every method compiles its
-program on its first call for a batch shape and reuses it after.
+program on its first call for a batch shape and reuses it after. Seeds make the keys of
+`vae.threefry` (the bits of `jax.random.key(seed)`, as every key of a run).
 
 The top layer of the package, beside the scripts' plumbing: it may import every other layer.
 """
@@ -25,6 +26,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from vae import threefry
 from vae.analysis import iwae, sampling
 from vae.coding import codec
 from vae.coding.errors import CodingError
@@ -86,7 +88,7 @@ class Model:
         """The ELBO of each image, log p(x|z) − KL(q(z|x) ‖ p(z)) at one draw z ~ q(z|x), in nats (a
         lower bound of `log_likelihood`): N."""
         x = self._inputs(images)
-        keys = jax.random.split(jax.random.key(seed), x.shape[0])
+        keys = jax.random.split(threefry.key(seed), x.shape[0])
 
         def negative_elbo(m, x, keys):
             terms = jax.vmap(lambda xi, k: m.elbo_terms(xi[None], k))(x, keys)
@@ -98,7 +100,7 @@ class Model:
         """log p(x) of each image by the importance-weighted bound with k samples (Burda et al.,
         2015), in nats: N. It tightens towards log p(x) as k grows; k = 1 is the ELBO."""
         x = self._checked(images)
-        return iwae.iwae_log_likelihoods(self.model, x, jax.random.key(seed), k, progress=False)
+        return iwae.iwae_log_likelihoods(self.model, x, threefry.key(seed), k, progress=False)
 
     # --- numbers in, images out ---------------------------------------------------------------
 
@@ -115,7 +117,7 @@ class Model:
         decoded to the likelihood's mean of every pixel in [0, 1], or with `draw` to pixels drawn
         from p(x|z) (binary for a binarised model, 256 levels for an 8-bit one, scaled to [0, 1]):
         N x H x W x C."""
-        key, draw_key = jax.random.split(jax.random.key(seed))
+        key, draw_key = jax.random.split(threefry.key(seed))
         return sampling.prior_samples(self.model, key, num, temperature, draw_key if draw else None)
 
     # --- files ------------------------------------------------------------------------------------

@@ -86,15 +86,16 @@ def make_iwae(graphdef, mesh, num_samples: int, chunk_size: int, *, loop: str = 
         return jnp.logaddexp(running_lse_B, chunk_lse_B), None
 
     finish = jax.jit(lambda lse_B: lse_B - math.log(num_samples), out_shardings=replicated)
-    compiled = {}  # by the batch's shape
+    compiled = {}  # by the batch's shape and the key's type (jax.random's or vae.threefry's)
 
     def iwae(params, images_u8, image_index_B, key):
         lse_B = distributed.global_batch(np.full(images_u8.shape[:1], -np.inf, np.float32), batch_sharding)
         consts = (params, images_u8, image_index_B, key)
-        if images_u8.shape not in compiled:
-            compiled[images_u8.shape] = compile_loop(body, loop, mesh, lse_B, consts, chunk_indices,
-                                                     out_shardings=batch_sharding)
-        lse_B, _ = compiled[images_u8.shape](lse_B, consts, chunk_indices)
+        signature = (images_u8.shape, key.dtype)
+        if signature not in compiled:
+            compiled[signature] = compile_loop(body, loop, mesh, lse_B, consts, chunk_indices,
+                                               out_shardings=batch_sharding)
+        lse_B, _ = compiled[signature](lse_B, consts, chunk_indices)
         return finish(lse_B)
 
     iwae.compiled = compiled  # the compiled programs, for benchmarks' HLO
