@@ -79,7 +79,7 @@ test: data
 	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
 
 # The slow tests, and the property tests again under hypothesis's `explore` profile: the same
-# derandomized search as in `make test`, with 20 times the examples (tests/conftest.py).
+# derandomized search as in `make test`, with 10 times the examples (tests/conftest.py).
 test-slow: data
 	VAE_HYPOTHESIS_PROFILE=explore $(PYTEST) -m "slow or property" $(PYTEST_ARGS)
 

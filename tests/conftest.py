@@ -50,7 +50,7 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 # same examples and gives the same verdict; `explore` (VAE_HYPOTHESIS_PROFILE=explore, what `make
 # test-slow` runs them under): the same determinism with EXPLORE_FACTOR times the examples. A
 # property test asks for its examples through `property_examples(n)`.
-EXPLORE_FACTOR = 20
+EXPLORE_FACTOR = 10
 settings.register_profile(
     "suite", derandomize=True, database=None, deadline=None, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
