@@ -16,6 +16,11 @@ WORKDIR ?= runs/default
 PYTEST_ARGS ?=
 # Tests run on 4 fake CPU devices (tests/conftest.py sets XLA_FLAGS before jax starts).
 export TF_CPP_MIN_LOG_LEVEL := 2
+# Python keeps each module it compiles in __pycache__ (the venv's and the repository's), so a
+# process imports jax, flax and the rest from bytecode instead of compiling their source again:
+# where the environment sets PYTHONDONTWRITEBYTECODE, every process of the suite (two workers, the
+# scripts they start, notebook kernels) paid about 7 s of CPU for it.
+unexport PYTHONDONTWRITEBYTECODE
 
 # Two workers, each test file on one of them: a file's module-scoped fixtures (trained runs) are
 # built once. (--dist loadgroup's xdist_group marks do nothing under pytest 9.2 with xdist 3.8:
