@@ -44,3 +44,28 @@ def test_the_citation_file_agrees_with_pyproject():
     citation = yaml.safe_load(open(os.path.join(REPO, "CITATION.cff")))
     assert citation["cff-version"] == "1.2.0" and citation["title"].startswith(project["name"])
     assert (citation["version"], citation["license"]) == (project["version"], project["license"])
+
+
+def test_the_lock_pins_every_dependency_pyproject_names_within_its_bounds():
+    """requirements.lock (make lock) holds each dependency of the project and its dev extra at a
+    version pyproject.toml allows, with hashes: a dependency added without `make lock` fails here."""
+    import re
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads(open(os.path.join(REPO, "pyproject.toml")).read())["project"]
+    lock = open(os.path.join(REPO, "requirements.lock")).read()
+    pinned = {canonicalize_name(name): version
+              for name, version in re.findall(r"^([A-Za-z0-9_.-]+)==([^\s;\\]+)", lock, re.M)}
+    assert lock.count("--hash=sha256:") >= len(pinned)
+    for text in project["dependencies"] + project["optional-dependencies"]["dev"]:
+        requirement = Requirement(text)
+        name = canonicalize_name(requirement.name)
+        assert name in pinned, f"{requirement.name} is not in requirements.lock: run make lock"
+        assert requirement.specifier.contains(pinned[name], prereleases=True), (text, pinned[name])
+    uv = open(os.path.join(REPO, "requirements-uv.lock")).read()
+    makefile = open(os.path.join(REPO, "Makefile")).read()
+    version = re.search(r"^UV_VERSION := (\S+)", makefile, re.M).group(1)
+    assert f"uv=={version} " in uv and "--hash=sha256:" in uv
