@@ -134,7 +134,10 @@ def five_epochs(tmp_path_factory, fashion_mnist):
     return path
 
 
-@pytest.mark.parametrize("damage", ["none", "best_not_saved", "latest_not_saved"])
+@pytest.mark.parametrize("damage", [
+    # one damage quick; the others each a resumed run of their own
+    pytest.param("none", marks=pytest.mark.slow), "best_not_saved",
+    pytest.param("latest_not_saved", marks=pytest.mark.slow)])
 def test_resume_through_selection_is_exact(tmp_path, stopped, five_epochs, damage):
     """A run stopped after epoch 5 (and, worse, killed between its two saves) resumes to the same
     metrics, latest and best checkpoints as the uninterrupted run."""

@@ -91,6 +91,7 @@ def test_four_devices_match_one(tmp_path, fashion_mnist):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.slow  # a run of its own; test_faults.py quick-tests another train state's refusal
 def test_resuming_with_another_model_is_refused(tmp_path, tiny_run):
     path = copy_run(tiny_run, tmp_path / "run")  # model.latent_dim=2
     with pytest.raises(files.WorkdirError, match="model.latent_dim"):
@@ -144,6 +145,7 @@ def test_scan_and_stepwise_epochs_agree(tmp_path, fashion_mnist):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow  # the host feed is the multi-process runs' (slow); the device feed is every run's
 def test_batches_fed_from_the_host_match_batches_gathered_on_device(tmp_path, fashion_mnist):
     runs = {}
     for source, kind in (("device", "scan"), ("host", "scan"), ("host", "steps")):
