@@ -92,12 +92,14 @@ def fashion_mnist():
 # short and both workers end together: these are the quick suite's heaviest files, heaviest first,
 # by their seconds on an empty compilation cache here (VAE_COMPILE_REPORT below measures them).
 # A file not listed starts after them; a stale list costs only balance.
-HEAVIEST_FILES = ("test_ladder.py", "test_sweep.py", "test_train.py", "test_models.py", "test_coding.py",
-                  "test_iwae.py", "test_scripts.py", "test_likelihoods.py", "test_eight_bit.py",
-                  "test_selection.py", "test_faults.py", "test_objectives.py", "test_fixed_point.py",
-                  "test_reliability.py", "test_pinned.py", "test_kl_split.py", "test_compress_files.py",
-                  "test_tensorboard.py", "test_threefry.py", "test_priors.py", "test_validation.py",
-                  "test_file_format.py", "test_bad_input.py", "test_api.py")
+HEAVIEST_FILES = ("test_faults.py", "test_ladder.py", "test_train.py", "test_coding.py", "test_models.py",
+                  "test_sweep.py", "test_iwae.py", "test_scripts.py", "test_likelihoods.py",
+                  "test_pinned.py", "test_tensorboard.py", "test_selection.py", "test_compress_files.py",
+                  "test_objectives.py", "test_fixed_point.py", "test_kl_split.py", "test_eight_bit.py",
+                  "test_data.py", "test_mixture_kernel.py", "test_threefry.py", "test_docs.py",
+                  "test_notebooks.py", "test_lowering.py", "test_kl.py", "test_priors.py", "test_api.py",
+                  "test_skipping.py", "test_benchmark.py", "test_coding_accounting.py",
+                  "test_validation.py", "test_file_format.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -165,6 +165,7 @@ def test_a_sweep_fed_from_the_host_trains_as_one_fed_on_the_device(tmp_path, bet
         assert_same_run(path / name, history, tmp_path / "host" / name, fed[name])
 
 
+@pytest.mark.slow  # a sweep of its own; its members' numbers are quick-tested against single runs above
 def test_each_member_is_a_single_runs_workdir(beta_seed_sweep):
     path, histories = beta_seed_sweep
     record = json.loads((path / files.SWEEP_FILE).read_text())
