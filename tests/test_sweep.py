@@ -154,7 +154,7 @@ def test_every_traced_number_matches_the_single_run(tmp_path, fashion_mnist):
                         single)
 
 
-@pytest.mark.slow  # 3 epochs of 4 members again; the quick suite's host feed test is test_train.py's
+@pytest.mark.slow  # 3 epochs of 4 members again; the host feed serves multi-process runs (slow)
 def test_a_sweep_fed_from_the_host_trains_as_one_fed_on_the_device(tmp_path, beta_seed_sweep):
     """Sweeps take the host feed (a run over several processes), members with seeds of their own
     included: the same batches, the same numbers as the device feed."""
@@ -185,7 +185,7 @@ def test_each_member_is_a_single_runs_workdir(beta_seed_sweep):
     assert (path / driver.RATE_DISTORTION_FILE).stat().st_size > 10_000
 
 
-@pytest.mark.slow  # a sweep's resume is quick-tested in test_the_sweep_script_and_the_tools_on_its_members
+@pytest.mark.slow  # a kill and a resume; test_the_sweep_script_and_the_tools_on_its_members resumes too
 def test_a_sweep_resumes_after_a_kill_between_two_members_checkpoints(tmp_path, beta_seed_sweep):
     """Killed after epoch 2 was written for three members but not the fourth: the resumed sweep
     trains that member's epoch 2 alone (the others wait, frozen), then all of them, and ends where
