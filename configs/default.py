@@ -34,8 +34,17 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.binarize = "dynamic"
     config.data.test_binarize_seed = 1234  # the test set is binarised once with this seed, for every run
     # folder:PATH only. () keeps the images' size (they must all be one size); (H, W) resizes each,
-    # e.g. --config.data.image_size=28,28.
+    # e.g. --config.data.image_size=28,28, or with tile_stride or crops_per_image, the size of the
+    # images cut from each (then never resized, and of any size).
     config.data.image_size = ()
+    # folder:PATH only: () none, or (SH, SW): train on every image_size tile of each training image on a
+    # grid of this stride (centred), e.g. --config.data.image_size=32,32 --config.data.tile_stride=32,32.
+    config.data.tile_stride = ()
+    # folder:PATH only: 0 none, or N random image_size crops of each training image, drawn afresh every
+    # epoch from (crop_seed, epoch). With either, validation and test are the non-overlapping tiles
+    # covering the centre of each held-out image.
+    config.data.crops_per_image = 0
+    config.data.crop_seed = 0
     # folder:PATH only: keep (every image must have the same channels) | grey | rgb (convert each
     # image, so a folder that mixes grey and colour photos trains).
     config.data.channels = "keep"

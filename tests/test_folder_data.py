@@ -363,8 +363,11 @@ def test_mixed_sizes_name_two_files_and_the_fix(tmp_path):
     write_grey_pngs(tmp_path, 8, size=(8, 8))
     Image.fromarray(np.zeros((10, 6), np.uint8)).save(tmp_path / "odd.png")
     one_line_error(data_config(tmp_path, folder_test_fraction=0.5),
-                   r"not all one size: 000.png is 8x8 and odd.png is 10x6 \(height x width\); resize them "
-                   r"all with --config.data.image_size=H,W \(e.g. --config.data.image_size=8,8\)")
+                   r"not all one size: 000.png is 8x8 and odd.png is 10x6 \(height x width\); cut them "
+                   r"into images of one size, tiles \(--config.data.image_size=6,6 "
+                   r"--config.data.tile_stride=6,6\) or random crops \(--config.data.image_size=6,6 "
+                   r"--config.data.crops_per_image=64\), or "
+                   r"resize them all with --config.data.image_size=H,W alone")
 
 
 def test_mixed_channels_name_two_files(tmp_path):

@@ -29,6 +29,9 @@ class Dataset:
     dynamic: bool  # True: training batches are binarised afresh every time they are used
     val_images: np.ndarray | None = None  # binarised once, like the test set; None without a split
     val_labels: np.ndarray | None = None
+    # Where the training images change every epoch (a folder's random crops, data.crops_per_image):
+    # epoch (1, 2, ...) -> that epoch's training images, encoded like train_images (epoch 1's).
+    epoch_images: Callable[[int], np.ndarray] | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -68,8 +71,9 @@ def load_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
     if data_config.binarize not in pixels.BINARIZE_MODES:
         raise DataError(
             f"data.binarize must be one of {pixels.BINARIZE_MODES}, got {data_config.binarize!r}")
-    read = _checked_reader(data_config)  # every split checked, before reading
-    train_images, train_labels = read(data_config.train_split)
+    opened = _checked_source(data_config)  # every split checked, before reading
+    read = opened.load_split
+    train_images, train_labels, epoch_images = _read_train(opened, data_config.train_split)
     test_images, test_labels = read(data_config.test_split)
     test_images = _encode_eval(test_images, data_config, "test")
     val_images = val_labels = None
@@ -78,8 +82,11 @@ def load_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
         val_images = _encode_eval(val_images, data_config, "validation")
     dynamic = data_config.binarize == "dynamic"  # else encoded once, like the evaluated splits
     if not dynamic:
-        train_images = pixels.encode_fixed(train_images, data_config.binarize,
-                                           data_config.test_binarize_seed + _BINARIZE_SEED_OFFSET["train"])
+        train_seed = data_config.test_binarize_seed + _BINARIZE_SEED_OFFSET["train"]
+        train_images = pixels.encode_fixed(train_images, data_config.binarize, train_seed)
+        if epoch_images is not None:
+            crops = epoch_images
+            epoch_images = lambda epoch: pixels.encode_fixed(crops(epoch), data_config.binarize, train_seed)
     return Dataset(
         name=data_config.name,
         train_images=train_images,
@@ -89,6 +96,7 @@ def load_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
         dynamic=dynamic,
         val_images=val_images,
         val_labels=val_labels,
+        epoch_images=epoch_images,
     )
 
 
@@ -101,17 +109,26 @@ def open_source(data_config: ml_collections.ConfigDict) -> source.TfdsSource | f
     return source.TfdsSource(data_config.name, data_config.data_dir)
 
 
-def _checked_reader(data_config: ml_collections.ConfigDict) -> Callable[[str], tuple[np.ndarray, np.ndarray]]:
+def _read_train(opened, split: str) -> tuple[np.ndarray, np.ndarray, Callable[[int], np.ndarray] | None]:
+    """The training split's images and labels, and epoch -> images where they change every epoch
+    (a folder's random crops; a folder's tiles or crops are cut there, its evaluated splits'
+    tiles in its `load_split`)."""
+    if isinstance(opened, folder.FolderSource):
+        return opened.load_train(split)
+    return *opened.load_split(split), None
+
+
+def _checked_source(data_config: ml_collections.ConfigDict) -> source.TfdsSource | folder.FolderSource:
     """Checks the data source and every split the config names before any image is read; returns
-    split -> (uint8 images, labels). A folder is listed once, and its images decoded (or read
-    from the cache) once for all its splits."""
+    the source. A folder is listed once, and its images decoded (or read from the cache) once
+    for all its splits."""
     opened = open_source(data_config)
     opened.check_split(data_config.train_split)
     opened.check_split(data_config.test_split)
     if data_config.validation_split:
         opened.check_split(data_config.validation_split)
         opened.check_disjoint(data_config.train_split, data_config.validation_split)
-    return opened.load_split
+    return opened
 
 
 def image_shape(data_config: ml_collections.ConfigDict) -> tuple[int, int, int]:

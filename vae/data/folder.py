@@ -20,6 +20,13 @@ code 8-bit pixels).
   ratio not kept. Shrinking uses Pillow's BOX filter: each pixel the exact mean of the area it
   covers, so no ringing, and mean intensities (which a Bernoulli likelihood reads as
   probabilities) are kept; enlarging in either direction uses LANCZOS, Pillow's sharpest.
+- **Cut, not resized.** With `data.tile_stride` (SH, SW) or `data.crops_per_image` (N), images
+  of any size (each at least `data.image_size`) are cut into images of `data.image_size`, never
+  resized (`vae.data.tiles`): the training split gives every tile on a grid of that stride, or
+  N random crops per image drawn afresh every epoch (from `data.crop_seed` and the epoch); the
+  evaluated splits (validation, test, whatever split an evaluation names) give the
+  non-overlapping tiles covering the centre of each of their images. The splits are cut by
+  image, as below, so no held-out image lends a tile to training.
 - **Labels.** With every image in a sub-folder, an image's label is the index of its top-level
   sub-folder's name among the sorted names of those that hold images (torchvision's ImageFolder
   convention), and `class_names` gives the names; with none in a sub-folder, every label is -1.
@@ -30,9 +37,10 @@ code 8-bit pixels).
   sample. The split expressions are TFDS's: 'train', 'train[:512]', 'train[100:]',
   'test[10%:20%]', parts joined by '+'.
 - **Cache.** Decoded once into `PATH/.vae_decoded/images[-HxW].npz` (or, where the folder cannot
-  be written, `$XDG_CACHE_HOME/vae/folders/<hash of PATH>/`), keyed by every file's path, size
-  and modification time, `data.image_size`, `data.channels`, `data.background` and the cache's
-  format, and written atomically. A
+  be written, `$XDG_CACHE_HOME/vae/folders/<hash of PATH>/`): all pixels as one flat array and
+  each image's shape, so images of different sizes fit. Keyed by every file's path, size and
+  modification time, the size decoded at (`data.image_size`, or none where images are cut),
+  `data.channels`, `data.background` and the cache's format, and written atomically. A
   changed folder is decoded again; deleting `.vae_decoded/` is always safe.
 
 A folder that cannot give a sound data set stops with one `DataError` line naming the files, and
@@ -50,16 +58,18 @@ import os
 import re
 import struct
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from vae.data import tiles
 from vae.data.source import FOLDER_PREFIX, DataError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 SPLITS = ("train", "validation", "test")
 CACHE_DIR = ".vae_decoded"
-FORMAT = 3  # the cache's version, raised when decoding changes: an older cache is decoded again
+FORMAT = 4  # the cache's version, raised when decoding changes: an older cache is decoded again
 GREY_MODES = ("1", "L", "LA")
 COLOUR_MODES = ("RGB", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr")
 FORMATS = ("PNG", "JPEG", "MPO")  # Pillow's names; MPO: a camera's JPEG with more pictures after the first
@@ -86,12 +96,48 @@ class Folder:
     test_fraction: float = DEFAULT_TEST_FRACTION
     channels: str = "keep"  # keep | grey | rgb
     background: str = ""  # the colour transparent pixels are composited onto; '' refuses them
+    tile_stride: tuple[int, ...] = ()  # (SH, SW): cut tiles of image_size at this stride; () none
+    crops_per_image: int = 0  # random crops of image_size per photo per epoch; 0 none
+    crop_seed: int = 0  # with the epoch, what the crops are drawn from
+
+    @property
+    def cuts(self) -> bool:
+        """Whether the photos are cut into images of `image_size` (tiles or crops), never resized."""
+        return bool(self.tile_stride) or self.crops_per_image > 0
+
+    @property
+    def decode_size(self) -> tuple[int, ...]:
+        """The size images are decoded at: `image_size`, or each photo's own where they are cut."""
+        return () if self.cuts else self.image_size
 
 
 def from_config(data_config) -> Folder:
     """The folder `data_config.name` names, with the config's folder fields (checked)."""
     return Folder(data_config.name, folder_path(data_config.name), *fields(data_config),
-                  *conversions(data_config))
+                  *conversions(data_config), *cutting(data_config))
+
+
+def cutting(data_config) -> tuple[tuple[int, ...], int, int]:
+    """data.tile_stride, data.crops_per_image and data.crop_seed, checked (with data.image_size,
+    the size they cut); a config from before these fields gets their defaults ((), 0, 0)."""
+    stride = data_config.get("tile_stride", ())
+    crops, seed = data_config.get("crops_per_image", 0), data_config.get("crop_seed", 0)
+    if not (isinstance(stride, tuple | list) and len(stride) in (0, 2) and all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in stride)):
+        raise DataError(f"data.tile_stride must be () (no tiles) or (rows, columns) between tiles' corners, "
+                        f"each >= 1, e.g. --config.data.tile_stride=32,32; got {stride!r}")
+    if not (isinstance(crops, int) and not isinstance(crops, bool) and crops >= 0):
+        raise DataError(f"data.crops_per_image must be an integer >= 0 (0: no random crops), got {crops!r}")
+    if not (isinstance(seed, int) and not isinstance(seed, bool)):
+        raise DataError(f"data.crop_seed must be an integer, got {seed!r}")
+    if stride and crops:
+        raise DataError(f"data.tile_stride={tuple(stride)} and data.crops_per_image={crops} exclude each "
+                        "other: train on tiles or on random crops, set the other to () or 0")
+    if (stride or crops) and not data_config.get("image_size", ()):
+        field = "data.tile_stride" if stride else "data.crops_per_image"
+        raise DataError(f"{field} cuts images of data.image_size out of each photo: set its size too, "
+                        "e.g. --config.data.image_size=32,32")
+    return tuple(stride), crops, seed
 
 
 def conversions(data_config) -> tuple[str, str]:
@@ -267,7 +313,7 @@ class FolderSource:
         self.folder = folder
         self.listing = scan(folder)
         self.splits = assign_splits(self.listing.files, folder.validation_fraction, folder.test_fraction)
-        self._images = None
+        self._photos = None
         self.cache_file = None  # where the images were read from or cached, once read; None: nowhere
 
     @property
@@ -325,16 +371,64 @@ class FolderSource:
                 f"data.folder_validation_fraction > 0, or carve a split apart, e.g. "
                 f"train_split='train[:1000]' and validation_split='train[1000:]'")
 
+    def photos(self) -> list[np.ndarray]:
+        """All the folder's images as decoded (H x W x C uint8 each, in path order), of any size
+        where they are cut (each checked to hold one cut), else of one: read once per source."""
+        if self._photos is None:
+            photos, self.cache_file = load_images(self.folder, self.listing)
+            size = self.folder.image_size
+            for rel, photo in zip(self.listing.files, photos):
+                if self.folder.cuts and (photo.shape[0] < size[0] or photo.shape[1] < size[1]):
+                    raise DataError(
+                        f"{self.listing.root / rel} is {photo.shape[0]}x{photo.shape[1]} (height x width), "
+                        f"smaller than the {size[0]}x{size[1]} images data.image_size cuts from it: "
+                        "lower data.image_size or remove the image")
+            self._photos = photos
+        return self._photos
+
     def images(self) -> np.ndarray:
-        """All the folder's images, N x H x W x C uint8 in path order: read once per source."""
-        if self._images is None:
-            self._images, self.cache_file = load_images(self.folder, self.listing)
-        return self._images
+        """All the folder's images, N x H x W x C uint8 in path order, where they are one size
+        (not cut); DataError naming two files of different sizes."""
+        photos = self.photos()
+        odd = next((i for i, p in enumerate(photos) if p.shape != photos[0].shape), None)
+        if odd is not None:
+            paths = [self.listing.root / rel for rel in self.listing.files]
+            _refuse_mixed(self.listing.root, paths[0], photos[0].shape, paths[odd], photos[odd].shape)
+        return np.stack(photos)
 
     def load_split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """The images (N x H x W x C uint8) and labels (N int32) of a split expression."""
+        """The images (N x H x W x C uint8) and labels (N int32) of a split expression as an
+        evaluation reads them: its photos, or where they are cut, each photo's evaluation tiles
+        (`tiles.eval_tiles`: non-overlapping, covering its centre)."""
         indices = self.split_indices(split)
-        return self.images()[indices], self.listing.labels[indices]
+        labels = self.listing.labels[indices]
+        if not self.folder.cuts:
+            return self.images()[indices], labels
+        photos = self.photos()
+        images, owners = tiles.eval_tiles([photos[i] for i in indices], self.folder.image_size)
+        return images, labels[owners]
+
+    def load_train(self, split: str) -> tuple[np.ndarray, np.ndarray, Callable[[int], np.ndarray] | None]:
+        """The training images and labels of a split expression, and where they change every
+        epoch (random crops), epoch (1, 2, ...) -> that epoch's images (the images given are
+        epoch 1's; the labels stay). Tiles at data.tile_stride, random crops, or `load_split`'s."""
+        indices = self.split_indices(split)
+        labels = self.listing.labels[indices]
+        folder = self.folder
+        if not folder.cuts:
+            return *self.load_split(split), None
+        photos = [self.photos()[i] for i in indices]
+        if folder.tile_stride:
+            images, owners = tiles.tiles(photos, folder.image_size, folder.tile_stride)
+            return images, labels[owners], None
+
+        def epoch_images(epoch: int) -> np.ndarray:
+            return tiles.random_crops(photos, folder.image_size, folder.crops_per_image, folder.crop_seed,
+                                      epoch)[0]
+
+        images, owners = tiles.random_crops(photos, folder.image_size, folder.crops_per_image,
+                                            folder.crop_seed, 1)
+        return images, labels[owners], epoch_images
 
     def image_shape(self) -> tuple[int, int, int]:
         """(H, W, C) of the images a run sees, from the first image's header, nothing decoded
@@ -361,11 +455,12 @@ def prepare(name: str, image_size: tuple[int, ...] = ()) -> str:
     what was done, in a line."""
     check_image_size(image_size)
     source = FolderSource(Folder(name, folder_path(name), tuple(image_size)))
-    images = source.images()
+    photos = source.photos()
     where = f"cached in {source.cache_file}" if source.cache_file else "not cached (no writable place)"
-    shape = "x".join(map(str, images.shape[1:]))
+    shapes = sorted({"x".join(map(str, p.shape)) for p in photos})
+    shape = shapes[0] if len(shapes) == 1 else f"{len(shapes)} sizes, to cut into tiles or crops"
     classes = f", {len(source.class_names)} classes" if source.class_names else ""
-    return f"{len(images)} images of {source.folder.path} ({shape}{classes}) {where}"
+    return f"{len(photos)} images of {source.folder.path} ({shape}{classes}) {where}"
 
 
 def open_folder(data_config) -> FolderSource:
@@ -476,22 +571,20 @@ def decode_image(path: Path, image_size: tuple[int, ...], channels: str = "keep"
     return pixels[..., None] if pixels.ndim == 2 else pixels
 
 
-def decode_images(listing: Listing, folder: Folder) -> np.ndarray:
-    """Every image of `listing`, N x H x W x C uint8, as `folder` converts and sizes them;
-    DataError naming two files where their sizes (without `image_size`) or channel counts differ.
+def decode_images(listing: Listing, folder: Folder) -> list[np.ndarray]:
+    """Every image of `listing`, H x W x C uint8 each, as `folder` converts and sizes them (each
+    at its own size where they are cut); DataError naming two files whose channel counts differ.
     Decoded on a few threads (Pillow's decoders release the GIL)."""
     paths = [listing.root / rel for rel in listing.files]
-    images = None
+    images = []
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
     try:
-        decoded = pool.map(lambda p: decode_image(p, folder.image_size, folder.channels, folder.background),
+        decoded = pool.map(lambda p: decode_image(p, folder.decode_size, folder.channels, folder.background),
                            paths)
         for i, pixels in enumerate(decoded):
-            if images is None:
-                images = np.empty((len(paths), *pixels.shape), dtype=np.uint8)
-            elif pixels.shape != images.shape[1:]:
-                _refuse_mixed(listing.root, paths[0], images.shape[1:], paths[i], pixels.shape)
-            images[i] = pixels
+            if images and pixels.shape[2] != images[0].shape[2]:
+                _refuse_mixed(listing.root, paths[0], images[0].shape, paths[i], pixels.shape)
+            images.append(pixels)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return images
@@ -504,10 +597,13 @@ def _refuse_mixed(root: Path, first: Path, first_shape, other: Path, other_shape
         raise DataError(f"the images in {root} mix grey and colour: {a} is {kind[first_shape[2]]} and "
                         f"{b} is {kind[other_shape[2]]}; convert them all to one kind with "
                         f"--config.data.channels=grey or --config.data.channels=rgb")
+    t = min(32, *first_shape[:2], *other_shape[:2])  # a tile size both hold
     raise DataError(
         f"the images in {root} are not all one size: {a} is {first_shape[0]}x{first_shape[1]} and "
-        f"{b} is {other_shape[0]}x{other_shape[1]} (height x width); resize them all with "
-        f"--config.data.image_size=H,W (e.g. --config.data.image_size={first_shape[0]},{first_shape[1]})")
+        f"{b} is {other_shape[0]}x{other_shape[1]} (height x width); cut them into images of one size, "
+        f"tiles (--config.data.image_size={t},{t} --config.data.tile_stride={t},{t}) or random crops "
+        f"(--config.data.image_size={t},{t} --config.data.crops_per_image=64), or resize them all with "
+        f"--config.data.image_size=H,W alone")
 
 
 # --- the cache ------------------------------------------------------------------------------------
@@ -515,28 +611,35 @@ def _refuse_mixed(root: Path, first: Path, first_shape, other: Path, other_shape
 
 def cache_key(folder: Folder, listing: Listing) -> dict:
     """What a cached file must match: every file's path, size and modification time, the size
-    and channels the images were given, the background and the cache's format."""
+    (or none: each its own) and channels the images were given, the background and the cache's
+    format."""
     files = hashlib.sha256()
     for rel, (size, mtime_ns) in zip(listing.files, listing.stats):
         files.update(os.fsencode(rel) + f"\0{size}\0{mtime_ns}\n".encode())
-    return {"format": FORMAT, "image_size": list(folder.image_size), "channels": folder.channels,
+    return {"format": FORMAT, "image_size": list(folder.decode_size), "channels": folder.channels,
             "background": folder.background, "images": len(listing.files), "files_sha256": files.hexdigest()}
 
 
 def cache_files(folder: Folder) -> list[Path]:
     """Where a folder's decoded images are cached: inside it, else in the user's cache directory."""
-    name = "images" + (f"-{folder.image_size[0]}x{folder.image_size[1]}" if folder.image_size else "")
+    size = folder.decode_size
+    name = "images" + (f"-{size[0]}x{size[1]}" if size else "")
     user_cache = Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"))
     where = hashlib.sha256(os.fsencode(folder.path.resolve())).hexdigest()[:16]
     return [folder.path / CACHE_DIR / f"{name}.npz", user_cache / "vae" / "folders" / where / f"{name}.npz"]
 
 
-def _read_cache(path: Path, key: dict) -> np.ndarray | None:
+def _read_cache(path: Path, key: dict) -> list[np.ndarray] | None:
+    """The images a cache file holds (one flat array of all their pixels and their shapes)."""
     try:
         with np.load(path, allow_pickle=False) as cached:
             if json.loads(str(cached["key"])) != key:
                 return None
-            return cached["images"]
+            pixels, shapes = cached["pixels"], cached["shapes"]
+        ends = np.cumsum(np.prod(shapes, axis=1))
+        if ends[-1] != pixels.size:
+            raise ValueError("the pixels do not fill the shapes")
+        return [flat.reshape(shape) for flat, shape in zip(np.split(pixels, ends[:-1]), shapes)]
     except FileNotFoundError:
         return None
     except Exception as e:  # noqa: BLE001 - a damaged cache file is decoded again
@@ -545,12 +648,14 @@ def _read_cache(path: Path, key: dict) -> np.ndarray | None:
         return None
 
 
-def _write_cache(path: Path, key: dict, images: np.ndarray) -> bool:
+def _write_cache(path: Path, key: dict, images: list[np.ndarray]) -> bool:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            np.savez(f, images=images, key=np.array(json.dumps(key, sort_keys=True)))
+            np.savez(f, pixels=np.concatenate([image.ravel() for image in images]),
+                     shapes=np.array([image.shape for image in images], dtype=np.int64),
+                     key=np.array(json.dumps(key, sort_keys=True)))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -563,8 +668,8 @@ def _write_cache(path: Path, key: dict, images: np.ndarray) -> bool:
         return False
 
 
-def load_images(folder: Folder, listing: Listing) -> tuple[np.ndarray, Path | None]:
-    """All images of `listing`, N x H x W x C uint8, from the cache or decoded and cached (in the
+def load_images(folder: Folder, listing: Listing) -> tuple[list[np.ndarray], Path | None]:
+    """All images of `listing`, H x W x C uint8 each, from the cache or decoded and cached (in the
     folder, else in the user's cache directory; a note once where neither can hold them), and the
     cache file (None where there is none)."""
     key = cache_key(folder, listing)

@@ -47,6 +47,10 @@ class DeviceBatches:
     def __call__(self, epoch: int) -> jax.Array:
         return self.orders(jax.device_put(np.int32(epoch), self.replicated))
 
+    def load(self, images: np.ndarray) -> None:
+        """New training images of the same shape (an epoch's random crops)."""
+        self.consts = distributed.images_on_device(images, self.mesh)
+
     def batch(self, images_u8, indices_B):
         return jax.lax.with_sharding_constraint(images_u8[indices_B], NamedSharding(self.mesh, P("data")))
 
@@ -76,6 +80,10 @@ class HostBatches:
         order = np.asarray(self.orders(jax.device_put(np.int32(epoch), self.replicated)))
         local = self.images_NxD[order[..., self.rows]]
         return jax.make_array_from_process_local_data(self.sharding, local, self.shape)
+
+    def load(self, images: np.ndarray) -> None:
+        """New training images of the same shape (an epoch's random crops)."""
+        self.images_NxD = distributed.flatten(images)
 
     def batch(self, _, x_u8_BxD):
         return jax.lax.with_sharding_constraint(x_u8_BxD, NamedSharding(self.mesh, P("data")))

@@ -231,7 +231,8 @@ class _Group:
         self.failed = [False] * len(members)
         self.named = any(m.name for m in members)
         t0 = time.perf_counter()
-        source = feed.batches(configs, data.train_images, session.mesh)
+        self.source = source = feed.batches(configs, data.train_images, session.mesh)
+        self.epoch_images = data.epoch_images  # None, or each epoch's training images (random crops)
         self.train_epoch = epoch.compile_epoch(graphdef, configs, session.mesh, self.carry, source,
                                                runs[0].steps_per_epoch, data.dynamic, self.loop)
         self.compile_time = time.perf_counter() - t0
@@ -292,6 +293,8 @@ class _Group:
                                          self.replicated)
         frozen = [k for k in range(len(self.members)) if k not in active]
         saved = epoch.freeze(self.carry, frozen) if frozen else None
+        if self.epoch_images is not None:
+            self.source.load(self.epoch_images(number))
         t_epoch = time.perf_counter()
         self.carry, step_metrics = self.train_epoch(self.carry, number)
         step_metrics = jax.device_get(step_metrics)  # waits for the epoch to finish; steps x K x ...
