@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine with Python >= 3.11 (no TensorFlow is installed):
 #   make train   set up .venv, prepare Fashion-MNIST offline, train configs/default.py into runs/default
+#   make photos  real photographs of any size into ~/.local/share/vae/photos, for configs/photos.py
 #   make test    the same set-up, then the quick test suite (everything but the tests marked slow)
 #   make test-all   the same, with the slow tests: the whole suite (.ci/run: make test, then make test-slow)
 #   make lock    refresh requirements.lock on purpose (the only way it changes)
@@ -29,7 +30,7 @@ unexport PYTHONDONTWRITEBYTECODE
 pytest_in = VAE_REQUIRE_REAL_DATA=1 $(1)/bin/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 PYTEST := $(call pytest_in,$(VENV))
 
-.PHONY: install lock data train test test-slow test-all test-latest tensorboard notebook lint speed docs clean
+.PHONY: install lock data train photos test test-slow test-all test-latest tensorboard notebook lint speed docs clean
 
 install: $(VENV)/.installed
 
@@ -77,6 +78,12 @@ data: install $(if $(filter fashion_mnist,$(DATASET)),/usr/share/datasets/fashio
 
 train: data
 	$(PY) scripts/train.py --config $(CONFIG) --workdir $(WORKDIR)
+
+# 25 real photographs of different sizes from Debian's wallpaper packages (scripts/gather_photos.py:
+# fetched with apt-get download, no root; network once), for configs/photos.py. Not in the repository.
+PHOTOS ?= $(or $(XDG_DATA_HOME),$(HOME)/.local/share)/vae/photos
+photos: install
+	$(PY) scripts/gather_photos.py --out $(PHOTOS)
 
 # The layer contracts of pyproject.toml's [tool.importlinter] first (a second), then the quick
 # suite: every test not marked `slow`, among them the scripts end to end (train.py, sample.py,
