@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine with Python >= 3.11 (no TensorFlow is installed):
 #   make train   set up .venv, prepare Fashion-MNIST offline, train configs/default.py into runs/default
-#   make photos  real photographs of any size into ~/.local/share/vae/photos, for configs/photos.py
+#   make photos  real photographs of any size into $XDG_DATA_HOME/vae/photos, for configs/photos.py
 #   make test    the same set-up, then the quick test suite (everything but the tests marked slow)
 #   make test-all   the same, with the slow tests: the whole suite (.ci/run: make test, then make test-slow)
 #   make lock    refresh requirements.lock on purpose (the only way it changes)

@@ -2,6 +2,9 @@
 
     python scripts/gather_photos.py [--out DIR] [--max_side 1024]     (make photos)
 
+DIR defaults to $XDG_DATA_HOME/vae/photos (~/.local/share/vae/photos), where configs/photos.py
+looks.
+
 The photographs (no drawings or renders) of three packages under free licences: mate-backgrounds
 (its nature/ photos, GPL-2+), lomiri-wallpapers-16.04 and lomiri-wallpapers-20.04 (CC-BY-4.0,
 CC-BY-SA-3.0/4.0, CC0-1.0); each package's copyright file is copied beside them (licences/),
@@ -13,6 +16,7 @@ PNG, so the folder is `data.name=folder:DIR` for configs/photos.py. Fails with o
 package cannot be had.
 """
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -86,11 +90,11 @@ def gather(out: Path, max_side: int) -> list[Path]:
 
 def build_parser() -> cli_flags.ArgumentParser:
     parser = cli_flags.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(Path.home() / ".local/share/vae/photos"),
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local/share")
+    parser.add_argument("--out", default=str(Path(data_home) / "vae" / "photos"),
                         help="the folder to write the photos into (created)")
-    parser.add_argument("--max_side", type=int, default=1024,
+    parser.add_argument("--max_side", type=cli_flags.integer(0), default=1024,
                         help="shrink each photo to at most this many pixels on its longer side (0: keep)")
-    parser.add_check(lambda args: "argument --max_side: must be >= 0" if args.max_side < 0 else None)
     return parser
 
 

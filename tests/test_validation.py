@@ -274,6 +274,7 @@ SCRIPT_FLAGS = {
     "make_docs": ([], {"--epochs_scale": finite_at_least(0), "--only": None}),
     "plot_kl": (["--workdir", "w"], {}),
     "prepare_data": (["--dataset", "folder:images"], {"--image_size": two_ints_at_least(1)}),
+    "gather_photos": ([], {"--max_side": int_in(0)}),
     "results": (["w"], {"--curve_every": int_in(0)}),
     "speed_table": (["speed.json"], {}),
 }
