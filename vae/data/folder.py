@@ -314,6 +314,7 @@ class FolderSource:
         self.listing = scan(folder)
         self.splits = assign_splits(self.listing.files, folder.validation_fraction, folder.test_fraction)
         self._photos = None
+        self._images = None
         self.cache_file = None  # where the images were read from or cached, once read; None: nowhere
 
     @property
@@ -389,12 +390,14 @@ class FolderSource:
     def images(self) -> np.ndarray:
         """All the folder's images, N x H x W x C uint8 in path order, where they are one size
         (not cut); DataError naming two files of different sizes."""
-        photos = self.photos()
-        odd = next((i for i, p in enumerate(photos) if p.shape != photos[0].shape), None)
-        if odd is not None:
-            paths = [self.listing.root / rel for rel in self.listing.files]
-            _refuse_mixed(self.listing.root, paths[0], photos[0].shape, paths[odd], photos[odd].shape)
-        return np.stack(photos)
+        if self._images is None:
+            photos = self.photos()
+            odd = next((i for i, p in enumerate(photos) if p.shape != photos[0].shape), None)
+            if odd is not None:
+                paths = [self.listing.root / rel for rel in self.listing.files]
+                _refuse_mixed(self.listing.root, paths[0], photos[0].shape, paths[odd], photos[odd].shape)
+            self._images = np.stack(photos)
+        return self._images
 
     def load_split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """The images (N x H x W x C uint8) and labels (N int32) of a split expression as an

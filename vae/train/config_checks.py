@@ -44,10 +44,13 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     _require(_is_int(d.test_binarize_seed), "data.test_binarize_seed must be an integer")
     _require(isinstance(d.validation_split, str),
              f"data.validation_split must be a TFDS split string or '', got {d.validation_split!r}")
+    _require(not (d.get("tile_stride", ()) or d.get("crops_per_image", 0)) or folder.is_folder(d.name),
+             f"data.tile_stride and data.crops_per_image cut the images of a folder (data.name=folder:PATH); "
+             f"a TFDS data set is used whole: leave them () and 0 for {d.name}")
     try:  # the folder source's own fields, checked by it (their defaults where a config predates them)
         image_size, _, _ = folder.fields(d)
         channels, background = folder.conversions(d)
-        tile_stride, crops_per_image, _ = folder.cutting(d)
+        folder.cutting(d)
     except DataError as e:
         raise ConfigError(str(e)) from None
     _require(not image_size or folder.is_folder(d.name),
@@ -56,9 +59,6 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     _require((channels, background) == ("keep", "") or folder.is_folder(d.name),
              f"data.channels and data.background convert the images of a folder (data.name=folder:PATH); "
              f"a TFDS data set keeps its own: leave data.channels=keep and data.background='' for {d.name}")
-    _require(not (tile_stride or crops_per_image) or folder.is_folder(d.name),
-             f"data.tile_stride and data.crops_per_image cut the images of a folder (data.name=folder:PATH); "
-             f"a TFDS data set is used whole: leave them () and 0 for {d.name}")
 
     m = config.model
     _require(m.arch in build.ARCHS, f"model.arch must be one of {build.ARCHS}, got {m.arch!r}")
