@@ -2,6 +2,8 @@
 tiles' grid, random crops per epoch, the evaluated splits' tiles, mixed sizes through the cache,
 the fields' one-line errors, and a run trained on random crops. Synthetic seeded images only."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -224,3 +226,62 @@ def test_a_run_trains_on_new_random_crops_every_epoch(tmp_path, monkeypatch):
     assert [r["step"] for r in histories["device"]] == [(4 * num_train // 16) * e for e in (1, 2)]
     for a, b in zip(histories["device"], histories["host"]):
         assert np.isfinite(a["test/elbo"]) and a["train/elbo"] == pytest.approx(b["train/elbo"], rel=1e-5)
+
+
+# --- make photos ----------------------------------------------------------------------------------------
+
+
+def fake_apt(gather, sizes):
+    """subprocess.run for scripts/gather_photos.py with `apt-get download` writing an empty .deb and
+    `dpkg-deb -x` unpacking seeded JPEGs of `sizes` (width, height, in turn) and a copyright file."""
+    import subprocess
+
+    made = iter(sizes * 10)
+
+    def run(cmd, cwd=None, **_):
+        if cmd[0] == "apt-get":
+            (cwd / f"{cmd[-1]}.deb").write_bytes(b"")
+            return subprocess.CompletedProcess(cmd, 0, "", "")
+        package, root = Path(cmd[2]).stem, Path(cmd[3])
+        (root / "usr/share/doc" / package).mkdir(parents=True)
+        (root / "usr/share/doc" / package / "copyright").write_text(f"{package}: CC0-1.0\n")
+        for i, rel in enumerate(gather.PHOTOS[package]):
+            (root / gather.BACKGROUNDS / rel).parent.mkdir(parents=True, exist_ok=True)
+            w, h = next(made)
+            pixels = np.random.default_rng(i).integers(0, 256, (h, w, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / gather.BACKGROUNDS / rel)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    return run
+
+
+def test_make_photos_gathers_every_photo_shrunk_and_their_licences(tmp_path, monkeypatch):
+    from tests.conftest import script_module
+
+    gather = script_module("gather_photos.py")
+    monkeypatch.setattr(gather, "BACKGROUNDS", Path("not/installed/backgrounds"))
+    monkeypatch.setattr(gather.subprocess, "run", fake_apt(gather, [(120, 80), (64, 90), (40, 30)]))
+    assert gather.main(["--out", str(tmp_path / "photos"), "--max_side", "60"]) == 0
+    written = sorted((tmp_path / "photos").glob("*.png"))
+    assert len(written) == 25 == sum(len(v) for v in gather.PHOTOS.values())
+    sizes = {Image.open(p).size for p in written}
+    assert sizes == {(60, 40), (43, 60), (40, 30)}  # longer side 60 at most, the shape kept, small ones kept
+    assert sorted(p.name for p in (tmp_path / "photos" / "licences").iterdir()) == sorted(
+        f"{package}.copyright" for package in gather.PHOTOS)
+
+
+def test_make_photos_without_the_packages_is_one_line(tmp_path, monkeypatch, capsys):
+    import subprocess
+
+    from tests.conftest import script_module
+
+    gather = script_module("gather_photos.py")
+    monkeypatch.setattr(gather, "BACKGROUNDS", Path("not/installed/backgrounds"))
+    monkeypatch.setattr(gather.subprocess, "run", lambda cmd, **_: subprocess.CompletedProcess(
+        cmd, 100, "", "W: something\nE: Unable to locate package mate-backgrounds\n"))
+    assert gather.main(["--out", str(tmp_path / "photos")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: cannot fetch the Debian package mate-backgrounds (apt-get download: E: Unable to "
+                   "locate package mate-backgrounds); it needs the network once and a package list (`sudo "
+                   "apt-get update`), or install it (`sudo apt-get install mate-backgrounds`)")
+    assert not (tmp_path / "photos").exists()
