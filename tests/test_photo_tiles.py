@@ -1,6 +1,7 @@
 """Photos of any size cut into images of one size (data.tile_stride, data.crops_per_image): the
 tiles' grid, random crops per epoch, the evaluated splits' tiles, mixed sizes through the cache,
-the fields' one-line errors, and a run trained on random crops. Synthetic seeded images only."""
+the fields' one-line errors, a run trained on random crops, and make photos (apt faked). Synthetic
+seeded images only."""
 
 from pathlib import Path
 
