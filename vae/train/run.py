@@ -2,7 +2,7 @@
 written in the order that keeps them consistent through a kill, and the model-selection rules
 they follow (best epoch, early stopping), all derived from metrics.jsonl so a resumed run makes
 the same choices as an uninterrupted one. A single run (`vae.train.loop`) has one; a sweep
-(`vae.sweep.driver`) one per member, so each member's workdir is exactly a single run's. The
+(`vae.sweep.program`) one per run it trains, so each of those workdirs is exactly a single run's. The
 train state is any NamedTuple of arrays (checkpointed as its dict).
 
 In a run over several processes every process keeps a RunDir and makes the same checkpoint calls;
@@ -136,7 +136,7 @@ def repeated_keys(train_config: ml_collections.ConfigDict) -> frozenset[str]:
 class RunDir:
     """One run's workdir while it trains: its config, metrics and the latest and best checkpoint
     managers, written in the order that keeps them consistent through a kill (metrics, then the
-    best checkpoint, then the latest). A single run is one; so is each member of a sweep, whose
+    best checkpoint, then the latest). A single run is one; so is each run of a sweep, whose
     workdir is therefore exactly a single run's."""
 
     def __init__(self, workdir: Path, config: ml_collections.ConfigDict, steps: int, restart: bool = False,
