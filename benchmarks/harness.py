@@ -27,7 +27,8 @@ from vae.analysis import iwae
 from vae.data import dataset, pixels
 from vae.model import objectives
 from vae.sweep import program
-from vae.train import distributed, epoch, evaluate, setup, state, step
+from vae.train import distributed, epoch, evaluate, state, step
+from vae.train import loop as train_loop
 from vae.workdir import files
 
 
@@ -174,7 +175,7 @@ def percentiles(values, qs=(50, 90, 99)) -> dict:
 
 class Trainer:
     """The compiled programs of one config on one set of devices, built as training builds them
-    (`vae.train.setup`: the feed train.batch_source picks, the decoder's bias at the pixel means);
+    (`vae.train.loop.build`: the feed train.batch_source picks, the decoder's bias at the pixel means);
     with `members` (configs that differ in `state.Hyper` numbers only), a sweep's group of them as
     one program (`loop`: the member loop, see `vae.sweep.program`)."""
 
@@ -186,11 +187,12 @@ class Trainer:
                                np.zeros(len(test_images), np.int64), dynamic)
         mesh = distributed.make_mesh(devices)
         self.num_members = len(self.configs)
-        self.built = program.build(self.configs, data, mesh) if members else setup.build(config, data, mesh)
+        self.built = (program.build(self.configs, data, mesh) if members
+                      else train_loop.build(config, data, mesh))
         self.mesh, self.steps = mesh, self.built.steps_per_epoch
         self.graphdef = self.built.graphdef
         self.loop = program.member_loop(loop, self.num_members) if members else None
-        states = [self.built.init_state(c) for c in self.configs]
+        states = [self.built.initial, *(self.built.init_state(c) for c in self.configs[1:])]
         self.carry = program.stack(states, self.loop, self.built.replicated) if members else states[0]
         self.source = self.built.source
         # The training set on the device (the device feed's own copy, else one of its own).
@@ -202,7 +204,7 @@ class Trainer:
         self.epoch_fn, self.compile_sec = self.built.compile_epoch(self.carry, self._body())
         self.epoch_loop = epoch.epoch_loop(config)
         self.evaluate = evaluate.make_evaluate(self.graphdef, config, mesh)
-        self.eval_key = evaluate.eval_key(config, "test")
+        self.eval_key = evaluate.eval_key(config.seed, "test")
         self.epochs_run = 0
 
     def _body(self):

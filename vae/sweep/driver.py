@@ -15,7 +15,7 @@ import ml_collections
 from vae.analysis import plotting
 from vae.data import dataset
 from vae.sweep import program, spec
-from vae.train import config_checks, distributed, loop, setup
+from vae.train import config_checks, distributed, loop
 from vae.train.run import NonFiniteLossError
 from vae.workdir import faults, files, lock
 
@@ -77,7 +77,7 @@ def train_members(members: list[spec.Member], sweep_dir: str | Path, *, devices=
             data_config = group[0].config.data
             if data_config.to_json() not in loaded:
                 loaded[data_config.to_json()] = dataset.load_dataset(data_config)
-            setup.steps_per_epoch(group[0].config, loaded[data_config.to_json()])
+            loop.steps_per_epoch(group[0].config, loaded[data_config.to_json()])
         spec.write_sweep_file(sweep_dir, groups)
         largest = max(len(group) for group in groups)
         print(spec.plan(groups, program.member_loop(member_loop, largest)), file=sys.stderr)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from vae.data import dataset
 from vae.sweep.spec import Member
-from vae.train import loop, setup
+from vae.train import loop
 from vae.train.run import NonFiniteLossError, RunDir
 from vae.train.state import TrainState, eval_params, hyperparameters
 from vae.train.step import step_key
@@ -163,12 +163,12 @@ def members_body(train_step, configs: list[ml_collections.ConfigDict], batch_of,
     return unrolled
 
 
-def build(configs: list[ml_collections.ConfigDict], data: dataset.Dataset, mesh) -> setup.Setup:
-    """The training set-up (`vae.train.setup.build`) of a group, its feed giving the members' orders."""
-    return setup.build(configs[0], data, mesh, seeds=feed_seeds(configs))
+def build(configs: list[ml_collections.ConfigDict], data: dataset.Dataset, mesh) -> loop.Setup:
+    """The training set-up (`vae.train.loop.build`) of a group, its feed giving the members' orders."""
+    return loop.build(configs[0], data, mesh, seeds=feed_seeds(configs))
 
 
-def compile_group(built: setup.Setup, configs: list[ml_collections.ConfigDict], carry, loop: str):
+def compile_group(built: loop.Setup, configs: list[ml_collections.ConfigDict], carry, loop: str):
     """The group's compiled epoch (carry, epoch) -> (carry, per-step metrics steps x K x ...) and
     the seconds compiling took: scan or steps as a single run of configs[0] would."""
     return built.compile_epoch(carry, members_body(built.train_step, configs, built.source.batch, loop))
@@ -189,7 +189,8 @@ def train_group(group: list[Member], sweep_dir: Path, data: dataset.Dataset,
             run = RunDir(sweep_dir / m.name, m.config, built.steps_per_epoch, session.restart,
                          image_shape=data.image_shape)
             runs.append(run)
-            states.append(run.restore(built.init_state(m.config), built.replicated))
+            initial = built.initial if m.config is built.config else built.init_state(m.config)
+            states.append(run.restore(initial, built.replicated))
             if session.progress and run.epoch:
                 print(_prefix(m) + loop.resume_line(run.workdir, run), file=sys.stderr, flush=True)
         live = [k for k, run in enumerate(runs) if not run.finished()]
@@ -210,7 +211,7 @@ class Group:
     """One group's compiled programs and its members' runs."""
 
     def __init__(self, members: list[Member], runs: list[RunDir], states: list[TrainState],
-                 built: setup.Setup, session):
+                 built: loop.Setup, session):
         self.members, self.runs, self.session, self.built = members, runs, session, built
         configs = [m.config for m in members]
         self.loop = member_loop(session.member_loop, len(members))
@@ -283,7 +284,7 @@ class Group:
         """Evaluates the active members and adds the results to their records."""
         t_eval = time.perf_counter()
         summaries = {k: loop.evaluation(eval_params(member(self.carry, k)), self.evaluators,
-                                        self.members[k].config) for k in records}
+                                        self.members[k].config.seed) for k in records}
         eval_time = (time.perf_counter() - t_eval) / len(records)
         for k in list(records):
             try:

@@ -6,12 +6,12 @@
                       program per step, `compile_loop`)
     feed.py           an epoch's batch order, and where its batches come from (the device, or the
                       host per process)
-    setup.py          the set-up of a training, built in one place: optimizer, initial state, feed,
-                      compiled epoch, evaluators (also for the sweep and the benchmarks)
     evaluate.py       the ELBO and its parts on the validation and test splits, and the KL split
     pictures.py       the prior samples and reconstructions TensorBoard shows, one compiled program
     run.py            one run's workdir while it trains: metrics, checkpoints, model selection
-    loop.py           THE loop over epochs of one run (`train_and_evaluate`) and its per-epoch pieces
+    loop.py           THE loop over epochs of one run (`train_and_evaluate`), its per-epoch pieces and
+                      the set-up it starts from (`build`: optimizer, initial state, feed, compiled
+                      epoch, evaluators; the sweep and the benchmarks build through it too)
     trained.py        a trained run read back from its workdir
     config_checks.py  every config field checked before any compute
     distributed.py    many processes (jax.distributed), the mesh and global arrays

@@ -1,8 +1,10 @@
-"""THE training loop of one run (`train_and_evaluate`): the set-up (`vae.train.setup`), then epoch
-after epoch the train step over the epoch's batches (`epoch.py`, the batches from `feed.py`),
-evaluation on the validation and test splits (`evaluate.py`), model selection with early stopping,
-checkpoints and metrics (`run.py`). A sweep (`vae.sweep.program`) trains several runs as one
-program with the same per-epoch pieces (`epoch_record`, `evaluation`, `end_epoch`).
+"""THE training loop of one run (`train_and_evaluate`): the set-up (`build`: the optimizer, the
+initial state, the feed, the compiled epoch, the evaluators; a sweep and the benchmarks build
+through it too), then epoch after epoch the train step over the epoch's batches (`epoch.py`, the
+batches from `feed.py`), evaluation on the validation and test splits (`evaluate.py`), model
+selection with early stopping, checkpoints and metrics (`run.py`). A sweep (`vae.sweep.program`)
+trains several runs as one program with the same per-epoch pieces (`run_epoch`, `epoch_record`,
+`evaluation`, `end_epoch`).
 
 Model selection follows the published protocol: the validation split (carved from the training
 data) is evaluated every epoch, the parameters with the lowest validation negative ELBO are kept as
@@ -17,6 +19,8 @@ checkpoint calls in the same order; only process 0 writes metrics.jsonl and conf
 """
 
 import contextlib
+import dataclasses
+import functools
 import signal
 import sys
 import threading
@@ -24,13 +28,19 @@ import time
 from pathlib import Path
 
 import jax
+import ml_collections
 import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from vae.data import dataset
-from vae.train import config_checks, distributed, setup, state
-from vae.train.evaluate import Evaluator
+from vae.train import config_checks, distributed, epoch, feed, pictures, state
+from vae.train.evaluate import Evaluator, make_evaluators
 from vae.train.run import RunDir, skip_line
+from vae.train.step import make_train_step
 from vae.workdir import faults, files, lock
 
 
@@ -70,6 +80,94 @@ class StopRequests:
         return False
 
 
+# --- The set-up: built in one place for this loop, a sweep's groups and the benchmarks -------------
+
+
+def steps_per_epoch(config: ml_collections.ConfigDict, data: dataset.Dataset) -> int:
+    """Optimiser steps per epoch, after checking that the model and batch fit the data."""
+    config_checks.validate_image_shape(config, data.image_shape)
+    num_train = data.train_images.shape[0]
+    if num_train < config.train.batch_size:
+        raise config_checks.ConfigError(
+            f"train.batch_size={config.train.batch_size} is larger than the training split "
+            f"({num_train} images); lower it or use a larger split")
+    return num_train // config.train.batch_size
+
+
+@dataclasses.dataclass
+class Setup:
+    """What a training compiles and starts from (`build`), for the runs of `config` (they may
+    differ in the numbers of `state.Hyper` only)."""
+
+    config: ml_collections.ConfigDict
+    data: dataset.Dataset
+    mesh: Mesh
+    steps_per_epoch: int
+    tx: optax.GradientTransformation
+    graphdef: nnx.GraphDef
+    latent_dims: tuple[int, ...]  # the model's, z_1 first
+    initial: state.TrainState  # the fresh state of `config`'s run, replicated
+    seeds: int | tuple[int, ...]  # whose batch orders the feed gives (`feed.compile_orders`)
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P())
+
+    def init_state(self, config: ml_collections.ConfigDict) -> state.TrainState:
+        """A fresh state for the run of another config of the set-up (its seed), replicated."""
+        _, initial = state.init_state(config, self.data.image_shape, self.tx, self.data.pixel_means())
+        return jax.device_put(initial, self.replicated)
+
+    @functools.cached_property
+    def train_step(self):
+        """(state, x_u8_BxD, key, hyper) -> (state, metrics) (`step.make_train_step`)."""
+        return make_train_step(self.graphdef, self.config, self.steps_per_epoch, self.data.dynamic)
+
+    @functools.cached_property
+    def source(self) -> feed.DeviceBatches | feed.HostBatches:
+        """The feed of the epochs' batches: the one place a training takes its training images."""
+        t = self.config.train
+        return feed.batches(t.batch_source, t.batch_size, self.seeds, self.data.train_images, self.mesh)
+
+    def body(self, hyper: state.Hyper):
+        """The epoch's step body of one run with these numbers (`epoch.step_body`)."""
+        return epoch.step_body(self.train_step, hyper, self.source.batch)
+
+    def compile_epoch(self, carry, body) -> tuple[object, float]:
+        """(carry, epoch) -> (carry, per-step metrics) of `body`, compiled now for `carry`
+        (`epoch.compile_epoch`), and the seconds compiling took."""
+        start = time.perf_counter()
+        train_epoch = epoch.compile_epoch(body, epoch.epoch_loop(self.config), self.mesh, carry, self.source)
+        return train_epoch, time.perf_counter() - start
+
+    def evaluators(self) -> list[Evaluator]:
+        """The validation (where the data set has one) and test evaluators (`evaluate.make_evaluators`)."""
+        return make_evaluators(self.graphdef, self.config, self.mesh, self.data, self.latent_dims)
+
+    def pictures(self):
+        """TensorBoard's pictures of parameters (`pictures.make_pictures`), one program for every run."""
+        return pictures.make_pictures(self.graphdef, self.data.test_images)
+
+
+def build(config: ml_collections.ConfigDict, data: dataset.Dataset, mesh: Mesh,
+          seeds: int | tuple[int, ...] | None = None) -> Setup:
+    """The set-up of `config` on `data` over `mesh`, after checking that they fit: the optimizer,
+    the initial state (the decoder's output bias at the training set's pixel means, as every run
+    starts), and, when first asked for, the feed (train.batch_source's), the compiled epoch, the
+    evaluators. The feed's batch orders are those of `seeds` (default: the config's seed; a tuple
+    gives one order per seed, see `feed.compile_orders`)."""
+    steps = steps_per_epoch(config, data)
+    tx = state.make_optimizer(config.train, steps)
+    graphdef, initial = state.init_state(config, data.image_shape, tx, data.pixel_means())
+    latent_dims = tuple(nnx.merge(graphdef, initial.params).latent_dims)
+    initial = jax.device_put(initial, NamedSharding(mesh, P()))
+    return Setup(config, data, mesh, steps, tx, graphdef, latent_dims, initial,
+                 config.seed if seeds is None else seeds)
+
+
+# --- The loop ----------------------------------------------------------------------------------------
+
+
 def train_and_evaluate(config, workdir: str | Path, *, devices=None, restart: bool = False,
                        progress: bool = True) -> list[dict]:
     """Trains `config` into `workdir`, resuming from its last checkpoint; returns the metrics.
@@ -91,10 +189,10 @@ def train_and_evaluate(config, workdir: str | Path, *, devices=None, restart: bo
             files.check_resumable(workdir, config)
         data = dataset.load_dataset(config.data)
         stop = stack.enter_context(StopRequests(announce=writer))
-        built = setup.build(config, data, mesh)
+        built = build(config, data, mesh)
         run = stack.enter_context(contextlib.closing(
             RunDir(workdir, config, built.steps_per_epoch, restart, image_shape=data.image_shape)))
-        train_state = run.restore(built.init_state(config), built.replicated)
+        train_state = run.restore(built.initial, built.replicated)
         if progress and writer and run.epoch:
             print(resume_line(workdir, run), file=sys.stderr, flush=True)
         if not run.finished():
@@ -102,7 +200,7 @@ def train_and_evaluate(config, workdir: str | Path, *, devices=None, restart: bo
     return run.history
 
 
-def train_epochs(built: setup.Setup, run: RunDir, train_state: state.TrainState, stop: StopRequests,
+def train_epochs(built: Setup, run: RunDir, train_state: state.TrainState, stop: StopRequests,
                  progress: bool) -> None:
     """Trains `run` epoch by epoch from `train_state` until it is done or a signal stops it."""
     config = built.config
@@ -119,7 +217,7 @@ def train_epochs(built: setup.Setup, run: RunDir, train_state: state.TrainState,
             compile_time = None  # recorded on the session's first epoch only
             if run.eval_due():
                 t_eval = time.perf_counter()
-                summaries = evaluation(state.eval_params(train_state), evaluators, config)
+                summaries = evaluation(state.eval_params(train_state), evaluators, config.seed)
                 run.add_evaluation(record, summaries, time.perf_counter() - t_eval)
             end_epoch(run, record, train_state, signum, session_start, bar if progress else None)
             bar.update(number - bar.n)
@@ -158,11 +256,11 @@ def epoch_record(run: RunDir, step_metrics: dict, train_time: float, compile_tim
     return record
 
 
-def evaluation(params, evaluators: list[Evaluator], config) -> dict:
+def evaluation(params, evaluators: list[Evaluator], seed: int) -> dict:
     """Every split's summary of `params`, keyed by the run's seed (`Evaluator`)."""
     summaries = {}
     for evaluator in evaluators:
-        summaries |= evaluator(params, config)
+        summaries |= evaluator(params, seed)
     return summaries
 
 
