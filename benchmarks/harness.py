@@ -26,7 +26,9 @@ from benchmarks import host, profiling
 from vae.analysis import iwae
 from vae.data import dataset, pixels
 from vae.model import objectives
-from vae.train import distributed, epoch, evaluate, feed, state, step
+from vae.sweep import program
+from vae.train import distributed, epoch, evaluate, state, step
+from vae.train import loop as train_loop
 from vae.workdir import files
 
 
@@ -172,42 +174,49 @@ def percentiles(values, qs=(50, 90, 99)) -> dict:
 
 
 class Trainer:
-    """The compiled programs of one config on one set of devices, as the training loop builds
-    them; with `members` (configs that differ in `state.Hyper` numbers only), a sweep's group of
-    them as one program (`loop`: the member loop, see `vae.train.epoch`)."""
+    """The compiled programs of one config on one set of devices, built as training builds them
+    (`vae.train.loop.build`: the feed train.batch_source picks, the decoder's bias at the pixel means);
+    with `members` (configs that differ in `state.Hyper` numbers only), a sweep's group of them as
+    one program (`loop`: the member loop, see `vae.sweep.program`)."""
 
     def __init__(self, config, train_images, test_images, dynamic: bool, devices=None, members=None,
                  loop: str = "auto"):
         self.config = config
         self.configs = members or [config]
-        self.mesh = distributed.make_mesh(devices)
-        self.replicated = NamedSharding(self.mesh, P())
-        self.num_train = len(train_images)
-        self.steps = self.num_train // config.train.batch_size
-        self.tx = state.make_optimizer(config.train, self.steps)
+        data = dataset.Dataset("benchmark", train_images, np.zeros(len(train_images), np.int64), test_images,
+                               np.zeros(len(test_images), np.int64), dynamic)
+        mesh = distributed.make_mesh(devices)
         self.num_members = len(self.configs)
-        self.loop = epoch.member_loop(loop, self.num_members)
-        states = [state.init_state(c, train_images.shape[1:], self.tx) for c in self.configs]
-        self.graphdef = states[0][0]
-        self.carry = epoch.stack([s for _, s in states], self.loop, self.replicated)
-        self.source = feed.DeviceBatches(self.configs, train_images, self.mesh)
-        self.train_images = self.source.consts
+        self.built = (program.build(self.configs, data, mesh) if members
+                      else train_loop.build(config, data, mesh))
+        self.mesh, self.steps = mesh, self.built.steps_per_epoch
+        self.graphdef = self.built.graphdef
+        self.loop = program.member_loop(loop, self.num_members) if members else None
+        states = [self.built.initial, *(self.built.init_state(c) for c in self.configs[1:])]
+        self.carry = program.stack(states, self.loop, self.built.replicated) if members else states[0]
+        self.source = self.built.source
+        # The training set on the device (the device feed's own copy, else one of its own).
+        self.train_images = (self.source.consts if self.source.consts is not None
+                             else distributed.images_on_device(train_images, mesh))
         self.test_images_u8 = test_images
-        self.test_images = distributed.images_on_device(test_images, self.mesh, config.eval.batch_size)
+        self.test_images = distributed.images_on_device(test_images, mesh, config.eval.batch_size)
         self.dynamic = dynamic
-        start = time.perf_counter()
-        self.epoch_fn = epoch.compile_epoch(self.graphdef, self.configs, self.mesh, self.carry, self.source,
-                                            self.steps, dynamic, self.loop)
+        self.epoch_fn, self.compile_sec = self.built.compile_epoch(self.carry, self._body())
         self.epoch_loop = epoch.epoch_loop(config)
-        self.compile_sec = time.perf_counter() - start
-        self.evaluate = evaluate.make_evaluate(self.graphdef, config, self.mesh)
-        self.eval_key = evaluate.eval_key(config, "test")
+        self.evaluate = evaluate.make_evaluate(self.graphdef, config, mesh)
+        self.eval_key = evaluate.eval_key(config.seed, "test")
         self.epochs_run = 0
+
+    def _body(self):
+        """The epoch's step body: one run's, or the members' (`program.members_body`)."""
+        if self.loop is None:
+            return self.built.body(state.hyperparameters(self.config))
+        return program.members_body(self.built.train_step, self.configs, self.source.batch, self.loop)
 
     @property
     def state(self) -> state.TrainState:
-        """The first member's state."""
-        return epoch.member(self.carry, 0)
+        """The (first member's) state."""
+        return self.carry if self.loop is None else program.member(self.carry, 0)
 
     def run_epoch(self) -> float:
         """Trains one epoch; returns its wall time in seconds. Also keeps `images_per_cpu_sec`
@@ -228,8 +237,9 @@ class Trainer:
 
     def step_times(self, num_steps: int) -> list[float]:
         """Seconds per step for the same step called one at a time from Python (dispatch included)."""
-        train_step = step.make_train_step(self.graphdef, self.config, self.steps, self.dynamic)
+        train_step = self.built.train_step
         hyper = state.hyperparameters(self.config)
+
         def one_step(s, x_u8):
             return train_step(s, x_u8, step.step_key(hyper.seed, s.step), hyper)
 
@@ -246,7 +256,7 @@ class Trainer:
             current, metrics = jitted(current, x)
             jax.block_until_ready(metrics)
             times.append(time.perf_counter() - start)
-        self.carry = epoch.stack([current], self.loop)
+        self.carry = current if self.loop is None else program.stack([current], self.loop)
         return times
 
     def evaluate_once(self):
@@ -271,9 +281,7 @@ class Trainer:
 
     def epoch_hlo(self) -> str:
         """The compiled epoch program (scan loop) as HLO text, for `profiling.profile`."""
-        train_step = step.make_train_step(self.graphdef, self.config, self.steps, self.dynamic)
-        body = epoch.members_body(train_step, self.configs, self.source.batch, self.loop)
-        return epoch.compile_loop(body, "scan", self.mesh, self.carry, self.source.consts,
+        return epoch.compile_loop(self._body(), "scan", self.mesh, self.carry, self.source.consts,
                                   self.source.abstract()).as_text()
 
 

@@ -15,8 +15,7 @@ import sys
 import time
 
 from vae import cli, cli_flags
-from vae.sweep import driver, spec
-from vae.train import epoch
+from vae.sweep import driver, program, spec
 
 
 def build_parser() -> cli_flags.ArgumentParser:
@@ -29,7 +28,7 @@ def build_parser() -> cli_flags.ArgumentParser:
                         help="a config field and its values (repeat for a cross product)")
     parser.add_argument("--restart", action="store_true",
                         help="delete every member's checkpoints and metrics first")
-    parser.add_argument("--member_loop", choices=epoch.MEMBER_LOOPS, default="auto",
+    parser.add_argument("--member_loop", choices=program.MEMBER_LOOPS, default="auto",
                         help="how a group's program runs its members' step: vmap, unrolled, or auto "
                              "(unrolled on CPU, vmap elsewhere)")
     cli_flags.add_progress_argument(parser)

@@ -8,12 +8,13 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from benchmarks import harness, profiling
 from configs import mlp_small
 from tests.conftest import REPO, tiny_config
-from vae.train import state, step
+from vae.train import feed, state, step
 
 
 def test_matmul_flops_are_counted_on_the_jaxpr():
@@ -72,6 +73,27 @@ def test_the_profile_groups_kernels_by_what_they_compute():
     assert {"matmuls", "random bits", "optimizer update", "other elementwise"} <= parts
     seconds = profiling.profile(lambda: jax.block_until_ready(compiled(train_state, x)), compiled.as_text())
     assert set(profiling.PARTS) <= set(seconds) and seconds["matmuls"] > 0
+
+
+@pytest.mark.parametrize("source", ["device", "host"])
+def test_the_harness_starts_from_what_a_training_starts_from(source):
+    """The benchmark's programs are built as a training builds them: the decoder's output bias at
+    the training set's pixel means, and the feed train.batch_source names."""
+    config = tiny_config(train__batch_source=source, model__init_output_bias=True)
+    rng = np.random.default_rng(0)
+    on_D = np.linspace(0.02, 0.98, 784)  # pixels on from rarely to nearly always: means far from 1/2
+    train_u8 = ((rng.random((256, 784)) < on_D) * 255).astype(np.uint8).reshape(256, 28, 28, 1)
+    test_u8 = train_u8[:128]
+    trainer = harness.Trainer(config, train_u8, test_u8, dynamic=True, devices=jax.devices()[:1])
+    pixel_means = train_u8.reshape(256, -1).mean(axis=0) / 255.0
+    _, expected = state.init_state(config, (28, 28, 1), state.make_optimizer(config.train, 4), pixel_means)
+    got, want = jax.tree.leaves(trainer.state.params), jax.tree.leaves(expected.params)
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert isinstance(trainer.source, feed.HostBatches if source == "host" else feed.DeviceBatches)
+    trainer.run_epoch()  # and it trains from there
+    assert int(trainer.state.step) == 256 // config.train.batch_size
 
 
 @pytest.mark.slow  # a minute of timed runs; the FLOP counts and the profile's grouping are quick tests above

@@ -614,8 +614,8 @@ def test_the_metrics_table_names_the_keys_of_validation_the_kl_split_and_sweeps(
         expected |= {f"{prefix}/{name}" for name in (*evaluate.KL_SPLIT_FIELDS, "dimwise_kl",
                                                       "dimwise_kl_per_dim", "split_kl", "split_examples")}
     assert expected - documented == set()
-    loop_source = (ROOT / "vae" / "train" / "loop.py").read_text()
-    assert '"sweep/members"' in loop_source and '"sweep/images_per_sec"' in loop_source
+    program_source = (ROOT / "vae" / "sweep" / "program.py").read_text()
+    assert '"sweep/members"' in program_source and '"sweep/images_per_sec"' in program_source
 
 
 # The checks catch what they should: each on a broken page.

@@ -100,16 +100,16 @@ def test_sigint_stops_after_the_epochs_checkpoint_and_the_run_resumes_exactly(tm
     """SIGINT while epoch 1 trains (sent to this process): the epoch ends, is checkpointed, and the
     run stops with Interrupted (exit status 130); run again, it ends where the uninterrupted run did."""
     assert threading.current_thread() is threading.main_thread()  # where the handler is installed
-    train_epoch = loop._Group._train_epoch
+    run_epoch = loop.run_epoch
     sent = []
 
-    def with_sigint(self, number, active):
+    def with_sigint(train_epoch, carry, number, stop):
         if not sent:
             sent.append(number)
             os.kill(os.getpid(), signal.SIGINT)
-        return train_epoch(self, number, active)
+        return run_epoch(train_epoch, carry, number, stop)
 
-    monkeypatch.setattr(loop._Group, "_train_epoch", with_sigint)
+    monkeypatch.setattr(loop, "run_epoch", with_sigint)
     handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN where the suite runs in the background
     stopped = "stopped by SIGINT after epoch 1, which is checkpointed"
     with pytest.raises(loop.Interrupted, match=stopped) as stop:

@@ -12,8 +12,8 @@ from flax import nnx
 from tests.conftest import run_in_process, tiny_config
 from tests.test_scripts import assert_png, run_script
 from vae.analysis import iwae
-from vae.sweep import driver, spec
-from vae.train import config_checks, epoch, loop, run, trained
+from vae.sweep import driver, program, spec
+from vae.train import config_checks, loop, run, trained
 from vae.workdir import files
 
 # Facts of the session, not of the run: times, and how many members trained together that epoch.
@@ -88,19 +88,19 @@ def test_members_are_the_cross_product_with_readable_names():
 
 def test_numbers_share_a_program_and_shapes_or_switches_split_it():
     config = tiny_config()
-    one = loop.group_members(spec.make_members(config, [("train.beta", [0.5, 2.0]), ("seed", [0, 1])]))
+    one = spec.group_members(spec.make_members(config, [("train.beta", [0.5, 2.0]), ("seed", [0, 1])]))
     assert [len(g) for g in one] == [4]
-    assert epoch.varying_hyper([m.config for m in one[0]]) == {"seed": [0, 1, 0, 1],
+    assert program.varying_hyper([m.config for m in one[0]]) == {"seed": [0, 1, 0, 1],
                                                                 "beta": [0.5, 0.5, 2.0, 2.0]}
     assert spec.plan(one, "vmap") == ("4 members train together as one compiled program, the step vmapped "
                                       "over the members' stacked states")
-    shapes = loop.group_members(spec.make_members(config, [("model.latent_dim", [2, 4]),
+    shapes = spec.group_members(spec.make_members(config, [("model.latent_dim", [2, 4]),
                                                            ("train.learning_rate", [1e-3, 3e-3])]))
     assert [[m.name for m in g] for g in shapes] == [
         ["latent_dim=2,learning_rate=0.001", "latent_dim=2,learning_rate=0.003"],
         ["latent_dim=4,learning_rate=0.001", "latent_dim=4,learning_rate=0.003"]]
     assert "2 groups" in spec.plan(shapes) and "model.latent_dim changes the program" in spec.plan(shapes)
-    ema = loop.group_members(spec.make_members(config, [("train.ema_decay", [0.0, 0.5, 0.9])]))
+    ema = spec.group_members(spec.make_members(config, [("train.ema_decay", [0.0, 0.5, 0.9])]))
     assert [[m.name for m in g] for g in ema] == [["ema_decay=0"], ["ema_decay=0.5", "ema_decay=0.9"]]
 
 
@@ -146,7 +146,7 @@ def test_every_traced_number_matches_the_single_run(tmp_path, fashion_mnist):
                     train__ema_decay=0.9, train__weight_decay=1e-3, train__grad_clip_norm=50.0,
                     train__skip_threshold=1e6, train__beta=2.0)]
     members = [spec.Member(f"m{i}", {"index": i}, tiny_config(**base, **n)) for i, n in enumerate(numbers)]
-    assert len(epoch.varying_hyper([m.config for m in members])) == 9  # all Hyper fields
+    assert len(program.varying_hyper([m.config for m in members])) == 9  # all Hyper fields
     histories = driver.train_members(members, tmp_path / "sweep", progress=False, member_loop="vmap")
     for member, n in zip(members, numbers):
         single = loop.train_and_evaluate(tiny_config(**base, **n), tmp_path / member.name, progress=False)

@@ -68,7 +68,7 @@ def training_bits_agree():
     plain compile: the same parameters, optimizer state and metrics, bit for bit. Changes this
     process's keys and options: for a process of its own."""
     from tests.conftest import tiny_config
-    from vae.train import distributed, epoch, feed, state
+    from vae.train import distributed, epoch, feed, state, step
 
     config = tiny_config()
     mesh = distributed.make_mesh(jax.devices()[:1])
@@ -77,10 +77,12 @@ def training_bits_agree():
     tx = state.make_optimizer(config.train, steps)
 
     def two_epochs():
-        graphdef, train_state = state.init_state(config, (28, 28, 1), tx)
-        carry = epoch.stack([train_state], "unrolled")
-        source = feed.DeviceBatches([config], images, mesh)
-        epoch_fn = epoch.compile_epoch(graphdef, [config], mesh, carry, source, steps, True, "unrolled")
+        graphdef, carry = state.init_state(config, (28, 28, 1), tx)
+        orders = feed.compile_orders(config.train.batch_size, len(images), config.seed, mesh)
+        source = feed.DeviceBatches(images, mesh, orders)
+        body = epoch.step_body(step.make_train_step(graphdef, config, steps, True),
+                               state.hyperparameters(config), source.batch)
+        epoch_fn = epoch.compile_epoch(body, epoch.epoch_loop(config), mesh, carry, source)
         metrics = []
         for number in (1, 2):
             carry, step_metrics = epoch_fn(carry, number)

@@ -138,7 +138,7 @@ def kl_split_of_test_set(graphdef, config, mesh, params, padded_images, num_exam
     multiple of the device count), their aggregate posterior against all of them: test/mutual_info
     (at most log N), test/marginal_kl, ... as in metrics.jsonl (`summarize_kl_split`)."""
     num = num_examples - num_examples % mesh.devices.size
-    split = make_kl_split(graphdef, config, mesh, num)(params, padded_images, eval_key(config, "test"))
+    split = make_kl_split(graphdef, config, mesh, num)(params, padded_images, eval_key(config.seed, "test"))
     return summarize_kl_split(jax.device_get(split), num, "test")
 
 
@@ -165,7 +165,7 @@ def evaluate_workdir(workdir: str | Path, num_samples: int = 5000, *, epoch: int
     start = time.perf_counter()
     evaluate = make_evaluate(graphdef, config, mesh)
     padded = distributed.images_on_device(images, mesh, config.eval.batch_size)
-    terms = jax.device_get(evaluate(params, padded, eval_key(config, "test")))
+    terms = jax.device_get(evaluate(params, padded, eval_key(config.seed, "test")))
     result = {"epoch": restored_epoch, "checkpoint": checkpoint_used(workdir, epoch, checkpoint),
               "num_examples": int(images.shape[0])}
     result |= summarize_eval(terms, images.shape[0], num_pixels, config.eval.active_unit_threshold,

@@ -129,8 +129,16 @@ def axes_of(members: list[Member]) -> dict[str, list]:
     return axes
 
 
+def group_members(members: list[Member]) -> list[list[Member]]:
+    """The members that can train as one compiled program (`state.program_key`), in their order."""
+    groups: dict[str, list[Member]] = {}
+    for m in members:
+        groups.setdefault(state.program_key(m.config), []).append(m)
+    return list(groups.values())
+
+
 def plan(groups: list[list[Member]], loop: str = "vmap") -> str:
-    """One line on how the members are trained (`loop`: the member loop, see `vae.train.epoch`)."""
+    """One line on how the members are trained (`loop`: the member loop, see `vae.sweep.program`)."""
     count = sum(len(g) for g in groups)
     how = ("the step vmapped over the members' stacked states" if loop == "vmap"
            else "each member's step in turn")

@@ -2,13 +2,16 @@
 
     state.py          TrainState, Hyper (the numbers that change no shape), the optimizer, the keys
     step.py           THE train step: one pure function of (state, batch, key, hyper)
-    epoch.py          the epoch of K >= 1 members built from the step, compiled in this one place
-                      (one scan or one program per step, `compile_loop`; a single run is K = 1)
-    feed.py           where an epoch's batches come from (the device, or the host per process)
+    epoch.py          the epoch built from the step, compiled in this one place (one scan or one
+                      program per step, `compile_loop`)
+    feed.py           an epoch's batch order, and where its batches come from (the device, or the
+                      host per process)
     evaluate.py       the ELBO and its parts on the validation and test splits, and the KL split
     pictures.py       the prior samples and reconstructions TensorBoard shows, one compiled program
     run.py            one run's workdir while it trains: metrics, checkpoints, model selection
-    loop.py           THE loop over epochs, for a single run (`train_and_evaluate`) and a sweep
+    loop.py           THE loop over epochs of one run (`train_and_evaluate`), its per-epoch pieces and
+                      the set-up it starts from (`build`: optimizer, initial state, feed, compiled
+                      epoch, evaluators; the sweep and the benchmarks build through it too)
     trained.py        a trained run read back from its workdir
     config_checks.py  every config field checked before any compute
     distributed.py    many processes (jax.distributed), the mesh and global arrays

@@ -22,16 +22,16 @@ from jax.sharding import PartitionSpec as P
 
 from vae.data import pixels
 from vae.data.dataset import Dataset
-from vae.model import build, kl_split
+from vae.model import kl_split
 from vae.train import distributed
 from vae.train.epoch import compile_loop, epoch_loop
 from vae.train.state import TEST_EVAL, VAL_EVAL, root_key
 
 
-def eval_key(config, split: str) -> jax.Array:
-    """The key of one split's evaluation ('test' or 'val'): the same every epoch, so epochs compare
-    on the same posterior noise."""
-    return jax.random.fold_in(root_key(config.seed), TEST_EVAL if split == "test" else VAL_EVAL)
+def eval_key(seed: int, split: str) -> jax.Array:
+    """The key of one split's evaluation ('test' or 'val') of the run with this seed: the same every
+    epoch, so epochs compare on the same posterior noise."""
+    return jax.random.fold_in(root_key(seed), TEST_EVAL if split == "test" else VAL_EVAL)
 
 
 # Folded into a split's evaluation key: the KL split's draws, independent of the ELBO's.
@@ -136,7 +136,7 @@ def summarize_eval(terms: dict, num_examples: int, num_pixels: int, threshold: f
                    prefix: str = "test", layer_sizes: tuple[int, ...] | None = None) -> dict:
     """Means in nats per image, per-dimension KL (factorised priors) and active units (Burda et
     al., 2015) of one evaluated split; for a model of several latent layers, the KL of each layer
-    and, given the layers' sizes (`build.latent_sizes`, z_1 first), the active units of each."""
+    and, given the layers' sizes (the model's `latent_dims`, z_1 first), the active units of each."""
     rec = np.asarray(terms["rec"][:num_examples], np.float64)
     kl = np.asarray(terms["kl"][:num_examples], np.float64)
     means = np.asarray(terms["mean"][:num_examples], np.float64)
@@ -166,19 +166,20 @@ class Evaluator:
     """Evaluates parameters on one split every evaluation epoch, each run with its own key
     (`eval_key`: the same every epoch)."""
 
-    def __init__(self, evaluate, config, mesh, images: np.ndarray, split: str, kl_split=None):
+    def __init__(self, evaluate, mesh, images: np.ndarray, split: str, batch_size: int, threshold: float,
+                 layer_sizes: tuple[int, ...], kl_split=None):
         self.evaluate = evaluate
         self.kl_split = kl_split  # (make_kl_split's function, N) or None
-        self.images = distributed.images_on_device(images, mesh, config.eval.batch_size)
+        self.images = distributed.images_on_device(images, mesh, batch_size)
         self.num = images.shape[0]
         self.num_pixels = math.prod(images.shape[1:])
-        self.layer_sizes = build.latent_sizes(config.model, images.shape[1:])
+        self.layer_sizes = layer_sizes  # the model's `latent_dims`, z_1 first
         self.split = split
-        self.threshold = config.eval.active_unit_threshold
+        self.threshold = threshold
 
-    def __call__(self, params, config) -> dict:
-        """The split's summary of the parameters of the run with this config (its seed keys it)."""
-        key = eval_key(config, self.split)
+    def __call__(self, params, seed: int) -> dict:
+        """The split's summary of the parameters of the run with this seed (which keys it)."""
+        key = eval_key(seed, self.split)
         terms = jax.device_get(self.evaluate(params, self.images, key))
         summary = summarize_eval(terms, self.num, self.num_pixels, self.threshold, self.split,
                                  self.layer_sizes)
@@ -189,10 +190,11 @@ class Evaluator:
         return summary
 
 
-def make_evaluators(graphdef, config, mesh, data: Dataset) -> list[Evaluator]:
+def make_evaluators(graphdef, config, mesh, data: Dataset, layer_sizes: tuple[int, ...]) -> list[Evaluator]:
     """The validation (where the data set has one) and test evaluators of the runs `config` stands
-    for (they may differ in Hyper numbers only). With `eval.kl_split_examples`, the first of them
-    (validation, else test) also splits the KL term on that many of its images."""
+    for (they may differ in Hyper numbers only; `layer_sizes`: the model's `latent_dims`). With
+    `eval.kl_split_examples`, the first of them (validation, else test) also splits the KL term on
+    that many of its images."""
     evaluate = make_evaluate(graphdef, config, mesh)
     splits = [("val", data.val_images)] if data.val_images is not None else []
     splits.append(("test", data.test_images))
@@ -202,5 +204,6 @@ def make_evaluators(graphdef, config, mesh, data: Dataset) -> list[Evaluator]:
         split_fn = None
         if index == 0 and num_split >= 2:
             split_fn = (make_kl_split(graphdef, config, mesh, num_split), num_split)
-        evaluators.append(Evaluator(evaluate, config, mesh, images, split, split_fn))
+        evaluators.append(Evaluator(evaluate, mesh, images, split, config.eval.batch_size,
+                                    config.eval.active_unit_threshold, layer_sizes, split_fn))
     return evaluators

@@ -1,20 +1,17 @@
-"""The training loop, for every training command: `train_members` trains K >= 1 runs ("members"),
-each into its own workdir; a single run (`train_and_evaluate`) is one member, a sweep
-(`vae.sweep.driver`) many. Members whose configs differ only in the numbers of `state.Hyper` form
-a group and train as one compiled program, in lock-step (`vae.train.epoch`); groups train one
-after another.
+"""THE training loop of one run (`train_and_evaluate`): the set-up (`build`: the optimizer, the
+initial state, the feed, the compiled epoch, the evaluators; a sweep and the benchmarks build
+through it too), then epoch after epoch the train step over the epoch's batches (`epoch.py`, the
+batches from `feed.py`), evaluation on the validation and test splits (`evaluate.py`), model
+selection with early stopping, checkpoints and metrics (`run.py`). A sweep (`vae.sweep.program`)
+trains several runs as one program with the same per-epoch pieces (`run_epoch`, `epoch_record`,
+`evaluation`, `end_epoch`).
 
-An epoch of a group: the train step over the epoch's batches for every member (`epoch.py`, the
-batches from `feed.py`), evaluation on the validation and test splits (`evaluate.py`), then, per
-member, model selection with early stopping, checkpoints and metrics (`run.py`). Model selection
-follows the published protocol: the validation split (carved from the training data) is
-evaluated every epoch, the parameters with the lowest validation negative ELBO are kept as the
-"best" checkpoint beside the latest ones, and a member stops once its validation ELBO has not
+Model selection follows the published protocol: the validation split (carved from the training
+data) is evaluated every epoch, the parameters with the lowest validation negative ELBO are kept as
+the "best" checkpoint beside the latest ones, and the run stops once its validation ELBO has not
 improved for `train.early_stopping_patience` epochs after the KL warm-up. Everything this needs is
 derived from metrics.jsonl, so a resumed run makes the same choices as an uninterrupted one. A
-member that is done (its epochs, early stopping, or a non-finite loss, which stops that member
-only) or ahead of the others (a kill fell between two members' checkpoints) is carried through
-the group's epochs unchanged while the others train.
+non-finite loss stops the run; its last good checkpoint is kept.
 
 A run over several processes (`distributed.py`) runs this same loop in every process: all of them
 compute the same metrics from replicated outputs, so they take the same decisions and make the same
@@ -23,6 +20,7 @@ checkpoint calls in the same order; only process 0 writes metrics.jsonl and conf
 
 import contextlib
 import dataclasses
+import functools
 import signal
 import sys
 import threading
@@ -32,24 +30,18 @@ from pathlib import Path
 import jax
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from vae.data import dataset
 from vae.train import config_checks, distributed, epoch, feed, pictures, state
-from vae.train.evaluate import make_evaluators
-from vae.train.run import NonFiniteLossError, RunDir, skip_line
+from vae.train.evaluate import Evaluator, make_evaluators
+from vae.train.run import RunDir, skip_line
+from vae.train.step import make_train_step
 from vae.workdir import faults, files, lock
-
-
-@dataclasses.dataclass(frozen=True)
-class Member:
-    """One run of a training command: its config and the workdir it trains into."""
-
-    config: ml_collections.ConfigDict
-    workdir: Path
-    name: str = ""  # a sweep member's name, which prefixes its lines; "" for a single run
 
 
 class Interrupted(RuntimeError):
@@ -88,6 +80,9 @@ class StopRequests:
         return False
 
 
+# --- The set-up: built in one place for this loop, a sweep's groups and the benchmarks -------------
+
+
 def steps_per_epoch(config: ml_collections.ConfigDict, data: dataset.Dataset) -> int:
     """Optimiser steps per epoch, after checking that the model and batch fit the data."""
     config_checks.validate_image_shape(config, data.image_shape)
@@ -99,260 +94,196 @@ def steps_per_epoch(config: ml_collections.ConfigDict, data: dataset.Dataset) ->
     return num_train // config.train.batch_size
 
 
-def group_members(members: list) -> list[list]:
-    """Members (anything with a `.config`) that can train as one compiled program
-    (`state.program_key`), in their order."""
-    groups: dict[str, list] = {}
-    for member in members:
-        groups.setdefault(state.program_key(member.config), []).append(member)
-    return list(groups.values())
+@dataclasses.dataclass
+class Setup:
+    """What a training compiles and starts from (`build`), for the runs of `config` (they may
+    differ in the numbers of `state.Hyper` only)."""
+
+    config: ml_collections.ConfigDict
+    data: dataset.Dataset
+    mesh: Mesh
+    steps_per_epoch: int
+    tx: optax.GradientTransformation
+    graphdef: nnx.GraphDef
+    latent_dims: tuple[int, ...]  # the model's, z_1 first
+    initial: state.TrainState  # the fresh state of `config`'s run, replicated
+    seeds: int | tuple[int, ...]  # whose batch orders the feed gives (`feed.compile_orders`)
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P())
+
+    def init_state(self, config: ml_collections.ConfigDict) -> state.TrainState:
+        """A fresh state for the run of another config of the set-up (its seed), replicated."""
+        _, initial = state.init_state(config, self.data.image_shape, self.tx, self.data.pixel_means())
+        return jax.device_put(initial, self.replicated)
+
+    @functools.cached_property
+    def train_step(self):
+        """(state, x_u8_BxD, key, hyper) -> (state, metrics) (`step.make_train_step`)."""
+        return make_train_step(self.graphdef, self.config, self.steps_per_epoch, self.data.dynamic)
+
+    @functools.cached_property
+    def source(self) -> feed.DeviceBatches | feed.HostBatches:
+        """The feed of the epochs' batches: the one place a training takes its training images."""
+        t = self.config.train
+        return feed.batches(t.batch_source, t.batch_size, self.seeds, self.data.train_images, self.mesh)
+
+    def load_epoch(self, number: int) -> None:
+        """Gives the feed epoch `number`'s training images where they change every epoch (random
+        crops, `dataset.Dataset.epoch_images`); nothing otherwise."""
+        if self.data.epoch_images is not None:
+            self.source.load(self.data.epoch_images(number))
+
+    def body(self, hyper: state.Hyper):
+        """The epoch's step body of one run with these numbers (`epoch.step_body`)."""
+        return epoch.step_body(self.train_step, hyper, self.source.batch)
+
+    def compile_epoch(self, carry, body) -> tuple[object, float]:
+        """(carry, epoch) -> (carry, per-step metrics) of `body`, compiled now for `carry`
+        (`epoch.compile_epoch`), and the seconds compiling took."""
+        start = time.perf_counter()
+        train_epoch = epoch.compile_epoch(body, epoch.epoch_loop(self.config), self.mesh, carry, self.source)
+        return train_epoch, time.perf_counter() - start
+
+    def evaluators(self) -> list[Evaluator]:
+        """The validation (where the data set has one) and test evaluators (`evaluate.make_evaluators`)."""
+        return make_evaluators(self.graphdef, self.config, self.mesh, self.data, self.latent_dims)
+
+    def pictures(self):
+        """TensorBoard's pictures of parameters (`pictures.make_pictures`), one program for every run."""
+        return pictures.make_pictures(self.graphdef, self.data.test_images)
 
 
-def _named(member: Member, error: Exception) -> Exception:
-    return type(error)(f"member {member.name}: {error}") if member.name else error
+def build(config: ml_collections.ConfigDict, data: dataset.Dataset, mesh: Mesh,
+          seeds: int | tuple[int, ...] | None = None) -> Setup:
+    """The set-up of `config` on `data` over `mesh`, after checking that they fit: the optimizer,
+    the initial state (the decoder's output bias at the training set's pixel means, as every run
+    starts), and, when first asked for, the feed (train.batch_source's), the compiled epoch, the
+    evaluators. The feed's batch orders are those of `seeds` (default: the config's seed; a tuple
+    gives one order per seed, see `feed.compile_orders`)."""
+    steps = steps_per_epoch(config, data)
+    tx = state.make_optimizer(config.train, steps)
+    graphdef, initial = state.init_state(config, data.image_shape, tx, data.pixel_means())
+    latent_dims = tuple(nnx.merge(graphdef, initial.params).latent_dims)
+    initial = jax.device_put(initial, NamedSharding(mesh, P()))
+    return Setup(config, data, mesh, steps, tx, graphdef, latent_dims, initial,
+                 config.seed if seeds is None else seeds)
 
 
-def check_members(members: list[Member], num_devices: int, restart: bool,
-                  configs_only: bool = False) -> None:
-    """Every check that needs no data: each config, and (unless restarting, or `configs_only`) that
-    each workdir holds nothing or a run of the same config."""
-    for member in members:
-        try:
-            config_checks.validate_config(member.config, num_devices)
-            if not (restart or configs_only):
-                files.check_resumable(member.workdir, member.config)
-        except (config_checks.ConfigError, files.WorkdirError) as e:
-            raise _named(member, e) from None
+# --- The loop ----------------------------------------------------------------------------------------
 
 
-# --- The loop ----------------------------------------------------------------------------------
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
-                       devices=None, restart: bool = False, progress: bool = True) -> list[dict]:
+def train_and_evaluate(config, workdir: str | Path, *, devices=None, restart: bool = False,
+                       progress: bool = True) -> list[dict]:
     """Trains `config` into `workdir`, resuming from its last checkpoint; returns the metrics.
 
-    In a multi-process run every process calls this with the same arguments (`devices`: None);
-    process 0 alone takes the workdir's lock. One training per workdir at a time
-    (`workdir.training_lock`); a failed write to the workdir (a full disk, a removed or read-only
-    directory) ends the run with a `WorkdirError` that says how it resumes."""
-    member = Member(config, Path(workdir))
-    return train_members([member], devices=devices, restart=restart, progress=progress)[0]
-
-
-def train_members(members: list[Member], *, devices=None, restart: bool = False, progress: bool = True,
-                  member_loop: str = "auto", fault_dir: str | Path | None = None) -> list[list[dict]]:
-    """Trains each member into its workdir, resuming each from its last checkpoint, the members of
-    a group as one program (their step `member_loop`, see `epoch.py`); returns their metrics, in
-    order. Every check (configs, resuming, data) runs before any compute. A non-finite loss stops
-    its member only; the others finish, then it is raised (`fault_dir`: the directory a failed
-    write names, default the first member's workdir)."""
+    Every check (the config, resuming, the data) runs before any compute. In a multi-process run
+    every process calls this with the same arguments (`devices`: None); process 0 alone takes the
+    workdir's lock. One training per workdir at a time (`workdir.training_lock`); a failed write to
+    the workdir (a full disk, a removed or read-only directory) ends the run with a `WorkdirError`
+    that says how it resumes."""
+    workdir = Path(workdir)
     mesh = distributed.make_mesh(devices)
-    check_members(members, mesh.devices.size, restart, configs_only=True)
+    config_checks.validate_config(config, mesh.devices.size)
     writer = distributed.is_writer()
-    session = _Session(mesh, restart, progress and writer, None, member_loop)
     with contextlib.ExitStack() as stack:
-        for member in members:  # process 0 holds the locks for all processes
-            if writer:
-                stack.enter_context(lock.training_lock(member.workdir))
-        stack.enter_context(faults.write_errors(Path(fault_dir or members[0].workdir)))
-        check_members(members, mesh.devices.size, restart)  # a run already training is named first
-        groups = group_members(members)
-        loaded = {}  # the data set of each data config
-        for group in groups:
-            data_config = group[0].config.data
-            if data_config.to_json() not in loaded:
-                loaded[data_config.to_json()] = dataset.load_dataset(data_config)
-            steps_per_epoch(group[0].config, loaded[data_config.to_json()])
-        session.stop = stack.enter_context(StopRequests(announce=writer))
-        histories = {}
-        for group in groups:
-            histories |= _train_group(group, loaded[group[0].config.data.to_json()], session)
-    if session.failures:
-        if len(members) == 1:
-            raise next(iter(session.failures.values()))
-        raise NonFiniteLossError(
-            "; ".join(f"member {name}: {error}" for name, error in session.failures.items())
-            + " (the other members finished)")
-    return [histories[member.workdir] for member in members]
+        if writer:  # process 0 holds the lock for all processes
+            stack.enter_context(lock.training_lock(workdir))
+        stack.enter_context(faults.write_errors(workdir))
+        if not restart:  # a run already training is named first
+            files.check_resumable(workdir, config)
+        data = dataset.load_dataset(config.data)
+        stop = stack.enter_context(StopRequests(announce=writer))
+        built = build(config, data, mesh)
+        run = stack.enter_context(contextlib.closing(
+            RunDir(workdir, config, built.steps_per_epoch, restart, image_shape=data.image_shape)))
+        train_state = run.restore(built.initial, built.replicated)
+        if progress and writer and run.epoch:
+            print(resume_line(workdir, run), file=sys.stderr, flush=True)
+        if not run.finished():
+            train_epochs(built, run, train_state, stop, progress and writer)
+    return run.history
 
 
-@dataclasses.dataclass
-class _Session:
-    """What the groups of one training command share."""
-
-    mesh: jax.sharding.Mesh
-    restart: bool
-    progress: bool  # a progress bar and a line per epoch (process 0 only)
-    stop: StopRequests | None
-    member_loop: str
-    failures: dict = dataclasses.field(default_factory=dict)  # member name -> the error that stopped it
-
-
-def _train_group(group: list[Member], data: dataset.Dataset, session: _Session) -> dict[Path, list[dict]]:
-    """Restores every member of one group and trains those not done as one program."""
-    config = group[0].config  # what the program compiles in, the members share
-    steps = steps_per_epoch(config, data)
-    replicated = NamedSharding(session.mesh, P())
-    tx = state.make_optimizer(config.train, steps)
-    runs, states = [], []
-    try:
-        for member in group:
-            run = RunDir(member.workdir, member.config, steps, session.restart, image_shape=data.image_shape)
-            runs.append(run)
-            graphdef, initial = state.init_state(member.config, data.image_shape, tx, data.pixel_means())
-            states.append(run.restore(jax.device_put(initial, replicated), replicated))
-            if session.progress and run.epoch:
-                print(_prefix(member) + resume_line(member.workdir, run, member.config), file=sys.stderr,
-                      flush=True)
-        live = [k for k, run in enumerate(runs) if not run.finished()]
-        if live:
-            _Group(graphdef, [group[k] for k in live], [runs[k] for k in live], [states[k] for k in live],
-                   data, session).train()
-    finally:
-        for run in runs:
-            run.close()
-    return {member.workdir: run.history for member, run in zip(group, runs)}
-
-
-class _Group:
-    """One group's compiled programs and its members' runs, trained epoch by epoch until every
-    member is done, stopped on a non-finite loss, or the command is interrupted."""
-
-    def __init__(self, graphdef, members: list[Member], runs: list[RunDir], states: list[state.TrainState],
-                 data: dataset.Dataset, session: _Session):
-        self.members, self.runs, self.session = members, runs, session
-        configs = [m.config for m in members]
-        self.config = configs[0]
-        self.replicated = NamedSharding(session.mesh, P())
-        self.loop = epoch.member_loop(session.member_loop, len(members))
-        self.carry = epoch.stack(states, self.loop, self.replicated)
-        self.member_steps = [int(s.step) for s in states]
-        self.failed = [False] * len(members)
-        self.named = any(m.name for m in members)
-        t0 = time.perf_counter()
-        self.source = source = feed.batches(configs, data.train_images, session.mesh)
-        self.epoch_images = data.epoch_images  # None, or each epoch's training images (random crops)
-        self.train_epoch = epoch.compile_epoch(graphdef, configs, session.mesh, self.carry, source,
-                                               runs[0].steps_per_epoch, data.dynamic, self.loop)
-        self.compile_time = time.perf_counter() - t0
-        self.evaluators = make_evaluators(graphdef, self.config, session.mesh, data)
-        shown = pictures.make_pictures(graphdef, data.test_images)  # compiled once for the group
-        for run in runs:
-            run.open_board(shown)
-
-    def _waiting(self) -> list[int]:
-        return [k for k, run in enumerate(self.runs) if not (self.failed[k] or run.finished())]
-
-    def _stop_member(self, k: int, error: Exception) -> None:
-        """A non-finite loss stops its member only; its last good checkpoint is kept."""
-        self.failed[k] = True
-        self.session.failures[self.members[k].name] = error
-        if self.named:
-            tqdm.write(f"{self.members[k].name}: {error}; the other members go on", file=sys.stderr)
-
-    def train(self) -> None:
-        num_epochs = self.config.train.num_epochs
-        progress = self.session.progress
-        self.bar = tqdm(total=num_epochs, initial=min(run.epoch for run in self.runs), unit="epoch",
-                        disable=not progress, file=sys.stderr, dynamic_ncols=True)
-        session_start = time.perf_counter()
-        try:
-            while waiting := self._waiting():
-                number = min(self.runs[k].epoch for k in waiting) + 1
-                active = [k for k in waiting if self.runs[k].epoch == number - 1]  # the others wait
-                records, signum = self._train_epoch(number, active)
-                if records and self.runs[active[0]].eval_due():
-                    self._evaluate(records)
-                total = sum(r["images_per_sec"] for r in records.values())
-                for k, record in records.items():
-                    if self.named:
-                        record |= {"sweep/members": len(active), "sweep/images_per_sec": total}
-                    stopping = self.runs[k].end_epoch(record, epoch.member(self.carry, k), bool(signum),
-                                                      session_start)
-                    if progress:
-                        self.bar.write(_prefix(self.members[k]) + epoch_line(record, num_epochs))
-                        if stopping:
-                            self.bar.write(_prefix(self.members[k])
-                                           + early_stopping_line(record, self.config))
-                self.bar.update(number - self.bar.n)
-                self.bar.set_postfix_str(f"{len(records)} members, {total:,.0f} img/s in all" if self.named
-                                         else f"{total:,.0f} img/s", refresh=False)
-                if signum and self._waiting():
-                    for run in self.runs:
-                        run.manager.wait_until_finished()
-                    raise interrupted(signum, number)
-        finally:
-            self.bar.close()
-
-    def _train_epoch(self, number: int, active: list[int]) -> tuple[dict[int, dict], int]:
-        """Trains the active members one epoch (the others carried through unchanged); their
-        training records, and the stop signal every process agrees on."""
-        if len(self.members) > 1:
-            self.carry = epoch.with_step(self.carry, _shared_step(self.member_steps, active, self.members),
-                                         self.replicated)
-        frozen = [k for k in range(len(self.members)) if k not in active]
-        saved = epoch.freeze(self.carry, frozen) if frozen else None
-        if self.epoch_images is not None:
-            self.source.load(self.epoch_images(number))
-        t_epoch = time.perf_counter()
-        self.carry, step_metrics = self.train_epoch(self.carry, number)
-        step_metrics = jax.device_get(step_metrics)  # waits for the epoch to finish; steps x K x ...
-        train_time = time.perf_counter() - t_epoch
-        if saved is not None:
-            self.carry = epoch.thaw(self.carry, saved)
-        signum = distributed.agree_on_max(self.session.stop.signum or 0)  # a signal to any process stops all
-        records = {}
-        for k in active:
-            self.member_steps[k] += self.runs[k].steps_per_epoch
-            try:
-                member_metrics = jax.tree.map(lambda m, k=k: np.asarray(m)[:, k], step_metrics)
-                records[k] = self.runs[k].train_record(member_metrics, train_time, self.compile_time)
-            except NonFiniteLossError as e:
-                self._stop_member(k, e)
-                continue
-            if records[k]["train/skipped_updates"] and self.runs[k].writer:
-                threshold = self.members[k].config.train.skip_threshold
-                tqdm.write(_prefix(self.members[k]) + skip_line(records[k], threshold), file=sys.stderr)
-        self.compile_time = None  # recorded on the session's first epoch only
-        return records, signum
-
-    def _evaluate(self, records: dict[int, dict]) -> None:
-        """Evaluates the active members and adds the results to their records."""
-        t_eval = time.perf_counter()
-        summaries = {}
-        for k in records:
-            params = state.eval_params(epoch.member(self.carry, k))
-            summaries[k] = {}
-            for evaluator in self.evaluators:
-                summaries[k] |= evaluator(params, self.members[k].config)
-        eval_time = (time.perf_counter() - t_eval) / len(records)
-        for k in list(records):
-            try:
-                self.runs[k].add_evaluation(records[k], summaries[k], eval_time)
-            except NonFiniteLossError as e:
-                self._stop_member(k, e)
-                del records[k]
-
-
-def _shared_step(steps: list[int], active: list[int], members: list[Member]) -> int:
-    """The training members' step counter (they must agree: they share one)."""
-    counts = {steps[k] for k in active}
-    if len(counts) > 1:
-        raise files.WorkdirError(
-            f"the members of the group of {members[0].name} are at different steps {sorted(counts)} at "
-            "the same epoch, so they cannot train in lock-step (was train.batch_size changed?); "
-            "resume with the batch size they started with, or pass --restart")
-    return counts.pop()
-
-
-def _prefix(member: Member) -> str:
-    return f"{member.name}: " if member.name else ""
-
-
-def resume_line(workdir: Path, run: RunDir, config: ml_collections.ConfigDict) -> str:
-    """What a restarted run does with the workdir it found."""
+def train_epochs(built: Setup, run: RunDir, train_state: state.TrainState, stop: StopRequests,
+                 progress: bool) -> None:
+    """Trains `run` epoch by epoch from `train_state` until it is done or a signal stops it."""
+    config = built.config
+    train_epoch, compile_time = built.compile_epoch(train_state, built.body(state.hyperparameters(config)))
+    evaluators = built.evaluators()
+    run.open_board(built.pictures())
     num_epochs = config.train.num_epochs
+    session_start = time.perf_counter()
+    with progress_bar(num_epochs, run.epoch, progress) as bar:
+        while not run.finished():
+            number = run.epoch + 1
+            built.load_epoch(number)
+            train_state, step_metrics, train_time, signum = run_epoch(train_epoch, train_state, number, stop)
+            record = epoch_record(run, step_metrics, train_time, compile_time)
+            compile_time = None  # recorded on the session's first epoch only
+            if run.eval_due():
+                t_eval = time.perf_counter()
+                summaries = evaluation(state.eval_params(train_state), evaluators, config.seed)
+                run.add_evaluation(record, summaries, time.perf_counter() - t_eval)
+            end_epoch(run, record, train_state, signum, session_start, bar if progress else None)
+            bar.update(number - bar.n)
+            bar.set_postfix_str(f"{record['images_per_sec']:,.0f} img/s", refresh=False)
+            if signum and not run.finished():
+                run.manager.wait_until_finished()
+                raise interrupted(signum, number)
+
+
+# --- The pieces of an epoch, for a run and for each run of a sweep ------------------------------------
+
+
+def progress_bar(num_epochs: int, initial: int, progress: bool) -> tqdm:
+    return tqdm(total=num_epochs, initial=initial, unit="epoch", disable=not progress, file=sys.stderr,
+                dynamic_ncols=True)
+
+
+def run_epoch(train_epoch, carry, number: int, stop: StopRequests):
+    """Trains epoch `number` from `carry`: the new carry, the per-step metrics on the host (waiting
+    for the epoch to finish), the epoch's wall time, and the stop signal every process agrees on."""
+    start = time.perf_counter()
+    carry, step_metrics = train_epoch(carry, number)
+    step_metrics = jax.device_get(step_metrics)
+    train_time = time.perf_counter() - start
+    signum = distributed.agree_on_max(stop.signum or 0)  # a signal to any process stops all
+    return carry, step_metrics, train_time, signum
+
+
+def epoch_record(run: RunDir, step_metrics: dict, train_time: float, compile_time: float | None,
+                 prefix: str = "") -> dict:
+    """The run's training record of the epoch (`RunDir.train_record`), with a line on any skipped
+    updates; NonFiniteLossError on a non-finite loss."""
+    record = run.train_record(jax.tree.map(np.asarray, step_metrics), train_time, compile_time)
+    if record["train/skipped_updates"] and run.writer:
+        tqdm.write(prefix + skip_line(record, run.config.train.skip_threshold), file=sys.stderr)
+    return record
+
+
+def evaluation(params, evaluators: list[Evaluator], seed: int) -> dict:
+    """Every split's summary of `params`, keyed by the run's seed (`Evaluator`)."""
+    summaries = {}
+    for evaluator in evaluators:
+        summaries |= evaluator(params, seed)
+    return summaries
+
+
+def end_epoch(run: RunDir, record: dict, train_state: state.TrainState, signum: int, session_start: float,
+              bar: tqdm | None, prefix: str = "") -> None:
+    """Writes the epoch's metrics and checkpoints (`RunDir.end_epoch`) and, with a `bar`, its lines."""
+    stopping = run.end_epoch(record, train_state, bool(signum), session_start)
+    if bar is not None:
+        bar.write(prefix + epoch_line(record, run.config.train.num_epochs))
+        if stopping:
+            bar.write(prefix + early_stopping_line(record, run.config.train.early_stopping_patience))
+
+
+def resume_line(workdir: Path, run: RunDir) -> str:
+    """What a restarted run does with the workdir it found."""
+    num_epochs = run.config.train.num_epochs
     if run.finished():
         why = "all its epochs" if run.epoch >= num_epochs else "early stopping"
         return f"{workdir} is trained ({why}: epoch {run.epoch} of {num_epochs}); nothing to do"
@@ -364,9 +295,9 @@ def interrupted(signum: int, number: int) -> Interrupted:
                        f"checkpointed; run the same command again to resume", signum)
 
 
-def early_stopping_line(record: dict, config: ml_collections.ConfigDict) -> str:
+def early_stopping_line(record: dict, patience: int) -> str:
     return (f"early stopping: the validation ELBO has not improved for "
-            f"{config.train.early_stopping_patience} epochs; best epoch {record['best/epoch']}")
+            f"{patience} epochs; best epoch {record['best/epoch']}")
 
 
 def epoch_line(record: dict, num_epochs: int) -> str:

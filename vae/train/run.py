@@ -2,7 +2,7 @@
 written in the order that keeps them consistent through a kill, and the model-selection rules
 they follow (best epoch, early stopping), all derived from metrics.jsonl so a resumed run makes
 the same choices as an uninterrupted one. A single run (`vae.train.loop`) has one; a sweep
-(`vae.sweep.driver`) one per member, so each member's workdir is exactly a single run's. The
+(`vae.sweep.program`) one per run it trains, so each of those workdirs is exactly a single run's. The
 train state is any NamedTuple of arrays (checkpointed as its dict).
 
 In a run over several processes every process keeps a RunDir and makes the same checkpoint calls;
@@ -42,14 +42,13 @@ def best_epoch(history: list[dict]) -> tuple[int, float]:
     return epoch, value
 
 
-def early_stop_due(history: list[dict], train_config: ml_collections.ConfigDict) -> bool:
-    """True once the validation ELBO has not improved for `early_stopping_patience` epochs, counted
+def early_stop_due(history: list[dict], patience: int, kl_warmup_epochs: float) -> bool:
+    """True once the validation ELBO has not improved for `patience` epochs (0: never), counted
     from the end of the KL warm-up (while β still rises the ELBO is not yet the objective)."""
-    patience = train_config.early_stopping_patience
     if patience <= 0 or not history:
         return False
     best, _ = best_epoch(history)
-    counting_from = max(best, math.ceil(train_config.kl_warmup_epochs))
+    counting_from = max(best, math.ceil(kl_warmup_epochs))
     return history[-1]["epoch"] - counting_from >= patience
 
 
@@ -59,17 +58,17 @@ def early_stop_due(history: list[dict], train_config: ml_collections.ConfigDict)
 DIVERGED_RATIO = 2.0
 
 
-def divergence(history: list[dict], train_config: ml_collections.ConfigDict) -> str | None:
+def divergence(history: list[dict], kl_warmup_epochs: float, patience: int) -> str | None:
     """What to tell the user when the last epoch's training loss is DIVERGED_RATIO times the lowest one since
-    the KL warm-up ended (before it, β is still rising and so is the loss); else None."""
-    warmed = [r for r in history if r["epoch"] > train_config.kl_warmup_epochs and "train/loss" in r]
+    the KL warm-up ended (before it, β is still rising and so is the loss); else None. `patience`:
+    train.early_stopping_patience, which the message names."""
+    warmed = [r for r in history if r["epoch"] > kl_warmup_epochs and "train/loss" in r]
     if len(warmed) < 2:
         return None
     lowest = min(warmed[:-1], key=lambda r: r["train/loss"])
     last = warmed[-1]
     if not (lowest["train/loss"] > 0 and last["train/loss"] >= DIVERGED_RATIO * lowest["train/loss"]):
         return None
-    patience = train_config.early_stopping_patience
     stop = (f"early stopping ends it once the best validation epoch is {patience} epochs old" if patience
             else "it trains on to its last epoch (train.early_stopping_patience stops such a run)")
     return (f"the training loss of epoch {last['epoch']}, {last['train/loss']:.6g}, is "
@@ -121,14 +120,14 @@ def skip_line(record: dict, threshold: float) -> str:
             + (f"; the largest finite norm was {largest:.4g})" if largest is not None else ")"))
 
 
-def repeated_keys(train_config: ml_collections.ConfigDict) -> frozenset[str]:
-    """The training record's keys that TensorBoard leaves out because the config makes them repeat
-    another curve or a constant: β where no warm-up changes it, and the loss where it is the bound
-    itself (β = 1 throughout, no free bits: the negative ELBO, or `train/iwae` with the IWAE
-    objective). metrics.jsonl keeps them."""
-    if train_config.kl_warmup_epochs > 0:
+def repeated_keys(kl_warmup_epochs: float, beta: float, free_bits: float) -> frozenset[str]:
+    """The training record's keys that TensorBoard leaves out because the training's numbers make
+    them repeat another curve or a constant: β where no warm-up changes it, and the loss where it is
+    the bound itself (β = 1 throughout, no free bits: the negative ELBO, or `train/iwae` with the
+    IWAE objective). metrics.jsonl keeps them."""
+    if kl_warmup_epochs > 0:
         return frozenset()
-    if train_config.beta == 1.0 and train_config.free_bits == 0:
+    if beta == 1.0 and free_bits == 0:
         return frozenset({"train/beta", "train/loss"})
     return frozenset({"train/beta"})
 
@@ -136,7 +135,7 @@ def repeated_keys(train_config: ml_collections.ConfigDict) -> frozenset[str]:
 class RunDir:
     """One run's workdir while it trains: its config, metrics and the latest and best checkpoint
     managers, written in the order that keeps them consistent through a kill (metrics, then the
-    best checkpoint, then the latest). A single run is one; so is each member of a sweep, whose
+    best checkpoint, then the latest). A single run is one; so is each run of a sweep, whose
     workdir is therefore exactly a single run's."""
 
     def __init__(self, workdir: Path, config: ml_collections.ConfigDict, steps: int, restart: bool = False,
@@ -177,12 +176,16 @@ class RunDir:
         """TensorBoard events of the epochs trained from now on (`vae.workdir.tensorboard`), by the
         writer; `pictures` (`vae.train.pictures.make_pictures`) draws its images from the parameters."""
         self.pictures = pictures
-        self.board = tensorboard.Board(self.workdir, self.epoch, self.config.train.num_epochs,
-                                       left_out=repeated_keys(self.config.train), enabled=self.writer)
+        t = self.config.train
+        self.board = tensorboard.Board(self.workdir, self.epoch, t.num_epochs,
+                                       left_out=repeated_keys(t.kl_warmup_epochs, t.beta, t.free_bits),
+                                       enabled=self.writer)
 
     def finished(self) -> bool:
         """All epochs trained, or early stopping is due."""
-        return self.epoch >= self.config.train.num_epochs or early_stop_due(self.history, self.config.train)
+        t = self.config.train
+        return self.epoch >= t.num_epochs or early_stop_due(self.history, t.early_stopping_patience,
+                                                             t.kl_warmup_epochs)
 
     def eval_due(self) -> bool:
         """Whether the next epoch is evaluated."""
@@ -239,7 +242,9 @@ class RunDir:
             files.append_metrics(self.workdir, record)
         self.history.append(record)
         self.epoch = epoch
-        warning = None if self.warned_divergence else divergence(self.history, self.config.train)
+        t = self.config.train
+        warning = (None if self.warned_divergence
+                   else divergence(self.history, t.kl_warmup_epochs, t.early_stopping_patience))
         if warning and self.writer:
             print(f"warning: {self.workdir}: {warning}", file=sys.stderr, flush=True)
         self.warned_divergence = self.warned_divergence or warning is not None
@@ -250,7 +255,7 @@ class RunDir:
             checkpoints.save_checkpoint(self.best_manager, epoch, state._asdict(),
                                {files.BEST_METRIC: record[files.BEST_METRIC]})
             self.best_manager.wait_until_finished()
-        stopping = early_stop_due(self.history, self.config.train)
+        stopping = early_stop_due(self.history, t.early_stopping_patience, t.kl_warmup_epochs)
         if (epoch % self.config.train.checkpoint_every_epochs == 0 or epoch == self.config.train.num_epochs
                 or stop_requested or stopping):
             checkpoints.save_checkpoint(self.manager, epoch, state._asdict())

@@ -2,8 +2,8 @@
 
 `TrainState` is what a checkpoint holds; `Hyper` the numbers (β, warm-up, free bits, learning
 rate, EMA decay, weight decay, clipping norm, skipping threshold, seed) that reach the step as an
-explicit input. A run compiles them in as constants; a sweep's members that share one program
-(`program_key`) may trace the ones they differ in, one value per member (`vae.train.epoch`).
+explicit input. A run compiles them in as constants; a sweep's runs that share one program
+(`program_key`) may trace the ones they differ in, one value per run (`vae.sweep.program`).
 Every random draw is a pure function of (seed,
 stream, epoch, step), so a resumed run repeats an uninterrupted one exactly.
 """
@@ -33,7 +33,7 @@ class TrainState(NamedTuple):
 
 class Hyper(NamedTuple):
     """The numbers of a run that change no shape. Python numbers are compiled into the programs
-    as constants; arrays are traced (in a sweep, the fields its members differ in). Field names
+    as constants; arrays are traced (in a sweep, the fields its runs differ in). Field names
     are those of the config (`HYPER_FIELDS`)."""
 
     seed: int | jax.Array

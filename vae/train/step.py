@@ -8,7 +8,7 @@ parameter average, and returns the batch means of the loss and its parts, the gr
 norm and whether the update was skipped. The key is `step_key(seed, step)`: a pure function of the
 run's seed and the step counter, so a resumed run repeats an uninterrupted one. What is compiled in
 (the model's graph, the objective, the optimizer's transforms, the steps per epoch) is bound by
-`make_train_step`; the numbers come from `hyper` (constants, or traced for a sweep's members). The
+`make_train_step`; the numbers come from `hyper` (constants, or traced for a sweep's runs). The
 step is jitted in one place, the epoch built from it (`vae.train.epoch`).
 
 Update skipping (as in VDVAE): an update whose gradient norm is not finite, or above
