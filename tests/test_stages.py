@@ -178,7 +178,8 @@ def test_an_old_config_without_the_field_reads_as_one_stage():
 
 
 def test_a_tiny_staged_run_trains_evaluates_and_samples(tmp_path, fashion_mnist):
-    config = tiny_config(model__decoder_stages=4, train__num_epochs=2)
+    config = tiny_config(model__decoder_stages=4, data__train_split="train[:512]",
+                         data__test_split="test[:128]")
     records = loop.train_and_evaluate(config, tmp_path, progress=False)
     assert records[-1]["test/elbo"] < records[0]["test/elbo"] < 600
     _, model, _ = trained.load_trained(tmp_path)
