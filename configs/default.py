@@ -65,6 +65,9 @@ def get_config() -> ml_collections.ConfigDict:
     # (8-bit pixels, data.binarize=none; figures in nats per image and bits/dim of the 8-bit image)
     config.model.likelihood = "bernoulli"
     config.model.mixture_components = 5  # logistic_mixture: K logistics per sub-pixel
+    # p(x|z) decoded in S stages over the image's 2x2 sub-grids, each stage's small head seeing the
+    # pixels of the stages before (vae/model/stages.py): 1 (factorised) | 2 (checkerboard) | 4
+    config.model.decoder_stages = 1
     config.model.latent_dim = 40  # hvae: the size of each of z1 and z2
     config.model.hidden_dims = (300, 300)  # MLP hidden layers (the decoder mirrors them)
     config.model.activation = "gated"  # relu | gated (Linear ⊙ sigmoid(Linear)) | elu | tanh

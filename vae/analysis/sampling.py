@@ -4,7 +4,9 @@ Each function takes images N x H x W x C in [0, 1] and returns the likelihood's 
 the decoder output predicts for every pixel, in [0, 1]), or with `draw_key` a draw x ~ p(x|z) of
 every image (for an 8-bit likelihood, a picture as the model would store it; for the Bernoulli
 one, a binarised image), as a numpy array of images N x H x W x C (grey or colour), ready for
-`plotting.save_image_grid`.
+`plotting.save_image_grid`. A decoder of several stages (`model.decoder_stages`) gives both stage
+by stage, through its likelihood (`vae.model.stages`): a draw from the pixels the earlier stages
+drew, a mean picture from their means.
 """
 
 import jax

@@ -5,6 +5,8 @@ two-level HVAE and the deep ladder, and the objectives they are trained with.
     likelihoods.py  p(x|z) from the decoder's output (the logistic mixture's IWAE loop runs on
                     CPU as a compiled kernel: `vae.native.mixture`)
     priors.py       p(z): the standard normal, the VampPrior
+    stages.py       p(x|z) decoded in S stages over the image's 2x2 sub-grids, each seeing the
+                    earlier stages' pixels (wraps any likelihood: `model.decoder_stages`)
     vae.py          the one-level VAE; hvae.py the two-level HVAE (same interface)
     ladder.py       the ladder: L latent layers over one top-down state (same interface);
                     ladder_cells.py its gated dense and convolutional residual cells

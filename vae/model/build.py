@@ -13,7 +13,7 @@ import jax
 import ml_collections
 from flax import nnx
 
-from vae.model import ladder, ladder_cells, likelihoods, networks, priors
+from vae.model import ladder, ladder_cells, likelihoods, networks, priors, stages
 from vae.model.hvae import HierarchicalVAE
 from vae.model.vae import VAE
 
@@ -122,13 +122,17 @@ LADDER_MERGES = ladder.MERGES
 LIKELIHOODS = tuple(likelihoods.LIKELIHOODS)
 EIGHT_BIT_LIKELIHOODS = likelihoods.EIGHT_BIT_LIKELIHOODS
 PRIORS = priors.PRIORS
+DECODER_STAGES = stages.DECODER_STAGES
+STAGE_HEADS_KEY = 1  # the stage heads' parameters come from fold_in(key, this): the rest of the model's
+#   initial parameters are those of the same config with model.decoder_stages=1
 ACTIVATIONS, KERNEL_INITS = networks.ACTIVATIONS, networks.KERNEL_INITS
 
 
 def image_shape_problem(model_config, image_shape: Sequence[int]) -> str | None:
-    """Why the architecture cannot take images of this shape (None if it can)."""
-    if not ARCHITECTURES[model_config.arch].convolutional:
-        return None
+    """Why the architecture (or its decoder stages) cannot take images of this shape (None if it can)."""
+    problem = stages.stages_problem(model_config.get("decoder_stages", 1), image_shape)
+    if problem or not ARCHITECTURES[model_config.arch].convolutional:
+        return problem
     times = len(model_config.conv_channels)
     scale = 2 ** times
     height, width, _ = image_shape
@@ -146,6 +150,7 @@ def build_model(model_config: ml_collections.ConfigDict, image_shape: Sequence[i
     D values in [0, 1]), the decoder's output bias starts where the likelihood predicts the
     average image: a model that has learnt nothing yet already draws the mean picture (a
     convolutional decoder, whose bias is one per output channel, gets each image channel's mean).
+    With `model.decoder_stages` S > 1 the likelihood decodes in S stages (`stages.StagedLikelihood`).
     """
     if model_config.arch not in ARCHITECTURES:
         raise ValueError(f"model.arch must be one of {ARCHS}, got {model_config.arch!r}")
@@ -153,6 +158,10 @@ def build_model(model_config: ml_collections.ConfigDict, image_shape: Sequence[i
     kw = {"kernel_init": getattr(nnx.initializers, model_config.kernel_init)(), "rngs": rngs}
     prior = priors.build_prior(model_config, math.prod(image_shape), rngs)
     likelihood = likelihoods.build_likelihood(model_config.likelihood, model_config.mixture_components)
+    num_stages = model_config.get("decoder_stages", 1)
+    if num_stages != 1:
+        head_rngs = nnx.Rngs(params=jax.random.fold_in(key, STAGE_HEADS_KEY))
+        likelihood = stages.StagedLikelihood(likelihood, num_stages, image_shape, rngs=head_rngs)
     model = ARCHITECTURES[model_config.arch].build(model_config, tuple(image_shape), prior, likelihood, kw)
     if model_config.init_output_bias and pixel_means is not None:
         bias = model.output_bias

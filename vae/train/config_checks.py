@@ -66,6 +66,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
              f"model.likelihood must be one of {build.LIKELIHOODS}, got {m.likelihood!r}")
     _require(_is_int(m.mixture_components) and m.mixture_components >= 1,
              f"model.mixture_components must be an integer >= 1, got {m.mixture_components!r}")
+    stages = m.get("decoder_stages", 1)
+    _require(_is_int(stages) and stages in build.DECODER_STAGES,
+             f"model.decoder_stages must be one of {build.DECODER_STAGES}, got {stages!r}")
     eight_bit = m.likelihood in build.EIGHT_BIT_LIKELIHOODS
     _require(eight_bit or d.binarize != "none",
              f"model.likelihood={m.likelihood} models binarised pixels, but data.binarize=none keeps "

@@ -42,7 +42,8 @@ _RESUME_KEYS = ("model", "data.name", "data.binarize", "data.train_split", "seed
 # them: an old config.json reads (and resumes) as if it named them.
 _ADDED_FIELDS = {"model.mixture_components": 5, "train.skip_threshold": 0.0, "data.channels": "keep",
                  "data.background": "", "model.num_layers": 8, "model.latent_dims": [],
-                 "model.latent_channels": 8, "model.ladder_merge": "residual", "model.bottleneck": 0.5}
+                 "model.latent_channels": 8, "model.ladder_merge": "residual", "model.bottleneck": 0.5,
+                 "model.decoder_stages": 1}
 # Fields of that kind added later (a folder's image size, split fractions and conversions): compared
 # where the workdir's config.json records them, so a workdir that predates them still resumes.
 _RESUME_KEYS_WHERE_RECORDED = ("data.image_size", "data.folder_validation_fraction",
