@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -38,7 +38,7 @@ import jax  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vae.analysis import iwae, latents, plotting, sampling  # noqa: E402
+from vae.analysis import iwae, latents, markdown, plotting, sampling  # noqa: E402
 from vae.data import dataset  # noqa: E402
 from vae.model import ladder  # noqa: E402
 from vae.train import trained  # noqa: E402
@@ -50,11 +50,12 @@ root = next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "configs").is_d
 run = root / WORKDIR
 if not (run / files.METRICS_FILE).is_file():
     raise SystemExit(f"no trained run in {run}: run `make train` first, or set WORKDIR to a workdir")
+shown = markdown.shown_path(str(run), cwd=str(root))  # printed without this machine's folders
 records = files.read_metrics(run)
 config, model, epoch = trained.load_trained(run, checkpoint=CHECKPOINT)
 used = trained.checkpoint_used(run, None, CHECKPOINT)
 last = records[-1]
-print(f"{run}: {config.data.name}, {config.model.arch} model ({config.model.activation} "
+print(f"{shown}: {config.data.name}, {config.model.arch} model ({config.model.activation} "
       f"{tuple(config.model.hidden_dims)}), {config.model.prior} prior, "
       f"latent_dim {config.model.latent_dim}, β = {config.train.beta}; {len(records)} epochs logged, "
       f"{used} checkpoint of epoch {epoch}")
