@@ -165,11 +165,13 @@ print(f"first {result['num_examples']} test images: negative ELBO {result['test/
 # distribution than the aggregate posterior q(z) = (1/N) Σ_n q(z|x_n) (`vae.model.kl_split`). The
 # evaluation above computed it on its test images from the checkpoint (so any workdir shows it);
 # runs that record it every evaluation (`eval.kl_split_examples`) also show it across epochs. The
-# estimate of I is at most log N.
+# estimate of I is at most log N. In a hierarchy the split is of the top layer's KL term, z the top
+# layer's code.
 
 # %%
 n = result["test/split_examples"]
-print(f"first {n} test images, {used} checkpoint: KL term {result['test/split_kl']:.2f} nats = "
+term = "KL term" if len(model.latent_dims) == 1 else f"top layer's KL term (z_{len(model.latent_dims)})"
+print(f"first {n} test images, {used} checkpoint: {term} {result['test/split_kl']:.2f} nats = "
       f"I_q(x; z) {result['test/mutual_info']:.2f} ± {result['test/mutual_info_std_error']:.2f} "
       f"(log N = {np.log(n):.2f}; leave-one-out upper bound {result['test/mutual_info_upper']:.2f}) + "
       f"KL(q(z) ‖ p(z)) {result['test/marginal_kl']:.2f} ± {result['test/marginal_kl_std_error']:.2f}")
