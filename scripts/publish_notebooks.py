@@ -74,11 +74,15 @@ def stale(name: str, root: Path = ROOT, out: str = "docs/notebooks") -> str | No
 def execute(name: str, workdir: str, timeout: int) -> nbformat.NotebookNode:
     """The notebook run top to bottom in a python3 kernel started in notebooks/, as JupyterLab does."""
     from nbclient import NotebookClient  # a second of imports (jupyter_client, zmq): only to run one
+    from nbclient.exceptions import CellExecutionError
 
     notebook = nbformat.read(notebook_path(name), as_version=4)
     os.environ["VAE_WORKDIR"] = workdir  # the kernel inherits the environment
-    NotebookClient(notebook, timeout=timeout, kernel_name="python3",
-                   resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    try:
+        NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    except CellExecutionError as error:  # the notebook's own one-line message, not the kernel's traceback
+        raise SystemExit(f"error: notebooks/{name}.ipynb stopped: {error.ename}: {error.evalue}") from None
     return notebook
 
 

@@ -149,3 +149,16 @@ def test_analyze_run_takes_a_relative_workdir_from_the_repository_and_names_a_mi
     assert error.value.ename == "SystemExit"
     assert error.value.evalue == (f"no trained run in {os.path.join(REPO, missing)}: run `make train` first, "
                                   "or set WORKDIR to a workdir")
+
+
+def test_a_notebook_that_stops_is_one_line_naming_it_and_its_message(tmp_path, monkeypatch):
+    """What publish_notebooks.py prints when a notebook stops (a missing run, missing data): the
+    notebook's own one-line message, not the kernel's traceback."""
+    stop = "raise SystemExit('no trained run in runs/x: run `make train`')"
+    nbformat.write(new_notebook(cells=[new_code_cell(stop)]), tmp_path / "stops.ipynb")
+    monkeypatch.setattr(publish_notebooks, "notebook_path", lambda name: tmp_path / f"{name}.ipynb")
+    monkeypatch.setenv("VAE_WORKDIR", "")  # execute sets it for the kernel; put back after the test
+    with pytest.raises(SystemExit) as stopped:
+        publish_notebooks.execute("stops", "runs/x", timeout=60)
+    assert stopped.value.code == (
+        "error: notebooks/stops.ipynb stopped: SystemExit: no trained run in runs/x: run `make train`")
