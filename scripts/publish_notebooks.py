@@ -17,6 +17,7 @@ import datetime
 import hashlib
 import json
 import os
+import platform
 import re
 import sys
 from pathlib import Path
@@ -129,12 +130,12 @@ def render(name: str, notebook: nbformat.NotebookNode, provenance: str) -> tuple
 
 
 def provenance_of(name: str, workdir: str) -> str:
-    """When the notebook ran, and on which run (as a page shows a path: no machine's folders)."""
-    today = datetime.date.today().isoformat()
+    """When and where the notebook ran, and the run it read (shown without this machine's folders)."""
+    when = f"on {datetime.date.today().isoformat()} on {os.cpu_count()} CPU cores ({platform.machine()})"
     if name not in READS_A_RUN:
-        return f"on {today} (it trains its own small models)"
+        return f"{when} (it trains its own small models)"
     epochs = files.read_metrics(Path(workdir))[-1]["epoch"]
-    return f"on {today} on the run `{markdown.shown_path(workdir)}` (trained for {epochs} epochs)"
+    return f"{when}, reading the run `{markdown.shown_path(workdir)}` (trained for {epochs} epochs),"
 
 
 def publish(name: str, workdir: str, out: Path, timeout: int) -> Path:

@@ -162,3 +162,11 @@ def test_a_notebook_that_stops_is_one_line_naming_it_and_its_message(tmp_path, m
         publish_notebooks.execute("stops", "runs/x", timeout=60)
     assert stopped.value.code == (
         "error: notebooks/stops.ipynb stopped: SystemExit: no trained run in runs/x: run `make train`")
+
+
+def test_a_page_names_the_run_it_read_and_the_machine_without_this_machines_folders(tiny_run):
+    said = publish_notebooks.provenance_of("analyze_run", str(tiny_run))
+    assert "reading the run `runs/tiny_run` (trained for 2 epochs)" in said
+    assert str(tiny_run.parent) not in said and f"on {os.cpu_count()} CPU cores" in said
+    trains = publish_notebooks.provenance_of("kl_divergence", "unread")
+    assert trains.endswith("(it trains its own small models)")
