@@ -7,7 +7,8 @@
 #   make test-latest   the quick suite in .venv-latest, on the newest versions pyproject.toml allows
 #   make tensorboard   TensorBoard over every run in runs/
 #   make notebook      JupyterLab over notebooks/ (installs it on first use)
-#   make speed / make docs   the generated speed table / the docs' pictures (docs/benchmarks.md, docs/figures.md)
+#   make speed / make docs   the generated speed table / the docs' pictures and executed notebooks
+#                            (docs/benchmarks.md, docs/figures.md, docs/notebooks/)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -134,7 +135,9 @@ speed: data
 	$(PY) scripts/speed_table.py docs/bench/speed.json
 
 # Every picture of the docs and the β table, from runs of the current configs (runs/docs/; about 45
-# minutes on 2 cores); docs/figures.md says which run made each.
+# minutes on 2 cores); docs/figures.md says which run made each. Then both notebooks executed into
+# docs/notebooks/ (analyze_run on runs/docs/default); alone, on make train's run:
+# `python scripts/publish_notebooks.py`.
 docs: data
 	$(PY) scripts/make_docs.py
 

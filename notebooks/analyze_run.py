@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -38,7 +38,7 @@ import jax  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vae.analysis import iwae, latents, plotting, sampling  # noqa: E402
+from vae.analysis import iwae, latents, markdown, plotting, sampling  # noqa: E402
 from vae.data import dataset  # noqa: E402
 from vae.model import ladder  # noqa: E402
 from vae.train import trained  # noqa: E402
@@ -50,11 +50,12 @@ root = next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "configs").is_d
 run = root / WORKDIR
 if not (run / files.METRICS_FILE).is_file():
     raise SystemExit(f"no trained run in {run}: run `make train` first, or set WORKDIR to a workdir")
+shown = markdown.shown_path(str(run), cwd=str(root))  # printed without this machine's folders
 records = files.read_metrics(run)
 config, model, epoch = trained.load_trained(run, checkpoint=CHECKPOINT)
 used = trained.checkpoint_used(run, None, CHECKPOINT)
 last = records[-1]
-print(f"{run}: {config.data.name}, {config.model.arch} model ({config.model.activation} "
+print(f"{shown}: {config.data.name}, {config.model.arch} model ({config.model.activation} "
       f"{tuple(config.model.hidden_dims)}), {config.model.prior} prior, "
       f"latent_dim {config.model.latent_dim}, β = {config.train.beta}; {len(records)} epochs logged, "
       f"{used} checkpoint of epoch {epoch}")
@@ -164,11 +165,13 @@ print(f"first {result['num_examples']} test images: negative ELBO {result['test/
 # distribution than the aggregate posterior q(z) = (1/N) Σ_n q(z|x_n) (`vae.model.kl_split`). The
 # evaluation above computed it on its test images from the checkpoint (so any workdir shows it);
 # runs that record it every evaluation (`eval.kl_split_examples`) also show it across epochs. The
-# estimate of I is at most log N.
+# estimate of I is at most log N. In a hierarchy the split is of the top layer's KL term, z the top
+# layer's code.
 
 # %%
 n = result["test/split_examples"]
-print(f"first {n} test images, {used} checkpoint: KL term {result['test/split_kl']:.2f} nats = "
+term = "KL term" if len(model.latent_dims) == 1 else f"top layer's KL term (z_{len(model.latent_dims)})"
+print(f"first {n} test images, {used} checkpoint: {term} {result['test/split_kl']:.2f} nats = "
       f"I_q(x; z) {result['test/mutual_info']:.2f} ± {result['test/mutual_info_std_error']:.2f} "
       f"(log N = {np.log(n):.2f}; leave-one-out upper bound {result['test/mutual_info_upper']:.2f}) + "
       f"KL(q(z) ‖ p(z)) {result['test/marginal_kl']:.2f} ± {result['test/marginal_kl_std_error']:.2f}")

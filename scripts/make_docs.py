@@ -10,8 +10,10 @@ scripts/sweep.py); a finished run is not trained again (both resume), so a secon
 docs/figures.md shows each command with RUNS_DIR as given, or relative to the current directory
 (`markdown.shown_path`): never an absolute path of the machine that made it.
 The pictures are drawn by scripts/sample.py and scripts/plot_kl.py, as a user would, into --out
-(default docs/); the β table goes into docs/sweeps.md (--readme). docs/results_runs.md is not made
-here: its runs train for hours (scripts/results.py).
+(default docs/); the β table goes into docs/sweeps.md (--readme). With the default run, the
+notebooks are executed and published into --out's notebooks/ (scripts/publish_notebooks.py, which
+alone is the quicker command). docs/results_runs.md is not made here: its runs train for hours
+(scripts/results.py).
 Imports no JAX: every step is a subprocess.
 """
 
@@ -216,6 +218,9 @@ def main(argv=None) -> int:
             _call([p.script, "--workdir", str(runs_dir / p.run), *p.args, "--out", str(drawn)])
             shutil.copyfile(drawn / p.written, out / p.file)
             print(out / p.file)
+    if "default" in selected:  # the notebooks executed, analyze_run on the default run
+        _call(["scripts/publish_notebooks.py", "--workdir", str(runs_dir / "default"),
+               "--out", str(out / "notebooks")])
     # The page lists every run trained so far, by this call or an earlier one.
     records = {name: _records(runs_dir / name) for name in commands if (runs_dir / name).is_dir()}
     commands = shown_commands(records, runs_dir, args.epochs_scale, args.train_split)

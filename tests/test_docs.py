@@ -22,7 +22,7 @@ import shlex
 from pathlib import Path
 
 import pytest
-from conftest import REPO, script_module
+from conftest import REPO, run_in_process, script_module
 
 from vae.analysis import markdown
 
@@ -590,6 +590,50 @@ def test_the_generators_show_a_workdir_without_this_machines_folders(tmp_path, m
     make_docs = script_module("make_docs.py")
     commands = make_docs.shown_commands({"z2"}, Path("/work/elsewhere/runs/docs"), 1.0, None)
     assert commands["z2"][commands["z2"].index("--workdir") + 1] == "runs/docs/z2"
+
+
+# The notebooks' published copies (docs/notebooks/, scripts/publish_notebooks.py)
+
+publish_notebooks = script_module("publish_notebooks.py")
+
+
+@pytest.mark.parametrize("name", publish_notebooks.NOTEBOOKS)
+def test_each_published_notebook_was_made_from_its_notebooks_cells_as_they_are(name):
+    """A page records the SHA-256 of the cells it was executed from; nothing runs here. Its
+    pictures are the PNG files beside it, each shown."""
+    problem = publish_notebooks.stale(name)
+    assert problem is None, problem
+    folder = ROOT / "docs" / "notebooks"
+    shown = re.findall(rf"!\[\]\(({name}_\d+\.png)\)", (folder / f"{name}.md").read_text())
+    assert shown and sorted(shown) == sorted(p.name for p in folder.glob(f"{name}_*.png"))
+
+
+def test_a_notebook_changed_since_its_page_was_made_is_found(tmp_path):
+    import nbformat
+
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "docs" / "notebooks").mkdir(parents=True)
+    notebook_file = tmp_path / "notebooks" / "analyze_run.ipynb"
+    notebook = nbformat.read(ROOT / "notebooks" / "analyze_run.ipynb", as_version=4)
+    assert publish_notebooks.stale("analyze_run", tmp_path) == (
+        "docs/notebooks/analyze_run.md is missing: run `python scripts/publish_notebooks.py --only "
+        "analyze_run` (or `make docs`)")
+    page, _ = publish_notebooks.render("analyze_run", notebook, "on 2026-01-01")
+    (tmp_path / "docs" / "notebooks" / "analyze_run.md").write_text(page)
+    nbformat.write(notebook, notebook_file)
+    assert publish_notebooks.stale("analyze_run", tmp_path) is None
+    notebook.cells[-1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="an output\n")]
+    notebook.cells[-1].metadata["tags"] = ["a tag"]
+    nbformat.write(notebook, notebook_file)
+    assert publish_notebooks.stale("analyze_run", tmp_path) is None  # outputs and metadata do not count
+    notebook.cells[-1].source += "\nprint('one more line')"
+    nbformat.write(notebook, notebook_file)
+    assert publish_notebooks.stale("analyze_run", tmp_path) == (
+        "docs/notebooks/analyze_run.md was made from other cells than notebooks/analyze_run.ipynb's: "
+        "run `python scripts/publish_notebooks.py --only analyze_run` (or `make docs`)")
+    result = run_in_process("publish_notebooks.py", "--check", "--out", str(tmp_path / "elsewhere"))
+    assert result.returncode == 1
+    assert "python scripts/publish_notebooks.py --only kl_divergence" in result.stdout
 
 
 def test_the_metrics_table_names_every_key_a_training_writes(tiny_run):

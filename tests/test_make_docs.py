@@ -95,3 +95,32 @@ def test_make_docs_as_processes(tmp_path, fashion_mnist):
     # A second call trains nothing more (the run is finished) and draws again.
     again = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert again.returncode == 0 and "1 epochs" in (tmp_path / "docs" / "figures.md").read_text()
+
+
+def test_make_docs_publishes_the_notebooks_with_its_default_run(tmp_path, monkeypatch):
+    """The last step with the default run: scripts/publish_notebooks.py on RUNS_DIR/default, into
+    --out's notebooks/. Every step is recorded here, none run (the pictures are stand-ins)."""
+    calls = []
+
+    def record(words):
+        calls.append(words)
+        if words[0] in ("scripts/sample.py", "scripts/plot_kl.py"):
+            drawn = tmp_path / words[words.index("--out") + 1]
+            drawn.mkdir(parents=True, exist_ok=True)
+            for picture in make_docs.PICTURES:
+                (drawn / picture.written).write_bytes(b"png")
+        return 1.0
+
+    monkeypatch.setattr(make_docs, "_call", record)
+    assert make_docs.main(["--only", "default", "--runs_dir", str(tmp_path / "runs"),
+                           "--out", str(tmp_path / "docs"), "--readme", ""]) == 0
+    publish = [words for words in calls if words[0] == "scripts/publish_notebooks.py"]
+    assert publish == [["scripts/publish_notebooks.py", "--workdir", str(tmp_path / "runs" / "default"),
+                        "--out", str(tmp_path / "docs" / "notebooks")]]
+    assert calls[-1] == publish[0]  # after the run it reads has trained
+    flags = script_module("publish_notebooks.py").build_parser().parse_args(publish[0][1:])
+    assert (flags.workdir, flags.only) == (str(tmp_path / "runs" / "default"), None)
+    calls.clear()
+    assert make_docs.main(["--only", "z2", "--runs_dir", str(tmp_path / "runs"),
+                           "--out", str(tmp_path / "docs"), "--readme", ""]) == 0
+    assert "scripts/publish_notebooks.py" not in [words[0] for words in calls]

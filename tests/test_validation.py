@@ -273,6 +273,7 @@ SCRIPT_FLAGS = {
                           "--port": int_in(0, 65535), "--grace_seconds": finite_at_least(0)}),
     "make_docs": ([], {"--epochs_scale": finite_at_least(0), "--only": None}),
     "plot_kl": (["--workdir", "w"], {}),
+    "publish_notebooks": ([], {"--only": one_of("analyze_run", "kl_divergence"), "--timeout": int_in(1)}),
     "prepare_data": (["--dataset", "folder:images"], {"--image_size": two_ints_at_least(1)}),
     "gather_photos": ([], {"--max_side": int_in(0)}),
     "results": (["w"], {"--curve_every": int_in(0)}),
