@@ -129,6 +129,20 @@ def test_a_format_2_file_is_refused_in_one_line_naming_its_format(tiny_run, tmp_
         container.unpack(bytes([4]) + data[1:], "f")
 
 
+FORMAT_3_FILE = Path(__file__).parent / "data" / "format3_three_images.bbans"
+
+
+def test_a_format_3_file_still_decodes(tiny_run, test_images, tmp_path):
+    """Three named test images (a.png, b/c.png, d.jpg) that compress.py wrote in format 3, before
+    files recorded their images' sizes: they decode with tiny_run's model, pixel for pixel."""
+    data = FORMAT_3_FILE.read_bytes()
+    assert data[0] == 3 and len(data) == 293
+    opened = codec.open_file(tiny_run, data, "format3.bbans")
+    assert opened.file_names == ["a.png", "b/c.png", "d.jpg"]
+    images, _ = codec.decode(opened, progress=False)
+    np.testing.assert_array_equal(np.asarray(images), test_images[:3])
+
+
 def test_the_header_check_refuses_a_damaged_header_or_a_cut_file(coded):
     """Any bit of the header after its version byte flipped, the file cut or grown by a byte or a
     word: refused when the header is read (its check covers the header and the file's length)."""
