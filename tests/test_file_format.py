@@ -125,8 +125,8 @@ def test_a_format_2_file_is_refused_in_one_line_naming_its_format(tiny_run, tmp_
     one_line_error(result, "is in format 2 (its first byte is 0xBD), which an earlier compress.py wrote")
     commit = container.LAST_FORMAT_2_COMMIT
     assert f"decompress it with scripts/decompress.py of commit {commit}" in result.stderr
-    with pytest.raises(container.FileError, match="format 4, written by a later compress.py"):
-        container.unpack(bytes([4]) + data[1:], "f")
+    with pytest.raises(container.FileError, match="format 5, written by a later compress.py"):
+        container.unpack(bytes([5]) + data[1:], "f")
 
 
 FORMAT_3_FILE = Path(__file__).parent / "data" / "format3_three_images.bbans"
