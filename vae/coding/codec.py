@@ -128,7 +128,8 @@ def compress(loaded: Loaded, images: np.ndarray | list, *, file_names: list[str]
     """(the file's bytes, figures) of uint8 `images` and, where they came from files, their names
     (relative paths, one per image). `images`: an array N x H x W or N x H x W x C of the model's
     shape (format 3), or a list of images of their own sizes, h x w (grey) or h x w x c with c 1
-    or the model's channels, each coded as the model's tiles (format 4, `tiles.py`). `host`: the
+    or the model's channels, each coded as the model's tiles (format 4, `tiles.py`; where all
+    have the model's shape, as the array N x H x W x C of them: format 3). `host`: the
     model's host functions for min(block_size, rows) rows, where many files are made with one."""
     bins = bins or LatentBins()
     if not 1 <= block_size <= MAX_BLOCK_SIZE:
@@ -136,6 +137,9 @@ def compress(loaded: Loaded, images: np.ndarray | list, *, file_names: list[str]
     tiled = not isinstance(images, np.ndarray)
     if tiled:
         tiling, shaped = _as_tiles(loaded, list(images), what, file_names)
+        if all(shape == loaded.image_shape for shape in tiling.shapes):  # format 3 holds them
+            images, tiled = np.stack(shaped), False
+    if tiled:
         count, rows, dims = len(shaped), tiling.num_tiles, tiling.num_sub_pixels
         tile_images = tiles.cut(shaped, tiling)
         image_bytes = b"".join(image.tobytes() for image in shaped)
