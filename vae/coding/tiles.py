@@ -1,10 +1,11 @@
 """Images of any size cut into the model's tiles, and each image's size and channels on the stack.
 
 An image of h x w pixels and c channels (c = 1, or the model's C) is cut into ceil(h / H) x
-ceil(w / W) tiles of the model's H x W x C, row by row. An edge tile is filled out by repeating
-the image's last row and column (edge replication), and a grey image on a colour model by
-repeating its one channel in the others: every sub-pixel of a tile that is not the image's own
-is a copy of one that is (`Tiling.sources_NxD`). The model's q(z|x) sees the whole tile; the
+ceil(w / W) tiles of the model's H x W x C: its whole tiles row by row, then its edge tiles row
+by row (so that most blocks of tiles have no copies, and code at full speed). An edge tile is
+filled out by repeating the image's last row and column (edge replication), and a grey image on
+a colour model by repeating its one channel in the others: every sub-pixel of a tile that is not
+the image's own is a copy of one that is (`Tiling.sources`). The model's q(z|x) sees the whole tile; the
 pixel code pushes and pops only the tile's own sub-pixels (`Tiling.masks`), and decoding, once it
 has popped them, makes the copies again (`fill`) before it recomputes q(z|x) to push the bits
 back. So the copies cost nothing in the file.
@@ -58,14 +59,30 @@ class Tiling:
         """The images' own sub-pixels: what the file codes."""
         return int(sum(h * w * c for h, w, c in self.shapes))
 
-    def _edges(self):
-        """Per tile: (rows, columns, channels) of the image's own in it."""
+    def _own(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The image's tiles' rows and columns of its own, down and across."""
         big_h, big_w, _ = self.tile_shape
+        h, w, _ = self.shapes[index]
+        down, across = self.grid(index)
+        rows, cols = h - big_h * np.arange(down), w - big_w * np.arange(across)
+        return np.minimum(big_h, rows), np.minimum(big_w, cols)
+
+    def order(self, index: int) -> np.ndarray:
+        """The image's tiles (their row-major indices) in the order they are coded: the whole
+        ones first."""
+        rows, cols = self._own(index)
+        whole = ((rows == self.tile_shape[0])[:, None] & (cols == self.tile_shape[1])[None, :]).reshape(-1)
+        if self.shapes[index][2] != self.tile_shape[2]:
+            whole[:] = False
+        return np.concatenate([np.flatnonzero(whole), np.flatnonzero(~whole)])
+
+    def _edges(self):
+        """Per tile, in coding order: (rows, columns, channels) of the image's own in it."""
         out = []
-        for (h, w, c), (down, across) in zip(self.shapes, map(self.grid, range(len(self.shapes)))):
-            rows = np.minimum(big_h, h - big_h * np.arange(down))
-            cols = np.minimum(big_w, w - big_w * np.arange(across))
-            out += [(int(r), int(k), c) for r in rows for k in cols]
+        for i, (_, _, c) in enumerate(self.shapes):
+            rows, cols = self._own(i)
+            edges = [(int(r), int(k), c) for r in rows for k in cols]
+            out += [edges[t] for t in self.order(i)]
         return out
 
     @functools.cached_property
@@ -133,8 +150,8 @@ def check_image(image: np.ndarray, tile_shape: tuple[int, int, int], what: str) 
 
 
 def cut(images: list[np.ndarray], tiling: Tiling) -> np.ndarray:
-    """N x H x W x C uint8: every image's tiles, the images in order, each row by row, edge tiles
-    filled out by edge replication, grey repeated into every channel."""
+    """N x H x W x C uint8: every image's tiles, the images in order, each image's in `order`,
+    edge tiles filled out by edge replication, grey repeated into every channel."""
     big_h, big_w, big_c = tiling.tile_shape
     out = np.empty((tiling.num_tiles, big_h, big_w, big_c), np.uint8)
     start = 0
@@ -144,7 +161,7 @@ def cut(images: list[np.ndarray], tiling: Tiling) -> np.ndarray:
         padded = np.pad(image, ((0, down * big_h - h), (0, across * big_w - w), (0, 0)), mode="edge")
         padded = np.broadcast_to(padded, (*padded.shape[:2], big_c))
         tiles = padded.reshape(down, big_h, across, big_w, big_c).transpose(0, 2, 1, 3, 4)
-        out[start:start + down * across] = tiles.reshape(-1, big_h, big_w, big_c)
+        out[start:start + down * across] = tiles.reshape(-1, big_h, big_w, big_c)[tiling.order(i)]
         start += down * across
     return out
 
@@ -155,7 +172,9 @@ def join(tiles_NxHxWxC: np.ndarray, tiling: Tiling) -> list[np.ndarray]:
     images, start = [], 0
     for i, (h, w, c) in enumerate(tiling.shapes):
         down, across = tiling.grid(i)
-        tiles = tiles_NxHxWxC[start:start + down * across].reshape(down, across, big_h, big_w, big_c)
+        row_major = np.empty((down * across, big_h, big_w, big_c), np.uint8)
+        row_major[tiling.order(i)] = tiles_NxHxWxC[start:start + down * across]
+        tiles = row_major.reshape(down, across, big_h, big_w, big_c)
         image = tiles.transpose(0, 2, 1, 3, 4).reshape(down * big_h, across * big_w, big_c)
         images.append(np.ascontiguousarray(image[:h, :w, :c]))
         start += down * across
