@@ -174,3 +174,25 @@ def test_a_jpeg_and_transparency_through_the_scripts(tiny_run, tmp_path):
                                "--images", source / "ramp.png", "--background", "black", "--noprogress"))
     assert '"original": false' in result.stdout
     assert "not the originals: ramp.png converted (--background black)" in result.stderr
+
+
+def test_the_photos_benchmark_codes_and_checks_every_photo(tiny_run, tmp_path):
+    """benchmarks/benchmark_photos.py on two binarised images with tiny_run's model: one row a
+    photo with every codec, ours' round trip checked inside, the table written."""
+    import json
+
+    from benchmarks import benchmark_photos
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for name, shape in (("a.png", (30, 45)), ("b.png", (28, 28))):
+        Image.fromarray(np.where(rng.random(shape) < 0.3, 255, 0).astype(np.uint8)).save(photos / name)
+    out = tmp_path / "table"
+    assert benchmark_photos.main(["--workdir", str(tiny_run), "--images", str(photos), "--out", str(out),
+                                  "--jpegxl_efforts", "7"]) == 0
+    result = json.loads((tmp_path / "table.json").read_text())
+    assert [row["name"] for row in result["photos"]] == ["a.png", "b.png"]
+    assert set(result["photos"][0]["codecs"]) == {"PNG", "WebP lossless", "JPEG XL e7"}
+    assert result["photos"][0]["ours"]["tiles"] == 4 and result["photos"][1]["ours"]["tiles"] == 1
+    assert "| **all 2** |" in (tmp_path / "table.md").read_text()
