@@ -28,9 +28,10 @@ one sample each, as in the HVAE's ELBO.
 The initial bits. Step 1 of the first block reads bits that must come from somewhere. Here the
 first image is coded without bits back, with a two-part code (`first_image.py`): a few latent
 dimensions at a coarse precision, then its pixels under p(x | those latents). The blocks after
-it grow with the stack: each takes at most as many images as are coded already (1, 2, 4, ...),
-halved again while its pop would read the stack dry, until a block of block_size fits; these
-ramp sizes go into the file. What the file pays beyond the images' code lengths is then the
+it grow with the stack: each takes at most as many images as are coded already (1, 2, 4, ...;
+or, `encode`'s eager ramp, block_size), halved again while its pop would read the stack dry,
+until a block of block_size fits; these ramp sizes go into the file, so decoding follows
+either. What the file pays beyond the images' code lengths is then the
 first image's two-part code (reported as `first_image_bits`), the coder's final state and the
 header.
 """
@@ -261,11 +262,14 @@ def no_sources(first: int, last: int) -> None:
 
 
 def encode(host: HostModel, symbols_NxD: np.ndarray, bins: LatentBins, progress: bool = False,
-           bottom=None, sources=no_sources) -> Coded:
+           bottom=None, sources=no_sources, eager: bool = False) -> Coded:
     """The ANS stack of N images' symbols (N x D int32), in blocks of host.block_size, on an empty
     stack or on one holding the 32-bit words `bottom` (the file's checksum and any padding:
     `container.bottom_words`; the last one nonzero). `sources(first, last)`: tiles' copies of
-    their own sub-pixels (`tiles.Tiling.sources`), which are not coded; None where there are none."""
+    their own sub-pixels (`tiles.Tiling.sources`), which are not coded; None where there are none.
+    `eager`: each block of the ramp tries block_size images first, halved while its pop reads
+    the stack dry (for images that leave many bits each, such as 8-bit tiles: fewer, fuller
+    blocks), rather than growing with the images coded."""
     count, block_size = symbols_NxD.shape[0], host.block_size
     if count < 1:
         raise ValueError("nothing to compress: no images")
@@ -288,7 +292,8 @@ def encode(host: HostModel, symbols_NxD: np.ndarray, bins: LatentBins, progress:
         bar.update(1)
         start, ramp, ramping = 1, [], True
         while start < count:
-            size = min(block_size, count - start, start) if ramping else min(block_size, count - start)
+            grown = block_size if eager else start  # the ramp: as many as are coded already, or all
+            size = min(block_size, count - start, grown) if ramping else min(block_size, count - start)
             own = tiles.own(sources(start, start + size))
             draw = block.clean_draw(coder, symbols_NxD[start:start + size], start, own)
             while ramping and size > 1 and coder.num_valid_bits() < DRY_STACK_BITS:  # read dry: halve

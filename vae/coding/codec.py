@@ -169,7 +169,8 @@ def compress(loaded: Loaded, images: np.ndarray | list, *, file_names: list[str]
     pad_words = 0
     while True:  # once, but for images that cost fewer bits than the stack's guarantees ask
         coded = bbans.encode(host, symbols, bins, progress=progress,
-                             bottom=container.bottom_words(checksum, pad_words), sources=sources)
+                             bottom=container.bottom_words(checksum, pad_words), sources=sources,
+                             eager=tiled)
         coder = constriction.stream.stack.AnsCoder(coded.words)
         images_bits = coder.num_valid_bits()
         if tiled:
