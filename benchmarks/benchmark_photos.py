@@ -82,7 +82,7 @@ class Ours:
         data, figures = codec.compress(self.loaded, images, file_names=names, block_size=self.block_size,
                                        progress=False, host=host)
         opened = codec.open_loaded(self.loaded, data, names[0])
-        decoded, back = codec.decode(opened, progress=False)
+        decoded, back = codec.decode(opened, progress=False, host=host)
         for name, image, out in zip(names, images, decoded):
             if not np.array_equal(np.asarray(out), image):
                 raise AssertionError(f"the bits-back file did not decode {name} pixel for pixel")

@@ -311,9 +311,11 @@ def _mismatch(opened: Opened, problem: str) -> CodingError:
         f"differently: {why}")
 
 
-def decode(opened: Opened, *, progress: bool = True) -> tuple[np.ndarray | list, dict]:
+def decode(opened: Opened, *, progress: bool = True, host: HostModel | None = None
+           ) -> tuple[np.ndarray | list, dict]:
     """(the uint8 array that was compressed, or the list of images of their own sizes (h x w x c
-    each), figures) of an opened file."""
+    each), figures) of an opened file. `host`: the model's host functions, used where their block
+    size is the file's (many files decoded with one)."""
     header, loaded = opened.header, opened.loaded
     bins = LatentBins(header.bin_width, header.half_range)
     tiling = opened.shapes and tiles.Tiling(opened.shapes, loaded.image_shape)
@@ -325,7 +327,8 @@ def decode(opened: Opened, *, progress: bool = True) -> tuple[np.ndarray | list,
         bbans.block_sizes(rows, block_size, header.ramp)
     except ValueError as e:
         raise container.FileError(f"{opened.name} is damaged: {e}") from None
-    host = host_model(loaded.model, block_size)
+    if host is None or host.block_size != block_size:
+        host = host_model(loaded.model, block_size)
     warm_up(host)
     start = time.perf_counter()
     try:
