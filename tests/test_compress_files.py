@@ -107,7 +107,8 @@ def test_a_png_folder_round_trips_with_sub_folders_and_grey_from_colour(binary_r
         np.testing.assert_array_equal(pixels_of(restored / path), pixels_of(source / path))
         np.testing.assert_array_equal(pixels_of(restored / path), image)
     np.testing.assert_array_equal(pixels_of(restored / "shirts" / "colour.png"), test_images[5])
-    assert '"images": 6' in figures.stdout
+    assert '"images": 6' in figures.stdout and '"original": false' in figures.stdout
+    assert "not the originals: shirts/colour.png converted (--channels grey)" in figures.stderr
 
 
 def test_a_jpeg_comes_back_as_a_png_of_its_pixels(binary_run, test_images, tmp_path):
@@ -148,6 +149,26 @@ def test_an_8_bit_colour_folder_and_a_jpeg(colour_run, tmp_path):
     np.testing.assert_array_equal(pixels_of(restored / "grey.png"), pixels_of(source / "grey.png", "RGB"))
     np.testing.assert_array_equal(pixels_of(restored / "photo.png"), pixels_of(source / "photo.jpg"))
     assert not np.array_equal(pixels_of(source / "photo.jpg"), photo)  # the JPEG's pixels, not the original's
+
+
+@pytest.mark.slow  # trains an 8-bit model; sizes and grey on colour: quick-tested in test_photos_coding.py
+def test_photos_of_their_own_sizes_and_grey_on_a_colour_model_through_the_scripts(colour_run, tmp_path):
+    """A 13 x 13 colour PNG and a 5 x 8 grey one on the 8 x 8 colour model, without conversions:
+    each back at its size and mode, pixel for pixel, the file in format 4."""
+    source, coded, restored = tmp_path / "photos", tmp_path / "photos.bbans", tmp_path / "restored"
+    source.mkdir()
+    colour = np.concatenate([smooth_colour_images(2, seed=7)[i] for i in range(2)], axis=1)[:, :13]
+    colour = np.concatenate([colour, colour[:5]], axis=0)  # 13 x 13
+    grey = smooth_colour_images(1, seed=8)[0][:5, :, 0]
+    Image.fromarray(colour).save(source / "colour.png")
+    Image.fromarray(grey).save(source / "grey.png")
+    result = ok(compress(colour_run, coded, "--images", source))
+    assert '"original": true' in result.stdout and coded.read_bytes()[0] == container.FORMAT
+    ok(decompress(colour_run, coded, restored))
+    np.testing.assert_array_equal(pixels_of(restored / "colour.png"), colour)
+    with Image.open(restored / "grey.png") as image:
+        assert image.mode == "L"
+    np.testing.assert_array_equal(pixels_of(restored / "grey.png"), grey)
 
 
 def test_one_image_costs_eight_header_bytes_and_about_its_elbo(binary_run, test_images, tmp_path):

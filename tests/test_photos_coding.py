@@ -15,7 +15,7 @@ from PIL import Image
 
 from tests.conftest import run_in_process, tiny_config
 from vae import api
-from vae.coding import bbans, codec, container, pixels, tiles
+from vae.coding import bbans, codec, container, image_files, pixels, tiles
 from vae.coding.host import host_model
 from vae.coding.latents import LatentBins
 from vae.model.build import build_model
@@ -132,6 +132,11 @@ def test_the_python_api_takes_a_list_of_sizes(colour_model):
     back = model.decompress(model.compress(images))
     np.testing.assert_array_equal(back[0], images[0])
     np.testing.assert_array_equal(back[1][..., 0], images[1])
+
+
+def test_a_file_of_sized_images_without_names_is_not_written_as_an_array(tmp_path):
+    with pytest.raises(image_files.InputError, match="holds images of their own sizes without file names"):
+        image_files.check_outputs(tmp_path / "x.npy", None, False, sized=True)
 
 
 # --- through the scripts, with tiny_run's Bernoulli model (28 x 28 grey, binarised) -------------------
