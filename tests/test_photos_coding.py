@@ -201,3 +201,21 @@ def test_the_photos_benchmark_codes_and_checks_every_photo(tiny_run, tmp_path):
     assert set(result["photos"][0]["codecs"]) == {"PNG", "WebP lossless", "JPEG XL e7"}
     assert result["photos"][0]["ours"]["tiles"] == 4 and result["photos"][1]["ours"]["tiles"] == 1
     assert "| **all 2** |" in (tmp_path / "table.md").read_text()
+
+
+def test_sizes_that_claim_more_tiles_than_the_stack_holds_are_refused(colour_model):
+    """A damaged shape (a 60,000 x 60,000 image in place of a 13 x 20 one): refused in one line
+    when the file is opened, before any tile is allocated."""
+    image = smooth((13, 20, 3), 0)
+    data, _ = codec.compress(colour_model, [image], file_names=["a.png"], progress=False)
+    header, words = container.unpack(data, "f")
+    coder = constriction.stream.stack.AnsCoder(words)
+    from vae.coding import names
+
+    names.pop(coder, 1)
+    tiles.pop(coder, 1, 3)
+    tiles.push(coder, [(60_000, 60_000, 3)], 3)
+    names.push(coder, ["a.png"])
+    damaged = container.pack(header, coder.get_compressed())
+    with pytest.raises(container.FileError, match="sizes claim 56,250,000 tiles, more than its stack"):
+        codec.open_loaded(colour_model, damaged, "f")

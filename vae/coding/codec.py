@@ -180,6 +180,8 @@ def compress(loaded: Loaded, images: np.ndarray | list, *, file_names: list[str]
             names.push(coder, file_names)
         words = coder.get_compressed()
         missing = container.pad_words_needed(count, container.stack_bytes(words))
+        if tiled:  # and as many bits a tile below the shapes: they cannot claim more than it holds
+            missing = max(missing, container.pad_words_needed(rows, container.stack_bytes(coded.words)))
         if coded.least_bits < container.CHECKSUM_BITS:  # a pop read into the checksum: more below it
             missing = max(missing, 1 + (container.CHECKSUM_BITS - coded.least_bits) // 32)
         if not missing:
@@ -292,6 +294,11 @@ def open_loaded(loaded: Loaded, data: bytes, name: str) -> Opened:
         except (tiles.ShapeError, ValueError) as e:
             raise container.FileError(f"{name} is damaged: {e}") from None
         words = coder.get_compressed()
+        count = tiles.Tiling(shapes, loaded.image_shape).num_tiles
+        if count * container.MIN_BITS_PER_IMAGE > 32 * len(words):
+            raise container.FileError(
+                f"{name} is damaged or truncated: its images' sizes claim {count:,} tiles, more than its "
+                f"stack can hold ({container.MIN_BITS_PER_IMAGE} bits a tile at least)")
     return Opened(loaded, name, len(data), header, file_names, words, shapes)
 
 
