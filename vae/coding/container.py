@@ -40,10 +40,9 @@ another model whose tag happens to match, a damaged file, and a decoder whose mo
 differ from the encoder's beyond the guard band (`fixed_point.GUARD_STEPS`), all at once.
 
 The stack holds MIN_BITS_PER_IMAGE bits an image at least (with SHAPES, as many a tile below the
-shapes), and no pop of its encoder read into
-the checksum word (`codec.compress` puts PAD_WORDs above it where images cost less), so a
-header that claims more images than its stack holds is refused when read, and decoding stops
-where a stack runs out (`bbans.decode`).
+shapes), and no pop of its encoder read into the checksum word (`codec.compress` puts PAD_WORDs
+above it where images cost less), so a header that claims more images than its stack holds is
+refused when read, and decoding stops where a stack runs out (`bbans.decode`).
 """
 
 import dataclasses
