@@ -110,8 +110,8 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b > 0 else float("nan")
 
 
-def _as_tiles(loaded: Loaded, images: list, what: str, file_names) -> tuple[tiles.Tiling, np.ndarray]:
-    """(the tiling, N x H x W x C tiles) of images of their own sizes (h x w or h x w x c)."""
+def _as_tiles(loaded: Loaded, images: list, what: str, file_names) -> tuple[tiles.Tiling, list]:
+    """(the tiling, each image h x w x c) of images of their own sizes (h x w or h x w x c)."""
     if not images:
         raise CodingError(f"{what}: no images")
     shaped = [tiles.check_image(image, loaded.image_shape,
