@@ -2,7 +2,7 @@
 JPEG XL lossless, photo by photo.
 
     python benchmarks/benchmark_photos.py --workdir runs/photos --images photos/ --out docs/codecs_photos \
-        [--block_size 100] [--jpegxl_efforts 7,9]
+        [--block_size TILES] [--jpegxl_efforts 7,9]
 
 Every PNG or JPEG in --images (the held-out photos; a folder, as scripts/compress.py takes it) is
 read at its own size, grey or colour as it is (`image_files.read_photos`: a colour photo on a grey
@@ -63,9 +63,9 @@ def _plain(image: np.ndarray) -> np.ndarray:
 class Ours:
     """The model's code, one host (compiled functions) per block size."""
 
-    def __init__(self, workdir: str, block_size: int):
+    def __init__(self, workdir: str, block_size: int | None):
         self.loaded = codec.load(workdir)
-        self.block_size = block_size
+        self.block_size = block_size or codec.tile_block_size(self.loaded.image_shape)
         self._hosts = {}
 
     def _host(self, tiles: int):
@@ -94,7 +94,7 @@ class Ours:
                 "elbo_bits_per_dim": figures["elbo_bits_per_dim"], "tiles": figures.get("tiles", len(images))}
 
 
-def measure(workdir: str, folder: str, block_size: int, jpegxl_efforts: list[int]) -> dict:
+def measure(workdir: str, folder: str, block_size: int | None, jpegxl_efforts: list[int]) -> dict:
     ours = Ours(workdir, block_size)
     inputs = image_files.find([folder])
     if inputs.array is not None:
@@ -117,7 +117,7 @@ def measure(workdir: str, folder: str, block_size: int, jpegxl_efforts: list[int
               f"bits/dim, {row['ours']['compress_megapixels_per_sec']:.3f} / "
               f"{row['ours']['decompress_megapixels_per_sec']:.3f} MP/s", file=sys.stderr)
     together = ours.code(photos, list(inputs.names))
-    return {"workdir": workdir, "images": folder, "block_size": block_size,
+    return {"workdir": workdir, "images": folder, "block_size": ours.block_size,
             "tile_shape": ours.loaded.image_shape,
             "epoch": ours.loaded.epoch, "photos": rows, "ours_one_file": together,
             "codecs": list(others), "cpu": host.cpu_name(), "cpu_count": os.cpu_count(),
@@ -175,16 +175,17 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", required=True, help="an 8-bit model's run")
     parser.add_argument("--images", required=True, help="a folder of photos (PNG or JPEG)")
     parser.add_argument("--out", required=True, help="writes OUT.json and OUT.md")
-    parser.add_argument("--block_size", type=int, default=codec.DEFAULT_BLOCK_SIZE,
-                        help="tiles per model call")
+    parser.add_argument("--block_size", type=int, default=None,
+                        help="tiles per model call (default: compress.py's, codec.tile_block_size)")
     parser.add_argument("--jpegxl_efforts", default="7,9", help="JPEG XL efforts, comma-separated")
     args = parser.parse_args(argv)
     efforts = [int(e) for e in args.jpegxl_efforts.split(",") if e]
     with cli.user_errors():
         result = measure(args.workdir, args.images, args.block_size, efforts)
     command = ("python benchmarks/benchmark_photos.py --workdir " + shown_path(args.workdir) + " --images "
-               + shown_path(args.images) + f" --out {args.out} --block_size {args.block_size} "
-               f"--jpegxl_efforts {args.jpegxl_efforts}")
+               + shown_path(args.images) + f" --out {args.out}"
+               + (f" --block_size {args.block_size}" if args.block_size else "")
+               + f" --jpegxl_efforts {args.jpegxl_efforts}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{out}.json").write_text(json.dumps(result, indent=1) + "\n")

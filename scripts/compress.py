@@ -52,8 +52,10 @@ def build_parser() -> cli_flags.ArgumentParser:
     parser.add_argument("--max_examples", type=cli_flags.integer(1), default=None,
                         help="only the first N images")
     parser.add_argument("--block_size", type=cli_flags.integer(1, codec.MAX_BLOCK_SIZE),
-                        default=codec.DEFAULT_BLOCK_SIZE,
-                        help="images per coder call and per model call")
+                        default=None,
+                        help="images (tiles, for images of their own sizes) per coder call and per model "
+                             f"call (default {codec.DEFAULT_BLOCK_SIZE} images, or tiles of about "
+                             f"{codec.TILE_BLOCK_SUB_PIXELS:,} sub-pixels a block)")
     parser.add_argument("--bin_width", type=cli_flags.real(1e-6, 1.0), default=latents.DEFAULT_BIN_WIDTH,
                         help="width of the latent bins z is discretised to (default 1/64)")
     parser.add_argument("--latent_range", type=cli_flags.real(1.0, 1000.0),

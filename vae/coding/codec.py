@@ -34,6 +34,15 @@ from vae.workdir import files
 
 DEFAULT_BLOCK_SIZE = 100
 MAX_BLOCK_SIZE = 10_000
+# Images of their own sizes: blocks of about this many sub-pixels (42 tiles of 32 x 32 x 3), where
+# the 8-bit pixel code's arrays stay in the CPU's caches (blocks of 16-50 colour tiles coded about
+# a third faster than blocks of 100 on the 2-core machine here, docs/compression.md)
+TILE_BLOCK_SUB_PIXELS = 1 << 17
+
+
+def tile_block_size(image_shape: tuple[int, int, int]) -> int:
+    """The default block size, in tiles, of images of their own sizes."""
+    return max(1, min(MAX_BLOCK_SIZE, TILE_BLOCK_SUB_PIXELS // math.prod(image_shape)))
 
 
 def model_hash(config, model) -> bytes:
@@ -122,23 +131,26 @@ def _as_tiles(loaded: Loaded, images: list, what: str, file_names) -> tuple[tile
 
 
 def compress(loaded: Loaded, images: np.ndarray | list, *, file_names: list[str] | None = None,
-             block_size: int = DEFAULT_BLOCK_SIZE, bins: LatentBins | None = None,
+             block_size: int | None = None, bins: LatentBins | None = None,
              what: str = "the images", progress: bool = True, host: HostModel | None = None
              ) -> tuple[bytes, dict]:
     """(the file's bytes, figures) of uint8 `images` and, where they came from files, their names
     (relative paths, one per image). `images`: an array N x H x W or N x H x W x C of the model's
     shape (format 3), or a list of images of their own sizes, h x w (grey) or h x w x c with c 1
     or the model's channels, each coded as the model's tiles (format 4, `tiles.py`; where all
-    have the model's shape, as the array N x H x W x C of them: format 3). `host`: the
-    model's host functions for min(block_size, rows) rows, where many files are made with one."""
+    have the model's shape, as the array N x H x W x C of them: format 3). `block_size`: images
+    (tiles) per model call; None: DEFAULT_BLOCK_SIZE images, or `tile_block_size` tiles. `host`:
+    the model's host functions for min(block_size, rows) rows, where many files are made with one."""
     bins = bins or LatentBins()
-    if not 1 <= block_size <= MAX_BLOCK_SIZE:
+    if block_size is not None and not 1 <= block_size <= MAX_BLOCK_SIZE:
         raise CodingError(f"the block size must be in [1, {MAX_BLOCK_SIZE:,}], got {block_size}")
     tiled = not isinstance(images, np.ndarray)
     if tiled:
         tiling, shaped = _as_tiles(loaded, list(images), what, file_names)
         if all(shape == loaded.image_shape for shape in tiling.shapes):  # format 3 holds them
             images, tiled = np.stack(shaped), False
+    if block_size is None:
+        block_size = tile_block_size(loaded.image_shape) if tiled else DEFAULT_BLOCK_SIZE
     if tiled:
         count, rows, dims = len(shaped), tiling.num_tiles, tiling.num_sub_pixels
         tile_images = tiles.cut(shaped, tiling)
