@@ -12,7 +12,8 @@ is cut into the model's tiles (its image shape), the edge tiles filled out by re
 row and column, which costs nothing in the file; a grey image on a colour model is coded as
 grey (its one channel) and comes back grey. The file records each image's name, size and
 channels, and all the tiles of all the files form one bits-back chain. A colour image on a grey
-model is refused (it would lose its colour), and so is one with transparent pixels; converted
+model is refused (it would lose its colour), and so is one with transparent pixels (alpha is not
+coded; an alpha channel opaque everywhere is left out, and the output says so); converted
 copies are coded only where asked: --channels grey|rgb converts every image, --background COLOUR
 flattens transparent pixels onto a colour, --image_size H,W resizes every image; the output then
 says (on stderr, and "original": false in the JSON) that what decompress.py gives back is the

@@ -156,7 +156,7 @@ def test_a_jpeg_and_transparency_through_the_scripts(tiny_run, tmp_path):
     """A black 30 x 45 JPEG (JPEG keeps black exactly, which a Bernoulli model can code) comes back
     as a PNG of its decoded pixels at its size; an image with transparent pixels is refused in
     one line that names --background, and with it is coded as a flattened copy, which the output
-    says."""
+    says; one whose alpha is all opaque is coded without it, which the output says too."""
     source, coded, restored = tmp_path / "in", tmp_path / "in.bbans", tmp_path / "out"
     source.mkdir()
     Image.fromarray(np.zeros((30, 45), np.uint8)).save(source / "dark.jpg", quality=90)
@@ -179,6 +179,14 @@ def test_a_jpeg_and_transparency_through_the_scripts(tiny_run, tmp_path):
                                "--images", source / "ramp.png", "--background", "black", "--noprogress"))
     assert '"original": false' in result.stdout
     assert "not the originals: ramp.png converted (--background black)" in result.stderr
+    Image.fromarray(np.dstack([ramp, np.full_like(ramp, 255)]), "LA").save(source / "ramp.png")  # opaque
+    result = ok(run_in_process("compress.py", "--workdir", tiny_run, "--out", tmp_path / "y.bbans",
+                               "--images", source / "ramp.png", "--noprogress"))
+    assert '"original": false' in result.stdout
+    assert "ramp.png without its alpha channel (every pixel opaque: the colours are kept" in result.stderr
+    ok(run_in_process("decompress.py", "--workdir", tiny_run, tmp_path / "y.bbans", "--out",
+                      tmp_path / "y.png", "--noprogress"))
+    np.testing.assert_array_equal(pixels_of(tmp_path / "y.png"), ramp)
 
 
 def test_the_photos_benchmark_codes_and_checks_every_photo(tiny_run, tmp_path):

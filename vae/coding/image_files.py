@@ -137,10 +137,11 @@ class Photos:
     images: list
     converted: tuple[str, ...]  # names whose channels or transparency were converted
     resized: tuple[int, int] | None  # --image_size: every image is a resized copy
+    opaque_alpha: tuple[str, ...] = ()  # names with an alpha channel, all opaque, not kept
 
     @property
     def original(self) -> bool:
-        return not self.converted and self.resized is None
+        return not self.converted and self.resized is None and not self.opaque_alpha
 
 
 def _transparent(error: Exception) -> bool:
@@ -161,11 +162,13 @@ def read_photos(inputs: Inputs, image_shape: tuple[int, int, int], *, channels: 
     if channels == "rgb" and not colour:
         raise InputError("--channels rgb: this model codes grey images (1 channel); --channels grey converts "
                          "colour images to grey")
-    images, converted = [], []
+    images, converted, opaque_alpha = [], [], []
     for path, name in zip(inputs.paths, inputs.names):
         try:
             pixels = folder.decode_image(path, (), "keep", "")
             flattened = False
+            if _has_alpha(path):  # every pixel opaque, or decode_image had refused it
+                opaque_alpha.append(name)
         except folder.DataError as e:  # transparent pixels: flattened onto --background, if given
             if not (background and _transparent(e)):
                 raise
@@ -181,7 +184,15 @@ def read_photos(inputs: Inputs, image_shape: tuple[int, int, int], *, channels: 
         if wanted != own or flattened:
             converted.append(name)
         images.append(pixels)
-    return Photos(images, tuple(converted), tuple(image_size) if image_size else None)
+    return Photos(images, tuple(converted), tuple(image_size) if image_size else None, tuple(opaque_alpha))
+
+
+def _has_alpha(path: Path) -> bool:
+    """Whether the file has an alpha channel or a transparent colour (from its header)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.has_transparency_data
 
 
 def copy_note(photos: Photos, channels: str, background: str) -> str | None:
@@ -197,6 +208,11 @@ def copy_note(photos: Photos, channels: str, background: str) -> str | None:
         how = ([f"--channels {channels}"] * (channels != "keep")
                + [f"--background {background}"] * bool(background))
         what.append(f"{first}{more} converted ({', '.join(how)})")
+    if photos.opaque_alpha:
+        first = photos.opaque_alpha[0]
+        more = f" and {len(photos.opaque_alpha) - 1} more" if len(photos.opaque_alpha) > 1 else ""
+        what.append(f"{first}{more} without its alpha channel (every pixel opaque: the colours are "
+                    "kept, the alpha is not coded)")
     return (f"not the originals: {'; '.join(what)}; decompress.py gives back these copies, pixel for pixel, "
             "not the files")
 
