@@ -336,7 +336,7 @@ def main(argv=None) -> int:
             images[..., 0], progress=lambda r: print(f"{r['codec']}: {r['whole_bits_per_dim']:.4f} bits/dim "
                                                       f"({r['time_sec']:.0f} s)", file=sys.stderr))
         result["bits_back_per_image"] = codecs.bits_back_per_image(args.workdir, images) | {
-            "header_bytes": one_image_header_bytes(), "file_format": container.FORMAT}
+            "header_bytes": one_image_header_bytes(), "file_format": container.FORMAT_3}
         print(f"bits-back, one file per image: {result['bits_back_per_image']['per_image_bits_per_dim']:.4f} "
               f"bits/dim ({result['bits_back_per_image']['time_sec']:.0f} s)", file=sys.stderr)
         write(Path(args.out), result, markdown(result))

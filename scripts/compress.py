@@ -6,17 +6,24 @@
     python scripts/compress.py --workdir runs/default --out x.bbans --images x.npy [--max_examples N]
 
 --images takes PNG or JPEG files, one folder of them (and its sub-folders; a file in it that is
-not a PNG or JPEG is refused), or a uint8 .npy array N x H x W (or N x H x W x C). Every image
-must have the model's size and channels: --image_size H,W resizes them as they are read,
---channels grey|rgb converts them, --background COLOUR flattens transparent pixels onto a
-colour (what comes back is the image so converted). A Bernoulli model codes binarised pixels
-(all 0/255, or 0/1 in an array); an 8-bit model any. The file records the images' names
-(decompress.py writes them back under them) and is about as long as their negative ELBO as
-coded: sub-pixels and latents under the coder's integer probabilities, which give every symbol at
-least 2^-24, so a model that gives some far less (one far from trained) has a larger -ELBO of its
-own than the file. Without --images it codes the test split as every evaluation sees it (binarised
-once). Prints the figures as JSON on stdout and one line on stderr. An --out that exists is
-refused unless --overwrite; nothing is written on an error.
+not a PNG or JPEG is refused), or a uint8 .npy array N x H x W (or N x H x W x C) of the model's
+image shape. Image files are coded losslessly at their own size, grey or colour as they are: each
+is cut into the model's tiles (its image shape), the edge tiles filled out by repeating the last
+row and column, which costs nothing in the file; a grey image on a colour model is coded as
+grey (its one channel) and comes back grey. The file records each image's name, size and
+channels, and all the tiles of all the files form one bits-back chain. A colour image on a grey
+model is refused (it would lose its colour), and so is one with transparent pixels (alpha is not
+coded; an alpha channel opaque everywhere is left out, and the output says so); converted
+copies are coded only where asked: --channels grey|rgb converts every image, --background COLOUR
+flattens transparent pixels onto a colour, --image_size H,W resizes every image; the output then
+says (on stderr, and "original": false in the JSON) that what decompress.py gives back is the
+copy, not the file. A Bernoulli model codes binarised pixels (all 0/255, or 0/1 in an array); an
+8-bit model any. The file is about as long as the images' negative ELBO as coded: sub-pixels and
+latents under the coder's integer probabilities, which give every symbol at least 2^-24, so a
+model that gives some far less (one far from trained) has a larger -ELBO of its own than the
+file. Without --images it codes the test split as every evaluation sees it (binarised once).
+Prints the figures as JSON on stdout and one line on stderr. An --out that exists is refused
+unless --overwrite; nothing is written on an error.
 """
 
 import json
@@ -37,17 +44,19 @@ def build_parser() -> cli_flags.ArgumentParser:
                         help="PNG or JPEG files, a folder of them, or a uint8 .npy array (default: the "
                              "test split)")
     parser.add_argument("--channels", choices=("keep", "grey", "rgb"), default="keep",
-                        help="convert every image to grey or to colour (RGB) as it is read")
+                        help="code a copy of every image converted to grey or to colour (RGB)")
     parser.add_argument("--background", default="",
                         help="a colour (white, #rrggbb, ...) transparent pixels are composited onto; "
                              "'' refuses them")
     parser.add_argument("--image_size", type=cli_flags.integer_list(1), default=None,
-                        help="H,W: resize every image to this size as it is read")
+                        help="H,W: code a copy of every image resized to this size (not the original)")
     parser.add_argument("--max_examples", type=cli_flags.integer(1), default=None,
                         help="only the first N images")
     parser.add_argument("--block_size", type=cli_flags.integer(1, codec.MAX_BLOCK_SIZE),
-                        default=codec.DEFAULT_BLOCK_SIZE,
-                        help="images per coder call and per model call")
+                        default=None,
+                        help="images (tiles, for images of their own sizes) per coder call and per model "
+                             f"call (default {codec.DEFAULT_BLOCK_SIZE} images, or tiles of about "
+                             f"{codec.TILE_BLOCK_SUB_PIXELS:,} sub-pixels a block)")
     parser.add_argument("--bin_width", type=cli_flags.real(1e-6, 1.0), default=latents.DEFAULT_BIN_WIDTH,
                         help="width of the latent bins z is discretised to (default 1/64)")
     parser.add_argument("--latent_range", type=cli_flags.real(1.0, 1000.0),
@@ -73,19 +82,30 @@ def main(argv=None) -> int:
         inputs = image_files.find(args.images) if args.images else None
         bins = latents.LatentBins(args.bin_width, args.latent_range)
         loaded = codec.load(args.workdir, args.epoch, args.checkpoint)
-        names = None
+        names, note = None, None
+        conversions = dict(channels=args.channels, background=args.background,
+                           image_size=args.image_size or ())
         if inputs is None:
             images, what = codec.test_split(loaded)
+        elif inputs.array is not None:
+            images, what = image_files.read_array(inputs, **conversions), str(inputs.array)
         else:
-            images = image_files.read_images(inputs, loaded.image_shape, channels=args.channels,
-                                             background=args.background, image_size=args.image_size or ())
-            names, what = list(inputs.names) or None, str(inputs.array or "the images")
+            if args.max_examples is not None:
+                first = args.max_examples
+                inputs = image_files.Inputs(inputs.paths[:first], inputs.names[:first])
+            photos = image_files.read_photos(inputs, loaded.image_shape, **conversions)
+            images, names, what = photos.images, list(inputs.names), "the images"
+            note = image_files.copy_note(photos, args.channels, args.background)
         if args.max_examples is not None:
             images, names = images[:args.max_examples], names and names[:args.max_examples]
         data, figures = codec.compress(loaded, images, file_names=names, block_size=args.block_size,
                                        bins=bins, what=what, progress=not args.no_progress)
+        if names is not None:
+            figures["original"] = note is None
         files.atomic_write_bytes(args.out, data)
     print(json.dumps(figures, indent=2))
+    if note:
+        print(note, file=sys.stderr)
     print(summary_line(figures, args.out), file=sys.stderr)
     return 0
 
@@ -103,10 +123,14 @@ def summary_line(figures: dict, out: str) -> str:
     floor = (": the coder gives every sub-pixel level and latent bin at least 2^-24, so none costs over "
              "about 24 bits, and the model gives some far less" if coded < (1.0 - FLOOR_NOTE_BELOW) * elbo
              else "")
-    return (f"compressed {figures['images']:,} images into {out}: {figures['bytes']:,} bytes, "
+    tiles = (f" ({figures['tiles']:,} tiles, {figures['pixels'] / 1e6:.3g} megapixels)" if "tiles" in figures
+             else "")
+    speed = (f"{figures['megapixels_per_sec']:.3g} megapixels/s" if "tiles" in figures
+             else f"{figures['images_per_sec']:,.0f} images/s")
+    return (f"compressed {figures['images']:,} images{tiles} into {out}: {figures['bytes']:,} bytes, "
             f"{figures['bits_per_dim']:.5f} bits/dim ({100 * figures['overhead_vs_coded_elbo']:+.2f}% over "
             f"their -ELBO as coded, {coded:.5f}; the model's -ELBO of them {elbo:.5f}{floor}), "
-            f"{figures['coding_time_sec']:.2f} s coding, {figures['images_per_sec']:,.0f} images/s, "
+            f"{figures['coding_time_sec']:.2f} s coding, {speed}, "
             f"epoch {figures['epoch']}")
 
 

@@ -5,8 +5,10 @@
     python scripts/decompress.py --workdir runs/default test.bbans --out test.npy
 
 A file of image files writes each image back under its recorded name (and sub-folders) in the
---out folder, as PNG: a PNG comes back pixel for pixel, a JPEG as a PNG of its decoded pixels
-(its name ending in .png; the output says which). A file of one image can also be written to a
+--out folder, at its recorded size, grey or colour as it was coded, as PNG: a PNG comes back
+pixel for pixel, a JPEG as a PNG of its decoded pixels (its name ending in .png; the output says
+which). Where compress.py was asked for converted or resized copies (it said so), those copies
+come back. A file of one image can also be written to a
 .png path. A file of an array writes exactly the uint8 array that was compressed, to an --out
 ending in .npy. An --out whose suffix says another kind of file (an array to x.png, images to
 x.npy, several images to x.png) is refused. Each file is written whole or not at all. Prints
@@ -43,7 +45,8 @@ def main(argv=None) -> int:
     with cli.user_errors():
         data = Path(args.file).read_bytes()
         opened = codec.open_file(args.workdir, data, args.file, epoch=args.epoch, checkpoint=args.checkpoint)
-        targets = image_files.check_outputs(Path(args.out), opened.file_names, args.overwrite)
+        targets = image_files.check_outputs(Path(args.out), opened.file_names, args.overwrite,
+                                            sized=opened.shapes is not None)
         images, figures = codec.decode(opened, progress=not args.no_progress)
         if opened.file_names is None:
             files.atomic_write_bytes(targets[0], image_files.npy_bytes(images))
@@ -52,9 +55,11 @@ def main(argv=None) -> int:
     print(json.dumps(figures, indent=2))
     if note := image_files.jpeg_note(opened.file_names or []):
         print(note, file=sys.stderr)
+    speed = (f"{figures['megapixels_per_sec']:.3g} megapixels/s" if "tiles" in figures
+             else f"{figures['images_per_sec']:,.0f} images/s")
     print(f"decompressed {figures['images']:,} images into {args.out}: "
           f"{figures['bits_per_dim']:.5f} bits/dim, "
-          f"{figures['coding_time_sec']:.2f} s coding, {figures['images_per_sec']:,.0f} images/s, "
+          f"{figures['coding_time_sec']:.2f} s coding, {speed}, "
           f"epoch {figures['epoch']}", file=sys.stderr)
     return 0
 

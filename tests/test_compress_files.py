@@ -97,7 +97,8 @@ def test_a_png_folder_round_trips_with_sub_folders_and_grey_from_colour(binary_r
         Image.fromarray(image).save(source / path)
     Image.fromarray(np.repeat(test_images[5][..., None], 3, axis=2)).save(source / "shirts" / "colour.png")
     coded, restored = tmp_path / "photos.bbans", tmp_path / "restored"
-    one_line_error(compress(binary_run, coded, "--images", source), "--channels grey converts", coded)
+    one_line_error(compress(binary_run, coded, "--images", source), "--channels grey compresses grey copies",
+                   coded)
     figures = ok(compress(binary_run, coded, "--images", source, "--channels", "grey"))
     ok(decompress(binary_run, coded, restored))
     written = sorted(str(p.relative_to(restored)) for p in restored.rglob("*.png"))
@@ -106,7 +107,8 @@ def test_a_png_folder_round_trips_with_sub_folders_and_grey_from_colour(binary_r
         np.testing.assert_array_equal(pixels_of(restored / path), pixels_of(source / path))
         np.testing.assert_array_equal(pixels_of(restored / path), image)
     np.testing.assert_array_equal(pixels_of(restored / "shirts" / "colour.png"), test_images[5])
-    assert '"images": 6' in figures.stdout
+    assert '"images": 6' in figures.stdout and '"original": false' in figures.stdout
+    assert "not the originals: shirts/colour.png converted (--channels grey)" in figures.stderr
 
 
 def test_a_jpeg_comes_back_as_a_png_of_its_pixels(binary_run, test_images, tmp_path):
@@ -147,6 +149,26 @@ def test_an_8_bit_colour_folder_and_a_jpeg(colour_run, tmp_path):
     np.testing.assert_array_equal(pixels_of(restored / "grey.png"), pixels_of(source / "grey.png", "RGB"))
     np.testing.assert_array_equal(pixels_of(restored / "photo.png"), pixels_of(source / "photo.jpg"))
     assert not np.array_equal(pixels_of(source / "photo.jpg"), photo)  # the JPEG's pixels, not the original's
+
+
+@pytest.mark.slow  # trains an 8-bit model; sizes and grey on colour: quick-tested in test_photos_coding.py
+def test_photos_of_their_own_sizes_and_grey_on_a_colour_model_through_the_scripts(colour_run, tmp_path):
+    """A 13 x 13 colour PNG and a 5 x 8 grey one on the 8 x 8 colour model, without conversions:
+    each back at its size and mode, pixel for pixel, the file in format 4."""
+    source, coded, restored = tmp_path / "photos", tmp_path / "photos.bbans", tmp_path / "restored"
+    source.mkdir()
+    colour = np.concatenate([smooth_colour_images(2, seed=7)[i] for i in range(2)], axis=1)[:, :13]
+    colour = np.concatenate([colour, colour[:5]], axis=0)  # 13 x 13
+    grey = smooth_colour_images(1, seed=8)[0][:5, :, 0]
+    Image.fromarray(colour).save(source / "colour.png")
+    Image.fromarray(grey).save(source / "grey.png")
+    result = ok(compress(colour_run, coded, "--images", source))
+    assert '"original": true' in result.stdout and coded.read_bytes()[0] == container.FORMAT
+    ok(decompress(colour_run, coded, restored))
+    np.testing.assert_array_equal(pixels_of(restored / "colour.png"), colour)
+    with Image.open(restored / "grey.png") as image:
+        assert image.mode == "L"
+    np.testing.assert_array_equal(pixels_of(restored / "grey.png"), grey)
 
 
 def test_one_image_costs_eight_header_bytes_and_about_its_elbo(binary_run, test_images, tmp_path):
@@ -214,18 +236,29 @@ def test_the_first_image_code_codes_only_used_dimensions():
 # --- bad input: one line, exit status 2, nothing written ------------------------------------------
 
 
-def test_images_of_another_size_or_channel_count(binary_run, test_images, tmp_path):
-    Image.fromarray(np.zeros((32, 30), np.uint8)).save(tmp_path / "big.png")
-    out = tmp_path / "x.bbans"
-    one_line_error(compress(binary_run, out, "--images", tmp_path / "big.png"),
-                   "big.png is 32x30 grey (1 channel); the model codes 28x28 grey images: --image_size 28,28 "
-                   "resizes every image as it is read", out)
+def test_images_of_another_size_are_coded_at_their_size_a_colour_one_on_a_grey_model_refused(
+        binary_run, test_images, tmp_path):
+    """A 32 x 30 image on the 28 x 28 model comes back at its size; --image_size codes a resized
+    copy, and the output says so; a colour image on a grey model is refused (it would lose its
+    colour), and --channels rgb is refused for a grey model."""
+    big = np.where(np.arange(32 * 30).reshape(32, 30) % 7 < 3, 255, 0).astype(np.uint8)
+    Image.fromarray(big).save(tmp_path / "big.png")
+    out, restored = tmp_path / "x.bbans", tmp_path / "restored"
+    result = ok(compress(binary_run, out, "--images", tmp_path / "big.png"))
+    assert '"original": true' in result.stdout and "4 tiles" in result.stderr
+    ok(decompress(binary_run, out, restored))
+    np.testing.assert_array_equal(pixels_of(restored / "big.png"), big)
     Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(tmp_path / "rgb.png")
-    one_line_error(compress(binary_run, out, "--images", tmp_path / "rgb.png"),
-                   "rgb.png is 28x28 colour (3 channels); the model codes 28x28 grey images: --channels grey",
-                   out)
-    Image.fromarray(np.where(np.zeros((32, 30)) == 0, 255, 0).astype(np.uint8)).save(tmp_path / "big.png")
-    ok(compress(binary_run, out, "--images", tmp_path / "big.png", "--image_size", "28,28"))
+    one_line_error(compress(binary_run, tmp_path / "y.bbans", "--images", tmp_path / "rgb.png"),
+                   "rgb.png is colour, and this model codes grey images: coding it as grey would lose its "
+                   "colour; --channels grey compresses grey copies", tmp_path / "y.bbans")
+    one_line_error(compress(binary_run, tmp_path / "y.bbans", "--images", tmp_path / "big.png", "--channels",
+                            "rgb"), "--channels rgb: this model codes grey images", tmp_path / "y.bbans")
+    Image.fromarray(np.full((32, 30), 255, np.uint8)).save(tmp_path / "white.png")  # binary when resized
+    result = ok(compress(binary_run, tmp_path / "y.bbans", "--images", tmp_path / "white.png", "--image_size",
+                         "28,28"))
+    assert '"original": false' in result.stdout
+    assert "not the originals: every image resized to 28x28 (--image_size)" in result.stderr
 
 
 def test_a_folder_with_another_file_an_empty_folder_and_a_truncated_png(binary_run, test_images, tmp_path):

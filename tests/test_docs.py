@@ -563,7 +563,7 @@ def test_one_file_per_image_pays_the_header_of_a_file_of_one_image():
     assert whole > one
     assert f"pays the {one}-byte header of a file of one image (file format " in page
     assert f"its {whole}-byte" not in page
-    assert codecs_script.one_image_header_bytes() == 8 and container.FORMAT == 3  # 6 bytes and a check
+    assert codecs_script.one_image_header_bytes() == 8 and container.FORMAT_3 == 3  # 6 bytes and a check
 
 
 def test_the_generators_show_a_workdir_without_this_machines_folders(tmp_path, monkeypatch):

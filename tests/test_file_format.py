@@ -125,8 +125,22 @@ def test_a_format_2_file_is_refused_in_one_line_naming_its_format(tiny_run, tmp_
     one_line_error(result, "is in format 2 (its first byte is 0xBD), which an earlier compress.py wrote")
     commit = container.LAST_FORMAT_2_COMMIT
     assert f"decompress it with scripts/decompress.py of commit {commit}" in result.stderr
-    with pytest.raises(container.FileError, match="format 4, written by a later compress.py"):
-        container.unpack(bytes([4]) + data[1:], "f")
+    with pytest.raises(container.FileError, match="format 5, written by a later compress.py"):
+        container.unpack(bytes([5]) + data[1:], "f")
+
+
+FORMAT_3_FILE = Path(__file__).parent / "data" / "format3_three_images.bbans"
+
+
+def test_a_format_3_file_still_decodes(tiny_run, test_images, tmp_path):
+    """Three named test images (a.png, b/c.png, d.jpg) that compress.py wrote in format 3, before
+    files recorded their images' sizes: they decode with tiny_run's model, pixel for pixel."""
+    data = FORMAT_3_FILE.read_bytes()
+    assert data[0] == 3 and len(data) == 293
+    opened = codec.open_file(tiny_run, data, "format3.bbans")
+    assert opened.file_names == ["a.png", "b/c.png", "d.jpg"]
+    images, _ = codec.decode(opened, progress=False)
+    np.testing.assert_array_equal(np.asarray(images), test_images[:3])
 
 
 def test_the_header_check_refuses_a_damaged_header_or_a_cut_file(coded):

@@ -6,7 +6,7 @@ return numpy arrays.
     mean, log_var = m.encode(x)        # q(z|x) of uint8 images N x H x W (x C)
     images = m.decode(mean)            # the likelihood's mean of every pixel, in [0, 1]
     log_p = m.log_likelihood(x, k=1000)  # nats per image, the importance-weighted bound
-    data = m.compress(x); x == m.decompress(data)
+    data = m.compress(x); x == m.decompress(data)   # x: an array, or a list of images of any size
 
 Images go in as the run's data set stores them: uint8, N x H x W or N x H x W x C of the model's
 shape. A model of binarised pixels (the Bernoulli likelihood) takes binarised images, all 0/255 or
@@ -122,18 +122,22 @@ class Model:
 
     # --- files ------------------------------------------------------------------------------------
 
-    def compress(self, images: np.ndarray) -> bytes:
+    def compress(self, images: np.ndarray | list) -> bytes:
         """The images as one bits-back file (what scripts/compress.py writes): about their negative
-        ELBO in bits, exactly decodable by `decompress` with this model."""
+        ELBO in bits, exactly decodable by `decompress` with this model. `images`: an array of the
+        model's shape, or a list of uint8 images of their own sizes (h x w, or h x w x c with c 1
+        or the model's channels), each coded at its size as the model's tiles."""
         loaded = self._loaded()
+        given = [np.asarray(image) for image in images] if isinstance(images, list) else self._checked(images)
         try:
-            data, _ = codec.compress(loaded, self._checked(images), progress=False)
+            data, _ = codec.compress(loaded, given, progress=False)
         except CodingError as e:
             raise InputError(str(e)) from None
         return data
 
-    def decompress(self, data: bytes) -> np.ndarray:
-        """The uint8 array a file of `compress` holds, exactly as it was compressed."""
+    def decompress(self, data: bytes) -> np.ndarray | list:
+        """The uint8 array a file of `compress` holds, exactly as it was compressed; of a list, the
+        list of images, each h x w x c (images all of the model's shape: their N x H x W x C array)."""
         images, _ = codec.decode(codec.open_loaded(self._loaded(), data, "the data"), progress=False)
         return images
 

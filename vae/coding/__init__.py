@@ -16,8 +16,11 @@ model writes is as long as the images' negative ELBO, up to a few hundred bits p
                   first rounding grids (its variant) that keep every value out of the guard band
     first_image.py  the first image of a file, which has no bits to take back: a two-part code
     names.py      the images' file names, coded on the stack
-    container.py  the file, format 3: an 8-byte header (more for several images) with the
-                  format's version, the coder's tag and a check, the stack, its checksum
+    tiles.py      images of their own sizes cut into the model's tiles (edge tiles filled out by
+                  copies the pixel code does not code), their sizes and channels on the stack
+    container.py  the file, format 3 (format 4 with images of their own sizes): an 8-byte header
+                  (more for several images) with the format's version, the coder's tag and a
+                  check, the stack, its checksum
     codec.py      compress and decompress with a workdir's model: what the scripts call
     image_files.py  the user's image files (or array) in, PNG files (or the array) out
     messages.py   i.i.d. symbols of a categorical coded with ANS: entropy, cross-entropy, KL as file sizes

@@ -28,9 +28,10 @@ one sample each, as in the HVAE's ELBO.
 The initial bits. Step 1 of the first block reads bits that must come from somewhere. Here the
 first image is coded without bits back, with a two-part code (`first_image.py`): a few latent
 dimensions at a coarse precision, then its pixels under p(x | those latents). The blocks after
-it grow with the stack: each takes at most as many images as are coded already (1, 2, 4, ...),
-halved again while its pop would read the stack dry, until a block of block_size fits; these
-ramp sizes go into the file. What the file pays beyond the images' code lengths is then the
+it grow with the stack: each takes at most as many images as are coded already (1, 2, 4, ...;
+or, `encode`'s eager ramp, block_size), halved again while its pop would read the stack dry,
+until a block of block_size fits; these ramp sizes go into the file, so decoding follows
+either. What the file pays beyond the images' code lengths is then the
 first image's two-part code (reported as `first_image_bits`), the coder's final state and the
 header.
 """
@@ -42,7 +43,7 @@ import constriction
 import numpy as np
 from tqdm import tqdm
 
-from vae.coding import first_image, pixels
+from vae.coding import first_image, pixels, tiles
 from vae.coding.errors import CodingError, DecodeMismatch
 from vae.coding.fixed_point import GUARD_STEPS
 from vae.coding.host import HostModel
@@ -143,9 +144,9 @@ class _Block:
             self._plans[variant] = first_image.plan(self.host, offset(variant))
         return self._plans[variant]
 
-    def draw(self, coder, symbols_bxD, variant: int) -> _Draw:
+    def draw(self, coder, symbols_bxD, variant: int, own_bxD=None) -> _Draw:
         """Pops every layer's indices under q with the variant's grids, top first, and rounds
-        what the pushes will read."""
+        what the pushes will read (`own_bxD`: the sub-pixels the pixel code codes, None: all)."""
         indices, posteriors, priors, kl_bits, margin = [], [], [], 0.0, 0.5
         for layer in range(self.host.num_layers):
             upper = self.values(indices)
@@ -157,7 +158,7 @@ class _Block:
             posteriors.append(self.bins.steps(mean, std, offset(variant)))
             indices.append(self.gaussian.pop(coder, posteriors[-1]))
         given = self.host.pixel_parameters(self.values(indices), offset(variant))
-        probabilities = self.host.pixel_probabilities(given, symbols_bxD)
+        probabilities = self.host.pixel_probabilities(given, symbols_bxD, own_bxD)
         margin = min([margin, *(g.margin for g in posteriors + priors), float(probabilities[3].min())])
         return _Draw(variant, indices, posteriors, priors, probabilities, kl_bits, margin)
 
@@ -166,10 +167,10 @@ class _Block:
         for layer in reversed(range(self.host.num_layers)):
             self.gaussian.push(coder, draw.indices[layer], draw.posteriors[layer])
 
-    def clean_draw(self, coder, symbols_bxD, first: int) -> _Draw:
+    def clean_draw(self, coder, symbols_bxD, first: int, own_bxD=None) -> _Draw:
         """The draw of the first variant whose roundings all keep out of the guard band."""
         for variant in range(VARIANTS):
-            draw = self.draw(coder, symbols_bxD, variant)
+            draw = self.draw(coder, symbols_bxD, variant, own_bxD)
             if draw.margin >= GUARD_STEPS:
                 return draw
             self.undo(coder, draw)
@@ -177,12 +178,12 @@ class _Block:
                           "grids puts one of the model's outputs on a rounding boundary; compress them with "
                           "another --block_size")
 
-    def push_draw(self, coder, symbols_bxD, draw: _Draw) -> tuple[int, np.ndarray, np.ndarray]:
+    def push_draw(self, coder, symbols_bxD, draw: _Draw, own_bxD=None) -> tuple[int, np.ndarray, np.ndarray]:
         """Pushes the pixels, then the latents bottom first under their priors, then the variant:
         (the stack's size (bits) between the pixels and the latents, −log2 p(x|z) per image under
         the model, the pixels' bits under the coder's counts)."""
         rounds, pixel_bits, log_prob, _ = draw.pixels
-        self.pixels.push(coder, symbols_bxD, rounds)
+        self.pixels.push(coder, symbols_bxD, rounds, own_bxD)
         between = coder.num_valid_bits()
         for layer in reversed(range(self.host.num_layers)):
             if layer:
@@ -192,8 +193,9 @@ class _Block:
         coder.encode_reverse(np.array([draw.variant], np.int32), _VARIANT_MODEL)
         return between, -log_prob * LOG2E, pixel_bits
 
-    def pop_block(self, coder, rows: int) -> tuple[int, list, np.ndarray]:
-        """Undoes `push_draw`: (the variant, every layer's indices, the rows x D symbols)."""
+    def pop_block(self, coder, rows: int, own_bxD=None) -> tuple[int, list, np.ndarray]:
+        """Undoes `push_draw`: (the variant, every layer's indices, the rows x D symbols; 0 where
+        not `own_bxD`)."""
         variant = int(coder.decode(_VARIANT_MODEL, 1)[0])
         indices = []
         for layer in range(self.host.num_layers):
@@ -203,7 +205,7 @@ class _Block:
             else:
                 indices.append(self.prior.pop(coder, rows * self.host.latent_dim).reshape(rows, -1))
         given = self.host.pixel_parameters(self.values(indices), offset(variant))
-        return variant, indices, self.pixels.pop(coder, rows, self.host.pixel_search(given))
+        return variant, indices, self.pixels.pop(coder, rows, self.host.pixel_search(given), own_bxD)
 
     def push_posterior(self, coder, symbols_bxD, indices: list, variant: int) -> None:
         """Pushes every layer's indices under q, bottom first: undoes `draw`."""
@@ -211,7 +213,7 @@ class _Block:
             mean, std = self.host.posterior(layer, symbols_bxD, self.values(indices[:layer]))
             self.gaussian.push(coder, indices[layer], self.bins.steps(mean, std, offset(variant)))
 
-    def first_figures(self, symbols_1xD) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def first_figures(self, symbols_1xD, own_1xD=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The first image's (closed-form KL, −ELBO, pixels' bits under the counts) at the bins of
         q's means, as the other images' figures are at theirs."""
         indices, kl_bits = [], 0.0
@@ -221,10 +223,10 @@ class _Block:
             kl_bits = kl_bits + _kl_bits(mean, std, *prior)
             indices.append(self.bins.nearest(mean))
         given = self.host.pixel_parameters(self.values(indices), 0.0)
-        _, pixel_bits, log_prob, _ = self.host.pixel_probabilities(given, symbols_1xD)
+        _, pixel_bits, log_prob, _ = self.host.pixel_probabilities(given, symbols_1xD, own_1xD)
         return kl_bits, -log_prob * LOG2E + kl_bits, pixel_bits
 
-    def push_first_image(self, coder, symbols_1xD) -> int:
+    def push_first_image(self, coder, symbols_1xD, own_1xD=None) -> int:
         """Pushes one image with the two-part code of `first_image`, pixels then latents, then its
         variant; the stack's size (bits) between the pixels and the latents."""
         for variant in range(VARIANTS):
@@ -232,33 +234,42 @@ class _Block:
             bins = first_image.posterior_bins(self.host, symbols_1xD, code)
             values = first_image.latent_values(self.host, bins, code)
             rounds, *_, margins = self.host.pixel_probabilities(
-                self.host.pixel_parameters(values, offset(variant)), symbols_1xD)
+                self.host.pixel_parameters(values, offset(variant)), symbols_1xD, own_1xD)
             if min(code.margin, float(margins.min())) >= GUARD_STEPS:
                 break
         else:
             raise CodingError(f"image 0: each of the {VARIANTS} rounding grids puts one of the model's "
                               "outputs on a rounding boundary; compress it in a file with other images")
-        self.pixels.push(coder, symbols_1xD, rounds)
+        self.pixels.push(coder, symbols_1xD, rounds, own_1xD)
         between = coder.num_valid_bits()
         first_image.push(coder, bins, code)
         coder.encode_reverse(np.array([variant], np.int32), _VARIANT_MODEL)
         return between
 
-    def pop_first_image(self, coder) -> np.ndarray:
+    def pop_first_image(self, coder, own_1xD=None) -> np.ndarray:
         """Undoes `push_first_image`: the image's symbols, 1 x D."""
         variant = int(coder.decode(_VARIANT_MODEL, 1)[0])
         code = self.plan(variant)
         bins = first_image.pop(coder, code)
         values = first_image.latent_values(self.host, bins, code)
         given = self.host.pixel_parameters(values, offset(variant))
-        return self.pixels.pop(coder, 1, self.host.pixel_search(given))
+        return self.pixels.pop(coder, 1, self.host.pixel_search(given), own_1xD)
+
+
+def no_sources(first: int, last: int) -> None:
+    """Every sub-pixel is an image's own (images of the model's shape)."""
+    return None
 
 
 def encode(host: HostModel, symbols_NxD: np.ndarray, bins: LatentBins, progress: bool = False,
-           bottom=None) -> Coded:
+           bottom=None, sources=no_sources, eager: bool = False) -> Coded:
     """The ANS stack of N images' symbols (N x D int32), in blocks of host.block_size, on an empty
     stack or on one holding the 32-bit words `bottom` (the file's checksum and any padding:
-    `container.bottom_words`; the last one nonzero)."""
+    `container.bottom_words`; the last one nonzero). `sources(first, last)`: tiles' copies of
+    their own sub-pixels (`tiles.Tiling.sources`), which are not coded; None where there are none.
+    `eager`: each block of the ramp tries block_size images first, halved while its pop reads
+    the stack dry (for images that leave many bits each, such as 8-bit tiles: fewer, fuller
+    blocks), rather than growing with the images coded."""
     count, block_size = symbols_NxD.shape[0], host.block_size
     if count < 1:
         raise ValueError("nothing to compress: no images")
@@ -273,22 +284,26 @@ def encode(host: HostModel, symbols_NxD: np.ndarray, bins: LatentBins, progress:
         first = symbols_NxD[:1]
         # its -ELBO and its pixels' bits at the bins of q's means, as for the other images (the
         # two-part code itself is measured by first_image_bits)
-        kl_bits[:1], elbo_bits[:1], pixel_bits[:1] = block.first_figures(first)
-        between = block.push_first_image(coder, first)
+        own = tiles.own(sources(0, 1))
+        kl_bits[:1], elbo_bits[:1], pixel_bits[:1] = block.first_figures(first, own)
+        between = block.push_first_image(coder, first, own)
         first_image_bits = coder.num_valid_bits()
         steps = [(0, between, first_image_bits)]
         bar.update(1)
         start, ramp, ramping = 1, [], True
         while start < count:
-            size = min(block_size, count - start, start) if ramping else min(block_size, count - start)
-            draw = block.clean_draw(coder, symbols_NxD[start:start + size], start)
+            grown = block_size if eager else start  # the ramp: as many as are coded already, or all
+            size = min(block_size, count - start, grown) if ramping else min(block_size, count - start)
+            own = tiles.own(sources(start, start + size))
+            draw = block.clean_draw(coder, symbols_NxD[start:start + size], start, own)
             while ramping and size > 1 and coder.num_valid_bits() < DRY_STACK_BITS:  # read dry: halve
                 block.undo(coder, draw)
                 size //= 2
-                draw = block.clean_draw(coder, symbols_NxD[start:start + size], start)
+                own = tiles.own(sources(start, start + size))
+                draw = block.clean_draw(coder, symbols_NxD[start:start + size], start, own)
             x = symbols_NxD[start:start + size]
             popped = coder.num_valid_bits()
-            between, rec_bits, pixel_bits[start:start + size] = block.push_draw(coder, x, draw)
+            between, rec_bits, pixel_bits[start:start + size] = block.push_draw(coder, x, draw, own)
             steps.append((popped, between, coder.num_valid_bits()))
             kl_bits[start:start + size] = draw.kl_bits
             elbo_bits[start:start + size] = rec_bits + draw.kl_bits
@@ -314,12 +329,13 @@ def _check_left(coder, least_bits: int, first: int, last: int, count: int) -> No
 
 
 def decode(host: HostModel, words: np.ndarray, count: int, ramp: tuple[int, ...], bins: LatentBins,
-           progress: bool = False, least_bits: int = 0) -> tuple[np.ndarray, np.ndarray]:
+           progress: bool = False, least_bits: int = 0, sources=no_sources) -> tuple[np.ndarray, np.ndarray]:
     """(the N x D symbols `encode` coded into `words`, the words left on the stack): what encoding
     started from (nothing, or its bottom words) where the probabilities are encoding's and the
     words undamaged, other words where not. DecodeMismatch where the coder meets a symbol its
     model cannot code (other probabilities than encoding's, or damaged words), or where a block's
-    pops leave fewer than `least_bits` valid bits (what the encoder guaranteed: `Coded.least_bits`)."""
+    pops leave fewer than `least_bits` valid bits (what the encoder guaranteed: `Coded.least_bits`).
+    `sources`: as `encode` was given (the copies are made again from the sub-pixels popped)."""
     sizes = block_sizes(count, host.block_size, ramp)
     ends = np.cumsum(sizes)
     block = _Block(host, bins)
@@ -332,7 +348,9 @@ def decode(host: HostModel, words: np.ndarray, count: int, ramp: tuple[int, ...]
               dynamic_ncols=True) as bar:
         for size, end in zip(sizes[:0:-1], ends[:0:-1]):
             try:
-                variant, indices, x = block.pop_block(coder, size)
+                source = sources(end - size, end)
+                variant, indices, x = block.pop_block(coder, size, tiles.own(source))
+                x = tiles.fill(x, source)
                 _check_left(coder, least_bits, end - size, end - 1, count)
                 symbols[end - size:end] = x
                 block.push_posterior(coder, x, indices, variant)
@@ -340,7 +358,8 @@ def decode(host: HostModel, words: np.ndarray, count: int, ramp: tuple[int, ...]
                 raise _failure(end - size, end - 1, e) from None
             bar.update(size)
         try:
-            symbols[:1] = block.pop_first_image(coder)
+            source = sources(0, 1)
+            symbols[:1] = tiles.fill(block.pop_first_image(coder, tiles.own(source)), source)
         except _CODER_ERRORS as e:
             raise _failure(0, 0, e) from None
         _check_left(coder, least_bits, 0, 0, count)

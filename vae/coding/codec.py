@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from vae.coding import bbans, container, names, pixels
+from vae.coding import bbans, container, names, pixels, tiles
 from vae.coding.errors import CodingError, DecodeMismatch
 from vae.coding.host import HostModel, host_model
 from vae.coding.latents import LatentBins
@@ -34,6 +34,15 @@ from vae.workdir import files
 
 DEFAULT_BLOCK_SIZE = 100
 MAX_BLOCK_SIZE = 10_000
+# Images of their own sizes: blocks of about this many sub-pixels (42 tiles of 32 x 32 x 3), where
+# the 8-bit pixel code's arrays stay in the CPU's caches (blocks of 16-50 colour tiles coded about
+# a third faster than blocks of 100 on the 2-core machine here, docs/compression.md)
+TILE_BLOCK_SUB_PIXELS = 1 << 17
+
+
+def tile_block_size(image_shape: tuple[int, int, int]) -> int:
+    """The default block size, in tiles, of images of their own sizes."""
+    return max(1, min(MAX_BLOCK_SIZE, TILE_BLOCK_SUB_PIXELS // math.prod(image_shape)))
 
 
 def model_hash(config, model) -> bytes:
@@ -74,10 +83,11 @@ def check_images(images: np.ndarray, image_shape: tuple[int, int, int], what: st
                           "(N >= 1)")
 
 
-def warm_up(host: HostModel) -> None:
-    """Compiles the model's functions and the pixel code's at the host's block size."""
+def warm_up(host: HostModel, tiled: bool = False) -> None:
+    """Compiles the model's functions and the pixel code's at the host's block size (`tiled`:
+    also what images coded as tiles need)."""
     host.warm_up()
-    pixels.PixelCode(host.family, host.num_pixels, host.block_size).warm_up(host)
+    pixels.PixelCode(host.family, host.num_pixels, host.block_size).warm_up(host, tiled)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,45 +122,81 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b > 0 else float("nan")
 
 
-def compress(loaded: Loaded, images: np.ndarray, *, file_names: list[str] | None = None,
-             block_size: int = DEFAULT_BLOCK_SIZE, bins: LatentBins | None = None,
+def _as_tiles(loaded: Loaded, images: list, what: str, file_names) -> tuple[tiles.Tiling, list]:
+    """(the tiling, each image h x w x c) of images of their own sizes (h x w or h x w x c)."""
+    if not images:
+        raise CodingError(f"{what}: no images")
+    shaped = [tiles.check_image(image, loaded.image_shape,
+                                file_names[i] if file_names else f"image {i} of {what}")
+              for i, image in enumerate(images)]
+    tiling = tiles.Tiling(tuple(tuple(image.shape) for image in shaped), loaded.image_shape)
+    return tiling, shaped
+
+
+def compress(loaded: Loaded, images: np.ndarray | list, *, file_names: list[str] | None = None,
+             block_size: int | None = None, bins: LatentBins | None = None,
              what: str = "the images", progress: bool = True, host: HostModel | None = None
              ) -> tuple[bytes, dict]:
-    """(the file's bytes, figures) of uint8 `images` (N x H x W or N x H x W x C of the model's
-    shape) and, where they came from files, their names (relative paths, one per image). `host`:
-    the model's host functions for min(block_size, N) rows, where many files are made with one."""
+    """(the file's bytes, figures) of uint8 `images` and, where they came from files, their names
+    (relative paths, one per image). `images`: an array N x H x W or N x H x W x C of the model's
+    shape (format 3), or a list of images of their own sizes, h x w (grey) or h x w x c with c 1
+    or the model's channels, each coded as the model's tiles (format 4, `tiles.py`; where all
+    have the model's shape, as the array N x H x W x C of them: format 3). `block_size`: images
+    (tiles) per model call; None: DEFAULT_BLOCK_SIZE images, or `tile_block_size` tiles. `host`:
+    the model's host functions for min(block_size, rows) rows, where many files are made with one."""
     bins = bins or LatentBins()
-    if not 1 <= block_size <= MAX_BLOCK_SIZE:
+    if block_size is not None and not 1 <= block_size <= MAX_BLOCK_SIZE:
         raise CodingError(f"the block size must be in [1, {MAX_BLOCK_SIZE:,}], got {block_size}")
-    check_images(images, loaded.image_shape, what)
-    if file_names is not None and len(file_names) != images.shape[0]:
-        raise ValueError(f"{len(file_names)} names for {images.shape[0]} images")
-    scale = pixels.pixel_scale(images, loaded.family)
-    count = images.shape[0]
-    block_size = min(block_size, count)  # a short file runs the model on no more rows than it has
-    name_bytes = names.joined(file_names)
+    tiled = not isinstance(images, np.ndarray)
+    if tiled:
+        tiling, shaped = _as_tiles(loaded, list(images), what, file_names)
+        if all(shape == loaded.image_shape for shape in tiling.shapes):  # format 3 holds them
+            images, tiled = np.stack(shaped), False
+    if block_size is None:
+        block_size = tile_block_size(loaded.image_shape) if tiled else DEFAULT_BLOCK_SIZE
+    if tiled:
+        count, rows, dims = len(shaped), tiling.num_tiles, tiling.num_sub_pixels
+        tile_images = tiles.cut(shaped, tiling)
+        image_bytes = b"".join(image.tobytes() for image in shaped)
+        sources = tiling.sources
+    else:
+        check_images(images, loaded.image_shape, what)
+        count = rows = images.shape[0]
+        dims, tile_images, image_bytes = count * math.prod(loaded.image_shape), images, images
+        sources = bbans.no_sources
+    if file_names is not None and len(file_names) != count:
+        raise ValueError(f"{len(file_names)} names for {count} images")
+    scale = pixels.pixel_scale(tile_images, loaded.family)
+    block_size = min(block_size, rows)  # a short file runs the model on no more rows than it has
+    name_bytes = names.joined(file_names) + (b"\0" + tiles.record(tiling.shapes) if tiled else b"")
     header = container.Header(
         model_tag=loaded.hash[0], software=container.software_code(), coder_tag=container.coder_tag(),
-        count=count, array_ndim=images.ndim,
+        count=count, array_ndim=4 if tiled else images.ndim,
         pixel_scale=scale, has_names=file_names is not None, block_size=block_size, bin_width=bins.width,
-        half_range=bins.half_range)
+        half_range=bins.half_range, has_shapes=tiled)
     if host is None or host.block_size != block_size:
         host = host_model(loaded.model, block_size)
     start = time.perf_counter()
-    warm_up(host)  # compiled before the clock starts
+    warm_up(host, tiled)  # compiled before the clock starts
     compiled = time.perf_counter()
-    checksum = container.checksum(loaded.hash, header, name_bytes, images)
-    symbols = pixels.to_symbols(images, scale)
+    checksum = container.checksum(loaded.hash, header, name_bytes, image_bytes)
+    symbols = pixels.to_symbols(tile_images, scale)
     pad_words = 0
     while True:  # once, but for images that cost fewer bits than the stack's guarantees ask
         coded = bbans.encode(host, symbols, bins, progress=progress,
-                             bottom=container.bottom_words(checksum, pad_words))
+                             bottom=container.bottom_words(checksum, pad_words), sources=sources,
+                             eager=tiled)
         coder = constriction.stream.stack.AnsCoder(coded.words)
         images_bits = coder.num_valid_bits()
+        if tiled:
+            tiles.push(coder, tiling.shapes, loaded.image_shape[2])
+        shapes_bits = coder.num_valid_bits()
         if file_names is not None:
             names.push(coder, file_names)
         words = coder.get_compressed()
         missing = container.pad_words_needed(count, container.stack_bytes(words))
+        if tiled:  # and as many bits a tile below the shapes: they cannot claim more than it holds
+            missing = max(missing, container.pad_words_needed(rows, container.stack_bytes(coded.words)))
         if coded.least_bits < container.CHECKSUM_BITS:  # a pop read into the checksum: more below it
             missing = max(missing, 1 + (container.CHECKSUM_BITS - coded.least_bits) // 32)
         if not missing:
@@ -159,7 +205,6 @@ def compress(loaded: Loaded, images: np.ndarray, *, file_names: list[str] | None
     header = dataclasses.replace(header, ramp=coded.ramp)
     coding_time = time.perf_counter() - compiled
     data = container.pack(header, words)
-    dims = count * host.num_pixels
     elbo_bits = float(np.sum(coded.elbo_bits_N))
     # The -ELBO of the model as coded, one sample as the file draws it: each sub-pixel's bits under
     # the coder's counts and each block's latents' bits on the stack (pushed under the prior less
@@ -171,7 +216,7 @@ def compress(loaded: Loaded, images: np.ndarray, *, file_names: list[str] | None
     header_bytes = len(container.header_bytes(header)) + container.CHECK_BYTES
     figures = {
         "images": count, "bytes": len(data), "header_bytes": header_bytes,
-        "names_bytes": (coder.num_valid_bits() - images_bits) / 8,
+        "names_bytes": (coder.num_valid_bits() - shapes_bits) / 8,
         "bits_per_dim": 8 * len(data) / dims,
         "elbo_bits_per_dim": elbo_bits / dims,
         "overhead_vs_elbo": _ratio(8 * len(data), elbo_bits) - 1.0,
@@ -189,6 +234,11 @@ def compress(loaded: Loaded, images: np.ndarray, *, file_names: list[str] | None
         "compile_time_sec": compiled - start, "coding_time_sec": coding_time,
         "images_per_sec": count / coding_time,
     }
+    if tiled:
+        pixel_count = sum(h * w for h, w, _ in tiling.shapes)
+        figures.update({"tiles": rows, "pixels": pixel_count, "sub_pixels": dims,
+                        "shapes_bytes": (shapes_bits - images_bits) / 8,
+                        "megapixels_per_sec": pixel_count / 1e6 / coding_time})
     return data, figures
 
 
@@ -201,7 +251,8 @@ class Opened:
     size: int  # its bytes
     header: container.Header
     file_names: list[str] | None
-    words: np.ndarray  # the stack below the names
+    words: np.ndarray  # the stack below the names (and the shapes)
+    shapes: tuple | None = None  # format 4: each image's (h, w, c); None: the model's shape
 
     @property
     def array_shape(self) -> tuple[int, ...]:
@@ -250,7 +301,20 @@ def open_loaded(loaded: Loaded, data: bytes, name: str) -> Opened:
         except ValueError as e:  # constriction refuses the words (e.g. a top word of zero)
             raise container.FileError(f"{name} is damaged: the coder refused its words ({e})") from None
         words = coder.get_compressed()
-    return Opened(loaded, name, len(data), header, file_names, words)
+    shapes = None
+    if header.has_shapes:
+        try:
+            coder = constriction.stream.stack.AnsCoder(words)
+            shapes = tuple(tiles.pop(coder, header.count, loaded.image_shape[2]))
+        except (tiles.ShapeError, ValueError) as e:
+            raise container.FileError(f"{name} is damaged: {e}") from None
+        words = coder.get_compressed()
+        count = tiles.Tiling(shapes, loaded.image_shape).num_tiles
+        if count * container.MIN_BITS_PER_IMAGE > 32 * len(words):
+            raise container.FileError(
+                f"{name} is damaged or truncated: its images' sizes claim {count:,} tiles, more than its "
+                f"stack can hold ({container.MIN_BITS_PER_IMAGE} bits a tile at least)")
+    return Opened(loaded, name, len(data), header, file_names, words, shapes)
 
 
 def _mismatch(opened: Opened, problem: str) -> CodingError:
@@ -269,34 +333,53 @@ def _mismatch(opened: Opened, problem: str) -> CodingError:
         f"differently: {why}")
 
 
-def decode(opened: Opened, *, progress: bool = True) -> tuple[np.ndarray, dict]:
-    """(the uint8 array that was compressed, figures) of an opened file."""
+def decode(opened: Opened, *, progress: bool = True, host: HostModel | None = None
+           ) -> tuple[np.ndarray | list, dict]:
+    """(the uint8 array that was compressed, or the list of images of their own sizes (h x w x c
+    each), figures) of an opened file. `host`: the model's host functions, used where their block
+    size is the file's (many files decoded with one)."""
     header, loaded = opened.header, opened.loaded
     bins = LatentBins(header.bin_width, header.half_range)
-    block_size = min(header.block_size, header.count)
+    tiling = opened.shapes and tiles.Tiling(opened.shapes, loaded.image_shape)
+    rows = tiling.num_tiles if tiling else header.count
+    block_size = min(header.block_size, rows)
     if not 1 <= block_size <= MAX_BLOCK_SIZE:
         raise container.FileError(f"{opened.name} is damaged: its block size is {block_size}")
     try:
-        bbans.block_sizes(header.count, block_size, header.ramp)
+        bbans.block_sizes(rows, block_size, header.ramp)
     except ValueError as e:
         raise container.FileError(f"{opened.name} is damaged: {e}") from None
-    host = host_model(loaded.model, block_size)
+    if host is None or host.block_size != block_size:
+        host = host_model(loaded.model, block_size)
     warm_up(host)
     start = time.perf_counter()
     try:
-        symbols, left = bbans.decode(host, opened.words, header.count, header.ramp, bins, progress=progress,
-                                     least_bits=container.CHECKSUM_BITS)
+        symbols, left = bbans.decode(host, opened.words, rows, header.ramp, bins, progress=progress,
+                                     least_bits=container.CHECKSUM_BITS,
+                                     sources=tiling.sources if tiling else bbans.no_sources)
     except DecodeMismatch as e:  # a symbol the model cannot code: met only in other words than encoding's
         raise _mismatch(opened, str(e)) from None
     coding_time = time.perf_counter() - start
-    images = pixels.from_symbols(symbols, header.pixel_scale, opened.array_shape)
     name_bytes = names.joined(opened.file_names)
-    if not container.is_bottom(left, container.checksum(loaded.hash, header, name_bytes, images)):
+    if tiling:
+        images = tiles.join(pixels.from_symbols(symbols, header.pixel_scale, (rows, *loaded.image_shape)),
+                            tiling)
+        image_bytes = b"".join(image.tobytes() for image in images)
+        name_bytes += b"\0" + tiles.record(tiling.shapes)
+        dims = tiling.num_sub_pixels
+    else:
+        images = image_bytes = pixels.from_symbols(symbols, header.pixel_scale, opened.array_shape)
+        dims = header.count * math.prod(loaded.image_shape)
+    if not container.is_bottom(left, container.checksum(loaded.hash, header, name_bytes, image_bytes)):
         raise _mismatch(opened, "its checksum differs")
-    dims = header.count * math.prod(loaded.image_shape)
-    return images, {"images": header.count, "bytes": opened.size, "bits_per_dim": 8 * opened.size / dims,
-                    "epoch": loaded.epoch, "coding_time_sec": coding_time,
-                    "images_per_sec": header.count / coding_time}
+    figures = {"images": header.count, "bytes": opened.size, "bits_per_dim": 8 * opened.size / dims,
+               "epoch": loaded.epoch, "coding_time_sec": coding_time,
+               "images_per_sec": header.count / coding_time}
+    if tiling:
+        pixel_count = sum(h * w for h, w, _ in tiling.shapes)
+        figures.update({"tiles": rows, "pixels": pixel_count, "sub_pixels": dims,
+                        "megapixels_per_sec": pixel_count / 1e6 / coding_time})
+    return images, figures
 
 
 def test_split(loaded: Loaded) -> tuple[np.ndarray, str]:

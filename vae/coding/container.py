@@ -1,13 +1,20 @@
-"""The compressed file, format 3: a header of eight bytes (more where it holds several images),
-then the ANS stack.
+"""The compressed file, format 4 (or 3): a header of eight bytes (more where it holds several
+images), then the ANS stack.
 
-    byte 0    FORMAT (3): the format's version. Format 2 began with a byte 0xB0-0xBF, format 1
-              with "VAEBBANS"; both are refused in one line that says so (`unpack`).
-    byte 1    flags, the high four bits zero:
-                MANY      (1) several images: the fields below follow
+    byte 0    the format's version: 4 where the file records its images' sizes and channels
+              (SHAPES), else 3, the layout of format 3 byte for byte (so a file of images of the
+              model's shape is what format 3 wrote, and format 3 files decode as they did).
+              Format 2 began with a byte 0xB0-0xBF, format 1 with "VAEBBANS"; both are refused
+              in one line that says so (`unpack`).
+    byte 1    flags, the high three bits zero:
+                MANY      (1) several images, or SHAPES: the fields below follow
                 ARRAY4    (2) the array was N x H x W x C (else N x H x W)
                 SCALE255  (4) the pixel value 255 stands for symbol 1 (else 1; `pixels.pixel_scale`)
                 NAMES     (8) the images came from files; their names are on the stack (`names.py`)
+                SHAPES   (16) format 4 only, and always there: the images have sizes and channels
+                          of their own, coded on the stack below the names (`tiles.py`); each is
+                          coded as the model's tiles, and the count and the ramp count images,
+                          the blocks tiles
     byte 2    the model's tag: the first byte of its hash (`codec.model_hash`)
     byte 3    the writer's software: its index in SOFTWARE (0: a stack not listed there)
     bytes 4-5 the coder's tag: the first two bytes of `coder_hash`, a SHA-256 of every constant
@@ -15,24 +22,27 @@ then the ANS stack.
     MANY only, unsigned LEB128 varints:
               count, block_size, then a byte 0 for the default latent bins or 1 and two
               little-endian f64 (bin width, half range), then the ramp's length and sizes
+              (with SHAPES: count counts the images, block_size and the ramp the tiles)
     2 bytes   the header's check: the low 16 bits (little-endian) of a CRC-32 of the bytes above
               and of the file's length (a varint): a damaged header, or a file cut short or
               grown, is refused before any model is loaded
     the rest  the ANS stack's 32-bit words, little-endian, the top word's high zero bytes dropped
 
-The image shape is the model's; an 8-bit or binarised image is the model's likelihood's.
+Without SHAPES the image shape is the model's; an 8-bit or binarised image is the model's
+likelihood's. Format 4 is format 3 with SHAPES: the coder's numbers are format 3's, and so is
+its coder tag (`coder_constants`).
 
 The checksum: the stack's bottom word (the coder starts from it, so it costs about 12 bits
 more than the coder's own start would) is a CRC-32 of the model's whole hash, the header, the
-names and the images' bytes, top bit set (`checksum`). After decoding, the decoder must be left
-with exactly that word (and any PAD_WORDs above it): it catches a file from another model whose
-tag happens to match, a damaged file, and a decoder whose model outputs differ from the
-encoder's beyond the guard band (`fixed_point.GUARD_STEPS`), all at once.
+names (and the shapes) and the images' bytes, top bit set (`checksum`). After decoding, the
+decoder must be left with exactly that word (and any PAD_WORDs above it): it catches a file from
+another model whose tag happens to match, a damaged file, and a decoder whose model outputs
+differ from the encoder's beyond the guard band (`fixed_point.GUARD_STEPS`), all at once.
 
-The stack holds MIN_BITS_PER_IMAGE bits an image at least, and no pop of its encoder read into
-the checksum word (`codec.compress` puts PAD_WORDs above it where images cost less), so a
-header that claims more images than its stack holds is refused when read, and decoding stops
-where a stack runs out (`bbans.decode`).
+The stack holds MIN_BITS_PER_IMAGE bits an image at least (with SHAPES, as many a tile below the
+shapes), and no pop of its encoder read into the checksum word (`codec.compress` puts PAD_WORDs
+above it where images cost less), so a header that claims more images than its stack holds is
+refused when read, and decoding stops where a stack runs out (`bbans.decode`).
 """
 
 import dataclasses
@@ -48,9 +58,10 @@ from vae.coding import bbans, first_image, fixed_point, latents, names
 from vae.coding.errors import CodingError
 from vae.coding.latents import DEFAULT_BIN_WIDTH, DEFAULT_HALF_RANGE
 
-FORMAT = 3  # byte 0
+FORMAT = 4  # byte 0 of a file with SHAPES; FORMAT_3 without
+FORMAT_3 = 3
 FORMAT_2 = 0xB0  # the high nibble of format 2's byte 0
-MANY, ARRAY4, SCALE255, NAMES = 1, 2, 4, 8
+MANY, ARRAY4, SCALE255, NAMES, SHAPES = 1, 2, 4, 8, 16
 OLD_MAGIC = b"VAEBBANS"  # format 1 (until issue 32): a 96-byte header
 # The software stacks a file can name in its byte 3, 1-based: the versions that decide the
 # numbers the coder sees (jax and jaxlib compile the model, constriction quantises and codes).
@@ -88,6 +99,7 @@ class Header:
     half_range: float = DEFAULT_HALF_RANGE
     ramp: tuple[int, ...] = ()
     coder_tag: int | None = None  # the writer's coder's (`coder_tag`); None: this process's
+    has_shapes: bool = False  # format 4: the images' sizes and channels are on the stack
 
     def array_shape(self, image_shape: tuple[int, int, int]) -> tuple[int, ...]:
         h, w, c = image_shape
@@ -102,7 +114,8 @@ def coder_constants() -> dict:
         return {name: getattr(module, name) for name in constants}
 
     return {
-        "container": {"FORMAT": FORMAT, "MIN_BITS_PER_IMAGE": MIN_BITS_PER_IMAGE, "PAD_WORD": PAD_WORD,
+        # format 4 codes as format 3 does: its files carry format 3's coder tag
+        "container": {"FORMAT": FORMAT_3, "MIN_BITS_PER_IMAGE": MIN_BITS_PER_IMAGE, "PAD_WORD": PAD_WORD,
                       "CHECKSUM_BITS": CHECKSUM_BITS},
         "fixed_point": of(fixed_point, "LEVELS", "MIN_LOG_SCALE", "MAX_LOG_SCALE", "PROB_BITS", "WEIGHT_BITS",
                           "MEAN_STEPS", "LOG_SCALE_STEPS", "MEAN_MARGIN", "TABLE_STEPS", "FRACTION_BITS",
@@ -186,10 +199,12 @@ def _read_varint(data: bytes, offset: int) -> tuple[int, int]:
 def header_bytes(header: Header) -> bytes:
     """The header's bytes before its check (`pack` adds it)."""
     flags = ((MANY if header.count > 1 else 0) | (ARRAY4 if header.array_ndim == 4 else 0)
-             | (SCALE255 if header.pixel_scale == 255 else 0) | (NAMES if header.has_names else 0))
+             | (SCALE255 if header.pixel_scale == 255 else 0) | (NAMES if header.has_names else 0)
+             | (SHAPES if header.has_shapes else 0) | (MANY if header.has_shapes else 0))
     tag = coder_tag() if header.coder_tag is None else header.coder_tag
-    out = bytes([FORMAT, flags, header.model_tag, header.software]) + tag.to_bytes(2, "little")
-    if header.count > 1:
+    version = FORMAT if header.has_shapes else FORMAT_3
+    out = bytes([version, flags, header.model_tag, header.software]) + tag.to_bytes(2, "little")
+    if header.count > 1 or header.has_shapes:
         out += _varint(header.count) + _varint(header.block_size)
         default_bins = (header.bin_width, header.half_range) == (DEFAULT_BIN_WIDTH, DEFAULT_HALF_RANGE)
         out += b"\0" if default_bins else b"\1" + _F64.pack(header.bin_width, header.half_range)
@@ -202,14 +217,14 @@ def _check(head: bytes, file_length: int) -> bytes:
     return _CHECK.pack(zlib.crc32(head + _varint(file_length)) & 0xFFFF)
 
 
-def checksum(model_hash: bytes, header: Header, names: bytes, images: np.ndarray) -> int:
+def checksum(model_hash: bytes, header: Header, names: bytes, images: np.ndarray | bytes) -> int:
     """The stack's bottom word: CRC-32 of the model's hash, the header (but its ramp, which
     encoding decides), the names and the images' bytes, with its top bit set (31 bits of check,
     and a state from which the coder is efficient)."""
     crc = zlib.crc32(model_hash)
     crc = zlib.crc32(header_bytes(dataclasses.replace(header, ramp=())), crc)
     crc = zlib.crc32(names, crc)
-    crc = zlib.crc32(np.ascontiguousarray(images).tobytes(), crc)
+    crc = zlib.crc32(images if isinstance(images, bytes) else np.ascontiguousarray(images).tobytes(), crc)
     return crc | 0x80000000
 
 
@@ -246,22 +261,22 @@ def pack(header: Header, words: np.ndarray) -> bytes:
 
 
 def _refuse_other_formats(data: bytes, name: str) -> None:
-    """FileError for bytes that are not format 3: an earlier format (saying which), a later one,
-    or no file of compress.py."""
+    """FileError for bytes that are not format 3 or 4: an earlier format (saying which), a later
+    one, or no file of compress.py."""
     if data.startswith(OLD_MAGIC):
         raise FileError(f"{name} is in the format of an earlier compress.py (format 1, before issue 32); "
                         "decompress it with that version's scripts/decompress.py")
     if data and data[0] & 0xF0 == FORMAT_2:
         raise FileError(f"{name} is in format 2 (its first byte is 0x{data[0]:02X}), which an earlier "
-                        f"compress.py wrote with another coder; this one reads format {FORMAT}: decompress "
-                        f"it with scripts/decompress.py of commit {LAST_FORMAT_2_COMMIT} (git checkout "
-                        f"{LAST_FORMAT_2_COMMIT})")
+                        f"compress.py wrote with another coder; this one reads formats {FORMAT_3} and "
+                        f"{FORMAT}: decompress it with scripts/decompress.py of commit "
+                        f"{LAST_FORMAT_2_COMMIT} (git checkout {LAST_FORMAT_2_COMMIT})")
     if data and FORMAT < data[0] < 16:
         raise FileError(f"{name} is in format {data[0]}, written by a later compress.py; this one reads "
-                        f"format {FORMAT}")
-    if len(data) < 8 or data[0] != FORMAT:
+                        f"formats {FORMAT_3} and {FORMAT}")
+    if len(data) < 8 or data[0] not in (FORMAT_3, FORMAT):
         raise FileError(f"{name} is not a file written by scripts/compress.py (its first byte is not "
-                        f"{FORMAT}, 0xB_ or the start of VAEBBANS)")
+                        f"{FORMAT_3}, {FORMAT}, 0xB_ or the start of VAEBBANS)")
 
 
 def unpack(data: bytes, name: str) -> tuple[Header, np.ndarray]:
@@ -271,7 +286,7 @@ def unpack(data: bytes, name: str) -> tuple[Header, np.ndarray]:
     flags, offset = data[1], 6
     fields = {"model_tag": data[2], "software": data[3], "coder_tag": int.from_bytes(data[4:6], "little"),
               "count": 1, "has_names": bool(flags & NAMES), "array_ndim": 4 if flags & ARRAY4 else 3,
-              "pixel_scale": 255 if flags & SCALE255 else 1}
+              "pixel_scale": 255 if flags & SCALE255 else 1, "has_shapes": bool(flags & SHAPES)}
     try:
         if flags & MANY:
             fields["count"], offset = _read_varint(data, offset)
@@ -291,9 +306,15 @@ def unpack(data: bytes, name: str) -> tuple[Header, np.ndarray]:
                 raise ValueError("its ramp runs past the file")
         if data[offset:offset + _CHECK.size] != _check(data[:offset], len(data)):
             raise ValueError("its header's check fails")
-        if flags & 0xF0:
+        if flags & 0xE0:
             raise ValueError(f"its flags 0x{flags:02X} hold bits no compress.py sets")
-        if fields["count"] < 1 or (flags & MANY and (fields["count"] < 2 or fields["block_size"] < 1)):
+        if fields["has_shapes"] != (data[0] == FORMAT):
+            raise ValueError(f"format {data[0]} with{'' if fields['has_shapes'] else 'out'} its images' "
+                             "sizes")
+        if fields["has_shapes"] and not flags & MANY:
+            raise ValueError("its header is inconsistent")
+        if fields["count"] < 1 or (flags & MANY and (fields["count"] < 2 - fields["has_shapes"]
+                                                     or fields["block_size"] < 1)):
             raise ValueError("its header is inconsistent")
     except (ValueError, struct.error) as e:
         raise FileError(f"{name} is damaged or truncated: {e}") from None

@@ -62,7 +62,8 @@ class HostModel:
     # round's probabilities, the search's state), arrays over the block_size · D sub-pixels of the
     # padded call (padding rows included), on the CPU: integer arithmetic only
     pixel_search: Callable[["PixelParameters"], tuple]
-    # (PixelParameters, symbols_bxD) -> what encoding pushes and checks: (every round's
+    # (PixelParameters, symbols_bxD, the sub-pixels to count (b x D bool) or None for all) -> what
+    # encoding pushes and checks: (every round's
     # probabilities of the b · D symbols' parts (`fixed_point.level_probabilities`), their bits
     # under the counts per image (b), log p(x | z) under the float64 model per image (b): the
     # images' likelihood, each image's smallest margin of the values rounded (b, in steps))
@@ -166,10 +167,22 @@ def _pixel_functions(decode, family: str):
         margins = margins.reshape(symbols_bxD.shape[0], -1).min(axis=1)
         return rounds, bits_N.reshape(symbols_bxD.shape).astype(jnp.float64).sum(axis=1), log_prob, margins
 
+    def own_probabilities(m, integers, out, offset, symbols_bxD, own_bxD):
+        """`probabilities` with the bits and log p(x|z) of the sub-pixels marked own only (a tile's,
+        `tiles`); log p(x|z) per sub-pixel: the likelihood's sum over one sub-pixel at a time."""
+        rounds, bits_N = fixed_point.level_probabilities(family, integers, symbols_bxD.reshape(-1))
+        rows, d = symbols_bxD.shape
+        x = pixels.model_input(symbols_bxD, family).astype(jnp.float32).reshape(rows, d, 1)
+        log_prob_bxD = m.likelihood.log_prob(out.astype(jnp.float32).reshape(rows, d, -1), x)
+        margins = fixed_point.margins(family, coding_steps(m, out, offset))
+        margins = margins.reshape(rows, -1).min(axis=1)
+        bits = jnp.where(own_bxD, bits_N.reshape(symbols_bxD.shape), 0.0).astype(jnp.float64).sum(axis=1)
+        return rounds, bits, jnp.where(own_bxD, log_prob_bxD, 0.0).sum(axis=1), margins
+
     def mean(m, *zs):
         return m.likelihood.mean(decode(m, *zs)) * (255.0 if family in fixed_point.EIGHT_BIT else 1.0)
 
-    return parameters, search, probabilities, mean
+    return parameters, search, probabilities, own_probabilities, mean
 
 
 def host_model(model, block_size: int) -> HostModel:
@@ -192,7 +205,8 @@ def host_model(model, block_size: int) -> HostModel:
     posteriors, priors, decode = _layer_functions(model, family)
     posteriors = [compiled(f) for f in posteriors]
     priors = [f and compiled(f) for f in priors]
-    parameters, search, probabilities, mean = (compiled(f) for f in _pixel_functions(decode, family))
+    parameters, search, probabilities, own_probabilities, mean = (
+        compiled(f) for f in _pixel_functions(decode, family))
 
     def padded(rows_bxK: tuple[np.ndarray, ...]) -> list:
         rows = rows_bxK[0].shape[0]
@@ -200,7 +214,9 @@ def host_model(model, block_size: int) -> HostModel:
             raise ValueError(f"a call codes 1 to {block_size} rows, got {rows}")
         arrays = []
         for array in rows_bxK:
-            dtype = np.uint8 if np.issubdtype(array.dtype, np.integer) else np.float64  # symbols, latents
+            # which sub-pixels count; symbols; latents
+            dtype = (bool if array.dtype == bool
+                     else np.uint8 if np.issubdtype(array.dtype, np.integer) else np.float64)
             if rows == block_size:
                 full = np.asarray(array, dtype)
             else:
@@ -223,12 +239,17 @@ def host_model(model, block_size: int) -> HostModel:
         with jax.enable_x64(True):
             return search(leaves64, given.integers)
 
-    def pixel_probabilities(given: PixelParameters, symbols_bxD):
+    def pixel_probabilities(given: PixelParameters, symbols_bxD, own_bxD=None):
         rows, used = symbols_bxD.shape[0], symbols_bxD.size
         with jax.enable_x64(True):
-            rounds, bits, log_prob, margins = jax.device_get(
-                probabilities(leaves64, given.integers, given.output, np.float64(given.offset),
-                              *padded([symbols_bxD])))
+            if own_bxD is None:
+                rounds, bits, log_prob, margins = jax.device_get(
+                    probabilities(leaves64, given.integers, given.output, np.float64(given.offset),
+                                  *padded([symbols_bxD])))
+            else:
+                rounds, bits, log_prob, margins = jax.device_get(
+                    own_probabilities(leaves64, given.integers, given.output, np.float64(given.offset),
+                                      *padded([symbols_bxD, own_bxD])))
         return [p[:used] for p in rounds], bits[:rows], log_prob[:rows], margins[:rows]
 
     return HostModel(

@@ -2,12 +2,15 @@
 
 In: image files (.png, .jpg, .jpeg), a folder of them (every file in it and its sub-folders but
 hidden ones, `folder.walk`), or a uint8 .npy array. Files are decoded as a folder source decodes
-them (`folder.decode_image`: the EXIF orientation applied, channels and transparency converted
-as asked, resized where asked; a 16-bit PNG refused), and each is named by its path relative to
-the folder (a file given alone: its name), which the compressed file records. Everything is
-checked before any coding: a file that is not an image, an image of another size or channel
-count than the model's, an output that exists; an array's header (a .npy file of N x H x W or
-N x H x W x C uint8 values, N >= 1) before the model is loaded. Nothing of a file is unpickled.
+them (`folder.decode_image`: the EXIF orientation applied; a 16-bit PNG refused), each at its own
+size, grey or colour as it is (`read_photos`; the codec cuts them into the model's tiles), and
+each is named by its path relative to the folder (a file given alone: its name), which the
+compressed file records. A conversion (channels, transparent pixels flattened onto a background,
+a resize) is made only where asked, and then the image coded is a copy, which `copy_note` says.
+Everything is checked before any coding: a file that is not an image, a colour image for a grey
+model, transparent pixels without a background, an output that exists; an array's header (a
+.npy file of N x H x W or N x H x W x C uint8 values, N >= 1) before the model is loaded.
+Nothing of a file is unpickled.
 
 Out: each image as a PNG under the output folder at its recorded name; a JPEG's name ends in
 .png instead (its decoded pixels, which PNG keeps exactly). PNG is lossless: a PNG that was
@@ -117,29 +120,101 @@ def check_output_names(names) -> None:
         seen[out] = name
 
 
-def _kind(shape) -> str:
-    return f"{shape[0]}x{shape[1]} {'grey' if shape[2] == 1 else 'colour'}"
+def read_array(inputs: Inputs, *, channels: str = "keep", background: str = "",
+               image_size: tuple[int, ...] = ()) -> np.ndarray:
+    """The .npy array of `inputs`, as it is (its shape checked by `codec.compress`)."""
+    if (channels, background, tuple(image_size)) != ("keep", "", ()):
+        raise InputError(f"--channels, --background and --image_size convert image files; {inputs.array} "
+                         "is an array, compressed as it is")
+    return np.array(open_array(inputs.array))
 
 
-def read_images(inputs: Inputs, image_shape: tuple[int, int, int], *, channels: str = "keep",
-                background: str = "", image_size: tuple[int, ...] = ()) -> np.ndarray:
-    """N x H x W x C uint8 images of the model's shape from image files (or the .npy array as
-    it is); InputError naming a file that cannot give one."""
-    if inputs.array is not None:
-        if (channels, background, tuple(image_size)) != ("keep", "", ()):
-            raise InputError(f"--channels, --background and --image_size convert image files; {inputs.array} "
-                             "is an array, compressed as it is")
-        return np.array(open_array(inputs.array))
+@dataclasses.dataclass(frozen=True)
+class Photos:
+    """Image files read at their own sizes, each h x w x c uint8 (c: 1 or the model's channels),
+    and which of them are not the file's own pixels (converted or resized as asked)."""
+
+    images: list
+    converted: tuple[str, ...]  # names whose channels or transparency were converted
+    resized: tuple[int, int] | None  # --image_size: every image is a resized copy
+    opaque_alpha: tuple[str, ...] = ()  # names with an alpha channel, all opaque, not kept
+
+    @property
+    def original(self) -> bool:
+        return not self.converted and self.resized is None and not self.opaque_alpha
+
+
+def _transparent(error: Exception) -> bool:
+    return "has transparent pixels" in str(error)
+
+
+def read_photos(inputs: Inputs, image_shape: tuple[int, int, int], *, channels: str = "keep",
+                background: str = "", image_size: tuple[int, ...] = ()) -> Photos:
+    """Every image file of `inputs` at its own size, grey or colour as it is (a grey image on a
+    colour model stays grey: the file records it). A colour image on a grey model is refused
+    (coding it as grey loses its colour) unless `channels` is "grey": then, as with any other
+    conversion (`channels`, a `background` that flattens transparent pixels, `image_size`), what
+    is coded is a converted copy, which `Photos` names."""
     folder.check_channels(channels, "--channels")
     folder.check_background(background, "--background")
     check_output_names(inputs.names)
-    images = np.empty((len(inputs.paths), *image_shape), np.uint8)
-    for i, path in enumerate(inputs.paths):
-        pixels = folder.decode_image(path, tuple(image_size), channels, background)
-        if pixels.shape != tuple(image_shape):
-            raise InputError(_wrong_shape(path, pixels.shape, image_shape, channels))
-        images[i] = pixels
-    return images
+    colour = image_shape[2] > 1
+    if channels == "rgb" and not colour:
+        raise InputError("--channels rgb: this model codes grey images (1 channel); --channels grey converts "
+                         "colour images to grey")
+    images, converted, opaque_alpha = [], [], []
+    for path, name in zip(inputs.paths, inputs.names):
+        try:
+            pixels = folder.decode_image(path, (), "keep", "")
+            flattened = False
+            if _has_alpha(path):  # every pixel opaque, or decode_image had refused it
+                opaque_alpha.append(name)
+        except folder.DataError as e:  # transparent pixels: flattened onto --background, if given
+            if not (background and _transparent(e)):
+                raise
+            pixels, flattened = folder.decode_image(path, (), "keep", background), True
+        own = pixels.shape[2]
+        if own > 1 and not colour and channels != "grey":
+            raise InputError(f"{path} is colour, and this model codes grey images: coding it as grey would "
+                             "lose its colour; --channels grey compresses grey copies (decompress.py then "
+                             "gives the grey copies back, not the originals)")
+        wanted = {"keep": own, "grey": 1, "rgb": 3}[channels]
+        if wanted != own or image_size:
+            pixels = folder.decode_image(path, tuple(image_size), channels, background)
+        if wanted != own or flattened:
+            converted.append(name)
+        images.append(pixels)
+    return Photos(images, tuple(converted), tuple(image_size) if image_size else None, tuple(opaque_alpha))
+
+
+def _has_alpha(path: Path) -> bool:
+    """Whether the file has an alpha channel or a transparent colour (from its header)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.has_transparency_data
+
+
+def copy_note(photos: Photos, channels: str, background: str) -> str | None:
+    """A line saying which images are coded as converted or resized copies, or None."""
+    if photos.original:
+        return None
+    what = []
+    if photos.resized:
+        what.append(f"every image resized to {photos.resized[0]}x{photos.resized[1]} (--image_size)")
+    if photos.converted:
+        first = photos.converted[0]
+        more = f" and {len(photos.converted) - 1} more" if len(photos.converted) > 1 else ""
+        how = ([f"--channels {channels}"] * (channels != "keep")
+               + [f"--background {background}"] * bool(background))
+        what.append(f"{first}{more} converted ({', '.join(how)})")
+    if photos.opaque_alpha:
+        first = photos.opaque_alpha[0]
+        more = f" and {len(photos.opaque_alpha) - 1} more" if len(photos.opaque_alpha) > 1 else ""
+        what.append(f"{first}{more} without its alpha channel (every pixel opaque: the colours are "
+                    "kept, the alpha is not coded)")
+    return (f"not the originals: {'; '.join(what)}; decompress.py gives back these copies, pixel for pixel, "
+            "not the files")
 
 
 def open_array(path: Path) -> np.ndarray:
@@ -174,18 +249,6 @@ def open_array(path: Path) -> np.ndarray:
     return array
 
 
-def _wrong_shape(path: Path, shape, image_shape, channels: str) -> str:
-    fixes = []
-    if shape[:2] != tuple(image_shape[:2]):
-        fixes.append(f"--image_size {image_shape[0]},{image_shape[1]} resizes every image as it is read "
-                     "(what comes back is the resized image)")
-    if shape[2] != image_shape[2]:
-        fixes.append(f"--channels {'grey' if image_shape[2] == 1 else 'rgb'} converts every image")
-    return (f"{path} is {_kind(shape)} ({shape[2]} channel{'s' if shape[2] > 1 else ''}"
-            f"{'' if channels == 'keep' else ' as converted'}); the model codes {_kind(image_shape)} "
-            f"images: {'; '.join(fixes)}")
-
-
 def check_new_file(path: Path, overwrite: bool) -> None:
     """InputError where `path` exists (unless `overwrite`) or is a folder."""
     if path.is_dir():
@@ -194,12 +257,17 @@ def check_new_file(path: Path, overwrite: bool) -> None:
         raise InputError(f"{path} exists: pass --overwrite to replace it, or choose another --out")
 
 
-def check_outputs(out: Path, names: list[str] | None, overwrite: bool) -> list[Path]:
-    """The paths an opened file's images are written to: the .npy file `out` (an array), the
+def check_outputs(out: Path, names: list[str] | None, overwrite: bool, sized: bool = False) -> list[Path]:
+    """The paths an opened file's images are written to (`sized`: a file of images of their own
+    sizes): the .npy file `out` (an array), the
     one image `out` (a .png path, one image), or each name under the folder `out`; InputError
     for one that exists, unless `overwrite`, and for an `out` whose suffix says another kind of
     file than it would get (.npy bytes in x.png, PNG files in a folder x.npy)."""
     suffix = out.suffix.lower()
+    if names is None and sized:
+        raise InputError(f"{out}: the compressed file holds images of their own sizes without file names "
+                         "(from the Python API), which no .npy array holds: decompress it with "
+                         "vae.load(WORKDIR).decompress")
     if names is None:
         if suffix != ".npy":
             raise InputError(f"{out}: the compressed file holds an array, which decompress.py writes as the "

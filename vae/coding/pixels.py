@@ -92,19 +92,24 @@ class PixelCode:
         self.schedule = fixed_point.rounds(self.levels)
         self._next_round = _compiled(family)
 
-    def push(self, coder, symbols_bxD: np.ndarray, rounds: list) -> None:
+    def push(self, coder, symbols_bxD: np.ndarray, rounds: list, own_bxD: np.ndarray | None = None) -> None:
         """Pushes the symbols given every round's probabilities: the last round first, so that the
-        first is popped first."""
+        first is popped first. `own_bxD`: only the sub-pixels marked True (a tile's own; None: all)."""
         parts = fixed_point.parts_of(symbols_bxD.reshape(-1), self.levels)
+        picked = None if own_bxD is None else np.flatnonzero(own_bxD)
         for probabilities, part in zip(reversed(rounds), reversed(parts)):
+            if picked is not None:
+                part, probabilities = part[picked], np.asarray(probabilities)[picked]
             coder.encode_reverse(part.astype(np.int32), _PARTS, probabilities)
 
-    def pop(self, coder, rows: int, search) -> np.ndarray:
+    def pop(self, coder, rows: int, search, own_bxD: np.ndarray | None = None) -> np.ndarray:
         """The rows x D symbols on top of the stack (int32), from `HostModel.pixel_search`'s
         (parameters, first round's probabilities, state). The search's state stays with the
-        compiled program between rounds; only each round's probabilities and parts travel."""
+        compiled program between rounds; only each round's probabilities and parts travel.
+        `own_bxD`: only the sub-pixels marked True are popped, the others are 0."""
         parameters, probabilities, state = search
         used = rows * self.num_pixels
+        picked = np.arange(used) if own_bxD is None else np.flatnonzero(own_bxD)
         symbols = np.zeros(used, np.int64)
         part = np.zeros(self.block_size * self.num_pixels, np.int32)
         for r, (step, parts) in enumerate(self.schedule):
@@ -112,16 +117,21 @@ class PixelCode:
                 with jax.enable_x64(True):
                     probabilities, state = self._next_round(parameters, state, part, self.schedule[r - 1][0],
                                                             step, parts)
-            part[:used] = coder.decode(_PARTS, np.asarray(probabilities)[:used])
+            if own_bxD is None:
+                part[:used] = coder.decode(_PARTS, np.asarray(probabilities)[:used])
+            else:
+                part[picked] = coder.decode(_PARTS, np.asarray(probabilities)[picked])
             symbols += part[:used].astype(np.int64) * step
         return symbols.reshape(rows, self.num_pixels).astype(np.int32)
 
-    def warm_up(self, host) -> None:
+    def warm_up(self, host, tiles: bool = False) -> None:
         """Compiles the rounds at the block's shape (a push and a pop of one image on a scratch
-        coder)."""
+        coder); with `tiles`, also the figures of a tile's own sub-pixels."""
         parameters = host.pixel_parameters([np.zeros((1, size)) for size in host.layer_sizes], 0.0)
         symbols = np.zeros((1, self.num_pixels), np.int32)
         coder = constriction.stream.stack.AnsCoder()
+        if tiles:
+            host.pixel_probabilities(parameters, symbols, np.ones(symbols.shape, bool))
         self.push(coder, symbols, host.pixel_probabilities(parameters, symbols)[0])
         self.pop(coder, 1, host.pixel_search(parameters))
 
