@@ -43,7 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from benchmarks import codecs, codecs_8bit  # noqa: E402
-from vae import cli, cli_flags  # noqa: E402
+from vae import atomic, cli, cli_flags  # noqa: E402
 from vae.analysis import results  # noqa: E402
 from vae.analysis.markdown import shown_command, shown_path  # noqa: E402
 from vae.coding import container  # noqa: E402
@@ -290,8 +290,8 @@ def eight_bit(args, argv) -> dict:
 
 def write(out: Path, result: dict, text: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    files.atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
-    files.atomic_write_text(out.with_suffix(".md"), text)
+    atomic.write_text(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
+    atomic.write_text(out.with_suffix(".md"), text)
 
 
 def rendered(out: Path) -> str:
@@ -311,7 +311,7 @@ def main(argv=None) -> int:
     if args.render_only:
         with cli.user_errors():
             text = rendered(Path(args.out))
-            files.atomic_write_text(Path(args.out).with_suffix(".md"), text)
+            atomic.write_text(Path(args.out).with_suffix(".md"), text)
         print(text)
         return 0
     if args.eight_bit:

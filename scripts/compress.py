@@ -23,9 +23,8 @@ import json
 import sys
 from pathlib import Path
 
-from vae import cli, cli_flags
+from vae import atomic, cli, cli_flags
 from vae.coding import codec, image_files, latents
-from vae.workdir import files
 
 
 def build_parser() -> cli_flags.ArgumentParser:
@@ -84,7 +83,7 @@ def main(argv=None) -> int:
             images, names = images[:args.max_examples], names and names[:args.max_examples]
         data, figures = codec.compress(loaded, images, file_names=names, block_size=args.block_size,
                                        bins=bins, what=what, progress=not args.no_progress)
-        files.atomic_write_bytes(args.out, data)
+        atomic.write_bytes(args.out, data)
     print(json.dumps(figures, indent=2))
     print(summary_line(figures, args.out), file=sys.stderr)
     return 0

@@ -45,7 +45,6 @@ package outside `vae.data`.
 import concurrent.futures
 import dataclasses
 import hashlib
-import json
 import os
 import re
 import struct
@@ -54,6 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vae import atomic
 from vae.data.source import FOLDER_PREFIX, DataError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -532,34 +532,15 @@ def cache_files(folder: Folder) -> list[Path]:
 
 
 def _read_cache(path: Path, key: dict) -> np.ndarray | None:
-    try:
-        with np.load(path, allow_pickle=False) as cached:
-            if json.loads(str(cached["key"])) != key:
-                return None
-            return cached["images"]
-    except FileNotFoundError:
-        return None
-    except Exception as e:  # noqa: BLE001 - a damaged cache file is decoded again
-        print(f"note: the cached decoded images {path} are unreadable ({type(e).__name__}); "
-              "decoding them again", file=sys.stderr)
-        return None
+    cached = atomic.load_arrays(path, key)
+    return None if cached is None else cached["images"]
 
 
 def _write_cache(path: Path, key: dict, images: np.ndarray) -> bool:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            np.savez(f, images=images, key=np.array(json.dumps(key, sort_keys=True)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic.save_arrays(path, key, images=images)
         return True
     except OSError:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
         return False
 
 
