@@ -23,7 +23,7 @@ as rows in the same units.
     python scripts/benchmark_codecs.py --render_only --out docs/codecs_8bit_model
 
 writes OUT.md again from OUT.json, measuring nothing: after a change to the page's text. The pages
-show a workdir as given, or relative to the current directory (`docs_markdown.shown_path`), never as an
+show a workdir as given, or relative to the current directory (`markdown.shown_path`), never as an
 absolute path of the machine that measured.
 """
 
@@ -37,13 +37,13 @@ import tempfile
 import time
 from pathlib import Path
 
-# benchmarks/ and scripts/docs_markdown.py are the repository's (the package installs only vae)
+# benchmarks/ and scripts/docs/markdown.py are the repository's (the package installs only vae)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
 from benchmarks import codecs, codecs_8bit  # noqa: E402
-from scripts.docs_markdown import shown_command, shown_path  # noqa: E402
+from scripts.docs.markdown import shown_command, shown_path  # noqa: E402
 from vae import atomic, cli, cli_flags  # noqa: E402
 from vae.analysis import results  # noqa: E402
 from vae.coding import container  # noqa: E402

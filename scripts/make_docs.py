@@ -8,7 +8,7 @@ docs/figures.md: which run made each picture, with its command, epochs, wall tim
 Each run trains into RUNS_DIR/<name> with the exact user command (scripts/train.py or
 scripts/sweep.py); a finished run is not trained again (both resume), so a second call only redraws.
 docs/figures.md shows each command with RUNS_DIR as given, or relative to the current directory
-(`docs_markdown.shown_path`): never an absolute path of the machine that made it.
+(`markdown.shown_path`): never an absolute path of the machine that made it.
 The pictures are drawn by scripts/sample.py and scripts/plot_kl.py, as a user would, into --out
 (default docs/); the β table goes into docs/sweeps.md (--readme). docs/results_runs.md is not made
 here: its runs train for hours (scripts/results.py).
@@ -27,10 +27,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-# scripts/docs_markdown.py is the repository's, imported as scripts.docs_markdown from its root
+# scripts/docs/markdown.py is the repository's, imported as scripts.docs.markdown from its root
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from scripts import docs_markdown  # noqa: E402
+from scripts.docs import markdown  # noqa: E402
 from vae import cli_flags  # noqa: E402
 
 BETA_TABLE = "beta-table"  # the generated β table of docs/sweeps.md: <!-- beta-table:begin --> ... :end -->
@@ -116,8 +116,8 @@ def run_command(run: Run, workdir: Path, epochs_scale: float, train_split: str |
 def shown_commands(names, runs_dir: Path, epochs_scale: float,
                    train_split: str | None) -> dict[str, list[str]]:
     """The commands of the runs `names` as docs/figures.md shows them: RUNS_DIR as given, or
-    relative to the current directory (`docs_markdown.shown_path`), never a machine's absolute path."""
-    shown_dir = Path(docs_markdown.shown_path(str(runs_dir)))
+    relative to the current directory (`markdown.shown_path`), never a machine's absolute path."""
+    shown_dir = Path(markdown.shown_path(str(runs_dir)))
     return {r.name: run_command(r, shown_dir / r.name, epochs_scale, train_split)
             for r in RUNS if r.name in names}
 
@@ -227,7 +227,7 @@ def main(argv=None) -> int:
     beta = beta_table(records["beta"]) if "beta" in records else None
     if beta and args.readme and "beta" in selected:
         readme = Path(args.readme)
-        readme.write_text(docs_markdown.replace_section(readme.read_text(), BETA_TABLE, beta, args.readme))
+        readme.write_text(markdown.replace_section(readme.read_text(), BETA_TABLE, beta, args.readme))
         print(readme)
     page = out / "figures.md"
     page.write_text(figures_page(commands, records, pictures, times, beta))

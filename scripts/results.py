@@ -16,10 +16,10 @@ negative ELBO (and the training time to it) every N epochs, for the runs that va
 import os
 import sys
 
-# scripts/docs_markdown.py is the repository's, imported as scripts.docs_markdown from its root
+# scripts/docs/markdown.py is the repository's, imported as scripts.docs.markdown from its root
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from scripts import docs_markdown  # noqa: E402
+from scripts.docs import markdown  # noqa: E402
 from vae import cli, cli_flags  # noqa: E402
 from vae.analysis import results  # noqa: E402
 
@@ -46,7 +46,7 @@ def check(args) -> str | None:
 
 def shown(row: dict) -> dict:
     """A row as the page shows it: its command's workdir without this machine's folders."""
-    return row | {"command": docs_markdown.shown_command(row["command"])}
+    return row | {"command": markdown.shown_command(row["command"])}
 
 
 def main(argv=None) -> int:

@@ -16,10 +16,10 @@ import os
 import sys
 from pathlib import Path
 
-# scripts/docs_markdown.py is the repository's, imported as scripts.docs_markdown from its root
+# scripts/docs/markdown.py is the repository's, imported as scripts.docs.markdown from its root
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from scripts import docs_markdown  # noqa: E402
+from scripts.docs import markdown  # noqa: E402
 from vae import cli_flags  # noqa: E402
 
 SECTION = "speed-table"  # the README's generated block: <!-- speed-table:begin --> ... :end -->
@@ -179,7 +179,7 @@ def main(argv=None) -> int:
         readme = Path(args.readme)
         try:
             page_link = os.path.relpath(args.out, readme.parent)
-            text = docs_markdown.replace_section(readme.read_text(), SECTION,
+            text = markdown.replace_section(readme.read_text(), SECTION,
                                             readme_section(result, args.json, page_link), args.readme)
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)

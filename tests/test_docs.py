@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, script_module
 
-from scripts import docs_markdown as markdown
+from scripts.docs import markdown
 
 ROOT = Path(REPO)
 README_MAX_LINES = 200

@@ -44,7 +44,7 @@ _PROGRESS_FLAG = re.compile(r"(?<!\S)--(?:progress|noprogress|no-progress|no_pro
 
 def reproducing_command(command: str) -> str:
     """A recorded command without its progress flag, the rest as recorded (the page that shows
-    it also shows its workdir without the machine's folders: `scripts.docs_markdown`)."""
+    it also shows its workdir without the machine's folders: `scripts.docs.markdown`)."""
     return " ".join(_PROGRESS_FLAG.sub(" ", command).split())
 
 

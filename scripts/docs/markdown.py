@@ -5,7 +5,7 @@ folder or a command (`shown_path`, `shown_command`): never with an absolute path
 that made it, which a reader does not have.
 
 A tool of the scripts and benchmarks that write the docs, not of the library: they import it as
-`scripts.docs_markdown` with the repository's root on sys.path. Imports nothing of the package.
+`scripts.docs.markdown` with the repository's root on sys.path. Imports nothing of the package.
 """
 
 import os
