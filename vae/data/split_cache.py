@@ -1,7 +1,7 @@
 """Decoded images cached beside the TFDS data, so a command does not decode every PNG again.
 
-Decoding Fashion-MNIST's 70,000 PNGs through `tfds.data_source` costs about 5 s; reading the
-decoded uint8 arrays back costs a few hundredths of that. The cache holds one file per shard of
+Decoding every PNG of a data set through `tfds.data_source` takes seconds; reading the decoded
+uint8 arrays back takes a small part of that (docs/speed.md). The cache holds one file per shard of
 a prepared data set, keyed by data set, config, version and shard (its split and position):
 
     DATA_DIR/vae_decoded/<name>[/<config>]/<version>/<shard file name>.npz
