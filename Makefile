@@ -41,11 +41,14 @@ install: $(VENV)/.installed
 # --require-hashes (a file that differs from the one locked stops the install; about 6 s against
 # pip's 33 s here), uv itself first installed by pip from requirements-uv.lock, also hashed. Then
 # the project, without its dependencies (they are all in the lock) and with the locked setuptools
-# as its build backend. No bytecode at install: Python compiles what a process imports, once.
+# as its build backend. uv writes the packages' bytecode at install (--compile-bytecode, as pip
+# does by default; about 25 s of CPU and 185 MB once): where the shell sets PYTHONDONTWRITEBYTECODE,
+# Python never writes it, and every script compiled matplotlib (and jax, flax, orbax, in a venv no
+# make target had warmed) from source again at each start (benchmarks/startup.py, docs/speed.md).
 $(VENV)/.installed: pyproject.toml requirements.lock requirements-uv.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --require-hashes -r requirements-uv.lock
-	$(VENV)/bin/uv pip install --quiet --python $(PY) --require-hashes -r requirements.lock
+	$(VENV)/bin/uv pip install --quiet --python $(PY) --require-hashes --compile-bytecode -r requirements.lock
 	$(VENV)/bin/uv pip install --quiet --python $(PY) --no-deps --no-build-isolation -e .
 	touch $@
 

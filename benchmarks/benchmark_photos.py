@@ -39,8 +39,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from benchmarks import codecs_8bit, host  # noqa: E402
+from scripts.docs.markdown import shown_path  # noqa: E402
 from vae import cli  # noqa: E402
-from vae.analysis.markdown import shown_path  # noqa: E402
 from vae.coding import codec, image_files  # noqa: E402
 from vae.coding.host import host_model  # noqa: E402
 

@@ -40,7 +40,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks import codecs, host
-from vae.analysis.markdown import shown_command, shown_path
+from scripts.docs.markdown import shown_command, shown_path
 
 JPEGXL_EFFORT = 10
 ZSTD_LEVEL = 22

@@ -372,21 +372,27 @@ fig.tight_layout()
 # ## 8. KL in real bits: a coder, not a formula
 #
 # Section 2 said that coding messages from P with the code built for Q costs KL(P‖Q) extra bits
-# per message. Here those are file sizes. An ANS coder (`constriction`, through
-# `vae.coding.messages`) turns a probability table into a real code: a million animals drawn from
-# the forest's P, coded once with the code built for P and once with the code built for Q.
+# per message. Here those are file sizes. An ANS coder (`constriction`, through this notebook's
+# tools in `notebooks/kl_coding.py`) turns a probability table into a real code: a million animals
+# drawn from the forest's P, coded once with the code built for P and once with the code built for Q.
 
 # %%
-from vae.coding import messages  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+# The notebook's tools, beside it in notebooks/ (JupyterLab starts here, the test suite in the root).
+root = next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "notebooks" / "kl_coding.py").is_file())
+sys.path.insert(0, str(root / "notebooks"))
+import kl_coding  # noqa: E402
 
 N = 1_000_000
 draws = np.random.default_rng(0).choice(len(P_forest), size=N, p=P_forest)
-file_p = messages.ans_file_bits(draws, P_forest)
-file_q = messages.ans_file_bits(draws, Q_forest)
+file_p = kl_coding.ans_file_bits(draws, P_forest)
+file_q = kl_coding.ans_file_bits(draws, Q_forest)
 extra = (file_q - file_p) / N
 log_ratio = np.log2(P_forest / Q_forest)[draws]  # each draw's extra bits under the ideal codes
 std_error = log_ratio.std(ddof=1) / math.sqrt(N)
-overhead = {name: file / messages.information_bits(draws, code) - 1
+overhead = {name: file / kl_coding.information_bits(draws, code) - 1
             for name, file, code in (("P", file_p, P_forest), ("Q", file_q, Q_forest))}
 print(f"coded for P: {file_p / 8:,.0f} bytes = {file_p / N:.4f} bits per animal (H(P) = {h_p:.4f})")
 print(f"coded for Q: {file_q / 8:,.0f} bytes = {file_q / N:.4f} bits per animal (H(P,Q) = {h_pq:.4f})")
@@ -413,9 +419,9 @@ fig.tight_layout()
 
 # %%
 dogs = np.zeros(N, np.int64)
-start_bits = 32 * len(messages.START_WORDS)
+start_bits = 32 * len(kl_coding.START_WORDS)
 for name, code, expected in (("P", P, 0.0), ("Q_poor", Q_poor, kl_poor), ("Q_good", Q_good, kl_good)):
-    bits = messages.ans_file_bits(dogs, code) - start_bits
+    bits = kl_coding.ans_file_bits(dogs, code) - start_bits
     print(f"a million dogs coded for {name}: {bits / 8:,.0f} bytes = {bits / N:.4f} bits per dog "
           f"(KL(P‖{name}) = {expected:.4f} bits)")
 
@@ -428,9 +434,7 @@ for name, code, expected in (("P", P, 0.0), ("Q_poor", Q_poor, kl_poor), ("Q_goo
 # yet), and each image's code length is the stack's growth while it is coded.
 
 # %%
-from vae.coding import codec  # noqa: E402
-
-lengths = codec.image_code_lengths(f"{runs.name}/beta1.0")
+lengths = kl_coding.image_code_lengths(f"{runs.name}/beta1.0")
 rest = slice(1, None)  # every image after the first
 print(f"per image, mean over {len(lengths['code']) - 1} images: code {lengths['code'][rest].mean():.2f} "
       f"bits, -ELBO {lengths['elbo'][rest].mean():.2f} bits; z pushed under the prior "

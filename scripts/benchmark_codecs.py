@@ -37,15 +37,15 @@ import tempfile
 import time
 from pathlib import Path
 
-# benchmarks/ is the repository's, beside scripts/ (the package installs only vae)
+# benchmarks/ and scripts/docs/markdown.py are the repository's (the package installs only vae)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
 from benchmarks import codecs, codecs_8bit  # noqa: E402
-from vae import cli, cli_flags  # noqa: E402
+from scripts.docs.markdown import shown_command, shown_path  # noqa: E402
+from vae import atomic, cli, cli_flags  # noqa: E402
 from vae.analysis import results  # noqa: E402
-from vae.analysis.markdown import shown_command, shown_path  # noqa: E402
 from vae.coding import container  # noqa: E402
 from vae.data import dataset, source  # noqa: E402
 from vae.workdir import files  # noqa: E402
@@ -156,7 +156,7 @@ def markdown(result: dict) -> str:
     bb = result["bits_back"]
     per_image = result["bits_back_per_image"]
     lines = [f"{n:,} binarised test images of {result['data']}, model `{shown_path(result['workdir'])}` "
-             f"(trained by `{results.reproducing_command(result['trained_by'])}`, epoch "
+             f"(trained by `{shown_command(results.reproducing_command(result['trained_by']))}`, epoch "
              f"{bb['compress']['epoch']}); bits/dim = file "
              f"bits / ({n:,} x {result['pixels_per_image']}).", "",
              "| codec | whole set: bytes | bits/dim | one file per image: mean bytes | bits/dim |",
@@ -290,8 +290,8 @@ def eight_bit(args, argv) -> dict:
 
 def write(out: Path, result: dict, text: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    files.atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
-    files.atomic_write_text(out.with_suffix(".md"), text)
+    atomic.write_text(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
+    atomic.write_text(out.with_suffix(".md"), text)
 
 
 def rendered(out: Path) -> str:
@@ -311,7 +311,7 @@ def main(argv=None) -> int:
     if args.render_only:
         with cli.user_errors():
             text = rendered(Path(args.out))
-            files.atomic_write_text(Path(args.out).with_suffix(".md"), text)
+            atomic.write_text(Path(args.out).with_suffix(".md"), text)
         print(text)
         return 0
     if args.eight_bit:

@@ -25,9 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from benchmarks import codecs_8bit, harness, single_image  # noqa: E402
-from vae import cli, cli_flags  # noqa: E402
+from vae import atomic, cli, cli_flags  # noqa: E402
 from vae.coding import codec  # noqa: E402
-from vae.workdir import files  # noqa: E402
 
 
 def build_parser() -> cli_flags.ArgumentParser:
@@ -72,8 +71,8 @@ def main(argv=None) -> int:
                           "machine": codecs_8bit.machine()}}
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        files.atomic_write_text(out.with_suffix(".json"), json.dumps(result) + "\n")
-        files.atomic_write_text(out.with_suffix(".md"), markdown(result))
+        atomic.write_text(out.with_suffix(".json"), json.dumps(result) + "\n")
+        atomic.write_text(out.with_suffix(".md"), markdown(result))
     print(markdown(result))
     return 0
 

@@ -30,9 +30,8 @@ import json
 import sys
 from pathlib import Path
 
-from vae import cli, cli_flags
+from vae import atomic, cli, cli_flags
 from vae.coding import codec, image_files, latents
-from vae.workdir import files
 
 
 def build_parser() -> cli_flags.ArgumentParser:
@@ -102,7 +101,7 @@ def main(argv=None) -> int:
                                        bins=bins, what=what, progress=not args.no_progress)
         if names is not None:
             figures["original"] = note is None
-        files.atomic_write_bytes(args.out, data)
+        atomic.write_bytes(args.out, data)
     print(json.dumps(figures, indent=2))
     if note:
         print(note, file=sys.stderr)

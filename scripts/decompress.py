@@ -21,9 +21,8 @@ import json
 import sys
 from pathlib import Path
 
-from vae import cli, cli_flags
+from vae import atomic, cli, cli_flags
 from vae.coding import codec, image_files
-from vae.workdir import files
 
 
 def build_parser() -> cli_flags.ArgumentParser:
@@ -49,7 +48,7 @@ def main(argv=None) -> int:
                                             sized=opened.shapes is not None)
         images, figures = codec.decode(opened, progress=not args.no_progress)
         if opened.file_names is None:
-            files.atomic_write_bytes(targets[0], image_files.npy_bytes(images))
+            atomic.write_bytes(targets[0], image_files.npy_bytes(images))
         else:
             image_files.write_pngs(targets, images)
     print(json.dumps(figures, indent=2))

@@ -19,6 +19,7 @@ Imports no JAX: every step is a subprocess.
 
 import datetime
 import math
+import os
 import shlex
 import shutil
 import subprocess
@@ -28,8 +29,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vae import cli_flags
-from vae.analysis import markdown
+# scripts/docs/markdown.py is the repository's, imported as scripts.docs.markdown from its root
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from scripts.docs import markdown  # noqa: E402
+from vae import cli_flags  # noqa: E402
 
 BETA_TABLE = "beta-table"  # the generated β table of docs/sweeps.md: <!-- beta-table:begin --> ... :end -->
 

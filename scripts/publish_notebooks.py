@@ -24,11 +24,14 @@ from pathlib import Path
 
 import nbformat
 
-from vae import cli_flags
-from vae.analysis import markdown
-from vae.workdir import files
-
 ROOT = Path(__file__).resolve().parent.parent
+# scripts/docs/markdown.py is the repository's, imported as scripts.docs.markdown from its root
+sys.path.insert(0, str(ROOT))
+
+from scripts.docs import markdown  # noqa: E402
+from vae import cli_flags  # noqa: E402
+from vae.workdir import files  # noqa: E402
+
 NOTEBOOKS = ("analyze_run", "kl_divergence")
 READS_A_RUN = ("analyze_run",)  # the notebooks that read --workdir
 COMMAND = "python scripts/publish_notebooks.py"

@@ -13,10 +13,15 @@ negative ELBO (and the training time to it) every N epochs, for the runs that va
 (data.validation_split); --curves_of adds runs not yet evaluated or still training.
 """
 
+import os
 import sys
 
-from vae import cli, cli_flags
-from vae.analysis import results
+# scripts/docs/markdown.py is the repository's, imported as scripts.docs.markdown from its root
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from scripts.docs import markdown  # noqa: E402
+from vae import cli, cli_flags  # noqa: E402
+from vae.analysis import results  # noqa: E402
 
 
 def build_parser() -> cli_flags.ArgumentParser:
@@ -39,10 +44,15 @@ def check(args) -> str | None:
     return None
 
 
+def shown(row: dict) -> dict:
+    """A row as the page shows it: its command's workdir without this machine's folders."""
+    return row | {"command": markdown.shown_command(row["command"])}
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     with cli.user_errors():
-        rows = [results.run_row(path) for path in args.workdirs]
+        rows = [shown(results.run_row(path)) for path in args.workdirs]
         curves = []
         if args.curve_every:
             # The table's runs that validated, then the named ones (each must have).

@@ -16,8 +16,11 @@ import os
 import sys
 from pathlib import Path
 
-from vae import cli_flags
-from vae.analysis import markdown
+# scripts/docs/markdown.py is the repository's, imported as scripts.docs.markdown from its root
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from scripts.docs import markdown  # noqa: E402
+from vae import cli_flags  # noqa: E402
 
 SECTION = "speed-table"  # the README's generated block: <!-- speed-table:begin --> ... :end -->
 

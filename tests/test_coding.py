@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from notebooks import kl_coding  # the KL notebook's coding tools
 from tests.conftest import REPO, run_in_process, tiny_config
-from vae.coding import bbans, codec, container, fixed_point, messages, pixels
+from vae.coding import bbans, codec, container, fixed_point, pixels
 from vae.coding.errors import CodingError, DecodeMismatch
 from vae.coding.host import host_model
 from vae.coding.latents import GaussianCode, LatentBins, PriorCode
@@ -232,10 +233,10 @@ def test_messages_cost_their_information_content():
     p, q = np.array([0.6, 0.3, 0.1]), np.array([0.5, 0.4, 0.1])
     x = rng.choice(3, size=100_000, p=p)
     for code in (p, q):
-        bits = messages.ans_file_bits(x, code)
-        assert 0 < bits - messages.information_bits(x, code) < 0.001 * bits + 64
+        bits = kl_coding.ans_file_bits(x, code)
+        assert 0 < bits - kl_coding.information_bits(x, code) < 0.001 * bits + 64
     dogs = np.zeros(10_000, np.int64)
-    dog_bits = messages.ans_file_bits(dogs, [0.3, 0.7]) - 32 * len(messages.START_WORDS)
+    dog_bits = kl_coding.ans_file_bits(dogs, [0.3, 0.7]) - 32 * len(kl_coding.START_WORDS)
     assert dog_bits / 10_000 == pytest.approx(-math.log2(0.3), abs=32 / 10_000 + 1e-4)
 
 
@@ -304,7 +305,7 @@ def test_an_array_of_ones_and_zeros_comes_back_as_it_was(trained_run):
 
 
 def test_per_image_code_lengths_add_up(trained_run):
-    lengths = codec.image_code_lengths(trained_run[0], max_examples=200)
+    lengths = kl_coding.image_code_lengths(trained_run[0], max_examples=200)
     parts = lengths["pixels"] + lengths["latents"] - lengths["bits_back"]
     np.testing.assert_array_equal(lengths["code"], parts)
     assert lengths["bits_back"][0] == 0 and np.all(lengths["bits_back"][1:] > 0)

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, run_in_process, script_module
 
-from vae.analysis import markdown
+from scripts.docs import markdown
 
 ROOT = Path(REPO)
 README_MAX_LINES = 200
@@ -576,8 +576,10 @@ def test_the_generators_show_a_workdir_without_this_machines_folders(tmp_path, m
     elsewhere = "/work/elsewhere/runs/fmnist_8bit"
     assert markdown.shown_path(str(tmp_path / "runs" / "x")) == "runs/x"  # under the current directory
     assert markdown.shown_path("runs/x") == "runs/x" and markdown.shown_path("/data/r21/x") == "runs/x"
-    assert reproducing_command(f"scripts/train.py --workdir={elsewhere} --noprogress") == (
-        "scripts/train.py --workdir=runs/fmnist_8bit")
+    recorded = reproducing_command(f"scripts/train.py --workdir={elsewhere} --noprogress")
+    assert markdown.shown_command(recorded) == "scripts/train.py --workdir=runs/fmnist_8bit"
+    assert script_module("results.py").shown({"command": f"train.py --workdir {elsewhere}"}) == {
+        "command": "train.py --workdir runs/fmnist_8bit"}
     eight_bit = read_repo_json("docs/codecs_8bit_model.json")
     eight_bit = eight_bit | {"workdir": elsewhere, "run": eight_bit["run"] | {
         "command": f"python scripts/benchmark_codecs.py --eight_bit --workdir {elsewhere}"}}

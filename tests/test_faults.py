@@ -19,6 +19,7 @@ import pytest
 from flax import nnx
 
 from tests.conftest import REPO, copy_run, run_in_process, tiny_config, tiny_run_config, xla_flags
+from vae import atomic
 from vae.train import loop, trained
 from vae.train import state as train_state
 from vae.workdir import checkpoints, faults, files, lock
@@ -160,7 +161,7 @@ def test_a_full_disk_while_appending_metrics_leaves_no_torn_line(small_disk):
     assert error.value.errno == errno.ENOSPC
     assert (run / files.METRICS_FILE).read_bytes() == before
     with pytest.raises(OSError):
-        files.atomic_write_text(run / files.CONFIG_FILE, "x" * 20000)
+        atomic.write_text(run / files.CONFIG_FILE, "x" * 20000)
     assert (run / files.CONFIG_FILE).read_text() == "{}" and not list(run.glob(".*.tmp"))
 
 

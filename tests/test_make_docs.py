@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import REPO, run_in_process, script_module
 
-from vae.analysis import markdown
+from scripts.docs import markdown
 
 make_docs = script_module("make_docs.py")
 

@@ -1,7 +1,9 @@
 """Start-up and exit: what the scripts skip to start and end sooner still leaves everything done.
 
 `cli.run_script` ends the process without the interpreter's teardown; the image shape recorded in
-config.json lets a trained run be read back without the data set.
+config.json lets a trained run be read back without the data set; a command imports only what it
+uses (orbax where checkpoints are read or written, TFDS where TFDS data is read, flax where a model
+is built, JAX not at all for reading metrics).
 """
 
 import json
@@ -95,3 +97,52 @@ def test_a_workdir_without_the_record_reads_the_shape_from_the_data_set(tiny_run
     assert files.read_image_shape(run) is None
     _, model, _ = trained.load_trained(run)
     assert model.image_shape == (28, 28, 1)
+
+
+# The packages a command imports only where it uses them.
+HEAVY = ("jax", "flax", "orbax.checkpoint", "tensorflow_datasets", "tensorboardX", "matplotlib")
+
+
+def _loaded_after(tmp_path, body: str) -> set[str]:
+    """Which of HEAVY a fresh interpreter has loaded after running `body`."""
+    result = _script(tmp_path, body + f"""
+        print("LOADED", *sorted(m for m in {HEAVY!r} if m in sys.modules))
+        """)
+    assert result.returncode == 0, result.stderr
+    return set(result.stdout.split("LOADED")[-1].split())
+
+
+def test_reading_a_workdir_imports_no_jax_flax_orbax_or_tfds(tiny_run, tmp_path):
+    loaded = _loaded_after(tmp_path, f"""
+        import sys
+        from pathlib import Path
+        from vae.workdir import checkpoints, faults, files
+
+        run = Path({str(tiny_run)!r})
+        assert files.read_config(run).model.latent_dim == 2 and len(files.read_metrics(run)) == 2
+        assert files.read_image_shape(run) == (28, 28, 1)
+        assert checkpoints.latest_checkpoint(run) == 2 and checkpoints.has_checkpoints(run)
+        assert faults.write_fault(OSError(28, "No space left on device")) is not None
+        """)
+    assert loaded == set()
+
+
+def test_plot_kl_imports_matplotlib_and_no_jax(tiny_run, tmp_path):
+    loaded = _loaded_after(tmp_path, f"""
+        import runpy, sys
+        script = runpy.run_path({str(REPO)!r} + "/scripts/plot_kl.py", run_name="plot_kl")
+        assert script["main"](["--workdir", {str(tiny_run)!r}, "--out", {str(tmp_path)!r}]) == 0
+        """)
+    assert loaded == {"matplotlib"} and (tmp_path / "kl_curves.png").is_file()
+
+
+def test_sample_py_reads_no_data_set_and_writes_no_tensorboard(tiny_run, tmp_path):
+    """Prior samples of a trained run: the model is built (flax) and restored (orbax); the data set
+    and TensorBoard's writer are not touched."""
+    loaded = _loaded_after(tmp_path, f"""
+        import runpy, sys
+        script = runpy.run_path({str(REPO)!r} + "/scripts/sample.py", run_name="sample")
+        assert script["main"](["--workdir", {str(tiny_run)!r}, "--out", {str(tmp_path)!r}, "--num", "4"]) == 0
+        """)
+    assert loaded == {"jax", "flax", "orbax.checkpoint", "matplotlib"}
+    assert (tmp_path / "prior.png").is_file()

@@ -103,7 +103,7 @@ def start() -> None:
 def run_script(main, *args) -> None:
     """`main(*args)` as a script's entry point: its return value or `sys.exit` status becomes the
     process's, and the process ends without the interpreter's teardown (freeing every module and
-    JAX's runtime took about 0.4 s here, which the user waits for for nothing).
+    JAX's runtime, which the user would wait for for nothing: docs/speed.md#start-up).
 
     What a normal exit does first still happens: the other non-daemon threads are joined and the
     exit handlers registered while the script ran (`atexit`: Orbax's, JAX's distributed shutdown,

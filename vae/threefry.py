@@ -9,9 +9,9 @@ bits, uniform, normal, bernoulli, permutation, ...): `tests/test_threefry.py` ch
 JAX's own implementation, so a JAX release that changed its algorithm would be caught there.
 
 Used for every key of a run (`vae.train.state.root_key`) and for the binarisation drawn once
-(`vae.data.pixels`: that draw took 3.7 s with `jax.random` and 0.4 s with these keys, commit 25917a1
-on a loaded 2-core CPU, 2026-12-01). At the package's root, beside `kl`,
-because both layers that draw keys use it; imports nothing of the package.
+(`vae.data.pixels`, where the fused draw is several times faster than `jax.random`'s: docs/speed.md).
+At the package's root, beside `kl`, because both layers that draw keys use it; imports nothing of
+the package.
 """
 
 import jax

@@ -12,7 +12,6 @@ import re
 import shlex
 from pathlib import Path
 
-from vae.analysis import markdown
 from vae.model import build
 from vae.workdir import files
 
@@ -44,9 +43,9 @@ _PROGRESS_FLAG = re.compile(r"(?<!\S)--(?:progress|noprogress|no-progress|no_pro
 
 
 def reproducing_command(command: str) -> str:
-    """A recorded command without its progress flag, its workdir as a page shows it
-    (`markdown.shown_command`: no absolute path of the machine that ran it), the rest as recorded."""
-    return markdown.shown_command(" ".join(_PROGRESS_FLAG.sub(" ", command).split()))
+    """A recorded command without its progress flag, the rest as recorded (the page that shows
+    it also shows its workdir without the machine's folders: `scripts.docs.markdown`)."""
+    return " ".join(_PROGRESS_FLAG.sub(" ", command).split())
 
 
 def config_file(command: str) -> str:

@@ -23,7 +23,6 @@ model writes is as long as the images' negative ELBO, up to a few hundred bits p
                   check, the stack, its checksum
     codec.py      compress and decompress with a workdir's model: what the scripts call
     image_files.py  the user's image files (or array) in, PNG files (or the array) out
-    messages.py   i.i.d. symbols of a categorical coded with ANS: entropy, cross-entropy, KL as file sizes
     errors.py     CodingError: what a user can fix, in one line; DecodeMismatch: a file that does not decode
 
 May import vae.train, vae.workdir, vae.data, vae.model and vae.kl; nothing of vae.analysis,

@@ -407,33 +407,3 @@ def decompress_workdir(workdir: str | Path, data: bytes, name: str, *, epoch: in
                        checkpoint: str = "best", progress: bool = True) -> tuple[np.ndarray, dict]:
     """`decode` with the workdir's model, which must be the one that compressed the file."""
     return decode(open_file(workdir, data, name, epoch=epoch, checkpoint=checkpoint), progress=progress)
-
-
-def image_code_lengths(workdir: str | Path, *, max_examples: int | None = None,
-                       bins: LatentBins | None = None, epoch: int | None = None,
-                       checkpoint: str = "best") -> dict[str, np.ndarray]:
-    """Each test image's code on one stack with one image per block (per-image figures; a file
-    codes blocks of many), in bits per image:
-
-        code       the stack's growth while the image is coded: pixels + latents − bits_back
-        bits_back  what the pop of z under q(z|x) took off the stack (0 for the first image,
-                   coded without bits back)
-        pixels     what pushing x under p(x|z) added; latents: what pushing z under p(z) added
-        rate       latents − bits_back: what the code pays for z after the bits back, a
-                   one-sample estimate of the KL term
-        elbo, kl   the -ELBO at the coded latents (−log2 p(x|z) + the closed-form KL) and the KL
-    """
-    bins = bins or LatentBins()
-    config, model, _ = trained.load_trained(workdir, epoch, checkpoint)
-    family = check_codable(config, model)
-    images, _ = dataset.load_test_set(config.data)
-    images = images[:max_examples] if max_examples else images
-    scale = pixels.pixel_scale(images, family)
-    symbols = pixels.to_symbols(images, scale)
-    coded = bbans.encode(host_model(model, 1), symbols, bins)
-    popped, between, end = coded.steps_bits_Bx3.T
-    start = np.concatenate([[0], end[:-1]])
-    bits_back = np.where(np.arange(len(end)) == 0, 0, start - popped)
-    latents = end - between
-    return {"code": end - start, "bits_back": bits_back, "pixels": between - popped, "latents": latents,
-            "rate": latents - bits_back, "elbo": coded.elbo_bits_N, "kl": coded.kl_bits_N}

@@ -20,11 +20,10 @@ sides by the same host program (`host.py`), so encoder and decoder agree bit for
   the encoder takes another offset where one lies within the guard band of a rounding boundary
   (`Plan.margin`), as it does for p(x|z)'s parameters.
 
-Measured on the `make train` model (docs/compression.md): a binarised Fashion-MNIST test image
-costs about 11 bits more than its -ELBO this way (22 of the 40 dimensions coded); moving single
-bins to lower the two parts' total (a greedy search) saved under a tenth of a byte, so the code
-keeps the posterior means. The constants below are part of the file format: other values decode
-a file to other images, so changing one needs a new format in `container.py`.
+The code keeps the posterior means: moving single bins to lower the two parts' total (a greedy
+search) saved almost nothing (docs/compression.md has what this code and the search cost). The
+constants below are part of the file format: other values decode a file to other images, so
+changing one needs a new format in `container.py`.
 
 Imports only `latents` of the package (it is handed a `host.HostModel`).
 """

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from vae import atomic
 from vae.coding.errors import CodingError
 from vae.data import folder
-from vae.workdir import files
 
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 NPY_MAGIC = b"\x93NUMPY"
@@ -300,7 +300,7 @@ def write_pngs(targets: list[Path], images: np.ndarray) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         encoded = io.BytesIO()
         Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(encoded, format="PNG")
-        files.atomic_write_bytes(target, encoded.getvalue())
+        atomic.write_bytes(target, encoded.getvalue())
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

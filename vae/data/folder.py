@@ -53,7 +53,6 @@ package outside `vae.data`.
 import concurrent.futures
 import dataclasses
 import hashlib
-import json
 import os
 import re
 import struct
@@ -63,6 +62,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vae import atomic
 from vae.data import tiles
 from vae.data.source import FOLDER_PREFIX, DataError
 
@@ -634,40 +634,24 @@ def cache_files(folder: Folder) -> list[Path]:
 
 def _read_cache(path: Path, key: dict) -> list[np.ndarray] | None:
     """The images a cache file holds (one flat array of all their pixels and their shapes)."""
-    try:
-        with np.load(path, allow_pickle=False) as cached:
-            if json.loads(str(cached["key"])) != key:
-                return None
-            pixels, shapes = cached["pixels"], cached["shapes"]
-        ends = np.cumsum(np.prod(shapes, axis=1))
-        if ends[-1] != pixels.size:
-            raise ValueError("the pixels do not fill the shapes")
-        return [flat.reshape(shape) for flat, shape in zip(np.split(pixels, ends[:-1]), shapes)]
-    except FileNotFoundError:
+    cached = atomic.load_arrays(path, key)
+    if cached is None:
         return None
-    except Exception as e:  # noqa: BLE001 - a damaged cache file is decoded again
-        print(f"note: the cached decoded images {path} are unreadable ({type(e).__name__}); "
-              "decoding them again", file=sys.stderr)
+    pixels, shapes = cached["pixels"], cached["shapes"]
+    ends = np.cumsum(np.prod(shapes, axis=1))
+    if len(ends) == 0 or ends[-1] != pixels.size:
+        print(f"note: the cached decoded images {path} do not fill their shapes; decoding them again",
+              file=sys.stderr)
         return None
+    return [flat.reshape(shape) for flat, shape in zip(np.split(pixels, ends[:-1]), shapes)]
 
 
 def _write_cache(path: Path, key: dict, images: list[np.ndarray]) -> bool:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            np.savez(f, pixels=np.concatenate([image.ravel() for image in images]),
-                     shapes=np.array([image.shape for image in images], dtype=np.int64),
-                     key=np.array(json.dumps(key, sort_keys=True)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic.save_arrays(path, key, pixels=np.concatenate([image.ravel() for image in images]),
+                           shapes=np.array([image.shape for image in images], dtype=np.int64))
         return True
     except OSError:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
         return False
 
 

@@ -1,7 +1,7 @@
 """Decoded images cached beside the TFDS data, so a command does not decode every PNG again.
 
-Decoding Fashion-MNIST's 70,000 PNGs through `tfds.data_source` costs about 5 s; reading the
-decoded uint8 arrays back costs a few hundredths of that. The cache holds one file per shard of
+Decoding every PNG of a data set through `tfds.data_source` takes seconds; reading the decoded
+uint8 arrays back takes a small part of that (docs/speed.md). The cache holds one file per shard of
 a prepared data set, keyed by data set, config, version and shard (its split and position):
 
     DATA_DIR/vae_decoded/<name>[/<config>]/<version>/<shard file name>.npz
@@ -9,17 +9,17 @@ a prepared data set, keyed by data set, config, version and shard (its split and
 Any split expression ('train[:50000]', 'train[50000:]', 'test') is then put together from its
 shards' slices, exactly as TFDS reads it (its file instructions). Each file also records the
 size and modification time of the shard it was decoded from and the cache's format: a rebuilt
-data set, a new version or a new format is decoded again. Files are written atomically (a
-temporary file, then a rename); an unreadable or truncated one is decoded again and replaced;
-a read-only data directory only means no cache.
+data set, a new version or a new format is decoded again. Files are written atomically
+(`vae.atomic`); an unreadable or truncated one is decoded again and replaced; a read-only data
+directory only means no cache.
 """
 
-import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from vae import atomic
 
 CACHE_DIR = "vae_decoded"
 FORMAT = 1
@@ -40,33 +40,14 @@ def _fingerprint(builder, shard: str) -> dict:
 
 
 def _read(path: Path, key: dict) -> tuple[np.ndarray, np.ndarray] | None:
-    try:
-        with np.load(path, allow_pickle=False) as cached:
-            if json.loads(str(cached["key"])) != key:
-                return None
-            return cached["images"], cached["labels"]
-    except FileNotFoundError:
-        return None
-    except Exception as e:  # noqa: BLE001 - a damaged cache file is decoded again
-        print(f"note: the cached decoded split {path} is unreadable ({type(e).__name__}); "
-              "decoding it again", file=sys.stderr)
-        return None
+    cached = atomic.load_arrays(path, key)
+    return None if cached is None else (cached["images"], cached["labels"])
 
 
 def _write(path: Path, key: dict, images: np.ndarray, labels: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            np.savez(f, images=images, labels=labels, key=np.array(json.dumps(key, sort_keys=True)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic.save_arrays(path, key, images=images, labels=labels)
     except OSError as e:  # a read-only or full data directory: no cache, same data
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
         if path.parent not in _NOTED:  # once per directory and process
             _NOTED.add(path.parent)
             print(f"note: cannot cache decoded images in {path.parent} ({e.strerror or e}); "

@@ -180,8 +180,8 @@ class ConvDecoder(nnx.Module):
     H x W: each stage is a 3x3 convolution to 4x the channels and a depth-to-space shuffle.
 
     This covers every 4x4 stride-2 transposed convolution (each output pixel sees a 3x3 rather than
-    2x2 neighbourhood of inputs) and trains about 3x faster on CPU, where XLA's transposed
-    convolutions are slow (68 ms vs 21 ms for the 64->32 stage at batch 128, forward + backward).
+    2x2 neighbourhood of inputs) and trains faster on CPU, where XLA's transposed convolutions are
+    slow (docs/speed.md).
     """
 
     def __init__(self, image_shape, channels, latent_dim, outputs_per_pixel: int = 1, *, rngs: nnx.Rngs):

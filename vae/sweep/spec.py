@@ -21,7 +21,7 @@ from pathlib import Path
 
 import ml_collections
 
-from vae import config_fields
+from vae import atomic, config_fields
 from vae.train import config_checks, state
 from vae.workdir import files
 
@@ -166,7 +166,7 @@ def write_sweep_file(sweep_dir: Path, groups: list[list[Member]]) -> None:
         "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    files.atomic_write_text(sweep_dir / files.SWEEP_FILE, json.dumps(record, indent=2) + "\n")
+    atomic.write_text(sweep_dir / files.SWEEP_FILE, json.dumps(record, indent=2) + "\n")
 
 
 def curves(sweep_dir: str | Path) -> dict[str, list[str]]:

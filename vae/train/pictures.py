@@ -18,8 +18,8 @@ SAMPLE_SEED = 0  # the same prior draws every epoch, so the grids show the model
 def make_pictures(graphdef, test_images_u8: np.ndarray) -> Callable[[nnx.State], Pictures]:
     """params -> the board's `Pictures` of the model with those parameters: NUM_SAMPLES prior samples
     and the first NUM_RECONSTRUCTIONS test images with their reconstructions. One program, compiled
-    on the first call and shared by every run that trains with `graphdef` (running the model op by
-    op cost a third of a second per grid)."""
+    on the first call and shared by every run that trains with `graphdef` (the model run op by op
+    would dispatch every operation of both grids from Python)."""
     inputs = test_images_u8[:NUM_RECONSTRUCTIONS].astype(np.float32) / 255.0
     flat_BxD = inputs.reshape(len(inputs), -1)
 

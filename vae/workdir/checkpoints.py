@@ -1,6 +1,9 @@
 """Orbax checkpoints of a workdir: WORKDIR/checkpoints/N (the last few) and WORKDIR/best/N, written
 atomically, restored for resuming (read-write) or for reading (read-only, also from a workdir
-that cannot be written)."""
+that cannot be written). Orbax is imported where a checkpoint is opened, saved or restored: which
+epochs a workdir holds, and why a restore failed, are read without it."""
+
+from __future__ import annotations
 
 import contextlib
 import errno
@@ -9,16 +12,20 @@ import logging
 import re
 import sys
 from pathlib import Path
-
-import orbax.checkpoint as ocp
+from typing import TYPE_CHECKING
 
 from vae.workdir.files import BEST_DIR, BEST_METRIC, CHECKPOINT_DIR, WorkdirError
+
+if TYPE_CHECKING:
+    import orbax.checkpoint as ocp
 
 
 def checkpoint_manager(workdir: Path, keep: int = 3, read_only: bool = False,
                        subdir: str | None = None) -> ocp.CheckpointManager:
     """The latest `keep` checkpoints in WORKDIR/checkpoints, or with subdir=BEST_DIR the one with
     the lowest validation negative ELBO (Orbax keeps it by the metric saved with it)."""
+    import orbax.checkpoint as ocp
+
     best = subdir == BEST_DIR
     options = ocp.CheckpointManagerOptions(
         max_to_keep=None if read_only else keep, create=not read_only, read_only=read_only,
@@ -94,6 +101,8 @@ def close_managers(*managers: ocp.CheckpointManager) -> None:
 def save_checkpoint(manager: ocp.CheckpointManager, epoch: int, state: dict,
                     metrics: dict | None = None) -> None:
     """Starts an atomic save of `state` as checkpoint `epoch` (written in the background)."""
+    import orbax.checkpoint as ocp
+
     manager.save(epoch, args=ocp.args.StandardSave(state), metrics=metrics)
 
 
@@ -159,6 +168,8 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, step: int | N
     nothing skipped: the caller has changed nothing and the same command may succeed. A checkpoint
     of another train state is WorkdirError at once.
     """
+    import orbax.checkpoint as ocp
+
     steps = sorted(manager.all_steps(), reverse=True)
     if step is not None:
         if step not in steps:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import ml_collections
 
+from vae import atomic
+
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"  # the names of the layout: `checkpoints` and `lock` use them too
@@ -64,27 +66,6 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Replaces `path` by `text` at once: a failed write (a full disk) leaves the old file."""
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replaces `path` by `data` at once: a failed write (a full disk) leaves the old file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_config(workdir: Path, config: ml_collections.ConfigDict,
                  image_shape: tuple[int, ...] | None = None) -> None:
     """config.json: the resolved config and the run section; `image_shape` (H, W, C) is recorded
@@ -103,7 +84,7 @@ def write_config(workdir: Path, config: ml_collections.ConfigDict,
     }
     if image_shape:
         record["run"]["image_shape"] = [int(d) for d in image_shape]
-    atomic_write_text(workdir / CONFIG_FILE, json.dumps(record, indent=2) + "\n")
+    atomic.write_text(workdir / CONFIG_FILE, json.dumps(record, indent=2) + "\n")
 
 
 def _config_record(workdir: Path) -> dict | None:
@@ -247,7 +228,7 @@ def truncate_metrics(workdir: Path, last_epoch: int, rewrite: bool = True) -> li
     kept = [by_epoch[e] for e in sorted(by_epoch)]
     path = workdir / METRICS_FILE
     if rewrite and path.exists():
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+        atomic.write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
     return kept
 
 
@@ -280,11 +261,11 @@ def save_evaluation(directory: Path, result: dict) -> tuple[Path, dict]:
     (directory / EVALS_DIR).mkdir(parents=True, exist_ok=True)
     text = json.dumps(result, indent=2) + "\n"
     kept = directory / EVALS_DIR / evaluation_name(result)
-    atomic_write_text(kept, text)
+    atomic.write_text(kept, text)
     headline_path = directory / EVAL_FILE
     headline = json.loads(headline_path.read_text()) if headline_path.is_file() else None
     if headline is None or evaluation_strength(result) >= evaluation_strength(headline):
-        atomic_write_text(headline_path, text)
+        atomic.write_text(headline_path, text)
         headline = result
     return kept, headline
 

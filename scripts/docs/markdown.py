@@ -1,10 +1,11 @@
-"""Generated sections of Markdown pages: the block between a `<!-- NAME:begin -->` and a
+"""Generated sections of the docs' Markdown pages: the block between a `<!-- NAME:begin -->` and a
 `<!-- NAME:end -->` marker is rewritten by the command that owns it (scripts/speed_table.py,
 scripts/make_docs.py), and the text around it is left as it is. And how a generated page shows a
 folder or a command (`shown_path`, `shown_command`): never with an absolute path of the machine
 that made it, which a reader does not have.
 
-Imports nothing of the package.
+A tool of the scripts and benchmarks that write the docs, not of the library: they import it as
+`scripts.docs.markdown` with the repository's root on sys.path. Imports nothing of the package.
 """
 
 import os
