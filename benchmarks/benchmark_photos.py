@@ -1,10 +1,12 @@
 """Photos at full size, losslessly: an 8-bit colour model's bits-back code against PNG, WebP and
 JPEG XL lossless, photo by photo.
 
+    python benchmarks/benchmark_photos.py --workdir runs/photos --out docs/codecs_photos  # its test photos
     python benchmarks/benchmark_photos.py --workdir runs/photos --images photos/ --out docs/codecs_photos \
         [--block_size TILES] [--jpegxl_efforts 7,9]
 
-Every PNG or JPEG in --images (the held-out photos; a folder, as scripts/compress.py takes it) is
+Every PNG or JPEG in --images (a folder, as scripts/compress.py takes it; by default the photos of
+the run's own folder that fall in --split, which it never trained on) is
 read at its own size, grey or colour as it is (`image_files.read_photos`: a colour photo on a grey
 model, or transparent pixels, are refused), and coded:
 
@@ -43,6 +45,7 @@ from scripts.docs.markdown import shown_path  # noqa: E402
 from vae import cli  # noqa: E402
 from vae.coding import codec, image_files  # noqa: E402
 from vae.coding.host import host_model  # noqa: E402
+from vae.data import folder  # noqa: E402
 
 
 def standard_codecs(jpegxl_efforts: list[int]) -> dict:
@@ -94,11 +97,23 @@ class Ours:
                 "elbo_bits_per_dim": figures["elbo_bits_per_dim"], "tiles": figures.get("tiles", len(images))}
 
 
-def measure(workdir: str, folder: str, block_size: int | None, jpegxl_efforts: list[int]) -> dict:
+def held_out(config, split: str) -> image_files.Inputs:
+    """The photos of the run's own folder (data.name=folder:PATH) in `split`: photos it did not
+    train on ('test', or 'validation', which chose the checkpoint)."""
+    if not folder.is_folder(config.data.name):
+        raise image_files.InputError(f"the run trained on {config.data.name}, not a folder of photos; "
+                                     "give the photos with --images")
+    source = folder.open_folder(config.data)
+    files = [source.listing.files[i] for i in source.split_indices(split)]
+    return image_files.Inputs(tuple(source.listing.root / f for f in files), tuple(files))
+
+
+def measure(workdir: str, images: str | None, split: str, block_size: int | None,
+            jpegxl_efforts: list[int]) -> dict:
     ours = Ours(workdir, block_size)
-    inputs = image_files.find([folder])
+    inputs = image_files.find([images]) if images else held_out(ours.loaded.config, split)
     if inputs.array is not None:
-        raise image_files.InputError(f"{folder} is an array; give a folder of photos (PNG or JPEG)")
+        raise image_files.InputError(f"{images} is an array; give a folder of photos (PNG or JPEG)")
     photos = image_files.read_photos(inputs, ours.loaded.image_shape).images
     others = standard_codecs(jpegxl_efforts)
     rows = []
@@ -117,8 +132,8 @@ def measure(workdir: str, folder: str, block_size: int | None, jpegxl_efforts: l
               f"bits/dim, {row['ours']['compress_megapixels_per_sec']:.3f} / "
               f"{row['ours']['decompress_megapixels_per_sec']:.3f} MP/s", file=sys.stderr)
     together = ours.code(photos, list(inputs.names))
-    return {"workdir": workdir, "images": folder, "block_size": ours.block_size,
-            "tile_shape": ours.loaded.image_shape,
+    return {"workdir": workdir, "images": images or f"the run's {split} photos",
+            "block_size": ours.block_size, "tile_shape": ours.loaded.image_shape,
             "epoch": ours.loaded.epoch, "photos": rows, "ours_one_file": together,
             "codecs": list(others), "cpu": host.cpu_name(), "cpu_count": os.cpu_count(),
             "load_average": os.getloadavg(), "python": platform.python_version(),
@@ -173,7 +188,10 @@ def markdown(result: dict, command: str) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="an 8-bit model's run")
-    parser.add_argument("--images", required=True, help="a folder of photos (PNG or JPEG)")
+    parser.add_argument("--images", default=None,
+                        help="a folder of photos (PNG or JPEG); default: --split of the run's own folder")
+    parser.add_argument("--split", default="test", choices=("test", "validation"),
+                        help="without --images: which held-out photos of the run's folder")
     parser.add_argument("--out", required=True, help="writes OUT.json and OUT.md")
     parser.add_argument("--block_size", type=int, default=None,
                         help="tiles per model call (default: compress.py's, codec.tile_block_size)")
@@ -181,9 +199,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     efforts = [int(e) for e in args.jpegxl_efforts.split(",") if e]
     with cli.user_errors():
-        result = measure(args.workdir, args.images, args.block_size, efforts)
-    command = ("python benchmarks/benchmark_photos.py --workdir " + shown_path(args.workdir) + " --images "
-               + shown_path(args.images) + f" --out {args.out}"
+        result = measure(args.workdir, args.images, args.split, args.block_size, efforts)
+    photos = f" --images {shown_path(args.images)}" if args.images else f" --split {args.split}"
+    command = ("python benchmarks/benchmark_photos.py --workdir " + shown_path(args.workdir) + photos
+               + f" --out {args.out}"
                + (f" --block_size {args.block_size}" if args.block_size else "")
                + f" --jpegxl_efforts {args.jpegxl_efforts}")
     out = Path(args.out)
