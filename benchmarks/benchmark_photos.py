@@ -4,6 +4,7 @@ JPEG XL lossless, photo by photo.
     python benchmarks/benchmark_photos.py --workdir runs/photos --out docs/codecs_photos  # its test photos
     python benchmarks/benchmark_photos.py --workdir runs/photos --images photos/ --out docs/codecs_photos \
         [--block_size TILES] [--jpegxl_efforts 7,9]
+    python benchmarks/benchmark_photos.py --render_only --out docs/codecs_photos  # OUT.md from OUT.json
 
 Every PNG or JPEG in --images (a folder, as scripts/compress.py takes it; by default the photos of
 the run's own folder that fall in --split, which it never trained on) is
@@ -187,7 +188,7 @@ def markdown(result: dict, command: str) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", required=True, help="an 8-bit model's run")
+    parser.add_argument("--workdir", default=None, help="an 8-bit model's run")
     parser.add_argument("--images", default=None,
                         help="a folder of photos (PNG or JPEG); default: --split of the run's own folder")
     parser.add_argument("--split", default="test", choices=("test", "validation"),
@@ -196,18 +197,27 @@ def main(argv=None) -> int:
     parser.add_argument("--block_size", type=int, default=None,
                         help="tiles per model call (default: compress.py's, codec.tile_block_size)")
     parser.add_argument("--jpegxl_efforts", default="7,9", help="JPEG XL efforts, comma-separated")
+    parser.add_argument("--render_only", action="store_true",
+                        help="measure nothing: write OUT.md again from OUT.json")
     args = parser.parse_args(argv)
-    efforts = [int(e) for e in args.jpegxl_efforts.split(",") if e]
-    with cli.user_errors():
-        result = measure(args.workdir, args.images, args.split, args.block_size, efforts)
-    photos = f" --images {shown_path(args.images)}" if args.images else f" --split {args.split}"
-    command = ("python benchmarks/benchmark_photos.py --workdir " + shown_path(args.workdir) + photos
-               + f" --out {args.out}"
-               + (f" --block_size {args.block_size}" if args.block_size else "")
-               + f" --jpegxl_efforts {args.jpegxl_efforts}")
+    if not args.render_only and args.workdir is None:
+        parser.error("--workdir is required (but with --render_only)")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{out}.json").write_text(json.dumps(result, indent=1) + "\n")
+    if args.render_only:
+        result = json.loads(Path(f"{out}.json").read_text())
+        command = result["command"]
+    else:
+        efforts = [int(e) for e in args.jpegxl_efforts.split(",") if e]
+        with cli.user_errors():
+            result = measure(args.workdir, args.images, args.split, args.block_size, efforts)
+        photos = f" --images {shown_path(args.images)}" if args.images else f" --split {args.split}"
+        command = ("python benchmarks/benchmark_photos.py --workdir " + shown_path(args.workdir) + photos
+                   + f" --out {args.out}"
+                   + (f" --block_size {args.block_size}" if args.block_size else "")
+                   + f" --jpegxl_efforts {args.jpegxl_efforts}")
+        result["command"] = command
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Path(f"{out}.json").write_text(json.dumps(result, indent=1) + "\n")
     Path(f"{out}.md").write_text(markdown(result, command))
     print(markdown(result, command))
     return 0
