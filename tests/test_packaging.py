@@ -7,7 +7,7 @@ import sys
 import zipfile
 
 from tests.conftest import REPO
-from vae import config_fields
+from vae.config import load_config
 
 
 def test_the_wheel_holds_the_vae_package_its_license_and_the_kernel_source(tmp_path):
@@ -30,7 +30,7 @@ def test_a_config_variant_finds_the_file_it_changes_from_any_folder(tmp_path, mo
     monkeypatch.setattr(sys, "path", [p for p in sys.path if os.path.abspath(p or ".") != REPO])
     for name in [n for n in list(sys.modules) if n == "configs" or n.startswith("configs.")]:
         monkeypatch.delitem(sys.modules, name)
-    config = config_fields.load_config(os.path.join(REPO, "configs", "ladder_8bit.py"))
+    config = load_config(os.path.join(REPO, "configs", "ladder_8bit.py"))
     assert config.model.arch == "ladder" and config.model.likelihood == "logistic_mixture"
     assert os.path.abspath(REPO) not in [os.path.abspath(p or ".") for p in sys.path]  # put back
 
