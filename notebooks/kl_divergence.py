@@ -279,14 +279,14 @@ fig.tight_layout()
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from vae import config_fields  # noqa: E402
+from vae.config import load_config  # noqa: E402
 from vae.data import source  # noqa: E402
 from vae.train import loop  # noqa: E402
 
 # The repository's root (configs/ is there): the notebook's folder's parent under JupyterLab, or
 # the working directory itself.
 root = next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "configs").is_dir() and (p / "vae").is_dir())
-small = config_fields.load_config(root / "configs" / "mlp_small.py")
+small = load_config(root / "configs" / "mlp_small.py")
 try:
     source.check_prepared(small.data.name, small.data.data_dir)
 except source.DataError as error:
@@ -294,7 +294,7 @@ except source.DataError as error:
 results = {}
 runs = tempfile.TemporaryDirectory()  # kept until the end: section 8 compresses with the β = 1 model
 for beta in (1.0, 4.0, 16.0):
-    config = config_fields.load_config(root / "configs" / "mlp_small.py")
+    config = load_config(root / "configs" / "mlp_small.py")
     config.data.train_split, config.data.test_split = "train[:4096]", "test[:1000]"
     config.model.latent_dim, config.train.num_epochs, config.train.beta = 16, 6, beta
     history = loop.train_and_evaluate(config, f"{runs.name}/beta{beta}", progress=False)

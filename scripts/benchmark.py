@@ -18,7 +18,8 @@ import os
 import sys
 import time
 
-from vae import cli_flags, config_fields
+from vae import cli_flags
+from vae.config import FieldError, load_config, override, validate_config
 
 # benchmarks/ is the repository's, beside scripts/ (the package installs only vae)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -66,13 +67,13 @@ def load_configs(args) -> str | None:
     args.configs = []
     for path in args.config:
         try:
-            config = config_fields.load_config(path)
-        except config_fields.FieldError as e:
+            config = load_config(path)
+        except FieldError as e:
             return f"argument --config: {e}"
         for item in args.set:
             try:
-                config_fields.override(config, item)
-            except config_fields.FieldError as e:
+                override(config, item)
+            except FieldError as e:
                 field, _, value = item.partition("=")
                 return f"argument --set: cannot set {field} to {value!r} ({e})"
         args.configs.append((path, config))
@@ -88,13 +89,12 @@ def main(argv=None) -> int:
 
     from benchmarks import harness
     from vae import cli
-    from vae.train import config_checks
 
     configs = args.configs
     cli.quiet_logs()  # no compilation cache: compile times are measured
     with cli.user_errors():
         for _, config in configs:
-            config_checks.validate_config(config, jax.device_count())
+            validate_config(config, jax.device_count())
         results = {"machine": harness.machine(), "command": " ".join(sys.argv), "synthetic": args.synthetic,
                    "matmul_ceiling": harness.matmul_ceiling(), "configs": []}
         ceiling = results["matmul_ceiling"]["gflops"] * 1e9
@@ -112,8 +112,6 @@ def measure_config(path, config, args, harness, ceiling: float) -> dict:
     import json
 
     import jax
-
-    from vae.train import config_checks
 
     train_images, test_images, dynamic = harness.load_images(config, args.synthetic)
     if args.train_images:
@@ -135,7 +133,7 @@ def measure_config(path, config, args, harness, ceiling: float) -> dict:
         config.train.batch_size = batch_size
         config.eval.batch_size = max(config.eval.batch_size - config.eval.batch_size % jax.device_count(),
                                      jax.device_count())
-        config_checks.validate_config(config, jax.device_count())
+        validate_config(config, jax.device_count())
         # Per batch size: a VampPrior's FLOPs per image fall as its batch grows.
         flops = harness.flops(config, train_images.shape[1:], args.iw_samples[0], jax.device_count())
         entry.setdefault("matmul_flops", flops)  # the first batch size's (older JSONs have only this)

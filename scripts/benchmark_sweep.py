@@ -65,13 +65,13 @@ def main(argv=None) -> int:
 
     from benchmarks import harness
     from vae import cli
-    from vae.train import config_checks
+    from vae.config import validate_config
 
     config = args.config
     sizes = args.members
     cli.quiet_logs()  # no compilation cache: compile times are measured
     with cli.user_errors():
-        config_checks.validate_config(config, jax.device_count())
+        validate_config(config, jax.device_count())
         train_images, test_images, dynamic = harness.load_images(config, synthetic=False)
         if args.train_images:
             train_images = train_images[: args.train_images]

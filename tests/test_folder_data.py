@@ -12,8 +12,8 @@ from PIL import Image, ImageOps
 
 from configs import default
 from tests.conftest import tiny_config
+from vae.config import ConfigError, validate_config
 from vae.data import dataset, folder, source
-from vae.train import config_checks
 
 
 def data_config(path, **fields):
@@ -491,19 +491,19 @@ def test_bad_folder_fields(tmp_path, fields, message):
     one_line_error(data_config(tmp_path, **fields), message)
     config = tiny_config()
     config.data = data_config(tmp_path, **fields)
-    with pytest.raises(config_checks.ConfigError, match=message):  # refused before any compute, too
-        config_checks.validate_config(config, 1)
+    with pytest.raises(ConfigError, match=message):  # refused before any compute, too
+        validate_config(config, 1)
 
 
 def test_image_size_is_for_folders_only_and_a_path_is_pointed_to_folder():
     config = tiny_config()
     config.data.image_size = (14, 14)
-    with pytest.raises(config_checks.ConfigError, match=r"data.image_size resizes the images of a folder"):
-        config_checks.validate_config(config, 1)
+    with pytest.raises(ConfigError, match=r"data.image_size resizes the images of a folder"):
+        validate_config(config, 1)
     config.data.image_size, config.data.channels = (), "grey"
-    with pytest.raises(config_checks.ConfigError, match=r"data.channels and data.background convert the "
+    with pytest.raises(ConfigError, match=r"data.channels and data.background convert the "
                                                          r"images of a folder"):
-        config_checks.validate_config(config, 1)
+        validate_config(config, 1)
     with pytest.raises(source.DataError, match=r"for a folder of your own images write "
                                                     r"data.name=folder:~/my_images"):
         source.tfds_builder("~/my_images", None)

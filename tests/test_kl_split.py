@@ -182,21 +182,21 @@ def test_vampprior_parts_add_up_to_its_kl_term():
 
 
 def test_the_config_field_is_checked_and_old_configs_have_no_split():
-    from vae.train import config_checks
+    from vae.config import ConfigError, validate_config
     from vae.train.evaluate import kl_split_examples
 
     for bad in (1, -5, 2.5, "1000", True):
         config = tiny_config()
         with config.eval.ignore_type():
             config.eval.kl_split_examples = bad
-        with pytest.raises(config_checks.ConfigError, match="eval.kl_split_examples"):
-            config_checks.validate_config(config, 1)
-    with pytest.raises(config_checks.ConfigError, match="eval.kl_split_examples"):
-        config_checks.validate_config(tiny_config(eval__kl_split_examples=2), 4)  # fewer than the devices
-    config_checks.validate_config(tiny_config(eval__kl_split_examples=0), 4)
+        with pytest.raises(ConfigError, match="eval.kl_split_examples"):
+            validate_config(config, 1)
+    with pytest.raises(ConfigError, match="eval.kl_split_examples"):
+        validate_config(tiny_config(eval__kl_split_examples=2), 4)  # fewer than the devices
+    validate_config(tiny_config(eval__kl_split_examples=0), 4)
     old = tiny_config()
     del old.eval["kl_split_examples"]  # a config.json written before the field existed
-    config_checks.validate_config(old, 4)
+    validate_config(old, 4)
     assert kl_split_examples(old) == 0 and kl_split_examples(tiny_config()) == 1000
 
 

@@ -22,9 +22,10 @@ from vae.analysis import iwae, plotting
 from vae.coding import bbans
 from vae.coding.host import host_model
 from vae.coding.latents import LatentBins
+from vae.config import ConfigError, validate_config, validate_image_shape
 from vae.data import dataset
 from vae.model import build, ladder, objectives
-from vae.train import config_checks, evaluate, loop
+from vae.train import evaluate, loop
 from vae.workdir import files
 
 IMAGE_SHAPE = (28, 28, 1)
@@ -283,16 +284,16 @@ def test_the_hvae_reports_its_two_layers():
 ])
 def test_bad_ladder_fields_are_refused_in_one_line(override, message):
     config = tiny_config(**({"model__arch": "ladder", "model__num_layers": 3} | override))
-    with pytest.raises(config_checks.ConfigError) as refused:
-        config_checks.validate_config(config, 1)
+    with pytest.raises(ConfigError) as refused:
+        validate_config(config, 1)
     assert message in str(refused.value) and "\n" not in str(refused.value)
 
 
 def test_the_configs_are_valid_and_sized_as_documented():
     for module in (ladder_config, ladder_8bit, cifar10_ladder):
-        config_checks.validate_config(module.get_config(), 1)
+        validate_config(module.get_config(), 1)
     config = cifar10_ladder.get_config()
-    config_checks.validate_image_shape(config, (32, 32, 3))
+    validate_image_shape(config, (32, 32, 3))
     sizes = (16 * 16 * 16,) * 5 + (8 * 8 * 16,) * 5 + (4 * 4 * 16,) * 6  # 5, 5 and 6 layers, finest first
     assert build.latent_sizes(config.model, (32, 32, 3)) == sizes
 

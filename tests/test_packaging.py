@@ -7,7 +7,7 @@ import sys
 import zipfile
 
 from tests.conftest import REPO
-from vae import config_fields
+from vae.config import load_config
 
 
 def test_the_wheel_holds_the_vae_package_its_license_and_the_kernel_source(tmp_path):
@@ -30,9 +30,24 @@ def test_a_config_variant_finds_the_file_it_changes_from_any_folder(tmp_path, mo
     monkeypatch.setattr(sys, "path", [p for p in sys.path if os.path.abspath(p or ".") != REPO])
     for name in [n for n in list(sys.modules) if n == "configs" or n.startswith("configs.")]:
         monkeypatch.delitem(sys.modules, name)
-    config = config_fields.load_config(os.path.join(REPO, "configs", "ladder_8bit.py"))
+    config = load_config(os.path.join(REPO, "configs", "ladder_8bit.py"))
     assert config.model.arch == "ladder" and config.model.likelihood == "logistic_mixture"
     assert os.path.abspath(REPO) not in [os.path.abspath(p or ".") for p in sys.path]  # put back
+
+
+def test_a_config_file_of_ones_own_outside_configs_finds_the_checkouts_defaults(tmp_path, monkeypatch):
+    """A config file in any folder may change configs/default.py (`from configs import default`):
+    `configs` is found in the checkout the package runs from."""
+    (tmp_path / "mine.py").write_text("from configs import default\n\n\ndef get_config():\n"
+                                      "    config = default.get_config()\n    config.train.beta = 3.0\n"
+                                      "    return config\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if os.path.abspath(p or ".") != REPO])
+    for name in [n for n in list(sys.modules) if n == "configs" or n.startswith("configs.")]:
+        monkeypatch.delitem(sys.modules, name)
+    config = load_config(tmp_path / "mine.py")
+    default = load_config(os.path.join(REPO, "configs", "default.py"))
+    assert config.train.beta == 3.0 and config.model.to_dict() == default.model.to_dict()
 
 
 def test_the_citation_file_agrees_with_pyproject():

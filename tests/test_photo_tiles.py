@@ -11,9 +11,9 @@ from PIL import Image
 
 from configs import default
 from tests.conftest import tiny_config
+from vae.config import ConfigError, validate_config
 from vae.data import dataset, folder, tiles
 from vae.data.source import DataError
-from vae.train import config_checks
 
 SIZES = [(40, 56), (33, 33), (64, 48), (50, 70), (36, 90), (45, 40), (80, 35), (38, 64), (60, 60), (41, 77)]
 
@@ -178,8 +178,8 @@ def test_bad_cutting_fields(tmp_path, fields, message):
     assert "\n" not in str(info.value)
     config = tiny_config()
     config.data = data_config(tmp_path, **fields)
-    with pytest.raises(config_checks.ConfigError, match=message):  # before any compute
-        config_checks.validate_config(config, 1)
+    with pytest.raises(ConfigError, match=message):  # before any compute
+        validate_config(config, 1)
 
 
 def test_a_tile_larger_than_a_photo_and_tiles_of_a_tfds_set(tmp_path):
@@ -192,8 +192,8 @@ def test_a_tile_larger_than_a_photo_and_tiles_of_a_tfds_set(tmp_path):
     for image_size in ((), (14, 14)):
         config.data.image_size, config.data.tile_stride, config.data.crops_per_image = image_size, (), 4
         tfds = r"data.tile_stride and data.crops_per_image cut the images of a folder .*leave them \(\) and 0"
-        with pytest.raises(config_checks.ConfigError, match=tfds + " for fashion_mnist"):
-            config_checks.validate_config(config, 1)
+        with pytest.raises(ConfigError, match=tfds + " for fashion_mnist"):
+            validate_config(config, 1)
 
 
 # --- a run --------------------------------------------------------------------------------------------

@@ -6,8 +6,9 @@ import pytest
 
 from tests.conftest import run_in_process, tiny_config
 from vae.analysis import results
+from vae.config import ConfigError, validate_config, validate_image_shape
 from vae.model import build
-from vae.train import config_checks, epoch
+from vae.train import epoch
 from vae.workdir import files
 
 IMAGE_SHAPE = (28, 28, 1)
@@ -29,7 +30,7 @@ def evaluated_workdir(path, config):
 @pytest.mark.parametrize("arch", build.ARCHS)
 def test_every_architecture_builds_is_checked_and_is_described(arch, tmp_path):
     config = tiny_config(model__arch=arch)
-    config_checks.validate_config(config, jax.device_count())
+    validate_config(config, jax.device_count())
     model = build.build_model(config.model, IMAGE_SHAPE, jax.random.key(0))
     assert model.image_shape == IMAGE_SHAPE
     assert epoch.epoch_loop(config) == ("steps" if build.ARCHITECTURES[arch].convolutional else "scan")
@@ -42,8 +43,8 @@ def test_every_architecture_builds_is_checked_and_is_described(arch, tmp_path):
 
 def test_an_architecture_outside_the_registry_is_refused_everywhere(tmp_path):
     config = tiny_config(model__arch="resnet")
-    with pytest.raises(config_checks.ConfigError, match="model.arch must be one of"):
-        config_checks.validate_config(config, 1)
+    with pytest.raises(ConfigError, match="model.arch must be one of"):
+        validate_config(config, 1)
     with pytest.raises(ValueError, match="model.arch must be one of"):
         build.build_model(config.model, IMAGE_SHAPE, jax.random.key(0))
     record = {"model": dict(tiny_config().model.to_dict(), arch="resnet"), "train": {"objective": "elbo"},
@@ -53,5 +54,5 @@ def test_an_architecture_outside_the_registry_is_refused_everywhere(tmp_path):
 
 def test_a_convolutional_architecture_names_the_image_sizes_it_needs():
     config = tiny_config(model__arch="conv", model__conv_channels=(8, 16, 32))
-    with pytest.raises(config_checks.ConfigError, match="multiples of 8; the images are 28x28"):
-        config_checks.validate_image_shape(config, IMAGE_SHAPE)
+    with pytest.raises(ConfigError, match="multiples of 8; the images are 28x28"):
+        validate_image_shape(config, IMAGE_SHAPE)

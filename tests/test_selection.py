@@ -9,8 +9,9 @@ import pytest
 from flax import nnx
 
 from tests.conftest import tiny_config
+from vae.config import ConfigError, validate_config
 from vae.data import dataset, source
-from vae.train import config_checks, distributed, evaluate, loop, run, trained
+from vae.train import distributed, evaluate, loop, run, trained
 from vae.workdir import checkpoints, files
 
 PATIENCE = 5
@@ -171,5 +172,5 @@ def test_overlapping_validation_and_training_splits_are_refused(tmp_path, fashio
 def test_early_stopping_without_a_validation_split_is_refused():
     config = selection_config()
     config.data.validation_split = ""
-    with pytest.raises(config_checks.ConfigError, match="needs a validation split"):
-        config_checks.validate_config(config, 1)
+    with pytest.raises(ConfigError, match="needs a validation split"):
+        validate_config(config, 1)

@@ -12,8 +12,9 @@ from tests.conftest import tiny_config
 from vae.analysis import iwae, sampling
 from vae.coding import codec
 from vae.coding.errors import CodingError
+from vae.config import ConfigError, validate_config
 from vae.model import build, stages
-from vae.train import config_checks, loop, trained
+from vae.train import loop, trained
 from vae.workdir import files
 
 SHAPE = (8, 12, 1)  # small images keep the tests quick; even sides, multiples of 4 for the conv models
@@ -158,9 +159,9 @@ def test_sampling_is_deterministic_and_stage_by_stage(likelihood):
 
 def test_the_config_refuses_what_the_stages_cannot_do():
     refusal = r"model.decoder_stages must be one of \(1, 2, 4\), got 3"
-    with pytest.raises(config_checks.ConfigError, match=refusal):
-        config_checks.validate_config(tiny_config(model__decoder_stages=3), 1)
-    config_checks.validate_config(tiny_config(model__decoder_stages=4), 1)
+    with pytest.raises(ConfigError, match=refusal):
+        validate_config(tiny_config(model__decoder_stages=3), 1)
+    validate_config(tiny_config(model__decoder_stages=4), 1)
     config = tiny_config(model__decoder_stages=2)
     assert "height and width must be even; the images are 27x28" in build.image_shape_problem(config.model,
                                                                                                (27, 28, 1))

@@ -146,3 +146,16 @@ def test_sample_py_reads_no_data_set_and_writes_no_tensorboard(tiny_run, tmp_pat
         """)
     assert loaded == {"jax", "flax", "orbax.checkpoint", "matplotlib"}
     assert (tmp_path / "prior.png").is_file()
+
+
+def test_loading_and_overriding_a_config_imports_no_jax_or_flax(tmp_path):
+    """`vae.config` loads a config file without JAX: its checks import the model's names only when
+    they run (scripts/benchmark.py parses its --config and --set before JAX starts)."""
+    loaded = _loaded_after(tmp_path, f"""
+        import sys
+        from vae.config import load_config, override
+        config = load_config({str(REPO)!r} + "/configs/mlp_small.py")
+        override(config, "train.beta=2")
+        assert config.train.beta == 2.0
+        """)
+    assert loaded == set()

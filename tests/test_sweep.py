@@ -12,8 +12,9 @@ from flax import nnx
 from tests.conftest import run_in_process, tiny_config
 from tests.test_scripts import assert_png, run_script
 from vae.analysis import iwae
+from vae.config import ConfigError
 from vae.sweep import driver, program, spec
-from vae.train import config_checks, loop, run, trained
+from vae.train import loop, run, trained
 from vae.workdir import files
 
 # Facts of the session, not of the run: times, and how many members trained together that epoch.
@@ -251,7 +252,7 @@ def test_a_shape_sweep_trains_as_groups_and_says_so(tmp_path, fashion_mnist, cap
 
 
 def test_a_bad_member_is_refused_before_any_compute(tmp_path):
-    with pytest.raises(config_checks.ConfigError, match="member free_bits=0.5: train.free_bits needs"):
+    with pytest.raises(ConfigError, match="member free_bits=0.5: train.free_bits needs"):
         driver.train_sweep(tiny_config(model__prior="vampprior"), [("train.free_bits", [0.0, 0.5])],
                                  tmp_path)
     assert not any(tmp_path.iterdir())

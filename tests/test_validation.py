@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import REPO, property_examples, run_in_process, tiny_config
-from vae.train import config_checks
+from vae.config import ConfigError, validate_config
 
 values = st.one_of(st.integers(-5, 10_000), st.floats(allow_nan=True, allow_infinity=True),
                    st.text(max_size=8), st.booleans(), st.none())
@@ -47,7 +47,7 @@ def is_int(v):
 
 
 def expected_valid(field, value, num_devices):
-    """An oracle written independently of vae.train.config_checks."""
+    """An oracle written independently of vae.config.checks."""
     return {
         "seed": lambda v: is_int(v),
         "data.binarize": lambda v: v in ("dynamic", "static"),  # 'none' needs a non-Bernoulli likelihood
@@ -95,8 +95,8 @@ def test_each_value_is_accepted_or_refused_with_a_config_error(data, num_devices
     value = (config[section] if section else config)[leaf]  # as stored: ConfigDict coerces some types
     valid = expected_valid(field, value, num_devices)
     try:
-        config_checks.validate_config(config, num_devices)
-    except config_checks.ConfigError as e:
+        validate_config(config, num_devices)
+    except ConfigError as e:
         message = str(e)
         assert not valid, f"{field}={value!r} is valid but was refused: {message}"
         assert "\n" not in message and field.rpartition(".")[2] in message
@@ -113,7 +113,7 @@ def test_every_config_is_valid():
     assert {"default", "vae", "hvae_long", "paper_conv_hvae", "fmnist_8bit"} <= set(names)
     for name in names:
         module = importlib.import_module(f"configs.{name}")
-        config_checks.validate_config(module.get_config(), 1)
+        validate_config(module.get_config(), 1)
 
 
 # Every kind of refusal of scripts/train.py's command line, in this process: a config check, a data

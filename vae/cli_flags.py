@@ -7,7 +7,7 @@ Why argparse rather than absl's flags with `ml_collections.config_flags`: a pars
 so every script builds its own (`build_parser()`) and a test or the docs' check can parse any
 script's command line in one process without running it (absl's flags are global: two scripts'
 flags cannot live in one process), and the errors are the scripts' own one-line style. The config
-part is `vae.config_fields`: the same typed overrides as a sweep's `--sweep FIELD=V1,V2`.
+part is `vae.config`: the same typed overrides as a sweep's `--sweep FIELD=V1,V2`.
 
 Light on purpose (no JAX import): `scripts/benchmark.py` parses its flags before JAX starts.
 """
@@ -17,7 +17,7 @@ import dataclasses
 import math
 import sys
 
-from vae import config_fields
+from vae.config import FieldError, field_comments, leaves, load_config, override
 
 SEED_MAX = 2**32 - 1  # numpy's and JAX's seeds are unsigned 32-bit
 CONFIG_PREFIX = "--config."
@@ -92,13 +92,13 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def _load_config(self, path: str, overrides: list[str]):
         try:
-            config = config_fields.load_config(path)
-        except config_fields.FieldError as e:
+            config = load_config(path)
+        except FieldError as e:
             self.error(f"argument --config: {e}")
         for assignment in overrides:
             try:
-                config_fields.override(config, assignment)
-            except config_fields.FieldError as e:
+                override(config, assignment)
+            except FieldError as e:
                 self.error(f"argument --config.{assignment.partition('=')[0]}: {e}")
         config.lock()
         return config
@@ -109,7 +109,7 @@ class ArgumentParser(argparse.ArgumentParser):
             return text
         try:
             fields = config_help(self._help_config)
-        except config_fields.FieldError as e:
+        except FieldError as e:
             return f"{text}\n(no config fields to list: {e})\n"
         return (f"{text}\nConfig fields of {self._help_config}; override any with "
                 f"--config.FIELD=VALUE:\n{fields}\n")
@@ -149,9 +149,9 @@ def config_file_named(args: list[str], default: str) -> str:
 
 def config_help(path: str) -> str:
     """Every field of the config file at `path` with its value and comment, as overrides."""
-    config, comments = config_fields.load_config(path), config_fields.field_comments(path)
+    config, comments = load_config(path), field_comments(path)
     lines = [(f"--config.{name}={value!r}", comments.get(name, "")) for name, value in
-             config_fields.leaves(config)]
+             leaves(config)]
     width = max(len(flag) for flag, _ in lines)
     return "\n".join(f"  {flag:<{width}}  {comment}".rstrip() for flag, comment in lines)
 

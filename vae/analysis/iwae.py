@@ -20,9 +20,10 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
+from vae.config import ConfigError
 from vae.data import dataset, pixels
 from vae.model import objectives
-from vae.train import config_checks, distributed
+from vae.train import distributed
 from vae.train.epoch import compile_loop, epoch_loop
 from vae.train.evaluate import eval_key, make_evaluate, make_kl_split, summarize_eval, summarize_kl_split
 from vae.train.state import root_key
@@ -59,7 +60,7 @@ def iwae_shapes(num_samples: int, num_devices: int, batch_size: int | None = Non
         chunk_size = max(1, rows // (batch_size // num_devices))
     chunk_size = min(chunk_size, num_samples)
     if given and batch_size * chunk_size > MAX_DRAWS_PER_CALL:
-        raise config_checks.ConfigError(
+        raise ConfigError(
             f"batch size x chunk size is the number of images the decoder holds at once, at most "
             f"{MAX_DRAWS_PER_CALL:,}; got {batch_size:,} x {chunk_size:,}: lower one of them")
     num_chunks = -(-num_samples // chunk_size)

@@ -13,9 +13,10 @@ import jax
 import ml_collections
 
 from vae.analysis import plotting
+from vae.config import ConfigError, validate_config
 from vae.data import dataset
 from vae.sweep import program, spec
-from vae.train import config_checks, distributed, loop
+from vae.train import distributed, loop
 from vae.train.run import NonFiniteLossError
 from vae.workdir import faults, files, lock
 
@@ -45,10 +46,10 @@ def check_members(members: list[spec.Member], sweep_dir: Path, num_devices: int,
     each member's workdir holds nothing or a run of the same config."""
     for m in members:
         try:
-            config_checks.validate_config(m.config, num_devices)
+            validate_config(m.config, num_devices)
             if not (restart or configs_only):
                 files.check_resumable(sweep_dir / m.name, m.config)
-        except (config_checks.ConfigError, files.WorkdirError) as e:
+        except (ConfigError, files.WorkdirError) as e:
             raise type(e)(f"member {m.name}: {e}") from None
 
 

@@ -21,14 +21,15 @@ from pathlib import Path
 
 import ml_collections
 
-from vae import atomic, config_fields
-from vae.train import config_checks, state
+from vae import atomic
+from vae.config import ConfigError, FieldError, get_field, parse_value, set_field
+from vae.train import state
 from vae.workdir import files
 
 _NAME_UNSAFE = str.maketrans({"/": "_", " ": "", "'": "", '"': ""})
 
 
-class SweepError(config_checks.ConfigError):
+class SweepError(ConfigError):
     """A sweep that cannot be run as asked; the message says what to change."""
 
 
@@ -73,9 +74,9 @@ def parse_axis(spec: str, config: ml_collections.ConfigDict) -> tuple[str, list]
     if "" in texts:
         raise SweepError(f"--sweep {spec!r}: an empty value")
     try:
-        current = config_fields.get_field(config, field)
-        values = [config_fields.parse_value(field, t, current) for t in texts]
-    except config_fields.FieldError as e:
+        current = get_field(config, field)
+        values = [parse_value(field, t, current) for t in texts]
+    except FieldError as e:
         raise SweepError(f"--sweep {e}") from None
     if len(set(map(repr, values))) < len(values):
         raise SweepError(f"--sweep {spec!r}: a value is repeated")
@@ -111,7 +112,7 @@ def make_members(config: ml_collections.ConfigDict, axes: list[tuple[str, list]]
         values = dict(zip(fields, combination))
         member_config = copy.deepcopy(config)
         for field, value in values.items():
-            config_fields.set_field(member_config, field, value)
+            set_field(member_config, field, value)
         members.append(Member(member_name(values), values, member_config))
     names = [m.name for m in members]
     if len(set(names)) < len(names):

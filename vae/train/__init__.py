@@ -13,10 +13,9 @@
                       the set-up it starts from (`build`: optimizer, initial state, feed, compiled
                       epoch, evaluators; the sweep and the benchmarks build through it too)
     trained.py        a trained run read back from its workdir
-    config_checks.py  every config field checked before any compute
     distributed.py    many processes (jax.distributed), the mesh and global arrays
 
-May import vae.workdir, vae.data, vae.model and vae.kl; nothing above (analysis, sweep, cli).
+May import vae.config, vae.workdir, vae.data, vae.model and vae.kl; nothing above (analysis, sweep, cli).
 
 The package is also the API's training call, `vae.train(config, workdir)` (`_Train.__call__`).
 """
@@ -32,12 +31,12 @@ class _Train(types.ModuleType):
         """Trains `config` (an ml_collections ConfigDict, or the path of a config file) into `workdir`,
         resuming it where it has checkpoints (`restart`: start afresh), as scripts/train.py does;
         returns the metrics, one record per epoch. The config is checked first: a bad field is a
-        `vae.train.config_checks.ConfigError` before any compute."""
-        from vae import config_fields
+        `vae.config.ConfigError` before any compute."""
+        from vae.config import load_config
         from vae.train import loop
 
         if isinstance(config, str) or hasattr(config, "__fspath__"):
-            config = config_fields.load_config(config)
+            config = load_config(config)
         return loop.train_and_evaluate(config, workdir, restart=restart, progress=progress)
 
 

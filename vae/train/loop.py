@@ -36,8 +36,9 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
+from vae.config import ConfigError, validate_config, validate_image_shape
 from vae.data import dataset
-from vae.train import config_checks, distributed, epoch, feed, pictures, state
+from vae.train import distributed, epoch, feed, pictures, state
 from vae.train.evaluate import Evaluator, make_evaluators
 from vae.train.run import RunDir, skip_line
 from vae.train.step import make_train_step
@@ -85,10 +86,10 @@ class StopRequests:
 
 def steps_per_epoch(config: ml_collections.ConfigDict, data: dataset.Dataset) -> int:
     """Optimiser steps per epoch, after checking that the model and batch fit the data."""
-    config_checks.validate_image_shape(config, data.image_shape)
+    validate_image_shape(config, data.image_shape)
     num_train = data.train_images.shape[0]
     if num_train < config.train.batch_size:
-        raise config_checks.ConfigError(
+        raise ConfigError(
             f"train.batch_size={config.train.batch_size} is larger than the training split "
             f"({num_train} images); lower it or use a larger split")
     return num_train // config.train.batch_size
@@ -185,7 +186,7 @@ def train_and_evaluate(config, workdir: str | Path, *, devices=None, restart: bo
     that says how it resumes."""
     workdir = Path(workdir)
     mesh = distributed.make_mesh(devices)
-    config_checks.validate_config(config, mesh.devices.size)
+    validate_config(config, mesh.devices.size)
     writer = distributed.is_writer()
     with contextlib.ExitStack() as stack:
         if writer:  # process 0 holds the lock for all processes

@@ -1,12 +1,14 @@
-"""Config checks that run before any compute: one clear message per problem, naming the field."""
+"""Config checks that run before any compute: one clear message per problem, naming the field.
+
+The names a field may take come from where they are implemented (the architectures, likelihoods
+and priors from `vae.model.build`, the objectives from `vae.model.objectives`, the binarisations
+from `vae.data.pixels`, a folder's own fields from `vae.data.folder`), imported inside the checks
+so that importing `vae.config` to load a config file loads no JAX or Flax.
+"""
 
 import math
 
 import ml_collections
-
-from vae.data import folder, pixels
-from vae.data.source import DataError
-from vae.model import build, objectives
 
 OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "warmup_cosine")
@@ -34,6 +36,10 @@ def _is_number(value) -> bool:
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     """Raises ConfigError for the first value that cannot give a sound run."""
+    from vae.data import folder, pixels
+    from vae.data.source import DataError
+    from vae.model import build, objectives
+
     _require(_is_int(config.seed), f"seed must be an integer, got {config.seed!r}")
 
     d = config.data
@@ -161,6 +167,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
 
 def _validate_ladder(m: ml_collections.ConfigDict) -> None:
     """The ladders' fields (checked whatever the arch, so a bad value never waits for arch=ladder)."""
+    from vae.model import build
+
     _require(_is_int(m.num_layers) and m.num_layers >= 1,
              f"model.num_layers must be an integer >= 1, got {m.num_layers!r}")
     dims = m.latent_dims
@@ -188,5 +196,7 @@ def _validate_ladder(m: ml_collections.ConfigDict) -> None:
 
 def validate_image_shape(config: ml_collections.ConfigDict, image_shape) -> None:
     """Checks that the architecture fits the data set's images."""
+    from vae.model import build
+
     problem = build.image_shape_problem(config.model, image_shape)
     _require(problem is None, f"{problem} ({config.data.name})")

@@ -4,7 +4,7 @@ typed like the field's current value, and the comment each field carries in its 
 What the scripts' `--config FILE --config.FIELD=VALUE` (`vae.cli_flags`), a sweep's
 `--sweep FIELD=V1,V2` (`vae.sweep.spec`) and the benchmark's `--set` share. A config file defines
 `get_config() -> ml_collections.ConfigDict`; variants import `configs/default.py` and change a few
-fields. Imports nothing of the package.
+fields. Imports nothing of the package (and no JAX): loading a config is light.
 """
 
 import ast
@@ -28,7 +28,7 @@ def _config_roots(path: Path) -> list[Path]:
     """Where `import configs` finds the repository's config files while a config file loads (a
     variant imports the file it changes: `from configs import default`; the package installs no
     `configs`): the folder above the file's own `configs/`, and the checkout this package runs from."""
-    candidates = [path.resolve().parent.parent, Path(__file__).resolve().parents[1]]
+    candidates = [path.resolve().parent.parent, Path(__file__).resolve().parents[2]]
     return [root for root in candidates if (root / "configs" / "__init__.py").is_file()]
 
 
