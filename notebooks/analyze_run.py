@@ -38,7 +38,7 @@ import jax  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vae.analysis import iwae, latents, markdown, plotting, sampling  # noqa: E402
+from vae.analysis import iwae, latents, plotting, sampling  # noqa: E402
 from vae.data import dataset  # noqa: E402
 from vae.model import ladder  # noqa: E402
 from vae.train import trained  # noqa: E402
@@ -50,7 +50,7 @@ root = next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "configs").is_d
 run = root / WORKDIR
 if not (run / files.METRICS_FILE).is_file():
     raise SystemExit(f"no trained run in {run}: run `make train` first, or set WORKDIR to a workdir")
-shown = markdown.shown_path(str(run), cwd=str(root))  # printed without this machine's folders
+shown = run.relative_to(root) if run.is_relative_to(root) else f"runs/{run.name}"  # no machine's folders
 records = files.read_metrics(run)
 config, model, epoch = trained.load_trained(run, checkpoint=CHECKPOINT)
 used = trained.checkpoint_used(run, None, CHECKPOINT)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import constriction
 import jax
+import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -45,10 +46,19 @@ def tile_block_size(image_shape: tuple[int, int, int]) -> int:
     return max(1, min(MAX_BLOCK_SIZE, TILE_BLOCK_SUB_PIXELS // math.prod(image_shape)))
 
 
+# Fields config.model gained after format 3's files were first written, with the value a run
+# without them has: left out of `model_hash` at that value, so the files of such runs keep their
+# model's hash and decode as before.
+LATER_MODEL_FIELDS = {"decoder_stages": 1}
+
+
 def model_hash(config, model) -> bytes:
-    """16 bytes of SHA-256 over the run's `config.model` (JSON, sorted keys) and every parameter
-    array the model holds (its path, dtype, shape and bytes): the model a file needs."""
-    digest = hashlib.sha256(config.model.to_json(sort_keys=True).encode())
+    """16 bytes of SHA-256 over the run's `config.model` (JSON, sorted keys; a field of
+    LATER_MODEL_FIELDS left out at its old value) and every parameter array the model holds (its
+    path, dtype, shape and bytes): the model a file needs."""
+    fields = {name: value for name, value in config.model.to_dict().items()
+              if LATER_MODEL_FIELDS.get(name, object()) != value}
+    digest = hashlib.sha256(ml_collections.ConfigDict(fields).to_json(sort_keys=True).encode())
     for path, leaf in jax.tree_util.tree_flatten_with_path(nnx.state(model))[0]:
         array = np.ascontiguousarray(np.asarray(leaf))
         digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype}|{array.shape}|".encode())
