@@ -533,7 +533,8 @@ def test_the_photo_table_is_what_benchmark_photos_writes_from_its_json():
     from benchmarks import benchmark_photos
 
     result = json.loads((ROOT / "docs" / "codecs_photos.json").read_text())
-    assert benchmark_photos.markdown(result, result["command"]) == (ROOT / "docs" / "codecs_photos.md").read_text()
+    written = (ROOT / "docs" / "codecs_photos.md").read_text()
+    assert benchmark_photos.markdown(result, result["command"]) == written
 
 
 def test_the_speed_tables_are_what_speed_table_writes_from_its_json():

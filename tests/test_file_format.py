@@ -7,6 +7,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -14,6 +15,7 @@ from tests.conftest import run_in_process, tiny_config
 from vae.coding import bbans, codec, container, first_image, fixed_point, latents, names
 from vae.data import dataset
 from vae.model.build import build_model
+from vae.train import trained
 from vae.workdir import files
 
 
@@ -144,6 +146,19 @@ def test_a_format_3_file_still_decodes(tiny_run, test_images, tmp_path):
     assert opened.file_names == ["a.png", "b/c.png", "d.jpg"]
     images, _ = codec.decode(opened, progress=False)
     np.testing.assert_array_equal(np.asarray(images), test_images[:3])
+
+
+def test_a_field_added_later_leaves_the_models_hash_as_it_was_at_its_old_value(tiny_run):
+    """model.decoder_stages at 1 (what a run without it has) hashes as a config without the field,
+    so that run's files keep their tag; another value is another model."""
+    config, model, _ = trained.load_trained(tiny_run)
+    assert config.model.decoder_stages == 1
+    without = ml_collections.ConfigDict(config.to_dict())
+    del without.model["decoder_stages"]
+    staged = ml_collections.ConfigDict(config.to_dict())
+    staged.model.decoder_stages = 4
+    assert codec.model_hash(config, model) == codec.model_hash(without, model)
+    assert codec.model_hash(staged, model) != codec.model_hash(config, model)
 
 
 def test_the_header_check_refuses_a_damaged_header_or_a_cut_file(coded):
