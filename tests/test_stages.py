@@ -72,7 +72,9 @@ def test_patches_make_a_3x3_convolution():
 
 
 @pytest.mark.parametrize("likelihood", LIKELIHOODS)
-@pytest.mark.parametrize("arch", ["mlp", "hvae"])
+# The hierarchy's cases are slow (make test-slow): the mlp's cover the stages' code, which wraps any
+# decoder's output in one place; the hierarchy's decoder is checked quickly by the ladder's case below.
+@pytest.mark.parametrize("arch", ["mlp", pytest.param("hvae", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("num_stages", [2, 4])
 def test_teacher_forcing_is_the_sum_of_the_stages(likelihood, arch, num_stages):
     model = model_of(likelihood, arch, num_stages)
@@ -94,7 +96,9 @@ def test_teacher_forcing_is_the_sum_of_the_stages(likelihood, arch, num_stages):
     assert terms["rec"].shape == (3,) and np.all(np.isfinite(terms["rec"]))
 
 
-@pytest.mark.parametrize("arch", ["conv", "conv_hvae", "ladder", "conv_ladder"])
+# conv_hvae and conv_ladder are slow (make test-slow): conv and ladder cover their decoders' kinds.
+@pytest.mark.parametrize("arch", ["conv", pytest.param("conv_hvae", marks=pytest.mark.slow), "ladder",
+                                  pytest.param("conv_ladder", marks=pytest.mark.slow)])
 def test_every_architecture_decodes_in_stages(arch):
     model = model_of("bernoulli", arch, 4)
     x = images("bernoulli")
