@@ -335,6 +335,7 @@ def test_each_script_flag_is_accepted_or_refused_in_one_line(scripts, capsys, da
 @pytest.mark.parametrize("name, argv, flag", [
     ("evaluate", ["--workdir", "w", "--batch_size=--"], "--batch_size"),
     ("benchmark", ["--batch_sizes=--"], "--batch_sizes"),
+    ("publish_notebooks", ["--only=--"], "--only"),  # one or more choices: argparse stored []
     ("train", ["--workdir", "w", "--num_processes=0"], "--num_processes"),
     ("evaluate", ["--workdir", "w", "--heartbeat_timeout_seconds=-5"], "--heartbeat_timeout_seconds"),
 ])

@@ -85,9 +85,11 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def _refuse_dashes_as_values(self, namespace) -> None:
         """argparse drops a value of `--` (`--batch_size=--`, its end-of-options marker) and stores
-        an empty list without calling the flag's type: refused here as the type would refuse it."""
+        an empty list without calling the flag's type or checking its choices (`--only=--` of a
+        flag that takes one or more): refused here as the type would refuse it."""
         for action in self._actions:
-            if action.option_strings and action.nargs is None and getattr(namespace, action.dest, None) == []:
+            if (action.option_strings and action.nargs in (None, "+")
+                    and getattr(namespace, action.dest, None) == []):
                 self.error(f"argument {action.option_strings[0]}: expected a value, got '--'")
 
     def _load_config(self, path: str, overrides: list[str]):
