@@ -29,7 +29,6 @@ shared.
 import argparse
 import datetime
 import json
-import math
 import os
 import platform
 import sys
@@ -44,7 +43,7 @@ import numpy as np  # noqa: E402
 from benchmarks import codecs_8bit, host  # noqa: E402
 from scripts.docs.markdown import shown_path  # noqa: E402
 from vae import cli  # noqa: E402
-from vae.coding import codec, image_files  # noqa: E402
+from vae.coding import codec, image_files, tiles  # noqa: E402
 from vae.coding.host import host_model  # noqa: E402
 from vae.data import folder  # noqa: E402
 
@@ -72,17 +71,16 @@ class Ours:
         self.block_size = block_size or codec.tile_block_size(self.loaded.image_shape)
         self._hosts = {}
 
-    def _host(self, tiles: int):
-        size = min(self.block_size, tiles)
+    def _host(self, count: int):
+        size = min(self.block_size, count)
         if size not in self._hosts:
             self._hosts[size] = host_model(self.loaded.model, size)
         return self._hosts[size]
 
     def code(self, images: list, names: list) -> dict:
         """One file of `images`: its bytes, the figures each way, checked pixel for pixel."""
-        tiles = sum(math.ceil(i.shape[0] / self.loaded.image_shape[0])
-                    * math.ceil(i.shape[1] / self.loaded.image_shape[1]) for i in images)
-        host = self._host(tiles)
+        shapes = tuple(tuple(image.shape) for image in images)
+        host = self._host(tiles.Tiling(shapes, self.loaded.image_shape).num_tiles)
         data, figures = codec.compress(self.loaded, images, file_names=names, block_size=self.block_size,
                                        progress=False, host=host)
         opened = codec.open_loaded(self.loaded, data, names[0])
