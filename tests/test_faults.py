@@ -328,9 +328,6 @@ def workdir_snapshot(path: Path) -> dict:
     OSError(errno.EIO, "Input/output error"), MemoryError(),
     ValueError("UNKNOWN: Error reading local file \"x\": Input/output error [os_error_code='5']"),
     ValueError("NOT_FOUND: Error reading local file \"x\" [os_error_code='116']")])  # a stale NFS handle
-# The failure raised into Orbax's restore leaves its reading coroutines unawaited; Python reports
-# them when they are collected (a warning, not a failure of the test).
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_failure_to_read_the_newest_checkpoint_that_is_not_damage_changes_nothing(
         tmp_path, run_with_best, monkeypatch, failure):
     path = copy_run(run_with_best[0], tmp_path / "run")
