@@ -7,8 +7,9 @@ and the rest of the stream decodes to garbage. So:
 
 - the model runs in float64 (`jax.enable_x64` around every call), on the host CPU whatever
   accelerator the process has, with the parameters cast to float64 once;
-- always on one batch shape: every call is padded to `block_size` rows, the padding rows zero
-  on both sides, so a block of 3 images runs the same program as a block of 100;
+- on one of two batch shapes: a call of one row (the first image) runs as one row, any other is
+  padded to `block_size` rows, the padding rows zero on both sides, so a block of 3 images runs
+  the same program as a block of 100, and the first image does not pay for a whole block;
 - the inputs are exact: images are 0/1 (or 0..255) and latents integer bin indices times the
   bin width, the same float64 numbers on both sides;
 - what the coder reads of p(x|z) is integers (`fixed_point`): the likelihood's float64
@@ -38,7 +39,8 @@ from vae.model.ladder import Ladder
 
 @dataclasses.dataclass(frozen=True)
 class HostModel:
-    """A model's coding functions on host arrays (float64), each call padded to `block_size` rows.
+    """A model's coding functions on host arrays (float64), each call of more than one row padded
+    to `block_size` rows.
 
     The latents are layers from the top: one for the VAE (z), two for the HVAE (z2, then z1), L for
     the ladder (z_L, ..., z_1).
@@ -59,8 +61,8 @@ class HostModel:
     # both the encoder and the decoder: one compiled program (`PixelParameters`)
     pixel_parameters: Callable[[list, float], "PixelParameters"]
     # (PixelParameters) -> where decoding p(x | z) starts: (its fixed-point parameters, the first
-    # round's probabilities, the search's state), arrays over the block_size · D sub-pixels of the
-    # padded call (padding rows included), on the CPU: integer arithmetic only
+    # round's probabilities, the search's state), arrays over the sub-pixels of the padded call
+    # (padding rows included: 1 · D or block_size · D), on the CPU: integer arithmetic only
     pixel_search: Callable[["PixelParameters"], tuple]
     # (PixelParameters, symbols_bxD, the sub-pixels to count (b x D bool) or None for all) -> what
     # encoding pushes and checks: (every round's
@@ -81,19 +83,21 @@ class HostModel:
         return tuple(self.latent_dims) or (self.latent_dim,) * self.num_layers
 
     def warm_up(self) -> None:
-        """Compiles every function (the first call of each shape and dtype compiles): the posterior
-        of symbols and of a float64 image (`pixel_mean`'s, which the first image's plan reads)."""
-        symbols = np.zeros((1, self.num_pixels), np.uint8)
-        zs = [np.zeros((1, size)) for size in self.layer_sizes]
-        mean = self.pixel_mean(zs)
-        for layer in range(self.num_layers):
-            self.posterior(layer, symbols, zs[:layer])
-            self.posterior(layer, mean, zs[:layer])
-            if layer:
-                self.conditional_prior(layer, zs[:layer])
-        parameters = self.pixel_parameters(zs, 0.0)
-        self.pixel_search(parameters)
-        self.pixel_probabilities(parameters, symbols)
+        """Compiles every function (the first call of each shape and dtype compiles), for one row
+        and for a block: the posterior of symbols and of a float64 image (`pixel_mean`'s, which
+        the first image's plan reads)."""
+        for rows in sorted({1, self.block_size}):
+            symbols = np.zeros((rows, self.num_pixels), np.uint8)
+            zs = [np.zeros((rows, size)) for size in self.layer_sizes]
+            mean = self.pixel_mean(zs)
+            for layer in range(self.num_layers):
+                self.posterior(layer, symbols, zs[:layer])
+                self.posterior(layer, mean, zs[:layer])
+                if layer:
+                    self.conditional_prior(layer, zs[:layer])
+            parameters = self.pixel_parameters(zs, 0.0)
+            self.pixel_search(parameters)
+            self.pixel_probabilities(parameters, symbols)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,15 +216,15 @@ def host_model(model, block_size: int) -> HostModel:
         rows = rows_bxK[0].shape[0]
         if not 1 <= rows <= block_size:
             raise ValueError(f"a call codes 1 to {block_size} rows, got {rows}")
-        arrays = []
+        arrays, shape_rows = [], 1 if rows == 1 else block_size
         for array in rows_bxK:
             # which sub-pixels count; symbols; latents
             dtype = (bool if array.dtype == bool
                      else np.uint8 if np.issubdtype(array.dtype, np.integer) else np.float64)
-            if rows == block_size:
+            if rows == shape_rows:
                 full = np.asarray(array, dtype)
             else:
-                full = np.zeros((block_size, array.shape[1]), dtype)
+                full = np.zeros((shape_rows, array.shape[1]), dtype)
                 full[:rows] = array
             arrays.append(jax.device_put(full, cpu))
         return arrays

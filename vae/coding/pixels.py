@@ -83,7 +83,7 @@ _PARTS = constriction.stream.model.Categorical(perfect=False)
 class PixelCode:
     """Pushes a block's pixels with the probabilities `HostModel.pixel_probabilities` gives, and
     pops them from where `HostModel.pixel_search` starts the search (p(x|z)'s fixed-point
-    parameters and the first round, over the host's padded block of block_size · D sub-pixels)."""
+    parameters and the first round, over the sub-pixels of the host's padded call)."""
 
     def __init__(self, family: str, num_pixels: int, block_size: int):
         check_family(family)
@@ -111,7 +111,7 @@ class PixelCode:
         used = rows * self.num_pixels
         picked = np.arange(used) if own_bxD is None else np.flatnonzero(own_bxD)
         symbols = np.zeros(used, np.int64)
-        part = np.zeros(self.block_size * self.num_pixels, np.int32)
+        part = np.zeros(len(probabilities), np.int32)  # the padded call's sub-pixels
         for r, (step, parts) in enumerate(self.schedule):
             if r:
                 with jax.enable_x64(True):
@@ -125,15 +125,16 @@ class PixelCode:
         return symbols.reshape(rows, self.num_pixels).astype(np.int32)
 
     def warm_up(self, host, tiles: bool = False) -> None:
-        """Compiles the rounds at the block's shape (a push and a pop of one image on a scratch
-        coder); with `tiles`, also the figures of a tile's own sub-pixels."""
-        parameters = host.pixel_parameters([np.zeros((1, size)) for size in host.layer_sizes], 0.0)
-        symbols = np.zeros((1, self.num_pixels), np.int32)
-        coder = constriction.stream.stack.AnsCoder()
-        if tiles:
-            host.pixel_probabilities(parameters, symbols, np.ones(symbols.shape, bool))
-        self.push(coder, symbols, host.pixel_probabilities(parameters, symbols)[0])
-        self.pop(coder, 1, host.pixel_search(parameters))
+        """Compiles the rounds at both of the host's shapes, one row and a block (a push and a pop
+        on a scratch coder); with `tiles`, also the figures of a tile's own sub-pixels."""
+        for rows in sorted({1, host.block_size}):
+            parameters = host.pixel_parameters([np.zeros((rows, size)) for size in host.layer_sizes], 0.0)
+            symbols = np.zeros((rows, self.num_pixels), np.int32)
+            coder = constriction.stream.stack.AnsCoder()
+            if tiles:
+                host.pixel_probabilities(parameters, symbols, np.ones(symbols.shape, bool))
+            self.push(coder, symbols, host.pixel_probabilities(parameters, symbols)[0])
+            self.pop(coder, rows, host.pixel_search(parameters))
 
 
 @functools.cache
