@@ -13,7 +13,7 @@ import constriction
 import numpy as np
 
 from vae.coding import bbans, codec, pixels
-from vae.coding.host import host_model
+from vae.coding.host_model import host_model
 from vae.coding.latents import LatentBins
 from vae.data import dataset
 from vae.train import trained

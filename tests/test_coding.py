@@ -21,7 +21,7 @@ from notebooks import kl_coding  # the KL notebook's coding tools
 from tests.conftest import REPO, run_in_process, tiny_config
 from vae.coding import bbans, codec, container, fixed_point, pixels
 from vae.coding.errors import CodingError, DecodeMismatch
-from vae.coding.host import host_model
+from vae.coding.host_model import host_model
 from vae.coding.latents import GaussianCode, LatentBins, PriorCode
 from vae.data import dataset
 from vae.model.build import build_model

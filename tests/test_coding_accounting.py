@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import script_module, tiny_config
 from vae import kl
 from vae.coding import bbans, codec, pixels
-from vae.coding.host import host_model
+from vae.coding.host_model import host_model
 from vae.coding.latents import LatentBins
 from vae.data import dataset
 from vae.model import build

@@ -13,7 +13,7 @@ from PIL import Image
 
 from tests.conftest import run_in_process, tiny_config
 from vae.coding import codec, container, first_image, names
-from vae.coding.host import host_model
+from vae.coding.host_model import host_model
 from vae.data import dataset
 from vae.train import loop
 from vae.workdir import files
@@ -218,7 +218,7 @@ def test_names_round_trip_on_the_stack():
 
 def test_the_first_image_code_codes_only_used_dimensions():
     """A model whose encoder ignores x for some dimensions (q = p there) leaves them out."""
-    from vae.coding.host import HostModel
+    from vae.coding.host_model import HostModel
 
     used = np.array([True, False, True, False])
     std = np.where(used, 0.1, 1.0)[None]

@@ -20,7 +20,7 @@ from tests.conftest import run_in_process, tiny_config
 from vae import kl
 from vae.analysis import iwae, plotting
 from vae.coding import bbans
-from vae.coding.host import host_model
+from vae.coding.host_model import host_model
 from vae.coding.latents import LatentBins
 from vae.config import ConfigError, validate_config, validate_image_shape
 from vae.data import dataset

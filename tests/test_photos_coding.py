@@ -16,7 +16,7 @@ from PIL import Image
 from tests.conftest import run_in_process, tiny_config
 from vae import api
 from vae.coding import bbans, codec, container, image_files, pixels, tiles
-from vae.coding.host import host_model
+from vae.coding.host_model import host_model
 from vae.coding.latents import LatentBins
 from vae.model.build import build_model
 

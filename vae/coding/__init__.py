@@ -2,7 +2,7 @@
 (BB-ANS, Townsend, Bird and Barber, ICLR 2019) on `constriction`'s ANS stack coder. The file a
 model writes is as long as the images' negative ELBO, up to a few hundred bits per file.
 
-    host.py       the model's functions the coder reads, in float64 on the host CPU, one
+    host_model.py  the model's functions the coder reads, in float64 on the host CPU, one
                   batch shape, p(x|z)'s integers from one program both sides call
     fixed_point.py  the model's outputs rounded to coarse grids (with their margins to a rounding
                   boundary: the guard band) and the integer counts of each sub-pixel's levels; the

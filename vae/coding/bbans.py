@@ -46,7 +46,7 @@ from tqdm import tqdm
 from vae.coding import first_image, pixels, tiles
 from vae.coding.errors import CodingError, DecodeMismatch
 from vae.coding.fixed_point import GUARD_STEPS
-from vae.coding.host import HostModel
+from vae.coding.host_model import HostModel
 from vae.coding.latents import GaussianCode, LatentBins, PriorCode
 
 # A pop that leaves fewer valid bits than this read the stack dry (an ANS coder popped past its

@@ -27,7 +27,7 @@ from flax import nnx
 
 from vae.coding import bbans, container, names, pixels, tiles
 from vae.coding.errors import CodingError, DecodeMismatch
-from vae.coding.host import HostModel, host_model
+from vae.coding.host_model import HostModel, host_model
 from vae.coding.latents import LatentBins
 from vae.data import dataset
 from vae.train import trained

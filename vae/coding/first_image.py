@@ -4,7 +4,7 @@ Bits back pop the latents from what the stack already holds; the first image of 
 nothing there (but the file's 32-bit checksum). It is coded with a plain two-part code instead:
 its latents at a coarse precision, then its pixels under p(x | those latents). Decoding pops the
 latents, then the pixels. Everything here is a function of the model alone, computed on both
-sides by the same host program (`host.py`), so encoder and decoder agree bit for bit.
+sides by the same host program (`host_model.py`), so encoder and decoder agree bit for bit.
 
 - The plan (`plan`): at the model's own mean image (the image p(x|z) gives at the prior's mean),
   each latent dimension's posterior standard deviation relative to its prior's, r. A dimension
@@ -25,7 +25,7 @@ search) saved almost nothing (docs/compression.md has what this code and the sea
 constants below are part of the file format: other values decode a file to other images, so
 changing one needs a new format in `container.py`.
 
-Imports only `latents` of the package (it is handed a `host.HostModel`).
+Imports only `latents` of the package (it is handed a `host_model.HostModel`).
 """
 
 import dataclasses

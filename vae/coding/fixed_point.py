@@ -1,6 +1,6 @@
 """The numbers the entropy coder reads, the same integers on every machine.
 
-The model runs in float64 (`host.py`), and its outputs differ between CPUs, thread counts and
+The model runs in float64 (`host_model.py`), and its outputs differ between CPUs, thread counts and
 vector widths in their last bits: a sum in another order, an exp or tanh with or without fused
 multiply-adds (XLA with `--xla_cpu_max_isa=SSE4_2` gives another float64 exp for about 1 value
 in 1,000, another tanh for half of them). One such bit in one probability and bits-back decoding
