@@ -218,12 +218,12 @@ def test_sizes_that_claim_more_tiles_than_the_stack_holds_are_refused(colour_mod
     data, _ = codec.compress(colour_model, [image], file_names=["a.png"], progress=False)
     header, words = container.unpack(data, "f")
     coder = constriction.stream.stack.AnsCoder(words)
-    from vae.coding import names
+    from vae.coding import file_name_code
 
-    names.pop(coder, 1)
+    file_name_code.pop(coder, 1)
     tiles.pop(coder, 1, 3)
     tiles.push(coder, [(60_000, 60_000, 3)], 3)
-    names.push(coder, ["a.png"])
+    file_name_code.push(coder, ["a.png"])
     damaged = container.pack(header, coder.get_compressed())
     with pytest.raises(container.FileError, match="sizes claim 56,250,000 tiles, more than its stack"):
         codec.open_loaded(colour_model, damaged, "f")

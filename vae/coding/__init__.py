@@ -15,7 +15,7 @@ model writes is as long as the images' negative ELBO, up to a few hundred bits p
                   latents in layers: one for the VAE, z2 and z1 for the HVAE), each block on the
                   first rounding grids (its variant) that keep every value out of the guard band
     first_image.py  the first image of a file, which has no bits to take back: a two-part code
-    names.py      the images' file names, coded on the stack
+    file_name_code.py  the images' file names, coded on the stack
     tiles.py      images of their own sizes cut into the model's tiles (edge tiles filled out by
                   copies the pixel code does not code), their sizes and channels on the stack
     container.py  the file, format 3 (format 4 with images of their own sizes): an 8-byte header

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from vae.coding import bbans, container, names, pixels, tiles
+from vae.coding import bbans, container, file_name_code, pixels, tiles
 from vae.coding.errors import CodingError, DecodeMismatch
 from vae.coding.host_model import HostModel, host_model
 from vae.coding.latents import LatentBins
@@ -178,7 +178,7 @@ def compress(loaded: Loaded, images: np.ndarray | list, *, file_names: list[str]
         raise ValueError(f"{len(file_names)} names for {count} images")
     scale = pixels.pixel_scale(tile_images, loaded.family)
     block_size = min(block_size, rows)  # a short file runs the model on no more rows than it has
-    name_bytes = names.joined(file_names) + (b"\0" + tiles.record(tiling.shapes) if tiled else b"")
+    name_bytes = file_name_code.joined(file_names) + (b"\0" + tiles.record(tiling.shapes) if tiled else b"")
     header = container.Header(
         model_tag=loaded.hash[0], software=container.software_code(), coder_tag=container.coder_tag(),
         count=count, array_ndim=4 if tiled else images.ndim,
@@ -202,7 +202,7 @@ def compress(loaded: Loaded, images: np.ndarray | list, *, file_names: list[str]
             tiles.push(coder, tiling.shapes, loaded.image_shape[2])
         shapes_bits = coder.num_valid_bits()
         if file_names is not None:
-            names.push(coder, file_names)
+            file_name_code.push(coder, file_names)
         words = coder.get_compressed()
         missing = container.pad_words_needed(count, container.stack_bytes(words))
         if tiled:  # and as many bits a tile below the shapes: they cannot claim more than it holds
@@ -305,8 +305,8 @@ def open_loaded(loaded: Loaded, data: bytes, name: str) -> Opened:
     if header.has_names:
         try:
             coder = constriction.stream.stack.AnsCoder(words)
-            file_names = names.pop(coder, header.count)
-        except names.NamesError as e:
+            file_names = file_name_code.pop(coder, header.count)
+        except file_name_code.NamesError as e:
             raise container.FileError(f"{name} is damaged: {e}") from None
         except ValueError as e:  # constriction refuses the words (e.g. a top word of zero)
             raise container.FileError(f"{name} is damaged: the coder refused its words ({e})") from None
@@ -370,7 +370,7 @@ def decode(opened: Opened, *, progress: bool = True, host: HostModel | None = No
     except DecodeMismatch as e:  # a symbol the model cannot code: met only in other words than encoding's
         raise _mismatch(opened, str(e)) from None
     coding_time = time.perf_counter() - start
-    name_bytes = names.joined(opened.file_names)
+    name_bytes = file_name_code.joined(opened.file_names)
     if tiling:
         images = tiles.join(pixels.from_symbols(symbols, header.pixel_scale, (rows, *loaded.image_shape)),
                             tiling)
