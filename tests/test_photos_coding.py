@@ -15,7 +15,7 @@ from PIL import Image
 
 from tests.conftest import run_in_process, tiny_config
 from vae import api
-from vae.coding import bbans, codec, container, image_files, pixels, tiles
+from vae.coding import bbans, codec, container, image_files, pixel_code, tiles
 from vae.coding.host_model import host_model
 from vae.coding.latents import LatentBins
 from vae.model.build import build_model
@@ -101,7 +101,7 @@ def test_the_padding_is_not_pushed(colour_model):
     tile_images = tiles.cut(images, tiling)
     np.testing.assert_array_equal(tile_images[0, 4, 2], images[0][4, 2])  # the corner repeated
     np.testing.assert_array_equal(tile_images[0, 7, 7], images[0][4, 2])
-    symbols = pixels.to_symbols(tile_images, 1)
+    symbols = pixel_code.to_symbols(tile_images, 1)
     host = host_model(colour_model.model, 4)
     pushed = {}
     for name, sources in (("own", tiling.sources), ("all", bbans.no_sources)):

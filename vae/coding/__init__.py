@@ -9,7 +9,7 @@ model writes is as long as the images' negative ELBO, up to a few hundred bits p
                   integer tables (sigmoid, exp, the normal CDF): the same integers on every machine
     latents.py    the discretised latent code: bins, Gaussians under q(z|x) and p(z) from
                   integer counts, coded in rounds
-    pixels.py     which uint8 arrays a likelihood codes, their symbols, pushing and popping them
+    pixel_code.py  which uint8 arrays a likelihood codes, their symbols, pushing and popping them
                   round by round with the integer counts
     bbans.py      the codec: blocks of images pushed onto and popped off one ANS stack (the
                   latents in layers: one for the VAE, z2 and z1 for the HVAE), each block on the

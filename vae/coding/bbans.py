@@ -43,7 +43,7 @@ import constriction
 import numpy as np
 from tqdm import tqdm
 
-from vae.coding import first_image, pixels, tiles
+from vae.coding import first_image, pixel_code, tiles
 from vae.coding.errors import CodingError, DecodeMismatch
 from vae.coding.fixed_point import GUARD_STEPS
 from vae.coding.host_model import HostModel
@@ -133,7 +133,7 @@ class _Block:
     def __init__(self, host: HostModel, bins: LatentBins):
         self.host, self.bins = host, bins
         self.gaussian, self.prior = GaussianCode(bins.max_index), PriorCode(bins)
-        self.pixels = pixels.PixelCode(host.family, host.num_pixels, host.block_size)
+        self.pixels = pixel_code.PixelCode(host.family, host.num_pixels, host.block_size)
         self._plans = {}
 
     def values(self, indices: list) -> list:

@@ -9,7 +9,7 @@ images), then the ANS stack.
     byte 1    flags, the high three bits zero:
                 MANY      (1) several images, or SHAPES: the fields below follow
                 ARRAY4    (2) the array was N x H x W x C (else N x H x W)
-                SCALE255  (4) the pixel value 255 stands for symbol 1 (else 1; `pixels.pixel_scale`)
+                SCALE255  (4) the pixel value 255 stands for symbol 1 (else 1; `pixel_code.pixel_scale`)
                 NAMES     (8) the images came from files; their names are on the stack (`file_name_code.py`)
                 SHAPES   (16) format 4 only, and always there: the images have sizes and channels
                           of their own, coded on the stack below the names (`tiles.py`); each is
