@@ -14,7 +14,7 @@ import numpy as np
 
 from vae.coding import bbans, codec, pixel_code
 from vae.coding.host_model import host_model
-from vae.coding.latents import LatentBins
+from vae.coding.latent_code import LatentBins
 from vae.data import dataset
 from vae.train import trained
 

@@ -22,7 +22,7 @@ from tests.conftest import REPO, run_in_process, tiny_config
 from vae.coding import bbans, codec, container, fixed_point, pixel_code
 from vae.coding.errors import CodingError, DecodeMismatch
 from vae.coding.host_model import host_model
-from vae.coding.latents import GaussianCode, LatentBins, PriorCode
+from vae.coding.latent_code import GaussianCode, LatentBins, PriorCode
 from vae.data import dataset
 from vae.model.build import build_model
 from vae.train import loop

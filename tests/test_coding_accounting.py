@@ -16,7 +16,7 @@ from tests.conftest import script_module, tiny_config
 from vae import kl
 from vae.coding import bbans, codec, pixel_code
 from vae.coding.host_model import host_model
-from vae.coding.latents import LatentBins
+from vae.coding.latent_code import LatentBins
 from vae.data import dataset
 from vae.model import build
 

@@ -17,7 +17,7 @@ from tests.conftest import run_in_process, tiny_config
 from vae import api
 from vae.coding import bbans, codec, container, image_files, pixel_code, tiles
 from vae.coding.host_model import host_model
-from vae.coding.latents import LatentBins
+from vae.coding.latent_code import LatentBins
 from vae.model.build import build_model
 
 

@@ -7,7 +7,7 @@ model writes is as long as the images' negative ELBO, up to a few hundred bits p
     fixed_point.py  the model's outputs rounded to coarse grids (with their margins to a rounding
                   boundary: the guard band) and the integer counts of each sub-pixel's levels; the
                   integer tables (sigmoid, exp, the normal CDF): the same integers on every machine
-    latents.py    the discretised latent code: bins, Gaussians under q(z|x) and p(z) from
+    latent_code.py  the discretised latent code: bins, Gaussians under q(z|x) and p(z) from
                   integer counts, coded in rounds
     pixel_code.py  which uint8 arrays a likelihood codes, their symbols, pushing and popping them
                   round by round with the integer counts

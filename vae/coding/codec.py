@@ -28,7 +28,7 @@ from flax import nnx
 from vae.coding import bbans, container, file_name_code, pixel_code, tiles
 from vae.coding.errors import CodingError, DecodeMismatch
 from vae.coding.host_model import HostModel, host_model
-from vae.coding.latents import LatentBins
+from vae.coding.latent_code import LatentBins
 from vae.data import dataset
 from vae.train import trained
 from vae.workdir import files

@@ -54,9 +54,9 @@ from importlib import metadata
 
 import numpy as np
 
-from vae.coding import bbans, file_name_code, first_image, fixed_point, latents
+from vae.coding import bbans, file_name_code, first_image, fixed_point, latent_code
 from vae.coding.errors import CodingError
-from vae.coding.latents import DEFAULT_BIN_WIDTH, DEFAULT_HALF_RANGE
+from vae.coding.latent_code import DEFAULT_BIN_WIDTH, DEFAULT_HALF_RANGE
 
 FORMAT = 4  # byte 0 of a file with SHAPES; FORMAT_3 without
 FORMAT_3 = 3
@@ -110,7 +110,7 @@ def coder_constants() -> dict:
     """Every constant the coder's numbers depend on, by module: what `coder_hash` covers (with the
     tables of `_coder_tables`). A change to one of them turns a file into other images, so a
     file records their hash. The keys are hashed too, so they stay as the format set them:
-    "names" holds `file_name_code`'s constants."""
+    "latents" holds `latent_code`'s constants, "names" `file_name_code`'s."""
     def of(module, *constants):
         return {name: getattr(module, name) for name in constants}
 
@@ -123,7 +123,7 @@ def coder_constants() -> dict:
                           "TABLE_RANGE", "INV_SCALE_BITS", "LOGIT_BITS", "CATEGORICAL_LOGIT_BITS",
                           "MIXTURE_FLOOR", "CATEGORICAL_FLOOR", "ROUND_BITS", "PHI_BITS", "PHI_STEPS",
                           "PHI_RANGE"),
-        "latents": of(latents, "DEFAULT_BIN_WIDTH", "DEFAULT_HALF_RANGE", "MAX_INDEX", "GRID_STEPS",
+        "latents": of(latent_code, "DEFAULT_BIN_WIDTH", "DEFAULT_HALF_RANGE", "MAX_INDEX", "GRID_STEPS",
                       "LATENT_FLOOR", "ROUND_BITS", "MAX_BINS"),
         "first_image": of(first_image, "BIN_WIDTH", "MIN_WIDTH", "MAX_WIDTH", "THRESHOLD", "HALF_RANGE",
                           "RATIO_STEPS", "K"),

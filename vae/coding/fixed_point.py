@@ -31,7 +31,7 @@ at all 257 edges, and decoding reads them in the same order. The counts are exac
 below 2^53; dividing them by their total in float64 is exactly rounded (IEEE), so the
 probabilities constriction reads are the same numbers everywhere.
 
-The standard normal CDF's table (PHI_TABLE) is the latents' (`latents.py`), read with NumPy.
+The standard normal CDF's table (PHI_TABLE) is the latents' (`latent_code.py`), read with NumPy.
 
 These constants are part of the file format: changing one changes what a file decodes to (the
 file's coder tag, `container.coder_hash`, covers them). Functions here are pure jax.numpy and

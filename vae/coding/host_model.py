@@ -18,7 +18,7 @@ and the rest of the stream decodes to garbage. So:
   boundary, and codes no block where a margin is below `fixed_point.GUARD_STEPS`
   (`bbans.VARIANTS`), so another CPU, thread count or vector width, whose float64 outputs differ
   in the last bits, gives the same integers. q(z|x)
-  and the priors below the top layer are rounded likewise where they are coded (`latents.steps`).
+  and the priors below the top layer are rounded likewise where they are coded (`latent_code.steps`).
 A file that still meets a larger difference fails its checksum (the stack's bottom word) or meets
 a symbol the coder cannot code, in one line (`codec.decode`).
 """
