@@ -44,7 +44,7 @@ from benchmarks import codecs_8bit, host  # noqa: E402
 from scripts.docs.markdown import shown_path  # noqa: E402
 from vae import cli  # noqa: E402
 from vae.coding import codec, image_files, tiles  # noqa: E402
-from vae.coding.host import host_model  # noqa: E402
+from vae.coding.host_model import host_model  # noqa: E402
 from vae.data import folder  # noqa: E402
 
 

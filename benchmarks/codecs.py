@@ -144,7 +144,7 @@ def bits_back_per_image(workdir, images_u8: np.ndarray, bins=None, progress=None
     file as compress.py writes it for an array of one image, so each pays the header and the
     first image's two-part code."""
     from vae.coding import codec
-    from vae.coding.host import host_model
+    from vae.coding.host_model import host_model
 
     loaded = codec.load(workdir)
     host = host_model(loaded.model, 1)

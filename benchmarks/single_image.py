@@ -22,7 +22,7 @@ except ImportError:  # the JPEG XL rows need imagecodecs (the dev and bench extr
 def bits_back_files(workdir, images_u8: np.ndarray) -> dict:
     """The size of each image's own file (bytes), and the model's figures of them."""
     from vae.coding import codec
-    from vae.coding.host import host_model
+    from vae.coding.host_model import host_model
 
     loaded = codec.load(workdir)
     host = host_model(loaded.model, 1)

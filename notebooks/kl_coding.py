@@ -12,9 +12,9 @@ from pathlib import Path
 import constriction
 import numpy as np
 
-from vae.coding import bbans, codec, pixels
-from vae.coding.host import host_model
-from vae.coding.latents import LatentBins
+from vae.coding import bbans, codec, pixel_code
+from vae.coding.host_model import host_model
+from vae.coding.latent_code import LatentBins
 from vae.data import dataset
 from vae.train import trained
 
@@ -65,8 +65,8 @@ def image_code_lengths(workdir: str | Path, *, max_examples: int | None = None,
     family = codec.check_codable(config, model)
     images, _ = dataset.load_test_set(config.data)
     images = images[:max_examples] if max_examples else images
-    scale = pixels.pixel_scale(images, family)
-    symbols = pixels.to_symbols(images, scale)
+    scale = pixel_code.pixel_scale(images, family)
+    symbols = pixel_code.to_symbols(images, scale)
     coded = bbans.encode(host_model(model, 1), symbols, bins)
     popped, between, end = coded.steps_bits_Bx3.T
     start = np.concatenate([[0], end[:-1]])

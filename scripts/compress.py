@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 
 from vae import atomic, cli, cli_flags
-from vae.coding import codec, image_files, latents
+from vae.coding import codec, image_files, latent_code
 
 
 def build_parser() -> cli_flags.ArgumentParser:
@@ -56,10 +56,10 @@ def build_parser() -> cli_flags.ArgumentParser:
                         help="images (tiles, for images of their own sizes) per coder call and per model "
                              f"call (default {codec.DEFAULT_BLOCK_SIZE} images, or tiles of about "
                              f"{codec.TILE_BLOCK_SUB_PIXELS:,} sub-pixels a block)")
-    parser.add_argument("--bin_width", type=cli_flags.real(1e-6, 1.0), default=latents.DEFAULT_BIN_WIDTH,
+    parser.add_argument("--bin_width", type=cli_flags.real(1e-6, 1.0), default=latent_code.DEFAULT_BIN_WIDTH,
                         help="width of the latent bins z is discretised to (default 1/64)")
     parser.add_argument("--latent_range", type=cli_flags.real(1.0, 1000.0),
-                        default=latents.DEFAULT_HALF_RANGE,
+                        default=latent_code.DEFAULT_HALF_RANGE,
                         help="the bins cover [-R, R] in every latent dimension")
     cli_flags.add_checkpoint_arguments(parser)
     cli_flags.add_progress_argument(parser)
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     with cli.user_errors():
         image_files.check_new_file(Path(args.out), args.overwrite)
         inputs = image_files.find(args.images) if args.images else None
-        bins = latents.LatentBins(args.bin_width, args.latent_range)
+        bins = latent_code.LatentBins(args.bin_width, args.latent_range)
         loaded = codec.load(args.workdir, args.epoch, args.checkpoint)
         names, note = None, None
         conversions = dict(channels=args.channels, background=args.background,

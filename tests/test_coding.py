@@ -19,10 +19,10 @@ import pytest
 
 from notebooks import kl_coding  # the KL notebook's coding tools
 from tests.conftest import REPO, run_in_process, tiny_config
-from vae.coding import bbans, codec, container, fixed_point, pixels
+from vae.coding import bbans, codec, container, fixed_point, pixel_code
 from vae.coding.errors import CodingError, DecodeMismatch
-from vae.coding.host import host_model
-from vae.coding.latents import GaussianCode, LatentBins, PriorCode
+from vae.coding.host_model import host_model
+from vae.coding.latent_code import GaussianCode, LatentBins, PriorCode
 from vae.data import dataset
 from vae.model.build import build_model
 from vae.train import loop
@@ -206,17 +206,18 @@ def test_other_probabilities_do_not_decode_silently():
 
 
 def test_pixel_encodings():
-    assert pixels.pixel_scale(np.array([[0, 1]], np.uint8), "bernoulli") == 1
-    assert pixels.pixel_scale(np.array([[0, 255]], np.uint8), "bernoulli") == 255
-    assert pixels.pixel_scale(np.zeros((2, 3), np.uint8), "bernoulli") == 1
+    assert pixel_code.pixel_scale(np.array([[0, 1]], np.uint8), "bernoulli") == 1
+    assert pixel_code.pixel_scale(np.array([[0, 255]], np.uint8), "bernoulli") == 255
+    assert pixel_code.pixel_scale(np.zeros((2, 3), np.uint8), "bernoulli") == 1
     for bad, why in ((np.array([[0, 7]], np.uint8), "7"), (np.array([[0, 1, 255]], np.uint8), "both"),
                      (np.array([[0, 1]], np.int64), "uint8")):
-        with pytest.raises(pixels.PixelError, match=why):
-            pixels.pixel_scale(bad, "bernoulli")
+        with pytest.raises(pixel_code.PixelError, match=why):
+            pixel_code.pixel_scale(bad, "bernoulli")
     levels = np.array([[0, 7, 255]], np.uint8)  # 8-bit pixels: every value is its own symbol
-    assert pixels.pixel_scale(levels, "categorical") == pixels.pixel_scale(levels, "logistic_mixture") == 1
-    np.testing.assert_array_equal(pixels.to_symbols(levels, 1), [[0, 7, 255]])
-    np.testing.assert_allclose(pixels.model_input(np.array([[0, 51, 255]]), "categorical"), [[0, 0.2, 1]])
+    assert pixel_code.pixel_scale(levels, "categorical") == 1
+    assert pixel_code.pixel_scale(levels, "logistic_mixture") == 1
+    np.testing.assert_array_equal(pixel_code.to_symbols(levels, 1), [[0, 7, 255]])
+    np.testing.assert_allclose(pixel_code.model_input(np.array([[0, 51, 255]]), "categorical"), [[0, 0.2, 1]])
 
 
 def test_the_codec_refuses_what_it_does_not_code():
@@ -300,7 +301,7 @@ def test_an_array_of_ones_and_zeros_comes_back_as_it_was(trained_run):
     np.testing.assert_array_equal(images, x)
     with pytest.raises(CodingError, match="shape"):
         codec.compress_workdir(path, x[:, :27], progress=False)
-    with pytest.raises(pixels.PixelError, match="binarise"):
+    with pytest.raises(pixel_code.PixelError, match="binarise"):
         codec.compress_workdir(path, x * 3, progress=False)
 
 

@@ -14,9 +14,9 @@ import pytest
 
 from tests.conftest import script_module, tiny_config
 from vae import kl
-from vae.coding import bbans, codec, pixels
-from vae.coding.host import host_model
-from vae.coding.latents import LatentBins
+from vae.coding import bbans, codec, pixel_code
+from vae.coding.host_model import host_model
+from vae.coding.latent_code import LatentBins
 from vae.data import dataset
 from vae.model import build
 
@@ -53,7 +53,7 @@ def test_the_file_follows_the_elbo_as_coded_and_the_line_says_why_the_model_s_is
     assert figures["overhead_vs_coded_elbo"] == pytest.approx(file_bits / coded_elbo - 1)
     # The model's own -ELBO is far above the file: the counts' floor, not a coder that beats it.
     assert figures["elbo_bits_per_dim"] > 10 * figures["bits_per_dim"]
-    coded = bbans.encode(host_model(loaded.model, 22), pixels.to_symbols(images, 1), LatentBins())
+    coded = bbans.encode(host_model(loaded.model, 22), pixel_code.to_symbols(images, 1), LatentBins())
     assert np.all(coded.pixel_bits_N <= 24.0 * images[0].size)  # no sub-pixel costs over 24 bits
     assert np.all(coded.elbo_bits_N - coded.kl_bits_N > 100.0 * images[0].size)  # the model's: 100+
     line = script_module("compress.py").summary_line(figures, "far.bbans")

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import run_in_process, tiny_config
-from vae.coding import codec, container, first_image, names
-from vae.coding.host import host_model
+from vae.coding import codec, container, file_name_code, first_image
+from vae.coding.host_model import host_model
 from vae.data import dataset
 from vae.train import loop
 from vae.workdir import files
@@ -203,22 +203,22 @@ def test_names_round_trip_on_the_stack():
 
     file_names = ["a.png", "a.png.png", "b/c.JPG", "b/c2.jpeg", "b/d", "ü/é é.png", "z" * 300]
     coder = constriction.stream.stack.AnsCoder()
-    names.push(coder, file_names)
+    file_name_code.push(coder, file_names)
     bits = coder.num_valid_bits()
-    popped = names.pop(constriction.stream.stack.AnsCoder(coder.get_compressed()), len(file_names))
+    popped = file_name_code.pop(constriction.stream.stack.AnsCoder(coder.get_compressed()), len(file_names))
     assert popped == file_names
     coder = constriction.stream.stack.AnsCoder()
     numbered = [f"shirts/{i:04d}.png" for i in range(200)]
-    names.push(coder, numbered)
+    file_name_code.push(coder, numbered)
     assert coder.num_valid_bits() / 200 < 16 and bits > 0  # front coding: under 2 bytes a numbered name
     for bad in ("/abs.png", "../up.png", "a//b.png", "a/./b.png", ""):
-        with pytest.raises(names.NamesError, match="relative path"):
-            names.check_name(bad)
+        with pytest.raises(file_name_code.NamesError, match="relative path"):
+            file_name_code.check_name(bad)
 
 
 def test_the_first_image_code_codes_only_used_dimensions():
     """A model whose encoder ignores x for some dimensions (q = p there) leaves them out."""
-    from vae.coding.host import HostModel
+    from vae.coding.host_model import HostModel
 
     used = np.array([True, False, True, False])
     std = np.where(used, 0.1, 1.0)[None]

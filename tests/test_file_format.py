@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_in_process, tiny_config
-from vae.coding import bbans, codec, container, first_image, fixed_point, latents, names
+from vae.coding import bbans, codec, container, file_name_code, first_image, fixed_point, latent_code
 from vae.data import dataset
 from vae.model.build import build_model
 from vae.train import trained
@@ -195,9 +195,10 @@ def test_a_file_of_a_coder_with_other_constants_is_refused_saying_so(tiny_run, t
     one_line_error(result, f"was written by a coder with other constants (coder tag {other:04x}, this one's "
                            f"{here:04x})")
     one_entry_more = fixed_point.PHI_TABLE + (np.arange(len(fixed_point.PHI_TABLE)) == 9)
-    changes = [(latents, "GRID_STEPS", 128), (latents, "ROUND_BITS", 2), (first_image, "THRESHOLD", 0.7),
-               (first_image, "RATIO_STEPS", 512), (bbans, "VARIANTS", 7), (names, "MAX_NAME_BYTES", 100),
-               (fixed_point, "PHI_TABLE", one_entry_more), (container, "MIN_BITS_PER_IMAGE", 16)]
+    changes = [(latent_code, "GRID_STEPS", 128), (latent_code, "ROUND_BITS", 2),
+               (first_image, "THRESHOLD", 0.7), (first_image, "RATIO_STEPS", 512), (bbans, "VARIANTS", 7),
+               (file_name_code, "MAX_NAME_BYTES", 100), (fixed_point, "PHI_TABLE", one_entry_more),
+               (container, "MIN_BITS_PER_IMAGE", 16)]
     for module, name, value in changes:
         with monkeypatch.context() as patched:
             patched.setattr(module, name, value)

@@ -131,7 +131,7 @@ def test_last_bit_differences_in_the_model_outputs_change_no_integer():
 
 
 def test_the_normal_cdf_table_is_the_exactly_rounded_values():
-    """The latents' table (`latents.py`): round(2^32 Φ(t / 256)), checked in `decimal` with a series
+    """The latents' table (`latent_code.py`): round(2^32 Φ(t / 256)), checked in `decimal` with a series
     of its own (not the table's code) at random entries and where rounding is closest to a tie."""
     ctx = decimal.Context(prec=60)
 

@@ -20,8 +20,8 @@ from tests.conftest import run_in_process, tiny_config
 from vae import kl
 from vae.analysis import iwae, plotting
 from vae.coding import bbans
-from vae.coding.host import host_model
-from vae.coding.latents import LatentBins
+from vae.coding.host_model import host_model
+from vae.coding.latent_code import LatentBins
 from vae.config import ConfigError, validate_config, validate_image_shape
 from vae.data import dataset
 from vae.model import build, ladder, objectives

@@ -15,9 +15,9 @@ from PIL import Image
 
 from tests.conftest import run_in_process, tiny_config
 from vae import api
-from vae.coding import bbans, codec, container, image_files, pixels, tiles
-from vae.coding.host import host_model
-from vae.coding.latents import LatentBins
+from vae.coding import bbans, codec, container, image_files, pixel_code, tiles
+from vae.coding.host_model import host_model
+from vae.coding.latent_code import LatentBins
 from vae.model.build import build_model
 
 
@@ -101,7 +101,7 @@ def test_the_padding_is_not_pushed(colour_model):
     tile_images = tiles.cut(images, tiling)
     np.testing.assert_array_equal(tile_images[0, 4, 2], images[0][4, 2])  # the corner repeated
     np.testing.assert_array_equal(tile_images[0, 7, 7], images[0][4, 2])
-    symbols = pixels.to_symbols(tile_images, 1)
+    symbols = pixel_code.to_symbols(tile_images, 1)
     host = host_model(colour_model.model, 4)
     pushed = {}
     for name, sources in (("own", tiling.sources), ("all", bbans.no_sources)):
@@ -218,12 +218,12 @@ def test_sizes_that_claim_more_tiles_than_the_stack_holds_are_refused(colour_mod
     data, _ = codec.compress(colour_model, [image], file_names=["a.png"], progress=False)
     header, words = container.unpack(data, "f")
     coder = constriction.stream.stack.AnsCoder(words)
-    from vae.coding import names
+    from vae.coding import file_name_code
 
-    names.pop(coder, 1)
+    file_name_code.pop(coder, 1)
     tiles.pop(coder, 1, 3)
     tiles.push(coder, [(60_000, 60_000, 3)], 3)
-    names.push(coder, ["a.png"])
+    file_name_code.push(coder, ["a.png"])
     damaged = container.pack(header, coder.get_compressed())
     with pytest.raises(container.FileError, match="sizes claim 56,250,000 tiles, more than its stack"):
         codec.open_loaded(colour_model, damaged, "f")

@@ -11,7 +11,7 @@ from flax import nnx
 from tests.conftest import tiny_config
 from vae.config import ConfigError, validate_config
 from vae.data import dataset, source
-from vae.train import distributed, evaluate, loop, run, trained
+from vae.train import distributed, evaluate, loop, run_dir, trained
 from vae.workdir import checkpoints, files
 
 PATIENCE = 5
@@ -41,40 +41,40 @@ def without_timing(records):
 
 def test_best_epoch_and_early_stopping_rule():
     history = [{"epoch": e, "val/elbo": v} for e, v in enumerate([9.0, 7.0, 8.0, 7.0, 8.5, 9.0], 1)]
-    assert run.best_epoch(history) == (2, 7.0)  # ties keep the earlier epoch
-    assert run.early_stop_due(history, 4, 0.0)  # 6 - 2 >= 4
-    assert not run.early_stop_due(history[:5], 4, 0.0)
-    assert not run.early_stop_due(history, 4, 3.0)  # patience counts from the end of the warm-up: 6 - 3 < 4
-    assert not run.early_stop_due(history, 0, 0.0)  # off
-    assert run.best_epoch([{"epoch": 1, "test/elbo": 3.0}]) == (0, float("inf"))
+    assert run_dir.best_epoch(history) == (2, 7.0)  # ties keep the earlier epoch
+    assert run_dir.early_stop_due(history, 4, 0.0)  # 6 - 2 >= 4
+    assert not run_dir.early_stop_due(history[:5], 4, 0.0)
+    assert not run_dir.early_stop_due(history, 4, 3.0)  # patience counts from the warm-up's end: 6 - 3 < 4
+    assert not run_dir.early_stop_due(history, 0, 0.0)  # off
+    assert run_dir.best_epoch([{"epoch": 1, "test/elbo": 3.0}]) == (0, float("inf"))
 
 
 def test_a_diverged_run_is_reported_once_its_loss_doubles_after_the_warm_up():
     losses = [400.0, 300.0, 240.0, 230.0, 229.0, 231.0, 266.0, 21776.0]  # epochs 1..8, as the 800-epoch run
     history = [{"epoch": e, "train/loss": v} for e, v in enumerate(losses, 1)]
-    assert [run.divergence(history[:n], 2.0, 0) is not None for n in range(1, 9)] == [False] * 7 + [True]
-    warning = run.divergence(history, 2.0, 0)
+    assert [run_dir.divergence(history[:n], 2.0, 0) is not None for n in range(1, 9)] == [False] * 7 + [True]
+    warning = run_dir.divergence(history, 2.0, 0)
     assert warning.startswith("the training loss of epoch 8, 21776, is 95.1x its lowest "
                               "(229 at epoch 5)")
     assert "train.early_stopping_patience stops such a run" in warning and "grad_clip_norm" in warning
-    assert "once the best validation epoch is 50 epochs old" in run.divergence(history, 2.0, 50)
+    assert "once the best validation epoch is 50 epochs old" in run_dir.divergence(history, 2.0, 50)
     # During the KL warm-up the loss rises with β: no warning, whatever the ratio.
     rising = [{"epoch": e, "train/loss": v} for e, v in enumerate([100.0, 150.0, 250.0], 1)]
-    assert run.divergence(rising, 3.0, 0) is None
-    assert run.divergence(rising, 0.0, 0) is not None
+    assert run_dir.divergence(rising, 3.0, 0) is None
+    assert run_dir.divergence(rising, 0.0, 0) is not None
 
 
 def test_a_training_run_prints_the_divergence_warning_once(tmp_path, capsys):
     config = tiny_config(train__num_epochs=100, train__kl_warmup_epochs=0.0,
                          train__checkpoint_every_epochs=1000)
-    run_dir = run.RunDir(tmp_path, config, steps=1, image_shape=(28, 28, 1))
+    run = run_dir.RunDir(tmp_path, config, steps=1, image_shape=(28, 28, 1))
     for epoch, loss in enumerate([230.0, 229.0, 600.0, 700.0], 1):
-        run_dir.end_epoch({"epoch": epoch, "train/loss": loss}, state=None, stop_requested=False,
-                          session_start=0.0)
-    run_dir.close()
+        run.end_epoch({"epoch": epoch, "train/loss": loss}, state=None, stop_requested=False,
+                      session_start=0.0)
+    run.close()
     printed = capsys.readouterr().err.splitlines()
     t = config.train
-    expected = run.divergence(run_dir.history[:3], t.kl_warmup_epochs, t.early_stopping_patience)
+    expected = run_dir.divergence(run.history[:3], t.kl_warmup_epochs, t.early_stopping_patience)
     assert printed == [f"warning: {tmp_path}: {expected}"]
     assert "epoch 3, 600, is 2.62x its lowest (229 at epoch 2)" in printed[0]
 
@@ -87,7 +87,7 @@ def stopped(tmp_path_factory, fashion_mnist):
 
 def test_early_stopping_ends_patience_epochs_after_the_best(stopped):
     path, history = stopped
-    best, value = run.best_epoch(history)
+    best, value = run_dir.best_epoch(history)
     assert history[-1]["epoch"] == best + PATIENCE < 40
     assert value == min(r["val/elbo"] for r in history)
     for record in history:
@@ -101,7 +101,7 @@ def test_early_stopping_ends_patience_epochs_after_the_best(stopped):
 
 def test_the_best_checkpoint_is_kept_beside_the_latest_and_loaded_by_default(stopped):
     path, history = stopped
-    best, _ = run.best_epoch(history)
+    best, _ = run_dir.best_epoch(history)
     assert sorted(int(p.name) for p in (path / files.BEST_DIR).iterdir() if p.name.isdigit()) == [best]
     assert params_of(path)[0] == best
     assert params_of(path, "latest")[0] == history[-1]["epoch"]
@@ -128,7 +128,7 @@ def five_epochs(tmp_path_factory, fashion_mnist):
     """The run of `stopped` stopped after epoch 5, for the resume tests to copy."""
     path = tmp_path_factory.mktemp("five_epochs")
     first = loop.train_and_evaluate(selection_config(train__num_epochs=5), path, progress=False)
-    assert run.best_epoch(first)[0] == 5  # still improving: epoch 5 is in both managers
+    assert run_dir.best_epoch(first)[0] == 5  # still improving: epoch 5 is in both managers
     return path
 
 

@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from tests.conftest import tiny_config
-from vae.train import loop, run, state, step
+from vae.train import loop, run_dir, state, step
 from vae.workdir import files
 
 
@@ -84,22 +84,22 @@ def test_a_non_finite_gradient_is_always_skipped():
 
 def test_the_epoch_record_counts_skips_and_averages_only_applied_updates(tmp_path):
     config = tiny_config(train__skip_threshold=10.0)
-    run_dir = run.RunDir(tmp_path, config, steps=4, image_shape=(28, 28, 1))
+    run = run_dir.RunDir(tmp_path, config, steps=4, image_shape=(28, 28, 1))
     metrics = {"loss": np.array([200.0, np.nan, 1e6, 100.0]), "elbo": np.array([200.0, np.nan, 1e6, 100.0]),
                "grad_norm": np.array([3.0, np.nan, 50.0, 5.0]), "skipped": np.array([0.0, 1.0, 1.0, 0.0])}
-    record = run_dir.train_record(metrics, train_time=1.0, compile_time=None)
-    run_dir.close()
+    record = run.train_record(metrics, train_time=1.0, compile_time=None)
+    run.close()
     assert record["train/skipped_updates"] == 2
     assert record["train/loss"] == 150.0 and record["train/elbo"] == 150.0  # the applied ones
     assert record["train/grad_norm"] == pytest.approx(58.0 / 3) and record["train/grad_norm_max"] == 50.0
-    line = run.skip_line(record, 10.0)
+    line = run_dir.skip_line(record, 10.0)
     assert line == ("epoch 1: skipped 2 of the epoch's updates (gradient norm above train.skip_threshold=10 "
                     "or not finite; the largest finite norm was 50)")
 
 
 def test_an_epoch_that_skips_every_update_stops_the_run_in_one_line(tmp_path, fashion_mnist):
     config = tiny_config(train__skip_threshold=1e-6, train__num_epochs=2)
-    with pytest.raises(run.UpdatesSkippedError) as error:
+    with pytest.raises(run_dir.UpdatesSkippedError) as error:
         loop.train_and_evaluate(config, tmp_path / "run", progress=False)
     message = str(error.value)
     assert "\n" not in message

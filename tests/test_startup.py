@@ -6,6 +6,7 @@ uses (orbax where checkpoints are read or written, TFDS where TFDS data is read,
 is built, JAX not at all for reading metrics).
 """
 
+import importlib
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ import textwrap
 import pytest
 from conftest import REPO, copy_run
 
+from vae import cli
 from vae.train import trained
 from vae.workdir import files
 
@@ -24,6 +26,12 @@ def _script(tmp_path, body: str) -> subprocess.CompletedProcess:
     path.write_text(textwrap.dedent(body))
     return subprocess.run([sys.executable, str(path)], capture_output=True, text=True, cwd=REPO, timeout=60,
                           env=dict(os.environ, PYTHONPATH=REPO))
+
+
+def test_the_user_errors_the_cli_reports_in_one_line_are_their_modules_exceptions():
+    # The table names modules as strings (cli imports none of them): a renamed module drops out silently.
+    for module, name in cli._USER_ERRORS.items():
+        assert issubclass(getattr(importlib.import_module(module), name), Exception), (module, name)
 
 
 def test_run_script_exits_with_the_status_after_threads_atexit_and_buffered_output(tmp_path):

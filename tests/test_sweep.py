@@ -14,7 +14,7 @@ from tests.test_scripts import assert_png, run_script
 from vae.analysis import iwae
 from vae.config import ConfigError
 from vae.sweep import driver, program, spec
-from vae.train import loop, run, trained
+from vae.train import loop, run_dir, trained
 from vae.workdir import files
 
 # Facts of the session, not of the run: times, and how many members trained together that epoch.
@@ -224,7 +224,7 @@ def test_members_stop_early_on_their_own_and_keep_their_best_checkpoint(tmp_path
                                           progress=False)
         history = histories[name]
         assert [r["best/epoch"] for r in history] == [r["best/epoch"] for r in single]
-        best = run.best_epoch(history)[0]
+        best = run_dir.best_epoch(history)[0]
         assert history[-1]["epoch"] in (best + 3, 30)  # stopped by patience, or ran all epochs
         assert trained.load_trained(tmp_path / "sweep" / name)[2] == best  # the best/ checkpoint
         assert_same_run(tmp_path / "sweep" / name, history, tmp_path / name, single, rel=1e-4)
@@ -235,7 +235,7 @@ def test_members_stop_early_on_their_own_and_keep_their_best_checkpoint(tmp_path
 def test_a_diverging_member_stops_alone(tmp_path, fashion_mnist):
     axes = [("train.learning_rate", [1e-3, 1e4])]
     diverged = r"member learning_rate=10000: the (loss became|test/elbo is) nan"
-    with pytest.raises(run.NonFiniteLossError, match=diverged):
+    with pytest.raises(run_dir.NonFiniteLossError, match=diverged):
         driver.train_sweep(tiny_config(), axes, tmp_path, progress=False)
     assert [r["epoch"] for r in files.read_metrics(tmp_path / "learning_rate=0.001")] == [1, 2]
     assert not files.read_metrics(tmp_path / "learning_rate=10000")

@@ -19,7 +19,7 @@ from tensorboard.backend.event_processing.plugin_event_multiplexer import EventM
 
 from tests.conftest import REPO, copy_run, tiny_config, tiny_run_config
 from vae.data import dataset
-from vae.train import loop, run
+from vae.train import loop, run_dir
 from vae.workdir import checkpoints, files, tensorboard
 
 KL_SPLIT = ("test/mutual_info", "test/marginal_kl", "test/mutual_info_std_error",
@@ -92,7 +92,7 @@ def test_a_run_writes_tensorboard_events_of_its_metrics(tmp_path, fashion_mnist)
 def test_the_training_loss_and_beta_are_shown_where_they_differ_from_the_bound_and_change():
     def left_out(**train):
         t = tiny_config(**{f"train__{k}": v for k, v in train.items()}).train
-        return run.repeated_keys(t.kl_warmup_epochs, t.beta, t.free_bits)
+        return run_dir.repeated_keys(t.kl_warmup_epochs, t.beta, t.free_bits)
 
     assert left_out() == {"train/loss", "train/beta"}
     assert left_out(objective="iwae", num_samples=5) == {"train/loss", "train/beta"}  # the loss is train/iwae

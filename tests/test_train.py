@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from tests.conftest import REPO, copy_run, tiny_config, tiny_run_config, xla_flags
-from vae.train import loop, run, trained
+from vae.train import loop, run_dir, trained
 from vae.workdir import files
 
 METRIC_FIELDS = {
@@ -104,7 +104,7 @@ def test_resuming_with_another_model_is_refused(tmp_path, tiny_run):
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_run):
     path = copy_run(tiny_run, tmp_path / "run")  # 2 epochs
     config = tiny_run_config(train__num_epochs=4, train__learning_rate=1e4)
-    with pytest.raises(run.NonFiniteLossError, match=r"epoch 3.*epoch 2\) is kept"):
+    with pytest.raises(run_dir.NonFiniteLossError, match=r"epoch 3.*epoch 2\) is kept"):
         loop.train_and_evaluate(config, path, progress=False)
     _, _, epoch = trained.load_trained(path)
     assert epoch == 2

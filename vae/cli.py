@@ -21,7 +21,7 @@ class UsageError(Exception):
 # of a module the script never imported cannot have been raised), so this module imports neither
 # JAX nor the library, and a script that needs neither (plot_kl.py) starts without them.
 _USER_ERRORS = {"vae.data.source": "DataError", "vae.config.checks": "ConfigError",
-                "vae.workdir.files": "WorkdirError", "vae.train.run": "NonFiniteLossError",
+                "vae.workdir.files": "WorkdirError", "vae.train.run_dir": "NonFiniteLossError",
                 "vae.train.distributed": "JoinError", "vae.coding.errors": "CodingError"}
 
 

@@ -10,7 +10,7 @@ latents under the prior, pop the pixels under p(x|z), push the latents under q(z
 decoded images. One constriction call codes each of those steps for the whole block.
 
 Where the block's floats are rounded (q's and the priors' means and standard deviations, p(x|z)'s
-parameters: `latents.steps`, `fixed_point.STEPS`), every grid is shifted by the block's
+parameters: `latent_code.steps`, `fixed_point.STEPS`), every grid is shifted by the block's
 variant v, v / VARIANTS of a step; v is pushed last (decoding pops it first, so it rounds on the
 same grids). The encoder takes v = 0 but where a value of the block lies within
 `fixed_point.GUARD_STEPS` of a rounding boundary on that grid (a value another machine's floats
@@ -43,11 +43,11 @@ import constriction
 import numpy as np
 from tqdm import tqdm
 
-from vae.coding import first_image, pixels, tiles
+from vae.coding import first_image, pixel_code, tiles
 from vae.coding.errors import CodingError, DecodeMismatch
 from vae.coding.fixed_point import GUARD_STEPS
-from vae.coding.host import HostModel
-from vae.coding.latents import GaussianCode, LatentBins, PriorCode
+from vae.coding.host_model import HostModel
+from vae.coding.latent_code import GaussianCode, LatentBins, PriorCode
 
 # A pop that leaves fewer valid bits than this read the stack dry (an ANS coder popped past its
 # data returns symbols from the far tails, which then cost dearly to push): the block is halved.
@@ -133,7 +133,7 @@ class _Block:
     def __init__(self, host: HostModel, bins: LatentBins):
         self.host, self.bins = host, bins
         self.gaussian, self.prior = GaussianCode(bins.max_index), PriorCode(bins)
-        self.pixels = pixels.PixelCode(host.family, host.num_pixels, host.block_size)
+        self.pixels = pixel_code.PixelCode(host.family, host.num_pixels, host.block_size)
         self._plans = {}
 
     def values(self, indices: list) -> list:

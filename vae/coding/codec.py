@@ -25,10 +25,10 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from vae.coding import bbans, container, names, pixels, tiles
+from vae.coding import bbans, container, file_name_code, pixel_code, tiles
 from vae.coding.errors import CodingError, DecodeMismatch
-from vae.coding.host import HostModel, host_model
-from vae.coding.latents import LatentBins
+from vae.coding.host_model import HostModel, host_model
+from vae.coding.latent_code import LatentBins
 from vae.data import dataset
 from vae.train import trained
 from vae.workdir import files
@@ -79,7 +79,7 @@ def check_codable(config, model) -> str:
     family = getattr(model.likelihood, "coding_family", None)
     if family is None:
         raise CodingError(f"the likelihood {config.model.likelihood!r} has no lossless code (coding_family)")
-    pixels.check_family(family)
+    pixel_code.check_family(family)
     return family
 
 
@@ -97,7 +97,7 @@ def warm_up(host: HostModel, tiled: bool = False) -> None:
     """Compiles the model's functions and the pixel code's at the host's block size (`tiled`:
     also what images coded as tiles need)."""
     host.warm_up()
-    pixels.PixelCode(host.family, host.num_pixels, host.block_size).warm_up(host, tiled)
+    pixel_code.PixelCode(host.family, host.num_pixels, host.block_size).warm_up(host, tiled)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +108,7 @@ class Loaded:
     config: object
     model: object
     epoch: int
-    family: str  # the likelihood's coding family (`pixels.FAMILIES`)
+    family: str  # the likelihood's coding family (`pixel_code.FAMILIES`)
     hash: bytes  # `model_hash`
 
     @property
@@ -176,9 +176,9 @@ def compress(loaded: Loaded, images: np.ndarray | list, *, file_names: list[str]
         sources = bbans.no_sources
     if file_names is not None and len(file_names) != count:
         raise ValueError(f"{len(file_names)} names for {count} images")
-    scale = pixels.pixel_scale(tile_images, loaded.family)
+    scale = pixel_code.pixel_scale(tile_images, loaded.family)
     block_size = min(block_size, rows)  # a short file runs the model on no more rows than it has
-    name_bytes = names.joined(file_names) + (b"\0" + tiles.record(tiling.shapes) if tiled else b"")
+    name_bytes = file_name_code.joined(file_names) + (b"\0" + tiles.record(tiling.shapes) if tiled else b"")
     header = container.Header(
         model_tag=loaded.hash[0], software=container.software_code(), coder_tag=container.coder_tag(),
         count=count, array_ndim=4 if tiled else images.ndim,
@@ -190,7 +190,7 @@ def compress(loaded: Loaded, images: np.ndarray | list, *, file_names: list[str]
     warm_up(host, tiled)  # compiled before the clock starts
     compiled = time.perf_counter()
     checksum = container.checksum(loaded.hash, header, name_bytes, image_bytes)
-    symbols = pixels.to_symbols(tile_images, scale)
+    symbols = pixel_code.to_symbols(tile_images, scale)
     pad_words = 0
     while True:  # once, but for images that cost fewer bits than the stack's guarantees ask
         coded = bbans.encode(host, symbols, bins, progress=progress,
@@ -202,7 +202,7 @@ def compress(loaded: Loaded, images: np.ndarray | list, *, file_names: list[str]
             tiles.push(coder, tiling.shapes, loaded.image_shape[2])
         shapes_bits = coder.num_valid_bits()
         if file_names is not None:
-            names.push(coder, file_names)
+            file_name_code.push(coder, file_names)
         words = coder.get_compressed()
         missing = container.pad_words_needed(count, container.stack_bytes(words))
         if tiled:  # and as many bits a tile below the shapes: they cannot claim more than it holds
@@ -305,8 +305,8 @@ def open_loaded(loaded: Loaded, data: bytes, name: str) -> Opened:
     if header.has_names:
         try:
             coder = constriction.stream.stack.AnsCoder(words)
-            file_names = names.pop(coder, header.count)
-        except names.NamesError as e:
+            file_names = file_name_code.pop(coder, header.count)
+        except file_name_code.NamesError as e:
             raise container.FileError(f"{name} is damaged: {e}") from None
         except ValueError as e:  # constriction refuses the words (e.g. a top word of zero)
             raise container.FileError(f"{name} is damaged: the coder refused its words ({e})") from None
@@ -370,15 +370,15 @@ def decode(opened: Opened, *, progress: bool = True, host: HostModel | None = No
     except DecodeMismatch as e:  # a symbol the model cannot code: met only in other words than encoding's
         raise _mismatch(opened, str(e)) from None
     coding_time = time.perf_counter() - start
-    name_bytes = names.joined(opened.file_names)
+    name_bytes = file_name_code.joined(opened.file_names)
     if tiling:
-        images = tiles.join(pixels.from_symbols(symbols, header.pixel_scale, (rows, *loaded.image_shape)),
+        images = tiles.join(pixel_code.from_symbols(symbols, header.pixel_scale, (rows, *loaded.image_shape)),
                             tiling)
         image_bytes = b"".join(image.tobytes() for image in images)
         name_bytes += b"\0" + tiles.record(tiling.shapes)
         dims = tiling.num_sub_pixels
     else:
-        images = image_bytes = pixels.from_symbols(symbols, header.pixel_scale, opened.array_shape)
+        images = image_bytes = pixel_code.from_symbols(symbols, header.pixel_scale, opened.array_shape)
         dims = header.count * math.prod(loaded.image_shape)
     if not container.is_bottom(left, container.checksum(loaded.hash, header, name_bytes, image_bytes)):
         raise _mismatch(opened, "its checksum differs")

@@ -9,8 +9,8 @@ images), then the ANS stack.
     byte 1    flags, the high three bits zero:
                 MANY      (1) several images, or SHAPES: the fields below follow
                 ARRAY4    (2) the array was N x H x W x C (else N x H x W)
-                SCALE255  (4) the pixel value 255 stands for symbol 1 (else 1; `pixels.pixel_scale`)
-                NAMES     (8) the images came from files; their names are on the stack (`names.py`)
+                SCALE255  (4) the pixel value 255 stands for symbol 1 (else 1; `pixel_code.pixel_scale`)
+                NAMES     (8) the images came from files; their names are on the stack (`file_name_code.py`)
                 SHAPES   (16) format 4 only, and always there: the images have sizes and channels
                           of their own, coded on the stack below the names (`tiles.py`); each is
                           coded as the model's tiles, and the count and the ramp count images,
@@ -54,9 +54,9 @@ from importlib import metadata
 
 import numpy as np
 
-from vae.coding import bbans, first_image, fixed_point, latents, names
+from vae.coding import bbans, file_name_code, first_image, fixed_point, latent_code
 from vae.coding.errors import CodingError
-from vae.coding.latents import DEFAULT_BIN_WIDTH, DEFAULT_HALF_RANGE
+from vae.coding.latent_code import DEFAULT_BIN_WIDTH, DEFAULT_HALF_RANGE
 
 FORMAT = 4  # byte 0 of a file with SHAPES; FORMAT_3 without
 FORMAT_3 = 3
@@ -109,7 +109,8 @@ class Header:
 def coder_constants() -> dict:
     """Every constant the coder's numbers depend on, by module: what `coder_hash` covers (with the
     tables of `_coder_tables`). A change to one of them turns a file into other images, so a
-    file records their hash."""
+    file records their hash. The keys are hashed too, so they stay as the format set them:
+    "latents" holds `latent_code`'s constants, "names" `file_name_code`'s."""
     def of(module, *constants):
         return {name: getattr(module, name) for name in constants}
 
@@ -122,19 +123,19 @@ def coder_constants() -> dict:
                           "TABLE_RANGE", "INV_SCALE_BITS", "LOGIT_BITS", "CATEGORICAL_LOGIT_BITS",
                           "MIXTURE_FLOOR", "CATEGORICAL_FLOOR", "ROUND_BITS", "PHI_BITS", "PHI_STEPS",
                           "PHI_RANGE"),
-        "latents": of(latents, "DEFAULT_BIN_WIDTH", "DEFAULT_HALF_RANGE", "MAX_INDEX", "GRID_STEPS",
+        "latents": of(latent_code, "DEFAULT_BIN_WIDTH", "DEFAULT_HALF_RANGE", "MAX_INDEX", "GRID_STEPS",
                       "LATENT_FLOOR", "ROUND_BITS", "MAX_BINS"),
         "first_image": of(first_image, "BIN_WIDTH", "MIN_WIDTH", "MAX_WIDTH", "THRESHOLD", "HALF_RANGE",
                           "RATIO_STEPS", "K"),
         "bbans": {"VARIANTS": bbans.VARIANTS, "VARIANT_PROBABILITIES": bbans.VARIANT_PROBABILITIES.tolist()},
-        "names": {"MAX_NAME_BYTES": names.MAX_NAME_BYTES, "END": names.END,
-                  "ENDINGS": [ending.decode() for ending in names.ENDINGS]},
+        "names": {"MAX_NAME_BYTES": file_name_code.MAX_NAME_BYTES, "END": file_name_code.END,
+                  "ENDINGS": [ending.decode() for ending in file_name_code.ENDINGS]},
     }
 
 
 def _coder_tables() -> list[np.ndarray]:
     return [fixed_point.SIGMOID_TABLE, fixed_point.EXP_TABLE, fixed_point.INVERSE_SCALE_TABLE,
-            fixed_point.PHI_TABLE, names.weights()]
+            fixed_point.PHI_TABLE, file_name_code.weights()]
 
 
 def coder_hash() -> bytes:

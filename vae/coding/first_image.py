@@ -4,7 +4,7 @@ Bits back pop the latents from what the stack already holds; the first image of 
 nothing there (but the file's 32-bit checksum). It is coded with a plain two-part code instead:
 its latents at a coarse precision, then its pixels under p(x | those latents). Decoding pops the
 latents, then the pixels. Everything here is a function of the model alone, computed on both
-sides by the same host program (`host.py`), so encoder and decoder agree bit for bit.
+sides by the same host program (`host_model.py`), so encoder and decoder agree bit for bit.
 
 - The plan (`plan`): at the model's own mean image (the image p(x|z) gives at the prior's mean),
   each latent dimension's posterior standard deviation relative to its prior's, r. A dimension
@@ -15,7 +15,7 @@ sides by the same host program (`host.py`), so encoder and decoder agree bit for
 - The bins: those of the posterior means; bin s ∈ [−K, K] stands for m + s · width · σ (m, σ:
   the prior's mean and deviation: N(0, 1) at the top layer, the HVAE's p(z1|z2) below it, given
   the layers above as coded), and costs the prior's mass of the bin (N(0, 1) in units of the
-  width, from the integer tables of `latents.GaussianCode`).
+  width, from the integer tables of `latent_code.GaussianCode`).
 - The plan's ratios are rounded on a grid shifted by the image's offset (`bbans.VARIANTS`), and
   the encoder takes another offset where one lies within the guard band of a rounding boundary
   (`Plan.margin`), as it does for p(x|z)'s parameters.
@@ -25,14 +25,14 @@ search) saved almost nothing (docs/compression.md has what this code and the sea
 constants below are part of the file format: other values decode a file to other images, so
 changing one needs a new format in `container.py`.
 
-Imports only `latents` of the package (it is handed a `host.HostModel`).
+Imports only `latent_code` of the package (it is handed a `host_model.HostModel`).
 """
 
 import dataclasses
 
 import numpy as np
 
-from vae.coding import latents
+from vae.coding import latent_code
 
 BIN_WIDTH = 4.0  # a coded dimension's bins, in its posterior deviations at the mean image ...
 MIN_WIDTH, MAX_WIDTH = 0.05, 4.0  # ... clipped to these many prior deviations
@@ -64,14 +64,14 @@ class Plan:
         return np.concatenate([w[w > 0] for w in self.widths])
 
 
-_CODE = latents.GaussianCode(K)
+_CODE = latent_code.GaussianCode(K)
 
 
-def _gaussians(code: Plan) -> latents.Steps:
+def _gaussians(code: Plan) -> latent_code.Steps:
     """N(0, 1) over each coded dimension's bins: standard deviation 1 / width bins (constants,
     the same on both sides)."""
     widths = code.flat_widths()
-    return latents.exact_steps(np.zeros(widths.size), 1.0 / widths)
+    return latent_code.exact_steps(np.zeros(widths.size), 1.0 / widths)
 
 
 def _prior(host, layer: int, upper: list):

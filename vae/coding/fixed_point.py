@@ -1,6 +1,6 @@
 """The numbers the entropy coder reads, the same integers on every machine.
 
-The model runs in float64 (`host.py`), and its outputs differ between CPUs, thread counts and
+The model runs in float64 (`host_model.py`), and its outputs differ between CPUs, thread counts and
 vector widths in their last bits: a sum in another order, an exp or tanh with or without fused
 multiply-adds (XLA with `--xla_cpu_max_isa=SSE4_2` gives another float64 exp for about 1 value
 in 1,000, another tanh for half of them). One such bit in one probability and bits-back decoding
@@ -31,7 +31,7 @@ at all 257 edges, and decoding reads them in the same order. The counts are exac
 below 2^53; dividing them by their total in float64 is exactly rounded (IEEE), so the
 probabilities constriction reads are the same numbers everywhere.
 
-The standard normal CDF's table (PHI_TABLE) is the latents' (`latents.py`), read with NumPy.
+The standard normal CDF's table (PHI_TABLE) is the latents' (`latent_code.py`), read with NumPy.
 
 These constants are part of the file format: changing one changes what a file decodes to (the
 file's coder tag, `container.coder_hash`, covers them). Functions here are pure jax.numpy and

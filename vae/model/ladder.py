@@ -23,7 +23,7 @@ Order of per-layer outputs: every array or list over the layers (`kl_per_layer`,
 per-layer temperatures) and over latent units (`kl_per_dim`, `mean`) lists z_1 first and z_L last,
 as the HVAE lists z1 then z2: the last `latent_dim` units are the top layer's code. Functions that
 take the layers above one (`posterior_below`, `prior_below`, `decode_layers`) take them top first,
-the order in which they are drawn and coded (`vae.coding.host`).
+the order in which they are drawn and coded (`vae.coding.host_model`).
 
 `encode`, `decode` and the prior act on the top layer (`latent_dim` is its size): `decode(z_L)`
 puts each layer below at its prior mean. Imports nothing of the package but `vae.kl`.
@@ -243,7 +243,7 @@ class Ladder(nnx.Module):
     def output_bias(self) -> nnx.Param:
         return self.output.output_bias
 
-    # --- Layer by layer, for bits-back coding (`vae.coding.host`) -----------------------------------
+    # --- Layer by layer, for bits-back coding (`vae.coding.host_model`) -----------------------------
 
     def posterior_below(self, x_BxD: jax.Array, upper: Sequence[jax.Array]) -> tuple[jax.Array, jax.Array]:
         """q(z | x, upper) of the layer below `upper` (the latents of the layers above it, top first):

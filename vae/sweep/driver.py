@@ -17,7 +17,7 @@ from vae.config import ConfigError, validate_config
 from vae.data import dataset
 from vae.sweep import program, spec
 from vae.train import distributed, loop
-from vae.train.run import NonFiniteLossError
+from vae.train.run_dir import NonFiniteLossError
 from vae.workdir import faults, files, lock
 
 

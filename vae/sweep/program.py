@@ -29,7 +29,7 @@ from tqdm import tqdm
 from vae.data import dataset
 from vae.sweep.spec import Member
 from vae.train import loop
-from vae.train.run import NonFiniteLossError, RunDir
+from vae.train.run_dir import NonFiniteLossError, RunDir
 from vae.train.state import TrainState, eval_params, hyperparameters
 from vae.train.step import step_key
 from vae.workdir import files

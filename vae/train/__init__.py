@@ -8,7 +8,7 @@
                       host per process)
     evaluate.py       the ELBO and its parts on the validation and test splits, and the KL split
     pictures.py       the prior samples and reconstructions TensorBoard shows, one compiled program
-    run.py            one run's workdir while it trains: metrics, checkpoints, model selection
+    run_dir.py        one run's workdir while it trains: metrics, checkpoints, model selection
     loop.py           THE loop over epochs of one run (`train_and_evaluate`), its per-epoch pieces and
                       the set-up it starts from (`build`: optimizer, initial state, feed, compiled
                       epoch, evaluators; the sweep and the benchmarks build through it too)

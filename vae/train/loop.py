@@ -2,7 +2,7 @@
 initial state, the feed, the compiled epoch, the evaluators; a sweep and the benchmarks build
 through it too), then epoch after epoch the train step over the epoch's batches (`epoch.py`, the
 batches from `feed.py`), evaluation on the validation and test splits (`evaluate.py`), model
-selection with early stopping, checkpoints and metrics (`run.py`). A sweep (`vae.sweep.program`)
+selection with early stopping, checkpoints and metrics (`run_dir.py`). A sweep (`vae.sweep.program`)
 trains several runs as one program with the same per-epoch pieces (`run_epoch`, `epoch_record`,
 `evaluation`, `end_epoch`).
 
@@ -40,7 +40,7 @@ from vae.config import ConfigError, validate_config, validate_image_shape
 from vae.data import dataset
 from vae.train import distributed, epoch, feed, pictures, state
 from vae.train.evaluate import Evaluator, make_evaluators
-from vae.train.run import RunDir, skip_line
+from vae.train.run_dir import RunDir, skip_line
 from vae.train.step import make_train_step
 from vae.workdir import faults, files, lock
 

@@ -14,7 +14,7 @@ rounds the pixels' probabilities the same way):
   256 entries per standard deviation, linear between them in 1/256) at its two edges, each
   standardised as (edge − mean) / std in integer arithmetic, plus LATENT_FLOOR, so every bin
   keeps a count;
-- the index is coded in rounds of ROUND_BITS (the search over the levels that `pixels.py` runs
+- the index is coded in rounds of ROUND_BITS (the search over the levels that `pixel_code.py` runs
   for a sub-pixel), each round constriction's categorical over a few parts with those counts'
   shares; the prior N(0, 1), the same for every dimension, is one categorical over all 2^R bins
   (`PriorCode`). Constriction never computes a Gaussian.

@@ -19,7 +19,7 @@ and the rest of the stream decodes to garbage. So:
   boundary, and codes no block where a margin is below `fixed_point.GUARD_STEPS`
   (`bbans.VARIANTS`), so another CPU, thread count or vector width, whose float64 outputs differ
   in the last bits, gives the same integers. q(z|x)
-  and the priors below the top layer are rounded likewise where they are coded (`latents.steps`).
+  and the priors below the top layer are rounded likewise where they are coded (`latent_code.steps`).
 A file that still meets a larger difference fails its checksum (the stack's bottom word) or meets
 a symbol the coder cannot code, in one line (`codec.decode`).
 """
@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vae.coding import fixed_point, pixels
+from vae.coding import fixed_point, pixel_code
 from vae.model.hvae import HierarchicalVAE
 from vae.model.ladder import Ladder
 
@@ -126,16 +126,16 @@ def _layer_functions(model, family: str):
     architecture's layers are."""
     if isinstance(model, Ladder):  # each layer's function is told the layer by how many are above it
         below = model.num_layers - 1
-        return ([lambda m, s, *upper: _gaussian(m.posterior_below(pixels.model_input(s, family), upper))]
+        return ([lambda m, s, *upper: _gaussian(m.posterior_below(pixel_code.model_input(s, family), upper))]
                 * model.num_layers,
                 [None] + [lambda m, *upper: _gaussian(m.prior_below(upper))] * below,
                 lambda m, *zs: m.decode_layers(zs))
     if isinstance(model, HierarchicalVAE):
-        posteriors = [lambda m, s: _gaussian(m.encode(pixels.model_input(s, family))),
-                      lambda m, s, z2: _gaussian(m.q_z1(pixels.model_input(s, family), z2))]
+        posteriors = [lambda m, s: _gaussian(m.encode(pixel_code.model_input(s, family))),
+                      lambda m, s, z2: _gaussian(m.q_z1(pixel_code.model_input(s, family), z2))]
         priors = [None, lambda m, z2: _gaussian(m.p_z1(z2))]
         return posteriors, priors, lambda m, z2, z1: m.decode_both(z1, z2)
-    return ([lambda m, s: _gaussian(m.encode(pixels.model_input(s, family)))], [None],
+    return ([lambda m, s: _gaussian(m.encode(pixel_code.model_input(s, family)))], [None],
             lambda m, z: m.decode(z))
 
 
@@ -165,7 +165,7 @@ def _pixel_functions(decode, family: str):
     def probabilities(m, integers, out, offset, symbols_bxD):
         rounds, bits_N = fixed_point.level_probabilities(family, integers, symbols_bxD.reshape(-1))
         # log p(x|z) for the figures only: in float32, to about 1e-6 of its value
-        x = pixels.model_input(symbols_bxD, family).astype(jnp.float32)
+        x = pixel_code.model_input(symbols_bxD, family).astype(jnp.float32)
         log_prob = m.likelihood.log_prob_grouped(out.astype(jnp.float32), x)
         margins = fixed_point.margins(family, coding_steps(m, out, offset))
         margins = margins.reshape(symbols_bxD.shape[0], -1).min(axis=1)
@@ -176,7 +176,7 @@ def _pixel_functions(decode, family: str):
         `tiles`); log p(x|z) per sub-pixel: the likelihood's sum over one sub-pixel at a time."""
         rounds, bits_N = fixed_point.level_probabilities(family, integers, symbols_bxD.reshape(-1))
         rows, d = symbols_bxD.shape
-        x = pixels.model_input(symbols_bxD, family).astype(jnp.float32).reshape(rows, d, 1)
+        x = pixel_code.model_input(symbols_bxD, family).astype(jnp.float32).reshape(rows, d, 1)
         log_prob_bxD = m.likelihood.log_prob(out.astype(jnp.float32).reshape(rows, d, -1), x)
         margins = fixed_point.margins(family, coding_steps(m, out, offset))
         margins = margins.reshape(rows, -1).min(axis=1)
