@@ -106,3 +106,18 @@ def test_the_bound_takes_jax_random_keys_and_the_projects_alike(model, images):
     fused = iwae.iwae_log_likelihoods(model.model, images, threefry.key(3), 4, progress=False)
     plain = iwae.iwae_log_likelihoods(model.model, images, jax.random.key(3), 4, progress=False)
     np.testing.assert_allclose(plain, fused, rtol=1e-6)
+
+
+def test_files_made_one_after_another_compile_the_coding_functions_once(model, images, monkeypatch):
+    """The model's host functions (jitted float64 programs) are made once per block size and kept:
+    a second file, or decompressing one, does not build and compile them again."""
+    from vae.coding import codec
+
+    made = []
+    original = codec.host_model
+    monkeypatch.setattr(codec, "host_model", lambda m, size: made.append(size) or original(m, size))
+    fresh = vae.load(model.workdir)
+    first = fresh.compress(images[:3])
+    np.testing.assert_array_equal(fresh.decompress(first), images[:3])
+    assert fresh.compress(images[:3]) == first
+    assert made == [3]

@@ -110,10 +110,18 @@ class Loaded:
     epoch: int
     family: str  # the likelihood's coding family (`pixel_code.FAMILIES`)
     hash: bytes  # `model_hash`
+    # the model's host functions by block size, compiled once for every file made or read with it
+    hosts: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.model.image_shape)
+
+    def host(self, block_size: int) -> HostModel:
+        """The model's host functions for blocks of `block_size` rows (made on first use)."""
+        if block_size not in self.hosts:
+            self.hosts[block_size] = host_model(self.model, block_size)
+        return self.hosts[block_size]
 
 
 def load(workdir: str | Path, epoch: int | None = None, checkpoint: str = "best") -> Loaded:
@@ -185,7 +193,7 @@ def compress(loaded: Loaded, images: np.ndarray | list, *, file_names: list[str]
         pixel_scale=scale, has_names=file_names is not None, block_size=block_size, bin_width=bins.width,
         half_range=bins.half_range, has_shapes=tiled)
     if host is None or host.block_size != block_size:
-        host = host_model(loaded.model, block_size)
+        host = loaded.host(block_size)
     start = time.perf_counter()
     warm_up(host, tiled)  # compiled before the clock starts
     compiled = time.perf_counter()
@@ -360,7 +368,7 @@ def decode(opened: Opened, *, progress: bool = True, host: HostModel | None = No
     except ValueError as e:
         raise container.FileError(f"{opened.name} is damaged: {e}") from None
     if host is None or host.block_size != block_size:
-        host = host_model(loaded.model, block_size)
+        host = loaded.host(block_size)
     warm_up(host)
     start = time.perf_counter()
     try:
