@@ -139,6 +139,41 @@ class _Block:
     def values(self, indices: list) -> list:
         return [self.bins.values(index) for index in indices]
 
+    # --- p(x|z): at once for a factorised decoder, stage by stage for a staged one ---------------
+
+    def _stage_masks(self, own_bxD, rows: int) -> list:
+        """Per stage, first to last, the sub-pixels it codes (b x D bool, None for all): the
+        stage's among the own (`own_bxD`; None: all)."""
+        if self.host.sub_pixel_stages is None:
+            return [own_bxD]
+        own = np.ones((rows, self.host.num_pixels), bool) if own_bxD is None else own_bxD
+        return [own & (self.host.sub_pixel_stages == stage)[None] for stage in range(self.host.num_stages)]
+
+    def pixel_probabilities(self, given, symbols_bxD, own_bxD=None) -> tuple:
+        """`HostModel.pixel_probabilities` of the symbols under p(x|z) at the latents `given` was
+        made of; a staged decoder's with every stage's head on the symbols before it, the copies
+        of a tile (not `own_bxD`) read as 0, as decoding has them when it runs the heads."""
+        if self.host.stage_parameters is not None:
+            context = symbols_bxD if own_bxD is None else np.where(own_bxD, symbols_bxD, 0)
+            given = self.host.stage_parameters(given, context)
+        return self.host.pixel_probabilities(given, symbols_bxD, own_bxD)
+
+    def push_pixels(self, coder, symbols_bxD, rounds: list, own_bxD=None) -> None:
+        """Pushes the symbols with `pixel_probabilities`' rounds: the last stage first, so that
+        decoding pops the first stage first."""
+        for mask in reversed(self._stage_masks(own_bxD, len(symbols_bxD))):
+            self.pixels.push(coder, symbols_bxD, rounds, mask)
+
+    def pop_pixels(self, coder, rows: int, given, own_bxD=None) -> np.ndarray:
+        """Undoes `push_pixels` (`given`: `HostModel.pixel_parameters` of the latents): rows x D
+        symbols, 0 where not own; a staged decoder's heads run once a stage, on the symbols popped."""
+        symbols = None
+        for stage, mask in enumerate(self._stage_masks(own_bxD, rows)):
+            at = given if stage == 0 else self.host.stage_parameters(given, symbols)
+            popped = self.pixels.pop(coder, rows, self.host.pixel_search(at), mask)
+            symbols = popped if symbols is None else np.where(mask, popped, symbols)
+        return symbols
+
     def plan(self, variant: int) -> first_image.Plan:
         if variant not in self._plans:
             self._plans[variant] = first_image.plan(self.host, offset(variant))
@@ -158,7 +193,7 @@ class _Block:
             posteriors.append(self.bins.steps(mean, std, offset(variant)))
             indices.append(self.gaussian.pop(coder, posteriors[-1]))
         given = self.host.pixel_parameters(self.values(indices), offset(variant))
-        probabilities = self.host.pixel_probabilities(given, symbols_bxD, own_bxD)
+        probabilities = self.pixel_probabilities(given, symbols_bxD, own_bxD)
         margin = min([margin, *(g.margin for g in posteriors + priors), float(probabilities[3].min())])
         return _Draw(variant, indices, posteriors, priors, probabilities, kl_bits, margin)
 
@@ -183,7 +218,7 @@ class _Block:
         (the stack's size (bits) between the pixels and the latents, −log2 p(x|z) per image under
         the model, the pixels' bits under the coder's counts)."""
         rounds, pixel_bits, log_prob, _ = draw.pixels
-        self.pixels.push(coder, symbols_bxD, rounds, own_bxD)
+        self.push_pixels(coder, symbols_bxD, rounds, own_bxD)
         between = coder.num_valid_bits()
         for layer in reversed(range(self.host.num_layers)):
             if layer:
@@ -205,7 +240,7 @@ class _Block:
             else:
                 indices.append(self.prior.pop(coder, rows * self.host.latent_dim).reshape(rows, -1))
         given = self.host.pixel_parameters(self.values(indices), offset(variant))
-        return variant, indices, self.pixels.pop(coder, rows, self.host.pixel_search(given), own_bxD)
+        return variant, indices, self.pop_pixels(coder, rows, given, own_bxD)
 
     def push_posterior(self, coder, symbols_bxD, indices: list, variant: int) -> None:
         """Pushes every layer's indices under q, bottom first: undoes `draw`."""
@@ -223,7 +258,7 @@ class _Block:
             kl_bits = kl_bits + _kl_bits(mean, std, *prior)
             indices.append(self.bins.nearest(mean))
         given = self.host.pixel_parameters(self.values(indices), 0.0)
-        _, pixel_bits, log_prob, _ = self.host.pixel_probabilities(given, symbols_1xD, own_1xD)
+        _, pixel_bits, log_prob, _ = self.pixel_probabilities(given, symbols_1xD, own_1xD)
         return kl_bits, -log_prob * LOG2E + kl_bits, pixel_bits
 
     def push_first_image(self, coder, symbols_1xD, own_1xD=None) -> int:
@@ -233,14 +268,14 @@ class _Block:
             code = self.plan(variant)
             bins = first_image.posterior_bins(self.host, symbols_1xD, code)
             values = first_image.latent_values(self.host, bins, code)
-            rounds, *_, margins = self.host.pixel_probabilities(
+            rounds, *_, margins = self.pixel_probabilities(
                 self.host.pixel_parameters(values, offset(variant)), symbols_1xD, own_1xD)
             if min(code.margin, float(margins.min())) >= GUARD_STEPS:
                 break
         else:
             raise CodingError(f"image 0: each of the {VARIANTS} rounding grids puts one of the model's "
                               "outputs on a rounding boundary; compress it in a file with other images")
-        self.pixels.push(coder, symbols_1xD, rounds, own_1xD)
+        self.push_pixels(coder, symbols_1xD, rounds, own_1xD)
         between = coder.num_valid_bits()
         first_image.push(coder, bins, code)
         coder.encode_reverse(np.array([variant], np.int32), _VARIANT_MODEL)
@@ -253,7 +288,7 @@ class _Block:
         bins = first_image.pop(coder, code)
         values = first_image.latent_values(self.host, bins, code)
         given = self.host.pixel_parameters(values, offset(variant))
-        return self.pixels.pop(coder, 1, self.host.pixel_search(given), own_1xD)
+        return self.pop_pixels(coder, 1, given, own_1xD)
 
 
 def no_sources(first: int, last: int) -> None:

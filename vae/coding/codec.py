@@ -73,9 +73,6 @@ def check_codable(config, model) -> str:
             f"model.prior={config.model.prior}: the codec codes each latent dimension under its own "
             "quantised Gaussian, and the VampPrior's mixture does not factorise over dimensions; use a "
             "standard_normal run")
-    if config.model.get("decoder_stages", 1) != 1:
-        raise CodingError(f"model.decoder_stages={config.model.decoder_stages}: the codec codes a factorised "
-                          "p(x|z) only (decoder_stages=1); a staged decoder cannot be compressed yet")
     family = getattr(model.likelihood, "coding_family", None)
     if family is None:
         raise CodingError(f"the likelihood {config.model.likelihood!r} has no lossless code (coding_family)")

@@ -33,8 +33,10 @@ import numpy as np
 from flax import nnx
 
 from vae.coding import fixed_point, pixel_code
+from vae.model import stages
 from vae.model.hvae import HierarchicalVAE
 from vae.model.ladder import Ladder
+from vae.model.stages import StagedLikelihood
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +78,16 @@ class HostModel:
     # The size of each layer, top first, where they differ (a ladder's may); () where every layer
     # has latent_dim units. `layer_sizes` reads it.
     latent_dims: tuple[int, ...] = ()
+    # A decoder of S > 1 stages (`vae.model.stages`): the stage of each sub-pixel (D ints, 0 .. S−1;
+    # None for a factorised decoder), and (PixelParameters of the latents, symbols_bxD) -> the
+    # PixelParameters every sub-pixel is coded with, each stage's from the symbols of the stages
+    # before it (the others are not read). `pixel_parameters` alone gives the first stage's.
+    sub_pixel_stages: np.ndarray | None = None
+    stage_parameters: Callable[["PixelParameters", np.ndarray], "PixelParameters"] | None = None
+
+    @property
+    def num_stages(self) -> int:
+        return 1 if self.sub_pixel_stages is None else int(self.sub_pixel_stages.max()) + 1
 
     @property
     def layer_sizes(self) -> tuple[int, ...]:
@@ -97,6 +109,8 @@ class HostModel:
                     self.conditional_prior(layer, zs[:layer])
             parameters = self.pixel_parameters(zs, 0.0)
             self.pixel_search(parameters)
+            if self.stage_parameters is not None:
+                parameters = self.stage_parameters(parameters, symbols)
             self.pixel_probabilities(parameters, symbols)
 
 
@@ -149,11 +163,22 @@ def _pixel_functions(decode, family: str):
     third reads the margins of the same floats again, to decide, not to code)."""
     schedule = fixed_point.rounds(fixed_point.CDF[family][2])
 
+    def coded(m):
+        """The likelihood whose parameters are coded: a staged decoder's base, which reads the
+        output its heads made (`staged`)."""
+        return m.likelihood.base if isinstance(m.likelihood, StagedLikelihood) else m.likelihood
+
     def coding_steps(m, out, offset):
-        return fixed_point.STEPS[family](*m.likelihood.coding_parameters(out), offset=offset)
+        return fixed_point.STEPS[family](*coded(m).coding_parameters(out), offset=offset)
 
     def parameters(m, offset, *zs):
         out = decode(m, *zs)
+        return fixed_point.INTEGERS[family](*coding_steps(m, out, offset)), out
+
+    def staged(m, out, offset, symbols_bxD):
+        """A staged decoder's output with every stage's head applied to the symbols of the stages
+        before it (teacher-forced), and its fixed-point parameters."""
+        out = m.likelihood.parameters(out, pixel_code.model_input(symbols_bxD, family).astype(out.dtype))
         return fixed_point.INTEGERS[family](*coding_steps(m, out, offset)), out
 
     def search(m, integers):
@@ -166,7 +191,7 @@ def _pixel_functions(decode, family: str):
         rounds, bits_N = fixed_point.level_probabilities(family, integers, symbols_bxD.reshape(-1))
         # log p(x|z) for the figures only: in float32, to about 1e-6 of its value
         x = pixel_code.model_input(symbols_bxD, family).astype(jnp.float32)
-        log_prob = m.likelihood.log_prob_grouped(out.astype(jnp.float32), x)
+        log_prob = coded(m).log_prob_grouped(out.astype(jnp.float32), x)
         margins = fixed_point.margins(family, coding_steps(m, out, offset))
         margins = margins.reshape(symbols_bxD.shape[0], -1).min(axis=1)
         return rounds, bits_N.reshape(symbols_bxD.shape).astype(jnp.float64).sum(axis=1), log_prob, margins
@@ -177,7 +202,7 @@ def _pixel_functions(decode, family: str):
         rounds, bits_N = fixed_point.level_probabilities(family, integers, symbols_bxD.reshape(-1))
         rows, d = symbols_bxD.shape
         x = pixel_code.model_input(symbols_bxD, family).astype(jnp.float32).reshape(rows, d, 1)
-        log_prob_bxD = m.likelihood.log_prob(out.astype(jnp.float32).reshape(rows, d, -1), x)
+        log_prob_bxD = coded(m).log_prob(out.astype(jnp.float32).reshape(rows, d, -1), x)
         margins = fixed_point.margins(family, coding_steps(m, out, offset))
         margins = margins.reshape(rows, -1).min(axis=1)
         bits = jnp.where(own_bxD, bits_N.reshape(symbols_bxD.shape), 0.0).astype(jnp.float64).sum(axis=1)
@@ -186,7 +211,7 @@ def _pixel_functions(decode, family: str):
     def mean(m, *zs):
         return m.likelihood.mean(decode(m, *zs)) * (255.0 if family in fixed_point.EIGHT_BIT else 1.0)
 
-    return parameters, search, probabilities, own_probabilities, mean
+    return parameters, staged, search, probabilities, own_probabilities, mean
 
 
 def host_model(model, block_size: int) -> HostModel:
@@ -209,7 +234,7 @@ def host_model(model, block_size: int) -> HostModel:
     posteriors, priors, decode = _layer_functions(model, family)
     posteriors = [compiled(f) for f in posteriors]
     priors = [f and compiled(f) for f in priors]
-    parameters, search, probabilities, own_probabilities, mean = (
+    parameters, staged, search, probabilities, own_probabilities, mean = (
         compiled(f) for f in _pixel_functions(decode, family))
 
     def padded(rows_bxK: tuple[np.ndarray, ...]) -> list:
@@ -239,6 +264,12 @@ def host_model(model, block_size: int) -> HostModel:
         with jax.enable_x64(True):
             return PixelParameters(*parameters(leaves64, np.float64(offset), *padded(zs)), offset)
 
+    def stage_parameters(given: PixelParameters, symbols_bxD) -> PixelParameters:
+        with jax.enable_x64(True):
+            (padded_symbols,) = padded([symbols_bxD])
+            return PixelParameters(*staged(leaves64, given.output, np.float64(given.offset), padded_symbols),
+                                   given.offset)
+
     def pixel_search(given: PixelParameters):
         with jax.enable_x64(True):
             return search(leaves64, given.integers)
@@ -262,4 +293,7 @@ def host_model(model, block_size: int) -> HostModel:
         posterior=lambda layer, x, upper: padded_call(posteriors[layer], x, *upper),
         conditional_prior=lambda layer, upper: padded_call(priors[layer], *upper),
         pixel_parameters=pixel_parameters, pixel_search=pixel_search, pixel_probabilities=pixel_probabilities,
-        pixel_mean=lambda zs: padded_call(mean, *zs))
+        pixel_mean=lambda zs: padded_call(mean, *zs),
+        sub_pixel_stages=(stages.stage_of_subpixel(model.likelihood.stages, model.image_shape)
+                          if isinstance(model.likelihood, StagedLikelihood) else None),
+        stage_parameters=stage_parameters if isinstance(model.likelihood, StagedLikelihood) else None)

@@ -21,7 +21,8 @@ stages, so the ELBO is exact for the staged p(x|z) in one pass. `sample` and `me
 stage: the decoder once (the caller's output), then each head on what the stages before it drew
 (or, for `mean`, on their means: the picture of a code is each stage's mean given the earlier
 stages' means). The interface is the likelihood's, so every architecture, the IWAE bound and the
-pictures use it unchanged; lossless coding (`coding_family`) is not offered.
+pictures use it unchanged. Lossless coding (vae.coding) codes each stage's pixels with the base
+likelihood's code at the teacher-forced output, and decodes stage by stage.
 
 Imports nothing of the package.
 """
@@ -106,7 +107,11 @@ class StagedLikelihood(nnx.Module):
     `outputs_per_pixel`) over the same decoder output, plus `parameters` (the teacher-forced
     decoder output each pixel is scored with) and `stage_log_probs` (one term per stage)."""
 
-    coding_family = None  # bits-back coding codes a factorised p(x|z) only (vae.coding refuses it)
+    @property
+    def coding_family(self) -> str | None:
+        """The base likelihood's: lossless coding codes each stage's pixels with the base's code, at
+        the output `parameters` gives (vae.coding runs the heads stage by stage when decoding)."""
+        return self.base.coding_family
 
     def __init__(self, base: nnx.Module, stages: int, image_shape, *, rngs: nnx.Rngs):
         problem = stages_problem(stages, image_shape)
