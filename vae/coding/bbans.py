@@ -166,13 +166,33 @@ class _Block:
 
     def pop_pixels(self, coder, rows: int, given, own_bxD=None) -> np.ndarray:
         """Undoes `push_pixels` (`given`: `HostModel.pixel_parameters` of the latents): rows x D
-        symbols, 0 where not own; a staged decoder's heads run once a stage, on the symbols popped."""
-        symbols = None
-        for stage, mask in enumerate(self._stage_masks(own_bxD, rows)):
-            at = given if stage == 0 else self.host.stage_parameters(given, symbols)
-            popped = self.pixels.pop(coder, rows, self.host.pixel_search(at), mask)
-            symbols = popped if symbols is None else np.where(mask, popped, symbols)
+        symbols, 0 where not own; a staged decoder's heads run once a stage, on the symbols popped,
+        and each stage searches its own sub-pixels only."""
+        if self.host.sub_pixel_stages is None:
+            return self.pixels.pop(coder, rows, self.host.pixel_search(given), own_bxD)
+        symbols = np.zeros((rows, self.host.num_pixels), np.int32)
+        for stage, sub_pixels in enumerate(self._stage_sub_pixels):
+            code = pixel_code.PixelCode(self.host.family, len(sub_pixels), self.host.block_size)
+            own = None if own_bxD is None else own_bxD[:, sub_pixels]
+            search = self.host.stage_search(given, symbols, stage, sub_pixels)
+            symbols[:, sub_pixels] = code.pop(coder, rows, search, own)
         return symbols
+
+    def warm_up(self) -> None:
+        """Compiles a staged decoder's pixel code (its heads and every stage's search, at one row
+        and at a block): a push and a pop of blank images on a scratch coder."""
+        for rows in sorted({1, self.host.block_size}):
+            symbols = np.zeros((rows, self.host.num_pixels), np.int32)
+            latents = [np.zeros((rows, size)) for size in self.host.layer_sizes]
+            given = self.host.pixel_parameters(latents, 0.0)
+            coder = constriction.stream.stack.AnsCoder()
+            self.push_pixels(coder, symbols, self.pixel_probabilities(given, symbols)[0])
+            self.pop_pixels(coder, rows, given)
+
+    @property
+    def _stage_sub_pixels(self) -> list:
+        """Per stage, the indices of its sub-pixels in an image (D)."""
+        return [np.flatnonzero(self.host.sub_pixel_stages == stage) for stage in range(self.host.num_stages)]
 
     def plan(self, variant: int) -> first_image.Plan:
         if variant not in self._plans:
@@ -289,6 +309,11 @@ class _Block:
         values = first_image.latent_values(self.host, bins, code)
         given = self.host.pixel_parameters(values, offset(variant))
         return self.pop_pixels(coder, 1, given, own_1xD)
+
+
+def warm_up_stages(host: HostModel) -> None:
+    """Compiles a staged decoder's pixel code (`_Block.warm_up`)."""
+    _Block(host, LatentBins()).warm_up()
 
 
 def no_sources(first: int, last: int) -> None:

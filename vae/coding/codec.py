@@ -95,6 +95,8 @@ def warm_up(host: HostModel, tiled: bool = False) -> None:
     also what images coded as tiles need)."""
     host.warm_up()
     pixel_code.PixelCode(host.family, host.num_pixels, host.block_size).warm_up(host, tiled)
+    if host.sub_pixel_stages is not None:
+        bbans.warm_up_stages(host)
 
 
 @dataclasses.dataclass(frozen=True)

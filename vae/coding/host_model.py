@@ -84,6 +84,10 @@ class HostModel:
     # before it (the others are not read). `pixel_parameters` alone gives the first stage's.
     sub_pixel_stages: np.ndarray | None = None
     stage_parameters: Callable[["PixelParameters", np.ndarray], "PixelParameters"] | None = None
+    # (PixelParameters of the latents, symbols_bxD, stage, its sub-pixels' flat indices in an image)
+    # -> `pixel_search` over those sub-pixels of every row, at the output of that stage's head alone
+    # on the symbols of the stages before it: what decoding runs once a stage
+    stage_search: Callable[["PixelParameters", np.ndarray, int, np.ndarray], tuple] | None = None
 
     @property
     def num_stages(self) -> int:
@@ -153,7 +157,7 @@ def _layer_functions(model, family: str):
             lambda m, z: m.decode(z))
 
 
-def _pixel_functions(decode, family: str):
+def _pixel_functions(decode, family: str, num_pixels: int):
     """(latents -> p(x|z)'s fixed-point parameters and the decoder output; fixed-point parameters
     -> the first round of the search; (fixed-point parameters, decoder output, offset, symbols)
     -> every round's probabilities, bits per image, log p(x|z) per image, the smallest margin
@@ -180,6 +184,17 @@ def _pixel_functions(decode, family: str):
         before it (teacher-forced), and its fixed-point parameters."""
         out = m.likelihood.parameters(out, pixel_code.model_input(symbols_bxD, family).astype(out.dtype))
         return fixed_point.INTEGERS[family](*coding_steps(m, out, offset)), out
+
+    def stage_search(m, out, offset, symbols_bxD, sub_pixels, stage):
+        """`search` over one stage's sub-pixels (flat indices in an image) of every row, at the
+        output its head gives on the symbols of the stages before it: the head of that stage alone,
+        and the integers of its sub-pixels alone."""
+        if stage:
+            x = pixel_code.model_input(symbols_bxD, family).astype(out.dtype)
+            out = m.likelihood.stage_output(stage, out, x)
+        rows = out.shape[0]
+        out = out.reshape(rows, num_pixels, -1)[:, sub_pixels].reshape(rows, -1)
+        return search(m, fixed_point.INTEGERS[family](*coding_steps(m, out, offset)))
 
     def search(m, integers):
         probabilities, state = fixed_point.first_round(family, integers, *schedule[0])
@@ -211,7 +226,7 @@ def _pixel_functions(decode, family: str):
     def mean(m, *zs):
         return m.likelihood.mean(decode(m, *zs)) * (255.0 if family in fixed_point.EIGHT_BIT else 1.0)
 
-    return parameters, staged, search, probabilities, own_probabilities, mean
+    return parameters, staged, stage_search, search, probabilities, own_probabilities, mean
 
 
 def host_model(model, block_size: int) -> HostModel:
@@ -225,17 +240,19 @@ def host_model(model, block_size: int) -> HostModel:
         # Python (about 2 ms a call, a sixth of a block's time for a binarised model)
         leaves64, treedef = jax.tree.flatten(jax.device_put(jax.tree.map(_float64, state), cpu))
 
-    def compiled(function):
+    def compiled(function, static_argnums=()):
         def call(leaves, *rows):
             return function(nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves)), *rows)
-        return jax.jit(call)
+        return jax.jit(call, static_argnums=static_argnums)
 
     family = model.likelihood.coding_family
     posteriors, priors, decode = _layer_functions(model, family)
     posteriors = [compiled(f) for f in posteriors]
     priors = [f and compiled(f) for f in priors]
-    parameters, staged, search, probabilities, own_probabilities, mean = (
-        compiled(f) for f in _pixel_functions(decode, family))
+    parameters, staged, stage_search, search, probabilities, own_probabilities, mean = (
+        compiled(f) for f in _pixel_functions(decode, family, int(np.prod(model.image_shape))))
+    stage_search = compiled(_pixel_functions(decode, family, int(np.prod(model.image_shape)))[2],
+                            static_argnums=(5,))  # the stage picks its head
 
     def padded(rows_bxK: tuple[np.ndarray, ...]) -> list:
         rows = rows_bxK[0].shape[0]
@@ -270,6 +287,12 @@ def host_model(model, block_size: int) -> HostModel:
             return PixelParameters(*staged(leaves64, given.output, np.float64(given.offset), padded_symbols),
                                    given.offset)
 
+    def pixel_stage_search(given: PixelParameters, symbols_bxD, stage: int, sub_pixels):
+        with jax.enable_x64(True):
+            (padded_symbols,) = padded([symbols_bxD])
+            return stage_search(leaves64, given.output, np.float64(given.offset), padded_symbols,
+                                np.asarray(sub_pixels, np.int32), stage)
+
     def pixel_search(given: PixelParameters):
         with jax.enable_x64(True):
             return search(leaves64, given.integers)
@@ -296,4 +319,5 @@ def host_model(model, block_size: int) -> HostModel:
         pixel_mean=lambda zs: padded_call(mean, *zs),
         sub_pixel_stages=(stages.stage_of_subpixel(model.likelihood.stages, model.image_shape)
                           if isinstance(model.likelihood, StagedLikelihood) else None),
-        stage_parameters=stage_parameters if isinstance(model.likelihood, StagedLikelihood) else None)
+        stage_parameters=stage_parameters if isinstance(model.likelihood, StagedLikelihood) else None,
+        stage_search=pixel_stage_search if isinstance(model.likelihood, StagedLikelihood) else None)

@@ -141,9 +141,9 @@ class StagedLikelihood(nnx.Module):
         context = space_to_depth(context_NxD.reshape(n, h, w, c))
         return depth_to_space(self.heads[stage - 1](out, context)).reshape(n, -1)
 
-    def _stage_output(self, stage: int, out_NxP: jax.Array, x_NxD: jax.Array) -> jax.Array:
+    def stage_output(self, stage: int, out_NxP: jax.Array, x_NxD: jax.Array) -> jax.Array:
         """The decoder output stage `stage` scores its pixels with, given pixels x (only those of
-        the earlier stages are read)."""
+        the earlier stages are read): every position's, of which the stage's own pixels count."""
         if stage == 0:
             return out_NxP
         stage_D, _ = self._stage_masks()
@@ -167,7 +167,7 @@ class StagedLikelihood(nnx.Module):
         _, stage_P = self._stage_masks()
         params = out
         for stage in range(1, self.stages):
-            params = jnp.where(stage_P == stage, self._stage_output(stage, out, x), params)
+            params = jnp.where(stage_P == stage, self.stage_output(stage, out, x), params)
         return params.reshape(out_BxP.shape)
 
     def log_prob(self, out_BxP: jax.Array, x_BxD: jax.Array) -> jax.Array:
@@ -188,7 +188,7 @@ class StagedLikelihood(nnx.Module):
         for stage in range(self.stages):
             pixels = np.flatnonzero(stage_D == stage)
             outputs = (pixels[:, None] * k + np.arange(k)[None, :]).reshape(-1)
-            params = self._stage_output(stage, out, x)
+            params = self.stage_output(stage, out, x)
             terms.append(self.base.log_prob(params[:, outputs], x[:, pixels]))
         return jnp.stack(terms, axis=-1).reshape(*out_BxP.shape[:-1], self.stages)
 
@@ -202,7 +202,7 @@ class StagedLikelihood(nnx.Module):
         stage_D, _ = self._stage_masks()
         x = jnp.zeros((out.shape[0], stage_D.shape[0]), out.dtype)
         for stage in range(self.stages):
-            x = jnp.where(stage_D == stage, draw(stage, self._stage_output(stage, out, x)), x)
+            x = jnp.where(stage_D == stage, draw(stage, self.stage_output(stage, out, x)), x)
         return x.reshape(*lead, -1)
 
     def mean(self, out_BxP: jax.Array) -> jax.Array:
