@@ -61,6 +61,10 @@ def build_parser() -> cli_flags.ArgumentParser:
     parser.add_argument("--latent_range", type=cli_flags.real(1.0, 1000.0),
                         default=latent_code.DEFAULT_HALF_RANGE,
                         help="the bins cover [-R, R] in every latent dimension")
+    parser.add_argument("--unordered", action="store_true",
+                        help="the images are a set whose order does not matter (an array, not --images "
+                             "files): their order is not coded, about log2(N!) bits less; decompress.py "
+                             "returns them sorted by their bytes")
     cli_flags.add_checkpoint_arguments(parser)
     cli_flags.add_progress_argument(parser)
     parser.add_check(check)
@@ -68,6 +72,9 @@ def build_parser() -> cli_flags.ArgumentParser:
 
 
 def check(args) -> str | None:
+    if args.unordered and args.images and not (len(args.images) == 1 and args.images[0].endswith(".npy")):
+        return ("argument --unordered: codes an array of images as a set (the test split, or one .npy); "
+                "image files keep their names and order: leave --unordered out")
     if args.image_size is not None and len(args.image_size) != 2:
         return f"argument --image_size: takes H,W, got {','.join(map(str, args.image_size))}"
     return None
@@ -98,7 +105,8 @@ def main(argv=None) -> int:
         if args.max_examples is not None:
             images, names = images[:args.max_examples], names and names[:args.max_examples]
         data, figures = codec.compress(loaded, images, file_names=names, block_size=args.block_size,
-                                       bins=bins, what=what, progress=not args.no_progress)
+                                       bins=bins, what=what, progress=not args.no_progress,
+                                       unordered=args.unordered)
         if names is not None:
             figures["original"] = note is None
         atomic.write_bytes(args.out, data)
@@ -126,6 +134,9 @@ def summary_line(figures: dict, out: str) -> str:
              else "")
     speed = (f"{figures['megapixels_per_sec']:.3g} megapixels/s" if "tiles" in figures
              else f"{figures['images_per_sec']:,.0f} images/s")
+    if figures.get("unordered"):
+        floor += (f"; a set: its order's {figures['order_bits']:,.0f} bits, "
+                  f"{figures['order_bits'] / 8 / figures['bytes']:.2%} of the file, are not coded")
     return (f"compressed {figures['images']:,} images{tiles} into {out}: {figures['bytes']:,} bytes, "
             f"{figures['bits_per_dim']:.5f} bits/dim ({100 * figures['overhead_vs_coded_elbo']:+.2f}% over "
             f"their -ELBO as coded, {coded:.5f}; the model's -ELBO of them {elbo:.5f}{floor}), "

@@ -54,6 +54,9 @@ def main(argv=None) -> int:
     print(json.dumps(figures, indent=2))
     if note := image_files.jpeg_note(opened.file_names or []):
         print(note, file=sys.stderr)
+    if figures["unordered"]:
+        print("the file holds a set (compress.py --unordered): the images come back sorted by their bytes, "
+              "not in the order they were compressed in", file=sys.stderr)
     speed = (f"{figures['megapixels_per_sec']:.3g} megapixels/s" if "tiles" in figures
              else f"{figures['images_per_sec']:,.0f} images/s")
     print(f"decompressed {figures['images']:,} images into {args.out}: "

@@ -19,7 +19,7 @@ import pytest
 
 from notebooks import kl_coding  # the KL notebook's coding tools
 from tests.conftest import REPO, run_in_process, tiny_config
-from vae.coding import bbans, codec, container, fixed_point, pixel_code
+from vae.coding import bbans, codec, container, fixed_point, multiset, pixel_code
 from vae.coding.errors import CodingError, DecodeMismatch
 from vae.coding.host_model import host_model
 from vae.coding.latent_code import GaussianCode, LatentBins, PriorCode
@@ -452,3 +452,41 @@ def test_files_decode_with_one_thread_and_narrower_vectors(trained_run, eight_bi
             result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
             assert result.returncode == 0, f"{name}: {result.stderr[-2000:]}"
             np.testing.assert_array_equal(np.load(out), expected, err_msg=f"{run.name}, {name}")
+
+
+def test_a_set_of_images_comes_back_as_the_same_set_and_saves_its_order():
+    """`unordered`: the choice of the next images popped off the stack before each block and pushed
+    back by the decoder; the same multiset comes back (duplicates included), the stack ends where it
+    began, and the file is about log2(N!/Π copies!) − log2(N) bits shorter than the ordered one
+    (the first image is not chosen)."""
+    _, model = random_model()
+    symbols = random_symbols(150)
+    symbols[40] = symbols[7]  # two pairs of copies
+    symbols[90] = symbols[12]
+    host = host_model(model, 32)
+    ordered = bbans.encode(host, symbols, LatentBins(), bottom=BOTTOM)
+    unordered = bbans.encode(host, symbols, LatentBins(), bottom=BOTTOM, unordered=True)
+    decoded, left = bbans.decode(host, unordered.words, len(symbols), unordered.ramp, LatentBins(),
+                                 unordered=True)
+    assert left.tolist() == [BOTTOM]
+    assert not np.array_equal(decoded, symbols)  # another order ...
+    key = multiset.canonical_order
+    np.testing.assert_array_equal(decoded[key(decoded)], symbols[key(symbols)])  # ... the same set
+    # What the file pays beyond its images' one-sample −ELBO (the figures, at each image's row):
+    # the set's file pays about the order's bits less. (The files themselves differ by more: each
+    # image's −ELBO is at other latents, whose noise over 150 images of a random model is larger.)
+    order_bits = (math.lgamma(151) - 2 * math.log(2)) / math.log(2) - math.log2(150)
+    beyond = [32 * len(c.words) - c.elbo_bits_N.sum() for c in (ordered, unordered)]
+    assert abs(beyond[0] - beyond[1] - order_bits) < 0.1 * order_bits, (beyond, order_bits)
+
+
+def test_a_set_chooser_gives_back_what_it_took():
+    symbols = np.repeat(np.arange(6, dtype=np.int32)[:, None], 3, axis=1)[[0, 1, 1, 2, 3, 3, 3, 4, 5]]
+    coder = constriction.stream.stack.AnsCoder(np.array([BOTTOM], np.uint32))
+    chooser = multiset.Chooser(symbols, range(len(symbols)))
+    taken = chooser.take(coder, 5)
+    assert len(set(taken.tolist())) == 5
+    chooser.give_back(coder, taken, symbols)
+    assert coder.get_compressed().tolist() == [BOTTOM]
+    assert chooser.remaining.total == 9
+    assert [key[0] for key in chooser.remaining.items] == [0, 1, 1, 2, 3, 3, 3, 4, 5]

@@ -4,6 +4,7 @@ its pixels, the size of one image's file, and every bad input as one line, exit 
 nothing written."""
 
 import dataclasses
+import json
 import math
 import os
 
@@ -343,3 +344,38 @@ def test_the_whole_set_header_records_count_block_size_and_ramp(binary_run, test
     # sizes, the header's check (2)
     assert figures["header_bytes"] == 6 + 2 + 1 + 1 + 1 + len(header.ramp) + 2
     assert math.isclose(figures["bits_per_dim"], 8 * len(data) / (250 * 784))
+
+
+def test_a_set_through_the_scripts_comes_back_sorted_and_saves_its_order(binary_run, test_images, tmp_path):
+    """compress.py --unordered: the header says it is a set, the file is shorter than the ordered
+    one by about the order's bits, and decompress.py returns the images sorted by their bytes and
+    says so; images from files keep their order and names, so --unordered refuses them."""
+    array = tmp_path / "some.npy"
+    images = test_images[:200]
+    np.save(array, images)
+    ordered = json.loads(ok(compress(binary_run, tmp_path / "ordered.bbans", "--images", array)).stdout)
+    result = ok(compress(binary_run, tmp_path / "set.bbans", "--images", array, "--unordered"))
+    assert "a set: its order's" in result.stderr
+    data = (tmp_path / "set.bbans").read_bytes()
+    header, _ = container.unpack(data, "set.bbans")
+    assert header.unordered and header.count == 200
+    # each file against its images' -ELBO as it coded them (other latents in each: noise of their
+    # own): the set's is about the order's bits below it, the sequence's about at it
+    below = [(f["coded_elbo_bits_per_dim"] - f["bits_per_dim"]) * 200 * 28 * 28
+             for f in (ordered, json.loads(result.stdout))]
+    distinct = len(np.unique(images.reshape(200, -1), axis=0))
+    order_bits = math.lgamma(200) / math.log(2)  # the first image is not chosen
+    assert distinct == 200 and abs(below[1] - below[0] - order_bits) < 0.1 * order_bits, (below, order_bits)
+    result = ok(decompress(binary_run, tmp_path / "set.bbans", tmp_path / "back.npy"))
+    assert "sorted by their bytes" in result.stderr
+    back = np.load(tmp_path / "back.npy")
+    keys = [image.tobytes() for image in images.astype(np.int32)]
+    np.testing.assert_array_equal(back, images[sorted(range(200), key=keys.__getitem__)])
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(images[i]).save(folder / f"{i}.png")
+    result = compress(binary_run, tmp_path / "named.bbans", "--images", folder, "--unordered")
+    assert result.returncode == 2 and "leave --unordered out" in result.stderr
+    with pytest.raises(codec.CodingError, match="leave --unordered out"):
+        codec.compress(codec.load(binary_run), [images[0], images[1][:20]], unordered=True, progress=False)

@@ -122,15 +122,17 @@ class Model:
 
     # --- files ------------------------------------------------------------------------------------
 
-    def compress(self, images: np.ndarray | list) -> bytes:
+    def compress(self, images: np.ndarray | list, *, unordered: bool = False) -> bytes:
         """The images as one bits-back file (what scripts/compress.py writes): about their negative
         ELBO in bits, exactly decodable by `decompress` with this model. `images`: an array of the
         model's shape, or a list of uint8 images of their own sizes (h x w, or h x w x c with c 1
-        or the model's channels), each coded at its size as the model's tiles."""
+        or the model's channels), each coded at its size as the model's tiles. `unordered`: an array
+        of images whose order does not matter, coded as a set (about log2(N!) bits less; `decompress`
+        returns them sorted by their bytes)."""
         loaded = self._loaded()
         given = [np.asarray(image) for image in images] if isinstance(images, list) else self._checked(images)
         try:
-            data, _ = codec.compress(loaded, given, progress=False)
+            data, _ = codec.compress(loaded, given, progress=False, unordered=unordered)
         except CodingError as e:
             raise InputError(str(e)) from None
         return data

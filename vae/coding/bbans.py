@@ -43,7 +43,7 @@ import constriction
 import numpy as np
 from tqdm import tqdm
 
-from vae.coding import first_image, pixel_code, tiles
+from vae.coding import first_image, multiset, pixel_code, tiles
 from vae.coding.errors import CodingError, DecodeMismatch
 from vae.coding.fixed_point import GUARD_STEPS
 from vae.coding.host_model import HostModel
@@ -322,14 +322,16 @@ def no_sources(first: int, last: int) -> None:
 
 
 def encode(host: HostModel, symbols_NxD: np.ndarray, bins: LatentBins, progress: bool = False,
-           bottom=None, sources=no_sources, eager: bool = False) -> Coded:
+           bottom=None, sources=no_sources, eager: bool = False, unordered: bool = False) -> Coded:
     """The ANS stack of N images' symbols (N x D int32), in blocks of host.block_size, on an empty
     stack or on one holding the 32-bit words `bottom` (the file's checksum and any padding:
     `container.bottom_words`; the last one nonzero). `sources(first, last)`: tiles' copies of
     their own sub-pixels (`tiles.Tiling.sources`), which are not coded; None where there are none.
     `eager`: each block of the ramp tries block_size images first, halved while its pop reads
     the stack dry (for images that leave many bits each, such as 8-bit tiles: fewer, fuller
-    blocks), rather than growing with the images coded."""
+    blocks), rather than growing with the images coded. `unordered`: the images are a set (no
+    sources): which come next is popped from the stack before each block (`multiset`), the first
+    image is the first row; the figures stay at each image's row."""
     count, block_size = symbols_NxD.shape[0], host.block_size
     if count < 1:
         raise ValueError("nothing to compress: no images")
@@ -351,22 +353,31 @@ def encode(host: HostModel, symbols_NxD: np.ndarray, bins: LatentBins, progress:
         steps = [(0, between, first_image_bits)]
         bar.update(1)
         start, ramp, ramping = 1, [], True
+        chooser = multiset.Chooser(symbols_NxD, range(1, count)) if unordered else None
+
+        def rows_of(size):  # the next images' rows: in order, or popped from the stack (a set)
+            return chooser.take(coder, size) if unordered else np.arange(start, start + size)
+
         while start < count:
             grown = block_size if eager else start  # the ramp: as many as are coded already, or all
             size = min(block_size, count - start, grown) if ramping else min(block_size, count - start)
             own = tiles.own(sources(start, start + size))
-            draw = block.clean_draw(coder, symbols_NxD[start:start + size], start, own)
+            rows = rows_of(size)
+            draw = block.clean_draw(coder, symbols_NxD[rows], start, own)
             while ramping and size > 1 and coder.num_valid_bits() < DRY_STACK_BITS:  # read dry: halve
                 block.undo(coder, draw)
+                if unordered:
+                    chooser.give_back(coder, rows, symbols_NxD)
                 size //= 2
                 own = tiles.own(sources(start, start + size))
-                draw = block.clean_draw(coder, symbols_NxD[start:start + size], start, own)
-            x = symbols_NxD[start:start + size]
+                rows = rows_of(size)
+                draw = block.clean_draw(coder, symbols_NxD[rows], start, own)
+            x = symbols_NxD[rows]
             popped = coder.num_valid_bits()
-            between, rec_bits, pixel_bits[start:start + size] = block.push_draw(coder, x, draw, own)
+            between, rec_bits, pixel_bits[rows] = block.push_draw(coder, x, draw, own)
             steps.append((popped, between, coder.num_valid_bits()))
-            kl_bits[start:start + size] = draw.kl_bits
-            elbo_bits[start:start + size] = rec_bits + draw.kl_bits
+            kl_bits[rows] = draw.kl_bits
+            elbo_bits[rows] = rec_bits + draw.kl_bits
             variants += draw.variant > 0
             if ramping and size == block_size:
                 ramping = False
@@ -389,13 +400,15 @@ def _check_left(coder, least_bits: int, first: int, last: int, count: int) -> No
 
 
 def decode(host: HostModel, words: np.ndarray, count: int, ramp: tuple[int, ...], bins: LatentBins,
-           progress: bool = False, least_bits: int = 0, sources=no_sources) -> tuple[np.ndarray, np.ndarray]:
+           progress: bool = False, least_bits: int = 0, sources=no_sources,
+           unordered: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(the N x D symbols `encode` coded into `words`, the words left on the stack): what encoding
     started from (nothing, or its bottom words) where the probabilities are encoding's and the
     words undamaged, other words where not. DecodeMismatch where the coder meets a symbol its
     model cannot code (other probabilities than encoding's, or damaged words), or where a block's
     pops leave fewer than `least_bits` valid bits (what the encoder guaranteed: `Coded.least_bits`).
-    `sources`: as `encode` was given (the copies are made again from the sub-pixels popped)."""
+    `sources`: as `encode` was given (the copies are made again from the sub-pixels popped).
+    `unordered`: as `encode` was given; the images come back in the order they were coded."""
     sizes = block_sizes(count, host.block_size, ramp)
     ends = np.cumsum(sizes)
     block = _Block(host, bins)
@@ -404,6 +417,7 @@ def decode(host: HostModel, words: np.ndarray, count: int, ramp: tuple[int, ...]
     except _CODER_ERRORS as e:
         raise DecodeMismatch(f"the coder refused the words: {str(e).strip() or type(e).__name__}") from None
     symbols = np.zeros((count, host.num_pixels), np.int32)
+    seen = multiset.Remaining()  # a set's images decoded so far (the encoder's images left)
     with tqdm(total=count, unit="img", disable=not progress, file=sys.stderr, desc="decompress",
               dynamic_ncols=True) as bar:
         for size, end in zip(sizes[:0:-1], ends[:0:-1]):
@@ -414,6 +428,8 @@ def decode(host: HostModel, words: np.ndarray, count: int, ramp: tuple[int, ...]
                 _check_left(coder, least_bits, end - size, end - 1, count)
                 symbols[end - size:end] = x
                 block.push_posterior(coder, x, indices, variant)
+                if unordered:
+                    multiset.push_choices(coder, seen, x)
             except _CODER_ERRORS as e:
                 raise _failure(end - size, end - 1, e) from None
             bar.update(size)

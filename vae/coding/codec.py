@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from vae.coding import bbans, container, file_name_code, pixel_code, tiles
+from vae.coding import bbans, container, file_name_code, multiset, pixel_code, tiles
 from vae.coding.errors import CodingError, DecodeMismatch
 from vae.coding.host_model import HostModel, host_model
 from vae.coding.latent_code import LatentBins
@@ -152,15 +152,18 @@ def _as_tiles(loaded: Loaded, images: list, what: str, file_names) -> tuple[tile
 
 def compress(loaded: Loaded, images: np.ndarray | list, *, file_names: list[str] | None = None,
              block_size: int | None = None, bins: LatentBins | None = None,
-             what: str = "the images", progress: bool = True, host: HostModel | None = None
-             ) -> tuple[bytes, dict]:
+             what: str = "the images", progress: bool = True, host: HostModel | None = None,
+             unordered: bool = False) -> tuple[bytes, dict]:
     """(the file's bytes, figures) of uint8 `images` and, where they came from files, their names
     (relative paths, one per image). `images`: an array N x H x W or N x H x W x C of the model's
     shape (format 3), or a list of images of their own sizes, h x w (grey) or h x w x c with c 1
     or the model's channels, each coded as the model's tiles (format 4, `tiles.py`; where all
     have the model's shape, as the array N x H x W x C of them: format 3). `block_size`: images
     (tiles) per model call; None: DEFAULT_BLOCK_SIZE images, or `tile_block_size` tiles. `host`:
-    the model's host functions for min(block_size, rows) rows, where many files are made with one."""
+    the model's host functions for min(block_size, rows) rows, where many files are made with one.
+    `unordered`: the images are a set whose order does not matter (an array of several, no names):
+    their order is not coded, which saves about log2(N!) bits, and decoding returns them sorted by
+    their bytes (`multiset`)."""
     bins = bins or LatentBins()
     if block_size is not None and not 1 <= block_size <= MAX_BLOCK_SIZE:
         raise CodingError(f"the block size must be in [1, {MAX_BLOCK_SIZE:,}], got {block_size}")
@@ -169,6 +172,10 @@ def compress(loaded: Loaded, images: np.ndarray | list, *, file_names: list[str]
         tiling, shaped = _as_tiles(loaded, list(images), what, file_names)
         if all(shape == loaded.image_shape for shape in tiling.shapes):  # format 3 holds them
             images, tiled = np.stack(shaped), False
+    if unordered and (tiled or file_names is not None):
+        raise CodingError("--unordered codes a set of images of the model's shape as an array (the test "
+                          "split or a .npy); images from files keep their names and order: leave --unordered "
+                          "out")
     if block_size is None:
         block_size = tile_block_size(loaded.image_shape) if tiled else DEFAULT_BLOCK_SIZE
     if tiled:
@@ -178,6 +185,9 @@ def compress(loaded: Loaded, images: np.ndarray | list, *, file_names: list[str]
         sources = tiling.sources
     else:
         check_images(images, loaded.image_shape, what)
+        unordered = unordered and images.shape[0] > 1  # one image is its own order
+        if unordered:  # the set in its canonical order: the checksum's, and decoding's
+            images = images[multiset.canonical_order(images.reshape(images.shape[0], -1))]
         count = rows = images.shape[0]
         dims, tile_images, image_bytes = count * math.prod(loaded.image_shape), images, images
         sources = bbans.no_sources
@@ -190,7 +200,7 @@ def compress(loaded: Loaded, images: np.ndarray | list, *, file_names: list[str]
         model_tag=loaded.hash[0], software=container.software_code(), coder_tag=container.coder_tag(),
         count=count, array_ndim=4 if tiled else images.ndim,
         pixel_scale=scale, has_names=file_names is not None, block_size=block_size, bin_width=bins.width,
-        half_range=bins.half_range, has_shapes=tiled)
+        half_range=bins.half_range, has_shapes=tiled, unordered=unordered)
     if host is None or host.block_size != block_size:
         host = loaded.host(block_size)
     start = time.perf_counter()
@@ -198,11 +208,14 @@ def compress(loaded: Loaded, images: np.ndarray | list, *, file_names: list[str]
     compiled = time.perf_counter()
     checksum = container.checksum(loaded.hash, header, name_bytes, image_bytes)
     symbols = pixel_code.to_symbols(tile_images, scale)
+    if unordered:  # the set's first image is coded first (no choice of it is popped), the rest as drawn
+        first = multiset.first_image(symbols)
+        symbols = np.concatenate([symbols[first:first + 1], np.delete(symbols, first, axis=0)])
     pad_words = 0
     while True:  # once, but for images that cost fewer bits than the stack's guarantees ask
         coded = bbans.encode(host, symbols, bins, progress=progress,
                              bottom=container.bottom_words(checksum, pad_words), sources=sources,
-                             eager=tiled)
+                             eager=tiled, unordered=unordered)
         coder = constriction.stream.stack.AnsCoder(coded.words)
         images_bits = coder.num_valid_bits()
         if tiled:
@@ -215,7 +228,9 @@ def compress(loaded: Loaded, images: np.ndarray | list, *, file_names: list[str]
         if tiled:  # and as many bits a tile below the shapes: they cannot claim more than it holds
             missing = max(missing, container.pad_words_needed(rows, container.stack_bytes(coded.words)))
         if coded.least_bits < container.CHECKSUM_BITS:  # a pop read into the checksum: more below it
-            missing = max(missing, 1 + (container.CHECKSUM_BITS - coded.least_bits) // 32)
+            # (at least doubling: a pop that reads past the stack's bits takes what it finds, so
+            # each try may fall short again, and each try codes every image once more)
+            missing = max(missing, 1 + (container.CHECKSUM_BITS - coded.least_bits) // 32, pad_words)
         if not missing:
             break
         pad_words += missing
@@ -227,8 +242,10 @@ def compress(loaded: Loaded, images: np.ndarray | list, *, file_names: list[str]
     # the coder's counts and each block's latents' bits on the stack (pushed under the prior less
     # popped under q; the first image's KL): both codes give every symbol at least about 2^-24, so
     # a sub-pixel or a latent far in the model's tails costs at most about 24 bits in the file.
+    # A set's pops of its order are among the pops under q: added back, they are not the images'.
     popped, between, end = coded.steps_bits_Bx3.T
-    latent_bits = np.sum((end - between)[1:]) - np.sum(end[:-1] - popped[1:])
+    order_bits = multiset.order_bits(symbols) if unordered else 0.0
+    latent_bits = np.sum((end - between)[1:]) - np.sum(end[:-1] - popped[1:]) + order_bits
     coded_elbo_bits = float(np.sum(coded.pixel_bits_N) + coded.kl_bits_N[0] + latent_bits)
     header_bytes = len(container.header_bytes(header)) + container.CHECK_BYTES
     figures = {
@@ -247,7 +264,9 @@ def compress(loaded: Loaded, images: np.ndarray | list, *, file_names: list[str]
         "first_image_bits": coded.first_image_bits,
         "first_image_elbo_bits": float(coded.elbo_bits_N[0]),
         "ramp": list(coded.ramp), "block_size": block_size, "bin_width": bins.width,
-        "half_range": bins.half_range, "epoch": loaded.epoch,
+        "half_range": bins.half_range, "epoch": loaded.epoch, "unordered": unordered,
+        # what a set does not pay for: its order's bits, log2(N!/Π copies!) (the first image not chosen)
+        "order_bits": order_bits,
         "compile_time_sec": compiled - start, "coding_time_sec": coding_time,
         "images_per_sec": count / coding_time,
     }
@@ -373,10 +392,13 @@ def decode(opened: Opened, *, progress: bool = True, host: HostModel | None = No
     try:
         symbols, left = bbans.decode(host, opened.words, rows, header.ramp, bins, progress=progress,
                                      least_bits=container.CHECKSUM_BITS,
-                                     sources=tiling.sources if tiling else bbans.no_sources)
+                                     sources=tiling.sources if tiling else bbans.no_sources,
+                                     unordered=header.unordered)
     except DecodeMismatch as e:  # a symbol the model cannot code: met only in other words than encoding's
         raise _mismatch(opened, str(e)) from None
     coding_time = time.perf_counter() - start
+    if header.unordered:  # a set comes back in its canonical order
+        symbols = symbols[multiset.canonical_order(symbols)]
     name_bytes = file_name_code.joined(opened.file_names)
     if tiling:
         images = tiles.join(pixel_code.from_symbols(symbols, header.pixel_scale, (rows, *loaded.image_shape)),
@@ -391,7 +413,7 @@ def decode(opened: Opened, *, progress: bool = True, host: HostModel | None = No
         raise _mismatch(opened, "its checksum differs")
     figures = {"images": header.count, "bytes": opened.size, "bits_per_dim": 8 * opened.size / dims,
                "epoch": loaded.epoch, "coding_time_sec": coding_time,
-               "images_per_sec": header.count / coding_time}
+               "images_per_sec": header.count / coding_time, "unordered": header.unordered}
     if tiling:
         pixel_count = sum(h * w for h, w, _ in tiling.shapes)
         figures.update({"tiles": rows, "pixels": pixel_count, "sub_pixels": dims,

@@ -6,7 +6,7 @@ images), then the ANS stack.
               model's shape is what format 3 wrote, and format 3 files decode as they did).
               Format 2 began with a byte 0xB0-0xBF, format 1 with "VAEBBANS"; both are refused
               in one line that says so (`unpack`).
-    byte 1    flags, the high three bits zero:
+    byte 1    flags, the high two bits zero:
                 MANY      (1) several images, or SHAPES: the fields below follow
                 ARRAY4    (2) the array was N x H x W x C (else N x H x W)
                 SCALE255  (4) the pixel value 255 stands for symbol 1 (else 1; `pixel_code.pixel_scale`)
@@ -15,6 +15,10 @@ images), then the ANS stack.
                           of their own, coded on the stack below the names (`tiles.py`); each is
                           coded as the model's tiles, and the count and the ramp count images,
                           the blocks tiles
+                UNORDERED (32) with MANY, not NAMES nor SHAPES: a set of images, coded in an order
+                          the encoder drew from the stack (bits back on the order: `multiset.py`);
+                          the checksum covers them in their canonical order, the order decoding
+                          returns them in
     byte 2    the model's tag: the first byte of its hash (`codec.model_hash`)
     byte 3    the writer's software: its index in SOFTWARE (0: a stack not listed there)
     bytes 4-5 the coder's tag: the first two bytes of `coder_hash`, a SHA-256 of every constant
@@ -61,7 +65,7 @@ from vae.coding.latent_code import DEFAULT_BIN_WIDTH, DEFAULT_HALF_RANGE
 FORMAT = 4  # byte 0 of a file with SHAPES; FORMAT_3 without
 FORMAT_3 = 3
 FORMAT_2 = 0xB0  # the high nibble of format 2's byte 0
-MANY, ARRAY4, SCALE255, NAMES, SHAPES = 1, 2, 4, 8, 16
+MANY, ARRAY4, SCALE255, NAMES, SHAPES, UNORDERED = 1, 2, 4, 8, 16, 32
 OLD_MAGIC = b"VAEBBANS"  # format 1 (until issue 32): a 96-byte header
 # The software stacks a file can name in its byte 3, 1-based: the versions that decide the
 # numbers the coder sees (jax and jaxlib compile the model, constriction quantises and codes).
@@ -100,6 +104,7 @@ class Header:
     ramp: tuple[int, ...] = ()
     coder_tag: int | None = None  # the writer's coder's (`coder_tag`); None: this process's
     has_shapes: bool = False  # format 4: the images' sizes and channels are on the stack
+    unordered: bool = False  # a set: the images' order is not coded (several images, no names or shapes)
 
     def array_shape(self, image_shape: tuple[int, int, int]) -> tuple[int, ...]:
         h, w, c = image_shape
@@ -201,7 +206,8 @@ def header_bytes(header: Header) -> bytes:
     """The header's bytes before its check (`pack` adds it)."""
     flags = ((MANY if header.count > 1 else 0) | (ARRAY4 if header.array_ndim == 4 else 0)
              | (SCALE255 if header.pixel_scale == 255 else 0) | (NAMES if header.has_names else 0)
-             | (SHAPES if header.has_shapes else 0) | (MANY if header.has_shapes else 0))
+             | (SHAPES if header.has_shapes else 0) | (MANY if header.has_shapes else 0)
+             | (UNORDERED if header.unordered else 0))
     tag = coder_tag() if header.coder_tag is None else header.coder_tag
     version = FORMAT if header.has_shapes else FORMAT_3
     out = bytes([version, flags, header.model_tag, header.software]) + tag.to_bytes(2, "little")
@@ -287,7 +293,8 @@ def unpack(data: bytes, name: str) -> tuple[Header, np.ndarray]:
     flags, offset = data[1], 6
     fields = {"model_tag": data[2], "software": data[3], "coder_tag": int.from_bytes(data[4:6], "little"),
               "count": 1, "has_names": bool(flags & NAMES), "array_ndim": 4 if flags & ARRAY4 else 3,
-              "pixel_scale": 255 if flags & SCALE255 else 1, "has_shapes": bool(flags & SHAPES)}
+              "pixel_scale": 255 if flags & SCALE255 else 1, "has_shapes": bool(flags & SHAPES),
+              "unordered": bool(flags & UNORDERED)}
     try:
         if flags & MANY:
             fields["count"], offset = _read_varint(data, offset)
@@ -307,8 +314,10 @@ def unpack(data: bytes, name: str) -> tuple[Header, np.ndarray]:
                 raise ValueError("its ramp runs past the file")
         if data[offset:offset + _CHECK.size] != _check(data[:offset], len(data)):
             raise ValueError("its header's check fails")
-        if flags & 0xE0:
+        if flags & 0xC0:
             raise ValueError(f"its flags 0x{flags:02X} hold bits no compress.py sets")
+        if flags & UNORDERED and (not flags & MANY or flags & (NAMES | SHAPES) or fields["count"] < 2):
+            raise ValueError("its header is inconsistent")
         if fields["has_shapes"] != (data[0] == FORMAT):
             raise ValueError(f"format {data[0]} with{'' if fields['has_shapes'] else 'out'} its images' "
                              "sizes")
