@@ -18,7 +18,10 @@ and the rest of the stream decodes to garbage. So:
   output that program gives, the encoder reads each rounded value's margin to its rounding
   boundary, and codes no block where a margin is below `fixed_point.GUARD_STEPS`
   (`bbans.VARIANTS`), so another CPU, thread count or vector width, whose float64 outputs differ
-  in the last bits, gives the same integers. q(z|x)
+  in the last bits, gives the same integers (a staged decoder's stages are the one exception to
+  "one program": the encoder rounds every stage's parameters in one teacher-forced program, the
+  decoder each stage's in a program of that stage's head alone, and the guard band covers the
+  last bits in which the two may differ, as it covers two machines). q(z|x)
   and the priors below the top layer are rounded likewise where they are coded (`latent_code.steps`).
 A file that still meets a larger difference fails its checksum (the stack's bottom word) or meets
 a symbol the coder cannot code, in one line (`codec.decode`).
