@@ -159,3 +159,38 @@ def test_loading_and_overriding_a_config_imports_no_jax_or_flax(tmp_path):
         assert config.train.beta == 2.0
         """)
     assert loaded == set()
+
+
+def _programs_compiled(tmp_path, body: str) -> list[str]:
+    """The names of the programs a fresh interpreter compiles (or loads from the compilation cache)
+    while it runs `body`, in order (`jax.log_compiles`)."""
+    result = _script(tmp_path, textwrap.dedent("""
+        import logging
+        import jax
+
+        class Names(logging.Handler):
+            names = []
+
+            def emit(self, record):
+                if record.getMessage().startswith("Compiling "):
+                    self.names.append(record.getMessage().split()[1])
+
+        logging.getLogger("jax").addHandler(Names())
+        jax.config.update("jax_log_compiles", True)
+        """) + textwrap.dedent(body) + 'print("PROGRAMS", *Names.names)\n')
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split("PROGRAMS")[-1].split()
+
+
+def test_a_fused_key_is_split_and_folded_by_one_program_each(tmp_path):
+    """Outside a compiled function JAX runs a key's split and fold_in op by op: without its own
+    program each, every operation of the threefry hash was a program to lower and load."""
+    programs = _programs_compiled(tmp_path, """
+        from vae import threefry
+        key = threefry.key(3)
+        jax.random.split(jax.random.fold_in(key, 1))
+        jax.random.fold_in(key, 2)
+        """)
+    assert programs.count("jit(_fold_in)") == 1 and programs.count("jit(_split)") == 1, programs
+    assert len(programs) <= 5, programs  # and the seed's own
+
