@@ -1,7 +1,8 @@
 """Start-up of the scripts, start to exit: one epoch of configs/mlp_small.py, sample.py and
 plot_kl.py on that run, each timed end to end in a fresh process (medians of a few runs, after one
 unmeasured run that warms the compilation cache and the file cache), and what each imports
-(`python -X importtime`): its whole import time and the heavy packages it loads.
+(`python -X importtime`): its whole import time and the heavy packages it loads; and how many
+programs it compiles, and how many of them the persistent compilation cache served (`JAX_LOG_COMPILES`).
 
     python benchmarks/startup.py [--runs 3] [--config configs/mlp_small.py]
 
@@ -47,10 +48,11 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run(args: list[str], python_flags: tuple[str, ...] = ()) -> tuple[float, float, str]:
+def run(args: list[str], python_flags: tuple[str, ...] = (),
+        environ: dict | None = None) -> tuple[float, float, str]:
     """(seconds start to exit, CPU seconds, stderr) of one command in a fresh interpreter; fails
     loudly."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=str(REPO), **(environ or {}))
     cpu, start = _children_cpu(), time.perf_counter()
     done = subprocess.run([sys.executable, *python_flags, *args], cwd=REPO, env=env, capture_output=True,
                           text=True)
@@ -107,20 +109,24 @@ def measure(config: str, runs: int, root: Path) -> list[dict]:
         if name.startswith("train.py"):
             row["run_wall_s"] = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])[
                 "wall_time_sec"]
-        row["imports"] = import_times(run(args, ("-X", "importtime"))[2])
+        stderr = run(args, ("-X", "importtime"), {"JAX_LOG_COMPILES": "1"})[2]
+        row["imports"] = import_times(stderr)
+        row["programs"] = stderr.count("Compiling ")
+        row["from_cache"] = stderr.count("Persistent compilation cache hit")
         rows.append(row)
     return rows
 
 
 def table(rows: list[dict], runs: int) -> str:
     lines = [f"| command | start to exit, median of {runs} (min) | CPU, median | the run's own wall time "
-             "| imports, all | heavy imports (cumulative s) |", "| --- | ---: | ---: | ---: | ---: | --- |"]
+             "| programs compiled (from the cache) | imports, all | heavy imports (cumulative s) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for row in rows:
         imports = row["imports"]
         heavy = ", ".join(f"{m} {imports[m]:.2f}" for m in HEAVY if m in imports) or "none"
         own = f"{row['run_wall_s']:.2f} s" if "run_wall_s" in row else ""
         lines.append(f"| {row['command']} | {row['median_s']:.2f} s ({row['min_s']:.2f}) "
-                     f"| {row['cpu_s']:.2f} s | {own} "
+                     f"| {row['cpu_s']:.2f} s | {own} | {row['programs']} ({row['from_cache']}) "
                      f"| {imports['all']:.2f} s | {heavy} |")
     return "\n".join(lines)
 
