@@ -249,3 +249,19 @@ def test_the_compiled_initialisation_is_op_by_op_s_bit_for_bit(tmp_path):
     mismatches = [line for line in result.stdout.splitlines() if "MISMATCH" in line]
     assert not mismatches, mismatches[:5]
     assert result.stdout.count("\n") > 50  # every leaf of every model compared
+
+
+def test_one_epoch_of_training_compiles_each_program_once(tmp_path, fashion_mnist):
+    """A one-epoch training on one device compiles (or loads) its programs: the binarisation, the
+    initial state, the batch orders, the epoch, the evaluation's key and loop, the KL split and its
+    means; no operation runs as a program of its own (op by op, initialising alone was about 35)."""
+    programs = _programs_compiled(tmp_path, f"""
+        from vae.config import load_config
+        from vae.train import loop
+        config = load_config({str(REPO)!r} + "/configs/mlp_small.py")
+        config.data.train_split, config.data.test_split = "train[:1024]", "test[:256]"
+        config.train.batch_size, config.train.num_epochs, config.eval.batch_size = 64, 1, 128
+        loop.train_and_evaluate(config, {str(tmp_path / "run")!r}, devices=jax.devices()[:1], progress=False)
+        """)
+    assert len(programs) <= 12, programs
+    assert len(set(programs)) >= len(programs) - 2, programs  # jit(stage) and jit(scanned) twice each

@@ -93,6 +93,25 @@ def root_key(seed: int) -> jax.Array:
     return threefry.key(seed)
 
 
+def _fits_int32(seed: int) -> bool:
+    return np.iinfo(np.int32).min <= seed <= np.iinfo(np.int32).max
+
+
+@jax.jit
+def _compiled_stream_key(seed: jax.Array, stream: jax.Array) -> jax.Array:
+    return jax.random.fold_in(root_key(seed), stream)
+
+
+def stream_key(seed: int, stream: int) -> jax.Array:
+    """The key of one of the run's independent random streams, fold_in(root_key(seed), stream): one
+    compiled program for every seed that fits in int32 and every stream (made op by op, the seed
+    and the fold were programs of their own); op by op for a larger seed, which jax.random.key
+    wraps."""
+    if _fits_int32(seed):
+        return _compiled_stream_key(np.int32(seed), np.int32(stream))
+    return jax.random.fold_in(root_key(seed), stream)
+
+
 def learning_rate(train_config: ml_collections.ConfigDict, steps_per_epoch: int, peak=None):
     """The learning rate, a number or an optax schedule over optimiser steps. `peak` replaces
     train.learning_rate; a traced one scales the schedule of peak 1 (optax's schedules branch on
@@ -167,7 +186,7 @@ def _compiled_init(model_config: ml_collections.ConfigDict, image_shape: tuple[i
     """nnx.split of the model built from `seed`'s key, without its output bias from the data: in one
     compiled program where that gives the same bits (`build.initialises_compiled`) and the seed
     fits in int32, else op by op (jax.random.key wraps a larger seed)."""
-    if build.initialises_compiled(model_config) and np.iinfo(np.int32).min <= seed <= np.iinfo(np.int32).max:
+    if build.initialises_compiled(model_config) and _fits_int32(seed):
         frozen = ml_collections.FrozenConfigDict(model_config)  # hashable: a static argument
         return _compiled_split_model(frozen, image_shape, np.int32(seed))
     return _split_model(model_config, image_shape, seed)
