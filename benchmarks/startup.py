@@ -1,12 +1,14 @@
 """Start-up of the scripts, start to exit: one epoch of configs/mlp_small.py, sample.py and
 plot_kl.py on that run, each timed end to end in a fresh process (medians of a few runs, after one
 unmeasured run that warms the compilation cache and the file cache), and what each imports
-(`python -X importtime`): its whole import time and the heavy packages it loads.
+(`python -X importtime`): its whole import time and the heavy packages it loads; and how many
+programs it compiles, and how many of them the persistent compilation cache served (`JAX_LOG_COMPILES`).
 
     python benchmarks/startup.py [--runs 3] [--config configs/mlp_small.py]
 
-Prints a table. The training's own wall time (`wall_time_sec` in metrics.jsonl) is printed beside
-its start-to-exit time: the difference is what starting and ending the process costs. CPU time
+Prints a table. The training's own wall time (`wall_time_sec` in metrics.jsonl, its median) is
+printed beside its start-to-exit time, with the median of their difference in each run: what
+starting and ending the process costs, which moves less than the epoch's time under load. CPU time
 (user + system, the command's threads together) is printed too: on a machine shared with other
 jobs it moves less than wall time. A line above the table says how many of the modules the
 commands import have no bytecode cache: with PYTHONDONTWRITEBYTECODE set, Python compiles those
@@ -47,10 +49,11 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run(args: list[str], python_flags: tuple[str, ...] = ()) -> tuple[float, float, str]:
+def run(args: list[str], python_flags: tuple[str, ...] = (),
+        environ: dict | None = None) -> tuple[float, float, str]:
     """(seconds start to exit, CPU seconds, stderr) of one command in a fresh interpreter; fails
     loudly."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=str(REPO), **(environ or {}))
     cpu, start = _children_cpu(), time.perf_counter()
     done = subprocess.run([sys.executable, *python_flags, *args], cwd=REPO, env=env, capture_output=True,
                           text=True)
@@ -101,26 +104,38 @@ def measure(config: str, runs: int, root: Path) -> list[dict]:
     rows = []
     for name, args in commands(config, workdir, out).items():
         run(args)  # warms the compilation cache (and leaves the trained run for the readers)
-        seconds, cpu, _ = zip(*(run(args) for _ in range(runs)))
+        seconds, cpu, own = [], [], []
+        for _ in range(runs):
+            took, cpu_took, _ = run(args)
+            seconds.append(took)
+            cpu.append(cpu_took)
+            if name.startswith("train.py"):
+                last = (workdir / "metrics.jsonl").read_text().splitlines()[-1]
+                own.append(json.loads(last)["wall_time_sec"])
         row = {"command": name, "median_s": statistics.median(seconds), "min_s": min(seconds),
                "cpu_s": statistics.median(cpu)}
-        if name.startswith("train.py"):
-            row["run_wall_s"] = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])[
-                "wall_time_sec"]
-        row["imports"] = import_times(run(args, ("-X", "importtime"))[2])
+        if own:  # the run's own wall time, and the rest: starting and ending the process
+            row["run_wall_s"] = statistics.median(own)
+            row["outside_s"] = statistics.median(t - w for t, w in zip(seconds, own))
+        stderr = run(args, ("-X", "importtime"), {"JAX_LOG_COMPILES": "1"})[2]
+        row["imports"] = import_times(stderr)
+        row["programs"] = stderr.count("Compiling ")
+        row["from_cache"] = stderr.count("Persistent compilation cache hit")
         rows.append(row)
     return rows
 
 
 def table(rows: list[dict], runs: int) -> str:
     lines = [f"| command | start to exit, median of {runs} (min) | CPU, median | the run's own wall time "
-             "| imports, all | heavy imports (cumulative s) |", "| --- | ---: | ---: | ---: | ---: | --- |"]
+             "(the rest) "
+             "| programs compiled (from the cache) | imports, all | heavy imports (cumulative s) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for row in rows:
         imports = row["imports"]
         heavy = ", ".join(f"{m} {imports[m]:.2f}" for m in HEAVY if m in imports) or "none"
-        own = f"{row['run_wall_s']:.2f} s" if "run_wall_s" in row else ""
+        own = f"{row['run_wall_s']:.2f} s ({row['outside_s']:.2f} s)" if "run_wall_s" in row else ""
         lines.append(f"| {row['command']} | {row['median_s']:.2f} s ({row['min_s']:.2f}) "
-                     f"| {row['cpu_s']:.2f} s | {own} "
+                     f"| {row['cpu_s']:.2f} s | {own} | {row['programs']} ({row['from_cache']}) "
                      f"| {imports['all']:.2f} s | {heavy} |")
     return "\n".join(lines)
 

@@ -167,3 +167,109 @@ def test_loading_and_overriding_a_config_imports_no_jax_or_flax(tmp_path):
         assert config.train.beta == 2.0
         """)
     assert loaded == set()
+
+
+def _programs_compiled(tmp_path, body: str) -> list[str]:
+    """The names of the programs a fresh interpreter compiles (or loads from the compilation cache)
+    while it runs `body`, in order (`jax.log_compiles`)."""
+    result = _script(tmp_path, textwrap.dedent("""
+        import logging
+        import jax
+
+        class Names(logging.Handler):
+            names = []
+
+            def emit(self, record):
+                if record.getMessage().startswith("Compiling "):
+                    self.names.append(record.getMessage().split()[1])
+
+        logging.getLogger("jax").addHandler(Names())
+        jax.config.update("jax_log_compiles", True)
+        """) + textwrap.dedent(body) + 'print("PROGRAMS", *Names.names)\n')
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split("PROGRAMS")[-1].split()
+
+
+def test_a_fused_key_is_split_and_folded_by_one_program_each(tmp_path):
+    """Outside a compiled function JAX runs a key's split and fold_in op by op: without its own
+    program each, every operation of the threefry hash was a program to lower and load."""
+    programs = _programs_compiled(tmp_path, """
+        from vae import threefry
+        key = threefry.key(3)
+        jax.random.split(jax.random.fold_in(key, 1))
+        jax.random.fold_in(key, 2)
+        """)
+    assert programs.count("jit(_fold_in)") == 1 and programs.count("jit(_split)") == 1, programs
+    assert len(programs) <= 5, programs  # and the seed's own
+
+
+def test_a_fresh_train_state_is_two_programs(tmp_path):
+    """The model's parameters in one compiled program, the step and the optimizer's state in another
+    (op by op, each initialiser's operations were a program each: about 35)."""
+    programs = _programs_compiled(tmp_path, f"""
+        import numpy as np
+        from vae.config import load_config
+        from vae.train import state
+        config = load_config({str(REPO)!r} + "/configs/mlp_small.py")
+        state.init_state(config, (28, 28, 1), state.make_optimizer(config.train, 10), np.full(784, 0.5))
+        """)
+    assert len(programs) <= 4, programs  # the two, and the seed's key where a program makes it
+    assert "jit(_split_model)" in programs
+
+
+def test_the_compiled_initialisation_is_op_by_op_s_bit_for_bit(tmp_path):
+    """`state.init_state` (compiled) against the model built op by op, its optimizer state and
+    parameter average made op by op, for each kind of model: every bit the same, so every run starts
+    where it did. Under XLA's default flags, whose fused multiply-adds round differently (the
+    suite's own compile without them)."""
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import jax, jax.numpy as jnp, numpy as np
+        from flax import nnx
+        from vae.config import load_config
+        from vae.model import build
+        from vae.train import state
+        grey, colour = (28, 28, 1), (16, 16, 3)
+        for name, shape, stages in [
+                ("mlp_small", grey, 1), ("default", grey, 2), ("conv", grey, 1), ("paper_conv_hvae", grey, 1),
+                ("ladder", grey, 1), ("fmnist_8bit", grey, 1), ("paper_vampprior", grey, 1),
+                ("cifar10", colour, 1), ("cifar10_ladder", colour, 1)]:
+            config = load_config({str(REPO)!r} + f"/configs/{{name}}.py")
+            m = config.model
+            m.hidden_dims, m.latent_dim, m.conv_channels = (24,) * len(m.hidden_dims), 3, (4, 8)
+            m.num_pseudo_inputs, m.num_layers, m.decoder_stages, config.train.ema_decay = 5, 2, stages, 0.9
+            means = np.random.default_rng(0).uniform(0.05, 0.95, int(np.prod(shape)))
+            tx = state.make_optimizer(config.train, 10)
+            graphdef, fresh = state.init_state(config, shape, tx, means)
+            key = jax.random.fold_in(state.root_key(config.seed), state.INIT)
+            expected_graphdef, params = nnx.split(build.build_model(config.model, shape, key, means))
+            expected = state.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
+                                        jax.tree.map(jnp.copy, params))
+            assert graphdef == expected_graphdef, name
+            got, want = jax.tree.leaves_with_path(fresh), jax.tree.leaves_with_path(expected)
+            assert [p for p, _ in got] == [p for p, _ in want], name
+            for (path, a), (_, b) in zip(got, want):
+                same = (a.dtype, a.shape, a.weak_type) == (b.dtype, b.shape, b.weak_type) and np.array_equal(
+                    np.atleast_1d(a).view(np.uint8), np.atleast_1d(b).view(np.uint8))
+                print("MISMATCH" if not same else "", name, jax.tree_util.keystr(path))
+        """)], capture_output=True, text=True, cwd=REPO, timeout=300,
+        env=dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS=""))
+    assert result.returncode == 0, result.stderr[-3000:]
+    mismatches = [line for line in result.stdout.splitlines() if "MISMATCH" in line]
+    assert not mismatches, mismatches[:5]
+    assert result.stdout.count("\n") > 50  # every leaf of every model compared
+
+
+def test_one_epoch_of_training_compiles_each_program_once(tmp_path, fashion_mnist):
+    """A one-epoch training on one device compiles (or loads) its programs: the binarisation, the
+    initial state, the batch orders, the epoch, the evaluation's key and loop, the KL split and its
+    means; no operation runs as a program of its own (op by op, initialising alone was about 35)."""
+    programs = _programs_compiled(tmp_path, f"""
+        from vae.config import load_config
+        from vae.train import loop
+        config = load_config({str(REPO)!r} + "/configs/mlp_small.py")
+        config.data.train_split, config.data.test_split = "train[:1024]", "test[:256]"
+        config.train.batch_size, config.train.num_epochs, config.eval.batch_size = 64, 1, 128
+        loop.train_and_evaluate(config, {str(tmp_path / "run")!r}, devices=jax.devices()[:1], progress=False)
+        """)
+    assert len(programs) <= 12, programs
+    assert len(set(programs)) >= len(programs) - 2, programs  # jit(stage) and jit(scanned) twice each

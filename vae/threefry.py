@@ -73,9 +73,13 @@ def _random_bits(key: jax.Array, bit_width: int, shape) -> jax.Array:
     return bits if bit_width == 32 else bits.astype(np.dtype(f"uint{bit_width}"))
 
 
+# Each as one program where a key is split, folded or drawn from outside a compiled function (JAX
+# runs these primitives op by op there: a program of its own for each of a hash's operations);
+# inlined into any program that calls them, as JAX's own threefry is.
 FUSED_THREEFRY = jex_random.define_prng_impl(
-    key_shape=(2,), seed=_seed, split=_split, random_bits=_random_bits, fold_in=_fold_in,
-    name="threefry2x32_fused", tag="fry_fused")
+    key_shape=(2,), seed=_seed, split=jax.jit(_split, static_argnums=1, inline=True),
+    random_bits=jax.jit(_random_bits, static_argnums=(1, 2), inline=True),
+    fold_in=jax.jit(_fold_in, inline=True), name="threefry2x32_fused", tag="fry_fused")
 
 
 def key(seed: int | jax.Array) -> jax.Array:

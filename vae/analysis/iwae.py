@@ -26,7 +26,7 @@ from vae.model import objectives
 from vae.train import distributed
 from vae.train.epoch import compile_loop, epoch_loop
 from vae.train.evaluate import eval_key, make_evaluate, make_kl_split, summarize_eval, summarize_kl_split
-from vae.train.state import root_key
+from vae.train.state import stream_key
 from vae.train.trained import checkpoint_used, load_trained
 
 _IWAE_STREAM = 17
@@ -175,7 +175,7 @@ def evaluate_workdir(workdir: str | Path, num_samples: int = 5000, *, epoch: int
     result |= kl_split_of_test_set(graphdef, config, mesh, params, padded, images.shape[0])
     result["kl_split_time_sec"] = time.perf_counter() - t_split
 
-    key = jax.random.fold_in(root_key(config.seed), _IWAE_STREAM)
+    key = stream_key(config.seed, _IWAE_STREAM)
     t_iwae = time.perf_counter()
     log_px = iwae_log_likelihoods(model, images, key, num_samples, batch_size=batch_size,
                                   chunk_size=chunk_size, devices=devices, progress=progress,

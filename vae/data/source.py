@@ -123,7 +123,10 @@ def load_split(name: str, split: str, data_dir: str | None) -> tuple[np.ndarray,
 
     Decoded once, then read from the cache beside the TFDS data (`split_cache`).
     """
-    builder = check_prepared(name, data_dir)
+    return _load_split(check_prepared(name, data_dir), split, data_dir)
+
+
+def _load_split(builder, split: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
     check_split(builder, split)
     return split_cache.load_split(builder, split, lambda part: decode_split(builder, part, data_dir))
 
@@ -170,7 +173,7 @@ class TfdsSource:
         check_disjoint(self.builder, split_a, split_b)
 
     def load_split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        return load_split(self.name, split, self.data_dir)
+        return _load_split(self.builder, split, self.data_dir)  # the builder checked once for all splits
 
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.builder.info.features["image"].shape)

@@ -92,6 +92,10 @@ class Architecture:
     # Halves H and W once per model.conv_channels entry (they must be multiples of 2^len); on CPU
     # its epochs run one compiled step per call (`vae.train.epoch.epoch_loop`).
     convolutional: bool = False
+    # Whether its initial parameters drawn inside one compiled program are those drawn op by op, bit
+    # for bit (`initialises_compiled`): not where a draw is scaled twice (the ladder's cells), as
+    # XLA multiplies the two constants first.
+    initialises_compiled: bool = True
 
 
 def _mlp_widths(m) -> str:
@@ -111,11 +115,11 @@ ARCHITECTURES = {
         "ConvHVAE (2 levels)", _conv_hvae,
         lambda m: f"conv {_dims(m['conv_channels'])}, {_dims(m['hidden_dims'])}, z={m['latent_dim']}",
         convolutional=True),
-    "ladder": Architecture("ladder", _ladder, _ladder_widths),
+    "ladder": Architecture("ladder", _ladder, _ladder_widths, initialises_compiled=False),
     "conv_ladder": Architecture(
         "conv ladder", _conv_ladder,
         lambda m: f"conv {_dims(m['conv_channels'])}, {m['num_layers']} x z of {m['latent_channels']} maps",
-        convolutional=True),
+        convolutional=True, initialises_compiled=False),
 }
 ARCHS = tuple(ARCHITECTURES)
 LADDER_MERGES = ladder.MERGES
@@ -163,7 +167,22 @@ def build_model(model_config: ml_collections.ConfigDict, image_shape: Sequence[i
         head_rngs = nnx.Rngs(params=jax.random.fold_in(key, STAGE_HEADS_KEY))
         likelihood = stages.StagedLikelihood(likelihood, num_stages, image_shape, rngs=head_rngs)
     model = ARCHITECTURES[model_config.arch].build(model_config, tuple(image_shape), prior, likelihood, kw)
+    set_initial_output_bias(model, model_config, pixel_means)
+    return model
+
+
+def set_initial_output_bias(model, model_config: ml_collections.ConfigDict, pixel_means=None) -> None:
+    """With `model.init_output_bias` and `pixel_means`, sets the decoder's output bias where the
+    likelihood predicts the average image (`build_model`); nothing otherwise."""
     if model_config.init_output_bias and pixel_means is not None:
         bias = model.output_bias
-        bias[...] = likelihood.initial_output_bias(pixel_means, bias.shape, image_shape[-1])
-    return model
+        bias[...] = model.likelihood.initial_output_bias(pixel_means, bias.shape, model.image_shape[-1])
+
+
+def initialises_compiled(model_config: ml_collections.ConfigDict) -> bool:
+    """Whether `build_model` inside one compiled program gives the parameters it gives op by op, bit
+    for bit (the output bias aside, `set_initial_output_bias`). Not where XLA's CPU compiler
+    rewrites the arithmetic of a draw: a draw scaled twice (`Architecture.initialises_compiled`),
+    or the VampPrior's pseudo-inputs, mean + std * noise, fused into one multiply-add that rounds
+    once instead of twice."""
+    return ARCHITECTURES[model_config.arch].initialises_compiled and model_config.prior != "vampprior"

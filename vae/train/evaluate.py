@@ -25,13 +25,13 @@ from vae.data.dataset import Dataset
 from vae.model import kl_split
 from vae.train import distributed
 from vae.train.epoch import compile_loop, epoch_loop
-from vae.train.state import TEST_EVAL, VAL_EVAL, root_key
+from vae.train.state import TEST_EVAL, VAL_EVAL, stream_key
 
 
 def eval_key(seed: int, split: str) -> jax.Array:
     """The key of one split's evaluation ('test' or 'val') of the run with this seed: the same every
     epoch, so epochs compare on the same posterior noise."""
-    return jax.random.fold_in(root_key(seed), TEST_EVAL if split == "test" else VAL_EVAL)
+    return stream_key(seed, TEST_EVAL if split == "test" else VAL_EVAL)
 
 
 # Folded into a split's evaluation key: the KL split's draws, independent of the ELBO's.
@@ -102,8 +102,8 @@ def summarize_kl_split(split: dict, num_examples: int, prefix: str) -> dict:
 
 def make_evaluate(graphdef, config, mesh: Mesh):
     """A (params, images_u8 N x D with N padded to the eval batch, key) -> per-example ELBO terms
-    (rec, kl, kl_per_dim where the prior factorises, posterior mean), one sample each, compiled on
-    its first call for each shape of images."""
+    on the host (rec, kl, kl_per_dim where the prior factorises, posterior mean), one sample each,
+    compiled on its first call for each shape of images."""
     batch_size = config.eval.batch_size
     batch_sharding = NamedSharding(mesh, P("data"))
     replicated = NamedSharding(mesh, P())
@@ -127,7 +127,8 @@ def make_evaluate(graphdef, config, mesh: Mesh):
             compiled[images_u8.shape] = compile_loop(body, epoch_loop(config), mesh, None, consts, indices,
                                                      donate_carry=False)
         _, terms = compiled[images_u8.shape](None, consts, indices)
-        return jax.tree.map(lambda t: t.reshape(-1, *t.shape[2:]), terms)
+        # Batches x batch -> examples on the host: on the device each reshape is a program of its own.
+        return jax.tree.map(lambda t: t.reshape(-1, *t.shape[2:]), jax.device_get(terms))
 
     return evaluate
 

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 
@@ -92,6 +93,25 @@ def root_key(seed: int) -> jax.Array:
     return threefry.key(seed)
 
 
+def _fits_int32(seed: int) -> bool:
+    return np.iinfo(np.int32).min <= seed <= np.iinfo(np.int32).max
+
+
+@jax.jit
+def _compiled_stream_key(seed: jax.Array, stream: jax.Array) -> jax.Array:
+    return jax.random.fold_in(root_key(seed), stream)
+
+
+def stream_key(seed: int, stream: int) -> jax.Array:
+    """The key of one of the run's independent random streams, fold_in(root_key(seed), stream): one
+    compiled program for every seed that fits in int32 and every stream (made op by op, the seed
+    and the fold were programs of their own); op by op for a larger seed, which jax.random.key
+    wraps."""
+    if _fits_int32(seed):
+        return _compiled_stream_key(np.int32(seed), np.int32(stream))
+    return jax.random.fold_in(root_key(seed), stream)
+
+
 def learning_rate(train_config: ml_collections.ConfigDict, steps_per_epoch: int, peak=None):
     """The learning rate, a number or an optax schedule over optimiser steps. `peak` replaces
     train.learning_rate; a traced one scales the schedule of peak 1 (optax's schedules branch on
@@ -135,21 +155,61 @@ def make_optimizer(train_config: ml_collections.ConfigDict, steps_per_epoch: int
 
 
 def init_model(config: ml_collections.ConfigDict, image_shape, pixel_means=None):
-    """The model's graph definition and freshly initialised parameters for this seed."""
-    key = jax.random.fold_in(root_key(config.seed), INIT)
-    return nnx.split(build.build_model(config.model, image_shape, key, pixel_means))
+    """The model's graph definition and freshly initialised parameters for this seed.
+
+    The parameters are drawn inside one compiled program (`build.initialises_compiled`), with the
+    same bits as op by op: run op by op, each initialiser's few operations are each a program of
+    their own to trace, lower and load, a large part of a script's start on a CPU. The output bias
+    is then set from the pixel means op by op (`build.set_initial_output_bias`): compiled, its
+    logarithms could round differently."""
+    graphdef, params = _compiled_init(config.model, tuple(image_shape), config.seed)
+    if config.model.init_output_bias and pixel_means is not None:
+        model = nnx.merge(graphdef, params)
+        build.set_initial_output_bias(model, config.model, pixel_means)
+        graphdef, params = nnx.split(model)
+    return graphdef, params
+
+
+def _model_key(seed) -> jax.Array:
+    return jax.random.fold_in(root_key(seed), INIT)
+
+
+def _split_model(model_config, image_shape: tuple[int, ...], seed) -> tuple[nnx.GraphDef, nnx.State]:
+    return nnx.split(build.build_model(model_config, image_shape, _model_key(seed)))
+
+
+# Compiled once per model config and image shape in a process; the seed is an input.
+_compiled_split_model = jax.jit(_split_model, static_argnums=(0, 1))
+
+
+def _compiled_init(model_config: ml_collections.ConfigDict, image_shape: tuple[int, ...], seed: int):
+    """nnx.split of the model built from `seed`'s key, without its output bias from the data: in one
+    compiled program where that gives the same bits (`build.initialises_compiled`) and the seed
+    fits in int32, else op by op (jax.random.key wraps a larger seed)."""
+    if build.initialises_compiled(model_config) and _fits_int32(seed):
+        frozen = ml_collections.FrozenConfigDict(model_config)  # hashable: a static argument
+        return _compiled_split_model(frozen, image_shape, np.int32(seed))
+    return _split_model(model_config, image_shape, seed)
 
 
 def init_state(config, image_shape, tx, pixel_means=None) -> tuple[nnx.GraphDef, TrainState]:
+    """The graph definition and a fresh train state: the parameters (`init_model`), then in one
+    compiled program the step, the optimizer's state and, where train.ema_decay > 0, the parameter
+    average's own buffers (they are donated)."""
     graphdef, params = init_model(config, image_shape, pixel_means)
-    ema = jax.tree.map(jnp.copy, params) if config.train.ema_decay > 0 else None  # own buffers: donated
-    return graphdef, TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), ema)
+    with_ema = config.train.ema_decay > 0
+
+    def rest(params):
+        ema = jax.tree.map(jnp.copy, params) if with_ema else None
+        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), ema)
+
+    fresh = jax.jit(rest)(params)
+    return graphdef, fresh._replace(params=params)
 
 
 def abstract_state(config, image_shape, tx) -> tuple[nnx.GraphDef, TrainState]:
     """`init_state`'s graph definition and the shapes and dtypes of its state, traced but never
-    computed: what a checkpoint is restored into. Initialising the parameters for real runs every
-    initialiser eagerly, a second of a script's start on a CPU."""
+    computed: what a checkpoint is restored into, with no initialiser run."""
     graphdefs = []
 
     def init():
