@@ -869,6 +869,7 @@ def test_the_api_page_runs_as_written(tmp_path, tiny_run, monkeypatch):
     ns = namespace
     assert ns["mean"].shape == (8, ns["m"].model.latent_dim) and ns["pixels"].shape == (8, 28, 28, 1)
     assert np.array_equal(ns["back"], ns["x"])  # compress, decompress: exact
+    assert np.array_equal(ns["m"].decompress(ns["as_set"]), ns["x"][ns["order"]])  # a set: sorted
     assert len(ns["data"]) < 8 * 784 / 8  # below a bit per pixel
     assert np.all(ns["elbo"] < 0) and ns["elbo"].mean() <= ns["log_p"].mean()
     assert ns["records"][-1]["epoch"] == 1 and (tmp_path / "runs" / "api_example" / "metrics.jsonl").is_file()
