@@ -43,8 +43,7 @@ import numpy as np  # noqa: E402
 from benchmarks import codecs_8bit, host  # noqa: E402
 from scripts.docs.markdown import shown_path  # noqa: E402
 from vae import cli  # noqa: E402
-from vae.coding import codec, image_files, tiles  # noqa: E402
-from vae.coding.host_model import host_model  # noqa: E402
+from vae.coding import codec, image_files  # noqa: E402
 from vae.data import folder  # noqa: E402
 
 
@@ -64,27 +63,18 @@ def _plain(image: np.ndarray) -> np.ndarray:
 
 
 class Ours:
-    """The model's code, one host (compiled functions) per block size."""
+    """The model's code (its compiled functions kept by `codec.Loaded`, one set per block size)."""
 
     def __init__(self, workdir: str, block_size: int | None):
         self.loaded = codec.load(workdir)
         self.block_size = block_size or codec.tile_block_size(self.loaded.image_shape)
-        self._hosts = {}
-
-    def _host(self, count: int):
-        size = min(self.block_size, count)
-        if size not in self._hosts:
-            self._hosts[size] = host_model(self.loaded.model, size)
-        return self._hosts[size]
 
     def code(self, images: list, names: list) -> dict:
         """One file of `images`: its bytes, the figures each way, checked pixel for pixel."""
-        shapes = tuple(tuple(image.shape) for image in images)
-        host = self._host(tiles.Tiling(shapes, self.loaded.image_shape).num_tiles)
         data, figures = codec.compress(self.loaded, images, file_names=names, block_size=self.block_size,
-                                       progress=False, host=host)
+                                       progress=False)
         opened = codec.open_loaded(self.loaded, data, names[0])
-        decoded, back = codec.decode(opened, progress=False, host=host)
+        decoded, back = codec.decode(opened, progress=False)
         for name, image, out in zip(names, images, decoded):
             if not np.array_equal(np.asarray(out), image):
                 raise AssertionError(f"the bits-back file did not decode {name} pixel for pixel")

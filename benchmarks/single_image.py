@@ -22,18 +22,16 @@ except ImportError:  # the JPEG XL rows need imagecodecs (the dev and bench extr
 def bits_back_files(workdir, images_u8: np.ndarray) -> dict:
     """The size of each image's own file (bytes), and the model's figures of them."""
     from vae.coding import codec
-    from vae.coding.host_model import host_model
 
-    loaded = codec.load(workdir)
-    host = host_model(loaded.model, 1)
+    loaded = codec.load(workdir)  # its host functions compiled once, for every file
     sizes, first_bits = [], []
     start = time.perf_counter()
     for i, image in enumerate(images_u8):
-        data, figures = codec.compress(loaded, image[None], progress=False, host=host)
+        data, figures = codec.compress(loaded, image[None], progress=False)
         sizes.append(len(data))
         first_bits.append(figures["first_image_bits"])
         if i % 10 == 0:
-            decoded, _ = codec.decode(codec.open_file(workdir, data, f"image {i}"), progress=False)
+            decoded, _ = codec.decode(codec.open_loaded(loaded, data, f"image {i}"), progress=False)
             if not np.array_equal(decoded[0], image):
                 raise AssertionError(f"image {i} did not decode to itself")
     return {"bytes": sizes, "seconds": time.perf_counter() - start, "epoch": loaded.epoch,

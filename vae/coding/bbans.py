@@ -135,6 +135,10 @@ class _Block:
         self.gaussian, self.prior = GaussianCode(bins.max_index), PriorCode(bins)
         self.pixels = pixel_code.PixelCode(host.family, host.num_pixels, host.block_size)
         self._plans = {}
+        # a staged decoder's: per stage, its sub-pixels' indices in an image and their pixel code
+        self.stages = [] if host.sub_pixel_stages is None else [
+            (sub_pixels, pixel_code.PixelCode(host.family, len(sub_pixels), host.block_size))
+            for sub_pixels in (np.flatnonzero(host.sub_pixel_stages == s) for s in range(host.num_stages))]
 
     def values(self, indices: list) -> list:
         return [self.bins.values(index) for index in indices]
@@ -144,10 +148,10 @@ class _Block:
     def _stage_masks(self, own_bxD, rows: int) -> list:
         """Per stage, first to last, the sub-pixels it codes (b x D bool, None for all): the
         stage's among the own (`own_bxD`; None: all)."""
-        if self.host.sub_pixel_stages is None:
+        if not self.stages:
             return [own_bxD]
         own = np.ones((rows, self.host.num_pixels), bool) if own_bxD is None else own_bxD
-        return [own & (self.host.sub_pixel_stages == stage)[None] for stage in range(self.host.num_stages)]
+        return [own & (self.host.sub_pixel_stages == stage)[None] for stage in range(len(self.stages))]
 
     def pixel_probabilities(self, given, symbols_bxD, own_bxD=None) -> tuple:
         """`HostModel.pixel_probabilities` of the symbols under p(x|z) at the latents `given` was
@@ -168,11 +172,10 @@ class _Block:
         """Undoes `push_pixels` (`given`: `HostModel.pixel_parameters` of the latents): rows x D
         symbols, 0 where not own; a staged decoder's heads run once a stage, on the symbols popped,
         and each stage searches its own sub-pixels only."""
-        if self.host.sub_pixel_stages is None:
+        if not self.stages:
             return self.pixels.pop(coder, rows, self.host.pixel_search(given), own_bxD)
         symbols = np.zeros((rows, self.host.num_pixels), np.int32)
-        for stage, sub_pixels in enumerate(self._stage_sub_pixels):
-            code = pixel_code.PixelCode(self.host.family, len(sub_pixels), self.host.block_size)
+        for stage, (sub_pixels, code) in enumerate(self.stages):
             own = None if own_bxD is None else own_bxD[:, sub_pixels]
             search = self.host.stage_search(given, symbols, stage, sub_pixels)
             symbols[:, sub_pixels] = code.pop(coder, rows, search, own)
@@ -188,11 +191,6 @@ class _Block:
             coder = constriction.stream.stack.AnsCoder()
             self.push_pixels(coder, symbols, self.pixel_probabilities(given, symbols)[0])
             self.pop_pixels(coder, rows, given)
-
-    @property
-    def _stage_sub_pixels(self) -> list:
-        """Per stage, the indices of its sub-pixels in an image (D)."""
-        return [np.flatnonzero(self.host.sub_pixel_stages == stage) for stage in range(self.host.num_stages)]
 
     def plan(self, variant: int) -> first_image.Plan:
         if variant not in self._plans:

@@ -161,13 +161,16 @@ def _layer_functions(model, family: str):
 
 
 def _pixel_functions(decode, family: str, num_pixels: int):
-    """(latents -> p(x|z)'s fixed-point parameters and the decoder output; fixed-point parameters
-    -> the first round of the search; (fixed-point parameters, decoder output, offset, symbols)
-    -> every round's probabilities, bits per image, log p(x|z) per image, the smallest margin
-    of the values rounded per image; latents -> E[x|z] in symbol units) of the merged model,
-    `decode` giving the decoder output from every layer's latents. Only the first makes
-    integers of the model's floats: the one program both the encoder and the decoder call (the
-    third reads the margins of the same floats again, to decide, not to code)."""
+    """The merged model's pixel functions by name, `decode` giving the decoder output from every
+    layer's latents: "parameters" (latents -> p(x|z)'s fixed-point parameters and the decoder
+    output), "search" (fixed-point parameters -> the first round of the search), "probabilities"
+    and "own_probabilities" (fixed-point parameters, decoder output, offset, symbols -> every
+    round's probabilities, bits per image, log p(x|z) per image, the smallest margin of the values
+    rounded per image), "mean" (latents -> E[x|z] in symbol units), and a staged decoder's
+    "staged" and "stage_search" (`HostModel.stage_parameters`, `HostModel.stage_search`). Only
+    "parameters" (and a staged decoder's two) make integers of the model's floats: the programs
+    both the encoder and the decoder call ("probabilities" reads the margins of the same floats
+    again, to decide, not to code)."""
     schedule = fixed_point.rounds(fixed_point.CDF[family][2])
 
     def coded(m):
@@ -229,7 +232,8 @@ def _pixel_functions(decode, family: str, num_pixels: int):
     def mean(m, *zs):
         return m.likelihood.mean(decode(m, *zs)) * (255.0 if family in fixed_point.EIGHT_BIT else 1.0)
 
-    return parameters, staged, stage_search, search, probabilities, own_probabilities, mean
+    return {"parameters": parameters, "staged": staged, "stage_search": stage_search, "search": search,
+            "probabilities": probabilities, "own_probabilities": own_probabilities, "mean": mean}
 
 
 def host_model(model, block_size: int) -> HostModel:
@@ -252,10 +256,11 @@ def host_model(model, block_size: int) -> HostModel:
     posteriors, priors, decode = _layer_functions(model, family)
     posteriors = [compiled(f) for f in posteriors]
     priors = [f and compiled(f) for f in priors]
-    parameters, staged, stage_search, search, probabilities, own_probabilities, mean = (
-        compiled(f) for f in _pixel_functions(decode, family, int(np.prod(model.image_shape))))
-    stage_search = compiled(_pixel_functions(decode, family, int(np.prod(model.image_shape)))[2],
-                            static_argnums=(5,))  # the stage picks its head
+    functions = _pixel_functions(decode, family, int(np.prod(model.image_shape)))
+    parameters, staged, search, probabilities, own_probabilities, mean = (
+        compiled(functions[name]) for name in ("parameters", "staged", "search", "probabilities",
+                                                "own_probabilities", "mean"))
+    stage_search = compiled(functions["stage_search"], static_argnums=(5,))  # the stage picks its head
 
     def padded(rows_bxK: tuple[np.ndarray, ...]) -> list:
         rows = rows_bxK[0].shape[0]

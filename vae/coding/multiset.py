@@ -23,9 +23,14 @@ import constriction
 import numpy as np
 
 
+def image_key(symbols_D: np.ndarray) -> bytes:
+    """An image's key: the bytes of its int32 symbols (their order is the canonical order)."""
+    return np.ascontiguousarray(symbols_D, np.int32).tobytes()
+
+
 def canonical_order(symbols_NxD: np.ndarray) -> np.ndarray:
-    """The permutation that sorts the images by their bytes (as int32 symbols), ties kept in place."""
-    keys = [row.tobytes() for row in np.ascontiguousarray(symbols_NxD, np.int32)]
+    """The permutation that sorts the images by their keys, ties kept in place."""
+    keys = [image_key(row) for row in symbols_NxD]
     return np.array(sorted(range(len(keys)), key=keys.__getitem__), np.int64)
 
 
@@ -93,9 +98,9 @@ class Chooser:
         self.remaining = Remaining()
         self.rows_of: dict[bytes, list[int]] = {}
         for row in rows:
-            key = symbols_NxD[row].astype(np.int32).tobytes()
-            self.remaining.add(key)
-            self.rows_of.setdefault(key, []).append(int(row))
+            image = image_key(symbols_NxD[row])
+            self.remaining.add(image)
+            self.rows_of.setdefault(image, []).append(int(row))
 
     def take(self, coder, count: int) -> np.ndarray:
         """The rows of the next `count` images, in the order their choices were popped."""
@@ -104,9 +109,9 @@ class Chooser:
     def give_back(self, coder, rows: np.ndarray, symbols_NxD: np.ndarray) -> None:
         """Undoes `take`: pushes the choices back, last first."""
         for row in reversed(rows.tolist()):
-            key = symbols_NxD[row].astype(np.int32).tobytes()
-            self.remaining.push(coder, key)
-            self.rows_of[key].append(row)
+            image = image_key(symbols_NxD[row])
+            self.remaining.push(coder, image)
+            self.rows_of[image].append(row)
 
 
 def push_choices(coder, seen: Remaining, block_symbols_bxD: np.ndarray) -> None:
@@ -114,4 +119,4 @@ def push_choices(coder, seen: Remaining, block_symbols_bxD: np.ndarray) -> None:
     encoder popped them first row first, so they go back last row first), each among the images
     decoded so far (`seen`, which this adds them to): the images the encoder had left."""
     for row in reversed(range(len(block_symbols_bxD))):
-        seen.push(coder, block_symbols_bxD[row].astype(np.int32).tobytes())
+        seen.push(coder, image_key(block_symbols_bxD[row]))
