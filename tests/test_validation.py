@@ -116,6 +116,18 @@ def test_every_config_is_valid():
         validate_config(module.get_config(), 1)
 
 
+def test_the_numbers_a_sweep_may_vary_are_read_from_the_config_fields_the_schema_names():
+    from vae.config import HYPER_FIELDS, get_field
+    from vae.train import state
+
+    assert tuple(HYPER_FIELDS) == state.Hyper._fields  # one name each, in Hyper's order
+    config = tiny_config()
+    config.seed, config.train.beta, config.train.skip_threshold = 7, 0.25, 123.0
+    hyper = state.hyperparameters(config)
+    assert (hyper.seed, hyper.beta, hyper.skip_threshold) == (7, 0.25, 123.0)
+    assert hyper == tuple(get_field(config, field) for field in HYPER_FIELDS.values())
+
+
 # Every kind of refusal of scripts/train.py's command line, in this process: a config check, a data
 # check, a data set name that is a path, a config field and a value that do not parse.
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ class UsageError(Exception):
 # The errors a user can fix, by module: each is caught where its module was imported (an error
 # of a module the script never imported cannot have been raised), so this module imports neither
 # JAX nor the library, and a script that needs neither (plot_kl.py) starts without them.
-_USER_ERRORS = {"vae.data.source": "DataError", "vae.config.checks": "ConfigError",
+_USER_ERRORS = {"vae.data.source": "DataError", "vae.config.schema": "ConfigError",
                 "vae.workdir.files": "WorkdirError", "vae.train.run_dir": "NonFiniteLossError",
                 "vae.train.distributed": "JoinError", "vae.coding.errors": "CodingError"}
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from vae import atomic
 from vae.coding.errors import CodingError
+from vae.config import schema
 from vae.data import folder
 
 JPEG_SUFFIXES = (".jpg", ".jpeg")
@@ -155,8 +156,8 @@ def read_photos(inputs: Inputs, image_shape: tuple[int, int, int], *, channels: 
     (coding it as grey loses its colour) unless `channels` is "grey": then, as with any other
     conversion (`channels`, a `background` that flattens transparent pixels, `image_size`), what
     is coded is a converted copy, which `Photos` names."""
-    folder.check_channels(channels, "--channels")
-    folder.check_background(background, "--background")
+    schema.check_channels(channels, "--channels")
+    schema.check_background(background, "--background")
     check_output_names(inputs.names)
     colour = image_shape[2] > 1
     if channels == "rgb" and not colour:

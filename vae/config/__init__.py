@@ -2,14 +2,18 @@
 
     load.py    a config file's `get_config()`, typed `FIELD=VALUE` overrides, each field's comment
                (`FieldError`); imports nothing of the package
-    checks.py  every field checked before any compute (`validate_config`, `validate_image_shape`,
-               `ConfigError`); the allowed names come from vae.model and vae.data, imported inside
-               the checks, so importing this package loads no JAX or Flax
+    schema.py  the fields more than one layer reads: a folder's own fields, read and checked
+               (`folder_fields`), the numbers a sweep may vary in one program (`HYPER_FIELDS`), and
+               `ConfigError`; imports nothing of the package, so the data source reads it too
+    checks.py  every field checked before any compute (`validate_config`, `validate_image_shape`);
+               the allowed names come from vae.model and vae.data, imported inside the checks, so
+               importing this package loads no JAX or Flax
 
-May import vae.data and vae.model (inside the checks); nothing above (workdir, train, sweep, cli).
+load.py and schema.py sit at the bottom of the layers; checks.py may import vae.data and vae.model
+(inside the checks); nothing imports above (workdir, train, sweep, cli).
 """
 
-from vae.config.checks import ConfigError, validate_config, validate_image_shape
+from vae.config.checks import validate_config, validate_image_shape
 from vae.config.load import (
     FieldError,
     field_comments,
@@ -20,6 +24,7 @@ from vae.config.load import (
     parse_value,
     set_field,
 )
+from vae.config.schema import HYPER_FIELDS, ConfigError
 
-__all__ = ["ConfigError", "FieldError", "field_comments", "get_field", "leaves", "load_config", "override",
-           "parse_value", "set_field", "validate_config", "validate_image_shape"]
+__all__ = ["HYPER_FIELDS", "ConfigError", "FieldError", "field_comments", "get_field", "leaves",
+           "load_config", "override", "parse_value", "set_field", "validate_config", "validate_image_shape"]

@@ -2,22 +2,22 @@
 
 The names a field may take come from where they are implemented (the architectures, likelihoods
 and priors from `vae.model.build`, the objectives from `vae.model.objectives`, the binarisations
-from `vae.data.pixels`, a folder's own fields from `vae.data.folder`), imported inside the checks
-so that importing `vae.config` to load a config file loads no JAX or Flax.
+from `vae.data.pixels`), imported inside the checks so that importing `vae.config` to load a config
+file loads no JAX or Flax. A folder's own fields are read and checked by `vae.config.schema`, as the
+folder source reads them.
 """
 
 import math
 
 import ml_collections
 
+from vae.config import schema
+from vae.config.schema import ConfigError
+
 OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "warmup_cosine")
 EPOCH_LOOPS = ("auto", "scan", "steps")
 BATCH_SOURCES = ("auto", "device", "host")
-
-
-class ConfigError(ValueError):
-    """A config value the user must change; the message names the field and what is allowed."""
 
 
 def _require(condition: bool, message: str) -> None:
@@ -37,7 +37,6 @@ def _is_number(value) -> bool:
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     """Raises ConfigError for the first value that cannot give a sound run."""
     from vae.data import folder, pixels
-    from vae.data.source import DataError
     from vae.model import build, objectives
 
     _require(_is_int(config.seed), f"seed must be an integer, got {config.seed!r}")
@@ -53,12 +52,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     _require(not (d.get("tile_stride", ()) or d.get("crops_per_image", 0)) or folder.is_folder(d.name),
              f"data.tile_stride and data.crops_per_image cut the images of a folder (data.name=folder:PATH); "
              f"a TFDS data set is used whole: leave them () and 0 for {d.name}")
-    try:  # the folder source's own fields, checked by it (their defaults where a config predates them)
-        image_size, _, _ = folder.fields(d)
-        channels, background = folder.conversions(d)
-        folder.cutting(d)
-    except DataError as e:
-        raise ConfigError(str(e)) from None
+    fields = schema.folder_fields(d)  # their defaults where a config predates them
+    image_size, channels, background = fields.image_size, fields.channels, fields.background
     _require(not image_size or folder.is_folder(d.name),
              f"data.image_size resizes the images of a folder (data.name=folder:PATH); a TFDS data set "
              f"keeps its own size: leave data.image_size=() for {d.name}")

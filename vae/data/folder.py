@@ -45,9 +45,10 @@ code 8-bit pixels).
 
 A folder that cannot give a sound data set stops with one `DataError` line naming the files, and
 every check that needs no pixels runs before anything is decoded. A file Pillow cannot decode is
-such a line; an error of this code is not (it raises as it is). scripts/compress.py reads its
-image files with the same listing (`walk`) and decoding (`decode_image`). Imports nothing of the
-package outside `vae.data`.
+such a line; an error of this code is not (it raises as it is). The folder fields are read and
+checked by `vae.config.schema`. scripts/compress.py reads its image files with the same listing
+(`walk`) and decoding (`decode_image`). Imports nothing of the package outside `vae.data` but
+`vae.atomic` and `vae.config.schema`.
 """
 
 import concurrent.futures
@@ -63,6 +64,7 @@ from pathlib import Path
 import numpy as np
 
 from vae import atomic
+from vae.config import schema
 from vae.data import tiles
 from vae.data.source import FOLDER_PREFIX, DataError
 
@@ -75,8 +77,6 @@ COLOUR_MODES = ("RGB", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr")
 FORMATS = ("PNG", "JPEG", "MPO")  # Pillow's names; MPO: a camera's JPEG with more pictures after the first
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _EXIF_ORIENTATION = 0x0112
-DEFAULT_VALIDATION_FRACTION, DEFAULT_TEST_FRACTION = 0.0, 0.1  # configs/default.py's
-CHANNELS = ("keep", "grey", "rgb")  # data.channels
 _NOTED = set()  # folders whose cache could be written nowhere
 
 
@@ -92,8 +92,8 @@ class Folder:
     name: str  # data.name, 'folder:PATH', for messages
     path: Path
     image_size: tuple[int, ...] = ()  # () keeps the images' size, else (H, W)
-    validation_fraction: float = DEFAULT_VALIDATION_FRACTION
-    test_fraction: float = DEFAULT_TEST_FRACTION
+    validation_fraction: float = schema.DEFAULT_VALIDATION_FRACTION
+    test_fraction: float = schema.DEFAULT_TEST_FRACTION
     channels: str = "keep"  # keep | grey | rgb
     background: str = ""  # the colour transparent pixels are composited onto; '' refuses them
     tile_stride: tuple[int, ...] = ()  # (SH, SW): cut tiles of image_size at this stride; () none
@@ -112,71 +112,18 @@ class Folder:
 
 
 def from_config(data_config) -> Folder:
-    """The folder `data_config.name` names, with the config's folder fields (checked)."""
-    return Folder(data_config.name, folder_path(data_config.name), *fields(data_config),
-                  *conversions(data_config), *cutting(data_config))
+    """The folder `data_config.name` names, with the config's folder fields (checked by
+    `vae.config.schema`; a bad one is a `DataError` line here, as `validate_config` words it)."""
+    fields = _checked(schema.folder_fields, data_config)
+    return Folder(data_config.name, folder_path(data_config.name), *fields)
 
 
-def cutting(data_config) -> tuple[tuple[int, ...], int, int]:
-    """data.tile_stride, data.crops_per_image and data.crop_seed, checked (with data.image_size,
-    the size they cut); a config from before these fields gets their defaults ((), 0, 0)."""
-    stride = data_config.get("tile_stride", ())
-    crops, seed = data_config.get("crops_per_image", 0), data_config.get("crop_seed", 0)
-    if not (isinstance(stride, tuple | list) and len(stride) in (0, 2) and all(
-            isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in stride)):
-        raise DataError(f"data.tile_stride must be () (no tiles) or (rows, columns) between tiles' corners, "
-                        f"each >= 1, e.g. --config.data.tile_stride=32,32; got {stride!r}")
-    if not (isinstance(crops, int) and not isinstance(crops, bool) and crops >= 0):
-        raise DataError(f"data.crops_per_image must be an integer >= 0 (0: no random crops), got {crops!r}")
-    if not (isinstance(seed, int) and not isinstance(seed, bool)):
-        raise DataError(f"data.crop_seed must be an integer, got {seed!r}")
-    if stride and crops:
-        raise DataError(f"data.tile_stride={tuple(stride)} and data.crops_per_image={crops} exclude each "
-                        "other: train on tiles or on random crops, set the other to () or 0")
-    if (stride or crops) and not data_config.get("image_size", ()):
-        field = "data.tile_stride" if stride else "data.crops_per_image"
-        raise DataError(f"{field} cuts images of data.image_size out of each photo: set its size too, "
-                        "e.g. --config.data.image_size=32,32")
-    return tuple(stride), crops, seed
-
-
-def conversions(data_config) -> tuple[str, str]:
-    """data.channels and data.background, checked; a config from before these fields gets
-    their defaults (keep, '')."""
-    channels, background = data_config.get("channels", "keep"), data_config.get("background", "")
-    check_channels(channels, "data.channels")
-    check_background(background, "data.background")
-    return channels, background
-
-
-def check_channels(channels, what: str) -> None:
-    if channels not in CHANNELS:
-        raise DataError(f"{what} must be one of {', '.join(CHANNELS)} (keep the images' channels, convert "
-                        f"every image to grey, or to colour), got {channels!r}")
-
-
-def check_background(background, what: str) -> None:
-    """A colour Pillow's ImageColor knows, or '' (transparent pixels refused)."""
-    from PIL import ImageColor
-
-    if background == "":
-        return
+def _checked(read, *args):
+    """`read(*args)`, its `ConfigError` (a bad field) raised as a `DataError` line."""
     try:
-        ImageColor.getrgb(background)
-    except (ValueError, AttributeError, TypeError):
-        raise DataError(f"{what} must be a colour (white, black, #rrggbb, rgb(r, g, b), any name Pillow's "
-                        f"ImageColor knows) or '' to refuse transparent pixels, got {background!r}") from None
-
-
-def fields(data_config) -> tuple[tuple[int, ...], float, float]:
-    """data.image_size, data.folder_validation_fraction and data.folder_test_fraction, checked;
-    a config from before these fields gets their defaults."""
-    image_size = data_config.get("image_size", ())
-    check_image_size(image_size)
-    validation_fraction = data_config.get("folder_validation_fraction", DEFAULT_VALIDATION_FRACTION)
-    test_fraction = data_config.get("folder_test_fraction", DEFAULT_TEST_FRACTION)
-    check_fractions(validation_fraction, test_fraction)
-    return tuple(image_size), validation_fraction, test_fraction
+        return read(*args)
+    except schema.ConfigError as e:
+        raise DataError(str(e)) from None
 
 
 def folder_path(name: str) -> Path:
@@ -186,24 +133,6 @@ def folder_path(name: str) -> Path:
     if not raw.strip():
         raise DataError(f"data.name={name!r} names no folder: write data.name=folder:PATH")
     return Path(os.path.expanduser(raw))
-
-
-def check_image_size(image_size) -> None:
-    if not (isinstance(image_size, tuple | list) and len(image_size) in (0, 2) and all(
-            isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in image_size)):
-        raise DataError(f"data.image_size must be () (keep the images' size) or (height, width) in "
-                        f"pixels, e.g. --config.data.image_size=28,28; got {image_size!r}")
-
-
-def check_fractions(validation_fraction, test_fraction) -> None:
-    for field, value in (("folder_validation_fraction", validation_fraction),
-                         ("folder_test_fraction", test_fraction)):
-        if not (isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1):
-            raise DataError(f"data.{field} must be a number in [0, 1), got {value!r}")
-    if validation_fraction + test_fraction >= 1:
-        raise DataError(
-            f"data.folder_validation_fraction + data.folder_test_fraction must be < 1 (the rest "
-            f"trains), got {validation_fraction} + {test_fraction}")
 
 
 # --- the files ------------------------------------------------------------------------------------
@@ -456,7 +385,7 @@ class FolderSource:
 def prepare(name: str, image_size: tuple[int, ...] = ()) -> str:
     """Decodes and caches a folder's images ahead of a run (`scripts/prepare_data.py`); returns
     what was done, in a line."""
-    check_image_size(image_size)
+    _checked(schema.check_image_size, image_size)
     source = FolderSource(Folder(name, folder_path(name), tuple(image_size)))
     photos = source.photos()
     where = f"cached in {source.cache_file}" if source.cache_file else "not cached (no writable place)"

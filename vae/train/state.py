@@ -19,6 +19,8 @@ import optax
 from flax import nnx
 
 from vae import threefry
+from vae.config import schema
+from vae.config.load import get_field
 from vae.model import build
 
 # Independent random streams, each folded into the run's root key.
@@ -35,7 +37,7 @@ class TrainState(NamedTuple):
 class Hyper(NamedTuple):
     """The numbers of a run that change no shape. Python numbers are compiled into the programs
     as constants; arrays are traced (in a sweep, the fields its runs differ in). Field names
-    are those of the config (`HYPER_FIELDS`)."""
+    are those of the config (`vae.config.schema.HYPER_FIELDS`, in this order)."""
 
     seed: int | jax.Array
     beta: float | jax.Array
@@ -48,22 +50,20 @@ class Hyper(NamedTuple):
     skip_threshold: float | jax.Array
 
 
-# The config field of each Hyper field: what a sweep may vary inside one compiled program.
-HYPER_FIELDS = {name: name if name == "seed" else f"train.{name}" for name in Hyper._fields}
 # Hyper fields where 0 switches a transform off, which changes the optimizer state's structure.
 _SWITCHES = ("ema_decay", "grad_clip_norm")
 
 
 def hyperparameters(config: ml_collections.ConfigDict) -> Hyper:
     """The config's numbers as Python constants."""
-    return Hyper(config.seed, *(config.train[name] for name in Hyper._fields[1:]))
+    return Hyper(*(get_field(config, field) for field in schema.HYPER_FIELDS.values()))
 
 
 def program_key(config: ml_collections.ConfigDict) -> str:
     """What a compiled program fixes: the whole config but the numbers of `Hyper` (of which only
     whether the EMA and clipping are on counts). Runs with the same key can train as one program."""
     record = json.loads(config.to_json_best_effort())
-    for name, field in HYPER_FIELDS.items():
+    for name, field in schema.HYPER_FIELDS.items():
         *parents, leaf = field.split(".")
         node = record
         for parent in parents:
