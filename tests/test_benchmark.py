@@ -3,6 +3,7 @@ profile's grouping, and one JSON for several configs (no time is asserted: CI ma
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -153,3 +154,27 @@ def test_benchmark_smoke(tmp_path, with_torch):
     rate = first["train"]["images_per_sec"]
     assert f"{rate:,.0f}" in text and f"{rate:,.0f}" in table and "configs/mlp_small.py" in table
     assert ("PyTorch, tuned" in table) == with_torch
+
+
+def test_the_coding_parts_of_an_8bit_model_are_timed_and_a_binarised_one_refused(tmp_path, tiny_run, capsys):
+    """benchmarks/coding_parts.py on a one-epoch 8-bit run: one figure per part, in ns a sub-pixel
+    (no time asserted), the sums of encoding and decoding; a binarised run is refused in one line."""
+    from benchmarks import coding_parts
+    from vae.train import loop
+
+    run = tmp_path / "eight_bit"
+    config = tiny_config(data__binarize="none", model__likelihood="logistic_mixture",
+                         model__mixture_components=2, data__train_split="train[:64]",
+                         data__test_split="test[:8]", train__num_epochs=1, eval__batch_size=8,
+                         eval__kl_split_examples=0)
+    loop.train_and_evaluate(config, run, progress=False)
+    coding_parts.main(["--workdir", str(run), "--repeats", "1", "--block_size", "3"])
+    out = capsys.readouterr().out
+    assert "K = 2, block of 3 (2352 sub-pixels)" in out
+    figures = dict(part.rsplit(" ", 1) for part in out.splitlines()[1].strip().split(", "))
+    assert set(figures) == {"parameters", "q(z|x)", "rounds' probabilities", "pushes", "first round",
+                            "3 later rounds", "4 pops"}
+    assert all(int(v) > 0 for v in figures.values())
+    assert re.search(r"encoding \d+, decoding \d+", out)
+    with pytest.raises(SystemExit, match="a bernoulli model; this benchmark times the 8-bit pixel code"):
+        coding_parts.main(["--workdir", str(tiny_run), "--repeats", "1"])

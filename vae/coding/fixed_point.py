@@ -35,8 +35,7 @@ The standard normal CDF's table (PHI_TABLE) is the latents' (`latent_code.py`), 
 
 These constants are part of the file format: changing one changes what a file decodes to (the
 file's coder tag, `container.coder_hash`, covers them). Functions here are pure jax.numpy and
-need 64-bit integers (`jax.enable_x64`); the callers jit them. Imports nothing of the package but
-the mixture's counts kernel (`vae.native.search_round`), which gives the same integers as its XLA path.
+need 64-bit integers (`jax.enable_x64`); the callers jit them. Imports nothing of the package.
 """
 
 import decimal
@@ -46,8 +45,6 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from vae.native import search_round
 
 LEVELS = 256
 MIN_LOG_SCALE, MAX_LOG_SCALE = -7.0, 5.0  # of a logistic in [-1, 1] units (the likelihood floors at -7)
@@ -332,7 +329,7 @@ def bernoulli_total(parameters):
 def mixture_cdf(parameters, points):
     """Σ_k w_k · 2^24 sigmoid((edge − mean_k) / scale_k) + MIXTURE_FLOOR · j, the edge of level j at
     j − 1/2 levels; (edge − mean) / scale is (j·256 − 128 − mean steps) · inverse scale, shifted
-    to the table's 2^16 per unit (a search round's on CPU: `vae.native.search_round`, the same integers)."""
+    to the table's 2^16 per unit."""
     weights, mean_steps, inverse_scales = parameters
     offset = (points[..., None] * MEAN_STEPS - MEAN_STEPS // 2) - mean_steps[:, None, :]  # N x E x K
     argument = (offset * inverse_scales[:, None, :] + (1 << (_MEAN_SHIFT - 1))) >> _MEAN_SHIFT
@@ -371,8 +368,8 @@ def rounds(levels: int, round_bits: int | None = None) -> list[tuple[int, int]]:
 def _probabilities(counts):
     """A round's counts (N x parts) as the probabilities constriction reads: each part's share,
     the exact integers (below 2^53) in float64 times the reciprocal of their sum, two exactly
-    rounded IEEE operations, so the same numbers everywhere (the kernel of `vae.native.search_round` makes
-    them the same way)."""
+    rounded IEEE operations, so the same numbers everywhere. (Written as a division, XLA makes
+    this of it too; written so, the numbers do not hang on that rewrite.)"""
     counts = counts.astype(jnp.float64)
     return counts * (1.0 / jnp.sum(counts, axis=-1, keepdims=True))
 
@@ -391,9 +388,6 @@ def first_round(family: str, parameters, step: int, parts: int):
     `next_round` reads with the part the coder decoded."""
     high = CDF[family][1](parameters)
     zeros = jnp.zeros_like(high)
-    if family == "logistic_mixture":  # the round after a part 0 of one whose edges are 0 and the total
-        state = (zeros, jnp.stack([zeros, high], axis=-1))
-        return next_round(family, parameters, state, zeros, 0, step, parts)
     probabilities, edges = _round(family, parameters, zeros, zeros, high, step, parts)
     return probabilities, (zeros, edges)
 
@@ -406,33 +400,13 @@ def _pick(edges, index):
 
 
 def next_round(family: str, parameters, state, part, last_step: int, step: int, parts: int):
-    """The next round's probabilities and state, after the part (N, int) of the last round. The
-    mixture's round is one operation, on CPU a compiled kernel (`vae.native.search_round`) giving the same
-    numbers as `_next_round_xla`: the coder's hot loop."""
+    """The next round's probabilities and state, after the part (N, int) of the last round."""
     low, edges = state
-    if family == "logistic_mixture":
-        probabilities, low, edges = search_round.mixture_round(
-            *parameters, low, edges, part, last_step=last_step, step=step, parts=parts, table=SIGMOID_TABLE,
-            offset=TABLE_RANGE * TABLE_STEPS, limit=TABLE_RANGE * _ARGUMENT_SCALE, mean_steps=MEAN_STEPS,
-            shift=_MEAN_SHIFT, fraction_bits=FRACTION_BITS, floor=MIXTURE_FLOOR, fallback=_mixture_round_xla)
-        return probabilities, (low, edges)
-    probabilities, low, edges = _next_round_xla(family, parameters, low, edges, part, last_step, step, parts)
-    return probabilities, (low, edges)
-
-
-def _next_round_xla(family: str, parameters, low, edges, part, last_step: int, step: int, parts: int):
-    """`next_round` in XLA: (probabilities, low, edges)."""
     part = part.astype(jnp.int64)
     low = low + part * last_step
     count_low, count_high = _pick(edges, part), _pick(edges, part + 1)
     probabilities, edges = _round(family, parameters, low, count_low, count_high, step, parts)
-    return probabilities, low, edges
-
-
-def _mixture_round_xla(weights, means, inverse_scales, low, edges, part, *, last_step: int, step: int,
-                       parts: int):
-    return _next_round_xla("logistic_mixture", (weights, means, inverse_scales), low, edges, part, last_step,
-                           step, parts)
+    return probabilities, (low, edges)
 
 
 def parts_of(symbols, levels: int, round_bits: int | None = None) -> list:
