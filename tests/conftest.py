@@ -127,6 +127,19 @@ def tiny_config(**overrides):
     return config
 
 
+def train_tiny_8bit(run, train_split: str):
+    """Trains tiny_config as an 8-bit model (2 logistics a pixel) for one epoch on `train_split`, its
+    test split the first 8 test images, into the workdir `run`; returns `run`."""
+    from vae.train import loop
+
+    config = tiny_config(data__binarize="none", model__likelihood="logistic_mixture",
+                         model__mixture_components=2, data__train_split=train_split,
+                         data__test_split="test[:8]", train__num_epochs=1, eval__batch_size=8,
+                         eval__kl_split_examples=0)
+    loop.train_and_evaluate(config, run, progress=False)
+    return run
+
+
 def config_flags(cfg) -> list[str]:
     """`--config.a.b=value` for every field where `cfg` differs from configs/mlp_small.py: with
     `--config configs/mlp_small.py`, the command line that trains `cfg` with scripts/train.py."""

@@ -14,7 +14,7 @@ import pytest
 
 from benchmarks import harness, profiling
 from configs import mlp_small
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO, tiny_config, train_tiny_8bit
 from vae.train import feed, state, step
 
 
@@ -160,14 +160,8 @@ def test_the_coding_parts_of_an_8bit_model_are_timed_and_a_binarised_one_refused
     """benchmarks/coding_parts.py on a one-epoch 8-bit run: one figure per part, in ns a sub-pixel
     (no time asserted), the sums of encoding and decoding; a binarised run is refused in one line."""
     from benchmarks import coding_parts
-    from vae.train import loop
 
-    run = tmp_path / "eight_bit"
-    config = tiny_config(data__binarize="none", model__likelihood="logistic_mixture",
-                         model__mixture_components=2, data__train_split="train[:64]",
-                         data__test_split="test[:8]", train__num_epochs=1, eval__batch_size=8,
-                         eval__kl_split_examples=0)
-    loop.train_and_evaluate(config, run, progress=False)
+    run = train_tiny_8bit(tmp_path / "eight_bit", "train[:64]")
     coding_parts.main(["--workdir", str(run), "--repeats", "1", "--block_size", "3"])
     out = capsys.readouterr().out
     assert "K = 2, block of 3 (2352 sub-pixels)" in out

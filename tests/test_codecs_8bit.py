@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from benchmarks import codecs, codecs_8bit
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO, tiny_config, train_tiny_8bit
 
 RNG = np.random.default_rng(0)
 
@@ -205,15 +205,9 @@ def test_the_8bit_table_end_to_end(tmp_path, fashion_mnist):
     """A real 8-bit run (one epoch on a slice), evaluated: the codecs, its bits-back file through
     compress.py and decompress.py, and its bounds from eval.json, on the same 6 test images."""
     from vae.analysis import iwae
-    from vae.train import loop
     from vae.workdir import files
 
-    run = tmp_path / "w"
-    config = tiny_config(data__binarize="none", model__likelihood="logistic_mixture",
-                         model__mixture_components=2, data__train_split="train[:512]",
-                         data__test_split="test[:8]", train__num_epochs=1, eval__batch_size=8,
-                         eval__kl_split_examples=0)
-    loop.train_and_evaluate(config, run, progress=False)
+    run = train_tiny_8bit(tmp_path / "w", "train[:512]")
     files.save_evaluation(run, iwae.evaluate_workdir(run, num_samples=10, progress=False))
     out = tmp_path / "table"
     done = run_script("--eight_bit", "--workdir", run, "--jpegxl_effort", "3", "--out", out)
