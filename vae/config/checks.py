@@ -12,7 +12,7 @@ import math
 import ml_collections
 
 from vae.config import schema
-from vae.config.schema import ConfigError
+from vae.config.schema import ConfigError, is_int
 
 OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "warmup_cosine")
@@ -25,10 +25,6 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_number(value) -> bool:
     """A finite int or float (not a bool): inf or nan here would only fail after compute."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
@@ -39,14 +35,14 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     from vae.data import folder, pixels
     from vae.model import build, objectives
 
-    _require(_is_int(config.seed), f"seed must be an integer, got {config.seed!r}")
+    _require(is_int(config.seed), f"seed must be an integer, got {config.seed!r}")
 
     d = config.data
     _require(isinstance(d.name, str) and d.name != "",
              "data.name must name a TFDS data set or a folder of images (folder:PATH)")
     _require(d.binarize in pixels.BINARIZE_MODES,
              f"data.binarize must be one of {pixels.BINARIZE_MODES}, got {d.binarize!r}")
-    _require(_is_int(d.test_binarize_seed), "data.test_binarize_seed must be an integer")
+    _require(is_int(d.test_binarize_seed), "data.test_binarize_seed must be an integer")
     _require(isinstance(d.validation_split, str),
              f"data.validation_split must be a TFDS split string or '', got {d.validation_split!r}")
     _require(not (d.get("tile_stride", ()) or d.get("crops_per_image", 0)) or folder.is_folder(d.name),
@@ -65,10 +61,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     _require(m.arch in build.ARCHS, f"model.arch must be one of {build.ARCHS}, got {m.arch!r}")
     _require(m.likelihood in build.LIKELIHOODS,
              f"model.likelihood must be one of {build.LIKELIHOODS}, got {m.likelihood!r}")
-    _require(_is_int(m.mixture_components) and m.mixture_components >= 1,
+    _require(is_int(m.mixture_components) and m.mixture_components >= 1,
              f"model.mixture_components must be an integer >= 1, got {m.mixture_components!r}")
     stages = m.get("decoder_stages", 1)
-    _require(_is_int(stages) and stages in build.DECODER_STAGES,
+    _require(is_int(stages) and stages in build.DECODER_STAGES,
              f"model.decoder_stages must be one of {build.DECODER_STAGES}, got {stages!r}")
     eight_bit = m.likelihood in build.EIGHT_BIT_LIKELIHOODS
     _require(eight_bit or d.binarize != "none",
@@ -78,7 +74,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     _require(not eight_bit or d.binarize == "none",
              f"model.likelihood={m.likelihood} models the 256 levels of 8-bit pixels, but "
              f"data.binarize={d.binarize} binarises them: set data.binarize=none")
-    _require(_is_int(m.latent_dim) and m.latent_dim >= 1,
+    _require(is_int(m.latent_dim) and m.latent_dim >= 1,
              f"model.latent_dim must be an integer >= 1, got {m.latent_dim!r}")
     _require(m.activation in build.ACTIVATIONS,
              f"model.activation must be one of {build.ACTIVATIONS}, got {m.activation!r}")
@@ -89,7 +85,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
         len(clip) == 2 and all(_is_number(c) for c in clip) and clip[0] < clip[1])),
              f"model.log_var_clip must be () or (lo, hi) with lo < hi, got {clip!r}")
     _require(m.prior in build.PRIORS, f"model.prior must be one of {build.PRIORS}, got {m.prior!r}")
-    _require(_is_int(m.num_pseudo_inputs) and m.num_pseudo_inputs >= 1,
+    _require(is_int(m.num_pseudo_inputs) and m.num_pseudo_inputs >= 1,
              f"model.num_pseudo_inputs must be an integer >= 1, got {m.num_pseudo_inputs!r}")
     _require(_is_number(m.pseudo_input_mean) and _is_number(m.pseudo_input_std) and m.pseudo_input_std >= 0,
              "model.pseudo_input_mean must be a finite number and model.pseudo_input_std one >= 0")
@@ -97,14 +93,14 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     for field in ("hidden_dims", "conv_channels"):
         dims = m[field]
         _require(isinstance(dims, tuple | list) and len(dims) >= 1
-                 and all(_is_int(h) and h >= 1 for h in dims),
+                 and all(is_int(h) and h >= 1 for h in dims),
                  f"model.{field} must be a non-empty tuple of positive integers, got {dims!r}")
     _validate_ladder(m)
 
     t = config.train
-    _require(_is_int(t.num_epochs) and t.num_epochs >= 0,
+    _require(is_int(t.num_epochs) and t.num_epochs >= 0,
              f"train.num_epochs must be an integer >= 0, got {t.num_epochs!r}")
-    _require(_is_int(t.batch_size) and t.batch_size >= 1,
+    _require(is_int(t.batch_size) and t.batch_size >= 1,
              f"train.batch_size must be an integer >= 1, got {t.batch_size!r}")
     _require(t.batch_size % num_devices == 0,
              f"train.batch_size={t.batch_size} must be divisible by the number of devices "
@@ -121,11 +117,11 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
              f"train.ema_decay must be a number in [0, 1), got {t.ema_decay!r}")
     _require(t.objective in objectives.OBJECTIVES,
              f"train.objective must be one of {objectives.OBJECTIVES}, got {t.objective!r}")
-    _require(_is_int(t.num_samples) and t.num_samples >= 1,
+    _require(is_int(t.num_samples) and t.num_samples >= 1,
              f"train.num_samples must be an integer >= 1, got {t.num_samples!r}")
     _require(t.objective == "iwae" or t.num_samples == 1,
              f"train.num_samples={t.num_samples} needs train.objective=iwae (the ELBO uses one sample)")
-    _require(_is_int(t.early_stopping_patience) and t.early_stopping_patience >= 0,
+    _require(is_int(t.early_stopping_patience) and t.early_stopping_patience >= 0,
              f"train.early_stopping_patience must be an integer >= 0, got {t.early_stopping_patience!r}")
     _require(t.early_stopping_patience == 0 or d.validation_split,
              "train.early_stopping_patience needs a validation split: set data.validation_split "
@@ -142,20 +138,20 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
              f"train.epoch_loop must be one of {EPOCH_LOOPS}, got {t.epoch_loop!r}")
     _require(t.batch_source in BATCH_SOURCES,
              f"train.batch_source must be one of {BATCH_SOURCES}, got {t.batch_source!r}")
-    _require(_is_int(t.checkpoint_every_epochs) and t.checkpoint_every_epochs >= 1,
+    _require(is_int(t.checkpoint_every_epochs) and t.checkpoint_every_epochs >= 1,
              "train.checkpoint_every_epochs must be an integer >= 1")
-    _require(_is_int(t.keep_checkpoints) and t.keep_checkpoints >= 1,
+    _require(is_int(t.keep_checkpoints) and t.keep_checkpoints >= 1,
              "train.keep_checkpoints must be an integer >= 1")
 
     e = config.eval
-    _require(_is_int(e.batch_size) and e.batch_size >= 1 and e.batch_size % num_devices == 0,
+    _require(is_int(e.batch_size) and e.batch_size >= 1 and e.batch_size % num_devices == 0,
              f"eval.batch_size must be a positive multiple of the device count ({num_devices}), "
              f"got {e.batch_size!r}")
-    _require(_is_int(e.every_epochs) and e.every_epochs >= 1, "eval.every_epochs must be an integer >= 1")
+    _require(is_int(e.every_epochs) and e.every_epochs >= 1, "eval.every_epochs must be an integer >= 1")
     _require(_is_number(e.active_unit_threshold) and e.active_unit_threshold >= 0,
              "eval.active_unit_threshold must be >= 0")
     split_examples = e.get("kl_split_examples", 0)
-    _require(_is_int(split_examples) and (split_examples == 0 or split_examples >= max(2, num_devices)),
+    _require(is_int(split_examples) and (split_examples == 0 or split_examples >= max(2, num_devices)),
              f"eval.kl_split_examples must be 0 (no KL split) or an integer >= 2 and >= the device count "
              f"({num_devices}), got {split_examples!r}")
 
@@ -164,11 +160,11 @@ def _validate_ladder(m: ml_collections.ConfigDict) -> None:
     """The ladders' fields (checked whatever the arch, so a bad value never waits for arch=ladder)."""
     from vae.model import build
 
-    _require(_is_int(m.num_layers) and m.num_layers >= 1,
+    _require(is_int(m.num_layers) and m.num_layers >= 1,
              f"model.num_layers must be an integer >= 1, got {m.num_layers!r}")
     dims = m.latent_dims
     _require(isinstance(dims, tuple | list) and (len(dims) == 0 or (
-        len(dims) == m.num_layers and all(_is_int(d) and d >= 1 for d in dims))),
+        len(dims) == m.num_layers and all(is_int(d) and d >= 1 for d in dims))),
              f"model.latent_dims must be () (every layer of model.latent_dim units) or one size >= 1 per "
              f"latent layer (model.num_layers={m.num_layers}), z_1 first; got {dims!r}")
     _require(m.ladder_merge in build.LADDER_MERGES,
@@ -176,7 +172,7 @@ def _validate_ladder(m: ml_collections.ConfigDict) -> None:
     _require(_is_number(m.bottleneck) and 0 < m.bottleneck <= 4,
              f"model.bottleneck must be a number in (0, 4] (a cell's width over the state's), got "
              f"{m.bottleneck!r}")
-    _require(_is_int(m.latent_channels) and m.latent_channels >= 1,
+    _require(is_int(m.latent_channels) and m.latent_channels >= 1,
              f"model.latent_channels must be an integer >= 1, got {m.latent_channels!r}")
     if m.arch == "conv_ladder":
         _require(len(dims) == 0,

@@ -38,7 +38,8 @@ class FolderFields(NamedTuple):
     crop_seed: int
 
 
-def _is_int(value) -> bool:
+def is_int(value) -> bool:
+    """An int, not a bool (which Python counts as one)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -63,12 +64,12 @@ def _cutting(data_config) -> tuple[tuple[int, ...], int, int]:
     stride = data_config.get("tile_stride", ())
     crops, seed = data_config.get("crops_per_image", 0), data_config.get("crop_seed", 0)
     if not (isinstance(stride, tuple | list) and len(stride) in (0, 2) and all(
-            _is_int(n) and n >= 1 for n in stride)):
+            is_int(n) and n >= 1 for n in stride)):
         raise ConfigError(f"data.tile_stride must be () (no tiles) or (rows, columns) between tiles' "
                           f"corners, each >= 1, e.g. --config.data.tile_stride=32,32; got {stride!r}")
-    if not (_is_int(crops) and crops >= 0):
+    if not (is_int(crops) and crops >= 0):
         raise ConfigError(f"data.crops_per_image must be an integer >= 0 (0: no random crops), got {crops!r}")
-    if not _is_int(seed):
+    if not is_int(seed):
         raise ConfigError(f"data.crop_seed must be an integer, got {seed!r}")
     if stride and crops:
         raise ConfigError(f"data.tile_stride={tuple(stride)} and data.crops_per_image={crops} exclude each "
@@ -103,7 +104,7 @@ def check_background(background, what: str) -> None:
 
 def check_image_size(image_size) -> None:
     if not (isinstance(image_size, tuple | list) and len(image_size) in (0, 2) and all(
-            _is_int(n) and n >= 1 for n in image_size)):
+            is_int(n) and n >= 1 for n in image_size)):
         raise ConfigError(f"data.image_size must be () (keep the images' size) or (height, width) in "
                           f"pixels, e.g. --config.data.image_size=28,28; got {image_size!r}")
 

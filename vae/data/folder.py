@@ -115,7 +115,7 @@ def from_config(data_config) -> Folder:
     """The folder `data_config.name` names, with the config's folder fields (checked by
     `vae.config.schema`; a bad one is a `DataError` line here, as `validate_config` words it)."""
     fields = _checked(schema.folder_fields, data_config)
-    return Folder(data_config.name, folder_path(data_config.name), *fields)
+    return Folder(data_config.name, folder_path(data_config.name), **fields._asdict())
 
 
 def _checked(read, *args):
